@@ -1,0 +1,130 @@
+#pragma once
+/// Agents: user classes whose handlers run on a serial context, one message at a time.
+
+#include <mailroom/agent/mbox.hpp>
+#include <mailroom/detail/handler.hpp>
+#include <mailroom/env/environment.hpp>
+#include <mailroom/export.hpp>
+
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace mailroom {
+
+namespace internal {
+class agent_core;
+}
+
+/// Why a cooperation was deregistered.
+enum class dereg_reason : std::uint8_t {
+    normal,             ///< asked for by the user
+    shutdown,           ///< the environment is stopping
+    parent_deregistered,///< its parent cooperation is going away
+    handler_exception,  ///< a handler threw and the policy is deregister_coop
+    user_defined,       ///< values from here on are the user's own; use `dereg_reason(int(user_defined) + n)`
+};
+
+MAILROOM_EXPORT const char* to_string(dereg_reason r) noexcept;
+
+/// Base class of agents. Construct agents only with `coop::make_agent`; the constructor may
+/// already use `direct_mbox()` and `env()`.
+///
+/// Thread rules: hooks and handlers run on the agent's serial context (never two at once).
+/// `subscribe`/`unsubscribe` are legal in `configure()` and in handlers; anywhere else they
+/// raise subscription_error.
+class MAILROOM_EXPORT agent {
+public:
+    agent();
+    virtual ~agent();
+    agent(const agent&) = delete;
+    agent& operator=(const agent&) = delete;
+
+    /// The agent's own MPSC mbox. Any thread.
+    const mbox& direct_mbox() const noexcept;
+
+    /// The environment the agent lives in. Any thread.
+    environment_stats env_stats() const;
+
+    /// A readable name for errors and logs: the one given with `set_name`, else the type and id.
+    std::string name() const;
+
+protected:
+    /// Called during registration, on the registering thread, before the agent is bound to run.
+    /// Make subscriptions here. Throwing cancels the whole registration.
+    virtual void configure() {}
+    /// First thing that runs on the agent's context after its cooperation is registered.
+    virtual void on_start() {}
+    /// Last thing that runs on the agent's context before it is destroyed.
+    virtual void on_finish() {}
+
+    /// Subscribes `handler` to messages of type Msg arriving at `from`. Msg is deduced from the
+    /// handler's parameter (`const T&`, `T`, `T&&`) unless given. A handler that takes no
+    /// parameter needs Msg given explicitly. Raises subscription_error when already subscribed
+    /// to (from, Msg), when `from` is another agent's direct mbox, or when not called from
+    /// `configure()` or one of this agent's handlers.
+    template <class Msg = void, class F>
+    void subscribe(const mbox& from, F&& handler);
+
+    /// Removes the subscription; queued messages of it are not delivered afterwards. Same thread
+    /// rules as subscribe. Returns false when there was none.
+    template <class Msg>
+    bool unsubscribe(const mbox& from);
+
+    /// Sets what happens when one of this agent's handlers throws (overrides the cooperation's).
+    void set_exception_policy(exception_policy p) noexcept;
+    /// Names the agent in errors and logs.
+    void set_name(std::string name);
+
+    /// Deregisters this agent's cooperation. Any thread; returns at once.
+    void deregister_coop(dereg_reason reason = dereg_reason::normal) noexcept;
+
+    /// Stops the whole environment (asynchronously). Any thread.
+    void stop_environment() noexcept;
+
+    /// The environment's core, for send_delayed and the like.
+    environment& env() const noexcept;
+
+private:
+    friend class internal::agent_core;
+    void add_subscription(const mbox& from, message_type type, internal::handler h);
+    bool remove_subscription(const mbox& from, message_type type);
+
+    internal::agent_core* core_;
+};
+
+// ---- template bodies ----
+
+template <class Msg, class F>
+void agent::subscribe(const mbox& from, F&& f) {
+    using Fn = std::decay_t<F>;
+    if constexpr (std::is_member_function_pointer_v<Fn>) {
+        using sig = internal::callable_signature<Fn>;
+        using M = std::conditional_t<std::is_void_v<Msg>, typename sig::message, Msg>;
+        static_assert(!std::is_void_v<M>, "give the message type: subscribe<Msg>(mbox, handler)");
+        using Arg = typename sig::arg;
+        using Self = typename internal::member_class<Fn>::type;
+        auto* self = static_cast<Self*>(this);
+        add_subscription(from, message_type_of<M>(),
+                         internal::handler([self, f](internal::envelope* e) {
+                             auto call = [&](auto&&... a) { (self->*f)(std::forward<decltype(a)>(a)...); };
+                             internal::call_with_payload<M, Arg>(call, e);
+                         }));
+    } else {
+        using sig = internal::callable_signature<Fn>;
+        using M = std::conditional_t<std::is_void_v<Msg>, typename sig::message, Msg>;
+        static_assert(!std::is_void_v<M>, "give the message type: subscribe<Msg>(mbox, handler)");
+        using Arg = typename sig::arg;
+        add_subscription(from, message_type_of<M>(),
+                         internal::handler([fn = Fn(std::forward<F>(f))](internal::envelope* e) mutable {
+                             internal::call_with_payload<M, Arg>(fn, e);
+                         }));
+    }
+}
+
+template <class Msg>
+bool agent::unsubscribe(const mbox& from) {
+    return remove_subscription(from, message_type_of<Msg>());
+}
+
+}  // namespace mailroom

@@ -1,0 +1,69 @@
+#pragma once
+/// The interface every dispatcher kind implements; used by the environment and the agent layer.
+
+#include <mailroom/dispatch/demand.hpp>
+#include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/export.hpp>
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+namespace mailroom::internal {
+
+/// Where one context was bound: its queue and what the binder needs to release it.
+struct binding {
+    event_queue* queue = nullptr;
+    void* token = nullptr;
+};
+
+/// Two-phase binding (SObjectizer's disp_binder): prepare may throw; release cannot fail.
+class MAILROOM_EXPORT binder_impl {
+public:
+    virtual ~binder_impl();
+    /// Binds one context of the cooperation `coop_key`. Throws binding_error naming the
+    /// dispatcher when it was shut down.
+    virtual binding prepare(const void* coop_key) = 0;
+    /// Releases a binding. Any thread, including the bound context's own worker.
+    virtual void release(const binding& b, const void* coop_key) noexcept = 0;
+};
+
+class MAILROOM_EXPORT dispatcher_impl : public std::enable_shared_from_this<dispatcher_impl> {
+public:
+    dispatcher_impl(std::string name, std::string kind);
+    virtual ~dispatcher_impl();
+    dispatcher_impl(const dispatcher_impl&) = delete;
+    dispatcher_impl& operator=(const dispatcher_impl&) = delete;
+
+    const std::string& name() const noexcept { return name_; }
+    const std::string& kind() const noexcept { return kind_; }
+
+    /// A binder; `group` for active_group, `order` for thread_pool (others ignore them).
+    virtual std::shared_ptr<binder_impl> make_binder(const std::string& group, const fifo* order) = 0;
+
+    /// Stops accepting bindings. Idempotent; any thread.
+    void shutdown() noexcept { accepting_.store(false, std::memory_order_release); }
+    bool accepting() const noexcept { return accepting_.load(std::memory_order_acquire); }
+
+    /// Stops and joins every worker thread, then discards what is left in the queues. Called
+    /// once, by the environment, after every context bound here is gone; never from a worker.
+    virtual void join() noexcept = 0;
+
+    virtual dispatcher_stats stats() const = 0;
+
+protected:
+    /// Throws binding_error naming this dispatcher when it no longer accepts bindings.
+    void check_accepting() const;
+
+private:
+    std::string name_;
+    std::string kind_;
+    std::atomic<bool> accepting_{true};
+};
+
+MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_one_thread(std::string name, const one_thread_params& p);
+MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_active_obj(std::string name, const active_obj_params& p);
+MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_active_group(std::string name, const active_group_params& p);
+MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_thread_pool(std::string name, const thread_pool_params& p);
+
+}  // namespace mailroom::internal

@@ -1,0 +1,113 @@
+#pragma once
+/// The shared core of an environment, for the layers above it. It outlives the environment
+/// object while anything (an mbox handle, a timer) still refers to it, so that a stale sender
+/// gets a clear error instead of touching freed memory.
+
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/timer_service.hpp>
+#include <mailroom/env/environment.hpp>
+#include <mailroom/export.hpp>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <string>
+#include <vector>
+
+namespace mailroom::internal {
+
+/// Counters one thread writes for one environment: single writer, so an increment is a plain
+/// load and store, never a locked instruction on the hot path.
+struct thread_counters {
+    std::atomic<std::uint64_t> sent{0}, delivered{0}, lost{0}, ignored{0}, discarded{0}, cancelled{0},
+        exceptions{0};
+
+    static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+};
+
+/// A part of the runtime that lives in an environment and must be stopped with it (the agent
+/// layer's cooperations and named mboxes).
+class MAILROOM_EXPORT env_extension {
+public:
+    virtual ~env_extension();
+    /// Any thread. Begins tearing down what it owns.
+    virtual void begin_stop() noexcept = 0;
+    /// Blocks until what it owns is gone. On the joining thread.
+    virtual void wait_stopped() noexcept = 0;
+    /// Adds its counters to a snapshot.
+    virtual void add_stats(environment_stats& s) const noexcept = 0;
+};
+
+class MAILROOM_EXPORT env_core : public std::enable_shared_from_this<env_core> {
+public:
+    explicit env_core(environment_options options);
+    ~env_core();
+
+    const std::string& name() const noexcept { return options_.name; }
+    /// The environment object; valid until it finished joining.
+    environment* owner = nullptr;
+    const environment_options& options() const noexcept { return options_; }
+    std::uint64_t id() const noexcept { return id_; }
+
+    /// False once the environment finished deregistering its cooperations: sending through its
+    /// mboxes raises environment_stopped_error from then on.
+    bool open() const noexcept { return !closed_.load(std::memory_order_acquire); }
+    bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+    /// Raises environment_stopped_error naming `what` when the environment is closed.
+    void check_open(const char* what, std::string_view object) const;
+    /// Same, when it is stopping (for creating new cooperations and the like).
+    void check_not_stopping(const char* what, std::string_view object) const;
+
+    timer_service& timers() noexcept { return timers_; }
+
+    /// This thread's counters for this environment.
+    thread_counters& counters() noexcept;
+
+    /// Logs through options().log or to stderr. Any thread.
+    void log(std::string_view text) const noexcept;
+
+    /// The extension registered under `key`, created by `make` on first use. Any thread.
+    template <class E, class Make>
+    E& extension(const void* key, Make&& make) {
+        std::lock_guard g(lock_);
+        for (auto& [k, e] : extensions_)
+            if (k == key) return static_cast<E&>(*e);
+        extensions_.emplace_back(key, make());
+        return static_cast<E&>(*extensions_.back().second);
+    }
+
+    std::shared_ptr<dispatcher_impl> default_dispatcher() const noexcept { return default_; }
+    std::shared_ptr<dispatcher_impl> add_dispatcher(std::shared_ptr<dispatcher_impl> d);
+    std::shared_ptr<dispatcher_impl> find_dispatcher(std::string_view name) const;
+    std::vector<std::shared_ptr<dispatcher_impl>> dispatchers() const;
+
+    void stop() noexcept;
+    void join();
+    environment_stats stats() const;
+
+private:
+    thread_counters& counters_slow() noexcept;
+
+    environment_options options_;
+    std::uint64_t id_;
+    std::atomic<bool> stopping_{false};
+    std::atomic<bool> closed_{false};
+    timer_service timers_;
+
+    mutable std::mutex lock_;
+    std::shared_ptr<dispatcher_impl> default_;
+    std::vector<std::shared_ptr<dispatcher_impl>> dispatchers_;
+    std::vector<std::pair<const void*, std::unique_ptr<env_extension>>> extensions_;
+    std::vector<std::pair<std::thread::id, std::unique_ptr<thread_counters>>> counters_;
+
+    std::mutex join_lock_;
+    bool joined_ = false;
+};
+
+/// The environment whose handler this thread is running, if any (set by the agent layer).
+MAILROOM_EXPORT env_core*& current_env() noexcept;
+
+}  // namespace mailroom::internal

@@ -1,0 +1,110 @@
+#pragma once
+/// The environment: the container that owns dispatchers, the timer service, cooperations and
+/// named mboxes. Several independent environments may live in one process.
+
+#include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/export.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mailroom {
+
+namespace internal {
+class env_core;
+}
+
+/// What happens when an agent's handler throws.
+enum class exception_policy : std::uint8_t {
+    inherit,          ///< take the cooperation's policy, then the environment's
+    abort,            ///< log the exception and abort the process
+    deregister_coop,  ///< log it and deregister the agent's cooperation (reason: handler_exception)
+    log_and_continue, ///< log it, count it, and go on with the next message
+};
+
+struct environment_options {
+    /// Names the environment in errors and logs.
+    std::string name = "env";
+    /// The default dispatcher (one_thread, named "default").
+    one_thread_params default_dispatcher{};
+    /// Resolution of the timer wheel.
+    std::chrono::nanoseconds timer_tick = std::chrono::milliseconds(1);
+    /// The policy of agents and cooperations that say `inherit`.
+    exception_policy on_exception = exception_policy::abort;
+    /// Where errors are logged (handler exceptions, discarded messages); stderr when empty.
+    /// Called from any thread, possibly concurrently.
+    std::function<void(std::string_view)> log;
+};
+
+/// Counters of an environment; a consistent-enough snapshot taken from any thread.
+struct environment_stats {
+    std::uint64_t messages_sent = 0;       ///< queued for a handler (each receiver counts)
+    std::uint64_t messages_delivered = 0;  ///< a handler ran
+    std::uint64_t messages_lost = 0;       ///< the receiver was gone (direct send after deregistration)
+    std::uint64_t messages_ignored = 0;    ///< the receiver had no handler for it (unsubscribed meanwhile)
+    std::uint64_t messages_discarded = 0;  ///< still queued when the environment stopped
+    std::uint64_t messages_cancelled = 0;  ///< timer messages whose timer was cancelled in the queue
+    std::uint64_t handler_exceptions = 0;
+    std::uint64_t agents_created = 0;
+    std::uint64_t agents_destroyed = 0;
+    std::uint64_t coops_registered = 0;
+    std::uint64_t coops_deregistered = 0;
+    std::uint64_t timers_armed = 0;
+    std::uint64_t timers_fired = 0;
+    std::uint64_t timers_cancelled = 0;
+    std::uint64_t timers_pending = 0;
+    std::size_t queue_depth = 0;  ///< demands queued in all dispatchers, approximately
+};
+
+/// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an
+/// orderly shutdown; destruction (or `join()`) waits for it: cooperations are deregistered
+/// (children first), then dispatchers stop and their threads are joined, then the timer
+/// service. Every thread it started is joined before the destructor returns.
+class MAILROOM_EXPORT environment {
+public:
+    explicit environment(environment_options options = {});
+    ~environment();
+    environment(const environment&) = delete;
+    environment& operator=(const environment&) = delete;
+
+    const std::string& name() const noexcept;
+
+    /// Any thread, including handlers. Begins the shutdown and returns at once: no new
+    /// cooperation can be registered, and every registered one is deregistered.
+    void stop() noexcept;
+
+    /// Blocks until stop() was called (by anyone) and the shutdown has completed. Not from a
+    /// thread of this environment (raises usage_error).
+    void join();
+
+    /// True once stop() was called.
+    bool stopping() const noexcept;
+
+    /// The one_thread dispatcher named "default".
+    dispatcher default_dispatcher() const;
+
+    /// Adds a named public dispatcher; raises duplicate_name_error if the name is taken.
+    dispatcher add_dispatcher(std::string name, const one_thread_params& p);
+    dispatcher add_dispatcher(std::string name, const active_obj_params& p);
+    dispatcher add_dispatcher(std::string name, const active_group_params& p);
+    dispatcher add_dispatcher(std::string name, const thread_pool_params& p);
+
+    /// The named public dispatcher, or an empty handle.
+    dispatcher find_dispatcher(std::string_view name) const;
+
+    environment_stats stats() const;
+    std::vector<dispatcher_stats> dispatcher_stats_all() const;
+
+    /// Internals, for the layers above.
+    const std::shared_ptr<internal::env_core>& core() const noexcept { return core_; }
+
+private:
+    std::shared_ptr<internal::env_core> core_;
+};
+
+}  // namespace mailroom

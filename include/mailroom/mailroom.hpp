@@ -1,0 +1,11 @@
+#pragma once
+/// Everything a user of mailroom includes.
+
+#include <mailroom/agent/agent.hpp>
+#include <mailroom/agent/coop.hpp>
+#include <mailroom/agent/mbox.hpp>
+#include <mailroom/agent/timer.hpp>
+#include <mailroom/core/error.hpp>
+#include <mailroom/core/message.hpp>
+#include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/env/environment.hpp>

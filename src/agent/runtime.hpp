@@ -1,0 +1,274 @@
+#pragma once
+// The agent layer's records: agent cores, mbox implementations, cooperations, and the runtime
+// (an environment extension) that owns them.
+//
+// Lifetime without a reference count per message: an agent_core is type-stable. Cores are
+// recycled, never freed before the runtime, and every demand names its target as (core,
+// generation). When an agent is destroyed its core's generation moves on, so a demand that a
+// stale sender queued later finds a different generation and counts itself lost. A sender
+// therefore needs no atomic read-modify-write on the receiver to send, and the receiver none
+// to run a message.
+
+#include <mailroom/agent/agent.hpp>
+#include <mailroom/agent/coop.hpp>
+#include <mailroom/agent/mbox.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/timer_service.hpp>
+#include <mailroom/env/env_core.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace mailroom::internal {
+
+class agent_runtime;
+class coop_impl;
+class agent_core;
+
+/// A message on its way to one agent.
+struct message_demand final : demand {
+    agent_core* target;
+    std::uint32_t gen;
+    std::uint64_t mbox_id;
+    envelope* msg;
+    timer_entry* timer;  // holds a reference when set
+
+    static message_demand* make(agent_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
+                                timer_entry* timer);
+    void free() noexcept;
+};
+
+/// start and finish run on the agent's context like messages.
+struct control_demand final : demand {
+    agent_core* target = nullptr;
+};
+
+struct subscription {
+    std::uint64_t mbox_id;
+    message_type type;
+    std::shared_ptr<mbox_impl> source;  // MPMC only: to leave its subscriber list
+    handler fn;
+};
+
+class mbox_impl {
+public:
+    mbox_impl(std::shared_ptr<env_core> env, agent_runtime* rt, mbox_kind kind);
+    virtual ~mbox_impl();
+
+    /// Takes ownership of `e` (and of a reference to `timer` per delivery it creates).
+    /// Raises environment_stopped_error when the environment is closed.
+    virtual void deliver(envelope* e, timer_entry* timer) = 0;
+    virtual std::string name() const = 0;
+
+    std::uint64_t id() const noexcept { return id_; }
+    mbox_kind kind() const noexcept { return kind_; }
+    env_core& env() const noexcept { return *env_; }
+    agent_runtime& runtime() const noexcept { return *rt_; }
+    const std::shared_ptr<env_core>& env_ptr() const noexcept { return env_; }
+
+protected:
+    std::shared_ptr<env_core> env_;
+    agent_runtime* rt_;
+    std::uint64_t id_;
+    mbox_kind kind_;
+};
+
+class direct_mbox final : public mbox_impl {
+public:
+    direct_mbox(std::shared_ptr<env_core> env, agent_runtime* rt, agent_core* core, std::uint32_t gen,
+                std::uint64_t agent_id);
+    void deliver(envelope* e, timer_entry* timer) override;
+    std::string name() const override;
+
+    agent_core* core() const noexcept { return core_; }
+
+private:
+    agent_core* core_;
+    std::uint32_t gen_;
+    std::uint64_t agent_id_;
+};
+
+class mpmc_mbox final : public mbox_impl {
+public:
+    mpmc_mbox(std::shared_ptr<env_core> env, agent_runtime* rt, std::string name);
+    void deliver(envelope* e, timer_entry* timer) override;
+    std::string name() const override;
+
+    void add_subscriber(agent_core* core, std::uint32_t gen, message_type type);
+    void remove_subscriber(agent_core* core, std::uint32_t gen, message_type type) noexcept;
+
+private:
+    struct subscriber {
+        agent_core* core;
+        std::uint32_t gen;
+    };
+    struct table {
+        std::vector<std::pair<message_type, std::vector<subscriber>>> by_type;
+    };
+
+    std::string name_;
+    mutable std::mutex lock_;
+    // Copy on write: a publisher takes a snapshot under the lock and delivers outside it, so
+    // subscribing and unsubscribing are safe while deliveries run on other threads.
+    std::shared_ptr<const table> table_;
+};
+
+class agent_core {
+public:
+    static constexpr std::uint8_t gate_closed = 0;    // before start: demands wait in `pending`
+    static constexpr std::uint8_t gate_open = 1;      // running: demands go straight to the queue
+    static constexpr std::uint8_t gate_finished = 2;  // gone: demands are counted lost
+
+    /// Any thread. Queues `d` for this core (or holds it until start, or drops it when gone).
+    void push(demand* d) noexcept {
+        if (gate.load(std::memory_order_acquire) == gate_open) {
+            queue.load(std::memory_order_acquire)->push(d);
+            return;
+        }
+        push_slow(d);
+    }
+    void push_slow(demand* d) noexcept;
+    /// Registration commit: start goes first, then what waited, then the gate opens.
+    void open_gate(demand* start) noexcept;
+    /// Rollback or destruction: drops what waited (counted), and closes for good.
+    void close_gate() noexcept;
+
+    const subscription* find(std::uint64_t mbox_id, message_type type) const noexcept {
+        for (const auto& s : subs)
+            if (s.mbox_id == mbox_id && s.type == type) return &s;
+        return nullptr;
+    }
+
+    /// After a handler returns: applies the subscription changes it made. While a handler runs,
+    /// `subs` must not move (the running handler lives in it), so additions wait in `added`
+    /// and removals only mark the entry dead (mbox_id 0).
+    void settle_subscriptions() noexcept;
+
+    std::string display_name() const;
+
+    // The agent's hooks are protected; the core is its friend.
+    static void call_configure(agent& a) { a.configure(); }
+    static void call_start(agent& a) { a.on_start(); }
+    static void call_finish(agent& a) { a.on_finish(); }
+    exception_policy effective_policy() const noexcept;
+
+    // Read by any thread (stale senders included): atomics.
+    std::atomic<std::uint32_t> gen{1};
+    std::atomic<std::uint8_t> gate{gate_closed};
+    std::atomic<bool> pending_lock{false};
+    std::atomic<event_queue*> queue{nullptr};
+
+    // Guarded by pending_lock.
+    demand* pending_head = nullptr;
+    demand* pending_tail = nullptr;
+
+    // The agent's own context (or the registering thread before start).
+    agent* user = nullptr;
+    coop_impl* coop = nullptr;
+    agent_runtime* rt = nullptr;
+    std::vector<subscription> subs;
+    std::vector<subscription> added;
+    bool dispatching = false;
+    bool has_dead = false;
+    std::shared_ptr<mbox_impl> direct;
+    mailroom::mbox direct_handle;
+    std::shared_ptr<binder_impl> binder;
+    binding bound{};
+    control_demand* finish = nullptr;
+    exception_policy policy = exception_policy::inherit;
+    std::string custom_name;
+    std::uint64_t id = 0;
+    agent_core* free_next = nullptr;
+};
+
+class coop_impl : public std::enable_shared_from_this<coop_impl> {
+public:
+    enum class state : std::uint8_t { building, registering, registered, deregistering, gone };
+
+    coop_impl(agent_runtime* rt, environment& env, coop_options opts);
+    ~coop_impl();
+
+    void deregister(dereg_reason reason) noexcept;
+    void start_finishing() noexcept;
+    void agent_finished() noexcept;
+    /// Destroys agents that never started (an unregistered or rolled-back cooperation).
+    void destroy_unstarted() noexcept;
+
+    agent_runtime* rt;
+    environment* env;
+    std::uint64_t id;
+    std::string name;
+    bool named;
+    coop_options opts;
+    std::shared_ptr<binder_impl> default_binder;
+    std::vector<agent_core*> agents;
+    std::shared_ptr<coop_impl> parent;
+
+    // Guarded by the runtime's tree lock.
+    state st = state::building;
+    std::vector<coop_impl*> children;
+    std::size_t live_children = 0;
+    dereg_reason reason = dereg_reason::normal;
+
+    std::atomic<std::size_t> live_agents{0};
+};
+
+class agent_runtime final : public env_extension {
+public:
+    explicit agent_runtime(env_core* env);
+    ~agent_runtime() override;
+
+    static agent_runtime& of(env_core& env);
+
+    // env_extension
+    void begin_stop() noexcept override;
+    void wait_stopped() noexcept override;
+    void add_stats(environment_stats& s) const noexcept override;
+
+    agent_core* allocate_core();
+    void free_core(agent_core* c) noexcept;
+
+    std::uint64_t next_id() noexcept { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+
+    coop_handle register_coop(std::shared_ptr<coop_impl> c);
+    void finalize(coop_impl& c) noexcept;
+
+    mbox make_named(std::string name, bool may_exist);
+    mbox find_named(std::string_view name);
+
+    env_core* env;
+    std::shared_ptr<env_core> env_shared() const { return env->shared_from_this(); }
+
+    std::atomic<std::uint64_t> agents_created{0}, agents_destroyed{0}, coops_registered{0}, coops_deregistered{0};
+
+    std::mutex tree_lock;
+
+private:
+    std::atomic<std::uint64_t> next_id_{1};
+
+    std::mutex core_lock_;
+    std::vector<std::unique_ptr<agent_core[]>> core_chunks_;
+    agent_core* free_cores_ = nullptr;
+    std::size_t chunk_size_ = 64;
+
+    // Guarded by tree_lock.
+    std::unordered_map<std::uint64_t, std::shared_ptr<coop_impl>> coops_;
+    std::unordered_map<std::string, std::uint64_t> coop_names_;
+    std::size_t busy_ = 0;  // registered cooperations plus registrations under way
+    std::condition_variable idle_;
+    std::map<std::string, std::shared_ptr<mbox_impl>, std::less<>> named_;
+};
+
+/// The agent whose configure() or handler this thread is running.
+agent_core*& current_agent() noexcept;
+
+/// Runs an agent's handler or hook under its policy; returns false if it threw.
+bool run_guarded(agent_core& core, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;
+
+}  // namespace mailroom::internal

@@ -1,0 +1,86 @@
+#include <mailroom/agent/timer.hpp>
+#include <mailroom/core/clock.hpp>
+#include <mailroom/core/error.hpp>
+
+#include "runtime.hpp"
+
+namespace mailroom {
+namespace internal {
+namespace {
+
+// A scheduled message. A one-shot hands its envelope to the delivery (so a direct receiver may
+// move the payload out); a periodic one keeps it and shares it with every delivery.
+class mbox_timer final : public timer_entry {
+public:
+    mbox_timer(mbox to, envelope* e) noexcept : target_(std::move(to)), msg_(e) {}
+
+private:
+    ~mbox_timer() override {
+        if (msg_) msg_->release();
+    }
+
+    void fire() noexcept override {
+        envelope* e = msg_;
+        if (period_ns == 0)
+            msg_ = nullptr;
+        else
+            e->add_refs(1);
+        try {
+            target_.impl()->deliver(e, this);
+        } catch (...) {
+            // The environment closed, or memory ran out: the delivery is lost and counted.
+            thread_counters::bump(target_.impl()->env().counters().lost);
+        }
+    }
+
+    void destroy() noexcept override { delete this; }
+
+    mbox target_;
+    envelope* msg_;
+};
+
+}  // namespace
+
+timer_entry* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds delay, std::chrono::nanoseconds period) {
+    envelope_ref ref(e);
+    if (!to) throw usage_error("scheduling a timer on an empty mbox handle");
+    env_core& env = to.impl()->env();
+    env.check_open("scheduling a timer on", to.name());
+    if (period.count() < 0) throw usage_error("scheduling a timer on " + to.name() + ": the period is negative");
+    auto* t = new mbox_timer(to, ref.release());
+    t->deadline_ns = now_ns() + std::max<std::int64_t>(delay.count(), 0);
+    t->period_ns = period.count();
+    t->add_ref();  // the handle's
+    env.timers().arm(t);
+    return t;
+}
+
+}  // namespace internal
+
+timer_handle& timer_handle::operator=(timer_handle&& o) noexcept {
+    if (this != &o) {
+        if (entry_) {
+            entry_->cancel();
+            entry_->release();
+        }
+        entry_ = std::exchange(o.entry_, nullptr);
+    }
+    return *this;
+}
+
+timer_handle::~timer_handle() {
+    if (entry_) {
+        entry_->cancel();
+        entry_->release();
+    }
+}
+
+timer_handle::operator bool() const noexcept { return entry_ && !entry_->cancelled(); }
+
+bool timer_handle::cancel() noexcept { return entry_ && entry_->cancel(); }
+
+void timer_handle::detach() noexcept {
+    if (entry_) std::exchange(entry_, nullptr)->release();
+}
+
+}  // namespace mailroom

@@ -1,0 +1,86 @@
+// active_group: one worker thread per named group, alive while the group has contexts.
+
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+
+#include "worker_set.hpp"
+
+#include <map>
+
+namespace mailroom::internal {
+namespace {
+
+class active_group_dispatcher final : public dispatcher_impl {
+public:
+    active_group_dispatcher(std::string name, const active_group_params& p)
+        : dispatcher_impl(std::move(name), "active_group"), workers_(p.spin) {}
+
+    ~active_group_dispatcher() override { join(); }
+
+    std::shared_ptr<binder_impl> make_binder(const std::string& group, const fifo*) override {
+        return std::make_shared<group_binder>(
+            std::static_pointer_cast<active_group_dispatcher>(shared_from_this()), group);
+    }
+
+    void join() noexcept override {
+        std::lock_guard g(workers_.lock);
+        if (joined_) return;
+        joined_ = true;
+        shutdown();
+        workers_.join_all();
+    }
+
+    dispatcher_stats stats() const override {
+        dispatcher_stats s;
+        s.name = name();
+        s.kind = kind();
+        std::lock_guard g(workers_.lock);
+        s.threads = workers_.running();
+        for (auto& [n, grp] : groups_) s.bound_contexts += grp.members;
+        workers_.collect(s.workers);
+        return s;
+    }
+
+private:
+    struct group {
+        worker* w = nullptr;
+        std::size_t members = 0;
+    };
+
+    struct group_binder final : binder_impl {
+        group_binder(std::shared_ptr<active_group_dispatcher> d, std::string g)
+            : disp(std::move(d)), name(std::move(g)) {}
+        binding prepare(const void*) override {
+            std::lock_guard g(disp->workers_.lock);
+            disp->check_accepting();
+            auto it = disp->groups_.find(name);
+            if (it == disp->groups_.end()) {
+                worker* w = disp->workers_.acquire(disp->name() + ":" + name);
+                it = disp->groups_.emplace(name, group{w, 0}).first;
+            }
+            ++it->second.members;
+            return {it->second.w, &*it};
+        }
+        void release(const binding& b, const void*) noexcept override {
+            std::lock_guard g(disp->workers_.lock);
+            auto* entry = static_cast<std::pair<const std::string, group>*>(b.token);
+            if (--entry->second.members == 0) {
+                disp->workers_.retire(entry->second.w);
+                disp->groups_.erase(disp->groups_.find(entry->first));
+            }
+        }
+        std::shared_ptr<active_group_dispatcher> disp;
+        std::string name;
+    };
+
+    mutable worker_set workers_;
+    std::map<std::string, group> groups_;
+    bool joined_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<dispatcher_impl> make_active_group(std::string name, const active_group_params& p) {
+    return std::make_shared<active_group_dispatcher>(std::move(name), p);
+}
+
+}  // namespace mailroom::internal

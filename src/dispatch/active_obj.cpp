@@ -1,0 +1,66 @@
+// active_obj: a worker thread of its own for every bound context.
+
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+
+#include "worker_set.hpp"
+
+namespace mailroom::internal {
+namespace {
+
+class active_obj_dispatcher final : public dispatcher_impl {
+public:
+    active_obj_dispatcher(std::string name, const active_obj_params& p)
+        : dispatcher_impl(std::move(name), "active_obj"), workers_(p.spin) {}
+
+    ~active_obj_dispatcher() override { join(); }
+
+    std::shared_ptr<binder_impl> make_binder(const std::string&, const fifo*) override {
+        return std::make_shared<obj_binder>(std::static_pointer_cast<active_obj_dispatcher>(shared_from_this()));
+    }
+
+    void join() noexcept override {
+        std::lock_guard g(workers_.lock);
+        if (joined_) return;
+        joined_ = true;
+        shutdown();
+        workers_.join_all();
+    }
+
+    dispatcher_stats stats() const override {
+        dispatcher_stats s;
+        s.name = name();
+        s.kind = kind();
+        std::lock_guard g(workers_.lock);
+        s.threads = workers_.running();
+        s.bound_contexts = workers_.running();
+        workers_.collect(s.workers);
+        return s;
+    }
+
+private:
+    struct obj_binder final : binder_impl {
+        explicit obj_binder(std::shared_ptr<active_obj_dispatcher> d) : disp(std::move(d)) {}
+        binding prepare(const void*) override {
+            std::lock_guard g(disp->workers_.lock);
+            disp->check_accepting();
+            worker* w = disp->workers_.acquire(disp->name());
+            return {w, w};
+        }
+        void release(const binding& b, const void*) noexcept override {
+            std::lock_guard g(disp->workers_.lock);
+            disp->workers_.retire(static_cast<worker*>(b.token));
+        }
+        std::shared_ptr<active_obj_dispatcher> disp;
+    };
+
+    mutable worker_set workers_;
+    bool joined_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<dispatcher_impl> make_active_obj(std::string name, const active_obj_params& p) {
+    return std::make_shared<active_obj_dispatcher>(std::move(name), p);
+}
+
+}  // namespace mailroom::internal

@@ -1,0 +1,115 @@
+#include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+
+#include "worker.hpp"
+
+#include <pthread.h>
+
+namespace mailroom {
+namespace internal {
+
+binder_impl::~binder_impl() = default;
+
+dispatcher_impl::dispatcher_impl(std::string name, std::string kind)
+    : name_(std::move(name)), kind_(std::move(kind)) {}
+
+dispatcher_impl::~dispatcher_impl() = default;
+
+void dispatcher_impl::check_accepting() const {
+    if (!accepting())
+        throw binding_error("dispatcher '" + name_ + "' (" + kind_ +
+                            ") is shut down: nothing can be bound to it any more");
+}
+
+worker::worker(std::chrono::nanoseconds spin) noexcept : mailbox_(spin) {
+    stop_.owner = this;
+    stop_.execute = &on_stop;
+}
+
+worker::~worker() {
+    if (thread_.joinable()) fatal("worker destroyed with its thread still running");
+    discard_all();
+}
+
+void worker::start(const std::string& thread_name) {
+    finished_.store(false, std::memory_order_relaxed);
+    running_ = true;
+    thread_ = std::thread([this] { run(); });
+    // Thread names are at most 15 characters; they help in gdb, top and the watchdog's reports.
+    std::string n = thread_name.substr(0, 15);
+    ::pthread_setname_np(thread_.native_handle(), n.c_str());
+}
+
+void worker::on_stop(demand* d, demand_mode) noexcept { static_cast<stop_demand*>(d)->owner->running_ = false; }
+
+void worker::request_stop() noexcept { mailbox_.push(&stop_); }
+
+void worker::join() noexcept {
+    if (thread_.joinable()) thread_.join();
+}
+
+void worker::run() noexcept {
+    while (running_) {
+        // Drain in a batch: every demand already queued runs before the worker considers waiting.
+        while (mailbox_.maybe_nonempty()) {
+            mpsc_node* n = mailbox_.pop();
+            if (!n) continue;  // a push is mid-way: its link appears within a few instructions
+            auto* d = static_cast<demand*>(n);
+            heartbeat_.begin();
+            d->execute(d, demand_mode::run);
+            heartbeat_.end();
+            if (!running_) break;
+        }
+        if (!running_) break;
+        mailbox_.wait();
+    }
+    finished_.store(true, std::memory_order_release);
+}
+
+void worker::discard_all() noexcept {
+    while (mailbox_.maybe_nonempty()) {
+        mpsc_node* n = mailbox_.pop();
+        if (!n) continue;
+        auto* d = static_cast<demand*>(n);
+        if (d != &stop_) d->execute(d, demand_mode::discard);
+    }
+}
+
+worker_stats worker::stats() const noexcept {
+    worker_stats s;
+    s.handled = heartbeat_.handled.load(std::memory_order_relaxed);
+    s.busy = heartbeat_.busy.load(std::memory_order_relaxed) != 0;
+    s.parks = mailbox_.parks();
+    return s;
+}
+
+}  // namespace internal
+
+binder::binder(std::shared_ptr<internal::binder_impl> impl) noexcept : impl_(std::move(impl)) {}
+
+dispatcher::dispatcher(std::shared_ptr<internal::dispatcher_impl> impl) noexcept : impl_(std::move(impl)) {}
+
+dispatcher::operator bool() const noexcept { return impl_ && impl_->accepting(); }
+
+std::string_view dispatcher::name() const noexcept { return impl_ ? std::string_view(impl_->name()) : std::string_view(); }
+
+static internal::dispatcher_impl& checked(const std::shared_ptr<internal::dispatcher_impl>& impl) {
+    if (!impl) throw usage_error("empty dispatcher handle");
+    return *impl;
+}
+
+binder dispatcher::bind() const { return binder(checked(impl_).make_binder({}, nullptr)); }
+
+binder dispatcher::bind_group(std::string group) const {
+    return binder(checked(impl_).make_binder(group, nullptr));
+}
+
+binder dispatcher::bind_fifo(fifo order) const { return binder(checked(impl_).make_binder({}, &order)); }
+
+void dispatcher::shutdown() noexcept {
+    if (impl_) impl_->shutdown();
+}
+
+dispatcher_stats dispatcher::stats() const { return checked(impl_).stats(); }
+
+}  // namespace mailroom

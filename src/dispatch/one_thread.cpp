@@ -1,0 +1,67 @@
+// one_thread: every context bound here shares one worker thread and its mailbox.
+
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+
+#include "worker.hpp"
+
+namespace mailroom::internal {
+namespace {
+
+class one_thread_dispatcher final : public dispatcher_impl {
+public:
+    one_thread_dispatcher(std::string name, const one_thread_params& p)
+        : dispatcher_impl(std::move(name), "one_thread"), worker_(p.spin) {
+        worker_.start(this->name());
+    }
+
+    ~one_thread_dispatcher() override { join(); }
+
+    std::shared_ptr<binder_impl> make_binder(const std::string&, const fifo*) override {
+        return std::make_shared<one_binder>(std::static_pointer_cast<one_thread_dispatcher>(shared_from_this()));
+    }
+
+    void join() noexcept override {
+        if (joined_) return;
+        joined_ = true;
+        shutdown();
+        worker_.request_stop();
+        worker_.join();
+        worker_.discard_all();
+    }
+
+    dispatcher_stats stats() const override {
+        dispatcher_stats s;
+        s.name = name();
+        s.kind = kind();
+        s.threads = joined_ ? 0 : 1;
+        s.bound_contexts = bound_.load(std::memory_order_relaxed);
+        s.workers.push_back(worker_.stats());
+        return s;
+    }
+
+private:
+    struct one_binder final : binder_impl {
+        explicit one_binder(std::shared_ptr<one_thread_dispatcher> d) : disp(std::move(d)) {}
+        binding prepare(const void*) override {
+            disp->check_accepting();
+            disp->bound_.fetch_add(1, std::memory_order_relaxed);
+            return {&disp->worker_, nullptr};
+        }
+        void release(const binding&, const void*) noexcept override {
+            disp->bound_.fetch_sub(1, std::memory_order_relaxed);
+        }
+        std::shared_ptr<one_thread_dispatcher> disp;
+    };
+
+    worker worker_;
+    std::atomic<std::size_t> bound_{0};
+    bool joined_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<dispatcher_impl> make_one_thread(std::string name, const one_thread_params& p) {
+    return std::make_shared<one_thread_dispatcher>(std::move(name), p);
+}
+
+}  // namespace mailroom::internal

@@ -1,0 +1,236 @@
+#include <mailroom/core/clock.hpp>
+#include <mailroom/dispatch/timer_service.hpp>
+#include <mailroom/queue/futex.hpp>
+
+#include <pthread.h>
+
+#include <array>
+#include <limits>
+#include <thread>
+
+namespace mailroom::internal {
+
+namespace {
+thread_local timer_entry* tls_delivering = nullptr;
+}
+
+bool timer_entry::cancel() noexcept {
+    std::uint32_t before = state_.fetch_or(cancelled_bit, std::memory_order_acq_rel);
+    // Inside a delivery of this very timer: never wait (it would wait for itself, or for a
+    // sibling delivery on another thread that may be cancelling too).
+    if (tls_delivering == this) return (before & cancelled_bit) == 0;
+    for (unsigned i = 0; (state_.load(std::memory_order_acquire) & ~cancelled_bit) != 0; ++i) {
+        if (i < 128)
+            cpu_relax();
+        else
+            std::this_thread::yield();
+    }
+    return (before & cancelled_bit) == 0;
+}
+
+bool timer_entry::begin_delivery() noexcept {
+    std::uint32_t before = state_.fetch_add(1, std::memory_order_acq_rel);
+    if (before & cancelled_bit) {
+        state_.fetch_sub(1, std::memory_order_release);
+        return false;
+    }
+    tls_delivering = this;
+    return true;
+}
+
+void timer_entry::end_delivery() noexcept {
+    tls_delivering = nullptr;
+    state_.fetch_sub(1, std::memory_order_release);
+}
+
+// A hierarchical timing wheel: four levels of 256 slots. Level 0 holds what is due within 256
+// ticks, level 1 within 65,536, and so on; when level 0 wraps, the next level's slot for the
+// coming 256 ticks is cascaded down. Arming and firing are O(1); only the timer thread touches it.
+struct timer_service::wheel {
+    static constexpr unsigned bits = 8;
+    static constexpr std::uint64_t slots = 1u << bits;
+    static constexpr unsigned levels = 4;
+
+    std::array<std::array<timer_entry*, slots>, levels> slot{};
+    std::uint64_t now_tick = 0;  // every timer due at or before this tick has fired
+    std::uint64_t count = 0;
+    std::int64_t base_ns = 0;
+    std::int64_t tick_ns = 1;
+
+    std::uint64_t tick_of(std::int64_t t) const noexcept {
+        if (t <= base_ns) return 0;
+        return static_cast<std::uint64_t>((t - base_ns + tick_ns - 1) / tick_ns);
+    }
+
+    void insert(timer_entry* e) noexcept {
+        std::uint64_t t = tick_of(e->deadline_ns);
+        if (t <= now_tick) t = now_tick + 1;
+        std::uint64_t delta = t - now_tick;
+        unsigned level = 0;
+        while (level + 1 < levels && delta >= (std::uint64_t{1} << (bits * (level + 1)))) ++level;
+        if (level == levels - 1 && delta >= (std::uint64_t{1} << (bits * levels)))
+            t = now_tick + (std::uint64_t{1} << (bits * levels)) - 1;  // re-cascaded when it comes up
+        auto& head = slot[level][(t >> (bits * level)) & (slots - 1)];
+        e->wheel_next = head;
+        head = e;
+        ++count;
+    }
+
+    // The next tick worth waking for, or 0 when the wheel is empty.
+    std::uint64_t next_tick() const noexcept {
+        if (count == 0) return 0;
+        for (std::uint64_t t = now_tick + 1; t <= now_tick + slots; ++t) {
+            if (slot[0][t & (slots - 1)]) return t;
+            if ((t & (slots - 1)) == 0) return t;  // a cascade is due here
+        }
+        return now_tick + 1;
+    }
+};
+
+timer_service::timer_service(std::chrono::nanoseconds tick)
+    : tick_ns_(tick.count() > 0 ? tick.count() : 1), commands_(std::chrono::microseconds(5)),
+      wheel_(std::make_unique<wheel>()) {
+    wheel_->tick_ns = tick_ns_;
+    wheel_->base_ns = now_ns();
+    sleep_until_.store(std::numeric_limits<std::int64_t>::min(), std::memory_order_relaxed);
+    thread_ = std::thread([this] { run(); });
+    ::pthread_setname_np(thread_.native_handle(), "mailroom-timer");
+}
+
+timer_service::~timer_service() {
+    stop();
+    release_all(nullptr);  // arms that raced with stop()
+}
+
+bool timer_service::arm(timer_entry* e) noexcept {
+    if (stopped_.load(std::memory_order_acquire)) {
+        e->release();
+        return false;
+    }
+    armed_.fetch_add(1, std::memory_order_relaxed);
+    commands_.push_quiet(e);
+    // The timer thread publishes how long it means to sleep before it parks; a deadline after
+    // that needs no wake-up (it is picked up when the thread wakes anyway). Both sides use
+    // seq_cst, so either this load sees the new sleep time or the thread sees this push.
+    if (e->deadline_ns < sleep_until_.load(std::memory_order_seq_cst)) commands_.wake_if_parked();
+    return true;
+}
+
+void timer_service::stop() noexcept {
+    if (stopped_.exchange(true, std::memory_order_acq_rel)) return;
+    commands_.push(&stop_);
+    if (thread_.joinable()) thread_.join();
+    release_all(wheel_.get());
+}
+
+void timer_service::release_all(wheel* w) noexcept {
+    while (commands_.maybe_nonempty()) {
+        mpsc_node* n = commands_.pop();
+        if (!n || n == &stop_) continue;
+        static_cast<timer_entry*>(n)->release();
+        cancelled_.fetch_add(1, std::memory_order_relaxed);
+        removed_.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (!w) return;
+    for (auto& level : w->slot)
+        for (auto& head : level)
+            while (head) {
+                timer_entry* e = head;
+                head = e->wheel_next;
+                e->release();
+                cancelled_.fetch_add(1, std::memory_order_relaxed);
+                removed_.fetch_add(1, std::memory_order_relaxed);
+            }
+    w->count = 0;
+}
+
+void timer_service::drain_commands(wheel& w, bool& running) noexcept {
+    while (commands_.maybe_nonempty()) {
+        mpsc_node* n = commands_.pop();
+        if (!n) continue;
+        if (n == &stop_) {
+            running = false;
+            continue;
+        }
+        auto* e = static_cast<timer_entry*>(n);
+        if (e->cancelled()) {
+            e->release();
+            cancelled_.fetch_add(1, std::memory_order_relaxed);
+            removed_.fetch_add(1, std::memory_order_relaxed);
+        } else {
+            w.insert(e);
+        }
+    }
+}
+
+void timer_service::run() noexcept {
+    wheel& w = *wheel_;
+    bool running = true;
+    while (running) {
+        drain_commands(w, running);
+        if (!running) break;
+
+        const std::int64_t now = now_ns();
+        const std::uint64_t due = now <= w.base_ns ? 0 : static_cast<std::uint64_t>((now - w.base_ns) / w.tick_ns);
+        while (w.now_tick < due) {
+            std::uint64_t t = ++w.now_tick;
+            // Cascade higher levels whose block starts at this tick, highest first.
+            for (unsigned level = 1; level < wheel::levels; ++level) {
+                if ((t & ((std::uint64_t{1} << (wheel::bits * level)) - 1)) != 0) break;
+                auto& head = w.slot[level][(t >> (wheel::bits * level)) & (wheel::slots - 1)];
+                timer_entry* list = head;
+                head = nullptr;
+                while (list) {
+                    timer_entry* e = list;
+                    list = e->wheel_next;
+                    --w.count;
+                    w.insert(e);
+                }
+            }
+            auto& head = w.slot[0][t & (wheel::slots - 1)];
+            timer_entry* list = head;
+            head = nullptr;
+            while (list) {
+                timer_entry* e = list;
+                list = e->wheel_next;
+                --w.count;
+                if (e->cancelled()) {
+                    e->release();
+                    cancelled_.fetch_add(1, std::memory_order_relaxed);
+                    removed_.fetch_add(1, std::memory_order_relaxed);
+                    continue;
+                }
+                e->fire();
+                fired_.fetch_add(1, std::memory_order_relaxed);
+                if (e->period_ns > 0 && !e->cancelled()) {
+                    e->deadline_ns += e->period_ns;
+                    if (e->deadline_ns <= now) e->deadline_ns = now + e->period_ns;  // we fell behind: skip
+                    w.insert(e);
+                } else {
+                    removed_.fetch_add(1, std::memory_order_relaxed);
+                    if (e->cancelled()) cancelled_.fetch_add(1, std::memory_order_relaxed);
+                    e->release();
+                }
+            }
+        }
+
+        std::uint64_t next = w.next_tick();
+        std::int64_t deadline = next ? w.base_ns + static_cast<std::int64_t>(next) * w.tick_ns : -1;
+        sleep_until_.store(deadline < 0 ? std::numeric_limits<std::int64_t>::max() : deadline,
+                           std::memory_order_seq_cst);
+        commands_.wait(deadline);
+        sleep_until_.store(std::numeric_limits<std::int64_t>::min(), std::memory_order_relaxed);
+    }
+}
+
+timer_service_stats timer_service::stats() const noexcept {
+    timer_service_stats s;
+    s.armed = armed_.load(std::memory_order_relaxed);
+    s.fired = fired_.load(std::memory_order_relaxed);
+    s.cancelled = cancelled_.load(std::memory_order_relaxed);
+    std::uint64_t removed = removed_.load(std::memory_order_relaxed);
+    s.pending = s.armed > removed ? s.armed - removed : 0;
+    return s;
+}
+
+}  // namespace mailroom::internal
