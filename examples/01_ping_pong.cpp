@@ -50,7 +50,10 @@ private:
 int main() {
     mailroom::environment env;
     auto threads = env.add_dispatcher("actors", mailroom::active_obj_params{});
-    mailroom::coop c(env, {.name = "ping-pong", .bind = threads.bind()});
+    mailroom::coop_options opts;
+    opts.name = "ping-pong";
+    opts.bind = threads.bind();
+    mailroom::coop c(env, std::move(opts));
     auto& a = c.make_agent<pinger>(100000);
     auto& b = c.make_agent<ponger>();
     a.set_peer(b.direct_mbox());

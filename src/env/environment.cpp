@@ -113,6 +113,7 @@ std::vector<std::shared_ptr<dispatcher_impl>> env_core::dispatchers() const {
 
 void env_core::stop() noexcept {
     if (stopping_.exchange(true, std::memory_order_acq_rel)) return;
+    stopping_.notify_all();  // join() waits for this
     std::vector<env_extension*> exts;
     {
         std::lock_guard g(lock_);
@@ -124,7 +125,7 @@ void env_core::stop() noexcept {
 void env_core::join() {
     if (current_env() == this)
         throw usage_error("environment '" + name() + "': join() called from one of its own threads");
-    stop();
+    stopping_.wait(false, std::memory_order_acquire);
     std::lock_guard jg(join_lock_);
     if (joined_) return;
     std::vector<env_extension*> exts;
@@ -180,6 +181,7 @@ environment::environment(environment_options options)
 environment::~environment() {
     if (internal::current_env() == core_.get())
         internal::fatal("an environment was destroyed from one of its own threads");
+    core_->stop();
     core_->join();
 }
 

@@ -1,1 +1,18 @@
-int main() { return 0; }
+// The mailroom command: demo (and, later, bench, node, stats).
+
+#include "demo.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+int main(int argc, char** argv) {
+    if (argc < 2 || std::strcmp(argv[1], "help") == 0 || std::strcmp(argv[1], "--help") == 0) {
+        std::printf("usage: mailroom demo [--seconds N] [--subscribers N]\n");
+        return argc < 2 ? 2 : 0;
+    }
+    std::string cmd = argv[1];
+    if (cmd == "demo") return mailroom::tool::run_demo(argc - 2, argv + 2);
+    std::fprintf(stderr, "mailroom: unknown command '%s' (try: mailroom help)\n", argv[1]);
+    return 2;
+}

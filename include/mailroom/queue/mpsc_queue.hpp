@@ -58,9 +58,11 @@ public:
 
     /// Consumer only. False only when no push has started since the last pop found it empty.
     bool maybe_nonempty() const noexcept {
-        mpsc_node* head = head_;
-        if (head->next.load(std::memory_order_acquire)) return true;
-        return tail_.load(std::memory_order_seq_cst) != head;
+        // head_ is either the stub or the oldest node not yet popped: a node left alone at the
+        // head (its successor not linked yet, or none) is still a message.
+        if (head_ != &stub_) return true;
+        if (stub_.next.load(std::memory_order_acquire)) return true;
+        return tail_.load(std::memory_order_seq_cst) != &stub_;
     }
 
 private:

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The two commands of the README.
+#   bash tools/setup.sh demo   installs the missing Debian packages, builds, runs `mailroom demo`
+#   bash tools/setup.sh test   installs the missing Debian packages, builds and runs the whole test
+#                              suite three ways: normal, ThreadSanitizer, AddressSanitizer+UBSan+LSan
+# Options through the environment: MAILROOM_JOBS (default 2), MAILROOM_TEST_BUILDS (default
+# "release tsan asan"), MAILROOM_BUILD_ROOT (default ./build).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+jobs=${MAILROOM_JOBS:-2}
+root=${MAILROOM_BUILD_ROOT:-$here/build}
+
+# Debian packages the build needs; only the missing ones are installed.
+packages=(g++ cmake make pkg-config libgtest-dev libgmock-dev libbenchmark-dev)
+
+install_missing() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# configure_and_build <dir> <sanitizer: '' | thread | address> <build type> [extra cmake args...]
+configure_and_build() {
+  local dir=$1 san=$2 type=$3
+  shift 3
+  cmake -S "$here" -B "$dir" -DCMAKE_BUILD_TYPE="$type" -DMAILROOM_SANITIZE="$san" "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+}
+
+run_tests() {
+  local name=$1 dir=$2
+  echo "== tests: $name"
+  local start=$SECONDS
+  ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 600
+  echo "== tests: $name passed in $((SECONDS - start)) s"
+}
+
+mode=${1:-}
+case "$mode" in
+  demo)
+    install_missing
+    configure_and_build "$root/release" "" Release
+    shift
+    "$root/release/tools/mailroom/mailroom" demo "$@"
+    ;;
+  test)
+    install_missing
+    builds=${MAILROOM_TEST_BUILDS:-release tsan asan}
+    export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
+    export ASAN_OPTIONS="detect_leaks=1 abort_on_error=1 ${ASAN_OPTIONS:-}"
+    export UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1 ${UBSAN_OPTIONS:-}"
+    for b in $builds; do
+      start=$SECONDS
+      case "$b" in
+        release) configure_and_build "$root/release" "" Release ;;
+        tsan) configure_and_build "$root/tsan" thread RelWithDebInfo -DMAILROOM_BUILD_BENCH=OFF ;;
+        asan) configure_and_build "$root/asan" address RelWithDebInfo -DMAILROOM_BUILD_BENCH=OFF ;;
+        *) echo "unknown build '$b' (release, tsan, asan)" >&2; exit 2 ;;
+      esac
+      echo "== build: $b took $((SECONDS - start)) s"
+      run_tests "$b" "$root/$b"
+    done
+    echo "== all test builds passed: $builds"
+    ;;
+  *)
+    echo "usage: bash tools/setup.sh demo|test" >&2
+    exit 2
+    ;;
+esac
