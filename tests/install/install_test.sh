@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs mailroom from the build tree <build> into a scratch prefix, then builds and runs a
+# consumer three ways: find_package, pkg-config, and add_subdirectory of the source tree.
+set -euo pipefail
+src=$1 build=$2 scratch=$3
+rm -rf "$scratch" && mkdir -p "$scratch"
+cmake --install "$build" --prefix "$scratch/prefix" >/dev/null
+
+cmake -S "$src/tests/install/consumer" -B "$scratch/find" -DCMAKE_PREFIX_PATH="$scratch/prefix" >/dev/null
+cmake --build "$scratch/find" >/dev/null
+"$scratch/find/consumer"
+
+libdir=$(ls -d "$scratch"/prefix/lib*/pkgconfig | head -n 1)
+flags=$(PKG_CONFIG_PATH="$libdir" pkg-config --cflags --libs mailroom)
+# shellcheck disable=SC2086
+c++ "$src/tests/install/consumer/main.cpp" -o "$scratch/pc_consumer" $flags
+"$scratch/pc_consumer"
+
+cmake -S "$src/tests/install/consumer" -B "$scratch/sub" -DMAILROOM_SOURCE_DIR="$src" >/dev/null
+cmake --build "$scratch/sub" -j 2 >/dev/null
+"$scratch/sub/consumer"
