@@ -1,0 +1,152 @@
+#pragma once
+// A small harness shared by the workload programs: command line (--scale, --reps and a few
+// named extras), repetitions with median and spread, self-checks that fail loudly, and the
+// one machine-readable RESULT line each program ends with.
+
+#include <mailroom/mailroom.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+using clock = std::chrono::steady_clock;
+
+inline std::int64_t now_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
+}
+
+/// The command line: `--scale F` (size factor), `--reps N` (repetitions, median printed) and
+/// the extras a program declares (`--name value`).
+struct options {
+    double scale = 1.0;
+    int reps = 3;
+    std::map<std::string, std::string> extra;
+
+    std::string get(const std::string& name, const std::string& fallback) const {
+        auto it = extra.find(name);
+        return it == extra.end() ? fallback : it->second;
+    }
+    long get_long(const std::string& name, long fallback) const {
+        auto it = extra.find(name);
+        return it == extra.end() ? fallback : std::strtol(it->second.c_str(), nullptr, 10);
+    }
+    /// `base * scale`, at least `min`.
+    std::uint64_t scaled(std::uint64_t base, std::uint64_t min = 1) const {
+        auto v = static_cast<std::uint64_t>(std::llround(static_cast<double>(base) * scale));
+        return std::max(v, min);
+    }
+};
+
+[[noreturn]] inline void usage(const char* argv0, const std::map<std::string, std::string>& extras) {
+    std::fprintf(stderr, "usage: %s [--scale F] [--reps N]", argv0);
+    for (auto& [k, help] : extras) std::fprintf(stderr, " [--%s %s]", k.c_str(), help.c_str());
+    std::fprintf(stderr, "\n");
+    std::exit(2);
+}
+
+/// `extras` maps each accepted extra flag to a one-word description of its value.
+inline options parse(int argc, char** argv, const std::map<std::string, std::string>& extras = {}) {
+    options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "-h" || a == "--help" || a.rfind("--", 0) != 0 || i + 1 >= argc) usage(argv[0], extras);
+        std::string name = a.substr(2), value = argv[++i];
+        if (name == "scale") {
+            o.scale = std::strtod(value.c_str(), nullptr);
+            if (!(o.scale > 0)) usage(argv[0], extras);
+        } else if (name == "reps") {
+            o.reps = static_cast<int>(std::strtol(value.c_str(), nullptr, 10));
+            if (o.reps < 1) usage(argv[0], extras);
+        } else if (extras.count(name)) {
+            o.extra[name] = value;
+        } else {
+            usage(argv[0], extras);
+        }
+    }
+    return o;
+}
+
+/// Prints a loud failure and exits non-zero.
+[[noreturn]] inline void fail(const char* workload, const std::string& what) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "\n*** %s CHECK FAILED: %s ***\n\n", workload, what.c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
+}
+
+inline void check(bool ok, const char* workload, const std::string& what) {
+    if (!ok) fail(workload, what);
+}
+
+/// Fails unless every message sent was delivered and none was lost, ignored or cancelled.
+inline void check_stats(const char* workload, const mailroom::environment_stats& s, std::uint64_t min_delivered) {
+    auto u = [](std::uint64_t v) { return std::to_string(v); };
+    std::string text = "sent " + u(s.messages_sent) + " delivered " + u(s.messages_delivered) + " lost " +
+                       u(s.messages_lost) + " ignored " + u(s.messages_ignored) + " cancelled " +
+                       u(s.messages_cancelled) + " exceptions " + u(s.handler_exceptions);
+    check(s.messages_lost == 0 && s.messages_ignored == 0 && s.messages_cancelled == 0 && s.handler_exceptions == 0,
+          workload, "environment counters: " + text);
+    check(s.messages_delivered >= min_delivered, workload,
+          "expected at least " + u(min_delivered) + " deliveries; " + text);
+}
+
+/// Times the workers of every dispatcher of `env` parked (a diagnostic: each park costs a wake-up).
+inline std::uint64_t total_parks(const mailroom::environment& env) {
+    std::uint64_t n = 0;
+    for (auto& d : env.dispatcher_stats_all())
+        for (auto& w : d.workers) n += w.parks;
+    return n;
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+inline std::size_t rss_bytes() {
+    std::ifstream f("/proc/self/statm");
+    std::size_t size = 0, resident = 0;
+    f >> size >> resident;
+    return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+struct summary {
+    double median, min, max;
+};
+
+inline summary summarize(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    double med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    return {med, v.front(), v.back()};
+}
+
+/// Runs `once` `reps` times (each returns the figure of one run), printing each figure as it
+/// comes, and returns the summary.
+inline summary repeat(const options& o, const char* unit, const std::function<double()>& once) {
+    std::vector<double> values;
+    for (int r = 0; r < o.reps; ++r) {
+        double v = once();
+        std::printf("  rep %d: %.4g %s\n", r + 1, v, unit);
+        std::fflush(stdout);
+        values.push_back(v);
+    }
+    return summarize(values);
+}
+
+/// The last two lines: a human one, then the machine-readable one.
+inline void report(const char* workload, const std::string& human, const summary& s, const char* unit) {
+    std::printf("%s: %s: median %.4g %s (min %.4g, max %.4g)\n", workload, human.c_str(), s.median, unit, s.min, s.max);
+    std::printf("RESULT workload=%s system=mailroom value=%.6g unit=%s\n", workload, s.median, unit);
+    std::fflush(stdout);
+}
+
+}  // namespace bench

@@ -1,0 +1,105 @@
+// W1: ping-pong across two threads. Two agents, each on its own worker thread (active_obj
+// dispatcher, or two one_thread dispatchers with --disp one_thread), bounce a counter 1M times.
+// Figure: ns per round trip (two sends, two handler calls, two cross-thread hand-offs).
+
+#include "harness.hpp"
+
+namespace {
+
+constexpr const char* workload = "W1";
+
+struct ping {
+    std::uint64_t n;
+};
+struct pong {
+    std::uint64_t n;
+};
+
+struct run_result {
+    std::int64_t t0 = 0, t1 = 0;
+    std::uint64_t pongs = 0;
+};
+
+class pinger final : public mailroom::agent {
+public:
+    pinger(std::uint64_t warmup, std::uint64_t rounds, run_result* r) : warmup_(warmup), rounds_(rounds), r_(r) {}
+    void set_peer(mailroom::mbox peer) { peer_ = std::move(peer); }
+
+protected:
+    void configure() override {
+        subscribe(direct_mbox(), [this](const pong& p) {
+            ++r_->pongs;
+            if (p.n != r_->pongs) bench::fail(workload, "pong out of order");
+            if (p.n == warmup_) r_->t0 = bench::now_ns();
+            if (p.n == warmup_ + rounds_) {
+                r_->t1 = bench::now_ns();
+                stop_environment();
+                return;
+            }
+            mailroom::send<ping>(peer_, p.n + 1);
+        });
+    }
+    void on_start() override { mailroom::send<ping>(peer_, std::uint64_t{1}); }
+
+private:
+    std::uint64_t warmup_, rounds_;
+    run_result* r_;
+    mailroom::mbox peer_;
+};
+
+class ponger final : public mailroom::agent {
+public:
+    void set_peer(mailroom::mbox peer) { peer_ = std::move(peer); }
+
+protected:
+    void configure() override {
+        subscribe(direct_mbox(), [this](const ping& p) { mailroom::send<pong>(peer_, p.n); });
+    }
+
+private:
+    mailroom::mbox peer_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto o = bench::parse(argc, argv, {{"disp", "active_obj|one_thread"}});
+    const std::uint64_t rounds = o.scaled(1'000'000, 1000);
+    const std::uint64_t warmup = 10'000;
+    const std::string disp = o.get("disp", "active_obj");
+    if (disp != "active_obj" && disp != "one_thread") bench::usage(argv[0], {{"disp", "active_obj|one_thread"}});
+    std::printf("W1 ping-pong across two threads: %llu round trips (+%llu warm-up), %s dispatcher\n",
+                static_cast<unsigned long long>(rounds), static_cast<unsigned long long>(warmup), disp.c_str());
+
+    auto s = bench::repeat(o, "ns/round trip", [&] {
+        run_result r;
+        std::uint64_t parks = 0;
+        {
+            mailroom::environment env;
+            mailroom::binder ba, bb;
+            if (disp == "active_obj") {
+                auto d = env.add_dispatcher("actors", mailroom::active_obj_params{});
+                ba = bb = d.bind();
+            } else {
+                ba = env.add_dispatcher("ping", mailroom::one_thread_params{}).bind();
+                bb = env.add_dispatcher("pong", mailroom::one_thread_params{}).bind();
+            }
+            mailroom::coop c(env, {});
+            auto& a = c.make_agent_with_binder<pinger>(ba, warmup, rounds, &r);
+            auto& b = c.make_agent_with_binder<ponger>(bb);
+            a.set_peer(b.direct_mbox());
+            b.set_peer(a.direct_mbox());
+            mailroom::register_coop(std::move(c));
+            env.join();
+            auto st = env.stats();
+            bench::check_stats(workload, st, 2 * (rounds + warmup));
+            parks = bench::total_parks(env);
+        }
+        bench::check(r.pongs == rounds + warmup, workload,
+                     "counted " + std::to_string(r.pongs) + " pongs, expected " + std::to_string(rounds + warmup));
+        std::printf("  (workers parked %llu times)\n", static_cast<unsigned long long>(parks));
+        return static_cast<double>(r.t1 - r.t0) / static_cast<double>(rounds);
+    });
+    bench::report(workload, "ping-pong across two threads (" + disp + ")", s, "ns_per_round_trip");
+    return 0;
+}
