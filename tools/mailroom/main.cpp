@@ -8,7 +8,8 @@
 
 int main(int argc, char** argv) {
     if (argc < 2 || std::strcmp(argv[1], "help") == 0 || std::strcmp(argv[1], "--help") == 0) {
-        std::printf("usage: mailroom demo [--seconds N] [--subscribers N]\n");
+        std::printf("usage: mailroom demo [--seconds N] [--subscribers N] [--quiet]\n"
+                    "       mailroom demo --help\n");
         return argc < 2 ? 2 : 0;
     }
     std::string cmd = argv[1];

@@ -1,0 +1,128 @@
+#pragma once
+// What the demo measures itself, next to the environment's own statistics: a latency histogram
+// that handlers on several threads fill without contending, and the counters its checks need.
+
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+namespace mailroom::tool {
+
+/// Counts of a latency histogram at one moment; subtract two to get an interval.
+class latency_snapshot {
+public:
+    // Values below 16 ns get a bucket each; above, every power of two is split in 8 buckets,
+    // so a percentile is exact to within 12.5 %, up to 2^40 ns (about 18 minutes).
+    static constexpr std::size_t linear = 16;
+    static constexpr std::size_t sub_buckets = 8;
+    static constexpr std::size_t buckets = linear + (40 - 4) * sub_buckets;
+
+    static std::size_t bucket_of(std::uint64_t ns) noexcept {
+        if (ns < linear) return static_cast<std::size_t>(ns);
+        const unsigned exponent = static_cast<unsigned>(std::bit_width(ns)) - 1;  // >= 4
+        if (exponent >= 40) return buckets - 1;
+        const auto sub = static_cast<std::size_t>((ns >> (exponent - 3)) & (sub_buckets - 1));
+        return linear + (exponent - 4) * sub_buckets + sub;
+    }
+
+    /// The upper edge of a bucket: a percentile is reported as "at most this".
+    static std::uint64_t upper_bound_of(std::size_t bucket) noexcept {
+        if (bucket < linear) return bucket;
+        const std::size_t exponent = (bucket - linear) / sub_buckets + 4;
+        const std::size_t sub = (bucket - linear) % sub_buckets;
+        const std::uint64_t step = std::uint64_t{1} << (exponent - 3);
+        return (std::uint64_t{1} << exponent) + (sub + 1) * step - 1;
+    }
+
+    std::uint64_t count() const noexcept {
+        std::uint64_t n = 0;
+        for (auto c : counts) n += c;
+        return n;
+    }
+
+    /// The value below which a fraction `q` (0..1) of the samples lie; 0 without samples.
+    std::uint64_t percentile(double q) const noexcept {
+        const std::uint64_t total = count();
+        if (total == 0) return 0;
+        const auto rank = static_cast<std::uint64_t>(q * static_cast<double>(total - 1)) + 1;
+        std::uint64_t seen = 0;
+        for (std::size_t b = 0; b < buckets; ++b) {
+            seen += counts[b];
+            if (seen >= rank) return upper_bound_of(b);
+        }
+        return upper_bound_of(buckets - 1);
+    }
+
+    latency_snapshot operator-(const latency_snapshot& earlier) const noexcept {
+        latency_snapshot d;
+        for (std::size_t b = 0; b < buckets; ++b) d.counts[b] = counts[b] - earlier.counts[b];
+        return d;
+    }
+
+    std::array<std::uint64_t, buckets> counts{};
+};
+
+/// A latency histogram written by many threads and read by one. Each writing thread gets its
+/// own shard, so the two workers of the pool never bounce a cache line between them on the
+/// hot path; the reader sums the shards (a slightly torn read is fine for a progress line).
+class latency_histogram {
+public:
+    void record(std::uint64_t ns) noexcept {
+        my_shard().counts[latency_snapshot::bucket_of(ns)].fetch_add(1, std::memory_order_relaxed);
+    }
+
+    latency_snapshot snapshot() const noexcept {
+        latency_snapshot s;
+        for (const auto& shard : shards_)
+            for (std::size_t b = 0; b < latency_snapshot::buckets; ++b)
+                s.counts[b] += shard.counts[b].load(std::memory_order_relaxed);
+        return s;
+    }
+
+private:
+    static constexpr std::size_t shard_count = 8;
+
+    struct alignas(64) shard {
+        std::array<std::atomic<std::uint64_t>, latency_snapshot::buckets> counts{};
+    };
+
+    shard& my_shard() noexcept {
+        // Threads beyond shard_count share shards; that only costs some contention.
+        thread_local const std::size_t index = next_shard_.fetch_add(1, std::memory_order_relaxed) % shard_count;
+        return shards_[index];
+    }
+
+    std::array<shard, shard_count> shards_{};
+    std::atomic<std::size_t> next_shard_{0};
+};
+
+/// The demo's own counters. Agents on any thread update them; the stats agent and the final
+/// report read them.
+struct demo_metrics {
+    std::atomic<std::uint64_t> quotes_published{0};
+    /// Set by the feed when it has stopped for good: what every steady subscriber must receive.
+    std::atomic<std::uint64_t> quotes_final{0};
+    std::atomic<bool> feed_stopped{false};
+    /// now_ns() when the reporter asked the environment to stop.
+    std::atomic<std::int64_t> stop_requested_ns{0};
+
+    std::atomic<std::uint64_t> order_violations{0};
+    /// Steady subscribers that finished having received every quote published.
+    std::atomic<std::uint64_t> steady_subscribers_complete{0};
+
+    std::atomic<std::uint64_t> churn_coops_registered{0};
+    std::atomic<std::uint64_t> churn_coops_deregistered{0};
+    std::atomic<std::uint64_t> churn_agents_started{0};
+
+    std::atomic<std::uint64_t> reminders_armed{0};
+    std::atomic<std::uint64_t> reminders_delivered{0};
+    std::atomic<std::uint64_t> reminders_cancelled{0};         ///< cancelled on purpose before they fired
+    std::atomic<std::uint64_t> reminders_cancelled_at_end{0};  ///< still pending when the timekeeper finished
+    std::atomic<std::uint64_t> reminders_after_cancel{0};      ///< delivered although cancelled: a bug
+
+    latency_histogram latency;
+};
+
+}  // namespace mailroom::tool
