@@ -246,6 +246,10 @@ private:
                 }
                 std::int64_t left = s->pending.fetch_sub(done, std::memory_order_acq_rel) - done;
                 if (left <= 0) break;
+                // Stopping: leave the rest to join()'s discard. Without this check a strand that
+                // keeps feeding itself (an agent sending to itself) would hold its worker, and
+                // join(), forever.
+                if (stop_.load(std::memory_order_acquire)) break;
                 // Fairness: after `cap` demands the strand goes to the back of the run queue,
                 // unless nobody else is waiting, in which case it simply continues here.
                 if (ready_.load(std::memory_order_acquire) > 0) {

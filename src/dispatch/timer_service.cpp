@@ -108,11 +108,14 @@ bool timer_service::arm(timer_entry* e) noexcept {
         return false;
     }
     armed_.fetch_add(1, std::memory_order_relaxed);
+    // Read before the push: from then on the entry is the timer thread's, which may fire it and
+    // drop the last reference before this thread looks at it again.
+    const std::int64_t deadline = e->deadline_ns;
     commands_.push_quiet(e);
     // The timer thread publishes how long it means to sleep before it parks; a deadline after
     // that needs no wake-up (it is picked up when the thread wakes anyway). Both sides use
     // seq_cst, so either this load sees the new sleep time or the thread sees this push.
-    if (e->deadline_ns < sleep_until_.load(std::memory_order_seq_cst)) commands_.wake_if_parked();
+    if (deadline < sleep_until_.load(std::memory_order_seq_cst)) commands_.wake_if_parked();
     return true;
 }
 

@@ -28,6 +28,9 @@ void worker_mailbox::wait(std::int64_t deadline_ns) noexcept {
             if (now >= spin_end || (deadline_ns >= 0 && now >= deadline_ns)) break;
         }
     }
+    // A deadline that passed while spinning ends the wait here: announcing `parked` would only
+    // count a park that never sleeps and make writers pay for a futex wake nobody waits on.
+    if (deadline_ns >= 0 && now_ns() >= deadline_ns) return;
     state_.store(parked, std::memory_order_seq_cst);
     if (queue_.maybe_nonempty()) {
         state_.store(awake, std::memory_order_relaxed);

@@ -1,0 +1,254 @@
+#include <mailroom/dispatch/timer_service.hpp>
+
+#include <mailroom/core/clock.hpp>
+
+#include <gtest/gtest.h>
+
+#include "test_support.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace mailroom::internal;
+using namespace std::chrono_literals;
+using mailroom::now_ns;
+using mailroom::test::eventually;
+
+/// Counts its firings and its destruction; deletes itself when the last reference goes.
+class test_timer final : public timer_entry {
+public:
+    struct record {
+        std::atomic<int> fired{0};
+        std::atomic<std::int64_t> first_fire_ns{0};
+        std::atomic<int> destroyed{0};
+    };
+
+    static test_timer* make(record& r, std::int64_t deadline, std::int64_t period = 0) {
+        auto* t = new test_timer(r);
+        t->deadline_ns = deadline;
+        t->period_ns = period;
+        return t;
+    }
+
+private:
+    explicit test_timer(record& r) : rec_(r) {}
+    void fire() noexcept override {
+        std::int64_t zero = 0;
+        rec_.first_fire_ns.compare_exchange_strong(zero, now_ns());
+        rec_.fired.fetch_add(1);
+    }
+    void destroy() noexcept override {
+        rec_.destroyed.fetch_add(1);
+        delete this;
+    }
+    record& rec_;
+};
+
+constexpr std::int64_t ms(std::int64_t n) { return n * 1'000'000; }
+
+TEST(timer_service, a_one_shot_fires_once_and_not_before_its_deadline) {
+    timer_service svc;
+    test_timer::record r;
+    const std::int64_t deadline = now_ns() + ms(30);
+    auto* t = test_timer::make(r, deadline);
+    ASSERT_TRUE(svc.arm(t));
+    ASSERT_TRUE(eventually([&] { return r.fired.load() == 1; }, 10s));
+    EXPECT_GE(r.first_fire_ns.load(), deadline) << "fired " << (deadline - r.first_fire_ns.load()) << " ns early";
+    // The service dropped its (only) reference once it fired: the entry is gone and never fires again.
+    EXPECT_TRUE(eventually([&] { return r.destroyed.load() == 1; }, 10s));
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(r.fired.load(), 1);
+    auto s = svc.stats();
+    EXPECT_EQ(s.armed, 1u);
+    EXPECT_EQ(s.fired, 1u);
+    EXPECT_EQ(s.cancelled, 0u);
+    EXPECT_EQ(s.pending, 0u);
+}
+
+TEST(timer_service, timers_fire_in_deadline_order_not_arming_order) {
+    timer_service svc;
+    test_timer::record late, early;
+    const std::int64_t now = now_ns();
+    ASSERT_TRUE(svc.arm(test_timer::make(late, now + ms(60))));
+    ASSERT_TRUE(svc.arm(test_timer::make(early, now + ms(15))));
+    ASSERT_TRUE(eventually([&] { return late.fired.load() == 1 && early.fired.load() == 1; }, 10s));
+    EXPECT_LT(early.first_fire_ns.load(), late.first_fire_ns.load());
+    EXPECT_GE(late.first_fire_ns.load(), now + ms(60));
+}
+
+TEST(timer_service, a_timer_beyond_the_first_wheel_level_fires_after_its_deadline) {
+    // 100 µs ticks: 300 ms is about 3,000 ticks, past level 0's 256 slots, so it cascades.
+    timer_service svc(100us);
+    test_timer::record r;
+    const std::int64_t deadline = now_ns() + ms(300);
+    ASSERT_TRUE(svc.arm(test_timer::make(r, deadline)));
+    ASSERT_TRUE(eventually([&] { return r.fired.load() == 1; }, 10s));
+    EXPECT_GE(r.first_fire_ns.load(), deadline);
+}
+
+TEST(timer_service, a_periodic_timer_fires_repeatedly_until_cancelled) {
+    timer_service svc;
+    test_timer::record r;
+    auto* t = test_timer::make(r, now_ns() + ms(2), ms(2));
+    t->add_ref();  // ours, to cancel it
+    ASSERT_TRUE(svc.arm(t));
+    ASSERT_TRUE(eventually([&] { return r.fired.load() >= 5; }, 10s)) << "fired " << r.fired.load();
+    EXPECT_TRUE(t->cancel());
+    EXPECT_FALSE(t->cancel()) << "a second cancel() claims to have cancelled it again";
+    // It leaves the wheel at its next due tick (at most one firing already under way may land).
+    ASSERT_TRUE(eventually([&] { return svc.stats().pending == 0; }, 10s));
+    const int fired = r.fired.load();
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(r.fired.load(), fired) << "a cancelled periodic timer kept firing";
+    EXPECT_EQ(r.destroyed.load(), 0);  // we still hold a reference
+    t->release();
+    EXPECT_EQ(r.destroyed.load(), 1);
+    auto s = svc.stats();
+    EXPECT_EQ(s.armed, 1u);
+    EXPECT_EQ(s.fired, static_cast<std::uint64_t>(fired));
+    EXPECT_EQ(s.cancelled, 1u);
+}
+
+TEST(timer_service, cancel_before_the_deadline_prevents_the_firing) {
+    timer_service svc;
+    test_timer::record r;
+    const std::int64_t deadline = now_ns() + ms(40);
+    auto* t = test_timer::make(r, deadline);
+    t->add_ref();
+    ASSERT_TRUE(svc.arm(t));
+    EXPECT_TRUE(t->cancel());
+    EXPECT_TRUE(t->cancelled());
+    ASSERT_TRUE(eventually([&] { return svc.stats().pending == 0; }, 10s));
+    while (now_ns() < deadline + ms(20)) std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(r.fired.load(), 0);
+    EXPECT_EQ(svc.stats().cancelled, 1u);
+    EXPECT_EQ(svc.stats().fired, 0u);
+    t->release();
+    EXPECT_EQ(r.destroyed.load(), 1);
+}
+
+TEST(timer_service, begin_delivery_refuses_once_cancelled) {
+    test_timer::record r;
+    auto* t = test_timer::make(r, 0);
+    ASSERT_TRUE(t->begin_delivery());
+    t->end_delivery();
+    t->cancel();
+    EXPECT_FALSE(t->begin_delivery()) << "a delivery began after cancel() returned";
+    t->release();
+    EXPECT_EQ(r.destroyed.load(), 1);
+}
+
+TEST(timer_service, cancel_waits_for_a_delivery_running_on_another_thread) {
+    test_timer::record r;
+    auto* t = test_timer::make(r, 0);
+    std::atomic<bool> in_delivery{false};
+    std::atomic<bool> delivery_done{false};
+    std::thread receiver([&] {
+        ASSERT_TRUE(t->begin_delivery());
+        in_delivery.store(true);
+        std::this_thread::sleep_for(50ms);  // a handler still running
+        delivery_done.store(true);
+        t->end_delivery();
+    });
+    ASSERT_TRUE(eventually([&] { return in_delivery.load(); }, 10s));
+    EXPECT_TRUE(t->cancel());
+    EXPECT_TRUE(delivery_done.load()) << "cancel() returned while a delivery was still running";
+    receiver.join();
+    EXPECT_FALSE(t->begin_delivery());
+    t->release();
+}
+
+TEST(timer_service, cancel_from_inside_a_delivery_does_not_wait_for_itself) {
+    test_timer::record r;
+    auto* t = test_timer::make(r, 0);
+    auto done = std::async(std::launch::async, [t] {
+        bool began = t->begin_delivery();
+        bool cancelled = t->cancel();  // would wait for itself forever without the in-delivery check
+        t->end_delivery();
+        return began && cancelled;
+    });
+    ASSERT_EQ(done.wait_for(10s), std::future_status::ready) << "cancel() inside a delivery deadlocked";
+    EXPECT_TRUE(done.get());
+    EXPECT_TRUE(t->cancelled());
+    EXPECT_FALSE(t->begin_delivery());
+    t->release();
+}
+
+TEST(timer_service, cancel_from_inside_a_delivery_of_another_timer_still_waits) {
+    // The "inside a delivery" exemption is per timer: a handler of timer A cancelling timer B
+    // must still wait for B's delivery on another thread.
+    test_timer::record ra, rb;
+    auto* a = test_timer::make(ra, 0);
+    auto* b = test_timer::make(rb, 0);
+    std::atomic<bool> b_running{false};
+    std::atomic<bool> b_done{false};
+    std::thread other([&] {
+        ASSERT_TRUE(b->begin_delivery());
+        b_running.store(true);
+        std::this_thread::sleep_for(50ms);
+        b_done.store(true);
+        b->end_delivery();
+    });
+    ASSERT_TRUE(eventually([&] { return b_running.load(); }, 10s));
+    ASSERT_TRUE(a->begin_delivery());
+    b->cancel();
+    EXPECT_TRUE(b_done.load()) << "cancel() of another timer did not wait for its delivery";
+    a->end_delivery();
+    other.join();
+    a->release();
+    b->release();
+}
+
+TEST(timer_service, stop_releases_every_armed_entry) {
+    test_timer::record one_shots, periodics, late;
+    {
+        timer_service svc;
+        const std::int64_t now = now_ns();
+        for (int i = 0; i < 50; ++i) ASSERT_TRUE(svc.arm(test_timer::make(one_shots, now + ms(3'600'000) + i)));
+        for (int i = 0; i < 20; ++i) ASSERT_TRUE(svc.arm(test_timer::make(periodics, now + ms(5'000), ms(1'000))));
+        for (int i = 0; i < 10; ++i) ASSERT_TRUE(svc.arm(test_timer::make(one_shots, now + ms(i))));
+        ASSERT_TRUE(eventually([&] { return svc.stats().fired == 10; }, 10s));
+        svc.stop();
+        EXPECT_EQ(one_shots.destroyed.load(), 60) << "stop() left one-shot entries armed";
+        EXPECT_EQ(periodics.destroyed.load(), 20) << "stop() left periodic entries armed";
+        auto s = svc.stats();
+        EXPECT_EQ(s.armed, 80u);
+        EXPECT_EQ(s.fired, 10u);
+        EXPECT_EQ(s.pending, 0u);
+        // Arming a stopped service releases the entry at once.
+        EXPECT_FALSE(svc.arm(test_timer::make(late, now)));
+        EXPECT_EQ(late.destroyed.load(), 1);
+        svc.stop();  // idempotent
+    }
+    EXPECT_EQ(one_shots.fired.load(), 10);
+    EXPECT_EQ(periodics.fired.load(), 0);
+}
+
+TEST(timer_service, many_timers_from_several_threads_all_fire_once) {
+    timer_service svc;
+    test_timer::record r;
+    constexpr int threads = 4;
+    const int per_thread = static_cast<int>(mailroom::test::rounds(2000));
+    std::vector<std::thread> ts;
+    for (int k = 0; k < threads; ++k)
+        ts.emplace_back([&, k] {
+            for (int i = 0; i < per_thread; ++i)
+                svc.arm(test_timer::make(r, now_ns() + ms((i * 7 + k) % 50)));
+        });
+    for (auto& t : ts) t.join();
+    ASSERT_TRUE(eventually([&] { return r.destroyed.load() == threads * per_thread; }, 20s))
+        << r.fired.load() << " fired, " << r.destroyed.load() << " released";
+    EXPECT_EQ(r.fired.load(), threads * per_thread);
+    auto s = svc.stats();
+    EXPECT_EQ(s.armed, static_cast<std::uint64_t>(threads * per_thread));
+    EXPECT_EQ(s.fired, s.armed);
+    EXPECT_EQ(s.pending, 0u);
+}
+
+}  // namespace
