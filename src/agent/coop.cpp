@@ -104,11 +104,13 @@ void agent_runtime::wait_stopped() noexcept {
         std::unique_lock g(tree_lock);
         idle_.wait(g, [&] { return busy_ == 0; });
         named.swap(named_);  // breaks the cycle mbox -> environment core -> registry -> mbox
+        // Intake closes only after this returns: a name made in between would rebuild the cycle.
+        named_closed_ = true;
     }
 }
 
 coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
-    {
+    try {
         std::lock_guard g(tree_lock);
         env->check_not_stopping("registering cooperation", c->name);
         if (c->named && coop_names_.count(c->name))
@@ -117,11 +119,19 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         if (c->parent && c->parent->st != coop_impl::state::registered)
             throw usage_error("cooperation '" + c->name + "': its parent '" + c->parent->name +
                               "' is not registered (it is being deregistered or is gone)");
-        if (c->named) coop_names_.emplace(c->name, c->id);
         coops_.reserve(coops_.size() + 1);
         if (c->parent) c->parent->children.reserve(c->parent->children.size() + 1);
+        if (c->named) coop_names_.emplace(c->name, c->id);  // last: nothing below can throw
+        // A registration under way counts as a live child: the parent cannot finish (and be
+        // gone) before this one has either committed, and joined its children, or rolled back.
+        if (c->parent) ++c->parent->live_children;
         c->st = coop_impl::state::registering;
         ++busy_;
+    } catch (...) {
+        // Rejected before anything was bound or configured: the agents, which the caller gave
+        // up with the coop object, are destroyed here (they would leak otherwise).
+        c->destroy_unstarted();
+        throw;
     }
     std::vector<control_demand*> starts;
     std::size_t bound = 0;
@@ -165,32 +175,41 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             retire(core, i < bound);
         }
         c->agents.clear();
+        std::shared_ptr<coop_impl> parent_ready;
         {
             std::lock_guard g(tree_lock);
             if (c->named) coop_names_.erase(c->name);
             c->st = coop_impl::state::gone;
+            if (c->parent && --c->parent->live_children == 0 && c->parent->st == coop_impl::state::deregistering)
+                parent_ready = c->parent;
             --busy_;
         }
+        c->parent.reset();
+        if (parent_ready) parent_ready->start_finishing();  // it was waiting for this registration
         idle_.notify_all();
         throw;
     }
 
     // Commit: nothing below can fail.
     bool stop_now;
+    bool parent_leaving = false;
     {
         std::lock_guard g(tree_lock);
         c->st = coop_impl::state::registered;
         coops_.emplace(c->id, c);
         if (c->parent) {
-            c->parent->children.push_back(c.get());
-            ++c->parent->live_children;
+            c->parent->children.push_back(c.get());  // already counted in live_children
+            // The parent began deregistering while this one was being configured: it did not
+            // see this child, so the child follows it on its own (below).
+            parent_leaving = c->parent->st != coop_impl::state::registered;
         }
         stop_now = env->stopping();
     }
     c->live_agents.store(c->agents.size(), std::memory_order_relaxed);
-    for (std::size_t i = 0; i < c->agents.size(); ++i) c->agents[i]->open_gate(starts[i]);
     coops_registered.fetch_add(1, std::memory_order_relaxed);
     coop_handle h(c);
+    // Before the agents start, so that it always comes before on_deregistered (an agent may
+    // deregister its cooperation in its very first on_start).
     if (c->opts.on_registered) {
         try {
             c->opts.on_registered(h);
@@ -200,7 +219,11 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             log_callback_failure(*env, "cooperation '" + c->name + "': on_registered threw");
         }
     }
-    if (stop_now) c->deregister(dereg_reason::shutdown);
+    for (std::size_t i = 0; i < c->agents.size(); ++i) c->agents[i]->open_gate(starts[i]);
+    if (parent_leaving)
+        c->deregister(dereg_reason::parent_deregistered);
+    else if (stop_now)
+        c->deregister(dereg_reason::shutdown);
     return h;
 }
 
@@ -245,6 +268,9 @@ void agent_runtime::finalize(coop_impl& c) noexcept {
 mbox agent_runtime::make_named(std::string name, bool may_exist) {
     env->check_open("creating named mbox", name);
     std::lock_guard g(tree_lock);
+    if (named_closed_)
+        throw environment_stopped_error("creating named mbox '" + name + "': environment '" + env->name() +
+                                        "' is stopped");
     auto it = named_.find(name);
     if (it != named_.end()) {
         if (may_exist) return mbox(it->second);

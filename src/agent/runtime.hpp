@@ -263,6 +263,7 @@ private:
     std::size_t busy_ = 0;  // registered cooperations plus registrations under way
     std::condition_variable idle_;
     std::map<std::string, std::shared_ptr<mbox_impl>, std::less<>> named_;
+    bool named_closed_ = false;  // the registry was emptied by wait_stopped
 };
 
 /// The agent whose configure() or handler this thread is running.

@@ -129,7 +129,7 @@ public:
             worker_stats w;
             w.handled = beats_[i].handled.load(std::memory_order_relaxed);
             w.busy = beats_[i].busy.load(std::memory_order_relaxed) != 0;
-            w.parks = parks_.load(std::memory_order_relaxed);
+            w.parks = beats_[i].parks.load(std::memory_order_relaxed);
             s.workers.push_back(w);
         }
         return s;
@@ -208,7 +208,7 @@ private:
     }
 
     // Spins for the configured time, then parks until a strand is scheduled or the pool stops.
-    void wait_for_work() noexcept {
+    void wait_for_work(heartbeat& beat) noexcept {
         const std::int64_t spin_end = now_ns() + params_.spin.count();
         for (unsigned i = 1;; ++i) {
             if (ready_.load(std::memory_order_acquire) > 0 || stop_.load(std::memory_order_acquire)) return;
@@ -218,7 +218,7 @@ private:
         std::uint32_t e = epoch_.load(std::memory_order_seq_cst);
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
         if (ready_.load(std::memory_order_seq_cst) == 0 && !stop_.load(std::memory_order_seq_cst)) {
-            parks_.fetch_add(1, std::memory_order_relaxed);
+            beat.parks.store(beat.parks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
             futex_wait(epoch_, e);
         }
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
@@ -230,7 +230,7 @@ private:
         while (!stop_.load(std::memory_order_acquire)) {
             strand* s = take_ready();
             if (!s) {
-                wait_for_work();
+                wait_for_work(beat);
                 continue;
             }
             for (;;) {
@@ -272,7 +272,6 @@ private:
     alignas(cache_line) std::atomic<std::uint32_t> sleepers_{0};
     std::atomic<std::uint32_t> epoch_{0};
     std::atomic<bool> stop_{false};
-    std::atomic<std::uint64_t> parks_{0};
 
     mutable std::mutex binding_lock_;
     std::vector<std::unique_ptr<strand>> strands_;

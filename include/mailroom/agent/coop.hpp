@@ -49,7 +49,8 @@ struct coop_options {
     coop_handle parent;
     /// For agents that say `inherit`.
     exception_policy on_exception = exception_policy::inherit;
-    /// Called once registration has committed, on the registering thread.
+    /// Called once registration has committed, on the registering thread, before any of the
+    /// cooperation's agents starts (so always before on_deregistered).
     std::function<void(const coop_handle&)> on_registered;
     /// Called once every agent is destroyed, on the thread that finished last, with the reason.
     std::function<void(std::string_view name, dereg_reason)> on_deregistered;
@@ -104,7 +105,8 @@ private:
 /// Registers the cooperation, all or nothing (guarantee 5): each agent is bound and configured;
 /// if any of that throws, everything done so far is undone, no agent has started, no message
 /// reached any of them, and the exception reaches the caller. Raises duplicate_name_error for a
-/// name in use and environment_stopped_error when the environment is stopping.
+/// name in use and environment_stopped_error when the environment is stopping. Whatever fails,
+/// the cooperation's agents are destroyed before the exception reaches the caller.
 MAILROOM_EXPORT coop_handle register_coop(coop&& c);
 
 /// Convenience: builds a cooperation with `fill` and registers it.

@@ -37,6 +37,8 @@ struct heartbeat {
     std::atomic<std::uint64_t> handled{0};
     /// Non-zero while the worker is running a demand.
     std::atomic<std::uint32_t> busy{0};
+    /// Times this worker parked (slept in the kernel) for want of work.
+    std::atomic<std::uint64_t> parks{0};
 
     void begin() noexcept { busy.store(1, std::memory_order_relaxed); }
     void end() noexcept {
