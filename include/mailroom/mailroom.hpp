@@ -5,6 +5,7 @@
 #include <mailroom/agent/coop.hpp>
 #include <mailroom/agent/mbox.hpp>
 #include <mailroom/agent/timer.hpp>
+#include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/core/message.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>

@@ -242,6 +242,11 @@ void agent::set_exception_policy(exception_policy p) noexcept { core_->policy = 
 
 void agent::set_name(std::string name) { core_->custom_name = std::move(name); }
 
+coop_handle agent::cooperation() const {
+    if (!core_->coop) return coop_handle();
+    return coop_handle(core_->coop->shared_from_this());
+}
+
 void agent::deregister_coop(dereg_reason reason) noexcept {
     if (core_->coop) core_->coop->deregister(reason);
 }

@@ -36,12 +36,21 @@ void execute_start(demand* base, demand_mode mode) noexcept {
 
 // Undoes an agent: its generation moves on (so stale demands count themselves lost), it leaves
 // the MPMC mboxes it subscribed to, it is destroyed and unbound, and its core is recycled.
-void retire(agent_core* core, bool bound) noexcept {
-    agent_runtime* rt = core->rt;
+// Leaves every MPMC mbox the agent subscribed to, so that publishers stop queueing for it.
+void leave_topics(agent_core* core) noexcept {
     const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
     for (auto* list : {&core->subs, &core->added})
         for (auto& s : *list)
-            if (s.source && s.mbox_id != 0) static_cast<mpmc_mbox&>(*s.source).remove_subscriber(core, gen, s.type);
+            if (s.source && s.mbox_id != 0) {
+                static_cast<mpmc_mbox&>(*s.source).remove_subscriber(core, gen, s.type);
+                s.source.reset();
+            }
+}
+
+void retire(agent_core* core, bool bound) noexcept {
+    agent_runtime* rt = core->rt;
+    leave_topics(core);
+    const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
     core->gen.store(gen + 1, std::memory_order_release);
     core->close_gate();
     delete core->user;
@@ -57,6 +66,9 @@ void execute_finish(demand* base, demand_mode mode) noexcept {
     auto* d = static_cast<control_demand*>(base);
     agent_core* core = d->target;
     coop_impl* c = core->coop;
+    // First leave the topics: what is published from now on is not queued for an agent that
+    // is finishing (what is already queued behind this demand is counted ignored).
+    leave_topics(core);
     if (mode == demand_mode::run) {
         run_guarded(
             *core, "on_finish", message_type(),
@@ -119,7 +131,9 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         if (c->parent && c->parent->st != coop_impl::state::registered)
             throw usage_error("cooperation '" + c->name + "': its parent '" + c->parent->name +
                               "' is not registered (it is being deregistered or is gone)");
-        coops_.reserve(coops_.size() + 1);
+        // So that the emplace at commit cannot throw; reserve(size + 1) would rehash on every call.
+        if (coops_.size() + 1 > coops_.bucket_count() * coops_.max_load_factor())
+            coops_.reserve(2 * coops_.size() + 16);
         if (c->parent) c->parent->children.reserve(c->parent->children.size() + 1);
         if (c->named) coop_names_.emplace(c->name, c->id);  // last: nothing below can throw
         // A registration under way counts as a live child: the parent cannot finish (and be
@@ -372,7 +386,7 @@ std::size_t coop::size() const noexcept { return impl_ ? impl_->agents.size() : 
 void* coop::prepare_agent(binder b) {
     if (!impl_) throw usage_error("coop: making an agent in a cooperation that was already registered");
     auto& c = *impl_;
-    c.agents.reserve(c.agents.size() + 1);
+    if (c.agents.size() == c.agents.capacity()) c.agents.reserve(std::max<std::size_t>(16, 2 * c.agents.size()));
     internal::agent_core* core = c.rt->allocate_core();
     try {
         core->id = c.rt->next_id();

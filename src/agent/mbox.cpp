@@ -14,7 +14,7 @@ void execute_message(demand* base, demand_mode mode) noexcept;
 }  // namespace
 
 message_demand* message_demand::make(agent_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
-                                     timer_entry* timer) {
+                                     timer_entry* timer, bool fanout) {
     void* block = pool_allocate(sizeof(message_demand));
     auto* d = new (block) message_demand;
     d->execute = &execute_message;
@@ -23,6 +23,7 @@ message_demand* message_demand::make(agent_core* target, std::uint32_t gen, std:
     d->mbox_id = mbox_id;
     d->msg = msg;
     d->timer = timer;
+    d->fanout = fanout;
     if (timer) timer->add_ref();
     return d;
 }
@@ -53,7 +54,7 @@ void execute_message(demand* base, demand_mode mode) noexcept {
     }
     // The agent's own context: gen only changes here, so a plain check suffices.
     if (core->gen.load(std::memory_order_acquire) != d->gen) {
-        thread_counters::bump(counters.lost);
+        thread_counters::bump(d->fanout ? counters.ignored : counters.lost);
         d->free();
         return;
     }
@@ -106,13 +107,14 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     thread_counters& counters = env.counters();
     // A cheap early answer for a receiver that is gone; the receiving side checks again.
     if (core_->gen.load(std::memory_order_acquire) != gen_) {
+        thread_counters::bump(counters.sent);  // every counted loss was first counted sent
         thread_counters::bump(counters.lost);
         e->release();
         return;
     }
     message_demand* d;
     try {
-        d = message_demand::make(core_, gen_, id_, e, timer);
+        d = message_demand::make(core_, gen_, id_, e, timer, false);
     } catch (...) {
         e->release();
         throw;
@@ -151,7 +153,7 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     try {
         for (; i < n; ++i) {
             const subscriber& s = (*subs)[i];
-            s.core->push(message_demand::make(s.core, s.gen, id_, e, timer));
+            s.core->push(message_demand::make(s.core, s.gen, id_, e, timer, true));
         }
     } catch (...) {
         for (std::uint32_t j = i; j < n; ++j) e->release();

@@ -38,9 +38,13 @@ struct message_demand final : demand {
     std::uint64_t mbox_id;
     envelope* msg;
     timer_entry* timer;  // holds a reference when set
+    // Published through an MPMC mbox: when the subscriber is gone by the time it arrives, it
+    // is counted ignored (the subscriber left the topic), not lost (guarantee 6 is about
+    // direct sends).
+    bool fanout;
 
     static message_demand* make(agent_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
-                                timer_entry* timer);
+                                timer_entry* timer, bool fanout);
     void free() noexcept;
 };
 

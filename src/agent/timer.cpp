@@ -28,8 +28,11 @@ private:
         try {
             target_.impl()->deliver(e, this);
         } catch (...) {
-            // The environment closed, or memory ran out: the delivery is lost and counted.
-            thread_counters::bump(target_.impl()->env().counters().lost);
+            // The environment closed (its teardown discards what is still scheduled), or memory
+            // ran out: counted sent and discarded, never dropped unseen.
+            thread_counters& c = target_.impl()->env().counters();
+            thread_counters::bump(c.sent);
+            thread_counters::bump(c.discarded);
         }
     }
 

@@ -15,6 +15,7 @@ namespace mailroom {
 namespace internal {
 class agent_core;
 }
+class coop_handle;
 
 /// Why a cooperation was deregistered.
 enum class dereg_reason : std::uint8_t {
@@ -75,6 +76,10 @@ protected:
     void set_exception_policy(exception_policy p) noexcept;
     /// Names the agent in errors and logs.
     void set_name(std::string name);
+
+    /// The cooperation this agent belongs to (e.g. the parent of a child cooperation it
+    /// registers). Valid from configure() on; any thread.
+    coop_handle cooperation() const;
 
     /// Deregisters this agent's cooperation. Any thread; returns at once.
     void deregister_coop(dereg_reason reason = dereg_reason::normal) noexcept;

@@ -44,16 +44,16 @@ struct coop_options {
     /// Unique within the environment when given; anonymous cooperations get "coop#<id>".
     std::string name;
     /// Where its agents run; the environment's default dispatcher when empty.
-    binder bind;
+    binder bind{};
     /// The parent cooperation: this one is deregistered before the parent's agents finish.
-    coop_handle parent;
+    coop_handle parent{};
     /// For agents that say `inherit`.
     exception_policy on_exception = exception_policy::inherit;
     /// Called once registration has committed, on the registering thread, before any of the
     /// cooperation's agents starts (so always before on_deregistered).
-    std::function<void(const coop_handle&)> on_registered;
+    std::function<void(const coop_handle&)> on_registered{};
     /// Called once every agent is destroyed, on the thread that finished last, with the reason.
-    std::function<void(std::string_view name, dereg_reason)> on_deregistered;
+    std::function<void(std::string_view name, dereg_reason)> on_deregistered{};
 };
 
 /// A cooperation being assembled. Agents made here are constructed at once but configured,

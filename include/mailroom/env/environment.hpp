@@ -38,7 +38,7 @@ struct environment_options {
     exception_policy on_exception = exception_policy::abort;
     /// Where errors are logged (handler exceptions, discarded messages); stderr when empty.
     /// Called from any thread, possibly concurrently.
-    std::function<void(std::string_view)> log;
+    std::function<void(std::string_view)> log{};
 };
 
 /// Counters of an environment; a consistent-enough snapshot taken from any thread.
@@ -46,7 +46,7 @@ struct environment_stats {
     std::uint64_t messages_sent = 0;       ///< queued for a handler (each receiver counts)
     std::uint64_t messages_delivered = 0;  ///< a handler ran
     std::uint64_t messages_lost = 0;       ///< the receiver was gone (direct send after deregistration)
-    std::uint64_t messages_ignored = 0;    ///< the receiver had no handler for it (unsubscribed meanwhile)
+    std::uint64_t messages_ignored = 0;    ///< no handler for it: unsubscribed meanwhile, or an MPMC subscriber that left
     std::uint64_t messages_discarded = 0;  ///< still queued when the environment stopped
     std::uint64_t messages_cancelled = 0;  ///< timer messages whose timer was cancelled in the queue
     std::uint64_t handler_exceptions = 0;

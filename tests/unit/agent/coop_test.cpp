@@ -282,6 +282,38 @@ TEST(coop, a_child_registering_while_its_parent_deregisters_follows_the_parent) 
                                                 "dereg parent normal"}));
 }
 
+TEST(coop, an_agent_registers_a_child_of_its_own_cooperation) {
+    environment env;
+    std::atomic<bool> child_finished{false}, parent_gone{false};
+    std::atomic<dereg_reason> child_reason{dereg_reason::normal};
+    std::string own_name;
+    coop_options o;
+    o.name = "parent";
+    o.on_deregistered = [&](std::string_view, dereg_reason) { parent_gone = true; };
+    coop c(env, std::move(o));
+    auto& p = c.make_agent<probe>();
+    p.on_start_fn = [&](probe& self) {
+        coop_handle mine = self.cooperation();
+        own_name = mine.name();
+        coop_options co;
+        co.parent = mine;
+        co.on_deregistered = [&](std::string_view, dereg_reason r) {
+            child_reason = r;
+            child_finished = true;
+        };
+        coop child(self.env(), std::move(co));
+        child.make_agent<probe>();
+        register_coop(std::move(child));
+    };
+    auto h = register_coop(std::move(c));
+    ASSERT_TRUE(test::eventually([&] { return env.stats().coops_registered == 2; }));
+    EXPECT_EQ(own_name, "parent");
+    h.deregister();
+    ASSERT_TRUE(test::wait_set(parent_gone));
+    EXPECT_TRUE(child_finished.load());
+    EXPECT_EQ(child_reason.load(), dereg_reason::parent_deregistered);
+}
+
 TEST(coop, a_child_of_a_deregistered_parent_cannot_register) {
     environment env;
     std::atomic<bool> gone{false};

@@ -102,6 +102,40 @@ TEST(mbox, an_agent_may_subscribe_to_several_mboxes_and_tell_them_apart) {
     ASSERT_TRUE(test::eventually([&] { return from_a.load() == 1 && from_b.load() == 100; }));
 }
 
+TEST(mbox, a_finishing_subscriber_leaves_its_topics_and_loses_nothing) {
+    // Quotes published while a subscriber's cooperation deregisters are not losses: the
+    // subscriber leaves the topic when it starts finishing, and what was already queued behind
+    // its finish is counted ignored, never lost (guarantee 6 is about direct sends).
+    environment env;
+    mbox topic = make_mpmc_mbox(env);
+    std::atomic<bool> in_handler{false}, release{false}, finished{false};
+    std::atomic<int> handled{0};
+    coop_options o;
+    o.on_deregistered = [&](std::string_view, dereg_reason) { finished = true; };
+    coop c(env, std::move(o));
+    auto& p = c.make_agent<probe>();
+    p.on_configure = [&](probe& self) {
+        self.subscribe(topic, [&](const quote&) {
+            ++handled;
+            in_handler = true;
+            while (!release.load()) std::this_thread::yield();
+        });
+    };
+    auto h = register_coop(std::move(c));
+    send<quote>(topic, 1);
+    ASSERT_TRUE(test::wait_set(in_handler));
+    h.deregister();  // the finish demand queues behind the running handler
+    for (int i = 0; i < 10; ++i) send<quote>(topic, i);  // behind the finish
+    release = true;
+    ASSERT_TRUE(test::wait_set(finished));
+    for (int i = 0; i < 10; ++i) send<quote>(topic, i);  // after it left: nobody listens
+    auto s = env.stats();
+    EXPECT_EQ(handled.load(), 1);
+    EXPECT_EQ(s.messages_lost, 0u);
+    EXPECT_EQ(s.messages_ignored, 10u);
+    EXPECT_EQ(s.messages_sent, 11u);
+}
+
 TEST(mbox, named_mboxes_are_found_by_name_and_unique) {
     environment env({.name = "registry"});
     mbox q = make_named_mbox(env, "quotes");

@@ -29,6 +29,7 @@ public:
         if (destroyed_) destroyed_->fetch_add(1);
     }
 
+    using agent::cooperation;
     using agent::deregister_coop;
     using agent::env;
     using agent::set_exception_policy;
