@@ -1,3 +1,4 @@
+#include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/queue/futex.hpp>
@@ -11,7 +12,7 @@ namespace mailroom {
 namespace internal {
 
 namespace {
-thread_local agent_core* tls_constructing = nullptr;
+MAILROOM_FAST_TLS thread_local agent_core* tls_constructing = nullptr;
 
 // A tiny lock for the pre-start list: taken only before an agent starts (and by senders that
 // raced with its start), never on the running path.
@@ -36,7 +37,7 @@ const char* policy_name(exception_policy p) noexcept {
 }  // namespace
 
 agent_core*& current_agent() noexcept {
-    thread_local agent_core* core = nullptr;
+    MAILROOM_FAST_TLS thread_local agent_core* core = nullptr;
     return core;
 }
 
@@ -126,25 +127,11 @@ exception_policy agent_core::effective_policy() const noexcept {
     return p == exception_policy::inherit ? exception_policy::abort : p;
 }
 
-bool run_guarded(agent_core& core, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
-    agent_core*& cur = current_agent();
-    agent_core* prev = cur;
-    env_core*& cur_env = current_env();
-    env_core* prev_env = cur_env;
-    cur = &core;
-    cur_env = core.rt->env;
-    std::string failure;
-    try {
-        fn(arg);
-    } catch (const std::exception& ex) {
-        failure = ex.what();
-    } catch (...) {
-        failure = "an exception not derived from std::exception";
-    }
-    cur = prev;
-    cur_env = prev_env;
-    if (failure.empty()) return true;
-
+namespace {
+// What happens after a handler threw: logged, counted and handled by the policy. Out of line
+// and cold, so that the path of a handler that returns normally builds no string.
+[[gnu::noinline, gnu::cold]] void on_handler_failure(agent_core& core, const char* what, message_type type,
+                                                     const char* failure) noexcept {
     env_core& env = *core.rt->env;
     thread_counters::bump(env.counters().exceptions);
     exception_policy p = core.effective_policy();
@@ -152,7 +139,7 @@ bool run_guarded(agent_core& core, const char* what, message_type type, void (*f
     try {
         text = "agent '" + core.display_name() + "': " + what;
         if (type.info()) text += " for " + readable_name(type);
-        text += " threw: " + failure + " (policy: " + policy_name(p) + ")";
+        text += std::string(" threw: ") + failure + " (policy: " + policy_name(p) + ")";
     } catch (...) {
         text = "a handler threw (and formatting the report ran out of memory)";
     }
@@ -164,6 +151,35 @@ bool run_guarded(agent_core& core, const char* what, message_type type, void (*f
         case exception_policy::log_and_continue: break;
         default: fatal(text.c_str());
     }
+}
+}  // namespace
+
+bool run_guarded(agent_core& core, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+    agent_core*& cur = current_agent();
+    agent_core* prev = cur;
+    env_core*& cur_env = current_env();
+    env_core* prev_env = cur_env;
+    cur = &core;
+    cur_env = core.rt->env;
+    const char* failure = nullptr;
+    std::string text;  // only for an exception's what(), which must outlive the catch
+    try {
+        fn(arg);
+    } catch (const std::exception& ex) {
+        try {
+            text = ex.what();
+            failure = text.c_str();
+        } catch (...) {
+            failure = "an exception (its message could not be copied)";
+        }
+    } catch (...) {
+        failure = "an exception not derived from std::exception";
+    }
+    cur = prev;
+    cur_env = prev_env;
+    if (!failure) [[likely]]
+        return true;
+    on_handler_failure(core, what, type, failure);
     return false;
 }
 

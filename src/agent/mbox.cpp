@@ -134,7 +134,7 @@ std::string mpmc_mbox::name() const {
 void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     envelope_ref ref(e);
     env_core& env = *env_;
-    env.check_open("sending through", name());
+    if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
     std::shared_ptr<const table> snap;
     {
         std::lock_guard g(lock_);

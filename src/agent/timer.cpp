@@ -36,7 +36,12 @@ private:
         }
     }
 
-    void destroy() noexcept override { delete this; }
+    // From the recycling pool, like envelopes: arming a million timers must not be a million
+    // mallocs freed on other threads.
+    void destroy() noexcept override {
+        this->~mbox_timer();
+        pool_free(this, sizeof(mbox_timer));
+    }
 
     mbox target_;
     envelope* msg_;
@@ -48,9 +53,9 @@ timer_entry* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds dela
     envelope_ref ref(e);
     if (!to) throw usage_error("scheduling a timer on an empty mbox handle");
     env_core& env = to.impl()->env();
-    env.check_open("scheduling a timer on", to.name());
+    if (!env.open()) env.check_open("scheduling a timer on", to.name());  // the name only to raise
     if (period.count() < 0) throw usage_error("scheduling a timer on " + to.name() + ": the period is negative");
-    auto* t = new mbox_timer(to, ref.release());
+    auto* t = new (pool_allocate(sizeof(mbox_timer))) mbox_timer(to, ref.release());
     t->deadline_ns = now_ns() + std::max<std::int64_t>(delay.count(), 0);
     t->period_ns = period.count();
     t->add_ref();  // the handle's

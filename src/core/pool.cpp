@@ -1,6 +1,9 @@
 #include <mailroom/core/pool.hpp>
 
+#include <mailroom/core/clock.hpp>
+
 #include <array>
+#include <bit>
 #include <mutex>
 #include <new>
 #include <vector>
@@ -16,11 +19,7 @@ constexpr std::size_t class_count = 5;
 constexpr std::size_t batch_size = 256;
 
 std::size_t class_of(std::size_t size) noexcept {
-    if (size <= 32) return 0;
-    if (size <= 64) return 1;
-    if (size <= 128) return 2;
-    if (size <= 256) return 3;
-    return 4;
+    return size <= 32 ? 0 : static_cast<std::size_t>(std::bit_width(size - 1)) - 5;
 }
 
 constexpr std::size_t class_bytes(std::size_t c) noexcept { return std::size_t{32} << c; }
@@ -74,65 +73,75 @@ depot& the_depot() {
     return *d;
 }
 
-struct thread_cache {
-    std::array<batch, class_count> lists{};
-    bool alive = true;
+// The per-thread lists are plain data, constant-initialised: reaching them on the hot path is
+// one TLS-relative load, with no guard call. Flushing them at thread exit needs a destructor,
+// which lives in a separate thread_local touched only on the slow path (its first touch
+// registers it).
+enum cache_state : unsigned char { unregistered, live, dead };
 
-    ~thread_cache() {
-        alive = false;
+struct thread_cache {
+    std::array<batch, class_count> lists;
+    cache_state state;
+};
+
+MAILROOM_FAST_TLS constinit thread_local thread_cache cache{};
+
+struct cache_flusher {
+    ~cache_flusher() {
+        cache.state = dead;
         for (std::size_t c = 0; c < class_count; ++c)
-            if (lists[c].count) {
+            if (cache.lists[c].count) {
                 try {
-                    the_depot().put(lists[c], c);
+                    the_depot().put(cache.lists[c], c);
                 } catch (...) {
-                    depot::release(lists[c], c);
+                    depot::release(cache.lists[c], c);
                 }
-                lists[c] = {};
+                cache.lists[c] = {};
             }
     }
 };
 
-thread_local thread_cache cache;
+thread_local cache_flusher flusher;
+
+// False once the thread is exiting: its blocks then go straight to operator delete.
+bool cache_usable() noexcept {
+    if (cache.state == live) return true;
+    if (cache.state == dead) return false;
+    static_cast<void>(&flusher);  // constructs it, registering the flush at thread exit
+    cache.state = live;
+    return true;
+}
 
 }  // namespace
 
-void* pool_allocate(std::size_t size) {
-#ifdef MAILROOM_NO_POOL
-    return ::operator new(size);
-#else
-    if (size > pool_max_block) return ::operator new(size);
-    std::size_t c = class_of(size);
+#ifndef MAILROOM_NO_POOL
+namespace {
+// The slow paths stay out of line so that the fast ones need no saved registers.
+[[gnu::noinline]] void* allocate_slow(std::size_t c) {
     batch& list = cache.lists[c];
-    if (!list.head) {
-        if (cache.alive) list = the_depot().take(c);
-        if (!list.head) return ::operator new(class_bytes(c));
-    }
+    if (cache_usable()) list = the_depot().take(c);
+    if (!list.head) return ::operator new(class_bytes(c));
     free_block* b = list.head;
     list.head = b->next;
     --list.count;
     return b;
-#endif
 }
 
-void pool_free(void* block, std::size_t size) noexcept {
-#ifdef MAILROOM_NO_POOL
-    ::operator delete(block, size);
-#else
-    if (size > pool_max_block) {
-        ::operator delete(block, size);
-        return;
-    }
-    std::size_t c = class_of(size);
-    if (!cache.alive) {
-        ::operator delete(block, class_bytes(c));
+[[gnu::noinline]] void free_slow(free_block* b, std::size_t c) noexcept {
+    if (!cache_usable()) {
+        ::operator delete(b, class_bytes(c));
         return;
     }
     batch& list = cache.lists[c];
-    auto* b = static_cast<free_block*>(block);
     b->next = list.head;
     list.head = b;
-    if (++list.count < 2 * batch_size) return;
-    // Split off one batch for the depot; keep the rest warm here.
+    ++list.count;
+}
+
+// Splits one batch off a list that grew to two (the consumer side of a producer/consumer
+// pair) and hands it to the depot; the rest stays warm here.
+[[gnu::noinline]] void spill(std::size_t c) noexcept {
+    batch& list = cache.lists[c];
     batch out;
     for (std::size_t i = 0; i < batch_size; ++i) {
         free_block* x = list.head;
@@ -147,6 +156,49 @@ void pool_free(void* block, std::size_t size) noexcept {
     } catch (...) {
         depot::release(out, c);
     }
+}
+}  // namespace
+#endif
+
+void* pool_allocate(std::size_t size) {
+#ifdef MAILROOM_NO_POOL
+    return ::operator new(size);
+#else
+    if (size > pool_max_block) [[unlikely]]
+        return ::operator new(size);
+    const std::size_t c = class_of(size);
+    batch& list = cache.lists[c];
+    free_block* b = list.head;
+    if (!b) [[unlikely]]
+        return allocate_slow(c);
+    list.head = b->next;
+    --list.count;
+    // Blocks that came back from another thread are cold here: fetch the next one's line now,
+    // so that the next allocation does not stall on it (fan-in, timers armed on one thread).
+    if (list.head) __builtin_prefetch(list.head, 1);
+    return b;
+#endif
+}
+
+void pool_free(void* block, std::size_t size) noexcept {
+#ifdef MAILROOM_NO_POOL
+    ::operator delete(block, size);
+#else
+    if (size > pool_max_block) [[unlikely]] {
+        ::operator delete(block, size);
+        return;
+    }
+    const std::size_t c = class_of(size);
+    auto* b = static_cast<free_block*>(block);
+    if (cache.state != live) [[unlikely]] {
+        free_slow(b, c);
+        return;
+    }
+    batch& list = cache.lists[c];
+    b->next = list.head;
+    list.head = b;
+    if (++list.count >= 2 * batch_size) [[unlikely]]
+        spill(c);
 #endif
 }
 

@@ -11,7 +11,7 @@
 namespace mailroom::internal {
 
 namespace {
-thread_local timer_entry* tls_delivering = nullptr;
+MAILROOM_FAST_TLS thread_local timer_entry* tls_delivering = nullptr;
 }
 
 bool timer_entry::cancel() noexcept {

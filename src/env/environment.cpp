@@ -1,3 +1,4 @@
+#include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/env/env_core.hpp>
 
@@ -13,13 +14,13 @@ struct counters_cache {
     std::uint64_t env_id = 0;
     thread_counters* block = nullptr;
 };
-thread_local counters_cache tls_counters;
+MAILROOM_FAST_TLS thread_local counters_cache tls_counters;
 }  // namespace
 
 env_extension::~env_extension() = default;
 
 env_core*& current_env() noexcept {
-    thread_local env_core* env = nullptr;
+    MAILROOM_FAST_TLS thread_local env_core* env = nullptr;
     return env;
 }
 
