@@ -2,8 +2,13 @@
 // A small harness shared by the workload programs: command line (--scale, --reps and a few
 // named extras), repetitions with median and spread, self-checks that fail loudly, and the
 // one machine-readable RESULT line each program ends with.
+//
+// The CAF and floor programs use it too: they define MAILROOM_BENCH_WITHOUT_LIBRARY before
+// including it, which leaves out the parts that need mailroom itself.
 
+#ifndef MAILROOM_BENCH_WITHOUT_LIBRARY
 #include <mailroom/mailroom.hpp>
+#endif
 
 #include <unistd.h>
 
@@ -90,6 +95,7 @@ inline void check(bool ok, const char* workload, const std::string& what) {
     if (!ok) fail(workload, what);
 }
 
+#ifndef MAILROOM_BENCH_WITHOUT_LIBRARY
 /// Fails unless every message sent was delivered and none was lost, ignored or cancelled.
 inline void check_stats(const char* workload, const mailroom::environment_stats& s, std::uint64_t min_delivered) {
     auto u = [](std::uint64_t v) { return std::to_string(v); };
@@ -109,6 +115,7 @@ inline std::uint64_t total_parks(const mailroom::environment& env) {
         for (auto& w : d.workers) n += w.parks;
     return n;
 }
+#endif
 
 /// Resident set size of this process, from /proc/self/statm.
 inline std::size_t rss_bytes() {
@@ -142,10 +149,14 @@ inline summary repeat(const options& o, const char* unit, const std::function<do
     return summarize(values);
 }
 
-/// The last two lines: a human one, then the machine-readable one.
-inline void report(const char* workload, const std::string& human, const summary& s, const char* unit) {
+/// The last two lines: a human one, then the machine-readable one. `fields` are extra
+/// `key=value` pairs (space-separated) appended to the RESULT line; `system` names the system
+/// measured (mailroom, caf or floor).
+inline void report(const char* workload, const std::string& human, const summary& s, const char* unit,
+                   const std::string& fields = {}, const char* system = "mailroom") {
     std::printf("%s: %s: median %.4g %s (min %.4g, max %.4g)\n", workload, human.c_str(), s.median, unit, s.min, s.max);
-    std::printf("RESULT workload=%s system=mailroom value=%.6g unit=%s\n", workload, s.median, unit);
+    std::printf("RESULT workload=%s system=%s value=%.6g unit=%s%s%s\n", workload, system, s.median, unit,
+                fields.empty() ? "" : " ", fields.c_str());
     std::fflush(stdout);
 }
 

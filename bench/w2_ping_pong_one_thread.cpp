@@ -2,6 +2,7 @@
 // trip (two sends and two handler calls, all on the same worker thread: no hand-off between
 // threads, so this is the cost of the send and dispatch path itself).
 
+#include "alloc_counter.hpp"
 #include "harness.hpp"
 
 namespace {
@@ -17,6 +18,7 @@ struct pong {
 
 struct run_result {
     std::int64_t t0 = 0, t1 = 0;
+    bench::account a0, a1;  // allocations and CPU time at t0 and t1
     std::uint64_t pongs = 0;
 };
 
@@ -30,9 +32,13 @@ protected:
         subscribe(direct_mbox(), [this](const pong& p) {
             ++r_->pongs;
             if (p.n != r_->pongs) bench::fail(workload, "pong out of order");
-            if (p.n == warmup_) r_->t0 = bench::now_ns();
+            if (p.n == warmup_) {
+                r_->a0 = bench::account::now();
+                r_->t0 = bench::now_ns();
+            }
             if (p.n == warmup_ + rounds_) {
                 r_->t1 = bench::now_ns();
+                r_->a1 = bench::account::now();
                 stop_environment();
                 return;
             }
@@ -69,6 +75,7 @@ int main(int argc, char** argv) {
     std::printf("W2 ping-pong of two agents on one thread: %llu round trips (+%llu warm-up), one_thread dispatcher\n",
                 static_cast<unsigned long long>(rounds), static_cast<unsigned long long>(warmup));
 
+    bench::account_log accounts;
     auto s = bench::repeat(o, "ns/round trip", [&] {
         run_result r;
         {
@@ -86,8 +93,9 @@ int main(int argc, char** argv) {
         }
         bench::check(r.pongs == rounds + warmup, workload,
                      "counted " + std::to_string(r.pongs) + " pongs, expected " + std::to_string(rounds + warmup));
+        accounts.add(r.a1 - r.a0, 2 * rounds);
         return static_cast<double>(r.t1 - r.t0) / static_cast<double>(rounds);
     });
-    bench::report(workload, "ping-pong of two agents on one thread", s, "ns_per_round_trip");
+    bench::report(workload, "ping-pong of two agents on one thread", s, "ns_per_round_trip", accounts.fields());
     return 0;
 }

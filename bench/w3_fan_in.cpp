@@ -3,6 +3,7 @@
 // order sent. Figure: M messages per second, total messages over the time from the start
 // signal to the moment the agent counted the last one.
 
+#include "alloc_counter.hpp"
 #include "harness.hpp"
 
 #include <atomic>
@@ -20,6 +21,7 @@ struct item {
 struct run_result {
     std::atomic<bool> started{false};
     std::int64_t t1 = 0;
+    bench::account a1;  // allocations and CPU time at t1
     std::uint64_t count = 0;
     std::vector<std::uint64_t> next_seq;
 };
@@ -37,6 +39,7 @@ protected:
             ++r_->next_seq[m.producer];
             if (++r_->count == total_) {
                 r_->t1 = bench::now_ns();
+                r_->a1 = bench::account::now();
                 stop_environment();
             }
         });
@@ -58,10 +61,12 @@ int main(int argc, char** argv) {
     std::printf("W3 fan-in: %u producer threads x %llu messages to one agent (one_thread dispatcher)\n", producers,
                 static_cast<unsigned long long>(per_producer));
 
+    bench::account_log accounts;
     auto s = bench::repeat(o, "M msg/s", [&] {
         run_result r;
         r.next_seq.assign(producers, 0);
         std::int64_t t0 = 0;
+        bench::account a0;
         std::uint64_t parks = 0;
         std::size_t rss_before = bench::rss_bytes(), rss_peak = 0;
         {
@@ -80,6 +85,7 @@ int main(int argc, char** argv) {
                     while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
                     for (std::uint64_t i = 0; i < per_producer; ++i) mailroom::send<item>(target, p, i);
                 });
+            a0 = bench::account::now();
             t0 = bench::now_ns();
             go.store(true, std::memory_order_release);
             for (auto& t : threads) t.join();
@@ -93,8 +99,9 @@ int main(int argc, char** argv) {
         std::printf("  (consumer parked %llu times; RSS grew %.0f MB while producers ran: messages queued)\n",
                     static_cast<unsigned long long>(parks),
                     static_cast<double>(rss_peak > rss_before ? rss_peak - rss_before : 0) / 1e6);
+        accounts.add(r.a1 - a0, total);
         return static_cast<double>(total) / (static_cast<double>(r.t1 - t0) / 1e9) / 1e6;
     });
-    bench::report(workload, "fan-in, " + std::to_string(producers) + " producers to one agent", s, "M_msgs_per_s");
+    bench::report(workload, "fan-in, " + std::to_string(producers) + " producers to one agent", s, "M_msgs_per_s", accounts.fields());
     return 0;
 }

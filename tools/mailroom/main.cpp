@@ -1,5 +1,6 @@
-// The mailroom command: demo (and, later, bench, node, stats).
+// The mailroom command: demo and bench (later node and stats).
 
+#include "bench_runner.hpp"
 #include "demo.hpp"
 
 #include <cstdio>
@@ -9,11 +10,13 @@
 int main(int argc, char** argv) {
     if (argc < 2 || std::strcmp(argv[1], "help") == 0 || std::strcmp(argv[1], "--help") == 0) {
         std::printf("usage: mailroom demo [--seconds N] [--subscribers N] [--quiet]\n"
-                    "       mailroom demo --help\n");
+                    "       mailroom bench [W1 W2 ...] [--quick] [--reps N] [--scale F] [--json PATH] [--chart PATH]\n"
+                    "       mailroom demo --help | mailroom bench --help\n");
         return argc < 2 ? 2 : 0;
     }
     std::string cmd = argv[1];
     if (cmd == "demo") return mailroom::tool::run_demo(argc - 2, argv + 2);
+    if (cmd == "bench") return mailroom::tool::run_bench(argc - 2, argv + 2);
     std::fprintf(stderr, "mailroom: unknown command '%s' (try: mailroom help)\n", argv[1]);
     return 2;
 }
