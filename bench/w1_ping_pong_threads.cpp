@@ -2,69 +2,15 @@
 // dispatcher, or two one_thread dispatchers with --disp one_thread), bounce a counter 1M times.
 // Figure: ns per round trip (two sends, two handler calls, two cross-thread hand-offs).
 
-#include "alloc_counter.hpp"
-#include "harness.hpp"
+#include "ping_pong.hpp"
 
 namespace {
 
 constexpr const char* workload = "W1";
 
-struct ping {
-    std::uint64_t n;
-};
-struct pong {
-    std::uint64_t n;
-};
-
-struct run_result {
-    std::int64_t t0 = 0, t1 = 0;
-    bench::account a0, a1;  // allocations and CPU time at t0 and t1
-    std::uint64_t pongs = 0;
-};
-
-class pinger final : public mailroom::agent {
-public:
-    pinger(std::uint64_t warmup, std::uint64_t rounds, run_result* r) : warmup_(warmup), rounds_(rounds), r_(r) {}
-    void set_peer(mailroom::mbox peer) { peer_ = std::move(peer); }
-
-protected:
-    void configure() override {
-        subscribe(direct_mbox(), [this](const pong& p) {
-            ++r_->pongs;
-            if (p.n != r_->pongs) bench::fail(workload, "pong out of order");
-            if (p.n == warmup_) {
-                r_->a0 = bench::account::now();
-                r_->t0 = bench::now_ns();
-            }
-            if (p.n == warmup_ + rounds_) {
-                r_->t1 = bench::now_ns();
-                r_->a1 = bench::account::now();
-                stop_environment();
-                return;
-            }
-            mailroom::send<ping>(peer_, p.n + 1);
-        });
-    }
-    void on_start() override { mailroom::send<ping>(peer_, std::uint64_t{1}); }
-
-private:
-    std::uint64_t warmup_, rounds_;
-    run_result* r_;
-    mailroom::mbox peer_;
-};
-
-class ponger final : public mailroom::agent {
-public:
-    void set_peer(mailroom::mbox peer) { peer_ = std::move(peer); }
-
-protected:
-    void configure() override {
-        subscribe(direct_mbox(), [this](const ping& p) { mailroom::send<pong>(peer_, p.n); });
-    }
-
-private:
-    mailroom::mbox peer_;
-};
+using bench::pinger;
+using bench::ponger;
+using bench::run_result;
 
 }  // namespace
 
@@ -92,7 +38,7 @@ int main(int argc, char** argv) {
                 bb = env.add_dispatcher("pong", mailroom::one_thread_params{}).bind();
             }
             mailroom::coop c(env, {});
-            auto& a = c.make_agent_with_binder<pinger>(ba, warmup, rounds, &r);
+            auto& a = c.make_agent_with_binder<pinger>(ba, workload, warmup, rounds, &r);
             auto& b = c.make_agent_with_binder<ponger>(bb);
             a.set_peer(b.direct_mbox());
             b.set_peer(a.direct_mbox());

@@ -2,69 +2,15 @@
 // trip (two sends and two handler calls, all on the same worker thread: no hand-off between
 // threads, so this is the cost of the send and dispatch path itself).
 
-#include "alloc_counter.hpp"
-#include "harness.hpp"
+#include "ping_pong.hpp"
 
 namespace {
 
 constexpr const char* workload = "W2";
 
-struct ping {
-    std::uint64_t n;
-};
-struct pong {
-    std::uint64_t n;
-};
-
-struct run_result {
-    std::int64_t t0 = 0, t1 = 0;
-    bench::account a0, a1;  // allocations and CPU time at t0 and t1
-    std::uint64_t pongs = 0;
-};
-
-class pinger final : public mailroom::agent {
-public:
-    pinger(std::uint64_t warmup, std::uint64_t rounds, run_result* r) : warmup_(warmup), rounds_(rounds), r_(r) {}
-    void set_peer(mailroom::mbox peer) { peer_ = std::move(peer); }
-
-protected:
-    void configure() override {
-        subscribe(direct_mbox(), [this](const pong& p) {
-            ++r_->pongs;
-            if (p.n != r_->pongs) bench::fail(workload, "pong out of order");
-            if (p.n == warmup_) {
-                r_->a0 = bench::account::now();
-                r_->t0 = bench::now_ns();
-            }
-            if (p.n == warmup_ + rounds_) {
-                r_->t1 = bench::now_ns();
-                r_->a1 = bench::account::now();
-                stop_environment();
-                return;
-            }
-            mailroom::send<ping>(peer_, p.n + 1);
-        });
-    }
-    void on_start() override { mailroom::send<ping>(peer_, std::uint64_t{1}); }
-
-private:
-    std::uint64_t warmup_, rounds_;
-    run_result* r_;
-    mailroom::mbox peer_;
-};
-
-class ponger final : public mailroom::agent {
-public:
-    void set_peer(mailroom::mbox peer) { peer_ = std::move(peer); }
-
-protected:
-    void configure() override {
-        subscribe(direct_mbox(), [this](const ping& p) { mailroom::send<pong>(peer_, p.n); });
-    }
-
-private:
-    mailroom::mbox peer_;
-};
+using bench::pinger;
+using bench::ponger;
+using bench::run_result;
 
 }  // namespace
 
@@ -83,7 +29,7 @@ int main(int argc, char** argv) {
             mailroom::coop_options opts;
             opts.bind = env.add_dispatcher("pair", mailroom::one_thread_params{}).bind();
             mailroom::coop c(env, std::move(opts));
-            auto& a = c.make_agent<pinger>(warmup, rounds, &r);
+            auto& a = c.make_agent<pinger>(workload, warmup, rounds, &r);
             auto& b = c.make_agent<ponger>();
             a.set_peer(b.direct_mbox());
             b.set_peer(a.direct_mbox());

@@ -9,35 +9,16 @@
 namespace mailroom::internal {
 namespace {
 
-class active_group_dispatcher final : public dispatcher_impl {
+class active_group_dispatcher final : public worker_set_dispatcher {
 public:
     active_group_dispatcher(std::string name, const active_group_params& p)
-        : dispatcher_impl(std::move(name), "active_group"), workers_(p.spin) {}
+        : worker_set_dispatcher(std::move(name), "active_group", p.spin) {}
 
     ~active_group_dispatcher() override { join(); }
 
     std::shared_ptr<binder_impl> make_binder(const std::string& group, const fifo*) override {
         return std::make_shared<group_binder>(
             std::static_pointer_cast<active_group_dispatcher>(shared_from_this()), group);
-    }
-
-    void join() noexcept override {
-        std::lock_guard g(workers_.lock);
-        if (joined_) return;
-        joined_ = true;
-        shutdown();
-        workers_.join_all();
-    }
-
-    dispatcher_stats stats() const override {
-        dispatcher_stats s;
-        s.name = name();
-        s.kind = kind();
-        std::lock_guard g(workers_.lock);
-        s.threads = workers_.running();
-        for (auto& [n, grp] : groups_) s.bound_contexts += grp.members;
-        workers_.collect(s.workers);
-        return s;
     }
 
 private:
@@ -72,9 +53,13 @@ private:
         std::string name;
     };
 
-    mutable worker_set workers_;
+    std::size_t bound_contexts() const noexcept override {
+        std::size_t n = 0;
+        for (auto& [name, grp] : groups_) n += grp.members;
+        return n;
+    }
+
     std::map<std::string, group> groups_;
-    bool joined_ = false;
 };
 
 }  // namespace

@@ -7,34 +7,15 @@
 namespace mailroom::internal {
 namespace {
 
-class active_obj_dispatcher final : public dispatcher_impl {
+class active_obj_dispatcher final : public worker_set_dispatcher {
 public:
     active_obj_dispatcher(std::string name, const active_obj_params& p)
-        : dispatcher_impl(std::move(name), "active_obj"), workers_(p.spin) {}
+        : worker_set_dispatcher(std::move(name), "active_obj", p.spin) {}
 
     ~active_obj_dispatcher() override { join(); }
 
     std::shared_ptr<binder_impl> make_binder(const std::string&, const fifo*) override {
         return std::make_shared<obj_binder>(std::static_pointer_cast<active_obj_dispatcher>(shared_from_this()));
-    }
-
-    void join() noexcept override {
-        std::lock_guard g(workers_.lock);
-        if (joined_) return;
-        joined_ = true;
-        shutdown();
-        workers_.join_all();
-    }
-
-    dispatcher_stats stats() const override {
-        dispatcher_stats s;
-        s.name = name();
-        s.kind = kind();
-        std::lock_guard g(workers_.lock);
-        s.threads = workers_.running();
-        s.bound_contexts = workers_.running();
-        workers_.collect(s.workers);
-        return s;
     }
 
 private:
@@ -53,8 +34,7 @@ private:
         std::shared_ptr<active_obj_dispatcher> disp;
     };
 
-    mutable worker_set workers_;
-    bool joined_ = false;
+    std::size_t bound_contexts() const noexcept override { return workers_.running(); }
 };
 
 }  // namespace

@@ -126,13 +126,17 @@ void timer_service::stop() noexcept {
     release_all(wheel_.get());
 }
 
+void timer_service::drop(timer_entry* e) noexcept {
+    e->release();
+    cancelled_.fetch_add(1, std::memory_order_relaxed);
+    removed_.fetch_add(1, std::memory_order_relaxed);
+}
+
 void timer_service::release_all(wheel* w) noexcept {
     while (commands_.maybe_nonempty()) {
         mpsc_node* n = commands_.pop();
         if (!n || n == &stop_) continue;
-        static_cast<timer_entry*>(n)->release();
-        cancelled_.fetch_add(1, std::memory_order_relaxed);
-        removed_.fetch_add(1, std::memory_order_relaxed);
+        drop(static_cast<timer_entry*>(n));
     }
     if (!w) return;
     for (auto& level : w->slot)
@@ -140,9 +144,7 @@ void timer_service::release_all(wheel* w) noexcept {
             while (head) {
                 timer_entry* e = head;
                 head = e->wheel_next;
-                e->release();
-                cancelled_.fetch_add(1, std::memory_order_relaxed);
-                removed_.fetch_add(1, std::memory_order_relaxed);
+                drop(e);
             }
     w->count = 0;
 }
@@ -156,13 +158,10 @@ void timer_service::drain_commands(wheel& w, bool& running) noexcept {
             continue;
         }
         auto* e = static_cast<timer_entry*>(n);
-        if (e->cancelled()) {
-            e->release();
-            cancelled_.fetch_add(1, std::memory_order_relaxed);
-            removed_.fetch_add(1, std::memory_order_relaxed);
-        } else {
+        if (e->cancelled())
+            drop(e);
+        else
             w.insert(e);
-        }
     }
 }
 
@@ -198,9 +197,7 @@ void timer_service::run() noexcept {
                 list = e->wheel_next;
                 --w.count;
                 if (e->cancelled()) {
-                    e->release();
-                    cancelled_.fetch_add(1, std::memory_order_relaxed);
-                    removed_.fetch_add(1, std::memory_order_relaxed);
+                    drop(e);
                     continue;
                 }
                 e->fire();

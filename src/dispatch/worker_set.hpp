@@ -6,6 +6,7 @@
 // push into one (see event_queue).
 
 #include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
 
 #include "worker.hpp"
 
@@ -87,6 +88,41 @@ private:
     std::vector<worker*> idle_;
     std::vector<worker*> retired_;
     std::size_t running_ = 0;
+};
+
+/// What active_obj and active_group share: a worker_set, joined once, and its statistics.
+class worker_set_dispatcher : public dispatcher_impl {
+public:
+    worker_set_dispatcher(std::string name, std::string kind, std::chrono::nanoseconds spin)
+        : dispatcher_impl(std::move(name), std::move(kind)), workers_(spin) {}
+
+    void join() noexcept final {
+        std::lock_guard g(workers_.lock);
+        if (joined_) return;
+        joined_ = true;
+        shutdown();
+        workers_.join_all();
+    }
+
+    dispatcher_stats stats() const final {
+        dispatcher_stats s;
+        s.name = name();
+        s.kind = kind();
+        std::lock_guard g(workers_.lock);
+        s.threads = workers_.running();
+        s.bound_contexts = bound_contexts();
+        workers_.collect(s.workers);
+        return s;
+    }
+
+protected:
+    /// Contexts bound now; called with workers_.lock held.
+    virtual std::size_t bound_contexts() const noexcept = 0;
+
+    mutable worker_set workers_;
+
+private:
+    bool joined_ = false;
 };
 
 }  // namespace mailroom::internal

@@ -98,6 +98,8 @@ private:
     void run() noexcept;
     void drain_commands(wheel& w, bool& running) noexcept;
     void release_all(wheel* w) noexcept;
+    /// Releases a cancelled (or abandoned) entry and counts it.
+    void drop(timer_entry* e) noexcept;
 
     std::int64_t tick_ns_;
     worker_mailbox commands_;
