@@ -4,6 +4,7 @@
 #include <mailroom/agent/agent.hpp>
 #include <mailroom/agent/coop.hpp>
 #include <mailroom/agent/mbox.hpp>
+#include <mailroom/agent/session.hpp>
 #include <mailroom/agent/timer.hpp>
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>

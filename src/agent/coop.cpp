@@ -98,6 +98,10 @@ void agent_runtime::add_stats(environment_stats& s) const noexcept {
     s.agents_destroyed += agents_destroyed.load(std::memory_order_relaxed);
     s.coops_registered += coops_registered.load(std::memory_order_relaxed);
     s.coops_deregistered += coops_deregistered.load(std::memory_order_relaxed);
+    s.sessions_created += sessions_created.load(std::memory_order_relaxed);
+    s.sessions_destroyed += sessions_destroyed.load(std::memory_order_relaxed);
+    s.event_objects_created += objects_created.load(std::memory_order_relaxed);
+    s.event_objects_destroyed += objects_destroyed.load(std::memory_order_relaxed);
 }
 
 void agent_runtime::begin_stop() noexcept {
@@ -119,6 +123,9 @@ void agent_runtime::wait_stopped() noexcept {
         // Intake closes only after this returns: a name made in between would rebuild the cycle.
         named_closed_ = true;
     }
+    // Guarantee 4's order: sessions and their event objects after the cooperations, before
+    // the dispatchers.
+    stop_sessions();
 }
 
 coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {

@@ -30,6 +30,7 @@ namespace mailroom::internal {
 class agent_runtime;
 class coop_impl;
 class agent_core;
+class session_impl;
 
 /// A message on its way to one agent.
 struct message_demand final : demand {
@@ -252,6 +253,18 @@ public:
     std::atomic<std::uint64_t> agents_created{0}, agents_destroyed{0}, coops_registered{0}, coops_deregistered{0};
 
     std::mutex tree_lock;
+
+    // Sessions (src/agent/session.cpp). The registry holds a reference to every session not
+    // yet destroyed; wait_stopped() destroys those left, after the cooperations are gone, and
+    // waits until each has retired on its own context, before the dispatchers stop.
+    std::mutex session_lock;
+    session_impl* sessions = nullptr;  // guarded by session_lock
+    std::size_t live_sessions = 0;     // created and not yet retired; guarded by session_lock
+    bool sessions_closed = false;      // guarded by session_lock
+    std::condition_variable sessions_idle;
+    std::atomic<std::uint64_t> sessions_created{0}, sessions_destroyed{0}, objects_created{0},
+        objects_destroyed{0};
+    void stop_sessions() noexcept;
 
 private:
     std::atomic<std::uint64_t> next_id_{1};

@@ -26,7 +26,8 @@ private:
         else
             e->add_refs(1);
         try {
-            target_.impl()->deliver(e, this);
+            // A timer nobody can cancel any more needs no cancellation check at the receiver.
+            target_.impl()->deliver(e, cancellable() ? this : nullptr);
         } catch (...) {
             // The environment closed (its teardown discards what is still scheduled), or memory
             // ran out: counted sent and discarded, never dropped unseen.
@@ -88,7 +89,9 @@ timer_handle::operator bool() const noexcept { return entry_ && !entry_->cancell
 bool timer_handle::cancel() noexcept { return entry_ && entry_->cancel(); }
 
 void timer_handle::detach() noexcept {
-    if (entry_) std::exchange(entry_, nullptr)->release();
+    if (!entry_) return;
+    entry_->mark_uncancellable();
+    std::exchange(entry_, nullptr)->release();
 }
 
 }  // namespace mailroom

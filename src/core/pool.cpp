@@ -18,7 +18,7 @@ namespace {
 constexpr std::size_t class_count = 5;
 constexpr std::size_t batch_size = 256;
 
-std::size_t class_of(std::size_t size) noexcept {
+[[maybe_unused]] std::size_t class_of(std::size_t size) noexcept {
     return size <= 32 ? 0 : static_cast<std::size_t>(std::bit_width(size - 1)) - 5;
 }
 
@@ -104,7 +104,7 @@ struct cache_flusher {
 thread_local cache_flusher flusher;
 
 // False once the thread is exiting: its blocks then go straight to operator delete.
-bool cache_usable() noexcept {
+[[maybe_unused]] bool cache_usable() noexcept {
     if (cache.state == live) return true;
     if (cache.state == dead) return false;
     static_cast<void>(&flusher);  // constructs it, registering the flush at thread exit

@@ -29,6 +29,8 @@ public:
         worker_.discard_all();
     }
 
+    void discard_queued() noexcept override { worker_.discard_all(); }
+
     dispatcher_stats stats() const override {
         dispatcher_stats s;
         s.name = name();

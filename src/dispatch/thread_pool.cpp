@@ -100,7 +100,7 @@ public:
     }
 
     // With no worker left: whatever stale senders left behind is discarded on this thread.
-    void discard_queued() noexcept {
+    void discard_queued() noexcept override {
         std::lock_guard g(binding_lock_);
         for (auto& s : strands_) {
             while (s->queue.maybe_nonempty()) {

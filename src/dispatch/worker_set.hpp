@@ -61,6 +61,11 @@ public:
         for (auto& w : all_) w->discard_all();
     }
 
+    /// With every worker joined: discards what was pushed since. Caller holds `lock`.
+    void discard_all() noexcept {
+        for (auto& w : all_) w->discard_all();
+    }
+
     void collect(std::vector<worker_stats>& out) const {
         for (auto& w : all_) out.push_back(w->stats());
     }
@@ -102,6 +107,11 @@ public:
         joined_ = true;
         shutdown();
         workers_.join_all();
+    }
+
+    void discard_queued() noexcept final {
+        std::lock_guard g(workers_.lock);
+        workers_.discard_all();
     }
 
     dispatcher_stats stats() const final {

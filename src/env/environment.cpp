@@ -143,8 +143,11 @@ void env_core::join() {
         d->shutdown();
         d->join();
     }
-    // 4. the timer service
+    // 4. the timer service, then a last sweep of the queues: a timer that fired while the
+    //    dispatchers were being joined may have pushed a message that holds the timer, whose
+    //    mbox holds this core (a cycle that would never be freed).
     timers_.stop();
+    for (auto& d : dispatchers()) d->discard_queued();
     joined_ = true;
 }
 
@@ -160,6 +163,9 @@ environment_stats env_core::stats() const {
             s.messages_discarded += c->discarded.load(std::memory_order_relaxed);
             s.messages_cancelled += c->cancelled.load(std::memory_order_relaxed);
             s.handler_exceptions += c->exceptions.load(std::memory_order_relaxed);
+            s.callbacks_run += c->callbacks_run.load(std::memory_order_relaxed);
+            s.callbacks_refused += c->callbacks_refused.load(std::memory_order_relaxed);
+            s.callbacks_discarded += c->callbacks_discarded.load(std::memory_order_relaxed);
         }
         for (auto& [k, e] : extensions_) e->add_stats(s);
     }

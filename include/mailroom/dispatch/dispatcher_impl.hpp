@@ -49,6 +49,11 @@ public:
     /// once, by the environment, after every context bound here is gone; never from a worker.
     virtual void join() noexcept = 0;
 
+    /// After join(): discards what stale senders pushed since (each demand counts itself). The
+    /// environment calls it once more after the timer thread stopped, so that a timer that
+    /// fired into a joined dispatcher does not keep its message (and what it holds) alive.
+    virtual void discard_queued() noexcept = 0;
+
     virtual dispatcher_stats stats() const = 0;
 
 protected:

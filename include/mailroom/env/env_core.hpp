@@ -22,6 +22,8 @@ namespace mailroom::internal {
 struct thread_counters {
     std::atomic<std::uint64_t> sent{0}, delivered{0}, lost{0}, ignored{0}, discarded{0}, cancelled{0},
         exceptions{0};
+    // Sessions' callbacks (posted calls, timers, inbox messages).
+    std::atomic<std::uint64_t> callbacks_run{0}, callbacks_refused{0}, callbacks_discarded{0};
 
     static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);

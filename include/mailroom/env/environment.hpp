@@ -59,12 +59,22 @@ struct environment_stats {
     std::uint64_t timers_cancelled = 0;
     std::uint64_t timers_pending = 0;
     std::size_t queue_depth = 0;  ///< demands queued in all dispatchers, approximately
+    std::uint64_t sessions_created = 0;
+    std::uint64_t sessions_destroyed = 0;  ///< retired: their event objects and callbacks gone
+    std::uint64_t event_objects_created = 0;    ///< timers and inboxes of sessions
+    std::uint64_t event_objects_destroyed = 0;  ///< retired: their callbacks destroyed
+    std::uint64_t callbacks_run = 0;  ///< session callbacks run (posted calls, timers, inbox messages)
+    /// Deliveries that found their object or session shut when they came up and did not run:
+    /// expected after a shutdown; what never happens is a callback running after shutdown().
+    std::uint64_t callbacks_refused = 0;
+    std::uint64_t callbacks_discarded = 0;  ///< still queued when the dispatchers stopped
 };
 
 /// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an
 /// orderly shutdown; destruction (or `join()`) waits for it: cooperations are deregistered
-/// (children first), then dispatchers stop and their threads are joined, then the timer
-/// service. Every thread it started is joined before the destructor returns.
+/// (children first), then sessions and their event objects are destroyed, then dispatchers
+/// stop and their threads are joined, then the timer service. Every thread it started is
+/// joined before the destructor returns.
 class MAILROOM_EXPORT environment {
 public:
     explicit environment(environment_options options = {});

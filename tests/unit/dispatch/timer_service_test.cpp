@@ -92,6 +92,38 @@ TEST(timer_service, a_timer_beyond_the_first_wheel_level_fires_after_its_deadlin
     EXPECT_GE(r.first_fire_ns.load(), deadline);
 }
 
+TEST(timer_service, every_wheel_level_cascades_in_order) {
+    // A 1 µs tick puts 0.2 ms in level 0, 2..60 ms in level 1 (256 ticks and up) and 70..140 ms
+    // in level 2 (65,536 ticks and up): each must come down through the cascades and fire after
+    // its deadline, in deadline order, with many entries sharing slots.
+    timer_service svc(std::chrono::microseconds(1));
+    const std::int64_t delays_us[] = {200, 2'000, 9'000, 30'000, 60'000, 70'000, 100'000, 140'000};
+    constexpr int per_delay = 50;
+    std::vector<std::unique_ptr<test_timer::record>> records;
+    std::vector<std::int64_t> deadlines;
+    const std::int64_t now = now_ns();
+    for (std::int64_t d : delays_us)
+        for (int i = 0; i < per_delay; ++i) {
+            records.push_back(std::make_unique<test_timer::record>());
+            deadlines.push_back(now + d * 1'000);
+            ASSERT_TRUE(svc.arm(test_timer::make(*records.back(), deadlines.back())));
+        }
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (auto& r : records)
+                if (r->fired.load() != 1) return false;
+            return true;
+        },
+        20s));
+    for (std::size_t i = 0; i < records.size(); ++i) {
+        EXPECT_GE(records[i]->first_fire_ns.load(), deadlines[i]) << "timer " << i << " fired early";
+        if (i >= per_delay) {  // each group after every timer of the group before
+            EXPECT_GE(records[i]->first_fire_ns.load(), records[i - per_delay]->first_fire_ns.load()) << i;
+        }
+    }
+    EXPECT_EQ(svc.stats().fired, records.size());
+}
+
 TEST(timer_service, a_periodic_timer_fires_repeatedly_until_cancelled) {
     timer_service svc;
     test_timer::record r;

@@ -1,0 +1,159 @@
+#pragma once
+/// Sessions and event objects (MME's managed lifetimes): a serial execution context for code
+/// that wants callbacks without writing an agent, and the timers and inboxes that call back
+/// into it, each with a shutdown() that guarantees no callback runs once it returns.
+
+#include <mailroom/agent/mbox.hpp>
+#include <mailroom/core/error.hpp>
+#include <mailroom/detail/handler.hpp>
+#include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/env/environment.hpp>
+#include <mailroom/export.hpp>
+
+#include <chrono>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace mailroom {
+
+namespace internal {
+class session_impl;
+class event_object;
+struct posted_call;
+}  // namespace internal
+
+/// A session or event object was used after it was destroyed (or through an empty handle).
+class MAILROOM_EXPORT session_destroyed_error final : public error {
+public:
+    using error::error;
+};
+
+struct session_options {
+    /// Names the session in errors and logs; "session#<id>" when empty.
+    std::string name{};
+    /// Where its callbacks run; the environment's default dispatcher when empty. On a
+    /// thread_pool the session is a FIFO unit of its own.
+    binder bind{};
+};
+
+/// A handle to one event object (a timer or an inbox) of a session. Move-only; destroying the
+/// handle destroys the object unless detach() was called.
+///
+/// The guarantees (DESIGN.md 2 and 3):
+/// - shutdown(): when it returns on any thread other than the object's own session context, no
+///   callback of the object is running anywhere and none will start. Called on the session's
+///   own context (inside this object's callback or another callback of the same session) it
+///   does not wait and cannot deadlock; no callback of the object starts after the current one
+///   returns. It never blocks on anything but a callback of this object that is running now,
+///   so two sessions whose callbacks shut down each other's objects while each waits for the
+///   other can deadlock, as with any blocking call between serial contexts.
+/// - destroy(): any thread, including inside the object's own callback; implies shutdown().
+///   The callback (and what it captured) is destroyed on the session's context when it can be,
+///   and the object's memory is freed once no queued delivery, timer or sender can touch it.
+/// - On an empty handle, or an object already destroyed (by its handle, its session or the
+///   environment), shutdown() and destroy() are no-ops.
+class MAILROOM_EXPORT event_handle {
+public:
+    event_handle() noexcept = default;
+    explicit event_handle(internal::event_object* o) noexcept : obj_(o) {}
+    event_handle(event_handle&& o) noexcept : obj_(std::exchange(o.obj_, nullptr)) {}
+    event_handle& operator=(event_handle&& o) noexcept;
+    ~event_handle();
+
+    /// True while it refers to an object that was not shut down or destroyed.
+    explicit operator bool() const noexcept;
+
+    /// Stops callbacks (see the class comment). Returns true if this call shut the object,
+    /// false if it was shut already (it still waits for a running callback). Any thread.
+    bool shutdown() noexcept;
+
+    /// Shuts the object down and destroys it; the handle becomes empty. Any thread.
+    void destroy() noexcept;
+
+    /// Lets the object live on without this handle: it is destroyed with its session.
+    void detach() noexcept;
+
+protected:
+    internal::event_object* obj_ = nullptr;
+};
+
+/// An inbox: a private destination for replies. Anyone may `send<Msg>` to its address(); the
+/// callback receives each message on the session's context. A message of another type is
+/// counted ignored. Sending to it once it is shut down counts the message lost; once its
+/// environment stopped, sending raises environment_stopped_error like any mbox.
+class MAILROOM_EXPORT inbox_handle final : public event_handle {
+public:
+    inbox_handle() noexcept = default;
+    inbox_handle(internal::event_object* o, mbox address) noexcept
+        : event_handle(o), address_(std::move(address)) {}
+    inbox_handle(inbox_handle&&) noexcept = default;
+    inbox_handle& operator=(inbox_handle&&) noexcept = default;
+
+    /// Where to send; valid (and usable from any thread) even after the inbox is destroyed.
+    const mbox& address() const noexcept { return address_; }
+
+private:
+    mbox address_;
+};
+
+/// A serial execution context bound to a dispatcher: its callbacks (posted calls, timers,
+/// inboxes) never run at the same time, and it owns its event objects.
+///
+/// Threads: create, post, add objects and destroy from any thread, including from inside its
+/// own callbacks. destroy() shuts down and destroys every event object of the session; once
+/// it returns on a thread other than the session's context, none of its callbacks runs and
+/// none will start. The environment destroys the sessions still alive when it stops: after
+/// its cooperations are gone and before its dispatchers stop.
+class MAILROOM_EXPORT session {
+public:
+    session() noexcept = default;
+    /// Raises environment_stopped_error when the environment is stopping, binding_error when
+    /// the binder's dispatcher was shut down.
+    explicit session(environment& env, session_options options = {});
+    session(session&& o) noexcept : impl_(std::exchange(o.impl_, nullptr)) {}
+    session& operator=(session&& o) noexcept;
+    /// Destroys the session unless detach() was called.
+    ~session();
+
+    /// True while it refers to a session that was not destroyed.
+    explicit operator bool() const noexcept;
+
+    /// The session's name ("" for an empty handle).
+    std::string name() const;
+
+    /// Runs `f()` on the session's context. Any thread; never blocks. Returns false (and drops
+    /// `f`) when the session is destroyed or the handle is empty. A posted call still queued
+    /// when the session is destroyed does not run (it is counted refused).
+    template <class F>
+    bool post(F&& f);
+
+    /// A timer calling `f()` on the session's context after `delay`, then every `period`
+    /// (one-shot when `period` is zero). Any thread. Raises session_destroyed_error on a
+    /// destroyed session, usage_error for a negative period.
+    template <class F>
+    [[nodiscard]] event_handle add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f);
+
+    /// An inbox of `Msg`s handled by `f`, which takes `Msg` by value, by `Msg&&` or by
+    /// `const Msg&` (a move-only message is moved out). Any thread. Raises
+    /// session_destroyed_error on a destroyed session.
+    template <class Msg, class F>
+    [[nodiscard]] inbox_handle add_inbox(F&& f);
+
+    /// Destroys the session and every event object it owns (see the class comment). Any
+    /// thread, including its own callbacks; a no-op when already destroyed.
+    void destroy() noexcept;
+
+    /// Lets the session live on without this handle, until the environment stops.
+    void detach() noexcept;
+
+    /// Internals, for tests and the layers above.
+    internal::session_impl* impl() const noexcept { return impl_; }
+
+private:
+    internal::session_impl* impl_ = nullptr;
+};
+
+}  // namespace mailroom
+
+#include <mailroom/detail/session_impl.hpp>

@@ -1,0 +1,87 @@
+#pragma once
+// Template bodies of session.hpp: a posted call carries its callable inline in the demand (one
+// allocation from the recycling pool per post), and callbacks of event objects are type-erased
+// into a `handler`.
+
+#include <mailroom/core/pool.hpp>
+#include <mailroom/dispatch/demand.hpp>
+
+#include <new>
+
+namespace mailroom::internal {
+
+/// A call posted to a session. execute and `owner` are filled in by post_call().
+struct posted_call : demand {
+    session_impl* owner = nullptr;
+    void (*call)(posted_call*) = nullptr;        // runs the callable (may throw)
+    void (*drop)(posted_call*) noexcept = nullptr;  // destroys it and frees the block
+};
+
+template <class F>
+struct posted_call_of final : posted_call {
+    explicit posted_call_of(F&& f) : fn(std::move(f)) {
+        call = [](posted_call* p) { static_cast<posted_call_of*>(p)->fn(); };
+        drop = [](posted_call* p) noexcept {
+            auto* self = static_cast<posted_call_of*>(p);
+            self->~posted_call_of();
+            pool_free(self, sizeof(posted_call_of));
+        };
+    }
+    F fn;
+};
+
+/// Queues `c` on the session; takes it over (drops it and returns false when destroyed).
+MAILROOM_EXPORT bool post_call(session_impl* s, posted_call* c) noexcept;
+MAILROOM_EXPORT event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay,
+                                        std::chrono::nanoseconds period, handler fn);
+/// Returns the object (the handle's reference) and fills `address`.
+MAILROOM_EXPORT event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address);
+
+}  // namespace mailroom::internal
+
+namespace mailroom {
+
+template <class F>
+bool session::post(F&& f) {
+    using Fn = std::decay_t<F>;
+    using call_t = internal::posted_call_of<Fn>;
+    if (!impl_) return false;
+    void* block = internal::pool_allocate(sizeof(call_t));
+    call_t* c;
+    try {
+        c = new (block) call_t(Fn(std::forward<F>(f)));
+    } catch (...) {
+        internal::pool_free(block, sizeof(call_t));
+        throw;
+    }
+    return internal::post_call(impl_, c);
+}
+
+template <class F>
+event_handle session::add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f) {
+    if (!impl_) throw session_destroyed_error("add_timer: the session handle is empty");
+    return event_handle(internal::add_timer(
+        impl_, delay, period, internal::handler([fn = std::decay_t<F>(std::forward<F>(f))](internal::envelope*) mutable {
+            fn();
+        })));
+}
+
+template <class Msg, class F>
+inbox_handle session::add_inbox(F&& f) {
+    static_assert(!std::is_reference_v<Msg> && !std::is_const_v<Msg>, "add_inbox<Msg>: Msg is the plain message type");
+    using Fn = std::decay_t<F>;
+    using sig = internal::callable_signature<Fn>;
+    static_assert(sig::has_arg, "an inbox callback takes the message");
+    static_assert(std::is_same_v<typename sig::message, Msg>, "the inbox callback must take the inbox's Msg");
+    if (!impl_) throw session_destroyed_error("add_inbox: the session handle is empty");
+    mbox address;
+    internal::event_object* o = internal::add_inbox(
+        impl_, message_type_of<Msg>(),
+        internal::handler([fn = Fn(std::forward<F>(f))](internal::envelope* e) mutable {
+            internal::call_with_payload<Msg, typename sig::arg>(fn, e);
+        }),
+        address);
+    return inbox_handle(o, std::move(address));
+}
+
+}  // namespace mailroom

@@ -1,0 +1,616 @@
+// Sessions and event objects: MME's managed lifetimes over mailroom's dispatchers.
+//
+// The states of an event object (see docs/lifetimes.md):
+//
+//   live --shutdown()--> shut --destroy()/session destroyed--> retired --last reference--> freed
+//
+// - live: listed in its session; deliveries (timer fires, inbox messages) are queued on the
+//   session's context and each passes the session's context_gate (enter/leave) around the
+//   callback.
+// - shut: its flag is set; the gate refuses every later delivery; a shutdown on a foreign
+//   thread has waited until its running callback (if any) left.
+// - retired: unlisted; its callback (and what the callback captured) is destroyed on the
+//   session's context by a retire demand that was preallocated with the object, so destroy()
+//   cannot fail.
+// - freed: reference counted. References: the session's list (handed to the retire demand),
+//   the handle, each queued delivery, the inbox's mbox, and for timers the timer wheel
+//   (a session timer is a timer_entry, so it shares the wheel's count). Whatever still points
+//   at a shut object (a queued delivery, the timer thread in fire(), a sender in deliver())
+//   holds a reference, so freeing is always safe.
+//
+// A session is counted the same way: the environment's registry holds a reference (handed to
+// its retire demand on destroy), the handle one, each object one, each posted call one. Its
+// retire demand runs on its own context after every callback already running, destroys the
+// callbacks of the objects it still owned, and releases the binding.
+
+#include <mailroom/agent/session.hpp>
+#include <mailroom/core/clock.hpp>
+#include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/event_object.hpp>
+#include <mailroom/dispatch/timer_service.hpp>
+
+#include "runtime.hpp"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace mailroom {
+namespace internal {
+
+class event_object;
+
+namespace {
+// The session whose callback (or retire) this thread is running: shutdown() of an object of
+// that session must not wait (it would wait for itself).
+MAILROOM_FAST_TLS thread_local session_impl* tls_session = nullptr;
+std::atomic<std::uint64_t> next_object_id{1};
+}  // namespace
+
+struct object_retire final : demand {
+    event_object* obj = nullptr;
+};
+
+struct session_retire final : demand {
+    session_impl* s = nullptr;
+    event_object* objects = nullptr;  // the list it still owned, each with its list reference
+};
+
+class session_impl {
+public:
+    session_impl(std::shared_ptr<env_core> e, agent_runtime* r, std::string n)
+        : env_keep(std::move(e)), env(env_keep.get()), rt(r), id(r->next_id()),
+          name(n.empty() ? "session#" + std::to_string(id) : std::move(n)) {}
+
+    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    std::atomic<std::uint32_t> refs{2};  // the registry's and the handle's
+    std::shared_ptr<env_core> env_keep;  // the queue pointer and counters stay valid with it
+    env_core* env;
+    agent_runtime* rt;
+    std::uint64_t id;
+    std::string name;
+    std::shared_ptr<binder_impl> binder;
+    binding bound{};
+    context_gate gate;
+    context_gate::flag posts_shut{0};  // posted calls have no flag of their own: never set
+
+    // Guarded by `lock`.
+    std::mutex lock;
+    bool dead = false;
+    event_object* objects = nullptr;
+
+    // Guarded by rt->session_lock.
+    bool registered = false;
+    session_impl* reg_prev = nullptr;
+    session_impl* reg_next = nullptr;
+
+    session_retire retire;
+};
+
+class event_object {
+public:
+    enum class kind : std::uint8_t { timer, inbox };
+
+    event_object(session_impl* s, kind k, handler f) noexcept
+        : owner(s), fn(std::move(f)), id(next_object_id.fetch_add(1, std::memory_order_relaxed)), what(k) {
+        s->add_ref();
+        retire.obj = this;
+    }
+
+    virtual void add_ref() noexcept = 0;
+    virtual void release() noexcept = 0;
+    /// Stops the source (the timer wheel) from producing more deliveries. Any thread.
+    virtual void stop_source() noexcept {}
+
+    std::string display_name() const {
+        return std::string(what == kind::timer ? "timer" : "inbox") + " #" + std::to_string(id) + " of session '" +
+               owner->name + "'";
+    }
+
+    session_impl* owner;
+    handler fn;  // the context's; destroyed at retire
+    context_gate::flag shut{0};
+    std::uint64_t id;
+    kind what;
+    message_type type{};  // an inbox's message type
+
+    // Guarded by owner->lock.
+    bool listed = false;
+    event_object* prev = nullptr;
+    event_object* next = nullptr;
+
+    object_retire retire;
+
+protected:
+    virtual ~event_object() { owner->release(); }
+};
+
+namespace {
+
+// ---- running callbacks on the session's context ----
+
+struct session_scope {
+    explicit session_scope(session_impl* s) noexcept
+        : prev_session(tls_session), prev_env(current_env()) {
+        tls_session = s;
+        current_env() = s->env;
+    }
+    ~session_scope() {
+        tls_session = prev_session;
+        current_env() = prev_env;
+    }
+    session_impl* prev_session;
+    env_core* prev_env;
+};
+
+// Sessions have no exception policy of their own: a callback that throws is logged and
+// counted, and the session carries on.
+template <class F>
+void run_guarded_callback(session_impl& s, const char* what, F&& f) noexcept {
+    try {
+        f();
+        return;
+    } catch (const std::exception& ex) {
+        try {
+            s.env->log("session '" + s.name + "': " + what + " threw: " + ex.what());
+        } catch (...) {
+        }
+    } catch (...) {
+        try {
+            s.env->log("session '" + s.name + "': " + what + " threw an exception not derived from std::exception");
+        } catch (...) {
+        }
+    }
+    thread_counters::bump(s.env->counters().exceptions);
+}
+
+/// A timer fire or an inbox message on its way to an object. Holds a reference to the object
+/// (and to the timer of a send_delayed to an inbox, and the message).
+struct event_demand final : demand {
+    event_object* obj;
+    envelope* msg;
+    timer_entry* timer;
+
+    static void execute_fn(demand* base, demand_mode mode) noexcept;
+
+    static event_demand* make(event_object* o, envelope* m, timer_entry* t) {
+        auto* d = new (pool_allocate(sizeof(event_demand))) event_demand;
+        d->execute = &execute_fn;
+        d->obj = o;
+        d->msg = m;
+        d->timer = t;
+        o->add_ref();
+        if (t) t->add_ref();
+        return d;
+    }
+    void free() noexcept {
+        if (msg) msg->release();
+        if (timer) timer->release();
+        obj->release();
+        this->~event_demand();
+        pool_free(this, sizeof(event_demand));
+    }
+};
+
+void event_demand::execute_fn(demand* base, demand_mode mode) noexcept {
+    auto* d = static_cast<event_demand*>(base);
+    event_object* o = d->obj;
+    session_impl* s = o->owner;
+    thread_counters& c = s->env->counters();
+    if (mode == demand_mode::discard) {
+        thread_counters::bump(d->msg ? c.discarded : c.callbacks_discarded);
+        d->free();
+        return;
+    }
+    if (d->timer && !d->timer->begin_delivery()) {  // a send_delayed to the inbox, cancelled
+        thread_counters::bump(c.cancelled);
+        d->free();
+        return;
+    }
+    // The hot path: enter() is two plain stores and two loads (see context_gate).
+    if (s->gate.enter(o, o->shut)) [[likely]] {
+        {
+            session_scope scope(s);
+            run_guarded_callback(*s, o->what == event_object::kind::timer ? "timer callback" : "inbox callback",
+                                 [&] { o->fn(d->msg); });
+        }
+        s->gate.leave();
+        thread_counters::bump(c.callbacks_run);
+        if (d->msg) thread_counters::bump(c.delivered);
+    } else {
+        thread_counters::bump(c.callbacks_refused);
+        if (d->msg) thread_counters::bump(c.lost);
+    }
+    if (d->timer) d->timer->end_delivery();
+    d->free();
+}
+
+void execute_post(demand* base, demand_mode mode) noexcept {
+    auto* p = static_cast<posted_call*>(base);
+    session_impl* s = p->owner;
+    thread_counters& c = s->env->counters();
+    if (mode == demand_mode::run && s->gate.enter(s, s->posts_shut)) [[likely]] {
+        {
+            session_scope scope(s);
+            run_guarded_callback(*s, "posted call", [&] { p->call(p); });
+        }
+        s->gate.leave();
+        thread_counters::bump(c.callbacks_run);
+    } else {
+        thread_counters::bump(mode == demand_mode::run ? c.callbacks_refused : c.callbacks_discarded);
+    }
+    p->drop(p);
+    s->release();
+}
+
+// Destroys an object's callback: on the session's context (or, with the dispatchers stopped,
+// wherever its queue is discarded). Nothing can run the callback any more: the object was shut
+// before it was unlisted, and the context runs one thing at a time.
+void retire_object(event_object* o) noexcept {
+    {
+        session_scope scope(o->owner);  // what the callback captured may destroy handles
+        handler dead = std::move(o->fn);
+    }
+    o->owner->rt->objects_destroyed.fetch_add(1, std::memory_order_relaxed);
+    o->release();  // the list's reference
+}
+
+void execute_object_retire(demand* base, demand_mode) noexcept {
+    retire_object(static_cast<object_retire*>(base)->obj);
+}
+
+void execute_session_retire(demand* base, demand_mode mode) noexcept {
+    auto* r = static_cast<session_retire*>(base);
+    session_impl* s = r->s;
+    for (event_object* o = std::exchange(r->objects, nullptr); o;) {
+        event_object* next = o->next;
+        retire_object(o);
+        o = next;
+    }
+    // In discard mode the dispatcher is being joined (it may hold its own lock): it releases
+    // what is bound to it itself.
+    if (mode == demand_mode::run) s->binder->release(s->bound, s);
+    s->binder.reset();
+    // A demand pushed late (a sender that passed its checks just before the teardown) may sit
+    // in a stopped dispatcher's queue until the environment's core is freed: it holds this
+    // session, which must not hold the core in turn.
+    std::shared_ptr<env_core> keep = std::move(s->env_keep);
+    agent_runtime* rt = s->rt;
+    rt->sessions_destroyed.fetch_add(1, std::memory_order_relaxed);
+    {
+        std::lock_guard g(rt->session_lock);
+        --rt->live_sessions;
+        // Under the lock: once the joiner sees zero it may go on and free the runtime.
+        rt->sessions_idle.notify_all();
+    }
+    s->release();  // the registry's reference
+}
+
+// ---- timers and inboxes ----
+
+class timer_object final : public timer_entry, public event_object {
+public:
+    timer_object(session_impl* s, handler f) noexcept : event_object(s, kind::timer, std::move(f)) {}
+
+    void add_ref() noexcept override { timer_entry::add_ref(); }
+    void release() noexcept override { timer_entry::release(); }
+    // The wheel drops a cancelled entry when it next comes up; cancel() does not wait here:
+    // this timer's deliveries never count themselves in timer_entry's state.
+    void stop_source() noexcept override { timer_entry::cancel(); }
+
+private:
+    ~timer_object() override = default;
+
+    // On the timer thread.
+    void fire() noexcept override {
+        if (shut.load(std::memory_order_relaxed)) return;  // an early answer; the gate decides
+        event_demand* d;
+        try {
+            d = event_demand::make(this, nullptr, nullptr);
+        } catch (...) {
+            return;  // out of memory: this tick is skipped
+        }
+        owner->bound.queue->push(d);
+    }
+
+    void destroy() noexcept override { delete this; }
+};
+
+class inbox_object final : public event_object {
+public:
+    inbox_object(session_impl* s, message_type t, handler f) noexcept : event_object(s, kind::inbox, std::move(f)) {
+        type = t;
+    }
+    void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept override {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+private:
+    ~inbox_object() override = default;
+    std::atomic<std::uint32_t> refs_{1};  // the list's
+};
+
+class inbox_mbox final : public mbox_impl {
+public:
+    inbox_mbox(std::shared_ptr<env_core> env, agent_runtime* rt, event_object* o) noexcept
+        : mbox_impl(std::move(env), rt, mbox_kind::direct), obj_(o) {
+        o->add_ref();
+    }
+    ~inbox_mbox() override { obj_->release(); }
+
+    void deliver(envelope* e, timer_entry* timer) override {
+        envelope_ref ref(e);
+        env_core& env = *env_;
+        if (!env.open()) env.check_open("sending through", name());
+        thread_counters& c = env.counters();
+        if (!(e->type() == obj_->type)) {
+            thread_counters::bump(c.sent);
+            thread_counters::bump(c.ignored);
+            return;
+        }
+        // A cheap early answer for an inbox that is gone; the receiving side checks again.
+        if (obj_->shut.load(std::memory_order_acquire) | obj_->owner->gate.shut()) {
+            thread_counters::bump(c.sent);
+            thread_counters::bump(c.lost);
+            return;
+        }
+        event_demand* d = event_demand::make(obj_, e, timer);
+        ref.release();
+        thread_counters::bump(c.sent);
+        obj_->owner->bound.queue->push(d);
+    }
+
+    std::string name() const override { return obj_->display_name(); }
+
+private:
+    event_object* obj_;
+};
+
+// ---- shutdown and destroy ----
+
+bool shutdown_object(event_object* o) noexcept {
+    const bool first = context_gate::close(o->shut);
+    o->stop_source();
+    if (tls_session != o->owner) {
+        context_gate::barrier();
+        o->owner->gate.wait_not_running(o);
+    }
+    return first;
+}
+
+void destroy_object(event_object* o) noexcept {
+    shutdown_object(o);
+    session_impl* s = o->owner;
+    std::lock_guard g(s->lock);
+    if (!o->listed) return;  // destroyed already, or its session was
+    o->listed = false;
+    if (o->prev)
+        o->prev->next = o->next;
+    else
+        s->objects = o->next;
+    if (o->next) o->next->prev = o->prev;
+    // Under the lock, so that it is queued before the session's own retire (which is pushed
+    // after `dead` was set under this lock): the queue is still the session's.
+    s->bound.queue->push(&o->retire);
+}
+
+void destroy_session(session_impl* s) noexcept {
+    agent_runtime* rt = s->rt;
+    bool winner;
+    {
+        std::lock_guard g(rt->session_lock);
+        winner = s->registered;
+        if (winner) {
+            s->registered = false;
+            if (s->reg_prev)
+                s->reg_prev->reg_next = s->reg_next;
+            else
+                rt->sessions = s->reg_next;
+            if (s->reg_next) s->reg_next->reg_prev = s->reg_prev;
+        }
+    }
+    s->gate.close();
+    event_object* list = nullptr;
+    if (winner) {
+        std::lock_guard g(s->lock);
+        s->dead = true;
+        list = std::exchange(s->objects, nullptr);
+        for (event_object* o = list; o; o = o->next) {
+            o->listed = false;
+            context_gate::close(o->shut);
+            o->stop_source();
+        }
+    }
+    // Every thread that destroys it waits (not only the winner): the guarantee holds for each.
+    if (tls_session != s) {
+        context_gate::barrier();
+        s->gate.wait_not_running(nullptr);
+    }
+    if (winner) {
+        s->retire.objects = list;
+        s->bound.queue->push(&s->retire);  // takes over the registry's reference
+    }
+}
+
+}  // namespace
+
+bool post_call(session_impl* s, posted_call* c) noexcept {
+    if (s->gate.shut()) {
+        c->drop(c);
+        return false;
+    }
+    s->add_ref();
+    c->owner = s;
+    c->execute = &execute_post;
+    s->bound.queue->push(c);
+    return true;
+}
+
+namespace {
+void attach(session_impl* s, event_object* o) {
+    std::lock_guard g(s->lock);
+    if (s->dead) throw session_destroyed_error("session '" + s->name + "' is destroyed: cannot add an event object");
+    o->retire.execute = &execute_object_retire;
+    o->listed = true;
+    o->next = s->objects;
+    if (s->objects) s->objects->prev = o;
+    s->objects = o;
+    s->rt->objects_created.fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
+event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay, std::chrono::nanoseconds period, handler fn) {
+    if (period.count() < 0)
+        throw usage_error("session '" + s->name + "': add_timer with a negative period");
+    auto* t = new timer_object(s, std::move(fn));  // one reference: the list's
+    t->deadline_ns = now_ns() + std::max<std::int64_t>(delay.count(), 0);
+    t->period_ns = period.count();
+    try {
+        attach(s, t);
+    } catch (...) {
+        t->release();
+        throw;
+    }
+    t->add_ref();  // the handle's
+    t->add_ref();  // the wheel's (arm() takes it over, and releases it when the service stopped)
+    s->env->timers().arm(t);
+    return t;
+}
+
+event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address) {
+    auto* o = new inbox_object(s, type, std::move(fn));
+    std::shared_ptr<inbox_mbox> m;
+    try {
+        m = std::make_shared<inbox_mbox>(s->env_keep, s->rt, o);
+        attach(s, o);
+    } catch (...) {
+        m.reset();
+        o->release();
+        throw;
+    }
+    o->add_ref();  // the handle's
+    address = mbox(std::move(m));
+    return o;
+}
+
+void agent_runtime::stop_sessions() noexcept {
+    std::vector<session_impl*> left;
+    {
+        std::lock_guard g(session_lock);
+        sessions_closed = true;
+        try {
+            for (session_impl* s = sessions; s; s = s->reg_next) left.push_back(s);
+        } catch (...) {
+            fatal("out of memory destroying sessions");
+        }
+        // A user's destroy() may retire (and free) one meanwhile.
+        for (session_impl* s : left) s->add_ref();
+    }
+    for (session_impl* s : left) {
+        destroy_session(s);
+        s->release();
+    }
+    std::unique_lock g(session_lock);
+    sessions_idle.wait(g, [&] { return live_sessions == 0; });
+}
+
+}  // namespace internal
+
+// ---- event_handle ----
+
+event_handle& event_handle::operator=(event_handle&& o) noexcept {
+    if (this != &o) {
+        destroy();
+        obj_ = std::exchange(o.obj_, nullptr);
+    }
+    return *this;
+}
+
+event_handle::~event_handle() { destroy(); }
+
+event_handle::operator bool() const noexcept {
+    return obj_ && obj_->shut.load(std::memory_order_acquire) == 0 && !obj_->owner->gate.shut();
+}
+
+bool event_handle::shutdown() noexcept { return obj_ && internal::shutdown_object(obj_); }
+
+void event_handle::destroy() noexcept {
+    if (!obj_) return;
+    internal::event_object* o = std::exchange(obj_, nullptr);
+    internal::destroy_object(o);
+    o->release();
+}
+
+void event_handle::detach() noexcept {
+    if (obj_) std::exchange(obj_, nullptr)->release();
+}
+
+// ---- session ----
+
+session::session(environment& env, session_options options) {
+    internal::event_gate_init();
+    auto& core = *env.core();
+    core.check_not_stopping("creating session", options.name);
+    auto& rt = internal::agent_runtime::of(core);
+    auto* s = new internal::session_impl(env.core(), &rt, std::move(options.name));
+    s->retire.s = s;
+    s->retire.execute = &internal::execute_session_retire;
+    try {
+        s->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder({}, nullptr);
+        s->bound = s->binder->prepare(s);
+    } catch (...) {
+        delete s;
+        throw;
+    }
+    {
+        std::lock_guard g(rt.session_lock);
+        if (!rt.sessions_closed) {
+            s->registered = true;
+            s->reg_next = rt.sessions;
+            if (rt.sessions) rt.sessions->reg_prev = s;
+            rt.sessions = s;
+            ++rt.live_sessions;
+        }
+    }
+    if (!s->registered) {
+        s->binder->release(s->bound, s);
+        std::string name = s->name;
+        delete s;
+        throw environment_stopped_error("creating session '" + name + "': environment '" + core.name() +
+                                        "' is stopping");
+    }
+    rt.sessions_created.fetch_add(1, std::memory_order_relaxed);
+    impl_ = s;
+}
+
+session& session::operator=(session&& o) noexcept {
+    if (this != &o) {
+        destroy();
+        impl_ = std::exchange(o.impl_, nullptr);
+    }
+    return *this;
+}
+
+session::~session() { destroy(); }
+
+session::operator bool() const noexcept { return impl_ && !impl_->gate.shut(); }
+
+std::string session::name() const { return impl_ ? impl_->name : std::string(); }
+
+void session::destroy() noexcept {
+    if (!impl_) return;
+    internal::session_impl* s = std::exchange(impl_, nullptr);
+    internal::destroy_session(s);
+    s->release();
+}
+
+void session::detach() noexcept {
+    if (impl_) std::exchange(impl_, nullptr)->release();
+}
+
+}  // namespace mailroom

@@ -1,0 +1,539 @@
+#include <mailroom/agent/session.hpp>
+
+#include "probe.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using mailroom::test::eventually;
+using mailroom::test::join_within;
+using mailroom::test::wait_set;
+
+namespace {
+
+struct ping {
+    int n = 0;
+};
+
+// Blocks until `flag` is set (bounded, so that a broken test fails instead of hanging).
+void block_until(const std::atomic<bool>& flag) {
+    ASSERT_TRUE(wait_set(flag, std::chrono::seconds(20)));
+}
+
+TEST(session, posted_calls_run_serially_on_the_context) {
+    mailroom::environment env;
+    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    mailroom::session s(env, {.name = "serial", .bind = pool.bind()});
+    std::atomic<int> inside{0}, overlaps{0}, ran{0};
+    auto body = [&] {
+        if (inside.fetch_add(1) != 0) overlaps.fetch_add(1);
+        std::this_thread::yield();
+        inside.fetch_sub(1);
+        ran.fetch_add(1);
+    };
+    auto tick = s.add_timer(0ms, 1ms, body);
+    constexpr int per_thread = 2000;
+    std::vector<std::thread> posters;
+    for (int t = 0; t < 2; ++t)
+        posters.emplace_back([&] {
+            for (int i = 0; i < per_thread; ++i) ASSERT_TRUE(s.post(body));
+        });
+    for (auto& t : posters) t.join();
+    ASSERT_TRUE(eventually([&] { return ran.load() >= 2 * per_thread; }));
+    EXPECT_EQ(overlaps.load(), 0);
+    EXPECT_EQ(s.name(), "serial");
+    s.destroy();
+    EXPECT_FALSE(s);
+}
+
+TEST(session, post_runs_on_another_thread_and_with_the_environment_current) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<bool> done{false};
+    std::thread::id where;
+    EXPECT_TRUE(s.post([&] {
+        where = std::this_thread::get_id();
+        // join() from the session's own thread is misuse: the environment knows this thread.
+        EXPECT_THROW(env.join(), mailroom::usage_error);
+        done = true;
+    }));
+    ASSERT_TRUE(wait_set(done));
+    EXPECT_NE(where, std::this_thread::get_id());
+    EXPECT_EQ(env.stats().callbacks_run, 1u);
+}
+
+TEST(session, one_shot_timer_fires_once) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> fired{0};
+    auto t = s.add_timer(2ms, 0ms, [&] { fired.fetch_add(1); });
+    ASSERT_TRUE(eventually([&] { return fired.load() == 1; }));
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(fired.load(), 1);
+    EXPECT_TRUE(t);  // a fired one-shot is not shut down
+}
+
+TEST(session, periodic_timer_fires_until_shut_down) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> fired{0};
+    auto t = s.add_timer(0ms, 1ms, [&] { fired.fetch_add(1); });
+    ASSERT_TRUE(eventually([&] { return fired.load() >= 3; }));
+    EXPECT_TRUE(t.shutdown());
+    EXPECT_FALSE(t);
+    const int at_shutdown = fired.load();
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(fired.load(), at_shutdown);
+    EXPECT_FALSE(t.shutdown());  // already shut
+    EXPECT_THROW((void)s.add_timer(0ms, -1ms, [] {}), mailroom::usage_error);
+}
+
+TEST(session, inbox_delivers_by_value_by_const_ref_and_move_only) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> sum{0}, refs{0}, owned{0};
+    auto a = s.add_inbox<ping>([&](ping p) { sum.fetch_add(p.n); });
+    auto b = s.add_inbox<ping>([&](const ping& p) { refs.fetch_add(p.n); });
+    auto c = s.add_inbox<std::unique_ptr<int>>([&](std::unique_ptr<int>&& p) { owned.fetch_add(*p); });
+    for (int i = 1; i <= 10; ++i) {
+        mailroom::send<ping>(a.address(), ping{i});
+        mailroom::send<ping>(b.address(), ping{i});
+        mailroom::send(c.address(), std::make_unique<int>(i));
+    }
+    mailroom::send<int>(a.address(), 5);  // not its type: ignored
+    ASSERT_TRUE(eventually([&] { return sum.load() == 55 && refs.load() == 55 && owned.load() == 55; }));
+    EXPECT_EQ(a.address().kind(), mailroom::mbox_kind::direct);
+    EXPECT_NE(a.address().name().find("inbox"), std::string::npos);
+    auto st = env.stats();
+    EXPECT_EQ(st.messages_ignored, 1u);
+    EXPECT_EQ(st.messages_delivered, 30u);
+}
+
+TEST(session, delayed_send_to_an_inbox_respects_its_timer) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> got{0};
+    auto in = s.add_inbox<ping>([&](const ping&) { got.fetch_add(1); });
+    auto t = mailroom::send_delayed<ping>(in.address(), 1ms, ping{1});
+    ASSERT_TRUE(eventually([&] { return got.load() == 1; }));
+    auto cancelled = mailroom::send_delayed<ping>(in.address(), 10s, ping{2});
+    cancelled.cancel();
+    EXPECT_EQ(got.load(), 1);
+}
+
+// Guarantee 2, the foreign-thread half: shutdown() must not return while the callback runs.
+TEST(session, shutdown_from_a_foreign_thread_waits_for_the_running_callback) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<bool> entered{false}, release{false}, finished{false}, returned{false};
+    std::atomic<bool> finished_before_return{false};
+    auto in = s.add_inbox<ping>([&](const ping&) {
+        entered = true;
+        block_until(release);
+        finished = true;
+    });
+    mailroom::send<ping>(in.address(), ping{});
+    ASSERT_TRUE(wait_set(entered));
+    std::thread closer([&] {
+        in.shutdown();
+        finished_before_return = finished.load();
+        returned = true;
+    });
+    std::this_thread::sleep_for(30ms);
+    EXPECT_FALSE(returned.load()) << "shutdown() returned while the callback was running";
+    release = true;
+    closer.join();
+    EXPECT_TRUE(returned.load());
+    EXPECT_TRUE(finished_before_return.load());
+}
+
+// The same for a whole session: destroy() waits for a running posted call.
+TEST(session, destroy_from_a_foreign_thread_waits_for_the_running_callback) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<bool> entered{false}, release{false}, finished{false}, finished_before_return{false};
+    s.post([&] {
+        entered = true;
+        block_until(release);
+        finished = true;
+    });
+    ASSERT_TRUE(wait_set(entered));
+    std::thread closer([&] {
+        s.destroy();
+        finished_before_return = finished.load();
+    });
+    std::this_thread::sleep_for(30ms);
+    EXPECT_FALSE(finished_before_return.load());
+    release = true;
+    closer.join();
+    EXPECT_TRUE(finished_before_return.load());
+}
+
+// Many rounds of a shutdown racing a firing timer: no callback may start after shutdown()
+// returned, even one whose delivery was already queued.
+TEST(session, shutdown_racing_a_firing_timer_never_lets_a_callback_through) {
+    mailroom::environment env;
+    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    mailroom::session s(env, {.bind = pool.bind()});
+    std::atomic<int> violations{0}, fired{0};
+    std::mt19937 rng(7);
+    const long n = mailroom::test::rounds(300);
+    for (long round = 0; round < n; ++round) {
+        auto shut = std::make_shared<std::atomic<bool>>(false);
+        auto t = s.add_timer(0ms, 1ms, [shut, &violations, &fired] {
+            if (shut->load()) violations.fetch_add(1);
+            fired.fetch_add(1);
+        });
+        // Some deliveries queued behind a slow callback make the race likelier.
+        for (int i = 0; i < 3; ++i) s.post([] { std::this_thread::sleep_for(std::chrono::microseconds(20)); });
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 1500));
+        t.shutdown();
+        shut->store(true);
+    }
+    std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(violations.load(), 0);
+    EXPECT_GT(fired.load(), 0);
+}
+
+TEST(session, shutdown_from_its_own_callback_does_not_wait_and_stops_further_callbacks) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> calls{0};
+    std::atomic<bool> returned{false};
+    mailroom::event_handle t;
+    // Deliveries queue up behind the first callback; none of them may run after it shut down.
+    std::atomic<bool> go{false};
+    s.post([&] { block_until(go); });
+    t = s.add_timer(0ms, 1ms, [&] {
+        calls.fetch_add(1);
+        t.shutdown();
+        returned = true;
+    });
+    // Let several fires queue up behind the blocked call.
+    ASSERT_TRUE(eventually([&] { return env.stats().timers_fired >= 3; }));
+    go = true;
+    ASSERT_TRUE(wait_set(returned));
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(calls.load(), 1);
+    EXPECT_GT(env.stats().callbacks_refused, 0u);
+}
+
+TEST(session, shutdown_of_another_object_of_the_same_session_does_not_wait) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> b_calls{0};
+    std::atomic<bool> done{false};
+    auto b = s.add_timer(0ms, 1ms, [&] { b_calls.fetch_add(1); });
+    ASSERT_TRUE(eventually([&] { return b_calls.load() > 0; }));
+    int b_at = 0;
+    auto a = s.add_inbox<ping>([&](const ping&) {
+        b.shutdown();
+        b_at = b_calls.load();
+        done = true;
+    });
+    mailroom::send<ping>(a.address(), ping{});
+    ASSERT_TRUE(wait_set(done));
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(b_calls.load(), b_at);
+}
+
+TEST(session, destroy_from_its_own_callback) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    auto tracker = std::make_shared<int>(0);
+    std::weak_ptr<int> watch = tracker;
+    std::atomic<int> calls{0};
+    std::atomic<bool> done{false};
+    mailroom::inbox_handle in;
+    in = s.add_inbox<ping>([&, tracker](const ping&) {
+        calls.fetch_add(1);
+        in.destroy();
+        EXPECT_EQ(*tracker, 0);  // what the callback captured lives until it returned
+        done = true;
+    });
+    tracker.reset();
+    for (int i = 0; i < 5; ++i) mailroom::send<ping>(in.address(), ping{});
+    ASSERT_TRUE(wait_set(done));
+    // The callback (with what it captured) is destroyed on the context, afterwards.
+    ASSERT_TRUE(eventually([&] { return watch.expired(); }));
+    std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(calls.load(), 1);
+    auto st = env.stats();
+    EXPECT_EQ(st.event_objects_created, 1u);
+    EXPECT_EQ(st.event_objects_destroyed, 1u);
+}
+
+TEST(session, destroy_from_another_sessions_callback) {
+    mailroom::environment env;
+    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    mailroom::session x(env, {.bind = pool.bind()});
+    mailroom::session y(env, {.bind = pool.bind()});
+    std::atomic<bool> shut{false};
+    std::atomic<int> violations{0}, calls{0};
+    auto t = y.add_timer(0ms, 1ms, [&] {
+        if (shut.load()) violations.fetch_add(1);
+        calls.fetch_add(1);
+    });
+    ASSERT_TRUE(eventually([&] { return calls.load() > 2; }));
+    std::atomic<bool> done{false};
+    x.post([&] {
+        t.destroy();
+        shut = true;
+        done = true;
+    });
+    ASSERT_TRUE(wait_set(done));
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(violations.load(), 0);
+    // And a whole session from another session's callback.
+    done = false;
+    x.post([&] {
+        y.destroy();
+        done = true;
+    });
+    ASSERT_TRUE(wait_set(done));
+    EXPECT_FALSE(y);
+}
+
+// A session is destroyed on one thread while a callback of another session shuts one of its
+// objects down: neither waits for the other forever, and nothing runs afterwards.
+TEST(session, destroying_a_session_while_another_session_shuts_one_of_its_objects) {
+    mailroom::environment env;
+    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    const long n = mailroom::test::rounds(200);
+    std::atomic<int> violations{0};
+    mailroom::session x(env, {.bind = pool.bind()});
+    for (long round = 0; round < n; ++round) {
+        auto y = std::make_unique<mailroom::session>(env, mailroom::session_options{.bind = pool.bind()});
+        auto dead = std::make_shared<std::atomic<bool>>(false);
+        auto t = std::make_shared<mailroom::event_handle>(y->add_timer(0ms, 1ms, [dead, &violations] {
+            if (dead->load()) violations.fetch_add(1);
+        }));
+        std::atomic<bool> done{false};
+        x.post([&, t] {
+            t->shutdown();
+            done = true;
+        });
+        y->destroy();
+        dead->store(true);
+        ASSERT_TRUE(wait_set(done));
+        t->destroy();  // its session is gone: a no-op
+    }
+    std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(violations.load(), 0);
+    env.stop();
+    ASSERT_TRUE(join_within(env));
+    auto st = env.stats();
+    EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
+    EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
+}
+
+TEST(session, a_handle_going_out_of_scope_destroys_its_object) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> fired{0};
+    { auto t = s.add_timer(20ms, 0ms, [&] { fired.fetch_add(1); }); }
+    ASSERT_TRUE(eventually([&] { return env.stats().event_objects_destroyed == 1; }));
+    std::this_thread::sleep_for(40ms);
+    EXPECT_EQ(fired.load(), 0);
+}
+
+TEST(session, detach_keeps_an_object_alive_until_its_session_dies) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> fired{0};
+    s.add_timer(0ms, 1ms, [&] { fired.fetch_add(1); }).detach();
+    const int before = fired.load();
+    ASSERT_TRUE(eventually([&] { return fired.load() > before + 3; }));
+    EXPECT_EQ(env.stats().event_objects_destroyed, 0u);
+    s.destroy();
+    const int at_destroy = fired.load();
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(fired.load(), at_destroy);
+    ASSERT_TRUE(eventually([&] { return env.stats().event_objects_destroyed == 1; }));
+}
+
+TEST(session, a_detached_session_lives_until_the_environment_stops) {
+    std::atomic<int> fired{0};
+    mailroom::environment env;
+    {
+        mailroom::session s(env, {.name = "detached"});
+        s.add_timer(0ms, 1ms, [&] { fired.fetch_add(1); }).detach();
+        s.detach();
+        EXPECT_FALSE(s);
+    }
+    ASSERT_TRUE(eventually([&] { return fired.load() > 3; }));
+    env.stop();
+    ASSERT_TRUE(join_within(env));
+    const int at_join = fired.load();
+    auto st = env.stats();
+    EXPECT_EQ(st.sessions_created, 1u);
+    EXPECT_EQ(st.sessions_destroyed, 1u);
+    EXPECT_EQ(st.event_objects_destroyed, 1u);
+    std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(fired.load(), at_join);
+}
+
+TEST(session, operations_on_destroyed_objects_are_no_ops_or_typed_errors) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    auto in = s.add_inbox<ping>([](const ping&) {});
+    mailroom::mbox addr = in.address();
+    in.destroy();
+    EXPECT_FALSE(in);
+    EXPECT_FALSE(in.shutdown());
+    in.destroy();
+    in.detach();
+    EXPECT_NO_THROW(mailroom::send<ping>(addr, ping{}));  // counted lost, like a gone agent
+    EXPECT_EQ(env.stats().messages_lost, 1u);
+
+    auto t = s.add_timer(1h, 0ms, [] {});
+    s.destroy();
+    EXPECT_FALSE(s);
+    EXPECT_FALSE(t);  // destroyed with its session
+    EXPECT_FALSE(t.shutdown());
+    t.destroy();
+    EXPECT_FALSE(s.post([] {}));
+    EXPECT_THROW((void)s.add_timer(0ms, 0ms, [] {}), mailroom::session_destroyed_error);
+    EXPECT_THROW((void)s.add_inbox<ping>([](ping) {}), mailroom::session_destroyed_error);
+    s.destroy();
+    EXPECT_EQ(s.name(), "");
+
+    mailroom::event_handle empty;
+    EXPECT_FALSE(empty);
+    EXPECT_FALSE(empty.shutdown());
+    empty.destroy();
+}
+
+TEST(session, adding_to_a_session_destroyed_by_its_environment_raises_session_destroyed_error) {
+    mailroom::environment env;
+    mailroom::session s(env, {.name = "late"});
+    env.stop();
+    ASSERT_TRUE(join_within(env));
+    EXPECT_FALSE(s);
+    try {
+        (void)s.add_timer(0ms, 0ms, [] {});
+        FAIL() << "no error";
+    } catch (const mailroom::session_destroyed_error& e) {
+        EXPECT_NE(std::string(e.what()).find("'late'"), std::string::npos);
+    }
+    EXPECT_THROW(mailroom::session{env}, mailroom::environment_stopped_error);
+}
+
+TEST(session, environment_destruction_with_producers_sending_to_inboxes) {
+    auto env = std::make_unique<mailroom::environment>();
+    std::atomic<long> handled{0};
+    mailroom::session s(*env);
+    auto in = s.add_inbox<ping>([&](const ping&) { handled.fetch_add(1); });
+    mailroom::mbox addr = in.address();
+    in.detach();
+    s.detach();
+    std::atomic<int> stopped{0};
+    std::vector<std::thread> producers;
+    for (int t = 0; t < 2; ++t)
+        producers.emplace_back([&, addr] {
+            for (long i = 0; i < 10'000'000; ++i) {
+                try {
+                    mailroom::send<ping>(addr, ping{});
+                } catch (const mailroom::environment_stopped_error&) {
+                    stopped.fetch_add(1);
+                    return;
+                }
+                if (i % 64 == 0) std::this_thread::yield();
+            }
+        });
+    ASSERT_TRUE(eventually([&] { return handled.load() > 100; }));
+    env->stop();
+    ASSERT_TRUE(join_within(*env));
+    auto st = env->stats();
+    env.reset();
+    for (auto& p : producers) p.join();
+    EXPECT_EQ(stopped.load(), 2);
+    EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
+    EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
+    EXPECT_EQ(st.messages_sent,
+              st.messages_delivered + st.messages_lost + st.messages_ignored + st.messages_discarded +
+                  st.messages_cancelled);
+}
+
+TEST(session, environment_destruction_destroys_remaining_sessions_and_objects) {
+    std::atomic<int> captured_alive{0};
+    struct capture {
+        std::atomic<int>* alive;
+        explicit capture(std::atomic<int>* a) : alive(a) { alive->fetch_add(1); }
+        capture(const capture& o) : alive(o.alive) { alive->fetch_add(1); }
+        ~capture() { alive->fetch_sub(1); }
+    };
+    mailroom::environment_stats st;
+    {
+        mailroom::environment env;
+        auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+        auto own = env.add_dispatcher("own", mailroom::active_obj_params{});
+        std::vector<mailroom::session> keep;
+        for (int i = 0; i < 6; ++i) {
+            mailroom::binder b = i % 3 == 0 ? pool.bind() : i % 3 == 1 ? own.bind() : mailroom::binder();
+            mailroom::session s(env, {.bind = b});
+            capture c(&captured_alive);
+            s.add_timer(0ms, 1ms, [c] {}).detach();
+            s.add_inbox<ping>([c](const ping&) {}).detach();
+            s.post([c] {});
+            if (i % 2) keep.push_back(std::move(s));
+            else s.detach();
+        }
+        env.stop();
+        ASSERT_TRUE(join_within(env));
+        st = env.stats();
+        EXPECT_EQ(captured_alive.load(), 0);
+        EXPECT_FALSE(keep.front());
+    }
+    EXPECT_EQ(st.sessions_created, 6u);
+    EXPECT_EQ(st.sessions_destroyed, 6u);
+    EXPECT_EQ(st.event_objects_created, 12u);
+    EXPECT_EQ(st.event_objects_destroyed, 12u);
+    EXPECT_EQ(mailroom::test::threads_named("own"), 0);
+}
+
+TEST(session, sessions_are_destroyed_after_cooperations_before_dispatchers) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<bool> session_alive_in_finish{false};
+    std::atomic<int> ran_in_finish{0};
+    mailroom::test::add_probe(
+        env, [](mailroom::test::probe&) {}, {}, {},
+        [&](mailroom::test::probe&) {
+            session_alive_in_finish = static_cast<bool>(s);
+            // A session is still usable while cooperations deregister.
+            s.post([&] { ran_in_finish.fetch_add(1); });
+        });
+    env.stop();
+    ASSERT_TRUE(join_within(env));
+    EXPECT_TRUE(session_alive_in_finish.load());
+    EXPECT_EQ(ran_in_finish.load() + env.stats().callbacks_refused, 1u);
+}
+
+TEST(session, a_throwing_callback_is_logged_and_counted) {
+    std::atomic<int> logged{0};
+    mailroom::environment env({.log = [&](std::string_view) { logged.fetch_add(1); }});
+    mailroom::session s(env, {.name = "thrower"});
+    std::atomic<bool> after{false};
+    s.post([] { throw std::runtime_error("boom"); });
+    s.post([&] { after = true; });
+    ASSERT_TRUE(wait_set(after));
+    EXPECT_EQ(logged.load(), 1);
+    EXPECT_EQ(env.stats().handler_exceptions, 1u);
+}
+
+TEST(session, binding_to_a_shut_down_dispatcher_raises_binding_error) {
+    mailroom::environment env;
+    auto d = env.add_dispatcher("gone", mailroom::one_thread_params{});
+    d.shutdown();
+    EXPECT_THROW(mailroom::session(env, {.bind = d.bind()}), mailroom::binding_error);
+    EXPECT_EQ(env.stats().sessions_created, 0u);
+}
+
+}  // namespace
