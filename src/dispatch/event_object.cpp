@@ -50,15 +50,18 @@ void context_gate::barrier() noexcept {
         // The other side's plain store/load would be unprotected: never carry on silently.
         fatal("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after registration");
     }
-    // Symmetric mode: close() was a seq_cst exchange and enter() a seq_cst store/load.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // Symmetric mode: close() was a seq_cst exchange, enter() a seq_cst store and loads, and
+    // wait_not_running() loads seq_cst: the four are in one total order without a fence here.
 }
 
 void context_gate::wait_not_running(const void* tag) const noexcept {
     // A callback usually finishes within microseconds; a blocked one may take long, and a
     // sleeping waiter must not steal the CPU it runs on.
     auto busy = [&] {
-        const void* now = running_.load(std::memory_order_acquire);
+        // seq_cst, not just acquire: in the symmetric mode this load is the second half of
+        // the Dekker pair (the close() exchange is the first); it also synchronises with the
+        // leave() that clears it.
+        const void* now = running_.load(std::memory_order_seq_cst);
         return tag ? now == tag : now != nullptr;
     };
     for (unsigned i = 0; busy(); ++i) {

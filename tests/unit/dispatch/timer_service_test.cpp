@@ -96,11 +96,12 @@ TEST(timer_service, every_wheel_level_cascades_in_order) {
     // A 1 µs tick puts 0.2 ms in level 0, 2..60 ms in level 1 (256 ticks and up) and 70..140 ms
     // in level 2 (65,536 ticks and up): each must come down through the cascades and fire after
     // its deadline, in deadline order, with many entries sharing slots.
-    timer_service svc(std::chrono::microseconds(1));
     const std::int64_t delays_us[] = {200, 2'000, 9'000, 30'000, 60'000, 70'000, 100'000, 140'000};
     constexpr int per_delay = 50;
+    // Before the service: its thread releases (and counts in) the records after they fired.
     std::vector<std::unique_ptr<test_timer::record>> records;
     std::vector<std::int64_t> deadlines;
+    timer_service svc(std::chrono::microseconds(1));
     const std::int64_t now = now_ns();
     for (std::int64_t d : delays_us)
         for (int i = 0; i < per_delay; ++i) {
