@@ -36,6 +36,12 @@ struct object_rec {
         std::lock_guard g(m);
         return std::move(handle);
     }
+
+    // Under `m` too: a timer may fire (and its callback take()) before add_timer has returned.
+    void give(mailroom::event_handle h) {
+        std::lock_guard g(m);
+        handle = std::move(h);
+    }
 };
 
 struct session_rec {
@@ -117,18 +123,18 @@ struct world {
             if (rng() % 2) {
                 auto delay = std::chrono::microseconds(rng() % 2000);
                 auto period = rng() % 3 ? std::chrono::microseconds(500 + rng() % 2000) : 0us;
-                rec->handle = r->s.add_timer(delay, period,
-                                             [this, weak, owned = std::move(owned), rng = std::mt19937(rng())]() mutable {
-                                                 // The record outlives the object: the test holds it.
-                                                 if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
-                                             });
+                rec->give(r->s.add_timer(delay, period,
+                                         [this, weak, owned = std::move(owned), rng = std::mt19937(rng())]() mutable {
+                                             // The record outlives the object: the test holds it.
+                                             if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
+                                         }));
             } else {
                 auto h = r->s.add_inbox<note>(
                     [this, weak, owned = std::move(owned), rng = std::mt19937(rng())](const note&) mutable {
                         if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
                     });
                 rec->address = h.address();
-                rec->handle = std::move(h);
+                rec->give(std::move(h));
                 std::lock_guard gi(inboxes_m);
                 if (inboxes.size() > 64) inboxes.erase(inboxes.begin());
                 inboxes.push_back(rec);
