@@ -149,18 +149,23 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     if (n > 1) e->add_refs(n - 1);
     ref.release();
     thread_counters& counters = env.counters();
-    std::uint32_t i = 0;
+    std::uint32_t i = 0, ignored = 0;
     try {
         for (; i < n; ++i) {
             const subscriber& s = (*subs)[i];
-            s.core->push(message_demand::make(s.core, s.gen, id_, e, timer, true));
+            if (s.core) [[likely]]
+                s.core->push(message_demand::make(s.core, s.gen, id_, e, timer, true));
+            else if (!s.other->publish(e, timer))
+                ++ignored;  // a session's subscription shut down after this snapshot was taken
         }
     } catch (...) {
         for (std::uint32_t j = i; j < n; ++j) e->release();
         thread_counters::bump(counters.sent, i);
+        if (ignored) thread_counters::bump(counters.ignored, ignored);
         throw;
     }
     thread_counters::bump(counters.sent, n);
+    if (ignored) thread_counters::bump(counters.ignored, ignored);
 }
 
 void mpmc_mbox::add_subscriber(agent_core* core, std::uint32_t gen, message_type type) {
@@ -173,6 +178,37 @@ void mpmc_mbox::add_subscriber(agent_core* core, std::uint32_t gen, message_type
     }
     it->second.push_back({core, gen});
     table_ = std::move(next);
+}
+
+void mpmc_mbox::add_subscriber(topic_subscriber* sub, message_type type) {
+    std::lock_guard g(lock_);
+    auto next = std::make_shared<table>(*table_);
+    auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
+    if (it == next->by_type.end()) {
+        next->by_type.emplace_back(type, std::vector<subscriber>{});
+        it = next->by_type.end() - 1;
+    }
+    it->second.emplace_back(sub);
+    table_ = std::move(next);
+}
+
+void mpmc_mbox::remove_subscriber(topic_subscriber* sub, message_type type) noexcept {
+    std::shared_ptr<const table> old;  // released outside the lock: it may drop the last reference
+    std::lock_guard g(lock_);
+    try {
+        auto next = std::make_shared<table>(*table_);
+        for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
+            if (!(it->first == type)) continue;
+            auto& v = it->second;
+            v.erase(std::remove_if(v.begin(), v.end(), [&](const subscriber& s) { return s.other == sub; }), v.end());
+            if (v.empty()) next->by_type.erase(it);
+            break;
+        }
+        old = std::exchange(table_, std::move(next));
+    } catch (...) {
+        // Out of memory copying the table: the entry stays (holding its reference) until the
+        // mbox is freed; its deliveries are refused by the subscription's shut flag.
+    }
 }
 
 void mpmc_mbox::remove_subscriber(agent_core* core, std::uint32_t gen, message_type type) noexcept {

@@ -23,6 +23,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace mailroom::internal {
@@ -99,6 +100,23 @@ private:
     std::uint64_t agent_id_;
 };
 
+/// A subscriber of an MPMC mbox that is not an agent: a session's subscription
+/// (src/agent/session.cpp). Reference counted: every subscriber table that lists it holds a
+/// reference, so a publisher delivering from an old snapshot always touches live memory.
+class topic_subscriber {
+public:
+    virtual void add_ref() noexcept = 0;
+    virtual void release() noexcept = 0;
+    /// The publisher's thread. Takes over one reference to `e` unless it throws (out of
+    /// memory, before taking it). Returns false when the subscription is shut already: the
+    /// publisher counts the message sent, then ignored (in that order, so that a snapshot of
+    /// the counters never shows an outcome before its send).
+    virtual bool publish(envelope* e, timer_entry* timer) = 0;
+
+protected:
+    ~topic_subscriber() = default;
+};
+
 class mpmc_mbox final : public mbox_impl {
 public:
     mpmc_mbox(std::shared_ptr<env_core> env, agent_runtime* rt, std::string name);
@@ -107,11 +125,34 @@ public:
 
     void add_subscriber(agent_core* core, std::uint32_t gen, message_type type);
     void remove_subscriber(agent_core* core, std::uint32_t gen, message_type type) noexcept;
+    /// The table takes a reference to `sub` (and drops it when `sub` is removed).
+    void add_subscriber(topic_subscriber* sub, message_type type);
+    void remove_subscriber(topic_subscriber* sub, message_type type) noexcept;
 
 private:
+    // An agent (core set: type-stable, checked by generation at the receiver) or a session's
+    // subscription (`other` set: kept alive by the reference this entry holds). The agent path
+    // costs one predictable branch more than before.
     struct subscriber {
-        agent_core* core;
-        std::uint32_t gen;
+        agent_core* core = nullptr;
+        std::uint32_t gen = 0;
+        topic_subscriber* other = nullptr;
+
+        subscriber(agent_core* c, std::uint32_t g) noexcept : core(c), gen(g) {}
+        explicit subscriber(topic_subscriber* o) noexcept : other(o) { o->add_ref(); }
+        subscriber(const subscriber& s) noexcept : core(s.core), gen(s.gen), other(s.other) {
+            if (other) other->add_ref();
+        }
+        subscriber(subscriber&& s) noexcept : core(s.core), gen(s.gen), other(std::exchange(s.other, nullptr)) {}
+        subscriber& operator=(subscriber s) noexcept {
+            core = s.core;
+            gen = s.gen;
+            std::swap(other, s.other);
+            return *this;
+        }
+        ~subscriber() {
+            if (other) other->release();
+        }
     };
     struct table {
         std::vector<std::pair<message_type, std::vector<subscriber>>> by_type;

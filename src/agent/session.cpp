@@ -93,7 +93,7 @@ public:
 
 class event_object {
 public:
-    enum class kind : std::uint8_t { timer, inbox };
+    enum class kind : std::uint8_t { timer, inbox, subscription };
 
     event_object(session_impl* s, kind k, handler f) noexcept
         : owner(s), fn(std::move(f)), id(next_object_id.fetch_add(1, std::memory_order_relaxed)), what(k) {
@@ -107,7 +107,7 @@ public:
     virtual void stop_source() noexcept {}
 
     std::string display_name() const {
-        return std::string(what == kind::timer ? "timer" : "inbox") + " #" + std::to_string(id) + " of session '" +
+        return std::string(what == kind::timer ? "timer" : what == kind::inbox ? "inbox" : "subscription") + " #" + std::to_string(id) + " of session '" +
                owner->name + "'";
     }
 
@@ -116,7 +116,7 @@ public:
     context_gate::flag shut{0};
     std::uint64_t id;
     kind what;
-    message_type type{};  // an inbox's message type
+    message_type type{};  // an inbox's or a subscription's message type
 
     // Guarded by owner->lock.
     bool listed = false;
@@ -168,21 +168,25 @@ void run_guarded_callback(session_impl& s, const char* what, F&& f) noexcept {
     thread_counters::bump(s.env->counters().exceptions);
 }
 
-/// A timer fire or an inbox message on its way to an object. Holds a reference to the object
-/// (and to the timer of a send_delayed to an inbox, and the message).
+/// A timer fire, an inbox message or a publication on its way to an object. Holds a reference
+/// to the object (and to the timer of a send_delayed, and the message).
 struct event_demand final : demand {
     event_object* obj;
     envelope* msg;
     timer_entry* timer;
+    // Published through an MPMC mbox: refused, it counts ignored (the subscriber left the
+    // topic), not lost, as for an agent.
+    bool fanout;
 
     static void execute_fn(demand* base, demand_mode mode) noexcept;
 
-    static event_demand* make(event_object* o, envelope* m, timer_entry* t) {
+    static event_demand* make(event_object* o, envelope* m, timer_entry* t, bool fanout = false) {
         auto* d = new (pool_allocate(sizeof(event_demand))) event_demand;
         d->execute = &execute_fn;
         d->obj = o;
         d->msg = m;
         d->timer = t;
+        d->fanout = fanout;
         o->add_ref();
         if (t) t->add_ref();
         return d;
@@ -206,7 +210,7 @@ void event_demand::execute_fn(demand* base, demand_mode mode) noexcept {
         d->free();
         return;
     }
-    if (d->timer && !d->timer->begin_delivery()) {  // a send_delayed to the inbox, cancelled
+    if (d->timer && !d->timer->begin_delivery()) {  // a send_delayed to the inbox or topic, cancelled
         thread_counters::bump(c.cancelled);
         d->free();
         return;
@@ -215,7 +219,10 @@ void event_demand::execute_fn(demand* base, demand_mode mode) noexcept {
     if (s->gate.enter(o, o->shut)) [[likely]] {
         {
             session_scope scope(s);
-            run_guarded_callback(*s, o->what == event_object::kind::timer ? "timer callback" : "inbox callback",
+            run_guarded_callback(*s,
+                                 o->what == event_object::kind::timer   ? "timer callback"
+                                 : o->what == event_object::kind::inbox ? "inbox callback"
+                                                                         : "subscription callback",
                                  [&] { o->fn(d->msg); });
         }
         s->gate.leave();
@@ -223,7 +230,7 @@ void event_demand::execute_fn(demand* base, demand_mode mode) noexcept {
         if (d->msg) thread_counters::bump(c.delivered);
     } else {
         thread_counters::bump(c.callbacks_refused);
-        if (d->msg) thread_counters::bump(c.lost);
+        if (d->msg) thread_counters::bump(d->fanout ? c.ignored : c.lost);
     }
     if (d->timer) d->timer->end_delivery();
     d->free();
@@ -371,6 +378,63 @@ private:
     event_object* obj_;
 };
 
+// A session's subscription to an MPMC mbox. References: the session's list, the handle, each
+// queued delivery, and each subscriber table of the mbox that lists it (so a publisher
+// delivering from an old snapshot touches live memory). It holds the mbox until it is shut
+// down: stop_source() leaves the topic and drops the mbox, which breaks the cycle between the
+// two (and keeps nothing of the environment alive past the session's teardown).
+class subscription_object final : public event_object, public topic_subscriber {
+public:
+    subscription_object(session_impl* s, message_type t, handler f) noexcept
+        : event_object(s, kind::subscription, std::move(f)) {
+        type = t;
+    }
+    void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept override {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    /// Joins the topic, unless the object was shut down meanwhile (its session destroyed by
+    /// another thread between attach() and here). May throw (out of memory).
+    void join(std::shared_ptr<mbox_impl> m) {
+        std::lock_guard g(source_lock_);
+        if (left_) return;
+        static_cast<mpmc_mbox&>(*m).add_subscriber(static_cast<topic_subscriber*>(this), type);
+        source_ = std::move(m);
+    }
+
+    // Any thread; idempotent. After it, no new snapshot lists the object; an older one may
+    // still publish to it, and the shut flag (set before) turns that into "ignored".
+    void stop_source() noexcept override {
+        std::shared_ptr<mbox_impl> m;
+        {
+            std::lock_guard g(source_lock_);
+            left_ = true;
+            m = std::move(source_);
+        }
+        if (m) static_cast<mpmc_mbox&>(*m).remove_subscriber(static_cast<topic_subscriber*>(this), type);
+    }
+
+    // The publisher's thread.
+    bool publish(envelope* e, timer_entry* timer) override {
+        // A cheap early answer for a subscription that is gone; the gate decides.
+        if (shut.load(std::memory_order_acquire) | owner->gate.shut()) {
+            e->release();
+            return false;
+        }
+        event_demand* d = event_demand::make(this, e, timer, true);
+        owner->bound.queue->push(d);
+        return true;
+    }
+
+private:
+    ~subscription_object() override = default;
+    std::atomic<std::uint32_t> refs_{1};  // the list's
+    std::mutex source_lock_;
+    bool left_ = false;                     // guarded by source_lock_
+    std::shared_ptr<mbox_impl> source_;     // guarded by source_lock_
+};
+
 // ---- shutdown and destroy ----
 
 bool shutdown_object(event_object* o) noexcept {
@@ -495,6 +559,33 @@ event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& ad
     }
     o->add_ref();  // the handle's
     address = mbox(std::move(m));
+    return o;
+}
+
+event_object* add_subscription(session_impl* s, const mbox& from, message_type type, handler fn) {
+    auto describe = [&] {
+        return "session '" + s->name + "': subscription to " + readable_name(type) + " on " + from.name();
+    };
+    if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
+    mbox_impl& m = *from.impl();
+    if (&m.env() != s->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
+    if (m.kind() != mbox_kind::mpmc)
+        throw subscription_error(describe() + ": it is a direct mbox (sessions subscribe to MPMC mboxes only)");
+    auto* o = new subscription_object(s, type, std::move(fn));
+    try {
+        attach(s, o);
+    } catch (...) {
+        o->release();
+        throw;
+    }
+    o->add_ref();  // the handle's
+    try {
+        o->join(from.impl());
+    } catch (...) {
+        destroy_object(o);
+        o->release();
+        throw;
+    }
     return o;
 }
 

@@ -3,6 +3,8 @@
 // checks a sentinel that the test sets right after a shutdown()/destroy() returned: seeing it
 // set means a callback ran after shutdown (guarantee 2). Every callback also writes memory that
 // its callback owns (freed when the object is retired), so AddressSanitizer proves guarantee 3.
+// The objects are timers, inboxes and subscriptions to a few shared MPMC mboxes, which the
+// threads publish to while the subscriptions come and go.
 
 #include <mailroom/agent/session.hpp>
 
@@ -36,9 +38,8 @@ struct object_rec {
         std::lock_guard g(m);
         return std::move(handle);
     }
-
-    // Under `m` too: a timer may fire (and its callback take()) before add_timer has returned.
-    void give(mailroom::event_handle h) {
+    // Under `m`: a callback may already run (a publication arriving before subscribe() returned).
+    void set(mailroom::event_handle h) {
         std::lock_guard g(m);
         handle = std::move(h);
     }
@@ -58,7 +59,9 @@ struct world {
     std::mutex sessions_m;
     std::mutex inboxes_m;
     std::vector<std::weak_ptr<object_rec>> inboxes;
+    std::vector<mailroom::mbox> topics;  // shared MPMC mboxes (anonymous and named)
     std::atomic<long> violations{0}, callbacks{0}, ops{0}, self_destroyed{0}, cross_destroyed{0};
+    std::atomic<long> subscriptions{0}, publications{0};
     mailroom::session killer;
 
     world() {
@@ -67,6 +70,7 @@ struct world {
         binders = {mailroom::binder(), pool.bind(), pool.bind_fifo(mailroom::fifo::agent), own.bind()};
         killer = mailroom::session(env, {.name = "killer", .bind = pool.bind()});
         for (int i = 0; i < slots; ++i) sessions.push_back(std::make_shared<session_rec>());
+        topics = {mailroom::make_mpmc_mbox(env), mailroom::make_mpmc_mbox(env), mailroom::make_named_mbox(env, "topic")};
     }
 
     std::shared_ptr<session_rec> slot(std::size_t i) {
@@ -120,21 +124,29 @@ struct world {
         if (!r->s || r->objects.size() >= 8) return;
         std::weak_ptr<object_rec> weak = rec;
         try {
-            if (rng() % 2) {
+            const auto kind = rng() % 3;
+            if (kind == 0) {
                 auto delay = std::chrono::microseconds(rng() % 2000);
                 auto period = rng() % 3 ? std::chrono::microseconds(500 + rng() % 2000) : 0us;
-                rec->give(r->s.add_timer(delay, period,
-                                         [this, weak, owned = std::move(owned), rng = std::mt19937(rng())]() mutable {
-                                             // The record outlives the object: the test holds it.
-                                             if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
-                                         }));
+                rec->set(r->s.add_timer(delay, period,
+                                             [this, weak, owned = std::move(owned), rng = std::mt19937(rng())]() mutable {
+                                                 // The record outlives the object: the test holds it.
+                                                 if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
+                                             }));
+            } else if (kind == 1) {
+                rec->set(r->s.subscribe<note>(
+                    topics[rng() % topics.size()],
+                    [this, weak, owned = std::move(owned), rng = std::mt19937(rng())](const note&) mutable {
+                        if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
+                    }));
+                subscriptions.fetch_add(1);
             } else {
                 auto h = r->s.add_inbox<note>(
                     [this, weak, owned = std::move(owned), rng = std::mt19937(rng())](const note&) mutable {
                         if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
                     });
                 rec->address = h.address();
-                rec->give(std::move(h));
+                rec->set(std::move(h));
                 std::lock_guard gi(inboxes_m);
                 if (inboxes.size() > 64) inboxes.erase(inboxes.begin());
                 inboxes.push_back(rec);
@@ -163,6 +175,8 @@ struct world {
         }
         for (auto& m : to)
             for (int k = 0; k < 3; ++k) mailroom::send<note>(m, note{k});
+        for (int k = 0; k < 2; ++k) mailroom::send<note>(topics[rng() % topics.size()], note{k});
+        publications.fetch_add(2);
     }
 
     void step(std::mt19937& rng) {
@@ -239,7 +253,7 @@ TEST(session_lifetime, random_create_fire_shutdown_destroy_from_many_threads) {
     const auto limit = mailroom::test::sanitized ? 1500ms : 3000ms;
     const long max_ops = mailroom::test::sanitized ? 200'000 : 2'000'000;
     mailroom::environment_stats st;
-    long ops = 0, callbacks = 0, violations = 0, self_destroyed = 0, cross = 0;
+    long ops = 0, callbacks = 0, violations = 0, self_destroyed = 0, cross = 0, subscriptions = 0, publications = 0;
     {
         world w;
         const auto end = std::chrono::steady_clock::now() + limit;
@@ -260,16 +274,21 @@ TEST(session_lifetime, random_create_fire_shutdown_destroy_from_many_threads) {
         violations = w.violations.load();
         self_destroyed = w.self_destroyed.load();
         cross = w.cross_destroyed.load();
+        subscriptions = w.subscriptions.load();
+        publications = w.publications.load();
     }
     std::printf("session_lifetime: %ld operations, %ld callbacks, %ld self-destroyed, %ld destroyed from other "
-                "sessions; sessions %llu, objects %llu, refused %llu, discarded %llu\n",
-                ops, callbacks, self_destroyed, cross, static_cast<unsigned long long>(st.sessions_created),
+                "sessions; %ld subscriptions, %ld publications; sessions %llu, objects %llu, refused %llu, "
+                "discarded %llu\n",
+                ops, callbacks, self_destroyed, cross, subscriptions, publications, static_cast<unsigned long long>(st.sessions_created),
                 static_cast<unsigned long long>(st.event_objects_created),
                 static_cast<unsigned long long>(st.callbacks_refused),
                 static_cast<unsigned long long>(st.callbacks_discarded));
     EXPECT_EQ(violations, 0);
     EXPECT_GT(ops, 1000);
     EXPECT_GT(callbacks, 100);
+    EXPECT_GT(subscriptions, 10);
+    EXPECT_GT(publications, 10);
     EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
     EXPECT_EQ(st.messages_sent, st.messages_delivered + st.messages_lost + st.messages_ignored +

@@ -1,6 +1,7 @@
 // `mailroom demo`: a feed publishes quotes on a named topic to many subscribers on a thread pool,
-// while cooperations come and go from the main thread, delayed messages are armed and
-// cancelled, and a reporter prints a live progress line. At the end the environment's own
+// while cooperations come and go from the main thread, sessions with timers, inboxes and
+// subscriptions come and go from another thread, delayed messages are armed and cancelled, and
+// a reporter prints a live progress line. At the end the environment's own
 // statistics must show that nothing leaked and every message is accounted for.
 
 #include "demo.hpp"
@@ -8,6 +9,7 @@
 #include "demo_agents.hpp"
 #include "demo_metrics.hpp"
 #include "demo_report.hpp"
+#include "demo_sessions.hpp"
 
 #include <mailroom/core/clock.hpp>
 #include <mailroom/mailroom.hpp>
@@ -215,9 +217,11 @@ int run(const demo_options& options) {
     register_reporter(env, feed_mbox, options.seconds, printer, metrics);
 
     const std::int64_t started = now_ns();
+    session_churn sessions(env, pool, quotes, metrics);  // on a thread of its own
     churn(env, churn_parent, pool, quotes, metrics).run();
     env.join();  // the reporter stops the environment when the time is up
     const std::int64_t joined = now_ns();
+    sessions.join();
 
     run_summary summary;
     summary.seconds = static_cast<double>(joined - started) / 1e9;

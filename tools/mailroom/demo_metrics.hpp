@@ -122,6 +122,14 @@ struct demo_metrics {
     std::atomic<std::uint64_t> reminders_cancelled_at_end{0};  ///< still pending when the timekeeper finished
     std::atomic<std::uint64_t> reminders_after_cancel{0};      ///< delivered although cancelled: a bug
 
+    /// Callbacks of the churned sessions' event objects (timers, inboxes, subscriptions).
+    std::atomic<std::uint64_t> session_callbacks{0};
+    /// Callbacks that found their sentinel set: they ran after shutdown()/destroy() had
+    /// returned on another thread. A bug.
+    std::atomic<std::uint64_t> session_callbacks_after_shutdown{0};
+    std::atomic<std::uint64_t> session_objects_stopped_by_themselves{0};  ///< from their own callbacks
+    std::atomic<std::uint64_t> session_objects_stopped_by_others{0};      ///< from another thread or session
+
     latency_histogram latency;
 };
 

@@ -148,6 +148,11 @@ std::vector<check> evaluate(const run_summary& run, const environment_stats& s, 
         {"no reminder delivered after its timer was cancelled", m.reminders_after_cancel.load() == 0},
         {"every reminder fired or was cancelled (" + format_count(m.reminders_armed.load()) + ")",
          reminders_settled == m.reminders_armed.load()},
+        {"every session and event object created was destroyed (" + format_count(s.sessions_created) +
+             " sessions, " + format_count(s.event_objects_created) + " objects)",
+         s.sessions_created == s.sessions_destroyed && s.event_objects_created == s.event_objects_destroyed},
+        {"no session callback ran after its shutdown() or destroy() returned",
+         m.session_callbacks_after_shutdown.load() == 0},
         {"no handler threw", s.handler_exceptions == 0},
         {"no timer left pending", s.timers_pending == 0},
     };
@@ -192,6 +197,21 @@ void print_timers(const environment_stats& s, const demo_metrics& m) {
     row("", "cancelled at shutdown", format_count(m.reminders_cancelled_at_end.load()));
 }
 
+void print_sessions(const environment_stats& s, const demo_metrics& m) {
+    row("sessions", "created", format_count(s.sessions_created), "made and destroyed from a foreign thread");
+    row("", "destroyed", format_count(s.sessions_destroyed));
+    row("", "event objects created", format_count(s.event_objects_created), "timers, inboxes, subscriptions");
+    row("", "event objects destroyed", format_count(s.event_objects_destroyed));
+    row("", "stopped by others", format_count(m.session_objects_stopped_by_others.load()),
+        "other thread or session");
+    row("", "stopped by themselves", format_count(m.session_objects_stopped_by_themselves.load()),
+        "from their own callback");
+    row("", "callbacks run", format_count(s.callbacks_run));
+    row("", "callbacks refused", format_count(s.callbacks_refused), "queued, then shut down: expected");
+    row("", "callbacks discarded", format_count(s.callbacks_discarded), "still queued at shutdown");
+    row("", "after shutdown returned", format_count(m.session_callbacks_after_shutdown.load()), "must be 0");
+}
+
 void print_quotes(const run_summary& run, const demo_metrics& m) {
     const latency_snapshot latency = m.latency.snapshot();
     const std::uint64_t published = m.quotes_final.load();
@@ -218,6 +238,7 @@ bool print_report(const run_summary& run, const environment_stats& s, const demo
     print_objects(s, m);
     print_messages(s);
     print_timers(s, m);
+    print_sessions(s, m);
     print_quotes(run, m);
     row("shutdown", "stop() to joined", format_duration_ns(static_cast<std::uint64_t>(run.shutdown_ns)),
         "cooperations deregistered, threads joined");

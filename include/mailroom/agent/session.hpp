@@ -37,7 +37,7 @@ struct session_options {
     binder bind{};
 };
 
-/// A handle to one event object (a timer or an inbox) of a session. Move-only; destroying the
+/// A handle to one event object (a timer, an inbox or a subscription) of a session. Move-only; destroying the
 /// handle destroys the object unless detach() was called.
 ///
 /// The guarantees (DESIGN.md 2 and 3):
@@ -98,7 +98,7 @@ private:
 };
 
 /// A serial execution context bound to a dispatcher: its callbacks (posted calls, timers,
-/// inboxes) never run at the same time, and it owns its event objects.
+/// inboxes, subscriptions) never run at the same time, and it owns its event objects.
 ///
 /// Threads: create, post, add objects and destroy from any thread, including from inside its
 /// own callbacks. destroy() shuts down and destroys every event object of the session; once
@@ -139,6 +139,17 @@ public:
     /// session_destroyed_error on a destroyed session.
     template <class Msg, class F>
     [[nodiscard]] inbox_handle add_inbox(F&& f);
+
+    /// A subscription to the `Msg`s published to the MPMC mbox `from` (anonymous or named):
+    /// `f` runs on the session's context for each, and takes `const Msg&` (the shared,
+    /// immutable instance when fanned out) or `Msg` (a copy when shared). Any thread. Like
+    /// any event object: when shutdown() returns on a foreign thread no callback runs and none
+    /// starts, not even for a publication already queued (a publication that finds it shut is
+    /// counted ignored, as for an agent that left the topic). Raises session_destroyed_error
+    /// on a destroyed session, subscription_error for an empty handle, a direct mbox (an
+    /// agent's or an inbox) or an mbox of another environment.
+    template <class Msg, class F>
+    [[nodiscard]] event_handle subscribe(const mbox& from, F&& f);
 
     /// Destroys the session and every event object it owns (see the class comment). Any
     /// thread, including its own callbacks; a no-op when already destroyed.

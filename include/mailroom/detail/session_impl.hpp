@@ -36,6 +36,8 @@ MAILROOM_EXPORT event_object* add_timer(session_impl* s, std::chrono::nanosecond
                                         std::chrono::nanoseconds period, handler fn);
 /// Returns the object (the handle's reference) and fills `address`.
 MAILROOM_EXPORT event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address);
+/// Returns the object (the handle's reference), subscribed to `from`.
+MAILROOM_EXPORT event_object* add_subscription(session_impl* s, const mbox& from, message_type type, handler fn);
 
 }  // namespace mailroom::internal
 
@@ -82,6 +84,21 @@ inbox_handle session::add_inbox(F&& f) {
         }),
         address);
     return inbox_handle(o, std::move(address));
+}
+
+template <class Msg, class F>
+event_handle session::subscribe(const mbox& from, F&& f) {
+    static_assert(!std::is_reference_v<Msg> && !std::is_const_v<Msg>, "subscribe<Msg>: Msg is the plain message type");
+    using Fn = std::decay_t<F>;
+    using sig = internal::callable_signature<Fn>;
+    static_assert(sig::has_arg, "a subscription callback takes the message");
+    static_assert(std::is_same_v<typename sig::message, Msg>, "the subscription callback must take the subscribed Msg");
+    if (!impl_) throw session_destroyed_error("subscribe: the session handle is empty");
+    return event_handle(internal::add_subscription(
+        impl_, from, message_type_of<Msg>(),
+        internal::handler([fn = Fn(std::forward<F>(f))](internal::envelope* e) mutable {
+            internal::call_with_payload<Msg, typename sig::arg>(fn, e);
+        })));
 }
 
 }  // namespace mailroom

@@ -61,7 +61,7 @@ struct environment_stats {
     std::size_t queue_depth = 0;  ///< demands queued in all dispatchers, approximately
     std::uint64_t sessions_created = 0;
     std::uint64_t sessions_destroyed = 0;  ///< retired: their event objects and callbacks gone
-    std::uint64_t event_objects_created = 0;    ///< timers and inboxes of sessions
+    std::uint64_t event_objects_created = 0;    ///< timers, inboxes and subscriptions of sessions
     std::uint64_t event_objects_destroyed = 0;  ///< retired: their callbacks destroyed
     std::uint64_t callbacks_run = 0;  ///< session callbacks run (posted calls, timers, inbox messages)
     /// Deliveries that found their object or session shut when they came up and did not run:
