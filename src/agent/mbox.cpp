@@ -168,7 +168,7 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     if (ignored) thread_counters::bump(counters.ignored, ignored);
 }
 
-void mpmc_mbox::add_subscriber(agent_core* core, std::uint32_t gen, message_type type) {
+void mpmc_mbox::add_entry(subscriber entry, message_type type) {
     std::lock_guard g(lock_);
     auto next = std::make_shared<table>(*table_);
     auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
@@ -176,23 +176,12 @@ void mpmc_mbox::add_subscriber(agent_core* core, std::uint32_t gen, message_type
         next->by_type.emplace_back(type, std::vector<subscriber>{});
         it = next->by_type.end() - 1;
     }
-    it->second.push_back({core, gen});
+    it->second.push_back(std::move(entry));
     table_ = std::move(next);
 }
 
-void mpmc_mbox::add_subscriber(topic_subscriber* sub, message_type type) {
-    std::lock_guard g(lock_);
-    auto next = std::make_shared<table>(*table_);
-    auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
-    if (it == next->by_type.end()) {
-        next->by_type.emplace_back(type, std::vector<subscriber>{});
-        it = next->by_type.end() - 1;
-    }
-    it->second.emplace_back(sub);
-    table_ = std::move(next);
-}
-
-void mpmc_mbox::remove_subscriber(topic_subscriber* sub, message_type type) noexcept {
+template <class Match>
+void mpmc_mbox::remove_entries(message_type type, Match&& match) noexcept {
     std::shared_ptr<const table> old;  // released outside the lock: it may drop the last reference
     std::lock_guard g(lock_);
     try {
@@ -200,34 +189,30 @@ void mpmc_mbox::remove_subscriber(topic_subscriber* sub, message_type type) noex
         for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
             if (!(it->first == type)) continue;
             auto& v = it->second;
-            v.erase(std::remove_if(v.begin(), v.end(), [&](const subscriber& s) { return s.other == sub; }), v.end());
+            v.erase(std::remove_if(v.begin(), v.end(), match), v.end());
             if (v.empty()) next->by_type.erase(it);
             break;
         }
         old = std::exchange(table_, std::move(next));
     } catch (...) {
-        // Out of memory copying the table: the entry stays (holding its reference) until the
-        // mbox is freed; its deliveries are refused by the subscription's shut flag.
+        // Out of memory copying the table: the stale entry stays. An agent's deliveries are
+        // then dropped by the generation check at the receiver, a session subscription's by its
+        // shut flag (the entry keeps it alive until the mbox is freed).
     }
 }
 
+void mpmc_mbox::add_subscriber(agent_core* core, std::uint32_t gen, message_type type) {
+    add_entry(subscriber(core, gen), type);
+}
+
+void mpmc_mbox::add_subscriber(topic_subscriber* sub, message_type type) { add_entry(subscriber(sub), type); }
+
+void mpmc_mbox::remove_subscriber(topic_subscriber* sub, message_type type) noexcept {
+    remove_entries(type, [&](const subscriber& s) { return s.other == sub; });
+}
+
 void mpmc_mbox::remove_subscriber(agent_core* core, std::uint32_t gen, message_type type) noexcept {
-    std::lock_guard g(lock_);
-    try {
-        auto next = std::make_shared<table>(*table_);
-        for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
-            if (!(it->first == type)) continue;
-            auto& v = it->second;
-            v.erase(std::remove_if(v.begin(), v.end(), [&](const subscriber& s) { return s.core == core && s.gen == gen; }),
-                    v.end());
-            if (v.empty()) next->by_type.erase(it);
-            break;
-        }
-        table_ = std::move(next);
-    } catch (...) {
-        // Out of memory copying the table: the stale entry stays, and its deliveries are
-        // dropped by the generation check at the receiver.
-    }
+    remove_entries(type, [&](const subscriber& s) { return s.core == core && s.gen == gen; });
 }
 
 void deliver(const mbox& to, envelope* e) {

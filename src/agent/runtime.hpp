@@ -158,6 +158,11 @@ private:
         std::vector<std::pair<message_type, std::vector<subscriber>>> by_type;
     };
 
+    // Copy-on-write edits of the table, under lock_.
+    void add_entry(subscriber entry, message_type type);
+    template <class Match>
+    void remove_entries(message_type type, Match&& match) noexcept;
+
     std::string name_;
     mutable std::mutex lock_;
     // Copy on write: a publisher takes a snapshot under the lock and delivers outside it, so
