@@ -8,45 +8,15 @@
 // actor on the same worker). The message is one uint64_t, as in mailroom; the ponger replies by
 // returning it. Nothing else differs from CAF's defaults.
 
-#include "../alloc_counter.hpp"
-#include "caf_common.hpp"
+#include "ping_pong.hpp"
 
 namespace {
 
 constexpr const char* workload = "W2";
 
-struct run_result {
-    std::int64_t t0 = 0, t1 = 0;
-    bench::account a0, a1;
-    std::uint64_t pongs = 0;
-    std::promise<void> done;
-};
-
-caf::behavior ponger(caf::event_based_actor*) {
-    return {[](std::uint64_t n) { return n; }};
-}
-
-caf::behavior pinger(caf::event_based_actor* self, caf::actor peer, std::uint64_t warmup, std::uint64_t rounds,
-                     run_result* r) {
-    self->send(peer, std::uint64_t{1});
-    return {[=](std::uint64_t n) {
-        ++r->pongs;
-        if (n != r->pongs) bench::fail(workload, "pong out of order");
-        if (n == warmup) {
-            r->a0 = bench::account::now();
-            r->t0 = bench::now_ns();
-        }
-        if (n == warmup + rounds) {
-            r->t1 = bench::now_ns();
-            r->a1 = bench::account::now();
-            self->send_exit(peer, caf::exit_reason::user_shutdown);
-            self->quit();
-            r->done.set_value();
-            return;
-        }
-        self->send(peer, n + 1);
-    }};
-}
+using bench::caf_peers::pinger;
+using bench::caf_peers::ponger;
+using bench::caf_peers::run_result;
 
 }  // namespace
 
@@ -66,7 +36,7 @@ int main(int argc, char** argv) {
             bench::caf_peer::configure(cfg, 1);
             caf::actor_system sys{cfg};
             auto b = sys.spawn(ponger);
-            sys.spawn(pinger, b, warmup, rounds, &r);
+            sys.spawn(pinger, workload, b, warmup, rounds, &r);
             r.done.get_future().wait();
         }
         bench::check(r.pongs == rounds + warmup, workload,
