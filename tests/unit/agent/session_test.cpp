@@ -26,6 +26,24 @@ void block_until(const std::atomic<bool>& flag) {
     ASSERT_TRUE(wait_set(flag, std::chrono::seconds(20)));
 }
 
+// Runs `close` (a shutdown() or destroy()) on another thread while a callback is blocked on
+// `release`, and checks that it returns only after the callback finished.
+template <class Close>
+void expect_close_waits_for_callback(Close close, std::atomic<bool>& release, const std::atomic<bool>& finished) {
+    std::atomic<bool> returned{false}, finished_before_return{false};
+    std::thread closer([&] {
+        close();
+        finished_before_return = finished.load();
+        returned = true;
+    });
+    std::this_thread::sleep_for(30ms);
+    EXPECT_FALSE(returned.load()) << "it returned while the callback was running";
+    release = true;
+    closer.join();
+    EXPECT_TRUE(returned.load());
+    EXPECT_TRUE(finished_before_return.load());
+}
+
 TEST(session, posted_calls_run_serially_on_the_context) {
     mailroom::environment env;
     auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
@@ -133,8 +151,7 @@ TEST(session, delayed_send_to_an_inbox_respects_its_timer) {
 TEST(session, shutdown_from_a_foreign_thread_waits_for_the_running_callback) {
     mailroom::environment env;
     mailroom::session s(env);
-    std::atomic<bool> entered{false}, release{false}, finished{false}, returned{false};
-    std::atomic<bool> finished_before_return{false};
+    std::atomic<bool> entered{false}, release{false}, finished{false};
     auto in = s.add_inbox<ping>([&](const ping&) {
         entered = true;
         block_until(release);
@@ -142,39 +159,21 @@ TEST(session, shutdown_from_a_foreign_thread_waits_for_the_running_callback) {
     });
     mailroom::send<ping>(in.address(), ping{});
     ASSERT_TRUE(wait_set(entered));
-    std::thread closer([&] {
-        in.shutdown();
-        finished_before_return = finished.load();
-        returned = true;
-    });
-    std::this_thread::sleep_for(30ms);
-    EXPECT_FALSE(returned.load()) << "shutdown() returned while the callback was running";
-    release = true;
-    closer.join();
-    EXPECT_TRUE(returned.load());
-    EXPECT_TRUE(finished_before_return.load());
+    expect_close_waits_for_callback([&] { in.shutdown(); }, release, finished);
 }
 
 // The same for a whole session: destroy() waits for a running posted call.
 TEST(session, destroy_from_a_foreign_thread_waits_for_the_running_callback) {
     mailroom::environment env;
     mailroom::session s(env);
-    std::atomic<bool> entered{false}, release{false}, finished{false}, finished_before_return{false};
+    std::atomic<bool> entered{false}, release{false}, finished{false};
     s.post([&] {
         entered = true;
         block_until(release);
         finished = true;
     });
     ASSERT_TRUE(wait_set(entered));
-    std::thread closer([&] {
-        s.destroy();
-        finished_before_return = finished.load();
-    });
-    std::this_thread::sleep_for(30ms);
-    EXPECT_FALSE(finished_before_return.load());
-    release = true;
-    closer.join();
-    EXPECT_TRUE(finished_before_return.load());
+    expect_close_waits_for_callback([&] { s.destroy(); }, release, finished);
 }
 
 // Many rounds of a shutdown racing a firing timer: no callback may start after shutdown()
@@ -605,8 +604,7 @@ TEST(session, subscription_shutdown_from_a_foreign_thread_waits_for_the_running_
     mailroom::environment env;
     mailroom::session s(env);
     auto topic = mailroom::make_mpmc_mbox(env);
-    std::atomic<bool> entered{false}, release{false}, finished{false}, returned{false};
-    std::atomic<bool> finished_before_return{false};
+    std::atomic<bool> entered{false}, release{false}, finished{false};
     std::atomic<int> calls{0};
     auto sub = s.subscribe<quote>(topic, [&](const quote&) {
         calls.fetch_add(1);
@@ -617,16 +615,7 @@ TEST(session, subscription_shutdown_from_a_foreign_thread_waits_for_the_running_
     // The first one blocks; the rest are queued behind it and must be refused.
     for (int i = 0; i < 5; ++i) mailroom::send<quote>(topic, quote{i});
     ASSERT_TRUE(wait_set(entered));
-    std::thread closer([&] {
-        sub.shutdown();
-        finished_before_return = finished.load();
-        returned = true;
-    });
-    std::this_thread::sleep_for(30ms);
-    EXPECT_FALSE(returned.load()) << "shutdown() returned while the callback was running";
-    release = true;
-    closer.join();
-    EXPECT_TRUE(finished_before_return.load());
+    expect_close_waits_for_callback([&] { sub.shutdown(); }, release, finished);
     EXPECT_FALSE(sub);
     ASSERT_TRUE(eventually([&] { return env.stats().callbacks_refused >= 4; }));
     EXPECT_EQ(calls.load(), 1);
