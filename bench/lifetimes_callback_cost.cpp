@@ -4,6 +4,10 @@
 // dispatcher that has no gate, no reference counts and no session.
 //
 //   plain        a bare demand re-pushing itself (the floor: no lifetime machinery at all)
+//   plain_gate   the same, with mailroom's context_gate enter/leave around the step: what the
+//                shutdown guarantee itself costs on the hot path
+//   plain_mutex  the same, with a std::mutex locked around the step instead: MME's way of
+//                giving the guarantee (a shutdown on another thread takes the same mutex)
 //   post         session::post chains (pool allocation + session reference + gate)
 //   inbox        send<> to the session's own inbox (envelope + object reference + gate)
 //   *_churn      the same while another thread keeps shutting down and recreating a timer on
@@ -19,6 +23,7 @@
 #include <mailroom/mailroom.hpp>
 
 #include <algorithm>
+#include <mutex>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -36,7 +41,9 @@ struct chain {
     std::atomic<bool> done{false};
 };
 
-double run_plain(long n) {
+enum class guard_kind { none, gate, mutex };
+
+double run_plain(long n, guard_kind guard = guard_kind::none) {
     mailroom::environment env;
     auto binder = env.core()->default_dispatcher()->make_binder({}, nullptr);
     int key = 0;
@@ -44,16 +51,38 @@ double run_plain(long n) {
     struct self_demand : mailroom::internal::demand {
         mailroom::internal::event_queue* q = nullptr;
         chain* c = nullptr;
+        guard_kind guard = guard_kind::none;
+        mailroom::internal::context_gate gate;
+        mailroom::internal::context_gate::flag shut{0};
+        std::mutex mu;
     } d;
+    d.guard = guard;
     chain c;
     c.left = n;
     d.q = b.queue;
     d.c = &c;
     d.execute = [](mailroom::internal::demand* base, mailroom::internal::demand_mode mode) noexcept {
         auto* s = static_cast<self_demand*>(base);
-        if (mode == mailroom::internal::demand_mode::run && --s->c->left > 0) {
-            s->q->push(s);
-            return;
+        if (mode == mailroom::internal::demand_mode::run) {
+            bool more = false;
+            switch (s->guard) {
+                case guard_kind::none: more = --s->c->left > 0; break;
+                case guard_kind::gate:
+                    if (s->gate.enter(s, s->shut)) {
+                        more = --s->c->left > 0;
+                        s->gate.leave();
+                    }
+                    break;
+                case guard_kind::mutex: {
+                    std::lock_guard g(s->mu);
+                    more = --s->c->left > 0;
+                    break;
+                }
+            }
+            if (more) {
+                s->q->push(s);
+                return;
+            }
         }
         s->c->done.store(true, std::memory_order_release);
     };
@@ -158,14 +187,17 @@ int main(int argc, char** argv) {
         const char* name;
         std::vector<double> v;
     };
-    std::vector<variant> vs = {{"plain", {}}, {"post", {}}, {"inbox", {}}, {"post_churn", {}}, {"inbox_churn", {}}};
+    std::vector<variant> vs = {{"plain", {}},      {"plain_gate", {}}, {"plain_mutex", {}}, {"post", {}},
+                               {"inbox", {}},      {"post_churn", {}}, {"inbox_churn", {}}};
     long churned = 0;
     for (int r = 0; r < runs; ++r) {  // interleaved, so that a noisy moment hits every variant
         vs[0].v.push_back(run_plain(n));
-        vs[1].v.push_back(run_post(n, false, &churned));
-        vs[2].v.push_back(run_inbox(n, false, &churned));
-        vs[3].v.push_back(run_post(n, true, &churned));
-        vs[4].v.push_back(run_inbox(n, true, &churned));
+        vs[1].v.push_back(run_plain(n, guard_kind::gate));
+        vs[2].v.push_back(run_plain(n, guard_kind::mutex));
+        vs[3].v.push_back(run_post(n, false, &churned));
+        vs[4].v.push_back(run_inbox(n, false, &churned));
+        vs[5].v.push_back(run_post(n, true, &churned));
+        vs[6].v.push_back(run_inbox(n, true, &churned));
     }
     const double floor = median(vs[0].v);
     for (auto& v : vs) {

@@ -161,6 +161,7 @@ bool run_guarded(agent_core& core, const char* what, message_type type, void (*f
     env_core* prev_env = cur_env;
     cur = &core;
     cur_env = core.rt->env;
+    note_running(running_agent | core.id, type.info());
     const char* failure = nullptr;
     std::string text;  // only for an exception's what(), which must outlive the catch
     try {

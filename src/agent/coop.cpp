@@ -93,6 +93,18 @@ agent_runtime::agent_runtime(env_core* e) : env(e) {}
 
 agent_runtime::~agent_runtime() = default;
 
+std::string agent_runtime::describe(running_kind kind, std::uint64_t id) const {
+    if (kind == running_kind::agent) {
+        std::lock_guard g(tree_lock);
+        for (auto& [cid, c] : coops_)
+            for (agent_core* a : c->agents)
+                if (a->id == id) return "agent '" + a->display_name() + "' of cooperation '" + c->name + "'";
+    } else if (kind == running_kind::session) {
+        return describe_session(id);
+    }
+    return {};
+}
+
 void agent_runtime::add_stats(environment_stats& s) const noexcept {
     s.agents_created += agents_created.load(std::memory_order_relaxed);
     s.agents_destroyed += agents_destroyed.load(std::memory_order_relaxed);

@@ -281,6 +281,7 @@ public:
     void begin_stop() noexcept override;
     void wait_stopped() noexcept override;
     void add_stats(environment_stats& s) const noexcept override;
+    std::string describe(running_kind kind, std::uint64_t id) const override;
 
     agent_core* allocate_core();
     void free_core(agent_core* c) noexcept;
@@ -298,12 +299,13 @@ public:
 
     std::atomic<std::uint64_t> agents_created{0}, agents_destroyed{0}, coops_registered{0}, coops_deregistered{0};
 
-    std::mutex tree_lock;
+    mutable std::mutex tree_lock;
 
-    // Sessions (src/agent/session.cpp). The registry holds a reference to every session not
-    // yet destroyed; wait_stopped() destroys those left, after the cooperations are gone, and
-    // waits until each has retired on its own context, before the dispatchers stop.
-    std::mutex session_lock;
+    // Sessions (src/agent/session.cpp). The registry lists every session until it retired
+    // and holds a reference to every one not yet destroyed (the retire demand takes it over);
+    // wait_stopped() destroys those left, after the cooperations are gone, and waits until
+    // each has retired on its own context, before the dispatchers stop.
+    mutable std::mutex session_lock;
     session_impl* sessions = nullptr;  // guarded by session_lock
     std::size_t live_sessions = 0;     // created and not yet retired; guarded by session_lock
     bool sessions_closed = false;      // guarded by session_lock
@@ -311,6 +313,7 @@ public:
     std::atomic<std::uint64_t> sessions_created{0}, sessions_destroyed{0}, objects_created{0},
         objects_destroyed{0};
     void stop_sessions() noexcept;
+    std::string describe_session(std::uint64_t id) const;
 
 private:
     std::atomic<std::uint64_t> next_id_{1};

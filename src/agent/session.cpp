@@ -83,7 +83,8 @@ public:
     bool dead = false;
     event_object* objects = nullptr;
 
-    // Guarded by rt->session_lock.
+    // Guarded by rt->session_lock. Listed in the runtime's registry from creation until its
+    // retire ran; `registered` until it was destroyed.
     bool registered = false;
     session_impl* reg_prev = nullptr;
     session_impl* reg_next = nullptr;
@@ -217,6 +218,7 @@ void event_demand::execute_fn(demand* base, demand_mode mode) noexcept {
     }
     // The hot path: enter() is two plain stores and two loads (see context_gate).
     if (s->gate.enter(o, o->shut)) [[likely]] {
+        note_running(running_session | s->id, d->msg ? d->msg->type().info() : &typeid(timer_callback_tag));
         {
             session_scope scope(s);
             run_guarded_callback(*s,
@@ -241,6 +243,7 @@ void execute_post(demand* base, demand_mode mode) noexcept {
     session_impl* s = p->owner;
     thread_counters& c = s->env->counters();
     if (mode == demand_mode::run && s->gate.enter(s, s->posts_shut)) [[likely]] {
+        note_running(running_session | s->id, &typeid(posted_call_tag));
         {
             session_scope scope(s);
             run_guarded_callback(*s, "posted call", [&] { p->call(p); });
@@ -290,6 +293,11 @@ void execute_session_retire(demand* base, demand_mode mode) noexcept {
     rt->sessions_destroyed.fetch_add(1, std::memory_order_relaxed);
     {
         std::lock_guard g(rt->session_lock);
+        if (s->reg_prev)
+            s->reg_prev->reg_next = s->reg_next;
+        else
+            rt->sessions = s->reg_next;
+        if (s->reg_next) s->reg_next->reg_prev = s->reg_prev;
         --rt->live_sessions;
         // Under the lock: once the joiner sees zero it may go on and free the runtime.
         rt->sessions_idle.notify_all();
@@ -468,15 +476,8 @@ void destroy_session(session_impl* s) noexcept {
     bool winner;
     {
         std::lock_guard g(rt->session_lock);
-        winner = s->registered;
-        if (winner) {
-            s->registered = false;
-            if (s->reg_prev)
-                s->reg_prev->reg_next = s->reg_next;
-            else
-                rt->sessions = s->reg_next;
-            if (s->reg_next) s->reg_next->reg_prev = s->reg_prev;
-        }
+        // It stays listed until it retired, so that the teardown watch can name it.
+        winner = std::exchange(s->registered, false);
     }
     s->gate.close();
     event_object* list = nullptr;
@@ -587,6 +588,13 @@ event_object* add_subscription(session_impl* s, const mbox& from, message_type t
         throw;
     }
     return o;
+}
+
+std::string agent_runtime::describe_session(std::uint64_t id) const {
+    std::lock_guard g(session_lock);
+    for (session_impl* s = sessions; s; s = s->reg_next)
+        if (s->id == id) return "session '" + s->name + "'";
+    return {};
 }
 
 void agent_runtime::stop_sessions() noexcept {

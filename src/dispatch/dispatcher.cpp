@@ -8,7 +8,26 @@
 namespace mailroom {
 namespace internal {
 
+MAILROOM_FAST_TLS constinit thread_local heartbeat* tls_heartbeat = nullptr;
+
 binder_impl::~binder_impl() = default;
+
+worker_stats read_heartbeat(const heartbeat& beat) noexcept {
+    worker_stats w;
+    w.handled = beat.handled.load(std::memory_order_relaxed);
+    w.busy = beat.busy.load(std::memory_order_relaxed) != 0;
+    w.parks = beat.parks.load(std::memory_order_relaxed);
+    if (w.busy) {
+        std::uint64_t c = beat.context.load(std::memory_order_relaxed);
+        if (c & running_agent) w.running = running_kind::agent;
+        else if (c & running_session) w.running = running_kind::session;
+        if (w.running != running_kind::none) {
+            w.running_id = c & running_id_mask;
+            if (const std::type_info* t = beat.type.load(std::memory_order_relaxed)) w.running_type = message_type(*t);
+        }
+    }
+    return w;
+}
 
 dispatcher_impl::dispatcher_impl(std::string name, std::string kind)
     : name_(std::move(name)), kind_(std::move(kind)) {}
@@ -49,6 +68,7 @@ void worker::join() noexcept {
 }
 
 void worker::run() noexcept {
+    tls_heartbeat = &heartbeat_;
     while (running_) {
         // Drain in a batch: every demand already queued runs before the worker considers waiting.
         while (mailbox_.maybe_nonempty()) {
@@ -76,9 +96,7 @@ void worker::discard_all() noexcept {
 }
 
 worker_stats worker::stats() const noexcept {
-    worker_stats s;
-    s.handled = heartbeat_.handled.load(std::memory_order_relaxed);
-    s.busy = heartbeat_.busy.load(std::memory_order_relaxed) != 0;
+    worker_stats s = read_heartbeat(heartbeat_);
     s.parks = mailbox_.parks();
     return s;
 }

@@ -21,8 +21,7 @@ public:
     }
 
     void join() noexcept override {
-        if (joined_) return;
-        joined_ = true;
+        if (joined_.exchange(true, std::memory_order_relaxed)) return;
         shutdown();
         worker_.request_stop();
         worker_.join();
@@ -35,7 +34,7 @@ public:
         dispatcher_stats s;
         s.name = name();
         s.kind = kind();
-        s.threads = joined_ ? 0 : 1;
+        s.threads = joined_.load(std::memory_order_relaxed) ? 0 : 1;
         s.bound_contexts = bound_.load(std::memory_order_relaxed);
         s.workers.push_back(worker_.stats());
         return s;
@@ -57,7 +56,7 @@ private:
 
     worker worker_;
     std::atomic<std::size_t> bound_{0};
-    bool joined_ = false;
+    std::atomic<bool> joined_{false};  // stats() reads it from any thread
 };
 
 }  // namespace

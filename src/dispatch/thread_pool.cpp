@@ -126,11 +126,7 @@ public:
             }
         }
         for (std::size_t i = 0; i < params_.threads; ++i) {
-            worker_stats w;
-            w.handled = beats_[i].handled.load(std::memory_order_relaxed);
-            w.busy = beats_[i].busy.load(std::memory_order_relaxed) != 0;
-            w.parks = beats_[i].parks.load(std::memory_order_relaxed);
-            s.workers.push_back(w);
+            s.workers.push_back(read_heartbeat(beats_[i]));
         }
         return s;
     }
@@ -226,6 +222,7 @@ private:
 
     void run(std::size_t index) noexcept {
         heartbeat& beat = beats_[index];
+        tls_heartbeat = &beat;
         const std::size_t cap = params_.max_demands_at_once;
         while (!stop_.load(std::memory_order_acquire)) {
             strand* s = take_ready();

@@ -2,6 +2,8 @@
 #include <mailroom/core/error.hpp>
 #include <mailroom/env/env_core.hpp>
 
+#include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 
 namespace mailroom {
@@ -18,6 +20,8 @@ MAILROOM_FAST_TLS thread_local counters_cache tls_counters;
 }  // namespace
 
 env_extension::~env_extension() = default;
+
+std::string env_extension::describe(running_kind, std::uint64_t) const { return {}; }
 
 env_core*& current_env() noexcept {
     MAILROOM_FAST_TLS thread_local env_core* env = nullptr;
@@ -123,12 +127,126 @@ void env_core::stop() noexcept {
     for (auto* e : exts) e->begin_stop();
 }
 
-void env_core::join() {
+// ---- the teardown watch ----
+//
+// While join() waits (for cooperations to finish, sessions to retire, workers to exit), a
+// thread of its own looks at every worker's heartbeat a few times per deadline. A worker busy
+// with the same demand (its `handled` count has not moved) for longer than the deadline is
+// reported: which dispatcher and worker, which agent or session (the upper layer published its
+// id), which message type, and for how long. Nothing on the hot path changes: the heartbeat's
+// relaxed stores are all it reads.
+
+void env_core::watch_teardown(std::stop_token stop, std::int64_t started_ns) {
+    const std::int64_t deadline = options_.teardown_deadline.count();
+    const std::chrono::nanoseconds tick(std::clamp<std::int64_t>(deadline / 4, 1'000'000, 100'000'000));
+    struct watched {
+        const dispatcher_impl* d;
+        std::size_t index;
+        std::uint64_t handled;
+        std::int64_t since;        // the last check before it was seen busy with this demand
+        std::int64_t next_report;  // deadline, then 2x, 4x, ...
+        bool seen;
+    };
+    std::vector<watched> busy;
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::int64_t last_check = started_ns;
+    while (!stop.stop_requested()) {
+        {
+            std::unique_lock g(m);
+            cv.wait_for(g, stop, tick, [] { return false; });
+        }
+        if (stop.stop_requested()) break;
+        const std::int64_t now = now_ns();
+        for (auto& w : busy) w.seen = false;
+        for (auto& d : dispatchers()) {
+            dispatcher_stats st = d->stats();
+            for (std::size_t i = 0; i < st.workers.size(); ++i) {
+                const worker_stats& ws = st.workers[i];
+                if (!ws.busy) continue;
+                auto it = std::find_if(busy.begin(), busy.end(),
+                                       [&](const watched& w) { return w.d == d.get() && w.index == i; });
+                // A demand started after the last check (or before the teardown began).
+                const watched fresh{d.get(), i, ws.handled, last_check, last_check + deadline, true};
+                if (it == busy.end()) {
+                    busy.push_back(fresh);
+                    it = busy.end() - 1;
+                } else if (it->handled != ws.handled) {
+                    *it = fresh;
+                }
+                it->seen = true;
+                if (now >= it->next_report) {
+                    report_overrun(st, i, ws, now - it->since);
+                    it->next_report = it->since + 2 * (it->next_report - it->since);
+                }
+            }
+        }
+        std::erase_if(busy, [](const watched& w) { return !w.seen; });
+        last_check = now;
+    }
+}
+
+void env_core::report_overrun(const dispatcher_stats& d, std::size_t index, const worker_stats& w, std::int64_t ns) {
+    handler_overrun o;
+    std::string text;
+    try {
+        o.dispatcher = d.name;
+        o.worker = index;
+        o.running_for = std::chrono::nanoseconds(ns);
+        if (w.running != running_kind::none) {
+            std::vector<env_extension*> exts;
+            {
+                std::lock_guard g(lock_);
+                for (auto& [k, e] : extensions_) exts.push_back(e.get());
+            }
+            for (auto* e : exts)
+                if (o.context.empty()) o.context = e->describe(w.running, w.running_id);
+            if (o.context.empty())
+                o.context = std::string(w.running == running_kind::agent ? "agent #" : "session #") +
+                            std::to_string(w.running_id) + " (gone)";
+        } else {
+            o.context = "unknown (no agent or session)";
+        }
+        if (const std::type_info* t = w.running_type.info()) {
+            if (*t == typeid(timer_callback_tag)) o.message_type = "timer callback";
+            else if (*t == typeid(posted_call_tag)) o.message_type = "posted call";
+            else o.message_type = readable_name(w.running_type);
+        }
+        char secs[32];
+        std::snprintf(secs, sizeof secs, "%.2f s", static_cast<double>(ns) / 1e9);
+        text = "teardown has waited " + std::string(secs) + " for a handler that has not returned: dispatcher '" +
+               o.dispatcher + "' worker " + std::to_string(index) + " is running " + o.context;
+        if (!o.message_type.empty()) text += " on " + o.message_type;
+        text += options_.on_teardown_overrun == overrun_policy::abort ? " (policy: abort)"
+                                                                      : " (policy: report_and_wait)";
+        o.text = text;
+    } catch (...) {
+        text = "teardown has waited past its deadline for a handler (the report ran out of memory)";
+    }
+    overruns_.fetch_add(1, std::memory_order_relaxed);
+    try {
+        if (options_.on_overrun) options_.on_overrun(o);
+    } catch (...) {
+    }
+    log(text);
+    if (options_.on_teardown_overrun == overrun_policy::abort) fatal(text.c_str());
+    try {
+        std::lock_guard g(report_lock_);
+        report_.overruns.push_back(std::move(o));
+    } catch (...) {
+    }
+}
+
+teardown_report env_core::join() {
     if (current_env() == this)
         throw usage_error("environment '" + name() + "': join() called from one of its own threads");
     stopping_.wait(false, std::memory_order_acquire);
     std::lock_guard jg(join_lock_);
-    if (joined_) return;
+    if (joined_) return report_;
+    const std::int64_t started = now_ns();
+    std::jthread watcher;
+    if (options_.teardown_deadline.count() > 0)
+        watcher = std::jthread([this, started](std::stop_token st) { watch_teardown(st, started); });
     std::vector<env_extension*> exts;
     {
         std::lock_guard g(lock_);
@@ -148,7 +266,29 @@ void env_core::join() {
     //    mbox holds this core (a cycle that would never be freed).
     timers_.stop();
     for (auto& d : dispatchers()) d->discard_queued();
+    if (watcher.joinable()) {
+        watcher.request_stop();
+        watcher.join();
+    }
     joined_ = true;
+    // The report: what was still queued when the dispatchers stopped was discarded (and each
+    // discard counted where it happened); said once, here, when there was any.
+    environment_stats s = stats();
+    std::lock_guard g(report_lock_);
+    report_.took = std::chrono::nanoseconds(now_ns() - started);
+    report_.messages_discarded = s.messages_discarded;
+    report_.callbacks_discarded = s.callbacks_discarded;
+    if (s.messages_discarded || s.callbacks_discarded || !report_.overruns.empty()) {
+        try {
+            char took[32];
+            std::snprintf(took, sizeof took, "%.1f ms", static_cast<double>(report_.took.count()) / 1e6);
+            log("stopped in " + std::string(took) + ": " + std::to_string(s.messages_discarded) + " messages and " +
+                std::to_string(s.callbacks_discarded) + " session callbacks were still queued and were discarded; " +
+                std::to_string(report_.overruns.size()) + " handler overrun report(s)");
+        } catch (...) {
+        }
+    }
+    return report_;
 }
 
 environment_stats env_core::stats() const {
@@ -174,6 +314,7 @@ environment_stats env_core::stats() const {
     s.timers_fired = t.fired;
     s.timers_cancelled = t.cancelled;
     s.timers_pending = t.pending;
+    s.teardown_overruns = overruns_.load(std::memory_order_relaxed);
     for (auto& d : dispatchers()) s.queue_depth += d->stats().queue_depth;
     return s;
 }
@@ -196,7 +337,7 @@ const std::string& environment::name() const noexcept { return core_->name(); }
 
 void environment::stop() noexcept { core_->stop(); }
 
-void environment::join() { core_->join(); }
+teardown_report environment::join() { return core_->join(); }
 
 bool environment::stopping() const noexcept { return core_->stopping(); }
 

@@ -2,6 +2,7 @@
 /// Dispatchers own worker threads and the queues of the contexts bound to them; binders say
 /// where a cooperation's agents run.
 
+#include <mailroom/core/message.hpp>
 #include <mailroom/export.hpp>
 #include <mailroom/queue/worker_mailbox.hpp>
 
@@ -54,11 +55,23 @@ struct thread_pool_params {
     std::chrono::nanoseconds spin = internal::default_spin;
 };
 
-/// Counters of one worker thread, for statistics and (later) the watchdog.
+/// What kind of context a busy worker is running.
+enum class running_kind : std::uint8_t {
+    none,     ///< idle, or a demand of no agent or session (a control demand)
+    agent,    ///< an agent's handler or hook
+    session,  ///< a session's callback
+};
+
+/// Counters of one worker thread, for statistics, the teardown watch and the watchdog.
 struct worker_stats {
     std::uint64_t handled = 0;  ///< demands finished
     bool busy = false;          ///< running a demand right now
     std::uint64_t parks = 0;    ///< times the worker parked
+    /// While busy: the agent or session running and its id (agents and sessions share one
+    /// id space per environment), and the message type it handles (empty when unknown).
+    running_kind running = running_kind::none;
+    std::uint64_t running_id = 0;
+    message_type running_type{};
 };
 
 /// A snapshot of a dispatcher's state.

@@ -66,6 +66,9 @@ private:
     std::atomic<bool> accepting_{true};
 };
 
+/// A worker's statistics from its heartbeat (relaxed loads; any thread).
+MAILROOM_EXPORT worker_stats read_heartbeat(const heartbeat& beat) noexcept;
+
 MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_one_thread(std::string name, const one_thread_params& p);
 MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_active_obj(std::string name, const active_obj_params& p);
 MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_active_group(std::string name, const active_group_params& p);

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <stop_token>
 #include <thread>
 #include <string>
 #include <vector>
@@ -41,6 +42,8 @@ public:
     virtual void wait_stopped() noexcept = 0;
     /// Adds its counters to a snapshot.
     virtual void add_stats(environment_stats& s) const noexcept = 0;
+    /// Names the agent or session with this id for a report ("" when it is not one of its own).
+    virtual std::string describe(running_kind kind, std::uint64_t id) const;
 };
 
 class MAILROOM_EXPORT env_core : public std::enable_shared_from_this<env_core> {
@@ -87,7 +90,7 @@ public:
     std::vector<std::shared_ptr<dispatcher_impl>> dispatchers() const;
 
     void stop() noexcept;
-    void join();
+    teardown_report join();
     environment_stats stats() const;
 
 private:
@@ -105,8 +108,15 @@ private:
     std::vector<std::pair<const void*, std::unique_ptr<env_extension>>> extensions_;
     std::vector<std::pair<std::thread::id, std::unique_ptr<thread_counters>>> counters_;
 
+    /// Watches the workers while join() waits; see teardown_watch in environment.cpp.
+    void watch_teardown(std::stop_token stop, std::int64_t started_ns);
+    void report_overrun(const dispatcher_stats& d, std::size_t index, const worker_stats& w, std::int64_t ns);
+
     std::mutex join_lock_;
     bool joined_ = false;
+    teardown_report report_;  // guarded by join_lock_, and by report_lock_ while the watcher runs
+    std::mutex report_lock_;
+    std::atomic<std::uint64_t> overruns_{0};
 };
 
 /// The environment whose handler this thread is running, if any (set by the agent layer).

@@ -27,6 +27,33 @@ enum class exception_policy : std::uint8_t {
     log_and_continue, ///< log it, count it, and go on with the next message
 };
 
+/// What the environment does when, while it is torn down, a handler runs past
+/// `environment_options::teardown_deadline`. A handler cannot be interrupted safely, so the
+/// choice is between waiting (teardown stays synchronous: nothing is freed under a running
+/// handler) and ending the process.
+enum class overrun_policy : std::uint8_t {
+    report_and_wait,  ///< report it, again at 2x, 4x, ... the deadline, and keep waiting
+    abort,            ///< report it, then abort the process (for a supervisor to restart it)
+};
+
+/// A handler that had not returned `teardown_deadline` after the teardown began waiting.
+struct handler_overrun {
+    std::string dispatcher;             ///< the dispatcher's name
+    std::size_t worker = 0;             ///< the worker's index in the dispatcher
+    std::string context;                ///< "agent 'name' of cooperation 'coop'", "session 'name'", or "unknown"
+    std::string message_type;           ///< readable; "timer callback", "posted call", or "" when unknown
+    std::chrono::nanoseconds running_for{};  ///< at least this long (measured by the watcher)
+    std::string text;                   ///< the line that was logged
+};
+
+/// What a teardown did: returned by environment::join().
+struct teardown_report {
+    std::chrono::nanoseconds took{};             ///< from the start of join() to its end
+    std::uint64_t messages_discarded = 0;        ///< messages still queued when the dispatchers stopped
+    std::uint64_t callbacks_discarded = 0;       ///< session callbacks still queued then
+    std::vector<handler_overrun> overruns;       ///< handlers that ran past the deadline
+};
+
 struct environment_options {
     /// Names the environment in errors and logs.
     std::string name = "env";
@@ -39,6 +66,13 @@ struct environment_options {
     /// Where errors are logged (handler exceptions, discarded messages); stderr when empty.
     /// Called from any thread, possibly concurrently.
     std::function<void(std::string_view)> log{};
+    /// How long the teardown waits for a running handler before it reports it (the dispatcher,
+    /// worker, agent or session, message type and time); zero: never report.
+    std::chrono::nanoseconds teardown_deadline = std::chrono::seconds(5);
+    /// What follows the report (see overrun_policy).
+    overrun_policy on_teardown_overrun = overrun_policy::report_and_wait;
+    /// Called with each report, on the watching thread, before the policy applies.
+    std::function<void(const handler_overrun&)> on_overrun{};
 };
 
 /// Counters of an environment; a consistent-enough snapshot taken from any thread.
@@ -68,6 +102,7 @@ struct environment_stats {
     /// expected after a shutdown; what never happens is a callback running after shutdown().
     std::uint64_t callbacks_refused = 0;
     std::uint64_t callbacks_discarded = 0;  ///< still queued when the dispatchers stopped
+    std::uint64_t teardown_overruns = 0;    ///< handlers reported running past the teardown deadline
 };
 
 /// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an
@@ -89,8 +124,11 @@ public:
     void stop() noexcept;
 
     /// Blocks until stop() was called (by anyone) and the shutdown has completed. Not from a
-    /// thread of this environment (raises usage_error).
-    void join();
+    /// thread of this environment (raises usage_error). While it waits, a handler running past
+    /// `teardown_deadline` is reported and `on_teardown_overrun` applies. Returns what the
+    /// teardown did (the same report to every caller); it is also logged when something was
+    /// discarded or overran.
+    teardown_report join();
 
     /// True once stop() was called.
     bool stopping() const noexcept;
