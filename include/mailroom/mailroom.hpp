@@ -11,3 +11,4 @@
 #include <mailroom/core/message.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/env/environment.hpp>
+#include <mailroom/named/named.hpp>

@@ -3,6 +3,8 @@
 
 #include <mailroom/queue/futex.hpp>
 
+#include <mailroom/agent/session.hpp>
+
 #include "runtime.hpp"
 
 #include <algorithm>
@@ -42,6 +44,57 @@ agent_core*& current_agent() noexcept {
 }
 
 agent_core*& constructing_agent() noexcept { return tls_constructing; }
+
+namespace {
+// A call to run on an agent's context (a coroutine resumed there): dropped when the agent is
+// gone by then (another generation) or its queue is discarded.
+struct agent_call final : demand {
+    agent_core* target;
+    std::uint32_t gen;
+    posted_call* call;
+};
+
+void execute_agent_call(demand* base, demand_mode mode) noexcept {
+    auto* d = static_cast<agent_call*>(base);
+    agent_core* core = d->target;
+    posted_call* c = d->call;
+    const std::uint32_t gen = d->gen;
+    d->~agent_call();
+    pool_free(d, sizeof(agent_call));
+    if (mode == demand_mode::run && core->gen.load(std::memory_order_acquire) == gen) {
+        core->dispatching = true;
+        run_guarded(
+            *core, "resumed coroutine", message_type{}, [](void* p) { static_cast<posted_call*>(p)->call(static_cast<posted_call*>(p)); },
+            c);
+        core->dispatching = false;
+        if (core->has_dead || !core->added.empty()) core->settle_subscriptions();
+    }
+    c->drop(c);
+}
+}  // namespace
+
+agent_ref current_agent_ref() noexcept {
+    agent_core* a = current_agent();
+    if (!a) return {};
+    return {a, a->gen.load(std::memory_order_relaxed)};
+}
+
+void post_to_agent(agent_ref a, posted_call* c) noexcept {
+    auto* core = static_cast<agent_core*>(a.core);
+    void* block;
+    try {
+        block = pool_allocate(sizeof(agent_call));
+    } catch (...) {
+        c->drop(c);
+        return;
+    }
+    auto* d = new (block) agent_call;
+    d->execute = &execute_agent_call;
+    d->target = core;
+    d->gen = a.gen;
+    d->call = c;
+    core->push(d);
+}
 
 void agent_core::push_slow(demand* d) noexcept {
     std::uint8_t s;

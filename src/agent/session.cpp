@@ -504,6 +504,17 @@ void destroy_session(session_impl* s) noexcept {
 
 }  // namespace
 
+session_impl* current_session() noexcept { return tls_session; }
+env_core* session_env(session_impl* s) noexcept { return s->env; }
+void session_add_ref(session_impl* s) noexcept { s->add_ref(); }
+void session_release(session_impl* s) noexcept { s->release(); }
+
+std::string current_context_name() {
+    if (session_impl* s = tls_session) return s->name;
+    if (agent_core* a = current_agent()) return a->display_name();
+    return {};
+}
+
 bool post_call(session_impl* s, posted_call* c) noexcept {
     if (s->gate.shut()) {
         c->drop(c);

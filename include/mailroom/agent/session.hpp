@@ -19,6 +19,7 @@ namespace mailroom {
 
 namespace internal {
 class session_impl;
+class env_core;
 class event_object;
 struct posted_call;
 }  // namespace internal

@@ -6,7 +6,9 @@
 #include <mailroom/core/pool.hpp>
 #include <mailroom/dispatch/demand.hpp>
 
+#include <cstdint>
 #include <new>
+#include <string>
 
 namespace mailroom::internal {
 
@@ -29,6 +31,26 @@ struct posted_call_of final : posted_call {
     }
     F fn;
 };
+
+/// The session whose callback this thread is running, or null.
+MAILROOM_EXPORT session_impl* current_session() noexcept;
+/// Keeps a session's memory alive (not the session: it may still be destroyed meanwhile).
+MAILROOM_EXPORT void session_add_ref(session_impl* s) noexcept;
+MAILROOM_EXPORT void session_release(session_impl* s) noexcept;
+/// The environment a session lives in.
+MAILROOM_EXPORT env_core* session_env(session_impl* s) noexcept;
+/// The name of the session or agent whose callback this thread runs ("" on other threads).
+MAILROOM_EXPORT std::string current_context_name();
+
+/// The agent whose handler this thread runs (its core and generation); null core elsewhere.
+struct agent_ref {
+    void* core = nullptr;
+    std::uint32_t gen = 0;
+};
+MAILROOM_EXPORT agent_ref current_agent_ref() noexcept;
+/// Runs `c` on the agent's context, under its exception policy, if it still exists then;
+/// drops `c` otherwise (its destructor runs). Any thread; takes `c` over.
+MAILROOM_EXPORT void post_to_agent(agent_ref a, posted_call* c) noexcept;
 
 /// Queues `c` on the session; takes it over (drops it and returns false when destroyed).
 MAILROOM_EXPORT bool post_call(session_impl* s, posted_call* c) noexcept;

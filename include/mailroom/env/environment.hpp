@@ -103,6 +103,16 @@ struct environment_stats {
     std::uint64_t callbacks_refused = 0;
     std::uint64_t callbacks_discarded = 0;  ///< still queued when the dispatchers stopped
     std::uint64_t teardown_overruns = 0;    ///< handlers reported running past the teardown deadline
+    // Named objects and requests (include/mailroom/named/named.hpp).
+    std::uint64_t named_registered = 0;
+    std::uint64_t named_unregistered = 0;
+    std::uint64_t named_messages = 0;     ///< one-way messages delivered to a named object's queue
+    std::uint64_t named_rejected = 0;     ///< one-way messages that found no object and no `*`
+    std::uint64_t requests_posted = 0;
+    std::uint64_t requests_replied = 0;
+    std::uint64_t requests_rejected = 0;
+    std::uint64_t requests_abandoned = 0;  ///< went away, environment stopped, timed out or cancelled
+    std::uint64_t replies_orphaned = 0;    ///< answers to a request that was already abandoned
 };
 
 /// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an

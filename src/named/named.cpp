@@ -1,0 +1,720 @@
+// Named objects and requests.
+//
+// A named object is an inbox (a session event object) whose messages are `named_delivery`s,
+// plus an entry in the environment's name_table pointing at the inbox's address. Sending looks
+// the name up inside an RCU read-side critical section (no lock) and delivers to the inbox;
+// unregistering removes the entry (new lookups miss it) and then shuts the inbox down, which
+// gives MME's guarantee: once that returns on a foreign thread no message is being handled and
+// none will be, even one already queued (the gate refuses it).
+//
+// A request is a reference-counted request_core. The delivery carrying it answers it on
+// destruction if nobody did (abandoned, saying why), so no requester waits forever: not when
+// the object is unregistered with the request queued, nor when its session or the environment
+// goes away, nor when a handler drops it unanswered.
+
+#include <mailroom/core/clock.hpp>
+#include <mailroom/core/error.hpp>
+#include <mailroom/core/pool.hpp>
+#include <mailroom/dispatch/timer_service.hpp>
+#include <mailroom/env/env_core.hpp>
+#include <mailroom/named/named.hpp>
+#include <mailroom/queue/futex.hpp>
+
+#include "named/name_table.hpp"
+
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+
+namespace mailroom {
+
+const char* to_string(request_state s) noexcept {
+    switch (s) {
+        case request_state::posted: return "posted";
+        case request_state::transmitted: return "transmitted";
+        case request_state::replied: return "replied";
+        case request_state::rejected: return "rejected";
+        case request_state::abandoned: return "abandoned";
+    }
+    return "?";
+}
+
+void check_name(std::string_view name, bool allow_any) {
+    auto bad = [&](const char* why) {
+        throw invalid_name_error("invalid name '" + std::string(name.substr(0, 64)) +
+                                 (name.size() > 64 ? "...'" : "'") + ": " + why);
+    };
+    if (name.empty()) bad("empty");
+    if (name.size() > max_name_length) bad("longer than 255 characters");
+    if (name == "*") {
+        if (!allow_any) bad("'*' is the any-object, not a plain name");
+        return;
+    }
+    for (char c : name) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                        c == '_' || c == ':' || c == '/' || c == '-';
+        if (!ok) bad("characters are limited to A-Z a-z 0-9 . _ : / -");
+    }
+}
+
+void task::promise_type::unhandled_exception() noexcept {
+    try {
+        throw;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mailroom: a coroutine task threw: %s\n", e.what());
+    } catch (...) {
+        std::fprintf(stderr, "mailroom: a coroutine task threw an exception not derived from std::exception\n");
+    }
+}
+
+namespace internal {
+
+// ---- the registry: one per environment ----
+
+class named_registry final : public env_extension {
+public:
+    explicit named_registry(env_core* e) : env(e) {}
+    ~named_registry() override = default;
+
+    static named_registry& of(env_core& e) {
+        static const int key = 0;
+        return e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
+    }
+
+    void begin_stop() noexcept override {}
+    void wait_stopped() noexcept override {
+        // Whatever is still listed is unlisted now (its object is destroyed with its session,
+        // before or after this), and every entry's release runs before the environment goes on.
+        {
+            std::lock_guard g(lock);
+            closed = true;
+        }
+        std::vector<std::string> names;
+        try {
+            table.for_each([&](name_entry& e) { names.push_back(e.name()); });
+        } catch (...) {
+        }
+        for (auto& n : names) table.remove(n);
+        table.wait_for_releases();
+    }
+    void add_stats(environment_stats& s) const noexcept override {
+        s.named_registered += registered.load(std::memory_order_relaxed);
+        s.named_unregistered += unregistered.load(std::memory_order_relaxed);
+        s.named_messages += messages.load(std::memory_order_relaxed);
+        s.named_rejected += rejected_sends.load(std::memory_order_relaxed);
+        s.requests_posted += requests.load(std::memory_order_relaxed);
+        s.requests_replied += replied.load(std::memory_order_relaxed);
+        s.requests_rejected += rejected.load(std::memory_order_relaxed);
+        s.requests_abandoned += abandoned.load(std::memory_order_relaxed);
+        s.replies_orphaned += orphaned.load(std::memory_order_relaxed);
+    }
+
+    env_core* env;
+    name_table table;
+    std::mutex lock;     // registration against closing
+    bool closed = false;
+    std::atomic<std::uint64_t> next_id{1};
+    std::atomic<std::uint64_t> registered{0}, unregistered{0}, messages{0}, rejected_sends{0}, requests{0},
+        replied{0}, rejected{0}, abandoned{0}, orphaned{0};
+};
+
+/// What the table lists: the object's inbox address. Freed after the grace period.
+struct named_entry final : name_entry {
+    named_entry(std::string n, mbox a) : name_entry(std::move(n)), address(std::move(a)) {}
+    void table_released() noexcept override { delete this; }
+    mbox address;
+};
+
+/// Shared by the handle and the handler: unregisters once.
+struct named_object_impl {
+    std::string name;
+    std::shared_ptr<env_core> env_keep;  // keeps the registry
+    named_registry* reg = nullptr;
+    named_entry* entry = nullptr;
+    std::atomic<bool> done{false};
+
+    void unregister() noexcept {
+        if (done.exchange(true, std::memory_order_acq_rel)) return;
+        if (reg->table.remove(entry)) reg->unregistered.fetch_add(1, std::memory_order_relaxed);
+    }
+};
+
+// ---- requests ----
+
+class request_core {
+public:
+    request_core(std::shared_ptr<env_core> e, named_registry* r, message_type t)
+        : env(std::move(e)), reg(r), id(r->next_id.fetch_add(1, std::memory_order_relaxed)), reply_type(t) {}
+    ~request_core() {
+        if (reply) reply->release();
+    }
+
+    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    request_state get() const noexcept { return static_cast<request_state>(st.load(std::memory_order_acquire)); }
+
+    void mark_transmitted() noexcept {
+        std::uint32_t expected = static_cast<std::uint32_t>(request_state::posted);
+        st.compare_exchange_strong(expected, static_cast<std::uint32_t>(request_state::transmitted),
+                                   std::memory_order_acq_rel);
+    }
+
+    /// Moves to a final state unless it is in one; takes `body` over. False when it was final.
+    /// `cancelling` also drops a then-callback not yet run, for good.
+    bool finish(request_state final, envelope* body, std::string why, bool cancelling = false) noexcept;
+
+    void run_then(handler& fn) noexcept;
+
+    std::atomic<std::uint32_t> refs{1};
+    std::atomic<std::uint32_t> st{static_cast<std::uint32_t>(request_state::posted)};
+    std::atomic<std::uint32_t> sleepers{0};
+    std::shared_ptr<env_core> env;
+    named_registry* reg;
+    std::uint64_t id;
+    message_type reply_type;
+    envelope* reply = nullptr;  // written before the final state is stored
+    std::string reason;         // the same
+
+    std::mutex lock;
+    // Guarded by lock.
+    void (*cont)(void*) noexcept = nullptr;
+    void* cont_arg = nullptr;
+    bool has_continuation = false;
+    session_impl* then_session = nullptr;  // with a reference, until the callback is posted
+    const session_impl* then_home = nullptr;  // where then() runs its callback
+    handler then_fn;
+    bool cancelled = false;
+    bool then_running = false;
+    std::condition_variable then_idle;
+    timer_entry* timer = nullptr;  // with a reference
+};
+
+namespace {
+
+template <class F>
+void session_post(session_impl* s, F&& f) {
+    using Fn = std::decay_t<F>;
+    using call_t = posted_call_of<Fn>;
+    void* block = pool_allocate(sizeof(call_t));
+    call_t* c;
+    try {
+        c = new (block) call_t(Fn(std::forward<F>(f)));
+    } catch (...) {
+        pool_free(block, sizeof(call_t));
+        throw;
+    }
+    post_call(s, c);  // dropped (and its destructor run) when the session is gone
+}
+
+struct timeout_entry final : timer_entry {
+    timeout_entry(request_core* r, std::int64_t after) : req(r), after_ns(after) { r->add_ref(); }
+    void fire() noexcept override {
+        char text[64];
+        std::snprintf(text, sizeof text, "timed out after %.3f ms", static_cast<double>(after_ns) / 1e6);
+        req->finish(request_state::abandoned, nullptr, text);
+    }
+    void destroy() noexcept override {
+        req->release();
+        delete this;
+    }
+    request_core* req;
+    std::int64_t after_ns;
+};
+
+// The then-callback, posted to the requester's session when the request is final.
+struct then_call {
+    request_core* r;  // a reference
+    handler fn;
+    then_call(request_core* req, handler f) noexcept : r(req), fn(std::move(f)) {}
+    then_call(then_call&& o) noexcept : r(std::exchange(o.r, nullptr)), fn(std::move(o.fn)) {}
+    ~then_call() {
+        if (r) r->release();
+    }
+    void operator()() { r->run_then(fn); }
+};
+
+// A coroutine waiting on a request, resumed on its session; destroyed unresumed if the session
+// is destroyed first.
+struct resumer {
+    std::coroutine_handle<> h;
+    explicit resumer(std::coroutine_handle<> c) noexcept : h(c) {}
+    resumer(resumer&& o) noexcept : h(std::exchange(o.h, {})) {}
+    ~resumer() {
+        if (h) h.destroy();
+    }
+    void operator()() { std::exchange(h, {}).resume(); }
+};
+
+struct resume_ctx {
+    session_impl* s;  // a reference; or null, for an agent
+    agent_ref agent;  // the request holds the environment, so the agent's core stays valid
+    std::coroutine_handle<> h;
+};
+
+void post_resumer(resume_ctx* c) noexcept {
+    if (c->s) {
+        try {
+            session_post(c->s, resumer(c->h));
+        } catch (...) {
+            c->h.destroy();
+        }
+        session_release(c->s);
+        return;
+    }
+    using call_t = posted_call_of<resumer>;
+    void* block;
+    try {
+        block = pool_allocate(sizeof(call_t));
+    } catch (...) {
+        c->h.destroy();
+        return;
+    }
+    post_to_agent(c->agent, new (block) call_t(resumer(c->h)));
+}
+
+}  // namespace
+
+bool request_core::finish(request_state final, envelope* body, std::string why, bool cancelling) noexcept {
+    void (*c)(void*) noexcept = nullptr;
+    void* carg = nullptr;
+    session_impl* ts = nullptr;
+    handler tf;
+    timer_entry* t = nullptr;
+    bool won = false;
+    {
+        std::lock_guard g(lock);
+        if (cancelling) cancelled = true;
+        ts = std::exchange(then_session, nullptr);
+        tf = std::move(then_fn);
+        if (get() < request_state::replied) {
+            won = true;
+            reply = std::exchange(body, nullptr);
+            try {
+                reason = std::move(why);
+            } catch (...) {
+            }
+            st.store(static_cast<std::uint32_t>(final), std::memory_order_seq_cst);
+            c = std::exchange(cont, nullptr);
+            carg = cont_arg;
+            t = std::exchange(timer, nullptr);
+        }
+    }
+    if (body) body->release();
+    if (won) {
+        if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake(st, INT_MAX);
+        switch (final) {
+            case request_state::replied: reg->replied.fetch_add(1, std::memory_order_relaxed); break;
+            case request_state::rejected: reg->rejected.fetch_add(1, std::memory_order_relaxed); break;
+            default: reg->abandoned.fetch_add(1, std::memory_order_relaxed); break;
+        }
+        if (t) {
+            t->cancel();
+            t->release();
+        }
+        if (c) c(carg);
+    }
+    if (ts) {
+        if (won && tf && !cancelling) {
+            add_ref();
+            try {
+                session_post(ts, then_call(this, std::move(tf)));
+            } catch (...) {
+            }
+        }
+        session_release(ts);
+    }
+    return won;
+}
+
+void request_core::run_then(handler& fn) noexcept {
+    {
+        std::lock_guard g(lock);
+        if (cancelled) return;
+        then_running = true;
+    }
+    fn(nullptr);  // run under the session's guard, which logs what it throws
+    std::lock_guard g(lock);
+    then_running = false;
+    then_idle.notify_all();
+}
+
+request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {
+    auto& reg = named_registry::of(*env.core());
+    auto* r = new request_core(env.core(), &reg, reply_type);
+    reg.requests.fetch_add(1, std::memory_order_relaxed);
+    if (timeout.count() > 0) {
+        auto* t = new timeout_entry(r, timeout.count());
+        t->deadline_ns = now_ns() + timeout.count();
+        t->add_ref();  // the request's; the first one goes to the wheel
+        {
+            std::lock_guard g(r->lock);
+            r->timer = t;
+        }
+        if (!env.core()->timers().arm(t))
+            r->finish(request_state::abandoned, nullptr, "environment '" + env.name() + "' is stopped");
+    }
+    return r;
+}
+
+void request_add_ref(request_core* r) noexcept { r->add_ref(); }
+void request_release(request_core* r) noexcept { r->release(); }
+request_state request_get_state(const request_core* r) noexcept { return r ? r->get() : request_state::abandoned; }
+std::uint64_t request_id(const request_core* r) noexcept { return r ? r->id : 0; }
+std::string request_reason(const request_core* r) {
+    if (!r || r->get() < request_state::replied) return {};
+    return r->reason;  // written before the final state, never after
+}
+envelope* request_reply(const request_core* r) noexcept { return r->reply; }
+
+bool request_wait(const request_core* cr, std::int64_t timeout_ns) noexcept {
+    if (!cr) return true;
+    auto* r = const_cast<request_core*>(cr);
+    const std::int64_t end = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
+    // A short spin (5 us at most): a reply from a busy peer comes within microseconds, a
+    // park and wake-up cost tens.
+    const std::int64_t spin_end = now_ns() + 5'000;
+    for (unsigned i = 1;; ++i) {
+        if (r->get() >= request_state::replied) return true;
+        cpu_relax();
+        if ((i & 15) == 0 && now_ns() >= spin_end) break;
+    }
+    for (;;) {
+        std::uint32_t s = r->st.load(std::memory_order_seq_cst);
+        if (s >= static_cast<std::uint32_t>(request_state::replied)) return true;
+        const std::int64_t now = now_ns();
+        if (now >= end) return false;
+        r->sleepers.fetch_add(1, std::memory_order_seq_cst);
+        if (r->st.load(std::memory_order_seq_cst) == s) futex_wait(r->st, s, timeout_ns < 0 ? -1 : end - now);
+        r->sleepers.fetch_sub(1, std::memory_order_seq_cst);
+    }
+}
+
+bool request_cancel(request_core* r) noexcept {
+    r->add_ref();
+    const bool abandoned_now = r->finish(request_state::abandoned, nullptr, "cancelled by the requester", true);
+    {
+        // A then-callback running on another thread: wait until it returned (not on its own
+        // session: there the caller is that callback, or runs instead of it).
+        std::unique_lock g(r->lock);
+        if (current_session() != r->then_home) r->then_idle.wait(g, [&] { return !r->then_running; });
+    }
+    r->release();
+    return abandoned_now;
+}
+
+void request_continue(request_core* r, void (*fn)(void*) noexcept, void* arg) {
+    {
+        std::lock_guard g(r->lock);
+        if (r->has_continuation)
+            throw usage_error("request #" + std::to_string(r->id) +
+                              ": it already has a continuation (then, future or co_await: one of them, once)");
+        r->has_continuation = true;
+        if (r->get() < request_state::replied) {
+            r->cont = fn;
+            r->cont_arg = arg;
+            return;
+        }
+    }
+    fn(arg);
+}
+
+void request_then(request_core* r, session_impl* s, handler fn) {
+    {
+        std::lock_guard g(r->lock);
+        if (r->has_continuation)
+            throw usage_error("request #" + std::to_string(r->id) +
+                              ": it already has a continuation (then, future or co_await: one of them, once)");
+        r->has_continuation = true;
+        r->then_home = s;
+        if (r->get() < request_state::replied) {
+            if (r->cancelled) return;
+            session_add_ref(s);
+            r->then_session = s;
+            r->then_fn = std::move(fn);
+            return;
+        }
+        if (r->cancelled) return;
+    }
+    r->add_ref();
+    session_post(s, then_call(r, std::move(fn)));
+}
+
+void request_resume_here(request_core* r, std::coroutine_handle<> h) {
+    session_impl* s = current_session();
+    agent_ref a = s ? agent_ref{} : current_agent_ref();
+    if (!s && !a.core)
+        throw usage_error("request #" + std::to_string(r->id) +
+                          ": co_await is for coroutines running in a session's callback or an agent's handler");
+    if (s) session_add_ref(s);
+    auto* c = new resume_ctx{s, a, h};
+    try {
+        request_continue(
+            r,
+            [](void* arg) noexcept {
+                auto* c = static_cast<resume_ctx*>(arg);
+                post_resumer(c);
+                delete c;
+            },
+            c);
+    } catch (...) {
+        if (s) session_release(s);
+        delete c;
+        throw;
+    }
+}
+
+// ---- deliveries ----
+
+/// The message a named object's inbox carries.
+struct named_delivery {
+    message_header hdr;
+    envelope* body = nullptr;
+    request_core* req = nullptr;  // a reference, until answered
+    named_registry* reg = nullptr;
+    bool handled = false;
+
+    named_delivery() = default;
+    named_delivery(named_delivery&& o) noexcept
+        : hdr(std::move(o.hdr)), body(std::exchange(o.body, nullptr)), req(std::exchange(o.req, nullptr)),
+          reg(o.reg), handled(o.handled) {}
+    ~named_delivery() {
+        if (body) body->release();
+        if (req) {
+            if (req->get() < request_state::replied) {
+                std::string why;
+                try {
+                    why = handled ? "the handler of '" + hdr.destination + "' returned without answering"
+                                  : "'" + hdr.destination + "' went away before handling it";
+                } catch (...) {
+                }
+                req->finish(request_state::abandoned, nullptr, std::move(why));
+            }
+            req->release();
+        }
+    }
+};
+
+void send_named(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
+                std::string reply_to) {
+    envelope_ref b(body);
+    auto& core = *env.core();
+    auto& reg = named_registry::of(core);
+    auto fail = [&](request_state st, const std::string& why) {
+        if (r) {
+            r->finish(st, nullptr, why);
+            r->release();
+        }
+    };
+    try {
+        check_name(name);
+    } catch (const invalid_name_error& e) {
+        fail(request_state::rejected, e.what());
+        throw;
+    }
+    if (!core.open()) {
+        std::string why = "environment '" + core.name() + "' is stopped";
+        fail(request_state::abandoned, why);
+        if (r) return;
+        throw environment_stopped_error("sending to '" + std::string(name) + "': " + why);
+    }
+    envelope* d = make_envelope<named_delivery>();  // a fresh one, not yet shared: no race
+    auto& nd = payload_of<named_delivery>(d);
+    nd.hdr.source = source.empty() ? current_context_name() : std::move(source);
+    nd.hdr.destination.assign(name);
+    nd.hdr.id = r ? r->id : reg.next_id.fetch_add(1, std::memory_order_relaxed);
+    nd.hdr.reply_to = std::move(reply_to);
+    nd.hdr.request = r != nullptr;
+    nd.body = b.release();
+    nd.req = r;  // the caller's reference goes with the delivery
+    nd.reg = &reg;
+    request_core* keep = r;
+    if (keep) keep->add_ref();  // to mark it transmitted after the delivery left our hands
+    auto to = [&](name_entry* e) -> bool {
+        if (!e) return false;
+        deliver(static_cast<named_entry*>(e)->address, std::exchange(d, nullptr));
+        return true;
+    };
+    bool sent;
+    try {
+        sent = reg.table.read(name, to) || reg.table.read("*", to);
+    } catch (...) {
+        if (d) d->release();
+        if (keep) keep->release();
+        throw;
+    }
+    if (sent) {
+        if (keep) {
+            keep->mark_transmitted();
+            keep->release();
+        } else {
+            reg.messages.fetch_add(1, std::memory_order_relaxed);
+        }
+        return;
+    }
+    std::string why = "no object named '" + std::string(name) + "' in environment '" + core.name() + "' (and no '*')";
+    if (keep) {
+        keep->finish(request_state::rejected, nullptr, why);
+        keep->release();
+        d->release();
+        return;
+    }
+    d->release();
+    reg.rejected_sends.fetch_add(1, std::memory_order_relaxed);
+    throw no_such_object_error("sending to '" + std::string(name) + "': " + why);
+}
+
+// ---- registration ----
+
+namespace {
+
+struct unregister_guard {
+    std::shared_ptr<named_object_impl> n;
+    explicit unregister_guard(std::shared_ptr<named_object_impl> o) noexcept : n(std::move(o)) {}
+    unregister_guard(unregister_guard&&) noexcept = default;
+    ~unregister_guard() {
+        if (n) n->unregister();
+    }
+};
+
+}  // namespace
+
+named_handle register_named(session& s, std::string name, std::function<void(incoming&)> fn) {
+    check_name(name, true);
+    if (!s.impl()) throw session_destroyed_error("registering '" + name + "': the session handle is empty");
+    env_core& core = *session_env(s.impl());
+    auto& reg = named_registry::of(core);
+    {
+        std::lock_guard g(reg.lock);
+        core.check_not_stopping("registering named object", name);
+        if (reg.closed) core.check_open("registering named object", name);
+    }
+    auto n = std::make_shared<named_object_impl>();
+    n->name = name;
+    n->env_keep = core.shared_from_this();
+    n->reg = &reg;
+    mbox address;
+    event_object* o = add_inbox(
+        s.impl(), message_type_of<named_delivery>(),
+        handler([fn = std::move(fn), guard = unregister_guard(n)](envelope* e) mutable {
+            auto* d = new named_delivery(std::move(payload_of<named_delivery>(e)));
+            d->handled = true;
+            incoming in(d);
+            fn(in);
+        }),
+        address);
+    named_handle h(o, n);  // from here on, a throw destroys the inbox
+    auto* entry = new named_entry(name, std::move(address));
+    n->entry = entry;
+    if (!reg.table.insert(entry)) {
+        n->done.store(true, std::memory_order_relaxed);
+        delete entry;
+        throw duplicate_name_error("named object '" + name + "' is already registered in environment '" +
+                                   core.name() + "'");
+    }
+    reg.registered.fetch_add(1, std::memory_order_relaxed);
+    return h;
+}
+
+}  // namespace internal
+
+// ---- incoming ----
+
+incoming& incoming::operator=(incoming&& o) noexcept {
+    if (this != &o) {
+        delete d_;
+        d_ = std::exchange(o.d_, nullptr);
+    }
+    return *this;
+}
+
+incoming::~incoming() { delete d_; }
+
+const message_header& incoming::header() const {
+    if (!d_) throw usage_error("incoming: empty (moved from)");
+    return d_->hdr;
+}
+
+message_type incoming::type() const {
+    if (!d_) throw usage_error("incoming: empty (moved from)");
+    return d_->body ? d_->body->type() : message_type{};
+}
+
+internal::envelope* incoming::body() const noexcept { return d_->body; }
+
+void incoming::check_type(message_type t) const {
+    if (type() != t)
+        throw usage_error("message to '" + d_->hdr.destination + "' is a " + readable_name(type()) + ", not a " +
+                          readable_name(t));
+}
+
+bool incoming::answered() const noexcept { return !d_ || !d_->req; }
+
+void incoming::reply_envelope(internal::envelope* e) {
+    internal::envelope_ref keep(e);
+    if (!d_ || !d_->hdr.request)
+        throw usage_error("reply to '" + (d_ ? d_->hdr.destination : std::string("?")) + "': not a request");
+    if (!d_->req)
+        throw usage_error("reply to request #" + std::to_string(d_->hdr.id) + " to '" + d_->hdr.destination +
+                          "': answered already");
+    internal::request_core* r = std::exchange(d_->req, nullptr);
+    if (e->type() != r->reply_type) {
+        std::string why = "the handler of '" + d_->hdr.destination + "' replied with a " + readable_name(e->type()) +
+                          " where a " + readable_name(r->reply_type) + " was expected";
+        if (!r->finish(request_state::rejected, nullptr, why)) d_->reg->orphaned.fetch_add(1, std::memory_order_relaxed);
+        r->release();
+        throw usage_error(why);
+    }
+    if (!r->finish(request_state::replied, keep.release(), {}))
+        d_->reg->orphaned.fetch_add(1, std::memory_order_relaxed);
+    r->release();
+}
+
+void incoming::reject(std::string reason) {
+    if (!d_ || !d_->hdr.request)
+        throw usage_error("reject to '" + (d_ ? d_->hdr.destination : std::string("?")) + "': not a request");
+    if (!d_->req)
+        throw usage_error("reject of request #" + std::to_string(d_->hdr.id) + " to '" + d_->hdr.destination +
+                          "': answered already");
+    internal::request_core* r = std::exchange(d_->req, nullptr);
+    if (!r->finish(request_state::rejected, nullptr, std::move(reason)))
+        d_->reg->orphaned.fetch_add(1, std::memory_order_relaxed);
+    r->release();
+}
+
+// ---- named_handle ----
+
+named_handle::named_handle(internal::event_object* o, std::shared_ptr<internal::named_object_impl> n) noexcept
+    : event_handle(o), named_(std::move(n)) {}
+
+named_handle& named_handle::operator=(named_handle&& o) noexcept {
+    if (this != &o) {
+        destroy();
+        event_handle::operator=(std::move(o));
+        named_ = std::move(o.named_);
+    }
+    return *this;
+}
+
+named_handle::~named_handle() { destroy(); }
+
+const std::string& named_handle::name() const noexcept {
+    static const std::string none;
+    return named_ ? named_->name : none;
+}
+
+bool named_handle::shutdown() noexcept {
+    if (named_) named_->unregister();
+    return event_handle::shutdown();
+}
+
+void named_handle::destroy() noexcept {
+    if (named_) named_->unregister();
+    event_handle::destroy();
+    named_.reset();
+}
+
+}  // namespace mailroom

@@ -1,0 +1,522 @@
+// Named objects and requests: routing by name with `*`, headers, typed errors, safe
+// unregistration, and the states of a request awaited as wait, callback, future or co_await.
+
+#include <mailroom/mailroom.hpp>
+
+#include <test_support.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace mailroom;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct add {
+    int a = 0, b = 0;
+};
+struct order {
+    std::string symbol;
+};
+
+// A session answering `add` requests with their sum on the name given.
+named_handle adder(session& s, std::string name) {
+    return register_named(s, std::move(name), [](incoming& in) { in.reply<int>(in.as<add>().a + in.as<add>().b); });
+}
+
+}  // namespace
+
+TEST(named, a_request_is_replied_and_carries_a_header) {
+    environment env;
+    session server(env, {.name = "server"});
+    message_header seen;
+    auto h = register_named(server, "calc", [&](incoming& in) {
+        seen = in.header();
+        in.reply<int>(in.as<add>().a + in.as<add>().b);
+    });
+    auto r = request<int>(env, "calc", add{2, 3}, {.source = "desk-7"});
+    EXPECT_EQ(r.wait(), request_state::replied);
+    EXPECT_EQ(r.reply(), 5);
+    EXPECT_EQ(r.reason(), "");
+    EXPECT_EQ(seen.source, "desk-7");
+    EXPECT_EQ(seen.destination, "calc");
+    EXPECT_EQ(seen.id, r.id());
+    EXPECT_TRUE(seen.request);
+    auto st = env.stats();
+    EXPECT_EQ(st.requests_posted, 1u);
+    EXPECT_EQ(st.requests_replied, 1u);
+    EXPECT_EQ(st.named_registered, 1u);
+}
+
+TEST(named, the_source_defaults_to_the_sending_session_and_reply_to_is_carried) {
+    environment env;
+    session server(env), client(env, {.name = "client-a"});
+    std::promise<message_header> got;
+    auto h = register_named(server, "log", [&](incoming& in) { got.set_value(in.header()); });
+    client.post([&] { send_to(env, "log", order{"X"}, {.reply_to = "answers"}); });
+    auto f = got.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    auto hdr = f.get();
+    EXPECT_EQ(hdr.source, "client-a");
+    EXPECT_EQ(hdr.reply_to, "answers");
+    EXPECT_FALSE(hdr.request);
+    EXPECT_NE(hdr.id, 0u);
+}
+
+TEST(named, one_handler_serves_many_names_and_sees_which) {
+    environment env;
+    session s(env);
+    auto fn = [](incoming& in) { in.reply<std::string>(in.header().destination); };
+    auto a = register_named(s, "desk/eu", fn);
+    auto b = register_named(s, "desk/us", fn);
+    EXPECT_EQ(request<std::string>(env, "desk/eu", 1).wait(), request_state::replied);
+    auto us = request<std::string>(env, "desk/us", 1);
+    us.wait();
+    EXPECT_EQ(us.reply(), std::string("desk/us"));
+    auto r = request<std::string>(env, "desk/eu", 1);
+    r.wait();
+    EXPECT_EQ(r.reply(), "desk/eu");
+}
+
+TEST(named, the_any_object_receives_what_no_name_matches) {
+    environment env;
+    session s(env);
+    auto calc = adder(s, "calc");
+    auto r0 = request<int>(env, "nobody", add{1, 1});
+    EXPECT_EQ(r0.wait(), request_state::rejected);
+    EXPECT_NE(r0.reason().find("no object named 'nobody'"), std::string::npos) << r0.reason();
+    EXPECT_THROW(r0.reply(), request_failed_error);
+    EXPECT_THROW(send_to(env, "nobody", 1), no_such_object_error);
+    EXPECT_EQ(env.stats().named_rejected, 1u);
+    auto any = register_named(s, "*", [](incoming& in) { in.reply<std::string>("any:" + in.header().destination); });
+    auto r1 = request<std::string>(env, "nobody", 1);
+    r1.wait();
+    EXPECT_EQ(r1.reply(), "any:nobody");
+    auto r2 = request<int>(env, "calc", add{4, 5});
+    r2.wait();
+    EXPECT_EQ(r2.reply(), 9);  // a matching name wins over `*`
+}
+
+TEST(named, invalid_and_taken_names_raise_typed_errors_naming_them) {
+    environment env;
+    session s(env);
+    auto calc = adder(s, "calc");
+    try {
+        auto again = adder(s, "calc");
+        FAIL() << "a taken name was registered";
+    } catch (const duplicate_name_error& e) {
+        EXPECT_NE(std::string(e.what()).find("'calc'"), std::string::npos);
+    }
+    EXPECT_THROW(adder(s, ""), invalid_name_error);
+    EXPECT_THROW(adder(s, std::string(256, 'a')), invalid_name_error);
+    EXPECT_THROW(adder(s, "has space"), invalid_name_error);
+    EXPECT_THROW(adder(s, "semi;colon"), invalid_name_error);
+    EXPECT_NO_THROW(adder(s, std::string(255, 'a')));
+    EXPECT_THROW(send_to(env, "*", 1), invalid_name_error);  // `*` is not a plain name
+    try {
+        auto r = request<int>(env, "bad name", 1);
+        FAIL();
+    } catch (const invalid_name_error& e) {
+        EXPECT_NE(std::string(e.what()).find("'bad name'"), std::string::npos);
+    }
+    // The failed registration left nothing behind: the name is free again after unregister.
+    calc.shutdown();
+    EXPECT_NO_THROW(auto again = adder(s, "calc"));
+}
+
+TEST(named, a_rejection_carries_the_handlers_reason) {
+    environment env;
+    session s(env);
+    auto h = register_named(s, "orders", [](incoming& in) { in.reject("market closed"); });
+    auto r = request<int>(env, "orders", order{"X"});
+    EXPECT_EQ(r.wait(), request_state::rejected);
+    EXPECT_EQ(r.reason(), "market closed");
+    try {
+        (void)r.reply();
+        FAIL();
+    } catch (const request_failed_error& e) {
+        EXPECT_EQ(e.state(), request_state::rejected);
+        EXPECT_NE(std::string(e.what()).find("market closed"), std::string::npos);
+    }
+}
+
+TEST(named, a_reply_of_the_wrong_type_rejects_the_request_and_raises) {
+    environment env;
+    session s(env);
+    std::atomic<bool> raised{false};
+    auto h = register_named(s, "calc", [&](incoming& in) {
+        try {
+            in.reply<std::string>("five");
+        } catch (const usage_error&) {
+            raised = true;
+        }
+    });
+    auto r = request<int>(env, "calc", add{2, 3});
+    EXPECT_EQ(r.wait(), request_state::rejected);
+    EXPECT_NE(r.reason().find("where a int was expected"), std::string::npos) << r.reason();
+    EXPECT_TRUE(test::eventually([&] { return raised.load(); }));  // raised after the rejection
+}
+
+TEST(named, an_unanswered_request_is_abandoned_when_the_handler_drops_it) {
+    environment env;
+    session s(env);
+    auto h = register_named(s, "sink", [](incoming&) {});
+    auto r = request<int>(env, "sink", 1);
+    EXPECT_EQ(r.wait(), request_state::abandoned);
+    EXPECT_NE(r.reason().find("returned without answering"), std::string::npos) << r.reason();
+}
+
+TEST(named, an_incoming_moved_out_is_answered_later_from_another_thread) {
+    environment env;
+    session s(env);
+    std::mutex mu;
+    std::vector<incoming> parked;
+    auto h = register_named(s, "slow", [&](incoming& in) {
+        std::lock_guard g(mu);
+        parked.push_back(std::move(in));
+    });
+    auto r = request<int>(env, "slow", add{20, 22});
+    ASSERT_TRUE(test::eventually([&] {
+        std::lock_guard g(mu);
+        return parked.size() == 1;
+    }));
+    EXPECT_EQ(r.state(), request_state::transmitted);
+    EXPECT_FALSE(r.wait_for(5ms));
+    std::thread([&] {
+        std::lock_guard g(mu);
+        parked[0].reply<int>(parked[0].as<add>().a + parked[0].as<add>().b);
+        EXPECT_THROW(parked[0].reply<int>(0), usage_error);  // answered already
+    }).join();
+    EXPECT_EQ(r.wait(), request_state::replied);
+    EXPECT_EQ(r.reply(), 42);
+}
+
+TEST(named, a_request_times_out_and_a_late_reply_is_counted) {
+    environment env;
+    session s(env);
+    std::mutex mu;
+    std::vector<incoming> parked;
+    auto h = register_named(s, "slow", [&](incoming& in) {
+        std::lock_guard g(mu);
+        parked.push_back(std::move(in));
+    });
+    auto r = request<int>(env, "slow", 1, {.timeout = 20ms});
+    EXPECT_EQ(r.wait(), request_state::abandoned);
+    EXPECT_NE(r.reason().find("timed out"), std::string::npos);
+    ASSERT_TRUE(test::eventually([&] {
+        std::lock_guard g(mu);
+        return parked.size() == 1;
+    }));
+    {
+        std::lock_guard g(mu);
+        parked[0].reply<int>(1);
+    }
+    EXPECT_EQ(env.stats().replies_orphaned, 1u);
+    EXPECT_EQ(r.state(), request_state::abandoned);
+}
+
+TEST(named, then_runs_the_callback_on_the_requesters_session) {
+    environment env;
+    session server(env), client(env, {.name = "client"});
+    auto h = adder(server, "calc");
+    std::promise<std::pair<int, bool>> got;
+    client.post([&] {
+        auto r = request<int>(env, "calc", add{1, 2});
+        r.then(client, [&](const outgoing<int>& done) {
+            got.set_value({done.reply(), mailroom::internal::current_session() == client.impl()});
+        });
+    });
+    auto f = got.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    auto [v, on_client] = f.get();
+    EXPECT_EQ(v, 3);
+    EXPECT_TRUE(on_client);
+}
+
+TEST(named, cancelling_a_request_guarantees_its_callback_does_not_run) {
+    environment env;
+    session server(env), client(env);
+    std::mutex mu;
+    std::vector<incoming> parked;
+    auto h = register_named(server, "slow", [&](incoming& in) {
+        std::lock_guard g(mu);
+        parked.push_back(std::move(in));
+    });
+    std::atomic<int> called{0};
+    auto r = request<int>(env, "slow", 1);
+    r.then(client, [&](const outgoing<int>&) { called.fetch_add(1); });
+    ASSERT_TRUE(test::eventually([&] {
+        std::lock_guard g(mu);
+        return parked.size() == 1;
+    }));
+    EXPECT_TRUE(r.cancel());
+    EXPECT_EQ(r.state(), request_state::abandoned);
+    EXPECT_EQ(r.reason(), "cancelled by the requester");
+    {
+        std::lock_guard g(mu);
+        parked[0].reply<int>(7);  // too late: counted
+    }
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(called.load(), 0);
+    EXPECT_EQ(env.stats().replies_orphaned, 1u);
+    EXPECT_FALSE(r.cancel());
+}
+
+TEST(named, cancel_on_another_thread_waits_for_a_running_callback) {
+    environment env;
+    session server(env), client(env);
+    auto h = adder(server, "calc");
+    std::atomic<bool> inside{false}, left{false};
+    auto r = request<int>(env, "calc", add{1, 1});
+    r.then(client, [&](const outgoing<int>&) {
+        inside = true;
+        std::this_thread::sleep_for(50ms);
+        left = true;
+    });
+    ASSERT_TRUE(test::eventually([&] { return inside.load(); }));
+    r.cancel();
+    EXPECT_TRUE(left.load());  // cancel() returned only after the callback did
+}
+
+TEST(named, a_future_gets_the_reply_or_the_failure) {
+    environment env;
+    session s(env);
+    auto h = adder(s, "calc");
+    auto ok = request<int>(env, "calc", add{6, 7}).future();
+    ASSERT_EQ(ok.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(ok.get(), 13);
+    auto bad = request<int>(env, "nobody", add{}).future();
+    ASSERT_EQ(bad.wait_for(10s), std::future_status::ready);
+    EXPECT_THROW(bad.get(), request_failed_error);
+    auto r = request<int>(env, "calc", add{1, 1});
+    auto f = r.future();
+    EXPECT_THROW(r.future(), usage_error);  // one continuation per request
+    EXPECT_EQ(f.get(), 2);
+}
+
+namespace {
+task ask_twice(environment& env, std::promise<int>& out, session_options* where_hint) {
+    (void)where_hint;
+    auto a = co_await request<int>(env, "calc", add{1, 2});
+    auto b = co_await request<int>(env, "calc", add{a.reply(), 10});
+    auto c = co_await request<int>(env, "nobody", add{});
+    out.set_value(b.reply() * 100 + static_cast<int>(c.state()));
+}
+}  // namespace
+
+TEST(named, co_await_resumes_on_the_session_with_the_final_request) {
+    environment env;
+    session server(env), client(env);
+    auto h = adder(server, "calc");
+    std::promise<int> out;
+    client.post([&] { ask_twice(env, out, nullptr); });
+    auto f = out.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(f.get(), 13 * 100 + static_cast<int>(request_state::rejected));
+}
+
+TEST(named, co_await_outside_a_session_raises_usage_error) {
+    environment env;
+    session s(env);
+    auto h = register_named(s, "slow", [](incoming& in) {
+        std::this_thread::sleep_for(20ms);
+        in.reply<int>(1);
+    });
+    auto r = request<int>(env, "slow", 1);
+    auto aw = r.operator co_await();
+    EXPECT_THROW(aw.await_suspend(std::noop_coroutine()), usage_error);
+    r.wait();
+}
+
+TEST(named, shutdown_on_another_thread_waits_for_the_running_handler_and_stops_delivery) {
+    environment env;
+    session s(env);
+    std::atomic<bool> inside{false}, running{false};
+    std::atomic<int> after{0};
+    std::atomic<bool> shut{false};
+    auto h = register_named(s, "svc", [&](incoming& in) {
+        running = true;
+        if (shut) after.fetch_add(1);
+        inside = true;
+        std::this_thread::sleep_for(30ms);
+        running = false;
+        in.reply<int>(1);
+    });
+    auto first = request<int>(env, "svc", 1);
+    std::vector<outgoing<int>> queued;
+    for (int i = 0; i < 5; ++i) queued.push_back(request<int>(env, "svc", i));
+    ASSERT_TRUE(test::eventually([&] { return inside.load(); }));
+    h.shutdown();
+    shut = true;
+    EXPECT_FALSE(running.load());  // the running handler returned before shutdown() did
+    EXPECT_EQ(first.wait(), request_state::replied);
+    for (auto& q : queued) {
+        EXPECT_EQ(q.wait(), request_state::abandoned);  // queued, then refused: never waits forever
+        EXPECT_NE(q.reason().find("went away"), std::string::npos) << q.reason();
+    }
+    EXPECT_EQ(after.load(), 0);
+    EXPECT_EQ(request<int>(env, "svc", 1).wait(), request_state::rejected);  // the name is free
+    EXPECT_EQ(env.stats().named_unregistered, 1u);
+}
+
+TEST(named, unregistering_inside_the_handler_does_not_deadlock) {
+    environment env;
+    session s(env);
+    named_handle h;
+    std::atomic<int> calls{0};
+    h = register_named(s, "once", [&](incoming& in) {
+        calls.fetch_add(1);
+        h.shutdown();
+        in.reply<int>(1);
+    });
+    auto a = request<int>(env, "once", 1);
+    auto b = request<int>(env, "once", 2);
+    EXPECT_EQ(a.wait(), request_state::replied);
+    EXPECT_NE(b.wait(), request_state::replied);
+    EXPECT_EQ(calls.load(), 1);
+}
+
+TEST(named, destroying_the_session_unregisters_and_abandons_what_was_queued) {
+    environment env;
+    auto s = std::make_unique<session>(env);
+    std::atomic<bool> inside{false};
+    auto h = register_named(*s, "svc", [&](incoming& in) {
+        inside = true;
+        std::this_thread::sleep_for(20ms);
+        in.reply<int>(1);
+    });
+    h.detach();
+    auto first = request<int>(env, "svc", 1);
+    auto queued = request<int>(env, "svc", 2);
+    ASSERT_TRUE(test::eventually([&] { return inside.load(); }));
+    s->destroy();
+    EXPECT_EQ(first.wait(), request_state::replied);
+    EXPECT_EQ(queued.wait(), request_state::abandoned);
+    ASSERT_TRUE(test::eventually([&] { return request<int>(env, "svc", 1).wait() == request_state::rejected; }));
+}
+
+TEST(named, stopping_the_environment_leaves_no_request_waiting) {
+    auto env = std::make_unique<environment>();
+    session s(*env);
+    std::mutex mu;
+    std::vector<incoming> parked;
+    auto h = register_named(s, "slow", [&](incoming& in) {
+        std::lock_guard g(mu);
+        parked.push_back(std::move(in));
+    });
+    h.detach();
+    s.detach();
+    std::vector<outgoing<int>> rs;
+    for (int i = 0; i < 50; ++i) rs.push_back(request<int>(*env, "slow", i));
+    env->stop();
+    env->join();
+    {
+        std::lock_guard g(mu);
+        parked.clear();  // the handler kept some: dropping them abandons those
+    }
+    for (auto& r : rs) EXPECT_TRUE(r.wait_for(5s)) << to_string(r.state());
+    auto late = request<int>(*env, "slow", 1);
+    EXPECT_EQ(late.state(), request_state::abandoned);
+    EXPECT_NE(late.reason().find("stopped"), std::string::npos);
+    EXPECT_THROW(send_to(*env, "slow", 1), environment_stopped_error);
+    auto st = env->stats();
+    EXPECT_EQ(st.requests_posted, st.requests_replied + st.requests_rejected + st.requests_abandoned);
+}
+
+namespace {
+struct asker final : agent {
+    environment* e = nullptr;
+    std::promise<int>* out = nullptr;
+    std::atomic<int>* off_context = nullptr;
+    std::atomic<int> running{0};
+    struct go final : signal {};
+    struct poke final : signal {};
+    void configure() override {
+        subscribe(direct_mbox(), [this](go) { run(); });
+        subscribe(direct_mbox(), [this](poke) {
+            if (running.load()) off_context->fetch_add(1);  // would overlap a resumed step
+        });
+    }
+    // Each step between two co_awaits runs on this agent's context, as a handler would.
+    void step_begins() {
+        if (mailroom::internal::current_agent_ref().core == nullptr) off_context->fetch_add(1);
+        running = 1;
+        for (int i = 0; i < 5; ++i) send<poke>(direct_mbox());
+        std::this_thread::sleep_for(2ms);  // the pokes wait: the agent is busy with this step
+        running = 0;
+    }
+    task run() {
+        step_begins();
+        auto a = co_await request<int>(*e, "calc", add{20, 1});
+        step_begins();
+        auto b = co_await request<int>(*e, "calc", add{a.reply(), 21});
+        step_begins();
+        out->set_value(b.reply());
+    }
+};
+}  // namespace
+
+TEST(named, co_await_inside_an_agent_resumes_on_the_agent) {
+    environment env;
+    session server(env);
+    auto h = adder(server, "calc");
+    std::promise<int> out;
+    std::atomic<int> off_context{0};
+    coop c(env);
+    auto& a = c.make_agent<asker>();
+    a.e = &env;
+    a.out = &out;
+    a.off_context = &off_context;
+    mbox m = a.direct_mbox();
+    register_coop(std::move(c));
+    send<asker::go>(m);
+    auto f = out.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(f.get(), 42);
+    EXPECT_EQ(off_context.load(), 0);
+}
+
+namespace {
+struct frame_guard {
+    std::atomic<int>* destroyed;
+    ~frame_guard() { destroyed->fetch_add(1); }
+};
+task await_then_count(environment& env, std::atomic<int>* destroyed, std::atomic<int>* resumed) {
+    frame_guard g{destroyed};
+    auto r = co_await request<int>(env, "slow", 1);
+    resumed->fetch_add(1);
+}
+}  // namespace
+
+TEST(named, a_coroutine_whose_session_is_destroyed_is_destroyed_unresumed) {
+    environment env;
+    session server(env);
+    std::mutex mu;
+    std::vector<incoming> parked;
+    auto h = register_named(server, "slow", [&](incoming& in) {
+        std::lock_guard g(mu);
+        parked.push_back(std::move(in));
+    });
+    std::atomic<int> destroyed{0}, resumed{0};
+    session client(env);
+    client.post([&] { await_then_count(env, &destroyed, &resumed); });
+    ASSERT_TRUE(test::eventually([&] {
+        std::lock_guard g(mu);
+        return parked.size() == 1;
+    }));
+    client.destroy();
+    EXPECT_EQ(destroyed.load(), 0);  // suspended, waiting for its answer
+    {
+        std::lock_guard g(mu);
+        parked[0].reply<int>(1);
+    }
+    EXPECT_TRUE(test::eventually([&] { return destroyed.load() == 1; }));
+    EXPECT_EQ(resumed.load(), 0);
+}
