@@ -1,13 +1,16 @@
 // `mailroom demo`: a feed publishes quotes on a named topic to many subscribers on a thread pool,
 // while cooperations come and go from the main thread, sessions with timers, inboxes and
-// subscriptions come and go from another thread, delayed messages are armed and cancelled, and
-// a reporter prints a live progress line. At the end the environment's own
-// statistics must show that nothing leaked and every message is accounted for.
+// subscriptions come and go from another thread, delayed messages are armed and cancelled,
+// requesters ask the named objects "pricer" and "risk" while a third thread registers and
+// unregisters "risk", and a reporter prints a live progress line. At the end the environment's
+// own statistics must show that nothing leaked, every message is accounted for and every
+// request reached a final state.
 
 #include "demo.hpp"
 
 #include "demo_agents.hpp"
 #include "demo_metrics.hpp"
+#include "demo_named.hpp"
 #include "demo_report.hpp"
 #include "demo_sessions.hpp"
 
@@ -193,12 +196,12 @@ mbox register_feed(environment& env, const dispatcher& pool, const mbox& quotes,
 }
 
 // On the default dispatcher, with the timekeeper: neither has much to do.
-void register_reporter(environment& env, const mbox& feed_mbox, int seconds, progress_printer& printer,
-                       demo_metrics& metrics) {
+void register_reporter(environment& env, const mbox& feed_mbox, const mbox& requests, int seconds,
+                       progress_printer& printer, demo_metrics& metrics) {
     coop_options o;
     o.name = "reporter";
     introduce_coop(env, std::move(o), [&](coop& c) {
-        c.make_agent<reporter>(reporter_options{feed_mbox, seconds}, printer, metrics);
+        c.make_agent<reporter>(reporter_options{feed_mbox, requests, seconds}, printer, metrics);
     });
 }
 
@@ -214,7 +217,8 @@ int run(const demo_options& options) {
     register_subscribers(env, pool, quotes, options.subscribers, metrics);
     const coop_handle churn_parent = register_churn_parent(env, metrics);
     const mbox feed_mbox = register_feed(env, pool, quotes, options.subscribers, metrics);
-    register_reporter(env, feed_mbox, options.seconds, printer, metrics);
+    named_traffic requests(env, pool, quotes, metrics);  // on a thread of its own
+    register_reporter(env, feed_mbox, requests.control(), options.seconds, printer, metrics);
 
     const std::int64_t started = now_ns();
     session_churn sessions(env, pool, quotes, metrics);  // on a thread of its own
@@ -222,6 +226,7 @@ int run(const demo_options& options) {
     env.join();  // the reporter stops the environment when the time is up
     const std::int64_t joined = now_ns();
     sessions.join();
+    requests.join();
 
     run_summary summary;
     summary.seconds = static_cast<double>(joined - started) / 1e9;

@@ -177,6 +177,7 @@ reporter::reporter(reporter_options options, progress_printer& printer, demo_met
 void reporter::configure() {
     subscribe(direct_mbox(), &reporter::on_tick);
     subscribe(direct_mbox(), &reporter::on_feed_stopped);
+    subscribe(direct_mbox(), &reporter::on_requests_stopped);
 }
 
 void reporter::on_start() {
@@ -190,9 +191,24 @@ void reporter::on_tick(const progress_tick&) {
     if (elapsed_s_ < options_.seconds) return;
     tick_.cancel();
     send<stop_feed>(options_.feed, direct_mbox());
+    if (options_.requests)
+        send<stop_requests>(options_.requests, direct_mbox());
+    else
+        requests_stopped_ = true;
 }
 
 void reporter::on_feed_stopped(const feed_stopped&) {
+    feed_stopped_ = true;
+    stop_once_quiet();
+}
+
+void reporter::on_requests_stopped(const requests_stopped&) {
+    requests_stopped_ = true;
+    stop_once_quiet();
+}
+
+void reporter::stop_once_quiet() {
+    if (!feed_stopped_ || !requests_stopped_) return;
     metrics_.stop_requested_ns.store(now_ns(), std::memory_order_relaxed);
     stop_environment();
 }

@@ -40,6 +40,15 @@ struct feed_stopped {
     std::uint64_t published;
 };
 
+/// Asks the named-object traffic to stop asking; it answers with requests_stopped once every
+/// request it issued is final and seen.
+struct stop_requests {
+    mbox reply_to;
+};
+struct requests_stopped {
+    bool drained;  ///< false when some request was still not final after the drain's limit
+};
+
 struct publish_tick final : signal {};
 struct progress_tick final : signal {};
 struct timekeeper_tick final : signal {};
@@ -159,11 +168,14 @@ class progress_printer;
 
 struct reporter_options {
     mbox feed;
+    /// Where to send stop_requests (none when empty).
+    mbox requests;
     int seconds = 10;
 };
 
-/// Prints the progress line once a second and, when the time is up, stops the feed and then
-/// the environment (in that order, so every steady subscriber sees the last quote).
+/// Prints the progress line once a second and, when the time is up, stops the feed and the
+/// requests and then the environment (in that order, so every steady subscriber sees the last
+/// quote and every requester the answer to its last request).
 class reporter final : public agent {
 public:
     reporter(reporter_options options, progress_printer& printer, demo_metrics& metrics);
@@ -176,12 +188,16 @@ protected:
 private:
     void on_tick(const progress_tick&);
     void on_feed_stopped(const feed_stopped&);
+    void on_requests_stopped(const requests_stopped&);
+    void stop_once_quiet();
 
     reporter_options options_;
     progress_printer& printer_;
     demo_metrics& metrics_;
     timer_handle tick_;
     int elapsed_s_ = 0;
+    bool feed_stopped_ = false;
+    bool requests_stopped_ = false;
 };
 
 }  // namespace mailroom::tool

@@ -130,6 +130,34 @@ struct demo_metrics {
     std::atomic<std::uint64_t> session_objects_stopped_by_themselves{0};  ///< from their own callbacks
     std::atomic<std::uint64_t> session_objects_stopped_by_others{0};      ///< from another thread or session
 
+    /// Requests to the named objects, as the demo saw them end: each is counted issued before
+    /// it is sent, then once in a final state by the callback, coroutine or thread that waited.
+    std::atomic<std::uint64_t> requests_issued{0};
+    std::atomic<std::uint64_t> requests_seen_replied{0};
+    std::atomic<std::uint64_t> requests_seen_rejected{0};
+    std::atomic<std::uint64_t> requests_seen_abandoned{0};
+    std::atomic<std::uint64_t> requests_seen_no_object{0};  ///< rejected: no object had the name
+    std::atomic<std::uint64_t> requests_seen_timed_out{0};  ///< abandoned: the timeout passed
+    std::atomic<std::uint64_t> requests_seen_went_away{0};  ///< abandoned: queued when its object went away
+    std::atomic<std::uint64_t> requests_seen_by_then{0};
+    std::atomic<std::uint64_t> requests_seen_by_co_await{0};
+    std::atomic<std::uint64_t> requests_seen_by_blocking{0};  ///< future() and wait() on a foreign thread
+    /// Requests whose then-callback or coroutine went without seeing them final. A bug.
+    std::atomic<std::uint64_t> requests_unseen{0};
+    std::atomic<std::uint64_t> request_tasks_started{0};
+    std::atomic<std::uint64_t> request_tasks_finished{0};
+    /// Requester ticks that asked nothing because too many requests were still in flight.
+    std::atomic<std::uint64_t> request_ticks_skipped{0};
+    /// Replies that did not answer what was asked (another symbol, bid not below ask). A bug.
+    std::atomic<std::uint64_t> bad_replies{0};
+    /// Set once every request issued was seen final, before the environment was asked to stop.
+    std::atomic<bool> requests_drained{false};
+    std::atomic<std::uint64_t> risk_registrations{0};
+    std::atomic<std::uint64_t> risk_shut_down_by_thread{0};   ///< shutdown() from the registering thread
+    std::atomic<std::uint64_t> risk_destroyed_by_handler{0};  ///< destroy() inside its own handler
+    /// Handlers that found their sentinel set: they ran after an unregister had returned. A bug.
+    std::atomic<std::uint64_t> named_handler_after_unregister{0};
+
     latency_histogram latency;
 };
 

@@ -99,6 +99,8 @@ void progress_printer::print(const environment_stats& stats) {
         "  quotes " + right(format_rate(static_cast<double>(now.published - last_.published) / dt), 10) +
         "  deliveries " + right(format_rate(static_cast<double>(now.env.messages_delivered -
                                                                 last_.env.messages_delivered) / dt), 10) +
+        "  requests " + right(format_rate(static_cast<double>(now.env.requests_posted -
+                                                              last_.env.requests_posted) / dt), 9) +
         "  queue " + right(format_count(now.env.queue_depth), 7) +
         "  latency p50 " + right(format_latency(latency, 0.50), 8) +
         "  p99 " + right(format_latency(latency, 0.99), 8) +
@@ -132,6 +134,13 @@ std::vector<check> evaluate(const run_summary& run, const environment_stats& s, 
     const auto steady = static_cast<std::uint64_t>(run.steady_subscribers);
     const std::uint64_t reminders_settled =
         m.reminders_delivered.load() + m.reminders_cancelled.load() + m.reminders_cancelled_at_end.load();
+    const std::uint64_t requests_final = s.requests_replied + s.requests_rejected + s.requests_abandoned;
+    const std::uint64_t issued = m.requests_issued.load();
+    // What the demo saw matches the environment's books, state by state, and nothing went unseen.
+    const bool requests_seen = m.requests_drained.load() && m.requests_unseen.load() == 0 &&
+                               issued == s.requests_posted && m.requests_seen_replied.load() == s.requests_replied &&
+                               m.requests_seen_rejected.load() == s.requests_rejected &&
+                               m.requests_seen_abandoned.load() == s.requests_abandoned;
     return {
         {"every agent created was destroyed (" + format_count(s.agents_created) + ")",
          s.agents_created == s.agents_destroyed},
@@ -153,6 +162,16 @@ std::vector<check> evaluate(const run_summary& run, const environment_stats& s, 
          s.sessions_created == s.sessions_destroyed && s.event_objects_created == s.event_objects_destroyed},
         {"no session callback ran after its shutdown() or destroy() returned",
          m.session_callbacks_after_shutdown.load() == 0},
+        {"every named object registered was unregistered (" + format_count(s.named_registered) + ")",
+         s.named_registered == s.named_unregistered},
+        {"requests posted = replied + rejected + abandoned, none left waiting (" + format_count(s.requests_posted) +
+             ")",
+         requests_final == s.requests_posted},
+        {"every request the demo issued was seen final by its then(), co_await or waiting thread (" +
+             format_count(issued) + ")",
+         requests_seen},
+        {"every reply answered what was asked", m.bad_replies.load() == 0},
+        {"no named handler ran after its unregister returned", m.named_handler_after_unregister.load() == 0},
         {"no handler threw", s.handler_exceptions == 0},
         {"no timer left pending", s.timers_pending == 0},
     };
@@ -212,6 +231,36 @@ void print_sessions(const environment_stats& s, const demo_metrics& m) {
     row("", "after shutdown returned", format_count(m.session_callbacks_after_shutdown.load()), "must be 0");
 }
 
+void print_named(const run_summary& run, const environment_stats& s, const demo_metrics& m) {
+    row("named objects", "registered", format_count(s.named_registered),
+        ("pricer once, risk " + format_count(m.risk_registrations.load()) + " times").c_str());
+    row("", "unregistered", format_count(s.named_unregistered));
+    row("", "risk shut down by thread", format_count(m.risk_shut_down_by_thread.load()),
+        "shutdown() from the registering thread");
+    row("", "risk destroyed by handler", format_count(m.risk_destroyed_by_handler.load()),
+        "destroy() inside its own handler");
+    row("", "after unregister returned", format_count(m.named_handler_after_unregister.load()), "must be 0");
+    row("requests", "posted", format_count(s.requests_posted),
+        format_rate(static_cast<double>(s.requests_posted) / run.seconds).c_str());
+    row("", "replied", format_count(s.requests_replied));
+    row("", "rejected", format_count(s.requests_rejected),
+        (format_count(m.requests_seen_no_object.load()) + " found no object, the rest by a handler").c_str());
+    row("", "abandoned", format_count(s.requests_abandoned),
+        (format_count(m.requests_seen_timed_out.load()) + " timed out, " +
+         format_count(m.requests_seen_went_away.load()) + " queued when risk went away")
+            .c_str());
+    row("", "replies orphaned", format_count(s.replies_orphaned), "answered after the requester gave up");
+    row("", "seen by the demo", format_count(m.requests_seen_replied.load() + m.requests_seen_rejected.load() +
+                                            m.requests_seen_abandoned.load()),
+        (format_count(m.requests_issued.load()) + " issued").c_str());
+    row("", "seen by then()", format_count(m.requests_seen_by_then.load()));
+    row("", "seen by co_await", format_count(m.requests_seen_by_co_await.load()), "in mailroom::task coroutines");
+    row("", "seen by future(), wait()", format_count(m.requests_seen_by_blocking.load()), "from a foreign thread");
+    row("", "unseen", format_count(m.requests_unseen.load()), "callback or coroutine dropped: must be 0");
+    row("", "requester ticks skipped", format_count(m.request_ticks_skipped.load()),
+        "too many in flight: that tick asked nothing");
+}
+
 void print_quotes(const run_summary& run, const demo_metrics& m) {
     const latency_snapshot latency = m.latency.snapshot();
     const std::uint64_t published = m.quotes_final.load();
@@ -233,12 +282,14 @@ void print_quotes(const run_summary& run, const demo_metrics& m) {
 
 bool print_report(const run_summary& run, const environment_stats& s, const demo_metrics& m,
                   const std::vector<check>& checks) {
-    std::printf("\nmailroom demo: %.1f s, %d steady subscribers on a pool of %zu threads, churn every 100 ms\n\n",
+    std::printf("\nmailroom demo: %.1f s, %d steady subscribers on a pool of %zu threads, churn every 100 ms, "
+                "risk re-registered every 50..110 ms\n\n",
                 run.seconds, run.steady_subscribers, run.pool_threads);
     print_objects(s, m);
     print_messages(s);
     print_timers(s, m);
     print_sessions(s, m);
+    print_named(run, s, m);
     print_quotes(run, m);
     row("shutdown", "stop() to joined", format_duration_ns(static_cast<std::uint64_t>(run.shutdown_ns)),
         "cooperations deregistered, threads joined");
@@ -248,8 +299,9 @@ bool print_report(const run_summary& run, const environment_stats& s, const demo
         std::printf("  [%s] %s\n", c.passed ? " ok " : "FAIL", c.what.c_str());
         all = all && c.passed;
     }
-    std::printf("\nverdict: %s\n", all ? "PASS - nothing leaked, nothing lost unseen, every quote in order"
-                                        : "FAIL - see the checks above");
+    std::printf("\nverdict: %s\n",
+                all ? "PASS - nothing leaked, nothing lost unseen, every quote in order, every request final"
+                    : "FAIL - see the checks above");
     return all;
 }
 

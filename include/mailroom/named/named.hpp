@@ -201,7 +201,8 @@ public:
 
     /// Calls `f(const outgoing<R>&)` on session `s` once the request is final. Cancelling the
     /// request (cancel()) guarantees `f` will not run; when cancel() returns on another thread
-    /// than `s`'s, `f` is not running either.
+    /// than `s`'s, `f` is not running either. Like any posted call, `f` does not run (and is
+    /// destroyed) when `s` is destroyed first, e.g. when the environment stops.
     template <class F>
     void then(session& s, F&& f) {
         if (!s.impl()) throw session_destroyed_error("then: the session handle is empty");
@@ -337,7 +338,7 @@ MAILROOM_EXPORT named_handle register_named(session& s, std::string name, std::f
 }
 
 /// Registers `name` (or `*`, the any-object) on session `s`: `f(incoming&)` runs on the
-/// session for every message sent to it. Any thread. Raises invalid_name_error,
+/// session for every message sent to it (`f` must be copyable: it is held in a std::function). Any thread. Raises invalid_name_error,
 /// duplicate_name_error (naming it), session_destroyed_error, environment_stopped_error.
 template <class F>
 [[nodiscard]] named_handle register_named(session& s, std::string name, F&& f) {
