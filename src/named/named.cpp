@@ -297,6 +297,12 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
                 reason = std::move(why);
             } catch (...) {
             }
+            // Counted before the state is published: whoever sees it final sees it counted.
+            switch (final) {
+                case request_state::replied: reg->replied.fetch_add(1, std::memory_order_relaxed); break;
+                case request_state::rejected: reg->rejected.fetch_add(1, std::memory_order_relaxed); break;
+                default: reg->abandoned.fetch_add(1, std::memory_order_relaxed); break;
+            }
             st.store(static_cast<std::uint32_t>(final), std::memory_order_seq_cst);
             c = std::exchange(cont, nullptr);
             carg = cont_arg;
@@ -306,11 +312,6 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
     if (body) body->release();
     if (won) {
         if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake(st, INT_MAX);
-        switch (final) {
-            case request_state::replied: reg->replied.fetch_add(1, std::memory_order_relaxed); break;
-            case request_state::rejected: reg->rejected.fetch_add(1, std::memory_order_relaxed); break;
-            default: reg->abandoned.fetch_add(1, std::memory_order_relaxed); break;
-        }
         if (t) {
             t->cancel();
             t->release();
