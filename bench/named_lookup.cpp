@@ -2,17 +2,19 @@
 // rculfhash, no lock), against the usual alternative: a std::shared_mutex taken shared around a
 // std::unordered_map<std::string, object*> (heterogeneous lookup, no allocation either).
 //
-//   names    10 or 100,000 listed names; the looked-up names are in a shuffled order
+//   names    10 or 100,000 listed names, looked up in a shuffled order
 //   churn    another thread registers and unregisters other names continuously (insert a
 //            new object, remove one listed 2,048 steps earlier), as fast as it can
+//   2 readers  a second thread looks up the same names at the same time (the figure is the
+//            timed thread's): where a shared lock's one cache line starts to bounce
 //   empty    a lookup of an absent name in an empty table: the fixed cost (read lock, hash,
-//            one bucket, unlock); `urcu_bp lock+unlock` is the read-side pair alone
+//            one bucket, unlock); `urcu_bp lock+unlock` is liburcu's read-side pair alone
 //
-// One reader thread (the main thread); the churner, when there is one, is a second thread.
-// Prints a table of ns per lookup (median of the runs, min and max) and the ratios, then
-// `RESULT workload=N1 system=<rcu_table|shared_mutex_map> variant=<...> value=<ns> unit=ns_per_lookup`
-// lines. Checks that every lookup of a listed name found the right object.
-// Usage: bench_named_lookup [--quick]
+// Each measurement runs for a fixed time on the main thread; the two systems alternate so that
+// a noisy moment hits both. Prints ns per lookup (median of the runs, min and max) and the
+// ratio, then `RESULT workload=N1 system=<rcu_table|shared_mutex_map> variant=<...> value=<ns>
+// unit=ns_per_lookup` lines. Checks that every lookup of a listed name found its own object.
+// Usage: bench_named_lookup [--quick]   (about 15 s; --quick about 2 s)
 
 #include "../src/named/name_table.hpp"
 
@@ -91,6 +93,7 @@ public:
         }
         delete o;  // no reader can hold it: they hold the shared lock while they use it
     }
+    void settle() {}
     std::uint64_t value_of(std::string_view name) const {
         std::shared_lock lock(mutex_);
         auto it = map_.find(name);
@@ -111,6 +114,12 @@ struct rcu_table {
         return false;
     }
     void remove(std::string_view name) { t.remove(name); }
+    // Lets the call_rcu thread finish the releases (and liburcu's worker a resize) that an
+    // earlier churn left, so that they do not compete with the next measurement for the CPUs.
+    void settle() {
+        t.wait_for_releases();
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     std::uint64_t value_of(std::string_view name) const {
         return t.read(name, [](name_entry* e) { return e ? static_cast<table_object*>(e)->obj.value : 0; });
     }
@@ -153,30 +162,74 @@ private:
 };
 
 struct run_result {
-    double ns;
-    double churn_per_s;
+    double ns;           // per lookup, on the timed reader
+    double churn_per_s;  // writer operations per second meanwhile
 };
 
-// `lookups` lookups of the listed names in a shuffled order; every one must find its object.
+// Looks up names[order[i]] for i = first, first + 1, ... until `stop`, adding up the values found.
+template <class Table>
+long lookup_loop(const Table& table, const std::vector<std::string>& keys, const std::vector<std::uint32_t>& order,
+                 std::size_t first, const std::function<bool(long)>& stop, std::uint64_t& sum) {
+    const std::size_t mask = order.size() - 1;
+    long done = 0;
+    do {
+        for (int j = 0; j < 1024; ++j, ++done)
+            sum += table.value_of(keys[order[(first + static_cast<std::size_t>(done)) & mask]]);
+    } while (!stop(done));
+    return done;
+}
+
+std::uint64_t expected_sum(const std::vector<std::uint32_t>& order, std::size_t first, long done) {
+    const std::size_t mask = order.size() - 1;
+    std::uint64_t sum = 0;
+    for (long i = 0; i < done; ++i) sum += order[(first + static_cast<std::size_t>(i)) & mask] + 1u;
+    return sum;
+}
+
+// Lookups of the listed names in a shuffled order for `seconds` on this thread (and, with
+// readers > 1, as many others at once on other threads); every one must find its object.
 template <class Table>
 run_result measure(Table& table, const std::vector<std::string>& keys, const std::vector<std::uint32_t>& order,
-                   long lookups, bool churn) {
+                   double seconds, bool churn, int readers) {
+    table.settle();
     std::unique_ptr<churner<Table>> ch;
     if (churn) ch = std::make_unique<churner<Table>>(table);
-    const long churn0 = ch ? ch->ops() : 0;
-    const std::size_t mask = order.size() - 1;
-    std::uint64_t sum = 0, expected = 0;
-    const auto t0 = clk::now();
-    for (long i = 0; i < lookups; ++i) {
-        const std::uint32_t k = order[static_cast<std::size_t>(i) & mask];
-        sum += table.value_of(keys[k]);
+    std::atomic<bool> stop_others{false};
+    struct other {
+        std::thread t;
+        std::uint64_t sum = 0;
+        long done = 0;
+        std::size_t first = 0;
+    };
+    std::vector<other> others(static_cast<std::size_t>(readers - 1));
+    std::atomic<int> started{0};
+    for (std::size_t r = 0; r < others.size(); ++r) {
+        auto& o = others[r];
+        o.first = (r + 1) * order.size() / static_cast<std::size_t>(readers);
+        o.t = std::thread([&] {
+            started.fetch_add(1);
+            auto stop = [&](long) { return stop_others.load(std::memory_order_relaxed); };
+            o.done = lookup_loop(table, keys, order, o.first, stop, o.sum);
+        });
     }
+    while (started.load() < readers - 1) std::this_thread::yield();
+
+    const long churn0 = ch ? ch->ops() : 0;
+    const auto t0 = clk::now();
+    const auto until = t0 + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(seconds));
+    std::uint64_t sum = 0;
+    auto stop = [&](long n) { return n % 16384 == 0 && clk::now() >= until; };
+    const long done = lookup_loop(table, keys, order, 0, stop, sum);
     const auto t1 = clk::now();
     const long churned = ch ? ch->ops() - churn0 : 0;
-    for (long i = 0; i < lookups; ++i) expected += order[static_cast<std::size_t>(i) & mask] + 1u;
-    if (sum != expected) fail("lookups found " + std::to_string(sum) + ", expected " + std::to_string(expected));
+    stop_others.store(true);
+    for (auto& o : others) o.t.join();
+
+    if (sum != expected_sum(order, 0, done)) fail("lookups found the wrong objects");
+    for (auto& o : others)
+        if (o.sum != expected_sum(order, o.first, o.done)) fail("another reader found the wrong objects");
     const double secs = std::chrono::duration<double>(t1 - t0).count();
-    return {secs * 1e9 / static_cast<double>(lookups), static_cast<double>(churned) / secs};
+    return {secs * 1e9 / static_cast<double>(done), static_cast<double>(churned) / secs};
 }
 
 template <class Table>
@@ -222,10 +275,11 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
-    const long lookups = quick ? 500'000 : 5'000'000;
+    const double seconds = quick ? 0.05 : 0.25;  // per measurement
+    const long fixed_lookups = quick ? 500'000 : 2'000'000;
     const int runs = quick ? 1 : 3;
     const std::size_t sizes[] = {10, 100'000};
-    std::printf("# N1: %ld lookups per run, %d runs, 1 reader thread, %u hardware threads\n", lookups, runs,
+    std::printf("# N1: %.2f s of lookups per measurement, %d runs, %u hardware threads\n", seconds, runs,
                 std::thread::hardware_concurrency());
 
     struct row {
@@ -240,9 +294,9 @@ int main(int argc, char** argv) {
     for (int r = 0; r < runs; ++r) {
         rcu_table rt;
         locked_map lm;
-        lock_pair.push_back(measure_read_lock(lookups));
-        empty.rcu.push_back(measure_empty(rt, lookups));
-        empty.map.push_back(measure_empty(lm, lookups));
+        lock_pair.push_back(measure_read_lock(fixed_lookups));
+        empty.rcu.push_back(measure_empty(rt, fixed_lookups));
+        empty.map.push_back(measure_empty(lm, fixed_lookups));
     }
     rows.push_back(empty);
 
@@ -263,14 +317,21 @@ int main(int argc, char** argv) {
             if (!rt.insert(keys[i], i + 1) || !lm.insert(keys[i], i + 1)) fail("duplicate name " + keys[i]);
         }
         rt.t.wait_for_releases();
-        for (bool churn : {false, true}) {
-            row rw{std::to_string(n) + " names" + (churn ? ", churning writer" : ""),
-                   std::to_string(n) + (churn ? "_churn" : ""),
+        struct variant {
+            bool churn;
+            int readers;
+        };
+        std::vector<variant> variants = {{false, 1}, {true, 1}};
+        if (n == 10) variants.push_back({false, 2});
+        for (auto [churn, readers] : variants) {
+            const std::string what = churn ? ", churning writer" : readers > 1 ? ", 2 readers" : "";
+            row rw{std::to_string(n) + " names" + what,
+                   std::to_string(n) + (churn ? "_churn" : readers > 1 ? "_2readers" : ""),
                    {},
                    {}};
             for (int r = 0; r < runs; ++r) {  // alternated, so that a noisy moment hits both
-                auto a = measure(rt, keys, order, lookups, churn);
-                auto b = measure(lm, keys, order, lookups, churn);
+                auto a = measure(rt, keys, order, seconds, churn, readers);
+                auto b = measure(lm, keys, order, seconds, churn, readers);
                 rw.rcu.push_back(a.ns);
                 rw.map.push_back(b.ns);
                 rw.rcu_churn += a.churn_per_s / runs;

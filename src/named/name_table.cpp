@@ -26,9 +26,9 @@
 
 // liburcu allocates, locks and frees its own structures (call_rcu and rcu_barrier completions,
 // the resize worker's work items) across its own threads, ordered by futexes ThreadSanitizer
-// does not see: each such hand-over is reported as a race inside liburcu. This makes ThreadSanitizer
-// skip what uninstrumented libraries do through its interceptors (malloc, free, pthread
-// mutexes), as it does by default on macOS; mailroom's own ordering through liburcu is
+// does not see: each such hand-over is reported as a race inside liburcu. This option makes
+// ThreadSanitizer skip what uninstrumented libraries do through its interceptors (malloc, free,
+// pthread mutexes), as it does by default on macOS; mailroom's own ordering through liburcu is
 // described to it below. Weak: a program's own __tsan_default_options wins (it then needs this
 // option too), and TSAN_OPTIONS still overrides it.
 extern "C" __attribute__((weak, visibility("default"))) const char* __tsan_default_options() {
@@ -124,6 +124,9 @@ name_entry::~name_entry() {
     if (listed_) fatal("name_entry destroyed while still listed in a name_table");
 }
 
+// With accounting, liburcu grows a table past 2,048 buckets only when it holds 8 entries per
+// bucket (then to one per bucket), and shrinks it as entries go: chains of up to ~8 nodes in
+// large tables, each a cache miss (see bench/named_lookup.cpp at 100,000 names).
 name_table::name_table()
     : ht_(cds_lfht_new_flavor(64, 64, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING, &urcu_bp_flavor, nullptr)) {
     if (!ht_) throw std::bad_alloc();
@@ -191,6 +194,17 @@ bool name_table::remove(name_entry* e) noexcept {
     return true;
 }
 
+bool name_table::remove(std::string_view name, const name_entry* e) noexcept {
+    if (!e) return false;
+    std::lock_guard lock(mutex_);
+    urcu_bp_read_lock();
+    name_entry* listed = find(name);
+    const bool same = listed == e;
+    if (same) unlink_locked(listed);
+    urcu_bp_read_unlock();
+    return same;
+}
+
 void name_table::unlink_locked(name_entry* e) noexcept {
     links* l = name_table_access::of(e);
     // Writers are serialised, so no one else can have deleted it.
@@ -205,11 +219,14 @@ void name_table::unlink_locked(name_entry* e) noexcept {
 
 void name_table::wait_for_releases() noexcept { name_table_access::wait_for_releases(); }
 
-name_table::reader::reader() noexcept { urcu_bp_read_lock(); }
+name_table::lookup::lookup(const name_table& table, std::string_view name) noexcept {
+    urcu_bp_read_lock();
+    entry = table.find(name);
+}
 
-name_table::reader::~reader() {
+name_table::lookup::~lookup() {
     // Whatever the caller's function did to the entry happens before its table_released().
-    if (touched_) tsan_release(name_table_access::of(touched_));
+    if (entry) tsan_release(name_table_access::of(entry));
     urcu_bp_read_unlock();
 }
 
@@ -222,7 +239,11 @@ name_entry* name_table::find(std::string_view name) const noexcept {
 }
 
 void name_table::visit(void (*fn)(void*, name_entry&), void* ctx) const {
-    reader r;
+    urcu_bp_read_lock();
+    // Unlocked even when fn throws.
+    struct unlock_on_exit {
+        ~unlock_on_exit() { urcu_bp_read_unlock(); }
+    } unlock;
     cds_lfht_iter it;
     cds_lfht_node* n;
     cds_lfht_for_each(ht_, &it, n) {

@@ -90,8 +90,15 @@ public:
     /// stays dereferenceable only while the caller holds a reference of its own.
     name_entry* remove(std::string_view name) noexcept;
 
-    /// The same, by entry: false unless `e` is still listed in this table.
+    /// The same, by entry: false unless `e` is still listed in this table. `e` must not have
+    /// been released yet (the caller holds a reference of its own); otherwise use the next one.
     bool remove(name_entry* e) noexcept;
+
+    /// The same, by name and identity: unlinks the entry listed as `name` only if it is `e`.
+    /// Never dereferences `e`, so an owner may call it when `e` may already have been removed
+    /// (by someone else) and released; the caller must only rule out that a new entry was
+    /// meanwhile inserted under `name` at the same address.
+    bool remove(std::string_view name, const name_entry* e) noexcept;
 
     /// Calls `f(name_entry*)` with the entry listed as `name`, or with nullptr, inside one
     /// read-side critical section, and returns what `f` returns. Takes no lock, allocates
@@ -101,10 +108,8 @@ public:
     /// insert() and remove(), but not wait_for_releases() or the destructor (deadlock).
     template <class F>
     decltype(auto) read(std::string_view name, F&& f) const {
-        reader r;
-        name_entry* e = find(name);
-        r.touched_ = e;
-        return std::forward<F>(f)(e);
+        const lookup found(*this, name);
+        return std::forward<F>(f)(found.entry);
     }
 
     /// Number of entries listed (exact once writers are quiet).
@@ -124,14 +129,13 @@ public:
     void wait_for_releases() noexcept;
 
 private:
-    // One read-side critical section; on leaving, tells ThreadSanitizer what it touched.
-    class MAILROOM_EXPORT reader {
-    public:
-        reader() noexcept;
-        ~reader();
-        reader(const reader&) = delete;
-        reader& operator=(const reader&) = delete;
-        name_entry* touched_ = nullptr;
+    // One read-side critical section around one lookup: two calls per read(), no allocation.
+    struct MAILROOM_EXPORT lookup {
+        lookup(const name_table& table, std::string_view name) noexcept;  // read lock, then find
+        ~lookup();                                                         // read unlock
+        lookup(const lookup&) = delete;
+        lookup& operator=(const lookup&) = delete;
+        name_entry* entry;
     };
 
     // Inside a read-side critical section.

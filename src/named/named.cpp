@@ -136,7 +136,9 @@ struct named_object_impl {
 
     void unregister() noexcept {
         if (done.exchange(true, std::memory_order_acq_rel)) return;
-        if (reg->table.remove(entry)) reg->unregistered.fetch_add(1, std::memory_order_relaxed);
+        // By name and identity: the teardown may have removed (and freed) the entry already,
+        // and nothing can have taken the name since (the registry is closed then).
+        if (reg->table.remove(name, entry)) reg->unregistered.fetch_add(1, std::memory_order_relaxed);
     }
 };
 
@@ -610,7 +612,21 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
     named_handle h(o, n);  // from here on, a throw destroys the inbox
     auto* entry = new named_entry(name, std::move(address));
     n->entry = entry;
-    if (!reg.table.insert(entry)) {
+    bool listed;
+    {
+        // Under the registry's lock, so that the teardown's closing sweep cannot miss it: an
+        // entry listed after it would hold the environment's core through its mbox.
+        std::lock_guard g(reg.lock);
+        listed = !reg.closed && reg.table.insert(entry);
+        if (!listed && reg.closed) {
+            n->done.store(true, std::memory_order_relaxed);
+            delete entry;
+            core.check_open("registering named object", name);
+            throw environment_stopped_error("registering named object '" + name + "': environment '" +
+                                            core.name() + "' is stopping");
+        }
+    }
+    if (!listed) {
         n->done.store(true, std::memory_order_relaxed);
         delete entry;
         throw duplicate_name_error("named object '" + name + "' is already registered in environment '" +

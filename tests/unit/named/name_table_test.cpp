@@ -142,6 +142,28 @@ TEST(NameTable, RemoveByEntryOnlyWhileItIsTheOneListed) {
     EXPECT_TRUE(other.remove(&elsewhere));
 }
 
+TEST(NameTable, RemoveByNameAndIdentityNeverTouchesTheEntry) {
+    std::atomic<long> released{0};
+    counted_entry other("svc");
+    name_table t;
+    auto* e = new self_deleting_entry("svc", released);
+    ASSERT_TRUE(t.insert(e));
+    EXPECT_FALSE(t.remove("svc", &other));  // listed, but not this one
+    EXPECT_FALSE(t.remove("svc", nullptr));
+    EXPECT_FALSE(t.remove("elsewhere", e));
+    EXPECT_EQ(lookup(t, "svc"), e);
+    // Someone else removes it, and it is released (deleted): an owner that still has the
+    // pointer may ask again without touching freed memory (AddressSanitizer would see it).
+    ASSERT_EQ(t.remove("svc"), e);
+    t.wait_for_releases();
+    ASSERT_EQ(released.load(), 1);
+    EXPECT_FALSE(t.remove("svc", e));
+    ASSERT_TRUE(t.insert(&other));
+    EXPECT_TRUE(t.remove("svc", &other));
+    t.wait_for_releases();
+    EXPECT_EQ(other.releases.load(), 1);
+}
+
 TEST(NameTable, AnEntryIsInsertedAtMostOnce) {
     counted_entry a("once");
     name_table t, other;
