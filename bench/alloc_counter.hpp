@@ -1,5 +1,5 @@
 #pragma once
-// Heap allocations and CPU time of a benchmark program, for the W1-W3 programs of every system.
+// Heap allocations and CPU time of a benchmark program, for the W1-W3 and W8 programs of every system.
 //
 // Including this header replaces the program's global operator new and delete (every form:
 // sized, array, nothrow, aligned) with ones that count each allocation in a relaxed atomic and
