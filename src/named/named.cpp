@@ -126,13 +126,16 @@ struct named_entry final : name_entry {
     mbox address;
 };
 
-/// Shared by the handle and the handler: unregisters once.
-struct named_object_impl {
+/// Held by the object's inbox and stopped with it (by any handle, the session's destroy or the
+/// teardown): the name goes with the object, not with one handle. Unregisters once.
+struct named_object_impl final : inbox_stop_hook {
     std::string name;
     std::shared_ptr<env_core> env_keep;  // keeps the registry
     named_registry* reg = nullptr;
     named_entry* entry = nullptr;
     std::atomic<bool> done{false};
+
+    void stop() noexcept override { unregister(); }
 
     void unregister() noexcept {
         if (done.exchange(true, std::memory_order_acq_rel)) return;
@@ -572,19 +575,6 @@ void send_named(environment& env, std::string_view name, envelope* body, request
 
 // ---- registration ----
 
-namespace {
-
-struct unregister_guard {
-    std::shared_ptr<named_object_impl> n;
-    explicit unregister_guard(std::shared_ptr<named_object_impl> o) noexcept : n(std::move(o)) {}
-    unregister_guard(unregister_guard&&) noexcept = default;
-    ~unregister_guard() {
-        if (n) n->unregister();
-    }
-};
-
-}  // namespace
-
 named_handle register_named(session& s, std::string name, std::function<void(incoming&)> fn) {
     check_name(name, true);
     if (!s.impl()) throw session_destroyed_error("registering '" + name + "': the session handle is empty");
@@ -599,19 +589,27 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
     n->name = name;
     n->env_keep = core.shared_from_this();
     n->reg = &reg;
-    mbox address;
-    event_object* o = add_inbox(
-        s.impl(), message_type_of<named_delivery>(),
-        handler([fn = std::move(fn), guard = unregister_guard(n)](envelope* e) mutable {
-            auto* d = new named_delivery(std::move(payload_of<named_delivery>(e)));
-            d->handled = true;
-            incoming in(d);
-            fn(in);
-        }),
-        address);
-    named_handle h(o, n);  // from here on, a throw destroys the inbox
-    auto* entry = new named_entry(name, std::move(address));
+    // The entry exists before the inbox (which may be stopped at once, its session destroyed
+    // by another thread), so that the hook reads a pointer written before it was shared.
+    auto* entry = new named_entry(name, mbox{});
     n->entry = entry;
+    mbox address;
+    event_object* o;
+    try {
+        o = add_inbox(s.impl(), message_type_of<named_delivery>(),
+                      handler([fn = std::move(fn)](envelope* e) mutable {
+                          auto* d = new named_delivery(std::move(payload_of<named_delivery>(e)));
+                          d->handled = true;
+                          incoming in(d);
+                          fn(in);
+                      }),
+                      address, n);
+    } catch (...) {
+        delete entry;
+        throw;
+    }
+    named_handle h(o, name);  // from here on, a throw destroys the inbox
+    entry->address = std::move(address);  // not yet listed: no reader sees it
     bool listed;
     {
         // Under the registry's lock, so that the teardown's closing sweep cannot miss it: an
@@ -633,6 +631,12 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
                                    core.name() + "'");
     }
     reg.registered.fetch_add(1, std::memory_order_relaxed);
+    // The session was destroyed meanwhile: its stop ran before the insert (both take the
+    // table's lock), so the name is ours to free.
+    if (n->done.load(std::memory_order_acquire)) {
+        if (reg.table.remove(name, entry)) reg.unregistered.fetch_add(1, std::memory_order_relaxed);
+        throw session_destroyed_error("registering '" + name + "': session '" + s.name() + "' was destroyed");
+    }
     return h;
 }
 
@@ -704,34 +708,7 @@ void incoming::reject(std::string reason) {
 
 // ---- named_handle ----
 
-named_handle::named_handle(internal::event_object* o, std::shared_ptr<internal::named_object_impl> n) noexcept
-    : event_handle(o), named_(std::move(n)) {}
-
-named_handle& named_handle::operator=(named_handle&& o) noexcept {
-    if (this != &o) {
-        destroy();
-        event_handle::operator=(std::move(o));
-        named_ = std::move(o.named_);
-    }
-    return *this;
-}
-
-named_handle::~named_handle() { destroy(); }
-
-const std::string& named_handle::name() const noexcept {
-    static const std::string none;
-    return named_ ? named_->name : none;
-}
-
-bool named_handle::shutdown() noexcept {
-    if (named_) named_->unregister();
-    return event_handle::shutdown();
-}
-
-void named_handle::destroy() noexcept {
-    if (named_) named_->unregister();
-    event_handle::destroy();
-    named_.reset();
-}
+named_handle::named_handle(internal::event_object* o, std::string name) noexcept
+    : event_handle(o), name_(std::move(name)) {}
 
 }  // namespace mailroom

@@ -76,7 +76,6 @@ private:
 namespace internal {
 class request_core;
 struct named_delivery;
-struct named_object_impl;
 MAILROOM_EXPORT request_core* new_request(environment& env, message_type reply_type,
                                           std::chrono::nanoseconds timeout);
 MAILROOM_EXPORT void request_add_ref(request_core* r) noexcept;
@@ -317,20 +316,21 @@ void send_to(environment& env, std::string_view name, Msg&& msg) {
 /// A named object's handle: shutdown() unregisters the name and stops the handler (when it
 /// returns on another thread than the session's, no message is being handled and none will
 /// be); destroy() also frees it; the handle going out of scope destroys it unless detached.
+/// detach() keeps the name registered until the session is destroyed. The name belongs to the
+/// object, not to this handle: moved into a plain event_handle, that handle's shutdown() and
+/// destroy() unregister it the same way.
 class MAILROOM_EXPORT named_handle final : public event_handle {
 public:
     named_handle() noexcept = default;
-    named_handle(internal::event_object* o, std::shared_ptr<internal::named_object_impl> n) noexcept;
+    named_handle(internal::event_object* o, std::string name) noexcept;
     named_handle(named_handle&&) noexcept = default;
-    named_handle& operator=(named_handle&& o) noexcept;
-    ~named_handle();
+    named_handle& operator=(named_handle&& o) noexcept = default;
 
-    const std::string& name() const noexcept;
-    bool shutdown() noexcept;
-    void destroy() noexcept;
+    /// The name it was registered under ("" for an empty handle).
+    const std::string& name() const noexcept { return name_; }
 
 private:
-    std::shared_ptr<internal::named_object_impl> named_;
+    std::string name_;
 };
 
 namespace internal {

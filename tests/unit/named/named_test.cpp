@@ -520,3 +520,64 @@ TEST(named, a_coroutine_whose_session_is_destroyed_is_destroyed_unresumed) {
     EXPECT_TRUE(test::eventually([&] { return destroyed.load() == 1; }));
     EXPECT_EQ(resumed.load(), 0);
 }
+
+// ---- edges: continuations that throw, waits that cannot progress, names that outlive or
+// ---- precede their owners, requests held outside a stopping environment ----
+
+TEST(named, after_session_destroy_returns_its_names_are_free_and_requests_are_rejected) {
+    environment env;
+    // The blocker holds the default dispatcher's thread, so the destroyed session's retire
+    // (queued on that thread) cannot run before the checks below.
+    session blocker(env);
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::atomic<bool> blocking{false};
+    blocker.post([&] {
+        blocking = true;
+        released.wait_for(20s);
+    });
+    ASSERT_TRUE(test::eventually([&] { return blocking.load(); }));
+    session owner(env);
+    auto h = adder(owner, "calc");
+    owner.destroy();
+    auto r = request<int>(env, "calc", add{1, 1});
+    EXPECT_EQ(r.state(), request_state::rejected) << r.reason();
+    EXPECT_NE(r.reason().find("no object named 'calc'"), std::string::npos) << r.reason();
+    session next(env, {.bind = env.add_dispatcher("other", one_thread_params{}).bind()});
+    named_handle again;
+    EXPECT_NO_THROW(again = adder(next, "calc"));
+    release.set_value();
+    EXPECT_EQ(request<int>(env, "calc", add{2, 2}).wait(), request_state::replied);
+}
+
+TEST(named, a_detached_handle_keeps_its_name_until_the_session_is_destroyed) {
+    environment env;
+    session s(env);
+    {
+        auto h = adder(s, "calc");
+        h.detach();
+        EXPECT_FALSE(h);
+    }
+    auto r = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(r.wait(), request_state::replied) << r.reason();
+    EXPECT_THROW(adder(s, "calc"), duplicate_name_error);
+    s.destroy();
+    auto gone = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(gone.wait(), request_state::rejected) << gone.reason();
+}
+
+TEST(named, a_named_handle_moved_into_an_event_handle_keeps_the_name_until_that_handle_shuts_it) {
+    environment env;
+    session s(env);
+    auto h = adder(s, "calc");
+    event_handle e = std::move(h);
+    h = named_handle{};  // the moved-from handle has nothing left to unregister
+    EXPECT_TRUE(e);
+    auto r = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(r.wait(), request_state::replied) << r.reason();
+    e.shutdown();
+    EXPECT_FALSE(e);
+    auto gone = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(gone.wait(), request_state::rejected) << gone.reason();
+    EXPECT_NO_THROW(adder(s, "calc"));
+}
