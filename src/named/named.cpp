@@ -20,6 +20,7 @@
 #include <mailroom/named/named.hpp>
 #include <mailroom/queue/futex.hpp>
 
+#include "agent/runtime.hpp"
 #include "named/name_table.hpp"
 
 #include <climits>
@@ -79,13 +80,19 @@ public:
 
     static named_registry& of(env_core& e) {
         static const int key = 0;
+        // The environment waits for its extensions in the order they were made. The agent
+        // layer's goes first, so that the cooperations finish (and their on_finish may still
+        // reach named objects) and the sessions are destroyed, each taking its names with it,
+        // before this one closes the registry (guarantee 4's order).
+        agent_runtime::of(e);
         return e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
     }
 
     void begin_stop() noexcept override {}
     void wait_stopped() noexcept override {
-        // Whatever is still listed is unlisted now (its object is destroyed with its session,
-        // before or after this), and every entry's release runs before the environment goes on.
+        // The sessions are gone, and their names with them (each named object unregisters when
+        // its session is destroyed). Whatever is still listed is unlisted now, and every
+        // entry's release runs before the environment goes on.
         {
             std::lock_guard g(lock);
             closed = true;

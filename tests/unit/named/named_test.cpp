@@ -581,3 +581,37 @@ TEST(named, a_named_handle_moved_into_an_event_handle_keeps_the_name_until_that_
     EXPECT_EQ(gone.wait(), request_state::rejected) << gone.reason();
     EXPECT_NO_THROW(adder(s, "calc"));
 }
+
+namespace {
+struct finisher final : agent {
+    std::promise<outgoing<int>>* out = nullptr;
+    void on_finish() override {
+        // Bounded: long enough for a registry emptied at the start of the teardown to be empty.
+        std::this_thread::sleep_for(50ms);
+        out->set_value(request<int>(env(), "calc", add{1, 2}));
+    }
+};
+}  // namespace
+
+TEST(named, a_request_from_on_finish_reaches_an_object_whose_session_still_exists) {
+    std::promise<outgoing<int>> out;
+    auto f = out.get_future();
+    {
+        environment env;
+        (void)request<int>(env, "nobody", add{});  // the registry is made before the cooperation
+        session server(env);
+        auto h = adder(server, "calc");
+        h.detach();
+        server.detach();
+        coop c(env);
+        c.make_agent<finisher>().out = &out;
+        register_coop(std::move(c));
+    }
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    auto r = f.get();
+    EXPECT_TRUE(r.wait_for(10s));
+    EXPECT_NE(r.state(), request_state::rejected) << r.reason();
+    if (r.state() == request_state::abandoned) {  // queued, then its session went with the teardown
+        EXPECT_NE(r.reason().find("went away"), std::string::npos) << r.reason();
+    }
+}
