@@ -179,7 +179,8 @@ public:
     /// `cancelling` also drops a then-callback not yet run, for good.
     bool finish(request_state final, envelope* body, std::string why, bool cancelling = false) noexcept;
 
-    void run_then(handler& fn) noexcept;
+    /// Runs the then-callback on its session; what it throws goes to the session's guard.
+    void run_then(handler& fn);
 
     std::atomic<std::uint32_t> refs{1};
     std::atomic<std::uint32_t> st{static_cast<std::uint32_t>(request_state::posted)};
@@ -343,16 +344,22 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
     return won;
 }
 
-void request_core::run_then(handler& fn) noexcept {
+void request_core::run_then(handler& fn) {
     {
         std::lock_guard g(lock);
         if (cancelled) return;
         then_running = true;
     }
-    fn(nullptr);  // run under the session's guard, which logs what it throws
-    std::lock_guard g(lock);
-    then_running = false;
-    then_idle.notify_all();
+    // Cleared however fn leaves, so that a cancel() on another thread returns.
+    struct idle_again {
+        request_core* r;
+        ~idle_again() {
+            std::lock_guard g(r->lock);
+            r->then_running = false;
+            r->then_idle.notify_all();
+        }
+    } done{this};
+    fn(nullptr);  // what it throws goes to the session's guard: logged, counted, the session goes on
 }
 
 request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {

@@ -524,6 +524,49 @@ TEST(named, a_coroutine_whose_session_is_destroyed_is_destroyed_unresumed) {
 // ---- edges: continuations that throw, waits that cannot progress, names that outlive or
 // ---- precede their owners, requests held outside a stopping environment ----
 
+namespace {
+// Collects what an environment logs (any thread).
+struct log_sink {
+    std::mutex mu;
+    std::vector<std::string> lines;
+    std::function<void(std::string_view)> fn() {
+        return [this](std::string_view t) {
+            std::lock_guard g(mu);
+            lines.emplace_back(t);
+        };
+    }
+    bool has(std::string_view part) {
+        std::lock_guard g(mu);
+        for (auto& l : lines)
+            if (l.find(part) != std::string::npos) return true;
+        return false;
+    }
+};
+}  // namespace
+
+TEST(named, then_continuation_that_throws_is_counted_and_session_carries_on) {
+    log_sink log;
+    environment env({.log = log.fn()});
+    session server(env), client(env, {.name = "client"});
+    auto h = adder(server, "calc");
+    auto r = request<int>(env, "calc", add{1, 2});
+    r.then(client, [](const outgoing<int>& done) { throw std::runtime_error("boom " + std::to_string(done.reply())); });
+    ASSERT_TRUE(test::eventually([&] { return env.stats().handler_exceptions == 1; }));
+    EXPECT_TRUE(log.has("session 'client'"));
+    EXPECT_TRUE(log.has("boom 3"));
+    // The session carries on.
+    std::promise<void> after;
+    client.post([&] { after.set_value(); });
+    ASSERT_EQ(after.get_future().wait_for(10s), std::future_status::ready);
+    // And a cancel() on another thread returns: the callback is not "running" any more.
+    auto returned = std::make_shared<std::promise<void>>();
+    std::thread([r, returned]() mutable {
+        r.cancel();
+        returned->set_value();
+    }).detach();
+    EXPECT_EQ(returned->get_future().wait_for(10s), std::future_status::ready);
+}
+
 TEST(named, after_session_destroy_returns_its_names_are_free_and_requests_are_rejected) {
     environment env;
     // The blocker holds the default dispatcher's thread, so the destroyed session's retire
