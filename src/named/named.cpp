@@ -71,6 +71,8 @@ void task::promise_type::unhandled_exception() noexcept {
 
 namespace internal {
 
+class request_core;
+
 // ---- the registry: one per environment ----
 
 class named_registry final : public env_extension {
@@ -103,8 +105,17 @@ public:
         } catch (...) {
         }
         for (auto& n : names) table.remove(n);
+        abandon_open_requests();
         table.wait_for_releases();
     }
+
+    /// A request whose incoming left its handler unanswered: listed, so that the teardown can
+    /// abandon it whoever holds the incoming (the timer of its timeout stops with the
+    /// environment). Any thread; the request is not final or is made so here.
+    void track(request_core* r) noexcept;
+    /// Unlists `r` (once it is final); true when the list's reference is now the caller's.
+    bool untrack(request_core* r) noexcept;
+    void abandon_open_requests() noexcept;
     void add_stats(environment_stats& s) const noexcept override {
         s.named_registered += registered.load(std::memory_order_relaxed);
         s.named_unregistered += unregistered.load(std::memory_order_relaxed);
@@ -121,6 +132,9 @@ public:
     name_table table;
     std::mutex lock;     // registration against closing
     bool closed = false;
+    std::mutex open_lock;               // the tracked requests
+    request_core* open_head = nullptr;  // guarded by open_lock, with a reference each
+    bool open_closed = false;           // guarded by open_lock: the teardown swept them
     std::atomic<std::uint64_t> next_id{1};
     std::atomic<std::uint64_t> registered{0}, unregistered{0}, messages{0}, rejected_sends{0}, requests{0},
         replied{0}, rejected{0}, abandoned{0}, orphaned{0};
@@ -204,6 +218,12 @@ public:
     bool then_running = false;
     std::condition_variable then_idle;
     timer_entry* timer = nullptr;  // with a reference
+
+    // In the registry's list of open requests (see named_registry::track). `tracked` is also
+    // read by finish() without the list's lock: a Dekker pair with the final state.
+    std::atomic<bool> tracked{false};
+    request_core* open_prev = nullptr;  // guarded by reg->open_lock
+    request_core* open_next = nullptr;  // guarded by reg->open_lock
 };
 
 namespace {
@@ -323,6 +343,9 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
         }
     }
     if (body) body->release();
+    // Tracked (its incoming left the handler): unlisted now that it is final. The caller holds
+    // a reference, so dropping the list's one below cannot free it while this runs.
+    const bool untracked = won && tracked.load(std::memory_order_seq_cst) && reg->untrack(this);
     if (won) {
         if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake(st, INT_MAX);
         if (t) {
@@ -341,6 +364,7 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
         }
         session_release(ts);
     }
+    if (untracked) release();
     return won;
 }
 
@@ -360,6 +384,71 @@ void request_core::run_then(handler& fn) {
         }
     } done{this};
     fn(nullptr);  // what it throws goes to the session's guard: logged, counted, the session goes on
+}
+
+void named_registry::track(request_core* r) noexcept {
+    if (r->tracked.load(std::memory_order_relaxed)) return;  // set only here, under the lock
+    bool stopped;
+    {
+        std::lock_guard g(open_lock);
+        if (r->tracked.load(std::memory_order_relaxed)) return;
+        stopped = open_closed;
+        if (!stopped) {
+            // With finish(): it stores the final state, then reads `tracked`; here the reverse.
+            // One of the two sees the other, so a final request is never left listed.
+            r->tracked.store(true, std::memory_order_seq_cst);
+            if (r->st.load(std::memory_order_seq_cst) >= static_cast<std::uint32_t>(request_state::replied)) {
+                r->tracked.store(false, std::memory_order_relaxed);
+                return;
+            }
+            r->add_ref();  // the list's
+            r->open_prev = nullptr;
+            r->open_next = open_head;
+            if (open_head) open_head->open_prev = r;
+            open_head = r;
+        }
+    }
+    if (stopped) {
+        std::string why;
+        try {
+            why = "environment '" + env->name() + "' stopped before it was answered";
+        } catch (...) {
+        }
+        r->finish(request_state::abandoned, nullptr, std::move(why));
+    }
+}
+
+bool named_registry::untrack(request_core* r) noexcept {
+    std::lock_guard g(open_lock);
+    if (!r->tracked.load(std::memory_order_relaxed)) return false;  // the teardown took it
+    r->tracked.store(false, std::memory_order_relaxed);
+    if (r->open_prev)
+        r->open_prev->open_next = r->open_next;
+    else
+        open_head = r->open_next;
+    if (r->open_next) r->open_next->open_prev = r->open_prev;
+    return true;
+}
+
+void named_registry::abandon_open_requests() noexcept {
+    request_core* list;
+    {
+        std::lock_guard g(open_lock);
+        open_closed = true;
+        list = std::exchange(open_head, nullptr);
+        for (request_core* r = list; r; r = r->open_next) r->tracked.store(false, std::memory_order_relaxed);
+    }
+    // The chain is ours now (nobody links or unlinks an untracked request), with its references.
+    std::string why;
+    try {
+        why = "environment '" + env->name() + "' stopped before it was answered";
+    } catch (...) {
+    }
+    while (request_core* r = list) {
+        list = r->open_next;
+        r->finish(request_state::abandoned, nullptr, why);
+        r->release();
+    }
 }
 
 request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {
@@ -658,10 +747,15 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
 
 // ---- incoming ----
 
+incoming::incoming(incoming&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {
+    if (d_ && d_->req) d_->reg->track(d_->req);
+}
+
 incoming& incoming::operator=(incoming&& o) noexcept {
     if (this != &o) {
         delete d_;
         d_ = std::exchange(o.d_, nullptr);
+        if (d_ && d_->req) d_->reg->track(d_->req);
     }
     return *this;
 }

@@ -115,7 +115,9 @@ class MAILROOM_EXPORT incoming {
 public:
     incoming() noexcept = default;
     explicit incoming(internal::named_delivery* d) noexcept : d_(d) {}
-    incoming(incoming&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
+    /// Moving an unanswered request out of the handler lets the environment find it when it
+    /// stops: a request still open then is abandoned, whoever holds its incoming.
+    incoming(incoming&& o) noexcept;
     incoming& operator=(incoming&& o) noexcept;
     ~incoming();
 

@@ -625,6 +625,38 @@ TEST(named, a_named_handle_moved_into_an_event_handle_keeps_the_name_until_that_
     EXPECT_NO_THROW(adder(s, "calc"));
 }
 
+TEST(named, a_request_whose_incoming_is_kept_outside_is_abandoned_when_the_environment_stops) {
+    std::mutex mu;
+    std::vector<incoming> parked;  // outlives the environment
+    std::vector<outgoing<int>> rs;
+    {
+        environment env;
+        session s(env);
+        auto h = register_named(s, "slow", [&](incoming& in) {
+            std::lock_guard g(mu);
+            parked.push_back(std::move(in));
+        });
+        rs.push_back(request<int>(env, "slow", 1));
+        rs.push_back(request<int>(env, "slow", 2, {.timeout = 1h}));
+        ASSERT_TRUE(test::eventually([&] {
+            std::lock_guard g(mu);
+            return parked.size() == 2;
+        }));
+        env.stop();
+        env.join();
+        for (auto& r : rs) {
+            EXPECT_TRUE(r.wait_for(10s)) << to_string(r.state());
+            EXPECT_EQ(r.state(), request_state::abandoned);
+            EXPECT_NE(r.reason().find("environment 'env' stopped"), std::string::npos) << r.reason();
+        }
+        auto st = env.stats();
+        EXPECT_EQ(st.requests_posted, st.requests_replied + st.requests_rejected + st.requests_abandoned);
+    }
+    std::lock_guard g(mu);
+    parked[0].reply<int>(1);  // too late, after the environment: no crash, nothing waits
+    parked.clear();
+}
+
 namespace {
 struct finisher final : agent {
     std::promise<outgoing<int>>* out = nullptr;
