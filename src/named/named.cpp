@@ -479,9 +479,18 @@ std::string request_reason(const request_core* r) {
 }
 envelope* request_reply(const request_core* r) noexcept { return r->reply; }
 
-bool request_wait(const request_core* cr, std::int64_t timeout_ns) noexcept {
+bool request_wait(const request_core* cr, std::int64_t timeout_ns) {
     if (!cr) return true;
     auto* r = const_cast<request_core*>(cr);
+    // On a worker running a callback of this environment, a wait could be for this very
+    // thread (the answering session may share it, as every default-bound one does), and the
+    // environment's teardown would wait for the waiter. Said at once, rather than never.
+    if (timeout_ns != 0 && tls_heartbeat && current_env() == r->env.get() && r->get() < request_state::replied)
+        throw would_deadlock_error("request #" + std::to_string(r->id) + ": wait() on a worker thread of environment '" +
+                                   r->env->name() + "' (in " +
+                                   (current_context_name().empty() ? std::string("a callback")
+                                                                   : "'" + current_context_name() + "'") +
+                                   "), which may be the one that has to answer it: use then() or co_await there");
     const std::int64_t end = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
     // A short spin (5 us at most): a reply from a busy peer comes within microseconds, a
     // park and wake-up cost tens.

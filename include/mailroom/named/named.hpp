@@ -37,6 +37,14 @@ public:
     using error::error;
 };
 
+/// outgoing::wait() was called on a worker thread of the environment that would have to answer
+/// the request: it could wait for itself (the answering session may share the thread), and
+/// the environment could not stop. Use then() or co_await there.
+class MAILROOM_EXPORT would_deadlock_error final : public error {
+public:
+    using error::error;
+};
+
 /// The longest name the registry accepts.
 inline constexpr std::size_t max_name_length = 255;
 
@@ -84,7 +92,9 @@ MAILROOM_EXPORT request_state request_get_state(const request_core* r) noexcept;
 MAILROOM_EXPORT std::uint64_t request_id(const request_core* r) noexcept;
 MAILROOM_EXPORT std::string request_reason(const request_core* r);
 MAILROOM_EXPORT envelope* request_reply(const request_core* r) noexcept;
-MAILROOM_EXPORT bool request_wait(const request_core* r, std::int64_t timeout_ns) noexcept;
+/// Raises would_deadlock_error when it would block (not final, a non-zero timeout) on a worker
+/// thread running a callback of the request's environment.
+MAILROOM_EXPORT bool request_wait(const request_core* r, std::int64_t timeout_ns);
 MAILROOM_EXPORT bool request_cancel(request_core* r) noexcept;
 /// Runs `fn(arg)` once the request is final: at once when it is, else on the finishing
 /// thread. One continuation per request (usage_error otherwise).
@@ -178,13 +188,14 @@ public:
     /// Why it was rejected or abandoned ("" otherwise).
     std::string reason() const { return internal::request_reason(r_); }
 
-    /// Blocks until the request is final or `timeout` passed; true when final. Not from a
-    /// callback of the session that would answer it (that would wait for itself).
-    bool wait_for(std::chrono::nanoseconds timeout) const noexcept {
-        return internal::request_wait(r_, timeout.count());
-    }
-    /// Blocks until final; returns the final state.
-    request_state wait() const noexcept {
+    /// Blocks until the request is final or `timeout` passed; true when final. Raises
+    /// would_deadlock_error instead of blocking on a worker thread of the request's environment
+    /// (inside a session's callback or an agent's handler): the answering session may share
+    /// that thread, and the environment could not stop. There, use then() or co_await. A
+    /// request that is final already, or a zero timeout (a poll), never raises.
+    bool wait_for(std::chrono::nanoseconds timeout) const { return internal::request_wait(r_, timeout.count()); }
+    /// Blocks until final; returns the final state. Raises would_deadlock_error like wait_for().
+    request_state wait() const {
         internal::request_wait(r_, -1);
         return state();
     }

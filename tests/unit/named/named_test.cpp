@@ -567,6 +567,57 @@ TEST(named, then_continuation_that_throws_is_counted_and_session_carries_on) {
     EXPECT_EQ(returned->get_future().wait_for(10s), std::future_status::ready);
 }
 
+TEST(named, wait_on_a_worker_of_the_answering_environment_raises_instead_of_deadlocking) {
+    environment env;
+    session server(env), client(env, {.name = "client"});  // both on the default dispatcher's one thread
+    auto h = adder(server, "calc");
+    std::mutex mu;
+    outgoing<int> pending;
+    std::promise<std::string> raised;
+    client.post([&] {
+        auto r = request<int>(env, "calc", add{1, 2});
+        {
+            std::lock_guard g(mu);
+            pending = r;
+        }
+        try {
+            r.wait();
+            raised.set_value("");
+        } catch (const would_deadlock_error& e) {
+            raised.set_value(e.what());
+        }
+    });
+    auto f = raised.get_future();
+    if (f.wait_for(5s) != std::future_status::ready) {
+        ADD_FAILURE() << "wait() on the answering thread blocked";
+        std::lock_guard g(mu);
+        pending.cancel();  // unblocks it, so that the environment can stop
+        f.wait();
+        return;
+    }
+    std::string what = f.get();
+    EXPECT_NE(what.find("environment 'env'"), std::string::npos) << what;
+    EXPECT_NE(what.find("then()"), std::string::npos) << what;
+    // The request itself goes on and is answered.
+    std::lock_guard g(mu);
+    EXPECT_TRUE(pending.wait_for(10s));
+    EXPECT_EQ(pending.reply(), 3);
+}
+
+TEST(named, a_final_request_may_be_waited_for_on_a_worker) {
+    environment env;
+    session server(env), client(env);
+    auto h = adder(server, "calc");
+    std::promise<int> got;
+    client.post([&] {
+        auto r = request<int>(env, "nobody", add{});  // final at once: rejected
+        got.set_value(static_cast<int>(r.wait()));
+    });
+    auto f = got.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(f.get(), static_cast<int>(request_state::rejected));
+}
+
 TEST(named, after_session_destroy_returns_its_names_are_free_and_requests_are_rejected) {
     environment env;
     // The blocker holds the default dispatcher's thread, so the destroyed session's retire
