@@ -59,14 +59,31 @@ void check_name(std::string_view name, bool allow_any) {
     }
 }
 
+// Like a session's callback that throws: logged through the environment whose session or
+// agent runs the coroutine, and counted in its handler_exceptions.
 void task::promise_type::unhandled_exception() noexcept {
+    std::string what;
     try {
         throw;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "mailroom: a coroutine task threw: %s\n", e.what());
+        try {
+            what = e.what();
+        } catch (...) {
+        }
     } catch (...) {
-        std::fprintf(stderr, "mailroom: a coroutine task threw an exception not derived from std::exception\n");
+        what = "an exception not derived from std::exception";
     }
+    internal::env_core* env = internal::current_env();
+    if (!env) {
+        std::fprintf(stderr, "mailroom: a coroutine task threw: %s\n", what.c_str());
+        return;
+    }
+    try {
+        const char* kind = internal::current_session() ? "session '" : "agent '";
+        env->log(kind + internal::current_context_name() + "': coroutine task threw: " + what);
+    } catch (...) {
+    }
+    internal::thread_counters::bump(env->counters().exceptions);
 }
 
 namespace internal {

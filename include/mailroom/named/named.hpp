@@ -282,8 +282,10 @@ private:
 /// A fire-and-forget coroutine for session callbacks and agent handlers: `s.post([&] { run(args); })` with
 /// `task run(args) { auto r = co_await request<int>(...); ... }`. It starts at once, runs on
 /// the session until its first co_await, and resumes there. An exception that escapes it is
-/// logged to stderr and counted nowhere else; keep the parameters by value (a lambda's
-/// captures die when the lambda returns, before the coroutine resumes).
+/// logged through the environment's log and counted in handler_exceptions, like one from a
+/// session's callback (it does not apply an agent's exception policy; outside any session or
+/// agent it goes to stderr); keep the parameters by value (a lambda's captures die when the
+/// lambda returns, before the coroutine resumes).
 struct task {
     struct promise_type {
         task get_return_object() noexcept { return {}; }

@@ -741,3 +741,29 @@ TEST(named, a_request_from_on_finish_reaches_an_object_whose_session_still_exist
         EXPECT_NE(r.reason().find("went away"), std::string::npos) << r.reason();
     }
 }
+
+namespace {
+task throw_after_await(environment& env) {
+    auto r = co_await request<int>(env, "calc", add{1, 2});
+    throw std::runtime_error("task failed with " + std::to_string(r.reply()));
+}
+task throw_at_once() {
+    throw std::runtime_error("task failed at once");
+    co_return;
+}
+}  // namespace
+
+TEST(named, an_exception_escaping_a_task_is_counted_and_logged) {
+    log_sink log;
+    environment env({.log = log.fn()});
+    session server(env), client(env, {.name = "client"});
+    auto h = adder(server, "calc");
+    client.post([&] {
+        throw_at_once();
+        throw_after_await(env);
+    });
+    ASSERT_TRUE(test::eventually([&] { return env.stats().handler_exceptions == 2; }))
+        << env.stats().handler_exceptions;
+    EXPECT_TRUE(log.has("session 'client': coroutine task threw: task failed at once"));
+    EXPECT_TRUE(log.has("session 'client': coroutine task threw: task failed with 3"));
+}
