@@ -622,11 +622,11 @@ TEST(named, after_session_destroy_returns_its_names_are_free_and_requests_are_re
     environment env;
     // The blocker holds the default dispatcher's thread, so the destroyed session's retire
     // (queued on that thread) cannot run before the checks below.
-    session blocker(env);
     std::promise<void> release;
     std::shared_future<void> released = release.get_future().share();
     std::atomic<bool> blocking{false};
-    blocker.post([&] {
+    session blocker(env);  // destroyed first: its callback uses what is above
+    blocker.post([&blocking, released] {  // a copy of the future of its own
         blocking = true;
         released.wait_for(20s);
     });
@@ -641,6 +641,7 @@ TEST(named, after_session_destroy_returns_its_names_are_free_and_requests_are_re
     named_handle again;
     EXPECT_NO_THROW(again = adder(next, "calc"));
     release.set_value();
+    blocker.destroy();  // returns once its callback did
     EXPECT_EQ(request<int>(env, "calc", add{2, 2}).wait(), request_state::replied);
 }
 
