@@ -97,14 +97,26 @@ public:
     explicit named_registry(env_core* e) : env(e) {}
     ~named_registry() override = default;
 
+    /// The registry of `e`, made on first use. Any thread; the caller holds `e`.
     static named_registry& of(env_core& e) {
+        // Every request and send asks: the last environment this thread asked about is
+        // remembered (ids are never reused, so a stale entry cannot match), and only a miss
+        // takes the environment's extension lock.
+        struct last_asked {
+            std::uint64_t env_id = 0;
+            named_registry* reg = nullptr;
+        };
+        MAILROOM_FAST_TLS static thread_local last_asked last;
+        if (last.env_id == e.id()) return *last.reg;
         static const int key = 0;
         // The environment waits for its extensions in the order they were made. The agent
         // layer's goes first, so that the cooperations finish (and their on_finish may still
         // reach named objects) and the sessions are destroyed, each taking its names with it,
         // before this one closes the registry (guarantee 4's order).
         agent_runtime::of(e);
-        return e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
+        auto& reg = e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
+        last = {e.id(), &reg};
+        return reg;
     }
 
     void begin_stop() noexcept override {}
