@@ -298,7 +298,8 @@ struct task {
 
 /// Sends a request for an `R` to the named object `name`. Any thread. Never throws for a
 /// missing object, a stopped environment or a full stop: the returned request says so
-/// (rejected or abandoned, with a reason).
+/// (rejected or abandoned, with a reason). Raises invalid_name_error for an invalid name (the
+/// request is counted rejected).
 template <class R, class Msg>
 [[nodiscard]] outgoing<R> request(environment& env, std::string_view name, Msg&& msg, send_options options) {
     internal::request_core* r = internal::new_request(env, message_type_of<R>(), options.timeout);
@@ -317,7 +318,8 @@ template <class R, class Msg>
 }
 
 /// Sends a one-way message to `name`. Any thread. Raises no_such_object_error when no object
-/// has that name and there is no `*`, environment_stopped_error once the environment stopped.
+/// has that name and there is no `*`, environment_stopped_error once the environment stopped,
+/// invalid_name_error for an invalid name.
 template <class Msg>
 void send_to(environment& env, std::string_view name, Msg&& msg, send_options options) {
     internal::send_named(env, name, internal::make_envelope<std::decay_t<Msg>>(std::forward<Msg>(msg)), nullptr,
