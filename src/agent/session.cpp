@@ -337,17 +337,24 @@ private:
 
 class inbox_object final : public event_object {
 public:
-    inbox_object(session_impl* s, message_type t, handler f) noexcept : event_object(s, kind::inbox, std::move(f)) {
+    inbox_object(session_impl* s, message_type t, handler f, std::shared_ptr<inbox_stop_hook> on_stop) noexcept
+        : event_object(s, kind::inbox, std::move(f)), on_stop_(std::move(on_stop)) {
         type = t;
     }
     void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept override {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
     }
+    // Whoever shuts the inbox (its handle, or its session's destroy) stops what goes with it
+    // before returning: a named object's name is free once either returns.
+    void stop_source() noexcept override {
+        if (on_stop_) on_stop_->stop();
+    }
 
 private:
     ~inbox_object() override = default;
     std::atomic<std::uint32_t> refs_{1};  // the list's
+    const std::shared_ptr<inbox_stop_hook> on_stop_;  // set before the inbox is shared: read-only
 };
 
 class inbox_mbox final : public mbox_impl {
@@ -558,8 +565,9 @@ event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay, std::ch
     return t;
 }
 
-event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address) {
-    auto* o = new inbox_object(s, type, std::move(fn));
+event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address,
+                        std::shared_ptr<inbox_stop_hook> on_stop) {
+    auto* o = new inbox_object(s, type, std::move(fn), std::move(on_stop));
     std::shared_ptr<inbox_mbox> m;
     try {
         m = std::make_shared<inbox_mbox>(s->env_keep, s->rt, o);

@@ -20,6 +20,7 @@
 #include <mailroom/named/named.hpp>
 #include <mailroom/queue/futex.hpp>
 
+#include "agent/runtime.hpp"
 #include "named/name_table.hpp"
 
 #include <climits>
@@ -58,17 +59,36 @@ void check_name(std::string_view name, bool allow_any) {
     }
 }
 
+// Like a session's callback that throws: logged through the environment whose session or
+// agent runs the coroutine, and counted in its handler_exceptions.
 void task::promise_type::unhandled_exception() noexcept {
+    std::string what;
     try {
         throw;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "mailroom: a coroutine task threw: %s\n", e.what());
+        try {
+            what = e.what();
+        } catch (...) {
+        }
     } catch (...) {
-        std::fprintf(stderr, "mailroom: a coroutine task threw an exception not derived from std::exception\n");
+        what = "an exception not derived from std::exception";
     }
+    internal::env_core* env = internal::current_env();
+    if (!env) {
+        std::fprintf(stderr, "mailroom: a coroutine task threw: %s\n", what.c_str());
+        return;
+    }
+    try {
+        const char* kind = internal::current_session() ? "session '" : "agent '";
+        env->log(kind + internal::current_context_name() + "': coroutine task threw: " + what);
+    } catch (...) {
+    }
+    internal::thread_counters::bump(env->counters().exceptions);
 }
 
 namespace internal {
+
+class request_core;
 
 // ---- the registry: one per environment ----
 
@@ -77,15 +97,33 @@ public:
     explicit named_registry(env_core* e) : env(e) {}
     ~named_registry() override = default;
 
+    /// The registry of `e`, made on first use. Any thread; the caller holds `e`.
     static named_registry& of(env_core& e) {
+        // Every request and send asks: the last environment this thread asked about is
+        // remembered (ids are never reused, so a stale entry cannot match), and only a miss
+        // takes the environment's extension lock.
+        struct last_asked {
+            std::uint64_t env_id = 0;
+            named_registry* reg = nullptr;
+        };
+        MAILROOM_FAST_TLS static thread_local last_asked last;
+        if (last.env_id == e.id()) return *last.reg;
         static const int key = 0;
-        return e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
+        // The environment waits for its extensions in the order they were made. The agent
+        // layer's goes first, so that the cooperations finish (and their on_finish may still
+        // reach named objects) and the sessions are destroyed, each taking its names with it,
+        // before this one closes the registry (guarantee 4's order).
+        agent_runtime::of(e);
+        auto& reg = e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
+        last = {e.id(), &reg};
+        return reg;
     }
 
     void begin_stop() noexcept override {}
     void wait_stopped() noexcept override {
-        // Whatever is still listed is unlisted now (its object is destroyed with its session,
-        // before or after this), and every entry's release runs before the environment goes on.
+        // The sessions are gone, and their names with them (each named object unregisters when
+        // its session is destroyed). Whatever is still listed is unlisted now, and every
+        // entry's release runs before the environment goes on.
         {
             std::lock_guard g(lock);
             closed = true;
@@ -96,8 +134,17 @@ public:
         } catch (...) {
         }
         for (auto& n : names) table.remove(n);
+        abandon_open_requests();
         table.wait_for_releases();
     }
+
+    /// A request whose incoming left its handler unanswered: listed, so that the teardown can
+    /// abandon it whoever holds the incoming (the timer of its timeout stops with the
+    /// environment). Any thread; the request is not final or is made so here.
+    void track(request_core* r) noexcept;
+    /// Unlists `r` (once it is final); true when the list's reference is now the caller's.
+    bool untrack(request_core* r) noexcept;
+    void abandon_open_requests() noexcept;
     void add_stats(environment_stats& s) const noexcept override {
         s.named_registered += registered.load(std::memory_order_relaxed);
         s.named_unregistered += unregistered.load(std::memory_order_relaxed);
@@ -114,6 +161,9 @@ public:
     name_table table;
     std::mutex lock;     // registration against closing
     bool closed = false;
+    std::mutex open_lock;               // the tracked requests
+    request_core* open_head = nullptr;  // guarded by open_lock, with a reference each
+    bool open_closed = false;           // guarded by open_lock: the teardown swept them
     std::atomic<std::uint64_t> next_id{1};
     std::atomic<std::uint64_t> registered{0}, unregistered{0}, messages{0}, rejected_sends{0}, requests{0},
         replied{0}, rejected{0}, abandoned{0}, orphaned{0};
@@ -126,13 +176,16 @@ struct named_entry final : name_entry {
     mbox address;
 };
 
-/// Shared by the handle and the handler: unregisters once.
-struct named_object_impl {
+/// Held by the object's inbox and stopped with it (by any handle, the session's destroy or the
+/// teardown): the name goes with the object, not with one handle. Unregisters once.
+struct named_object_impl final : inbox_stop_hook {
     std::string name;
     std::shared_ptr<env_core> env_keep;  // keeps the registry
     named_registry* reg = nullptr;
     named_entry* entry = nullptr;
     std::atomic<bool> done{false};
+
+    void stop() noexcept override { unregister(); }
 
     void unregister() noexcept {
         if (done.exchange(true, std::memory_order_acq_rel)) return;
@@ -169,7 +222,8 @@ public:
     /// `cancelling` also drops a then-callback not yet run, for good.
     bool finish(request_state final, envelope* body, std::string why, bool cancelling = false) noexcept;
 
-    void run_then(handler& fn) noexcept;
+    /// Runs the then-callback on its session; what it throws goes to the session's guard.
+    void run_then(handler& fn);
 
     std::atomic<std::uint32_t> refs{1};
     std::atomic<std::uint32_t> st{static_cast<std::uint32_t>(request_state::posted)};
@@ -193,6 +247,12 @@ public:
     bool then_running = false;
     std::condition_variable then_idle;
     timer_entry* timer = nullptr;  // with a reference
+
+    // In the registry's list of open requests (see named_registry::track). `tracked` is also
+    // read by finish() without the list's lock: a Dekker pair with the final state.
+    std::atomic<bool> tracked{false};
+    request_core* open_prev = nullptr;  // guarded by reg->open_lock
+    request_core* open_next = nullptr;  // guarded by reg->open_lock
 };
 
 namespace {
@@ -312,6 +372,9 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
         }
     }
     if (body) body->release();
+    // Tracked (its incoming left the handler): unlisted now that it is final. The caller holds
+    // a reference, so dropping the list's one below cannot free it while this runs.
+    const bool untracked = won && tracked.load(std::memory_order_seq_cst) && reg->untrack(this);
     if (won) {
         if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake(st, INT_MAX);
         if (t) {
@@ -330,19 +393,91 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
         }
         session_release(ts);
     }
+    if (untracked) release();
     return won;
 }
 
-void request_core::run_then(handler& fn) noexcept {
+void request_core::run_then(handler& fn) {
     {
         std::lock_guard g(lock);
         if (cancelled) return;
         then_running = true;
     }
-    fn(nullptr);  // run under the session's guard, which logs what it throws
-    std::lock_guard g(lock);
-    then_running = false;
-    then_idle.notify_all();
+    // Cleared however fn leaves, so that a cancel() on another thread returns.
+    struct idle_again {
+        request_core* r;
+        ~idle_again() {
+            std::lock_guard g(r->lock);
+            r->then_running = false;
+            r->then_idle.notify_all();
+        }
+    } done{this};
+    fn(nullptr);  // what it throws goes to the session's guard: logged, counted, the session goes on
+}
+
+void named_registry::track(request_core* r) noexcept {
+    if (r->tracked.load(std::memory_order_relaxed)) return;  // set only here, under the lock
+    bool stopped;
+    {
+        std::lock_guard g(open_lock);
+        if (r->tracked.load(std::memory_order_relaxed)) return;
+        stopped = open_closed;
+        if (!stopped) {
+            // With finish(): it stores the final state, then reads `tracked`; here the reverse.
+            // One of the two sees the other, so a final request is never left listed.
+            r->tracked.store(true, std::memory_order_seq_cst);
+            if (r->st.load(std::memory_order_seq_cst) >= static_cast<std::uint32_t>(request_state::replied)) {
+                r->tracked.store(false, std::memory_order_relaxed);
+                return;
+            }
+            r->add_ref();  // the list's
+            r->open_prev = nullptr;
+            r->open_next = open_head;
+            if (open_head) open_head->open_prev = r;
+            open_head = r;
+        }
+    }
+    if (stopped) {
+        std::string why;
+        try {
+            why = "environment '" + env->name() + "' stopped before it was answered";
+        } catch (...) {
+        }
+        r->finish(request_state::abandoned, nullptr, std::move(why));
+    }
+}
+
+bool named_registry::untrack(request_core* r) noexcept {
+    std::lock_guard g(open_lock);
+    if (!r->tracked.load(std::memory_order_relaxed)) return false;  // the teardown took it
+    r->tracked.store(false, std::memory_order_relaxed);
+    if (r->open_prev)
+        r->open_prev->open_next = r->open_next;
+    else
+        open_head = r->open_next;
+    if (r->open_next) r->open_next->open_prev = r->open_prev;
+    return true;
+}
+
+void named_registry::abandon_open_requests() noexcept {
+    request_core* list;
+    {
+        std::lock_guard g(open_lock);
+        open_closed = true;
+        list = std::exchange(open_head, nullptr);
+        for (request_core* r = list; r; r = r->open_next) r->tracked.store(false, std::memory_order_relaxed);
+    }
+    // The chain is ours now (nobody links or unlinks an untracked request), with its references.
+    std::string why;
+    try {
+        why = "environment '" + env->name() + "' stopped before it was answered";
+    } catch (...) {
+    }
+    while (request_core* r = list) {
+        list = r->open_next;
+        r->finish(request_state::abandoned, nullptr, why);
+        r->release();
+    }
 }
 
 request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {
@@ -373,9 +508,18 @@ std::string request_reason(const request_core* r) {
 }
 envelope* request_reply(const request_core* r) noexcept { return r->reply; }
 
-bool request_wait(const request_core* cr, std::int64_t timeout_ns) noexcept {
+bool request_wait(const request_core* cr, std::int64_t timeout_ns) {
     if (!cr) return true;
     auto* r = const_cast<request_core*>(cr);
+    // On a worker running a callback of this environment, a wait could be for this very
+    // thread (the answering session may share it, as every default-bound one does), and the
+    // environment's teardown would wait for the waiter. Said at once, rather than never.
+    if (timeout_ns != 0 && tls_heartbeat && current_env() == r->env.get() && r->get() < request_state::replied)
+        throw would_deadlock_error("request #" + std::to_string(r->id) + ": wait() on a worker thread of environment '" +
+                                   r->env->name() + "' (in " +
+                                   (current_context_name().empty() ? std::string("a callback")
+                                                                   : "'" + current_context_name() + "'") +
+                                   "), which may be the one that has to answer it: use then() or co_await there");
     const std::int64_t end = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
     // A short spin (5 us at most): a reply from a busy peer comes within microseconds, a
     // park and wake-up cost tens.
@@ -572,19 +716,6 @@ void send_named(environment& env, std::string_view name, envelope* body, request
 
 // ---- registration ----
 
-namespace {
-
-struct unregister_guard {
-    std::shared_ptr<named_object_impl> n;
-    explicit unregister_guard(std::shared_ptr<named_object_impl> o) noexcept : n(std::move(o)) {}
-    unregister_guard(unregister_guard&&) noexcept = default;
-    ~unregister_guard() {
-        if (n) n->unregister();
-    }
-};
-
-}  // namespace
-
 named_handle register_named(session& s, std::string name, std::function<void(incoming&)> fn) {
     check_name(name, true);
     if (!s.impl()) throw session_destroyed_error("registering '" + name + "': the session handle is empty");
@@ -599,19 +730,27 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
     n->name = name;
     n->env_keep = core.shared_from_this();
     n->reg = &reg;
-    mbox address;
-    event_object* o = add_inbox(
-        s.impl(), message_type_of<named_delivery>(),
-        handler([fn = std::move(fn), guard = unregister_guard(n)](envelope* e) mutable {
-            auto* d = new named_delivery(std::move(payload_of<named_delivery>(e)));
-            d->handled = true;
-            incoming in(d);
-            fn(in);
-        }),
-        address);
-    named_handle h(o, n);  // from here on, a throw destroys the inbox
-    auto* entry = new named_entry(name, std::move(address));
+    // The entry exists before the inbox (which may be stopped at once, its session destroyed
+    // by another thread), so that the hook reads a pointer written before it was shared.
+    auto* entry = new named_entry(name, mbox{});
     n->entry = entry;
+    mbox address;
+    event_object* o;
+    try {
+        o = add_inbox(s.impl(), message_type_of<named_delivery>(),
+                      handler([fn = std::move(fn)](envelope* e) mutable {
+                          auto* d = new named_delivery(std::move(payload_of<named_delivery>(e)));
+                          d->handled = true;
+                          incoming in(d);
+                          fn(in);
+                      }),
+                      address, n);
+    } catch (...) {
+        delete entry;
+        throw;
+    }
+    named_handle h(o, name);  // from here on, a throw destroys the inbox
+    entry->address = std::move(address);  // not yet listed: no reader sees it
     bool listed;
     {
         // Under the registry's lock, so that the teardown's closing sweep cannot miss it: an
@@ -633,6 +772,12 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
                                    core.name() + "'");
     }
     reg.registered.fetch_add(1, std::memory_order_relaxed);
+    // The session was destroyed meanwhile: its stop ran before the insert (both take the
+    // table's lock), so the name is ours to free.
+    if (n->done.load(std::memory_order_acquire)) {
+        if (reg.table.remove(name, entry)) reg.unregistered.fetch_add(1, std::memory_order_relaxed);
+        throw session_destroyed_error("registering '" + name + "': session '" + s.name() + "' was destroyed");
+    }
     return h;
 }
 
@@ -640,10 +785,15 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
 
 // ---- incoming ----
 
+incoming::incoming(incoming&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {
+    if (d_ && d_->req) d_->reg->track(d_->req);
+}
+
 incoming& incoming::operator=(incoming&& o) noexcept {
     if (this != &o) {
         delete d_;
         d_ = std::exchange(o.d_, nullptr);
+        if (d_ && d_->req) d_->reg->track(d_->req);
     }
     return *this;
 }
@@ -704,34 +854,7 @@ void incoming::reject(std::string reason) {
 
 // ---- named_handle ----
 
-named_handle::named_handle(internal::event_object* o, std::shared_ptr<internal::named_object_impl> n) noexcept
-    : event_handle(o), named_(std::move(n)) {}
-
-named_handle& named_handle::operator=(named_handle&& o) noexcept {
-    if (this != &o) {
-        destroy();
-        event_handle::operator=(std::move(o));
-        named_ = std::move(o.named_);
-    }
-    return *this;
-}
-
-named_handle::~named_handle() { destroy(); }
-
-const std::string& named_handle::name() const noexcept {
-    static const std::string none;
-    return named_ ? named_->name : none;
-}
-
-bool named_handle::shutdown() noexcept {
-    if (named_) named_->unregister();
-    return event_handle::shutdown();
-}
-
-void named_handle::destroy() noexcept {
-    if (named_) named_->unregister();
-    event_handle::destroy();
-    named_.reset();
-}
+named_handle::named_handle(internal::event_object* o, std::string name) noexcept
+    : event_handle(o), name_(std::move(name)) {}
 
 }  // namespace mailroom

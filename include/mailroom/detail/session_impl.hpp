@@ -7,6 +7,7 @@
 #include <mailroom/dispatch/demand.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <new>
 #include <string>
 
@@ -56,8 +57,24 @@ MAILROOM_EXPORT void post_to_agent(agent_ref a, posted_call* c) noexcept;
 MAILROOM_EXPORT bool post_call(session_impl* s, posted_call* c) noexcept;
 MAILROOM_EXPORT event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay,
                                         std::chrono::nanoseconds period, handler fn);
-/// Returns the object (the handle's reference) and fills `address`.
-MAILROOM_EXPORT event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address);
+/// What an inbox stops together with its callbacks (a named object's registry entry).
+class inbox_stop_hook {
+public:
+    /// Runs on the thread that shuts the inbox down (its handle, its session's destroy, the
+    /// environment's teardown), after the inbox refuses deliveries and before that shutdown
+    /// waits for a running callback; possibly more than once, from several threads: it must be
+    /// idempotent and thread-safe, and must not block on the session. Called under the
+    /// session's lock when the session is destroyed.
+    virtual void stop() noexcept = 0;
+
+protected:
+    ~inbox_stop_hook() = default;
+};
+
+/// Returns the object (the handle's reference) and fills `address`. `on_stop`, when set, is
+/// held by the inbox and stopped with it (see inbox_stop_hook).
+MAILROOM_EXPORT event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address,
+                                        std::shared_ptr<inbox_stop_hook> on_stop = {});
 /// Returns the object (the handle's reference), subscribed to `from`.
 MAILROOM_EXPORT event_object* add_subscription(session_impl* s, const mbox& from, message_type type, handler fn);
 

@@ -37,6 +37,14 @@ public:
     using error::error;
 };
 
+/// outgoing::wait() was called on a worker thread of the environment that would have to answer
+/// the request: it could wait for itself (the answering session may share the thread), and
+/// the environment could not stop. Use then() or co_await there.
+class MAILROOM_EXPORT would_deadlock_error final : public error {
+public:
+    using error::error;
+};
+
 /// The longest name the registry accepts.
 inline constexpr std::size_t max_name_length = 255;
 
@@ -76,7 +84,6 @@ private:
 namespace internal {
 class request_core;
 struct named_delivery;
-struct named_object_impl;
 MAILROOM_EXPORT request_core* new_request(environment& env, message_type reply_type,
                                           std::chrono::nanoseconds timeout);
 MAILROOM_EXPORT void request_add_ref(request_core* r) noexcept;
@@ -85,7 +92,9 @@ MAILROOM_EXPORT request_state request_get_state(const request_core* r) noexcept;
 MAILROOM_EXPORT std::uint64_t request_id(const request_core* r) noexcept;
 MAILROOM_EXPORT std::string request_reason(const request_core* r);
 MAILROOM_EXPORT envelope* request_reply(const request_core* r) noexcept;
-MAILROOM_EXPORT bool request_wait(const request_core* r, std::int64_t timeout_ns) noexcept;
+/// Raises would_deadlock_error when it would block (not final, a non-zero timeout) on a worker
+/// thread running a callback of the request's environment.
+MAILROOM_EXPORT bool request_wait(const request_core* r, std::int64_t timeout_ns);
 MAILROOM_EXPORT bool request_cancel(request_core* r) noexcept;
 /// Runs `fn(arg)` once the request is final: at once when it is, else on the finishing
 /// thread. One continuation per request (usage_error otherwise).
@@ -116,7 +125,9 @@ class MAILROOM_EXPORT incoming {
 public:
     incoming() noexcept = default;
     explicit incoming(internal::named_delivery* d) noexcept : d_(d) {}
-    incoming(incoming&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
+    /// Moving an unanswered request out of the handler lets the environment find it when it
+    /// stops: a request still open then is abandoned, whoever holds its incoming.
+    incoming(incoming&& o) noexcept;
     incoming& operator=(incoming&& o) noexcept;
     ~incoming();
 
@@ -177,13 +188,14 @@ public:
     /// Why it was rejected or abandoned ("" otherwise).
     std::string reason() const { return internal::request_reason(r_); }
 
-    /// Blocks until the request is final or `timeout` passed; true when final. Not from a
-    /// callback of the session that would answer it (that would wait for itself).
-    bool wait_for(std::chrono::nanoseconds timeout) const noexcept {
-        return internal::request_wait(r_, timeout.count());
-    }
-    /// Blocks until final; returns the final state.
-    request_state wait() const noexcept {
+    /// Blocks until the request is final or `timeout` passed; true when final. Raises
+    /// would_deadlock_error instead of blocking on a worker thread of the request's environment
+    /// (inside a session's callback or an agent's handler): the answering session may share
+    /// that thread, and the environment could not stop. There, use then() or co_await. A
+    /// request that is final already, or a zero timeout (a poll), never raises.
+    bool wait_for(std::chrono::nanoseconds timeout) const { return internal::request_wait(r_, timeout.count()); }
+    /// Blocks until final; returns the final state. Raises would_deadlock_error like wait_for().
+    request_state wait() const {
         internal::request_wait(r_, -1);
         return state();
     }
@@ -270,8 +282,10 @@ private:
 /// A fire-and-forget coroutine for session callbacks and agent handlers: `s.post([&] { run(args); })` with
 /// `task run(args) { auto r = co_await request<int>(...); ... }`. It starts at once, runs on
 /// the session until its first co_await, and resumes there. An exception that escapes it is
-/// logged to stderr and counted nowhere else; keep the parameters by value (a lambda's
-/// captures die when the lambda returns, before the coroutine resumes).
+/// logged through the environment's log and counted in handler_exceptions, like one from a
+/// session's callback (it does not apply an agent's exception policy; outside any session or
+/// agent it goes to stderr); keep the parameters by value (a lambda's captures die when the
+/// lambda returns, before the coroutine resumes).
 struct task {
     struct promise_type {
         task get_return_object() noexcept { return {}; }
@@ -284,7 +298,8 @@ struct task {
 
 /// Sends a request for an `R` to the named object `name`. Any thread. Never throws for a
 /// missing object, a stopped environment or a full stop: the returned request says so
-/// (rejected or abandoned, with a reason).
+/// (rejected or abandoned, with a reason). Raises invalid_name_error for an invalid name (the
+/// request is counted rejected).
 template <class R, class Msg>
 [[nodiscard]] outgoing<R> request(environment& env, std::string_view name, Msg&& msg, send_options options) {
     internal::request_core* r = internal::new_request(env, message_type_of<R>(), options.timeout);
@@ -303,7 +318,8 @@ template <class R, class Msg>
 }
 
 /// Sends a one-way message to `name`. Any thread. Raises no_such_object_error when no object
-/// has that name and there is no `*`, environment_stopped_error once the environment stopped.
+/// has that name and there is no `*`, environment_stopped_error once the environment stopped,
+/// invalid_name_error for an invalid name.
 template <class Msg>
 void send_to(environment& env, std::string_view name, Msg&& msg, send_options options) {
     internal::send_named(env, name, internal::make_envelope<std::decay_t<Msg>>(std::forward<Msg>(msg)), nullptr,
@@ -317,20 +333,21 @@ void send_to(environment& env, std::string_view name, Msg&& msg) {
 /// A named object's handle: shutdown() unregisters the name and stops the handler (when it
 /// returns on another thread than the session's, no message is being handled and none will
 /// be); destroy() also frees it; the handle going out of scope destroys it unless detached.
+/// detach() keeps the name registered until the session is destroyed. The name belongs to the
+/// object, not to this handle: moved into a plain event_handle, that handle's shutdown() and
+/// destroy() unregister it the same way.
 class MAILROOM_EXPORT named_handle final : public event_handle {
 public:
     named_handle() noexcept = default;
-    named_handle(internal::event_object* o, std::shared_ptr<internal::named_object_impl> n) noexcept;
+    named_handle(internal::event_object* o, std::string name) noexcept;
     named_handle(named_handle&&) noexcept = default;
-    named_handle& operator=(named_handle&& o) noexcept;
-    ~named_handle();
+    named_handle& operator=(named_handle&& o) noexcept = default;
 
-    const std::string& name() const noexcept;
-    bool shutdown() noexcept;
-    void destroy() noexcept;
+    /// The name it was registered under ("" for an empty handle).
+    const std::string& name() const noexcept { return name_; }
 
 private:
-    std::shared_ptr<internal::named_object_impl> named_;
+    std::string name_;
 };
 
 namespace internal {

@@ -520,3 +520,251 @@ TEST(named, a_coroutine_whose_session_is_destroyed_is_destroyed_unresumed) {
     EXPECT_TRUE(test::eventually([&] { return destroyed.load() == 1; }));
     EXPECT_EQ(resumed.load(), 0);
 }
+
+// ---- edges: continuations that throw, waits that cannot progress, names that outlive or
+// ---- precede their owners, requests held outside a stopping environment ----
+
+namespace {
+// Collects what an environment logs (any thread).
+struct log_sink {
+    std::mutex mu;
+    std::vector<std::string> lines;
+    std::function<void(std::string_view)> fn() {
+        return [this](std::string_view t) {
+            std::lock_guard g(mu);
+            lines.emplace_back(t);
+        };
+    }
+    bool has(std::string_view part) {
+        std::lock_guard g(mu);
+        for (auto& l : lines)
+            if (l.find(part) != std::string::npos) return true;
+        return false;
+    }
+};
+}  // namespace
+
+TEST(named, then_continuation_that_throws_is_counted_and_session_carries_on) {
+    log_sink log;
+    environment env({.log = log.fn()});
+    session server(env), client(env, {.name = "client"});
+    auto h = adder(server, "calc");
+    auto r = request<int>(env, "calc", add{1, 2});
+    r.then(client, [](const outgoing<int>& done) { throw std::runtime_error("boom " + std::to_string(done.reply())); });
+    ASSERT_TRUE(test::eventually([&] { return env.stats().handler_exceptions == 1; }));
+    EXPECT_TRUE(log.has("session 'client'"));
+    EXPECT_TRUE(log.has("boom 3"));
+    // The session carries on.
+    std::promise<void> after;
+    client.post([&] { after.set_value(); });
+    ASSERT_EQ(after.get_future().wait_for(10s), std::future_status::ready);
+    // And a cancel() on another thread returns: the callback is not "running" any more.
+    auto returned = std::make_shared<std::promise<void>>();
+    std::thread([r, returned]() mutable {
+        r.cancel();
+        returned->set_value();
+    }).detach();
+    EXPECT_EQ(returned->get_future().wait_for(10s), std::future_status::ready);
+}
+
+TEST(named, wait_on_a_worker_of_the_answering_environment_raises_instead_of_deadlocking) {
+    environment env;
+    session server(env), client(env, {.name = "client"});  // both on the default dispatcher's one thread
+    auto h = adder(server, "calc");
+    std::mutex mu;
+    outgoing<int> pending;
+    std::promise<std::string> raised;
+    client.post([&] {
+        auto r = request<int>(env, "calc", add{1, 2});
+        {
+            std::lock_guard g(mu);
+            pending = r;
+        }
+        try {
+            r.wait();
+            raised.set_value("");
+        } catch (const would_deadlock_error& e) {
+            raised.set_value(e.what());
+        }
+    });
+    auto f = raised.get_future();
+    if (f.wait_for(5s) != std::future_status::ready) {
+        ADD_FAILURE() << "wait() on the answering thread blocked";
+        std::lock_guard g(mu);
+        pending.cancel();  // unblocks it, so that the environment can stop
+        f.wait();
+        return;
+    }
+    std::string what = f.get();
+    EXPECT_NE(what.find("environment 'env'"), std::string::npos) << what;
+    EXPECT_NE(what.find("then()"), std::string::npos) << what;
+    // The request itself goes on and is answered.
+    std::lock_guard g(mu);
+    EXPECT_TRUE(pending.wait_for(10s));
+    EXPECT_EQ(pending.reply(), 3);
+}
+
+TEST(named, a_final_request_may_be_waited_for_on_a_worker) {
+    environment env;
+    session server(env), client(env);
+    auto h = adder(server, "calc");
+    std::promise<int> got;
+    client.post([&] {
+        auto r = request<int>(env, "nobody", add{});  // final at once: rejected
+        got.set_value(static_cast<int>(r.wait()));
+    });
+    auto f = got.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(f.get(), static_cast<int>(request_state::rejected));
+}
+
+TEST(named, after_session_destroy_returns_its_names_are_free_and_requests_are_rejected) {
+    environment env;
+    // The blocker holds the default dispatcher's thread, so the destroyed session's retire
+    // (queued on that thread) cannot run before the checks below.
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::atomic<bool> blocking{false};
+    session blocker(env);  // destroyed first: its callback uses what is above
+    blocker.post([&blocking, released] {  // a copy of the future of its own
+        blocking = true;
+        released.wait_for(20s);
+    });
+    ASSERT_TRUE(test::eventually([&] { return blocking.load(); }));
+    session owner(env);
+    auto h = adder(owner, "calc");
+    owner.destroy();
+    auto r = request<int>(env, "calc", add{1, 1});
+    EXPECT_EQ(r.state(), request_state::rejected) << r.reason();
+    EXPECT_NE(r.reason().find("no object named 'calc'"), std::string::npos) << r.reason();
+    session next(env, {.bind = env.add_dispatcher("other", one_thread_params{}).bind()});
+    named_handle again;
+    EXPECT_NO_THROW(again = adder(next, "calc"));
+    release.set_value();
+    blocker.destroy();  // returns once its callback did
+    EXPECT_EQ(request<int>(env, "calc", add{2, 2}).wait(), request_state::replied);
+}
+
+TEST(named, a_detached_handle_keeps_its_name_until_the_session_is_destroyed) {
+    environment env;
+    session s(env);
+    {
+        auto h = adder(s, "calc");
+        h.detach();
+        EXPECT_FALSE(h);
+    }
+    auto r = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(r.wait(), request_state::replied) << r.reason();
+    EXPECT_THROW(adder(s, "calc"), duplicate_name_error);
+    s.destroy();
+    auto gone = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(gone.wait(), request_state::rejected) << gone.reason();
+}
+
+TEST(named, a_named_handle_moved_into_an_event_handle_keeps_the_name_until_that_handle_shuts_it) {
+    environment env;
+    session s(env);
+    auto h = adder(s, "calc");
+    event_handle e = std::move(h);
+    h = named_handle{};  // the moved-from handle has nothing left to unregister
+    EXPECT_TRUE(e);
+    auto r = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(r.wait(), request_state::replied) << r.reason();
+    e.shutdown();
+    EXPECT_FALSE(e);
+    auto gone = request<int>(env, "calc", add{1, 2});
+    EXPECT_EQ(gone.wait(), request_state::rejected) << gone.reason();
+    EXPECT_NO_THROW(adder(s, "calc"));
+}
+
+TEST(named, a_request_whose_incoming_is_kept_outside_is_abandoned_when_the_environment_stops) {
+    std::mutex mu;
+    std::vector<incoming> parked;  // outlives the environment
+    std::vector<outgoing<int>> rs;
+    {
+        environment env;
+        session s(env);
+        auto h = register_named(s, "slow", [&](incoming& in) {
+            std::lock_guard g(mu);
+            parked.push_back(std::move(in));
+        });
+        rs.push_back(request<int>(env, "slow", 1));
+        rs.push_back(request<int>(env, "slow", 2, {.timeout = 1h}));
+        ASSERT_TRUE(test::eventually([&] {
+            std::lock_guard g(mu);
+            return parked.size() == 2;
+        }));
+        env.stop();
+        env.join();
+        for (auto& r : rs) {
+            EXPECT_TRUE(r.wait_for(10s)) << to_string(r.state());
+            EXPECT_EQ(r.state(), request_state::abandoned);
+            EXPECT_NE(r.reason().find("environment 'env' stopped"), std::string::npos) << r.reason();
+        }
+        auto st = env.stats();
+        EXPECT_EQ(st.requests_posted, st.requests_replied + st.requests_rejected + st.requests_abandoned);
+    }
+    std::lock_guard g(mu);
+    parked[0].reply<int>(1);  // too late, after the environment: no crash, nothing waits
+    parked.clear();
+}
+
+namespace {
+struct finisher final : agent {
+    std::promise<outgoing<int>>* out = nullptr;
+    void on_finish() override {
+        // Bounded: long enough for a registry emptied at the start of the teardown to be empty.
+        std::this_thread::sleep_for(50ms);
+        out->set_value(request<int>(env(), "calc", add{1, 2}));
+    }
+};
+}  // namespace
+
+TEST(named, a_request_from_on_finish_reaches_an_object_whose_session_still_exists) {
+    std::promise<outgoing<int>> out;
+    auto f = out.get_future();
+    {
+        environment env;
+        (void)request<int>(env, "nobody", add{});  // the registry is made before the cooperation
+        session server(env);
+        auto h = adder(server, "calc");
+        h.detach();
+        server.detach();
+        coop c(env);
+        c.make_agent<finisher>().out = &out;
+        register_coop(std::move(c));
+    }
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    auto r = f.get();
+    EXPECT_TRUE(r.wait_for(10s));
+    EXPECT_NE(r.state(), request_state::rejected) << r.reason();
+    if (r.state() == request_state::abandoned) {  // queued, then its session went with the teardown
+        EXPECT_NE(r.reason().find("went away"), std::string::npos) << r.reason();
+    }
+}
+
+namespace {
+task throw_after_await(environment& env) {
+    auto r = co_await request<int>(env, "calc", add{1, 2});
+    throw std::runtime_error("task failed with " + std::to_string(r.reply()));
+}
+task throw_at_once() {
+    throw std::runtime_error("task failed at once");
+    co_return;
+}
+}  // namespace
+
+TEST(named, an_exception_escaping_a_task_is_counted_and_logged) {
+    log_sink log;
+    environment env({.log = log.fn()});
+    session server(env), client(env, {.name = "client"});
+    auto h = adder(server, "calc");
+    client.post([&] {
+        throw_at_once();
+        throw_after_await(env);
+    });
+    ASSERT_TRUE(test::eventually([&] { return env.stats().handler_exceptions == 2; }))
+        << env.stats().handler_exceptions;
+    EXPECT_TRUE(log.has("session 'client': coroutine task threw: task failed at once"));
+    EXPECT_TRUE(log.has("session 'client': coroutine task threw: task failed with 3"));
+}
