@@ -25,10 +25,48 @@ struct thread_counters {
         exceptions{0};
     // Sessions' callbacks (posted calls, timers, inbox messages).
     std::atomic<std::uint64_t> callbacks_run{0}, callbacks_refused{0}, callbacks_discarded{0};
+    // Sends of this thread into this environment that have begun and not ended (see send_scope).
+    std::atomic<std::uint32_t> sending{0};
 
+    // A release store (a plain store on x86): a snapshot that reads an outcome with acquire then
+    // sees everything that happened before it, the send that was counted first included (the
+    // message travelled from sender to receiver through a queue's release/acquire).
     static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
-        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_release);
     }
+};
+
+/// Set once at start-up when the process could not register for expedited membarrier(2): a
+/// send_scope then pays a full fence instead of a compiler barrier.
+MAILROOM_EXPORT extern std::atomic<bool> send_needs_fence;
+
+/// Marks a send into an environment in flight, from before its open() check until the message
+/// is queued or counted. env_core::join() closes intake, then waits for every send in flight to
+/// end, so that no message passes the check, sleeps through the teardown and lands in a queue
+/// after the last sweep: when join() builds its report, sent = delivered + lost + ignored +
+/// discarded + cancelled holds exactly.
+///
+/// The cost on the send path is two stores to this thread's own counters and a compiler
+/// barrier. The store-then-load ordering that the handshake needs (this side: `sending`, then
+/// `closed_`; join's side: `closed_`, then `sending`) comes from join(): membarrier(2) makes
+/// every running thread of the process execute a full barrier, so the sender needs none.
+/// Nests (a payload's destructor may send). Must not enclose anything that waits for the
+/// environment.
+class send_scope {
+public:
+    explicit send_scope(thread_counters& c) noexcept : c_(c) {
+        c.sending.store(c.sending.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        if (send_needs_fence.load(std::memory_order_relaxed)) [[unlikely]]
+            std::atomic_thread_fence(std::memory_order_seq_cst);
+        else
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+    ~send_scope() { c_.sending.store(c_.sending.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
+    send_scope(const send_scope&) = delete;
+    send_scope& operator=(const send_scope&) = delete;
+
+private:
+    thread_counters& c_;
 };
 
 /// A part of the runtime that lives in an environment and must be stopped with it (the agent
@@ -91,10 +129,15 @@ public:
 
     void stop() noexcept;
     teardown_report join();
+    /// Any thread. A snapshot of the counters: every outcome counter is read before any sent
+    /// counter, so even while messages flow, outcomes never exceed sends in a snapshot.
     environment_stats stats() const;
 
 private:
     thread_counters& counters_slow() noexcept;
+    /// On the joining thread, after intake closed: returns once no send_scope of this
+    /// environment is open on any thread.
+    void wait_for_senders() noexcept;
 
     environment_options options_;
     std::uint64_t id_;
