@@ -6,12 +6,6 @@
 #include <condition_variable>
 #include <cstdio>
 
-#ifdef __linux__
-#include <linux/membarrier.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
 namespace mailroom {
 namespace internal {
 
@@ -23,31 +17,6 @@ struct counters_cache {
     thread_counters* block = nullptr;
 };
 MAILROOM_FAST_TLS thread_local counters_cache tls_counters;
-}  // namespace
-
-std::atomic<bool> send_needs_fence{false};
-
-namespace {
-// The heavy half of send_scope's handshake. Registration is per process, once; without it
-// (another kernel, a seccomp filter) senders pay a fence and this side needs one only.
-bool expedited_membarrier() noexcept {
-#if defined(__linux__) && defined(SYS_membarrier)
-    static const bool registered =
-        ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-    return registered;
-#else
-    return false;
-#endif
-}
-
-void barrier_on_every_thread() noexcept {
-#if defined(__linux__) && defined(SYS_membarrier)
-    if (!send_needs_fence.load(std::memory_order_relaxed) &&
-        ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
-        fatal("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after it was registered");
-#endif
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-}
 }  // namespace
 
 env_extension::~env_extension() = default;
@@ -62,8 +31,9 @@ env_core*& current_env() noexcept {
 env_core::env_core(environment_options options)
     : options_(std::move(options)), id_(next_env_id.fetch_add(1, std::memory_order_relaxed)),
       timers_(options_.timer_tick) {
-    // Before any mbox of this environment exists, so before any of its senders.
-    if (!expedited_membarrier()) send_needs_fence.store(true, std::memory_order_relaxed);
+    // Before any mbox of this environment exists, so every send_scope and join() of it see
+    // the gate's mode final (send_scope's handshake uses the same one).
+    event_gate_init();
     default_ = make_one_thread("default", options_.default_dispatcher);
     dispatchers_.push_back(default_);
 }
@@ -328,7 +298,7 @@ teardown_report env_core::join() {
 }
 
 void env_core::wait_for_senders() noexcept {
-    barrier_on_every_thread();
+    context_gate::barrier();  // the far side of send_scope's handshake, after closed_ was set
     // By index, without holding the lock while waiting: a send in flight never takes it (its
     // counters were found before it began), but what it runs may (a payload's destructor).
     // Blocks are only appended, and live until this core is freed.
@@ -343,7 +313,7 @@ void env_core::wait_for_senders() noexcept {
             if (counters_[i].first == me) continue;
             c = counters_[i].second.get();
         }
-        while (c->sending.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+        while (c->sending.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
     }
 }
 

@@ -51,12 +51,12 @@ TEST(burst_memory, resident_memory_falls_back_near_its_start_after_a_burst_drain
         });
         p.subscribe(p.direct_mbox(), [&](const quote&) { handled.fetch_add(1, std::memory_order_relaxed); });
     });
-    const std::size_t start = resident_bytes();
+    [[maybe_unused]] const std::size_t start = resident_bytes();
     mailroom::send<stall>(m);
     std::thread([&] {
         for (long i = 0; i < messages; ++i) mailroom::send<quote>(m, quote{});
     }).join();
-    const std::size_t peak = resident_bytes();
+    [[maybe_unused]] const std::size_t peak = resident_bytes();
     release = true;
     ASSERT_TRUE(mailroom::test::eventually([&] { return handled.load() == messages; }, 60s));
 

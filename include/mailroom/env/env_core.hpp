@@ -4,6 +4,7 @@
 /// gets a clear error instead of touching freed memory.
 
 #include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/event_object.hpp>
 #include <mailroom/dispatch/timer_service.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
@@ -36,30 +37,28 @@ struct thread_counters {
     }
 };
 
-/// Set once at start-up when the process could not register for expedited membarrier(2): a
-/// send_scope then pays a full fence instead of a compiler barrier.
-MAILROOM_EXPORT extern std::atomic<bool> send_needs_fence;
-
 /// Marks a send into an environment in flight, from before its open() check until the message
 /// is queued or counted. env_core::join() closes intake, then waits for every send in flight to
 /// end, so that no message passes the check, sleeps through the teardown and lands in a queue
 /// after the last sweep: when join() builds its report, sent = delivered + lost + ignored +
 /// discarded + cancelled holds exactly.
 ///
-/// The cost on the send path is two stores to this thread's own counters and a compiler
-/// barrier. The store-then-load ordering that the handshake needs (this side: `sending`, then
-/// `closed_`; join's side: `closed_`, then `sending`) comes from join(): membarrier(2) makes
-/// every running thread of the process execute a full barrier, so the sender needs none.
+/// The handshake is a Dekker pair (this side: `sending`, then `closed_`; join's side: `closed_`,
+/// then `sending`), made asymmetric as the context gate's is (dispatch/event_object.hpp): with
+/// membarrier, join() pays the system call and a send pays two plain stores to its own
+/// thread's counters and a compiler fence; without it, the store here is seq_cst.
 /// Nests (a payload's destructor may send). Must not enclose anything that waits for the
 /// environment.
 class send_scope {
 public:
     explicit send_scope(thread_counters& c) noexcept : c_(c) {
-        c.sending.store(c.sending.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        if (send_needs_fence.load(std::memory_order_relaxed)) [[unlikely]]
-            std::atomic_thread_fence(std::memory_order_seq_cst);
-        else
+        const std::uint32_t n = c.sending.load(std::memory_order_relaxed) + 1;
+        if (event_gate_asymmetric.load(std::memory_order_relaxed)) [[likely]] {
+            c.sending.store(n, std::memory_order_relaxed);
             std::atomic_signal_fence(std::memory_order_seq_cst);
+        } else {
+            c.sending.store(n, std::memory_order_seq_cst);
+        }
     }
     ~send_scope() { c_.sending.store(c_.sending.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
     send_scope(const send_scope&) = delete;
@@ -97,7 +96,9 @@ public:
 
     /// False once the environment finished deregistering its cooperations: sending through its
     /// mboxes raises environment_stopped_error from then on.
-    bool open() const noexcept { return !closed_.load(std::memory_order_acquire); }
+    /// seq_cst (a plain load on x86 and ARM, as acquire would be): the second half of
+    /// send_scope's handshake when membarrier is not available.
+    bool open() const noexcept { return !closed_.load(std::memory_order_seq_cst); }
     bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
     /// Raises environment_stopped_error naming `what` when the environment is closed.
     void check_open(const char* what, std::string_view object) const;
