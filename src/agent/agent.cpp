@@ -334,8 +334,16 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
     mbox_impl& m = *from.impl();
     if (&m.env() != core.rt->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
-    if (m.kind() == mbox_kind::direct && static_cast<internal::direct_mbox&>(m).core() != &core)
-        throw subscription_error(describe() + ": it is another agent's direct mbox (only its owner may subscribe)");
+    if (m.kind() == mbox_kind::direct) {
+        // A session's inbox has a direct address too, but no agent behind it: ask, never assume.
+        auto* direct = dynamic_cast<internal::direct_mbox*>(&m);
+        if (!direct)
+            throw subscription_error(describe() +
+                                     ": it is the address of a session's inbox (only that inbox's callback receives "
+                                     "what is sent to it)");
+        if (direct->core() != &core)
+            throw subscription_error(describe() + ": it is another agent's direct mbox (only its owner may subscribe)");
+    }
     bool dup = core.find(m.id(), type) != nullptr;
     for (auto& s : core.added) dup = dup || (s.mbox_id == m.id() && s.type == type);
     if (dup) throw subscription_error(describe() + ": already subscribed");

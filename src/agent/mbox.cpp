@@ -99,26 +99,19 @@ direct_mbox::direct_mbox(std::shared_ptr<env_core> env, agent_runtime* rt, agent
 std::string direct_mbox::name() const { return "direct mbox of agent #" + std::to_string(agent_id_); }
 
 void direct_mbox::deliver(envelope* e, timer_entry* timer) {
+    envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
     env_core& env = *env_;
-    if (!env.open()) {
-        e->release();
-        env.check_open("sending through", name());
-    }
     thread_counters& counters = env.counters();
+    send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
+    if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
     // A cheap early answer for a receiver that is gone; the receiving side checks again.
     if (core_->gen.load(std::memory_order_acquire) != gen_) {
         thread_counters::bump(counters.sent);  // every counted loss was first counted sent
         thread_counters::bump(counters.lost);
-        e->release();
         return;
     }
-    message_demand* d;
-    try {
-        d = message_demand::make(core_, gen_, id_, e, timer, false);
-    } catch (...) {
-        e->release();
-        throw;
-    }
+    message_demand* d = message_demand::make(core_, gen_, id_, e, timer, false);
+    ref.release();
     thread_counters::bump(counters.sent);
     core_->push(d);
 }
@@ -132,8 +125,10 @@ std::string mpmc_mbox::name() const {
 }
 
 void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
-    envelope_ref ref(e);
+    envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
     env_core& env = *env_;
+    thread_counters& counters = env.counters();
+    send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
     if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
     std::shared_ptr<const table> snap;
     {
@@ -148,7 +143,9 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     // One atomic add for the whole fan-out instead of one per receiver.
     if (n > 1) e->add_refs(n - 1);
     ref.release();
-    thread_counters& counters = env.counters();
+    // Counted sent before the first delivery is queued: a receiver may count its outcome at
+    // once, and no snapshot may show an outcome before its send.
+    thread_counters::bump(counters.sent, n);
     std::uint32_t i = 0, ignored = 0;
     try {
         for (; i < n; ++i) {
@@ -159,12 +156,13 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
                 ++ignored;  // a session's subscription shut down after this snapshot was taken
         }
     } catch (...) {
-        for (std::uint32_t j = i; j < n; ++j) e->release();
-        thread_counters::bump(counters.sent, i);
+        // Out of memory: the deliveries not made were never sent (the caller gets the error).
+        // Taking them back leaves sent too high for a moment, never too low.
+        counters.sent.store(counters.sent.load(std::memory_order_relaxed) - (n - i), std::memory_order_release);
         if (ignored) thread_counters::bump(counters.ignored, ignored);
+        for (std::uint32_t j = i; j < n; ++j) e->release();
         throw;
     }
-    thread_counters::bump(counters.sent, n);
     if (ignored) thread_counters::bump(counters.ignored, ignored);
 }
 

@@ -366,10 +366,13 @@ public:
     ~inbox_mbox() override { obj_->release(); }
 
     void deliver(envelope* e, timer_entry* timer) override {
-        envelope_ref ref(e);
+        envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
         env_core& env = *env_;
-        if (!env.open()) env.check_open("sending through", name());
         thread_counters& c = env.counters();
+        // From before the check: join() waits for it, so this message cannot land in a queue
+        // after the teardown's last sweep (env_core.hpp).
+        send_scope sending(c);
+        if (!env.open()) env.check_open("sending through", name());
         if (!(e->type() == obj_->type)) {
             thread_counters::bump(c.sent);
             thread_counters::bump(c.ignored);

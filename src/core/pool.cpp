@@ -3,10 +3,15 @@
 #include <mailroom/core/clock.hpp>
 
 #include <array>
+#include <atomic>
 #include <bit>
 #include <mutex>
 #include <new>
 #include <vector>
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 namespace mailroom::internal {
 namespace {
@@ -15,8 +20,18 @@ namespace {
 // list grows past two batches (the consumer side of a producer/consumer pair), one batch moves to
 // a shared depot, from which an empty thread-local list refills a whole batch under one lock.
 // The lock is taken once per batch, never per block.
+//
+// Giving memory back: the depot keeps at most pool_cache_limit() bytes. A batch that would
+// take it past that mark (a consumer draining the backlog of a burst) goes back to operator
+// delete at once, outside the lock; and since glibc keeps small freed chunks in its own lists,
+// every trim_every bytes so returned the pool asks it to hand free pages back to the system.
+// All of this happens on the slow path, once per batch; allocating and freeing a block stay a
+// pop and a push on a thread-local list.
 constexpr std::size_t class_count = 5;
 constexpr std::size_t batch_size = 256;
+constexpr std::size_t trim_every = std::size_t{16} << 20;
+
+std::atomic<std::size_t> cache_limit{pool_default_cache_limit};
 
 [[maybe_unused]] std::size_t class_of(std::size_t size) noexcept {
     return size <= 32 ? 0 : static_cast<std::size_t>(std::bit_width(size - 1)) - 5;
@@ -33,10 +48,19 @@ struct batch {
     std::size_t count = 0;
 };
 
+// Returns free pages of the C heap to the system (glibc keeps them otherwise).
+void trim_heap() noexcept {
+#ifdef __GLIBC__
+    ::malloc_trim(0);
+#endif
+}
+
 struct depot {
     std::mutex lock;
     std::array<std::vector<batch>, class_count> batches;
     std::size_t blocks = 0;
+    std::size_t bytes = 0;
+    std::size_t released_since_trim = 0;
 
     ~depot() {
         for (std::size_t c = 0; c < class_count; ++c)
@@ -52,10 +76,27 @@ struct depot {
         b.count = 0;
     }
 
+    // Keeps `b` if the depot stays under the mark, else frees it. May throw (out of memory
+    // growing the list) only while `b` is still the caller's.
     void put(batch b, std::size_t c) {
-        std::lock_guard g(lock);
-        blocks += b.count;
-        batches[c].push_back(b);
+        const std::size_t add = b.count * class_bytes(c);
+        bool trim = false;
+        {
+            std::lock_guard g(lock);
+            if (bytes + add <= cache_limit.load(std::memory_order_relaxed)) {
+                batches[c].push_back(b);
+                blocks += b.count;
+                bytes += add;
+                return;
+            }
+            released_since_trim += add;
+            if (released_since_trim >= trim_every) {
+                released_since_trim = 0;
+                trim = true;
+            }
+        }
+        release(b, c);
+        if (trim) trim_heap();
     }
 
     batch take(std::size_t c) noexcept {
@@ -64,7 +105,32 @@ struct depot {
         batch b = batches[c].back();
         batches[c].pop_back();
         blocks -= b.count;
+        bytes -= b.count * class_bytes(c);
         return b;
+    }
+
+    // Frees batches (the largest classes first) until the depot holds at most `limit` bytes.
+    void shrink_to(std::size_t limit) noexcept {
+        std::vector<std::pair<batch, std::size_t>> out;  // freed outside the lock
+        std::size_t freed = 0;
+        {
+            std::lock_guard g(lock);
+            for (std::size_t c = class_count; c-- > 0 && bytes > limit;)
+                while (!batches[c].empty() && bytes > limit) {
+                    batch b = batches[c].back();
+                    try {
+                        out.emplace_back(b, c);
+                    } catch (...) {
+                        return;  // out of memory: what is left stays cached
+                    }
+                    batches[c].pop_back();
+                    blocks -= b.count;
+                    bytes -= b.count * class_bytes(c);
+                    freed += b.count * class_bytes(c);
+                }
+        }
+        for (auto& [b, c] : out) release(b, c);
+        if (freed) trim_heap();
     }
 };
 
@@ -207,6 +273,25 @@ std::size_t pool_cached_blocks() noexcept {
     for (auto& l : cache.lists) n += l.count;
     std::lock_guard g(the_depot().lock);
     return n + the_depot().blocks;
+}
+
+std::size_t pool_cached_bytes() noexcept {
+    std::size_t n = 0;
+    for (std::size_t c = 0; c < class_count; ++c) n += cache.lists[c].count * class_bytes(c);
+    std::lock_guard g(the_depot().lock);
+    return n + the_depot().bytes;
+}
+
+std::size_t pool_depot_bytes() noexcept {
+    std::lock_guard g(the_depot().lock);
+    return the_depot().bytes;
+}
+
+std::size_t pool_cache_limit() noexcept { return cache_limit.load(std::memory_order_relaxed); }
+
+void pool_set_cache_limit(std::size_t bytes) noexcept {
+    cache_limit.store(bytes, std::memory_order_relaxed);
+    the_depot().shrink_to(bytes);
 }
 
 }  // namespace mailroom::internal

@@ -31,6 +31,9 @@ env_core*& current_env() noexcept {
 env_core::env_core(environment_options options)
     : options_(std::move(options)), id_(next_env_id.fetch_add(1, std::memory_order_relaxed)),
       timers_(options_.timer_tick) {
+    // Before any mbox of this environment exists, so every send_scope and join() of it see
+    // the gate's mode final (send_scope's handshake uses the same one).
+    event_gate_init();
     default_ = make_one_thread("default", options_.default_dispatcher);
     dispatchers_.push_back(default_);
 }
@@ -254,8 +257,11 @@ teardown_report env_core::join() {
     }
     // 1. cooperations, children first (the extension's own order)
     for (auto* e : exts) e->wait_stopped();
-    // 2. intake: from here a send raises environment_stopped_error
-    closed_.store(true, std::memory_order_release);
+    // 2. intake: from here a send raises environment_stopped_error; a send that passed its
+    //    check before is waited for, so its message is in a queue before the dispatchers stop
+    //    (and is run or discarded there) or counted where it was refused
+    closed_.store(true, std::memory_order_seq_cst);
+    wait_for_senders();
     // 3. dispatchers: threads joined, queues discarded
     for (auto& d : dispatchers()) {
         d->shutdown();
@@ -291,17 +297,43 @@ teardown_report env_core::join() {
     return report_;
 }
 
+void env_core::wait_for_senders() noexcept {
+    context_gate::barrier();  // the far side of send_scope's handshake, after closed_ was set
+    // By index, without holding the lock while waiting: a send in flight never takes it (its
+    // counters were found before it began), but what it runs may (a payload's destructor).
+    // Blocks are only appended, and live until this core is freed.
+    // The joining thread's own block is skipped: a send of its own in flight (join() called
+    // from a payload's destructor) ends only after join() returns.
+    const auto me = std::this_thread::get_id();
+    for (std::size_t i = 0;; ++i) {
+        thread_counters* c;
+        {
+            std::lock_guard g(lock_);
+            if (i >= counters_.size()) break;
+            if (counters_[i].first == me) continue;
+            c = counters_[i].second.get();
+        }
+        while (c->sending.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+    }
+}
+
 environment_stats env_core::stats() const {
     environment_stats s;
     {
         std::lock_guard g(lock_);
+        // Outcomes first, each with acquire, then the sends: an outcome seen here was counted
+        // after its send was (see thread_counters::bump), so that send is seen too, and no
+        // snapshot shows more outcomes than sends. Under the lock no block appears between the
+        // two passes.
+        for (auto& [id, c] : counters_) {
+            s.messages_delivered += c->delivered.load(std::memory_order_acquire);
+            s.messages_lost += c->lost.load(std::memory_order_acquire);
+            s.messages_ignored += c->ignored.load(std::memory_order_acquire);
+            s.messages_discarded += c->discarded.load(std::memory_order_acquire);
+            s.messages_cancelled += c->cancelled.load(std::memory_order_acquire);
+        }
         for (auto& [id, c] : counters_) {
             s.messages_sent += c->sent.load(std::memory_order_relaxed);
-            s.messages_delivered += c->delivered.load(std::memory_order_relaxed);
-            s.messages_lost += c->lost.load(std::memory_order_relaxed);
-            s.messages_ignored += c->ignored.load(std::memory_order_relaxed);
-            s.messages_discarded += c->discarded.load(std::memory_order_relaxed);
-            s.messages_cancelled += c->cancelled.load(std::memory_order_relaxed);
             s.handler_exceptions += c->exceptions.load(std::memory_order_relaxed);
             s.callbacks_run += c->callbacks_run.load(std::memory_order_relaxed);
             s.callbacks_refused += c->callbacks_refused.load(std::memory_order_relaxed);

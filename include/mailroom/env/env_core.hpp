@@ -4,6 +4,7 @@
 /// gets a clear error instead of touching freed memory.
 
 #include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/event_object.hpp>
 #include <mailroom/dispatch/timer_service.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
@@ -25,10 +26,46 @@ struct thread_counters {
         exceptions{0};
     // Sessions' callbacks (posted calls, timers, inbox messages).
     std::atomic<std::uint64_t> callbacks_run{0}, callbacks_refused{0}, callbacks_discarded{0};
+    // Sends of this thread into this environment that have begun and not ended (see send_scope).
+    std::atomic<std::uint32_t> sending{0};
 
+    // A release store (a plain store on x86): a snapshot that reads an outcome with acquire then
+    // sees everything that happened before it, the send that was counted first included (the
+    // message travelled from sender to receiver through a queue's release/acquire).
     static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
-        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_release);
     }
+};
+
+/// Marks a send into an environment in flight, from before its open() check until the message
+/// is queued or counted. env_core::join() closes intake, then waits for every send in flight to
+/// end, so that no message passes the check, sleeps through the teardown and lands in a queue
+/// after the last sweep: when join() builds its report, sent = delivered + lost + ignored +
+/// discarded + cancelled holds exactly.
+///
+/// The handshake is a Dekker pair (this side: `sending`, then `closed_`; join's side: `closed_`,
+/// then `sending`), made asymmetric as the context gate's is (dispatch/event_object.hpp): with
+/// membarrier, join() pays the system call and a send pays two plain stores to its own
+/// thread's counters and a compiler fence; without it, the store here is seq_cst.
+/// Nests (a payload's destructor may send). Must not enclose anything that waits for the
+/// environment.
+class send_scope {
+public:
+    explicit send_scope(thread_counters& c) noexcept : c_(c) {
+        const std::uint32_t n = c.sending.load(std::memory_order_relaxed) + 1;
+        if (event_gate_asymmetric.load(std::memory_order_relaxed)) [[likely]] {
+            c.sending.store(n, std::memory_order_relaxed);
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+        } else {
+            c.sending.store(n, std::memory_order_seq_cst);
+        }
+    }
+    ~send_scope() { c_.sending.store(c_.sending.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
+    send_scope(const send_scope&) = delete;
+    send_scope& operator=(const send_scope&) = delete;
+
+private:
+    thread_counters& c_;
 };
 
 /// A part of the runtime that lives in an environment and must be stopped with it (the agent
@@ -59,7 +96,9 @@ public:
 
     /// False once the environment finished deregistering its cooperations: sending through its
     /// mboxes raises environment_stopped_error from then on.
-    bool open() const noexcept { return !closed_.load(std::memory_order_acquire); }
+    /// seq_cst (a plain load on x86 and ARM, as acquire would be): the second half of
+    /// send_scope's handshake when membarrier is not available.
+    bool open() const noexcept { return !closed_.load(std::memory_order_seq_cst); }
     bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
     /// Raises environment_stopped_error naming `what` when the environment is closed.
     void check_open(const char* what, std::string_view object) const;
@@ -91,10 +130,15 @@ public:
 
     void stop() noexcept;
     teardown_report join();
+    /// Any thread. A snapshot of the counters: every outcome counter is read before any sent
+    /// counter, so even while messages flow, outcomes never exceed sends in a snapshot.
     environment_stats stats() const;
 
 private:
     thread_counters& counters_slow() noexcept;
+    /// On the joining thread, after intake closed: returns once no send_scope of this
+    /// environment is open on any thread.
+    void wait_for_senders() noexcept;
 
     environment_options options_;
     std::uint64_t id_;

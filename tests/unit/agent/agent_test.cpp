@@ -458,6 +458,32 @@ TEST(agent, subscribing_to_another_agents_direct_mbox_raises) {
     EXPECT_NE(error.find(a.direct_mbox().name()), std::string::npos) << error;
 }
 
+TEST(agent, subscribing_to_a_session_inbox_address_raises_subscription_error_naming_inbox_and_agent) {
+    // An inbox's address is a direct mbox that no agent owns: it delivers only to its
+    // session's callback. Subscribing an agent to it is misuse, reported as such.
+    environment env;
+    session s(env, {.name = "replies"});
+    auto in = s.add_inbox<ping>([](const ping&) {});
+    const mbox address = in.address();
+    std::string error;
+    bool raised = false;
+    test::add_probe(env, [&](probe& p) {
+        p.set_name("bob");
+        try {
+            p.subscribe(address, [](const ping&) {});
+        } catch (const subscription_error& e) {
+            raised = true;
+            error = e.what();
+        }
+    });
+    EXPECT_TRUE(raised);
+    EXPECT_NE(error.find("bob"), std::string::npos) << error;
+    EXPECT_NE(error.find(address.name()), std::string::npos) << error;
+    // The reason, not the misleading "another agent's direct mbox".
+    EXPECT_NE(error.find("session's inbox"), std::string::npos) << error;
+    EXPECT_EQ(error.find("another agent"), std::string::npos) << error;
+}
+
 TEST(agent, subscribing_to_an_mbox_of_another_environment_raises) {
     environment env, other;
     mbox foreign = make_mpmc_mbox(other);
