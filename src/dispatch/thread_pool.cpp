@@ -103,9 +103,13 @@ public:
     void discard_queued() noexcept override {
         std::lock_guard g(binding_lock_);
         for (auto& s : strands_) {
+            spin_backoff backoff;
             while (s->queue.maybe_nonempty()) {
                 mpsc_node* n = s->queue.pop();
-                if (!n) continue;
+                if (!n) {
+                    backoff.pause();
+                    continue;
+                }
                 auto* d = static_cast<demand*>(n);
                 d->execute(d, demand_mode::discard);
             }
@@ -230,6 +234,7 @@ private:
                 wait_for_work(beat);
                 continue;
             }
+            spin_backoff backoff;
             for (;;) {
                 std::int64_t done = 0;
                 while (static_cast<std::size_t>(done) < cap) {
@@ -253,7 +258,9 @@ private:
                     schedule(s);
                     break;
                 }
-                if (done == 0) cpu_relax();
+                // Nothing popped though `pending` counts more: a push mid-way (its producer
+                // perhaps preempted): pause, and yield after a bounded spin.
+                if (done == 0) backoff.pause();
             }
         }
     }
