@@ -34,7 +34,7 @@ bool timer_entry::cancel() noexcept {
         // Unlink first: the payload may be what keeps the service alive (a request holds its
         // environment).
         if (svc) {
-            svc->unlink(this);
+            if (in_service_.load(std::memory_order_acquire)) svc->unlink(this);
             notify_if_waiting(state_.fetch_and(~unlinking_bit, std::memory_order_release));
         }
         release_payload();
@@ -209,6 +209,7 @@ bool timer_service::arm(timer_entry* e) noexcept {
     if (arm_hook_) [[unlikely]]
         arm_hook_(arm_hook_arg_);
     armed_.fetch_add(1, std::memory_order_relaxed);
+    e->in_service_.store(true, std::memory_order_relaxed);  // published with the push
     e->service_.store(this, std::memory_order_release);
     // Read before the push: from then on the entry is the timer thread's, which may fire it and
     // drop the last reference before this thread looks at it again.
@@ -259,6 +260,7 @@ void timer_service::stop() noexcept {
 
 void timer_service::drop(timer_entry* e) noexcept {
     e->slot_level_ = timer_entry::no_slot;
+    e->in_service_.store(false, std::memory_order_release);
     e->release();
     cancelled_.fetch_add(1, std::memory_order_relaxed);
     removed_.fetch_add(1, std::memory_order_relaxed);
@@ -367,6 +369,7 @@ void timer_service::run() noexcept {
                     w.insert(e, w.now_tick + 1);
                 } else {
                     e->slot_level_ = timer_entry::no_slot;
+                    e->in_service_.store(false, std::memory_order_release);
                     removed_.fetch_add(1, std::memory_order_relaxed);
                     if (e->cancelled()) cancelled_.fetch_add(1, std::memory_order_relaxed);
                     e->release();

@@ -106,6 +106,10 @@ private:
     // cancelled_bit | unlinking_bit | waiting_bit | number of deliveries running now
     std::atomic<std::uint32_t> state_{0};
     std::atomic<bool> uncancellable_{false};
+    // True from arm() until the service let go of the entry (a one-shot fired, a cancelled entry
+    // dropped, the service stopped); false for good after that, so a cancel() of a timer that
+    // already left (a fired one-shot whose handle is dropped) tells the service nothing.
+    std::atomic<bool> in_service_{false};
     // Where the entry sits in the wheel: the timer thread's alone.
     std::uint8_t slot_level_ = no_slot;
     std::uint8_t slot_index_ = 0;

@@ -403,4 +403,19 @@ TEST(timer_service, cancel_parks_while_a_long_delivery_runs_on_another_thread) {
     t->release();
 }
 
+TEST(timer_service, a_fired_one_shot_cancelled_later_is_freed_at_once) {
+    // The common pattern: send_delayed, let it fire, drop the handle. The service let go of
+    // the entry when it fired; the late cancel() must not park a reference in the command
+    // queue of a timer thread that may sleep until something else is armed.
+    test_timer::record r;
+    timer_service svc;
+    auto* t = test_timer::make(r, now_ns());
+    t->add_ref();  // ours
+    ASSERT_TRUE(svc.arm(t));
+    ASSERT_TRUE(eventually([&] { return r.fired.load() == 1 && svc.stats().pending == 0; }, 10s));
+    EXPECT_TRUE(t->cancel());
+    t->release();  // the last reference: freed here and now
+    EXPECT_EQ(r.destroyed.load(), 1) << "the entry outlived its last reference outside the service";
+}
+
 }  // namespace
