@@ -82,6 +82,7 @@ void worker::run() noexcept {
                 backoff.pause();
                 continue;
             }
+            backoff.reset();
             auto* d = static_cast<demand*>(n);
             heartbeat_.begin();
             d->execute(d, demand_mode::run);

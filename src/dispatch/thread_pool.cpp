@@ -234,7 +234,6 @@ private:
                 wait_for_work(beat);
                 continue;
             }
-            spin_backoff backoff;
             for (;;) {
                 std::int64_t done = 0;
                 while (static_cast<std::size_t>(done) < cap) {
@@ -258,9 +257,7 @@ private:
                     schedule(s);
                     break;
                 }
-                // Nothing popped though `pending` counts more: a push mid-way (its producer
-                // perhaps preempted): pause, and yield after a bounded spin.
-                if (done == 0) backoff.pause();
+                if (done == 0) cpu_relax();
             }
         }
     }

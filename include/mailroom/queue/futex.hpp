@@ -38,6 +38,8 @@ public:
             std::this_thread::yield();
         }
     }
+    /// After progress: the next mid-way push starts a fresh spin.
+    void reset() noexcept { spins_ = 0; }
 
 private:
     static constexpr unsigned limit = 64;
