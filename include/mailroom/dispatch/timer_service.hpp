@@ -81,9 +81,9 @@ public:
 
 protected:
     virtual ~timer_entry() = default;
-    /// On the timer thread when due; delivers (queues) the message. Must not throw. A periodic
-    /// timer whose previous fire is still queued or running returns `skipped`: it never has more
-    /// than one fire waiting, however slow its receiver.
+    /// On the timer thread when due; delivers (queues) the message. Must not throw. An entry
+    /// that keeps at most one fire waiting (a session timer) returns `skipped` while its previous
+    /// fire is still queued or running, however slow its receiver.
     virtual fire_result fire() noexcept = 0;
     /// Lets go of what the timer carries (its message, its request); called once, by the first
     /// cancel(), on the cancelling thread, possibly while fire() runs on the timer thread: an
