@@ -94,8 +94,9 @@ TEST(timer_cancel_churn, cancelled_and_dropped_timers_free_their_messages_and_le
             << env.stats().timers_pending << " timers pending with " << kept_count << " handles live";
         for (auto& v : kept)
             for (auto& h : v) survivors.push_back(std::move(h));
+        // Some fired and were handled (the fire-and-forget ones at least, due within 3 ms).
+        EXPECT_TRUE(mailroom::test::eventually([&] { return handled.load() + session_calls.load() > 0; }, 20s));
         s.destroy();
-        EXPECT_GT(handled.load() + session_calls.load(), 0);
     }
     // The environment is gone; cancelling and dropping what outlived it is safe and frees it all.
     for (std::size_t i = 0; i < survivors.size(); i += 2) survivors[i].cancel();
