@@ -16,7 +16,6 @@ namespace mailroom::internal {
 namespace {
 MAILROOM_FAST_TLS thread_local timer_entry* tls_delivering = nullptr;
 // The service whose timer thread this is: it never waits for its own stop().
-
 MAILROOM_FAST_TLS thread_local timer_service* tls_timer_thread = nullptr;
 }  // namespace
 
