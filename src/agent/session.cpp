@@ -169,6 +169,8 @@ void run_guarded_callback(session_impl& s, const char* what, F&& f) noexcept {
     thread_counters::bump(s.env->counters().exceptions);
 }
 
+void timer_fire_done(event_object* o) noexcept;  // a session timer's fire left the queue
+
 /// A timer fire, an inbox message or a publication on its way to an object. Holds a reference
 /// to the object (and to the timer of a send_delayed, and the message).
 struct event_demand final : demand {
@@ -206,8 +208,11 @@ void event_demand::execute_fn(demand* base, demand_mode mode) noexcept {
     event_object* o = d->obj;
     session_impl* s = o->owner;
     thread_counters& c = s->env->counters();
+    // A session timer's own fire (no message) lets the timer queue the next one once it is done.
+    const bool timer_fire = o->what == event_object::kind::timer;
     if (mode == demand_mode::discard) {
         thread_counters::bump(d->msg ? c.discarded : c.callbacks_discarded);
+        if (timer_fire) timer_fire_done(o);
         d->free();
         return;
     }
@@ -234,6 +239,7 @@ void event_demand::execute_fn(demand* base, demand_mode mode) noexcept {
         thread_counters::bump(c.callbacks_refused);
         if (d->msg) thread_counters::bump(d->fanout ? c.ignored : c.lost);
     }
+    if (timer_fire) timer_fire_done(o);
     if (d->timer) d->timer->end_delivery();
     d->free();
 }
@@ -313,27 +319,41 @@ public:
 
     void add_ref() noexcept override { timer_entry::add_ref(); }
     void release() noexcept override { timer_entry::release(); }
-    // The wheel drops a cancelled entry when it next comes up; cancel() does not wait here:
-    // this timer's deliveries never count themselves in timer_entry's state.
+    // cancel() unlinks the entry from the wheel (it leaves at the timer thread's next wake, not
+    // at its deadline) and does not wait here: this timer's deliveries never count themselves
+    // in timer_entry's state.
     void stop_source() noexcept override { timer_entry::cancel(); }
+
+    /// On the session's context, once a fire has run, been refused or discarded: the next
+    /// period may queue one again.
+    void fire_done() noexcept { fire_queued_.store(false, std::memory_order_release); }
 
 private:
     ~timer_object() override = default;
 
-    // On the timer thread.
-    void fire() noexcept override {
-        if (shut.load(std::memory_order_relaxed)) return;  // an early answer; the gate decides
+    // On the timer thread. A timer slower than its period never has more than one fire queued
+    // or running: a period that comes up meanwhile is skipped (and counted by the service).
+    // Only this thread sets the flag, and only while it is clear, so a load and a store do.
+    fire_result fire() noexcept override {
+        if (shut.load(std::memory_order_relaxed)) return fire_result::none;  // an early answer; the gate decides
+        if (fire_queued_.load(std::memory_order_acquire)) return fire_result::skipped;
         event_demand* d;
         try {
             d = event_demand::make(this, nullptr, nullptr);
         } catch (...) {
-            return;  // out of memory: this tick is skipped
+            return fire_result::skipped;  // out of memory: this tick is skipped
         }
+        fire_queued_.store(true, std::memory_order_relaxed);  // published by the push
         owner->bound.queue->push(d);
+        return fire_result::queued;
     }
 
     void destroy() noexcept override { delete this; }
+
+    std::atomic<bool> fire_queued_{false};
 };
+
+void timer_fire_done(event_object* o) noexcept { static_cast<timer_object*>(o)->fire_done(); }
 
 class inbox_object final : public event_object {
 public:
@@ -551,10 +571,14 @@ void attach(session_impl* s, event_object* o) {
 }  // namespace
 
 event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay, std::chrono::nanoseconds period, handler fn) {
+    if (delay.count() < 0)
+        throw usage_error("session '" + s->name + "': add_timer with a negative delay (" +
+                          std::to_string(delay.count()) + " ns)");
     if (period.count() < 0)
-        throw usage_error("session '" + s->name + "': add_timer with a negative period");
+        throw usage_error("session '" + s->name + "': add_timer with a negative period (" +
+                          std::to_string(period.count()) + " ns)");
     auto* t = new timer_object(s, std::move(fn));  // one reference: the list's
-    t->deadline_ns = now_ns() + std::max<std::int64_t>(delay.count(), 0);
+    t->deadline_ns = now_ns() + delay.count();
     t->period_ns = period.count();
     try {
         attach(s, t);

@@ -4,27 +4,47 @@
 
 #include "runtime.hpp"
 
+#include <atomic>
+#include <string>
+
 namespace mailroom {
 namespace internal {
 namespace {
 
 // A scheduled message. A one-shot hands its envelope to the delivery (so a direct receiver may
-// move the payload out); a periodic one keeps it and shares it with every delivery.
+// move the payload out); a periodic one keeps it and shares it with every delivery. The first
+// cancel() takes the envelope out on the cancelling thread (release_payload), so a cancelled
+// timer holds no message while it waits to leave the wheel; the pointer is exchanged, never
+// read plainly, because fire() may be running on the timer thread at that moment.
 class mbox_timer final : public timer_entry {
 public:
     mbox_timer(mbox to, envelope* e) noexcept : target_(std::move(to)), msg_(e) {}
 
 private:
     ~mbox_timer() override {
-        if (msg_) msg_->release();
+        if (envelope* e = msg_.load(std::memory_order_relaxed)) e->release();
     }
 
-    void fire() noexcept override {
-        envelope* e = msg_;
-        if (period_ns == 0)
-            msg_ = nullptr;
-        else
-            e->add_refs(1);
+    fire_result fire() noexcept override {
+        // Taken out while it is handed on: a cancel() meanwhile finds nothing to release.
+        envelope* e = msg_.exchange(nullptr, std::memory_order_seq_cst);
+        if (!e) return fire_result::none;  // cancelled: release_payload() took it
+        const bool periodic = period_ns != 0;
+        if (periodic) e->add_refs(1);
+        deliver(e);
+        if (periodic) {
+            // Put back for the next period, unless a cancel() came meanwhile: it either sees
+            // the envelope back (and takes it) or is seen here (both sides seq_cst).
+            msg_.store(e, std::memory_order_seq_cst);
+            if (cancelled())
+                if (envelope* back = msg_.exchange(nullptr, std::memory_order_seq_cst)) back->release();
+        }
+        // Periodic messages are not skipped while one is queued, as session timers are: each is
+        // a message of its own, possibly to many subscribers, and message limits bound them.
+        return fire_result::queued;
+    }
+
+    void deliver(envelope* e) noexcept {
         try {
             // A timer nobody can cancel any more needs no cancellation check at the receiver.
             target_.impl()->deliver(e, cancellable() ? this : nullptr);
@@ -37,6 +57,10 @@ private:
         }
     }
 
+    void release_payload() noexcept override {
+        if (envelope* e = msg_.exchange(nullptr, std::memory_order_seq_cst)) e->release();
+    }
+
     // From the recycling pool, like envelopes: arming a million timers must not be a million
     // mallocs freed on other threads.
     void destroy() noexcept override {
@@ -45,7 +69,7 @@ private:
     }
 
     mbox target_;
-    envelope* msg_;
+    std::atomic<envelope*> msg_;
 };
 
 }  // namespace
@@ -55,9 +79,14 @@ timer_entry* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds dela
     if (!to) throw usage_error("scheduling a timer on an empty mbox handle");
     env_core& env = to.impl()->env();
     if (!env.open()) env.check_open("scheduling a timer on", to.name());  // the name only to raise
-    if (period.count() < 0) throw usage_error("scheduling a timer on " + to.name() + ": the period is negative");
+    if (delay.count() < 0)
+        throw usage_error("scheduling a timer on " + to.name() + ": the delay is negative (" +
+                          std::to_string(delay.count()) + " ns)");
+    if (period.count() < 0)
+        throw usage_error("scheduling a timer on " + to.name() + ": the period is negative (" +
+                          std::to_string(period.count()) + " ns)");
     auto* t = new (pool_allocate(sizeof(mbox_timer))) mbox_timer(to, ref.release());
-    t->deadline_ns = now_ns() + std::max<std::int64_t>(delay.count(), 0);
+    t->deadline_ns = now_ns() + delay.count();
     t->period_ns = period.count();
     t->add_ref();  // the handle's
     env.timers().arm(t);

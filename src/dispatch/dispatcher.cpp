@@ -1,5 +1,6 @@
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/queue/futex.hpp>
 
 #include "worker.hpp"
 
@@ -71,9 +72,17 @@ void worker::run() noexcept {
     tls_heartbeat = &heartbeat_;
     while (running_) {
         // Drain in a batch: every demand already queued runs before the worker considers waiting.
+        spin_backoff backoff;
         while (mailbox_.maybe_nonempty()) {
             mpsc_node* n = mailbox_.pop();
-            if (!n) continue;  // a push is mid-way: its link appears within a few instructions
+            if (!n) {
+                // A push is mid-way: its link appears within a few instructions, unless the
+                // producer was preempted between its exchange and its link; then the core is
+                // better given to it than spun on.
+                backoff.pause();
+                continue;
+            }
+            backoff.reset();
             auto* d = static_cast<demand*>(n);
             heartbeat_.begin();
             d->execute(d, demand_mode::run);
@@ -87,9 +96,13 @@ void worker::run() noexcept {
 }
 
 void worker::discard_all() noexcept {
+    spin_backoff backoff;
     while (mailbox_.maybe_nonempty()) {
         mpsc_node* n = mailbox_.pop();
-        if (!n) continue;
+        if (!n) {
+            backoff.pause();
+            continue;
+        }
         auto* d = static_cast<demand*>(n);
         if (d != &stop_) d->execute(d, demand_mode::discard);
     }

@@ -103,9 +103,13 @@ public:
     void discard_queued() noexcept override {
         std::lock_guard g(binding_lock_);
         for (auto& s : strands_) {
+            spin_backoff backoff;
             while (s->queue.maybe_nonempty()) {
                 mpsc_node* n = s->queue.pop();
-                if (!n) continue;
+                if (!n) {
+                    backoff.pause();
+                    continue;
+                }
                 auto* d = static_cast<demand*>(n);
                 d->execute(d, demand_mode::discard);
             }

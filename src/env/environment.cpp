@@ -346,6 +346,7 @@ environment_stats env_core::stats() const {
     s.timers_fired = t.fired;
     s.timers_cancelled = t.cancelled;
     s.timers_pending = t.pending;
+    s.timers_skipped = t.skipped;
     s.teardown_overruns = overruns_.load(std::memory_order_relaxed);
     for (auto& d : dispatchers()) s.queue_depth += d->stats().queue_depth;
     return s;

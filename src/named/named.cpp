@@ -272,18 +272,29 @@ void session_post(session_impl* s, F&& f) {
     post_call(s, c);  // dropped (and its destructor run) when the session is gone
 }
 
+// A request's timeout. It holds the request (and so its reply and the environment) only until
+// it fires or is cancelled: the request's finish() cancels it, and cancel() lets go of the
+// request at once (release_payload) instead of when the deadline comes. The pointer is
+// exchanged because fire() may run on the timer thread at that moment.
 struct timeout_entry final : timer_entry {
     timeout_entry(request_core* r, std::int64_t after) : req(r), after_ns(after) { r->add_ref(); }
-    void fire() noexcept override {
+    fire_result fire() noexcept override {
+        request_core* r = req.exchange(nullptr, std::memory_order_acq_rel);
+        if (!r) return fire_result::none;  // cancelled meanwhile
         char text[64];
         std::snprintf(text, sizeof text, "timed out after %.3f ms", static_cast<double>(after_ns) / 1e6);
-        req->finish(request_state::abandoned, nullptr, text);
+        r->finish(request_state::abandoned, nullptr, text);
+        r->release();
+        return fire_result::queued;
+    }
+    void release_payload() noexcept override {
+        if (request_core* r = req.exchange(nullptr, std::memory_order_acq_rel)) r->release();
     }
     void destroy() noexcept override {
-        req->release();
+        if (request_core* r = req.load(std::memory_order_relaxed)) r->release();
         delete this;
     }
-    request_core* req;
+    std::atomic<request_core*> req;
     std::int64_t after_ns;
 };
 

@@ -131,7 +131,9 @@ public:
 
     /// A timer calling `f()` on the session's context after `delay`, then every `period`
     /// (one-shot when `period` is zero). Any thread. Raises session_destroyed_error on a
-    /// destroyed session, usage_error for a negative period.
+    /// destroyed session, usage_error for a negative delay or period. A periodic timer never has
+    /// more than one call queued or running: periods that come up meanwhile are skipped and
+    /// counted (environment_stats::timers_skipped).
     template <class F>
     [[nodiscard]] event_handle add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f);
 

@@ -27,7 +27,8 @@ public:
     explicit operator bool() const noexcept;
 
     /// Cancels the timer (see the class comment); returns false if it was already cancelled.
-    /// Any thread. Inside a handler of this very timer's message it does not wait.
+    /// Any thread. Inside a handler of this very timer's message it does not wait. The message
+    /// is released at once (on this thread); the timer leaves the wheel within 256 ticks.
     bool cancel() noexcept;
 
     /// Lets the timer live on without this handle (it can then no longer be cancelled).
@@ -42,15 +43,17 @@ MAILROOM_EXPORT timer_entry* schedule(const mbox& to, envelope* e, std::chrono::
                                       std::chrono::nanoseconds period);
 }
 
-/// Sends a `T` built from `args` to `to` after `delay`. Any thread. The handle cancels on destruction.
+/// Sends a `T` built from `args` to `to` after `delay` (zero: at the next tick; negative raises
+/// usage_error naming the mbox). Any thread. The handle cancels on destruction.
 template <class T, class... Args>
 [[nodiscard]] timer_handle send_delayed(const mbox& to, std::chrono::nanoseconds delay, Args&&... args) {
     return timer_handle(internal::schedule(to, internal::make_envelope<T>(std::forward<Args>(args)...), delay,
                                            std::chrono::nanoseconds::zero()));
 }
 
-/// Sends a `T` to `to` after `delay` and then every `period` (which must be positive). The same
-/// immutable instance is delivered each time.
+/// Sends a `T` to `to` after `delay` and then every `period` (which must be positive; a
+/// negative delay raises usage_error). The same immutable instance is delivered each time, every
+/// period, even while earlier ones are still queued (a message limit bounds a slow receiver).
 template <class T, class... Args>
 [[nodiscard]] timer_handle send_periodic(const mbox& to, std::chrono::nanoseconds delay,
                                          std::chrono::nanoseconds period, Args&&... args) {

@@ -92,6 +92,7 @@ struct environment_stats {
     std::uint64_t timers_fired = 0;
     std::uint64_t timers_cancelled = 0;
     std::uint64_t timers_pending = 0;
+    std::uint64_t timers_skipped = 0;  ///< periods skipped: the timer's previous fire was still queued or running
     std::size_t queue_depth = 0;  ///< demands queued in all dispatchers, approximately
     std::uint64_t sessions_created = 0;
     std::uint64_t sessions_destroyed = 0;  ///< retired: their event objects and callbacks gone

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <thread>
 
 namespace mailroom::internal {
 
@@ -23,5 +24,26 @@ inline void cpu_relax() noexcept {
     asm volatile("yield" ::: "memory");
 #endif
 }
+
+/// Backoff of a consumer that found a push mid-way (a producer swapped the tail but has not
+/// linked its node yet, perhaps preempted between the two): pause instructions for a bounded
+/// spin, then yield the core, which the producer may need to finish its push.
+class spin_backoff {
+public:
+    void pause() noexcept {
+        if (spins_ < limit) {
+            ++spins_;
+            cpu_relax();
+        } else {
+            std::this_thread::yield();
+        }
+    }
+    /// After progress: the next mid-way push starts a fresh spin.
+    void reset() noexcept { spins_ = 0; }
+
+private:
+    static constexpr unsigned limit = 64;
+    unsigned spins_ = 0;
+};
 
 }  // namespace mailroom::internal

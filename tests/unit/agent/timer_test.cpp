@@ -250,4 +250,58 @@ TEST(timer, handles_dropped_in_any_order_and_after_the_environment_leak_nothing)
     survivors.clear();
 }
 
+// A message whose lifetime the test can see: it holds a token the test watches.
+struct payload {
+    std::shared_ptr<int> token;
+    std::vector<char> ballast = std::vector<char>(4096);
+};
+
+TEST(timer, cancel_releases_the_message_at_once_and_the_timer_leaves_the_wheel_soon) {
+    environment env;
+    mbox m = test::add_probe(env, [&](probe& p) { p.subscribe(p.direct_mbox(), [](const payload&) {}); });
+    auto one_shot_token = std::make_shared<int>(1);
+    auto periodic_token = std::make_shared<int>(2);
+    std::weak_ptr<int> one_shot = one_shot_token, periodic = periodic_token;
+    auto h1 = send_delayed<payload>(m, 1h, std::exchange(one_shot_token, nullptr));
+    auto h2 = send_periodic<payload>(m, 1h, 1h, std::exchange(periodic_token, nullptr));
+    ASSERT_FALSE(one_shot.expired());
+    ASSERT_FALSE(periodic.expired());
+    // The handles are kept: cancel() alone must let the messages go, on this thread, now.
+    EXPECT_TRUE(h1.cancel());
+    EXPECT_TRUE(one_shot.expired()) << "a cancelled send_delayed kept its message";
+    EXPECT_TRUE(h2.cancel());
+    EXPECT_TRUE(periodic.expired()) << "a cancelled send_periodic kept its message";
+    // The entries leave the wheel within a sweep, not in an hour.
+    EXPECT_TRUE(test::eventually([&] { return env.stats().timers_pending == 0; }, 10s))
+        << env.stats().timers_pending << " cancelled timers still in the wheel";
+    EXPECT_EQ(env.stats().timers_cancelled, 2u);
+    // Many dropped handles: the wheel holds none of them for long.
+    for (int i = 0; i < 2000; ++i) (void)send_delayed<payload>(m, 1h, std::make_shared<int>(i));
+    EXPECT_TRUE(test::eventually([&] { return env.stats().timers_pending == 0; }, 10s))
+        << env.stats().timers_pending << " of 2000 cancelled timers still in the wheel";
+    EXPECT_EQ(env.stats().timers_fired, 0u);
+}
+
+TEST(timer, a_negative_delay_raises_usage_error_naming_the_mbox) {
+    environment env;
+    mbox m = make_named_mbox(env, "quotes");
+    const auto names_the_mbox = [](auto&& schedule) {
+        try {
+            schedule();
+        } catch (const usage_error& e) {
+            EXPECT_NE(std::string(e.what()).find("quotes"), std::string::npos) << e.what();
+            EXPECT_NE(std::string(e.what()).find("negative"), std::string::npos) << e.what();
+            return true;
+        }
+        return false;
+    };
+    EXPECT_TRUE(names_the_mbox([&] { (void)send_delayed<tick>(m, -1ms); }));
+    EXPECT_TRUE(names_the_mbox([&] { (void)send_delayed<wake>(m, -1ns, 1); }));
+    EXPECT_TRUE(names_the_mbox([&] { (void)send_periodic<tick>(m, -5ms, 1ms); }));
+    EXPECT_TRUE(names_the_mbox([&] { post_delayed<tick>(m, -1h); }));
+    EXPECT_EQ(env.stats().timers_armed, 0u);
+    auto h = send_delayed<tick>(m, 0ms);  // zero stays valid: due now
+    EXPECT_TRUE(h);
+}
+
 }  // namespace

@@ -6,6 +6,8 @@
 
 #include "test_support.hpp"
 
+#include <time.h>
+
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -27,6 +29,8 @@ public:
         std::atomic<int> fired{0};
         std::atomic<std::int64_t> first_fire_ns{0};
         std::atomic<int> destroyed{0};
+        const timer_service* svc = nullptr;      // set: fire() records the wheel's tick
+        std::atomic<std::uint64_t> fired_tick{0};  // the tick of the first firing
     };
 
     static test_timer* make(record& r, std::int64_t deadline, std::int64_t period = 0) {
@@ -38,10 +42,12 @@ public:
 
 private:
     explicit test_timer(record& r) : rec_(r) {}
-    void fire() noexcept override {
+    fire_result fire() noexcept override {
         std::int64_t zero = 0;
         rec_.first_fire_ns.compare_exchange_strong(zero, now_ns());
+        if (rec_.svc && rec_.fired.load() == 0) rec_.fired_tick.store(rec_.svc->current_tick());
         rec_.fired.fetch_add(1);
+        return fire_result::queued;
     }
     void destroy() noexcept override {
         rec_.destroyed.fetch_add(1);
@@ -51,6 +57,19 @@ private:
 };
 
 constexpr std::int64_t ms(std::int64_t n) { return n * 1'000'000; }
+
+bool each_fired_once(const std::vector<std::unique_ptr<test_timer::record>>& records) {
+    for (auto& r : records)
+        if (r->fired.load() != 1) return false;
+    return true;
+}
+
+// CPU time this thread has used, in ns.
+std::int64_t thread_cpu_ns() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
 
 TEST(timer_service, a_one_shot_fires_once_and_not_before_its_deadline) {
     timer_service svc;
@@ -109,13 +128,7 @@ TEST(timer_service, every_wheel_level_cascades_in_order) {
             deadlines.push_back(now + d * 1'000);
             ASSERT_TRUE(svc.arm(test_timer::make(*records.back(), deadlines.back())));
         }
-    ASSERT_TRUE(eventually(
-        [&] {
-            for (auto& r : records)
-                if (r->fired.load() != 1) return false;
-            return true;
-        },
-        20s));
+    ASSERT_TRUE(eventually([&] { return each_fired_once(records); }, 20s));
     for (std::size_t i = 0; i < records.size(); ++i) {
         EXPECT_GE(records[i]->first_fire_ns.load(), deadlines[i]) << "timer " << i << " fired early";
         if (i >= per_delay) {  // each group after every timer of the group before
@@ -282,6 +295,127 @@ TEST(timer_service, many_timers_from_several_threads_all_fire_once) {
     EXPECT_EQ(s.armed, static_cast<std::uint64_t>(threads * per_thread));
     EXPECT_EQ(s.fired, s.armed);
     EXPECT_EQ(s.pending, 0u);
+}
+
+TEST(timer_service, a_timer_due_on_a_cascade_boundary_fires_on_its_own_tick) {
+    // 10 µs ticks: a level-1 slot covers 256 ticks (2.56 ms), a level-2 slot 65,536 (655 ms).
+    // Timers due exactly on the first tick of such a slot come down in that tick's cascade and
+    // must fire in that very tick, not the next; their neighbours one tick either side too.
+    const auto tick = std::chrono::microseconds(10);
+    std::vector<std::unique_ptr<test_timer::record>> records;  // before the service (see above)
+    std::vector<std::uint64_t> due;
+    timer_service svc(tick);
+    const std::int64_t tick_ns = svc.tick().count();
+    const auto round_up = [](std::uint64_t t, std::uint64_t to) { return (t + to - 1) / to * to; };
+    const std::uint64_t now_tick = static_cast<std::uint64_t>((now_ns() - svc.origin_ns()) / tick_ns);
+    const std::uint64_t level1 = round_up(now_tick + 2'000, 256);    // about 20 ms ahead: level 1
+    const std::uint64_t level2 = round_up(now_tick + 70'000, 65'536);  // 0.7 to 1.4 s ahead: level 2
+    for (std::uint64_t boundary : {level1, level1 + 256, level1 + 512, level2})
+        for (std::uint64_t t : {boundary - 1, boundary, boundary + 1}) {
+            records.push_back(std::make_unique<test_timer::record>());
+            records.back()->svc = &svc;
+            due.push_back(t);
+            ASSERT_TRUE(svc.arm(test_timer::make(*records.back(), svc.origin_ns() + static_cast<std::int64_t>(t) * tick_ns)));
+        }
+    ASSERT_TRUE(eventually([&] { return each_fired_once(records); }, 20s));
+    for (std::size_t i = 0; i < records.size(); ++i)
+        EXPECT_EQ(records[i]->fired_tick.load(), due[i])
+            << "the timer due at tick " << due[i] << " fired at tick " << records[i]->fired_tick.load()
+            << (due[i] % 256 == 0 ? " (a cascade boundary)" : "");
+}
+
+TEST(timer_service, a_cancelled_timer_leaves_the_wheel_long_before_its_deadline) {
+    // Cancelled timers due in an hour must not stay in the wheel (holding what they carry) for
+    // an hour: each leaves within a sweep of the wheel's first level (256 ticks), and with it
+    // the wheel's reference goes.
+    test_timer::record r;
+    timer_service svc;
+    constexpr int n = 1000;
+    std::vector<test_timer*> ts;
+    for (int i = 0; i < n; ++i) {
+        auto* t = test_timer::make(r, now_ns() + ms(3'600'000) + i);
+        t->add_ref();  // ours
+        ASSERT_TRUE(svc.arm(t));
+        ts.push_back(t);
+    }
+    ASSERT_TRUE(eventually([&] { return svc.stats().pending == static_cast<std::uint64_t>(n); }, 10s));
+    for (auto* t : ts) {
+        EXPECT_TRUE(t->cancel());
+        t->release();
+    }
+    EXPECT_TRUE(eventually([&] { return r.destroyed.load() == n; }, 10s))
+        << r.destroyed.load() << " of " << n << " cancelled entries were freed";
+    auto s = svc.stats();
+    EXPECT_EQ(s.pending, 0u);
+    EXPECT_EQ(s.cancelled, static_cast<std::uint64_t>(n));
+    EXPECT_EQ(r.fired.load(), 0);
+}
+
+TEST(timer_service, an_arm_racing_stop_releases_its_entry_and_says_so) {
+    // The arming thread is held inside arm() between its check of the stopped flag and its
+    // push until stop() has returned: the entry must still be released (not left in a queue
+    // nobody drains, holding whatever it holds), and arm() must report that it did not arm.
+    struct hold {
+        std::atomic<bool> inside{false};
+        std::atomic<bool> go{false};
+    } h;
+    test_timer::record r;
+    timer_service svc;
+    svc.set_arm_hook(
+        [](void* p) {
+            auto& h = *static_cast<hold*>(p);
+            h.inside.store(true);
+            eventually([&] { return h.go.load(); }, 20s);
+        },
+        &h);
+    auto armed = std::async(std::launch::async, [&] { return svc.arm(test_timer::make(r, now_ns() + ms(10))); });
+    ASSERT_TRUE(eventually([&] { return h.inside.load(); }, 10s));
+    svc.stop();
+    h.go.store(true);
+    ASSERT_EQ(armed.wait_for(20s), std::future_status::ready) << "arm() hung after stop()";
+    EXPECT_FALSE(armed.get()) << "arm() said it armed a stopped service";
+    EXPECT_EQ(r.destroyed.load(), 1) << "the entry armed while stop() ran was left in the stopped queue";
+    EXPECT_EQ(r.fired.load(), 0);
+    EXPECT_EQ(svc.stats().pending, 0u);
+}
+
+TEST(timer_service, cancel_parks_while_a_long_delivery_runs_on_another_thread) {
+    // cancel() waits for a delivery running elsewhere; the wait must sleep, not burn a core.
+    test_timer::record r;
+    auto* t = test_timer::make(r, 0);
+    std::atomic<bool> in_delivery{false};
+    std::thread receiver([&] {
+        ASSERT_TRUE(t->begin_delivery());
+        in_delivery.store(true);
+        std::this_thread::sleep_for(300ms);  // a handler still running
+        t->end_delivery();
+    });
+    ASSERT_TRUE(eventually([&] { return in_delivery.load(); }, 10s));
+    const std::int64_t cpu0 = thread_cpu_ns();
+    const std::int64_t wall0 = now_ns();
+    EXPECT_TRUE(t->cancel());
+    const std::int64_t cpu = thread_cpu_ns() - cpu0;
+    const std::int64_t wall = now_ns() - wall0;
+    receiver.join();
+    EXPECT_GE(wall, ms(200)) << "cancel() returned while the delivery was still running";
+    EXPECT_LT(cpu, ms(30)) << "cancel() used " << cpu / 1'000'000 << " ms of CPU waiting " << wall / 1'000'000
+                           << " ms for a delivery";
+    t->release();
+}
+
+TEST(timer_service, a_fired_one_shot_cancelled_later_is_freed_at_once) {
+    // The common pattern: send_delayed, let it fire, drop the handle. The service let go of
+    // the entry when it fired; the late cancel() must not park a reference in the command
+    // queue of a timer thread that may sleep until something else is armed.
+    test_timer::record r;
+    timer_service svc;
+    auto* t = test_timer::make(r, now_ns());
+    t->add_ref();  // ours
+    ASSERT_TRUE(svc.arm(t));
+    ASSERT_TRUE(eventually([&] { return r.fired.load() == 1 && svc.stats().pending == 0; }, 10s));
+    EXPECT_TRUE(t->cancel());
+    t->release();  // the last reference: freed here and now
+    EXPECT_EQ(r.destroyed.load(), 1) << "the entry outlived its last reference outside the service";
 }
 
 }  // namespace

@@ -138,7 +138,7 @@ TEST(environment, destruction_joins_every_thread_it_started) {
 // thread is still there.
 struct probe_timer final : internal::timer_entry {
     std::function<void()> on_destroy;
-    void fire() noexcept override {}
+    internal::fire_result fire() noexcept override { return internal::fire_result::none; }
     void destroy() noexcept override {
         on_destroy();
         delete this;
