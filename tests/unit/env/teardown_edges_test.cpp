@@ -247,7 +247,9 @@ TEST(teardown_edges, session_and_event_handles_stay_safe_after_the_environment_i
     session s(*env, {.name = "orphan"});
     event_handle t = s.add_timer(1h, 0ns, [] {});
     event_handle t2 = s.add_timer(1h, 0ns, [] {});
-    env.reset();  // nothing holds the core any more: it is freed
+    std::weak_ptr<internal::env_core> core = env->core();
+    env.reset();
+    ASSERT_TRUE(core.expired());  // nothing holds the core any more: it is freed
     EXPECT_FALSE(s);
     EXPECT_EQ(s.name(), "orphan");
     EXPECT_FALSE(s.post([] {}));
@@ -282,7 +284,9 @@ TEST(teardown_edges, cooperation_handles_stay_safe_after_the_environment_is_gone
     coop_handle with_agent;
     test::add_probe(*env, {}, {.name = "agents", .on_registered = [&](const coop_handle& c) { with_agent = c; }});
     EXPECT_TRUE(h);
+    std::weak_ptr<internal::env_core> core = env->core();
     env.reset();
+    EXPECT_FALSE(core.expired());  // the cooperation handles keep it
     EXPECT_FALSE(h);
     EXPECT_FALSE(with_agent);
     EXPECT_EQ(h.name(), "left");
