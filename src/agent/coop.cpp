@@ -190,7 +190,8 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
                 c->default_binder = env->default_dispatcher()->make_binder({}, nullptr);
         }
         // Even with no agent to bind: a binder of another environment is a mistake to report.
-        if (!binds_in(*c->default_binder, *env)) throw_foreign_binder(*c->default_binder, *env, "cooperation '" + c->name + "'");
+        if (!binds_in(*c->default_binder, *env))
+            throw_foreign_binder(*c->default_binder, *env, "cooperation '" + c->name + "'");
         for (agent_core* core : c->agents) {
             if (!core->binder) core->binder = c->default_binder;
             if (!binds_in(*core->binder, *env))
@@ -231,7 +232,10 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             std::lock_guard g(tree_lock);
             if (c->named) coop_names_.erase(c->name);
             c->st = coop_impl::state::gone;
-            if (c->parent && (--c->parent->live_children, c->parent->ready_to_finish())) parent_ready = c->parent;
+            if (c->parent) {
+                --c->parent->live_children;
+                if (c->parent->ready_to_finish()) parent_ready = c->parent;
+            }
             --busy_;
         }
         c->parent.reset();

@@ -712,7 +712,8 @@ session::session(environment& env, session_options options) {
     s->retire.execute = &internal::execute_session_retire;
     try {
         s->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder({}, nullptr);
-        if (!internal::binds_in(*s->binder, core)) internal::throw_foreign_binder(*s->binder, core, "session '" + s->name + "'");
+        if (!internal::binds_in(*s->binder, core))
+            internal::throw_foreign_binder(*s->binder, core, "session '" + s->name + "'");
         s->bound = s->binder->prepare(s);
     } catch (...) {
         delete s;

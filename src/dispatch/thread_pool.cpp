@@ -133,7 +133,8 @@ public:
 
 private:
     struct pool_binder final : binder_impl {
-        pool_binder(std::shared_ptr<thread_pool_dispatcher> d, fifo o) : binder_impl(d.get()), disp(std::move(d)), order(o) {}
+        pool_binder(std::shared_ptr<thread_pool_dispatcher> d, fifo o)
+            : binder_impl(d.get()), disp(std::move(d)), order(o) {}
 
         binding prepare(const void* coop_key) override {
             auto& p = *disp;

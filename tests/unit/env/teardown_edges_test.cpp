@@ -389,7 +389,8 @@ TEST(teardown_edges, deregister_coop_in_configure_deregisters_once_registration_
     std::promise<dereg_reason> got;
     std::atomic<bool> started{false}, finished{false};
     coop_handle h = [&] {
-        coop c(env, {.name = "short-lived", .on_deregistered = [&](std::string_view, dereg_reason r) { got.set_value(r); }});
+        coop c(env, {.name = "short-lived",
+                     .on_deregistered = [&](std::string_view, dereg_reason r) { got.set_value(r); }});
         auto& p = c.make_agent<probe>();
         p.on_configure = [reason](probe& self) { self.deregister_coop(reason); };
         p.on_start_fn = [&](probe&) { started = true; };
