@@ -15,6 +15,7 @@ namespace internal {
 
 namespace {
 MAILROOM_FAST_TLS thread_local agent_core* tls_constructing = nullptr;
+}  // namespace
 
 // A tiny lock for the pre-start list: taken only before an agent starts (and by senders that
 // raced with its start), never on the running path.
@@ -26,6 +27,8 @@ struct spin_guard {
     ~spin_guard() { flag.store(false, std::memory_order_release); }
     std::atomic<bool>& flag;
 };
+
+namespace {
 
 const char* policy_name(exception_policy p) noexcept {
     switch (p) {
@@ -173,6 +176,17 @@ std::string agent_core::display_name() const {
     return type + "#" + std::to_string(id);
 }
 
+bool agent_core::describe_if(std::uint64_t agent_id, std::string& out) noexcept {
+    spin_guard g(pending_lock);
+    if (gate.load(std::memory_order_relaxed) != gate_open || id != agent_id) return false;
+    try {
+        out = display_name();
+    } catch (...) {
+        out = "agent #" + std::to_string(agent_id);  // short: no allocation
+    }
+    return true;
+}
+
 exception_policy agent_core::effective_policy() const noexcept {
     if (policy != exception_policy::inherit) return policy;
     if (coop && coop->opts.on_exception != exception_policy::inherit) return coop->opts.on_exception;
@@ -310,7 +324,11 @@ environment& agent::env() const noexcept { return *core_->rt->env->owner; }
 
 void agent::set_exception_policy(exception_policy p) noexcept { core_->policy = p; }
 
-void agent::set_name(std::string name) { core_->custom_name = std::move(name); }
+void agent::set_name(std::string name) {
+    // Under pending_lock: the teardown watch may be reading the name (describe_if).
+    internal::spin_guard g(core_->pending_lock);
+    core_->custom_name.swap(name);
+}
 
 coop_handle agent::cooperation() const {
     if (!core_->coop) return coop_handle();

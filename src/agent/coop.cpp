@@ -53,7 +53,12 @@ void retire(agent_core* core, bool bound) noexcept {
     const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
     core->gen.store(gen + 1, std::memory_order_release);
     core->close_gate();
-    delete core->user;
+    {
+        // The destructor is a callback of the environment: it may run on a thread that is not
+        // a worker (a rollback, a cooperation dropped unregistered) and may destroy it.
+        env_scope scope(rt->env);
+        delete core->user;
+    }
     core->user = nullptr;
     if (bound && core->binder) core->binder->release(core->bound, core->coop);
     delete core->finish;
@@ -85,6 +90,13 @@ void execute_finish(demand* base, demand_mode mode) noexcept {
 }
 }  // namespace
 
+void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::string& what) {
+    const dispatcher_impl& d = b.target();
+    throw binding_error(what + " of environment '" + env.name() + "': dispatcher '" + d.name() + "' belongs to " +
+                        (d.owner() ? "environment '" + d.owner_name() + "'" : std::string("no environment")) +
+                        ", not to this one (a context runs only on its own environment's dispatchers)");
+}
+
 agent_runtime& agent_runtime::of(env_core& env) {
     return env.extension<agent_runtime>(&runtime_key, [&] { return std::make_unique<agent_runtime>(&env); });
 }
@@ -96,9 +108,10 @@ agent_runtime::~agent_runtime() = default;
 std::string agent_runtime::describe(running_kind kind, std::uint64_t id) const {
     if (kind == running_kind::agent) {
         std::lock_guard g(tree_lock);
+        std::string name;
         for (auto& [cid, c] : coops_)
             for (agent_core* a : c->agents)
-                if (a->id == id) return "agent '" + a->display_name() + "' of cooperation '" + c->name + "'";
+                if (a->describe_if(id, name)) return "agent '" + name + "' of cooperation '" + c->name + "'";
     } else if (kind == running_kind::session) {
         return describe_session(id);
     }
@@ -176,8 +189,14 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             else
                 c->default_binder = env->default_dispatcher()->make_binder({}, nullptr);
         }
+        // Even with no agent to bind: a binder of another environment is a mistake to report.
+        if (!binds_in(*c->default_binder, *env))
+            throw_foreign_binder(*c->default_binder, *env, "cooperation '" + c->name + "'");
         for (agent_core* core : c->agents) {
             if (!core->binder) core->binder = c->default_binder;
+            if (!binds_in(*core->binder, *env))
+                throw_foreign_binder(*core->binder, *env,
+                                     "cooperation '" + c->name + "': agent '" + core->display_name() + "'");
             core->bound = core->binder->prepare(c.get());
             core->queue.store(core->bound.queue, std::memory_order_release);
             ++bound;
@@ -213,8 +232,10 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             std::lock_guard g(tree_lock);
             if (c->named) coop_names_.erase(c->name);
             c->st = coop_impl::state::gone;
-            if (c->parent && --c->parent->live_children == 0 && c->parent->st == coop_impl::state::deregistering)
-                parent_ready = c->parent;
+            if (c->parent) {
+                --c->parent->live_children;
+                if (c->parent->ready_to_finish()) parent_ready = c->parent;
+            }
             --busy_;
         }
         c->parent.reset();
@@ -242,8 +263,10 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
     coops_registered.fetch_add(1, std::memory_order_relaxed);
     coop_handle h(c);
     // Before the agents start, so that it always comes before on_deregistered (an agent may
-    // deregister its cooperation in its very first on_start).
+    // deregister its cooperation in its very first on_start). A deregistration that comes
+    // meanwhile (another thread, a parent, the environment stopping) waits for `announced`.
     if (c->opts.on_registered) {
+        env_scope scope(env);
         try {
             c->opts.on_registered(h);
         } catch (const std::exception& ex) {
@@ -253,7 +276,19 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         }
     }
     for (std::size_t i = 0; i < c->agents.size(); ++i) c->agents[i]->open_gate(starts[i]);
-    if (parent_leaving)
+    bool finish_now;
+    bool requested;
+    {
+        std::lock_guard g(tree_lock);
+        c->announced = true;
+        finish_now = c->ready_to_finish();
+        requested = c->dereg_requested;
+    }
+    if (finish_now)
+        c->start_finishing();
+    else if (requested)
+        c->deregister(c->requested_reason);  // asked for while it was built or configured
+    else if (parent_leaving)
         c->deregister(dereg_reason::parent_deregistered);
     else if (stop_now)
         c->deregister(dereg_reason::shutdown);
@@ -275,12 +310,13 @@ void agent_runtime::finalize(coop_impl& c) noexcept {
         if (c.parent) {
             auto& kids = c.parent->children;
             kids.erase(std::remove(kids.begin(), kids.end(), &c), kids.end());
-            if (--c.parent->live_children == 0 && c.parent->st == coop_impl::state::deregistering)
-                parent_ready = c.parent;
+            --c.parent->live_children;
+            if (c.parent->ready_to_finish()) parent_ready = c.parent;
         }
     }
     coops_deregistered.fetch_add(1, std::memory_order_relaxed);
     if (c.opts.on_deregistered) {
+        env_scope scope(env);
         try {
             c.opts.on_deregistered(c.name, c.reason);
         } catch (const std::exception& ex) {
@@ -291,10 +327,9 @@ void agent_runtime::finalize(coop_impl& c) noexcept {
     }
     c.parent.reset();
     if (parent_ready) parent_ready->start_finishing();
-    {
-        std::lock_guard g(tree_lock);
-        --busy_;
-    }
+    std::lock_guard g(tree_lock);
+    --busy_;
+    // Under the lock: once the joiner sees zero it may go on and free the runtime.
     idle_.notify_all();
 }
 
@@ -323,7 +358,7 @@ mbox agent_runtime::find_named(std::string_view name) {
 // ---- coop_impl ----
 
 coop_impl::coop_impl(agent_runtime* r, environment& e, coop_options o)
-    : rt(r), env(&e), id(r->next_id()), named(!o.name.empty()), opts(std::move(o)) {
+    : rt(r), env(&e), env_keep(e.core()), id(r->next_id()), named(!o.name.empty()), opts(std::move(o)) {
     name = named ? opts.name : "coop#" + std::to_string(id);
     parent = opts.parent.impl();
     opts.parent = coop_handle();
@@ -341,6 +376,15 @@ void coop_impl::deregister(dereg_reason r) noexcept {
     bool finish_now = false;
     {
         std::lock_guard g(rt->tree_lock);
+        if (st == state::building || st == state::registering) {
+            // From an agent's constructor or configure(): the registration goes on, and the
+            // cooperation is deregistered with this reason as soon as it has committed.
+            if (!dereg_requested) {
+                dereg_requested = true;
+                requested_reason = r;
+            }
+            return;
+        }
         if (st != state::registered) return;
         st = state::deregistering;
         reason = r;
@@ -349,7 +393,7 @@ void coop_impl::deregister(dereg_reason r) noexcept {
         } catch (...) {
             fatal("out of memory deregistering a cooperation");
         }
-        finish_now = live_children == 0;
+        finish_now = ready_to_finish();
     }
     for (auto& k : kids) k->deregister(dereg_reason::parent_deregistered);
     if (finish_now) start_finishing();

@@ -202,6 +202,11 @@ public:
     void settle_subscriptions() noexcept;
 
     std::string display_name() const;
+    /// The teardown watch's view: fills `out` with "agent 'name'" when this core is a running
+    /// agent with this id. Reads nothing that its own thread may clear or free meanwhile: it
+    /// holds pending_lock, under which the gate opens and closes (before the agent is deleted
+    /// and its core recycled) and the name is set. Any thread.
+    bool describe_if(std::uint64_t agent_id, std::string& out) noexcept;
 
     // The agent's hooks are protected; the core is its friend.
     static void call_configure(agent& a) { a.configure(); }
@@ -253,6 +258,10 @@ public:
 
     agent_runtime* rt;
     environment* env;
+    // Keeps the runtime (owned by the core) alive for as long as a coop object or handle may
+    // reach it, even after the environment is gone. No cycle outlives the teardown: the
+    // runtime's map lets go of a cooperation when it is finalized.
+    std::shared_ptr<env_core> env_keep;
     std::uint64_t id;
     std::string name;
     bool named;
@@ -266,6 +275,18 @@ public:
     std::vector<coop_impl*> children;
     std::size_t live_children = 0;
     dereg_reason reason = dereg_reason::normal;
+    // on_registered has returned (or there was none). Until then the cooperation does not
+    // start finishing, so that on_deregistered never runs before or during on_registered.
+    bool announced = false;
+    // deregister() while it was being built or configured: applied once registration commits.
+    bool dereg_requested = false;
+    dereg_reason requested_reason = dereg_reason::normal;
+
+    /// With the tree lock held: deregistering, no child left, and announced. Whoever makes
+    /// this true (deregister, the last child, the end of registration) starts finishing.
+    bool ready_to_finish() const noexcept {
+        return st == state::deregistering && live_children == 0 && announced;
+    }
 
     std::atomic<std::size_t> live_agents{0};
 };
@@ -334,6 +355,12 @@ private:
 
 /// The agent whose configure() or handler this thread is running.
 agent_core*& current_agent() noexcept;
+
+/// True when `b` binds to a dispatcher of `env`. A context bound to another environment's
+/// dispatcher would run on threads its own environment's teardown neither waits for nor joins.
+inline bool binds_in(const binder_impl& b, const env_core& env) noexcept { return b.target().owner() == &env; }
+/// Raises binding_error naming both environments; `what` names the cooperation, agent or session.
+[[noreturn]] void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::string& what);
 
 /// Runs an agent's handler or hook under its policy; returns false if it threw.
 bool run_guarded(agent_core& core, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;

@@ -59,7 +59,7 @@ struct session_retire final : demand {
 class session_impl {
 public:
     session_impl(std::shared_ptr<env_core> e, agent_runtime* r, std::string n)
-        : env_keep(std::move(e)), env(env_keep.get()), rt(r), id(r->next_id()),
+        : env_keep(std::move(e)), env_weak(env_keep), env(env_keep.get()), rt(r), id(r->next_id()),
           name(n.empty() ? "session#" + std::to_string(id) : std::move(n)) {}
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
@@ -69,6 +69,9 @@ public:
 
     std::atomic<std::uint32_t> refs{2};  // the registry's and the handle's
     std::shared_ptr<env_core> env_keep;  // the queue pointer and counters stay valid with it
+    // What a handle checks before it touches the runtime: the core (which owns the runtime)
+    // may be gone once the session retired and its environment was destroyed.
+    std::weak_ptr<env_core> env_weak;
     env_core* env;
     agent_runtime* rt;
     std::uint64_t id;
@@ -501,7 +504,14 @@ void destroy_object(event_object* o) noexcept {
     s->bound.queue->push(&o->retire);
 }
 
-void destroy_session(session_impl* s) noexcept {
+// Destroying a session goes in two halves around the barrier that pairs with the gate, so that
+// the teardown can close every session left and pay one barrier for all of them.
+struct session_closing {
+    bool winner = false;
+    event_object* list = nullptr;
+};
+
+session_closing close_session(session_impl* s) noexcept {
     agent_runtime* rt = s->rt;
     bool winner;
     {
@@ -521,15 +531,23 @@ void destroy_session(session_impl* s) noexcept {
             o->stop_source();
         }
     }
+    return {winner, list};
+}
+
+// After close_session() and a barrier (unless on the session's own context).
+void finish_session(session_impl* s, session_closing c) noexcept {
     // Every thread that destroys it waits (not only the winner): the guarantee holds for each.
-    if (tls_session != s) {
-        context_gate::barrier();
-        s->gate.wait_not_running(nullptr);
-    }
-    if (winner) {
-        s->retire.objects = list;
+    if (tls_session != s) s->gate.wait_not_running(nullptr);
+    if (c.winner) {
+        s->retire.objects = c.list;
         s->bound.queue->push(&s->retire);  // takes over the registry's reference
     }
+}
+
+void destroy_session(session_impl* s) noexcept {
+    session_closing c = close_session(s);
+    if (tls_session != s) context_gate::barrier();
+    finish_session(s, c);
 }
 
 }  // namespace
@@ -558,6 +576,16 @@ bool post_call(session_impl* s, posted_call* c) noexcept {
 }
 
 namespace {
+// Holds the environment's core for the length of an add_*: the session may have retired with
+// an environment that is gone (then it raises), or be retiring now (then attach() raises).
+std::shared_ptr<env_core> live_env(session_impl* s, const char* what) {
+    std::shared_ptr<env_core> keep = s->env_weak.lock();
+    if (!keep)
+        throw session_destroyed_error("session '" + s->name + "' is destroyed (its environment is gone): cannot add " +
+                                      what);
+    return keep;
+}
+
 void attach(session_impl* s, event_object* o) {
     std::lock_guard g(s->lock);
     if (s->dead) throw session_destroyed_error("session '" + s->name + "' is destroyed: cannot add an event object");
@@ -577,6 +605,7 @@ event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay, std::ch
     if (period.count() < 0)
         throw usage_error("session '" + s->name + "': add_timer with a negative period (" +
                           std::to_string(period.count()) + " ns)");
+    const std::shared_ptr<env_core> keep = live_env(s, "a timer");
     auto* t = new timer_object(s, std::move(fn));  // one reference: the list's
     t->deadline_ns = now_ns() + delay.count();
     t->period_ns = period.count();
@@ -594,6 +623,7 @@ event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay, std::ch
 
 event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& address,
                         std::shared_ptr<inbox_stop_hook> on_stop) {
+    const std::shared_ptr<env_core> keep = live_env(s, "an inbox");
     auto* o = new inbox_object(s, type, std::move(fn), std::move(on_stop));
     std::shared_ptr<inbox_mbox> m;
     try {
@@ -610,6 +640,7 @@ event_object* add_inbox(session_impl* s, message_type type, handler fn, mbox& ad
 }
 
 event_object* add_subscription(session_impl* s, const mbox& from, message_type type, handler fn) {
+    const std::shared_ptr<env_core> keep = live_env(s, "a subscription");
     auto describe = [&] {
         return "session '" + s->name + "': subscription to " + readable_name(type) + " on " + from.name();
     };
@@ -656,9 +687,18 @@ void agent_runtime::stop_sessions() noexcept {
         // A user's destroy() may retire (and free) one meanwhile.
         for (session_impl* s : left) s->add_ref();
     }
-    for (session_impl* s : left) {
-        destroy_session(s);
-        s->release();
+    // One barrier for the whole sweep (it interrupts every running thread of the process).
+    std::vector<session_closing> closing;
+    try {
+        closing.reserve(left.size());
+    } catch (...) {
+        fatal("out of memory destroying sessions");
+    }
+    for (session_impl* s : left) closing.push_back(close_session(s));
+    if (!left.empty()) context_gate::barrier();
+    for (std::size_t i = 0; i < left.size(); ++i) {
+        finish_session(left[i], closing[i]);
+        left[i]->release();
     }
     std::unique_lock g(session_lock);
     sessions_idle.wait(g, [&] { return live_sessions == 0; });
@@ -707,6 +747,8 @@ session::session(environment& env, session_options options) {
     s->retire.execute = &internal::execute_session_retire;
     try {
         s->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder({}, nullptr);
+        if (!internal::binds_in(*s->binder, core))
+            internal::throw_foreign_binder(*s->binder, core, "session '" + s->name + "'");
         s->bound = s->binder->prepare(s);
     } catch (...) {
         delete s;
@@ -750,7 +792,9 @@ std::string session::name() const { return impl_ ? impl_->name : std::string(); 
 void session::destroy() noexcept {
     if (!impl_) return;
     internal::session_impl* s = std::exchange(impl_, nullptr);
-    internal::destroy_session(s);
+    // The environment may be gone (then the session retired with it and there is nothing to
+    // do); while `keep` holds its core, the runtime this touches stays.
+    if (std::shared_ptr<internal::env_core> keep = s->env_weak.lock()) internal::destroy_session(s);
     s->release();
 }
 

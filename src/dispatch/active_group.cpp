@@ -29,7 +29,7 @@ private:
 
     struct group_binder final : binder_impl {
         group_binder(std::shared_ptr<active_group_dispatcher> d, std::string g)
-            : disp(std::move(d)), name(std::move(g)) {}
+            : binder_impl(d.get()), disp(std::move(d)), name(std::move(g)) {}
         binding prepare(const void*) override {
             std::lock_guard g(disp->workers_.lock);
             disp->check_accepting();

@@ -20,7 +20,7 @@ public:
 
 private:
     struct obj_binder final : binder_impl {
-        explicit obj_binder(std::shared_ptr<active_obj_dispatcher> d) : disp(std::move(d)) {}
+        explicit obj_binder(std::shared_ptr<active_obj_dispatcher> d) : binder_impl(d.get()), disp(std::move(d)) {}
         binding prepare(const void*) override {
             std::lock_guard g(disp->workers_.lock);
             disp->check_accepting();

@@ -11,6 +11,13 @@ namespace internal {
 
 MAILROOM_FAST_TLS constinit thread_local heartbeat* tls_heartbeat = nullptr;
 
+namespace {
+MAILROOM_FAST_TLS constinit thread_local const dispatcher_impl* tls_dispatcher = nullptr;
+}
+
+const dispatcher_impl* current_dispatcher() noexcept { return tls_dispatcher; }
+void set_current_dispatcher(const dispatcher_impl* d) noexcept { tls_dispatcher = d; }
+
 binder_impl::~binder_impl() = default;
 
 worker_stats read_heartbeat(const heartbeat& beat) noexcept {
@@ -51,10 +58,13 @@ worker::~worker() {
     discard_all();
 }
 
-void worker::start(const std::string& thread_name) {
+void worker::start(const std::string& thread_name, const dispatcher_impl* owner) {
     finished_.store(false, std::memory_order_relaxed);
     running_ = true;
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this, owner] {
+        set_current_dispatcher(owner);
+        run();
+    });
     // Thread names are at most 15 characters; they help in gdb, top and the watchdog's reports.
     std::string n = thread_name.substr(0, 15);
     ::pthread_setname_np(thread_.native_handle(), n.c_str());

@@ -43,7 +43,15 @@ void event_gate_init() noexcept {
     });
 }
 
+namespace {
+std::atomic<std::uint64_t> barrier_calls{0};
+}
+
+std::uint64_t context_gate::barriers() noexcept { return barrier_calls.load(std::memory_order_relaxed); }
+
 void context_gate::barrier() noexcept {
+    // Beside a system call that interrupts every thread, one uncontended increment is nothing.
+    barrier_calls.fetch_add(1, std::memory_order_relaxed);
     if (event_gate_asymmetric.load(std::memory_order_relaxed)) {
         // Registered in event_gate_init(); cannot fail after that.
         if (::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0) return;

@@ -11,7 +11,7 @@ class one_thread_dispatcher final : public dispatcher_impl {
 public:
     one_thread_dispatcher(std::string name, const one_thread_params& p)
         : dispatcher_impl(std::move(name), "one_thread"), worker_(p.spin) {
-        worker_.start(this->name());
+        worker_.start(this->name(), this);
     }
 
     ~one_thread_dispatcher() override { join(); }
@@ -42,7 +42,7 @@ public:
 
 private:
     struct one_binder final : binder_impl {
-        explicit one_binder(std::shared_ptr<one_thread_dispatcher> d) : disp(std::move(d)) {}
+        explicit one_binder(std::shared_ptr<one_thread_dispatcher> d) : binder_impl(d.get()), disp(std::move(d)) {}
         binding prepare(const void*) override {
             disp->check_accepting();
             disp->bound_.fetch_add(1, std::memory_order_relaxed);

@@ -137,7 +137,8 @@ public:
 
 private:
     struct pool_binder final : binder_impl {
-        pool_binder(std::shared_ptr<thread_pool_dispatcher> d, fifo o) : disp(std::move(d)), order(o) {}
+        pool_binder(std::shared_ptr<thread_pool_dispatcher> d, fifo o)
+            : binder_impl(d.get()), disp(std::move(d)), order(o) {}
 
         binding prepare(const void* coop_key) override {
             auto& p = *disp;
@@ -227,6 +228,7 @@ private:
     void run(std::size_t index) noexcept {
         heartbeat& beat = beats_[index];
         tls_heartbeat = &beat;
+        set_current_dispatcher(this);
         const std::size_t cap = params_.max_demands_at_once;
         while (!stop_.load(std::memory_order_acquire)) {
             strand* s = take_ready();

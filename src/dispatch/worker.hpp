@@ -2,6 +2,7 @@
 // A worker thread over a worker_mailbox: the engine of one_thread, active_obj and active_group.
 
 #include <mailroom/dispatch/demand.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/queue/worker_mailbox.hpp>
 
@@ -18,8 +19,9 @@ public:
 
     void push(demand* d) noexcept override { mailbox_.push(d); }
 
-    /// Starts the thread (again, after a join). Not thread-safe against itself.
-    void start(const std::string& thread_name);
+    /// Starts the thread (again, after a join) for the dispatcher `owner`. Not thread-safe
+    /// against itself.
+    void start(const std::string& thread_name, const dispatcher_impl* owner);
     /// Queues a stop behind everything queued so far; any thread, including the worker itself.
     void request_stop() noexcept;
     /// True once the thread left its loop (joining will not block for long).

@@ -19,7 +19,7 @@ namespace mailroom::internal {
 
 class worker_set {
 public:
-    explicit worker_set(std::chrono::nanoseconds spin) noexcept : spin_(spin) {}
+    worker_set(std::chrono::nanoseconds spin, const dispatcher_impl* owner) noexcept : spin_(spin), owner_(owner) {}
 
     /// A started worker. Caller holds `lock`.
     worker* acquire(const std::string& thread_name) {
@@ -33,7 +33,7 @@ public:
             w = all_.back().get();
         }
         try {
-            w->start(thread_name);
+            w->start(thread_name, owner_);
         } catch (...) {
             idle_.push_back(w);
             throw;
@@ -89,6 +89,7 @@ private:
     }
 
     std::chrono::nanoseconds spin_;
+    const dispatcher_impl* owner_;
     std::vector<std::unique_ptr<worker>> all_;
     std::vector<worker*> idle_;
     std::vector<worker*> retired_;
@@ -99,7 +100,7 @@ private:
 class worker_set_dispatcher : public dispatcher_impl {
 public:
     worker_set_dispatcher(std::string name, std::string kind, std::chrono::nanoseconds spin)
-        : dispatcher_impl(std::move(name), std::move(kind)), workers_(spin) {}
+        : dispatcher_impl(std::move(name), std::move(kind)), workers_(spin, this) {}
 
     void join() noexcept final {
         std::lock_guard g(workers_.lock);

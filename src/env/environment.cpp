@@ -35,10 +35,20 @@ env_core::env_core(environment_options options)
     // the gate's mode final (send_scope's handshake uses the same one).
     event_gate_init();
     default_ = make_one_thread("default", options_.default_dispatcher);
+    default_->set_owner(this, options_.name);
     dispatchers_.push_back(default_);
 }
 
 env_core::~env_core() {
+    // A destroy-from-inside handed the teardown to reaper_; it has joined everything and let go
+    // of the core. On the reaper itself (it held the last reference) the thread cannot join
+    // itself: it only returns from here and ends.
+    if (reaper_.joinable()) {
+        if (reaper_.get_id() == std::this_thread::get_id())
+            reaper_.detach();
+        else
+            reaper_.join();
+    }
     // The environment object joined everything; what is left are queues holding demands that
     // stale senders pushed late. Dispatchers discard them as they are destroyed, here.
     // Dispatchers first: discarding a demand may look at the agent layer's records.
@@ -95,7 +105,17 @@ void env_core::log(std::string_view text) const noexcept {
 
 std::shared_ptr<dispatcher_impl> env_core::add_dispatcher(std::shared_ptr<dispatcher_impl> d) {
     check_not_stopping("adding dispatcher", d->name());
-    std::lock_guard g(lock_);
+    d->set_owner(this, options_.name);
+    std::unique_lock g(lock_);
+    // stop() may have come since the check: once join() has taken its list of dispatchers to
+    // join, a new one would never be joined (its threads would outlive join()).
+    if (dispatchers_closed_) {
+        g.unlock();
+        d->shutdown();
+        d->join();
+        throw environment_stopped_error("adding dispatcher '" + d->name() + "': environment '" + name() +
+                                        "' is stopping");
+    }
     for (auto& x : dispatchers_)
         if (x->name() == d->name()) {
             d->shutdown();
@@ -240,16 +260,50 @@ void env_core::report_overrun(const dispatcher_stats& d, std::size_t index, cons
     }
 }
 
+bool env_core::own_thread() const noexcept {
+    if (current_env() == this) return true;
+    const dispatcher_impl* d = current_dispatcher();
+    return d && d->owner() == this;
+}
+
+void env_core::hand_off_teardown(std::shared_ptr<env_core> self) noexcept {
+    stop();
+    // Not one of the environment's threads, so it may join them all; it holds the core until
+    // the teardown completed, and is joined by whoever frees the core (see ~env_core).
+    try {
+        reaper_ = std::thread([self = std::move(self)]() mutable {
+            try {
+                self->join();
+            } catch (const std::exception& ex) {
+                self->log(std::string("teardown thread: join failed: ") + ex.what());
+            } catch (...) {
+                self->log("teardown thread: join failed");
+            }
+            self.reset();
+        });
+    } catch (...) {
+        fatal("an environment destroyed from one of its own threads could not start its teardown thread");
+    }
+}
+
 teardown_report env_core::join() {
-    if (current_env() == this)
-        throw usage_error("environment '" + name() + "': join() called from one of its own threads");
+    if (own_thread())
+        throw usage_error("environment '" + name() +
+                          "': join() called from one of its own threads or callbacks (it would wait for itself)");
     stopping_.wait(false, std::memory_order_acquire);
-    std::lock_guard jg(join_lock_);
+    return join_once();
+}
+
+teardown_report env_core::join_once() {
+    std::unique_lock jg(join_lock_);
     if (joined_) return report_;
     const std::int64_t started = now_ns();
     std::jthread watcher;
     if (options_.teardown_deadline.count() > 0)
-        watcher = std::jthread([this, started](std::stop_token st) { watch_teardown(st, started); });
+        watcher = std::jthread([this, started](std::stop_token st) {
+            env_scope scope(this);  // a join() from on_overrun would wait for this thread
+            watch_teardown(st, started);
+        });
     std::vector<env_extension*> exts;
     {
         std::lock_guard g(lock_);
@@ -262,7 +316,11 @@ teardown_report env_core::join() {
     //    (and is run or discarded there) or counted where it was refused
     closed_.store(true, std::memory_order_seq_cst);
     wait_for_senders();
-    // 3. dispatchers: threads joined, queues discarded
+    // 3. dispatchers: threads joined, queues discarded. No dispatcher is added after this list.
+    {
+        std::lock_guard g(lock_);
+        dispatchers_closed_ = true;
+    }
     for (auto& d : dispatchers()) {
         d->shutdown();
         d->join();
@@ -280,7 +338,7 @@ teardown_report env_core::join() {
     // The report: what was still queued when the dispatchers stopped was discarded (and each
     // discard counted where it happened); said once, here, when there was any.
     environment_stats s = stats();
-    std::lock_guard g(report_lock_);
+    std::unique_lock g(report_lock_);
     report_.took = std::chrono::nanoseconds(now_ns() - started);
     report_.messages_discarded = s.messages_discarded;
     report_.callbacks_discarded = s.callbacks_discarded;
@@ -294,7 +352,17 @@ teardown_report env_core::join() {
         } catch (...) {
         }
     }
-    return report_;
+    teardown_report out = report_;
+    g.unlock();
+    jg.unlock();  // on_stopped may call join() (it returns the report at once)
+    if (options_.on_stopped) {
+        try {
+            options_.on_stopped(out);
+        } catch (...) {
+            log("on_stopped threw");
+        }
+    }
+    return out;
 }
 
 void env_core::wait_for_senders() noexcept {
@@ -360,8 +428,11 @@ environment::environment(environment_options options)
 }
 
 environment::~environment() {
-    if (internal::current_env() == core_.get())
-        internal::fatal("an environment was destroyed from one of its own threads");
+    if (core_->own_thread()) {
+        // Joining here would wait for this very thread: the teardown goes on without it.
+        core_->hand_off_teardown(core_);
+        return;
+    }
     core_->stop();
     core_->join();
 }

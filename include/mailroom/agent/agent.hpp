@@ -81,7 +81,9 @@ protected:
     /// registers). Valid from configure() on; any thread.
     coop_handle cooperation() const;
 
-    /// Deregisters this agent's cooperation. Any thread; returns at once.
+    /// Deregisters this agent's cooperation. Any thread; returns at once. From the constructor
+    /// or configure() it takes effect as soon as registration commits (the agents start, then
+    /// finish), with this reason.
     void deregister_coop(dereg_reason reason = dereg_reason::normal) noexcept;
 
     /// Stops the whole environment (asynchronously). Any thread.

@@ -30,8 +30,9 @@ public:
     std::string name() const;
 
     /// Begins deregistration: children first, then this cooperation's agents run their
-    /// on_finish and are destroyed on their own contexts. Any thread, including handlers;
-    /// returns at once; a second call does nothing.
+    /// on_finish (after the messages already queued for them) and are destroyed on their own
+    /// contexts. Any thread, including handlers; returns at once; a second call does nothing.
+    /// Once the environment is gone it does nothing (the handle keeps its core alive).
     void deregister(dereg_reason reason = dereg_reason::normal) noexcept;
 
     const std::shared_ptr<internal::coop_impl>& impl() const noexcept { return impl_; }
@@ -50,9 +51,11 @@ struct coop_options {
     /// For agents that say `inherit`.
     exception_policy on_exception = exception_policy::inherit;
     /// Called once registration has committed, on the registering thread, before any of the
-    /// cooperation's agents starts (so always before on_deregistered).
+    /// cooperation's agents starts. It returns before on_deregistered starts: a deregistration
+    /// that comes meanwhile (another thread, the environment stopping) waits for it.
     std::function<void(const coop_handle&)> on_registered{};
-    /// Called once every agent is destroyed, on the thread that finished last, with the reason.
+    /// Called once every agent is destroyed, on the thread that finished last (for an empty
+    /// cooperation: the one that deregistered it, or the registering thread), with the reason.
     std::function<void(std::string_view name, dereg_reason)> on_deregistered{};
 };
 

@@ -20,12 +20,18 @@ struct binding {
 /// Two-phase binding (SObjectizer's disp_binder): prepare may throw; release cannot fail.
 class MAILROOM_EXPORT binder_impl {
 public:
+    explicit binder_impl(const dispatcher_impl* target) noexcept : target_(target) {}
     virtual ~binder_impl();
+    /// The dispatcher it binds to (the binder holds it alive).
+    const dispatcher_impl& target() const noexcept { return *target_; }
     /// Binds one context of the cooperation `coop_key`. Throws binding_error naming the
     /// dispatcher when it was shut down.
     virtual binding prepare(const void* coop_key) = 0;
     /// Releases a binding. Any thread, including the bound context's own worker.
     virtual void release(const binding& b, const void* coop_key) noexcept = 0;
+
+private:
+    const dispatcher_impl* target_;
 };
 
 class MAILROOM_EXPORT dispatcher_impl : public std::enable_shared_from_this<dispatcher_impl> {
@@ -40,6 +46,17 @@ public:
 
     /// A binder; `group` for active_group, `order` for thread_pool (others ignore them).
     virtual std::shared_ptr<binder_impl> make_binder(const std::string& group, const fifo* order) = 0;
+
+    /// Says who owns the dispatcher (an opaque tag: the environment's core) and its name, for
+    /// the checks and errors of the layers above. Once, before the dispatcher is published.
+    void set_owner(const void* tag, std::string owner_name) {
+        owner_name_ = std::move(owner_name);
+        owner_.store(tag, std::memory_order_release);
+    }
+    /// Any thread, including this dispatcher's own workers (which may start before set_owner).
+    const void* owner() const noexcept { return owner_.load(std::memory_order_acquire); }
+    /// The owner's name; read only after the dispatcher was published.
+    const std::string& owner_name() const noexcept { return owner_name_; }
 
     /// Stops accepting bindings. Idempotent; any thread.
     void shutdown() noexcept { accepting_.store(false, std::memory_order_release); }
@@ -64,7 +81,16 @@ private:
     std::string name_;
     std::string kind_;
     std::atomic<bool> accepting_{true};
+    std::atomic<const void*> owner_{nullptr};
+    std::string owner_name_;
 };
+
+/// The dispatcher whose worker thread this is, for the whole life of the thread; null on
+/// threads that are not workers. Lets the environment recognise its own threads (a join or a
+/// teardown started there would wait for itself).
+MAILROOM_EXPORT const dispatcher_impl* current_dispatcher() noexcept;
+/// Called by each worker thread as it starts.
+MAILROOM_EXPORT void set_current_dispatcher(const dispatcher_impl* d) noexcept;
 
 /// A worker's statistics from its heartbeat (relaxed loads; any thread).
 MAILROOM_EXPORT worker_stats read_heartbeat(const heartbeat& beat) noexcept;

@@ -85,6 +85,9 @@ public:
 
     /// Any thread, after the close() calls it covers: the far side of the Dekker pair.
     MAILROOM_EXPORT static void barrier() noexcept;
+    /// How many times barrier() was called in this process (for tests: a barrier interrupts
+    /// every running thread, so a teardown pays one per sweep, not one per session).
+    MAILROOM_EXPORT static std::uint64_t barriers() noexcept;
 
     /// Any thread but the context's own. Returns once no callback of `tag` is running (with
     /// `tag` null: once no callback at all is running). Spins briefly, then yields, then sleeps

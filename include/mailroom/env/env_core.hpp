@@ -130,6 +130,12 @@ public:
 
     void stop() noexcept;
     teardown_report join();
+    /// True on a thread that a join would wait for: a worker of one of its dispatchers, its
+    /// teardown watch, or a thread running one of its callbacks (current_env() is this).
+    bool own_thread() const noexcept;
+    /// The destructor of the environment object on one of its own threads: stops, and hands the
+    /// join to a teardown thread that holds `self` until the teardown completed.
+    void hand_off_teardown(std::shared_ptr<env_core> self) noexcept;
     /// Any thread. A snapshot of the counters: every outcome counter is read before any sent
     /// counter, so even while messages flow, outcomes never exceed sends in a snapshot.
     environment_stats stats() const;
@@ -154,10 +160,15 @@ private:
 
     /// Watches the workers while join() waits; see teardown_watch in environment.cpp.
     void watch_teardown(std::stop_token stop, std::int64_t started_ns);
+    teardown_report join_once();
     void report_overrun(const dispatcher_stats& d, std::size_t index, const worker_stats& w, std::int64_t ns);
 
     std::mutex join_lock_;
     bool joined_ = false;
+    bool dispatchers_closed_ = false;  // guarded by lock_: join took its last list of dispatchers
+    // The thread a destroy-from-inside handed the teardown to. Set before the environment
+    // object lets go of the core; joined by ~env_core (detached there when it runs on it).
+    std::thread reaper_;
     teardown_report report_;  // guarded by join_lock_, and by report_lock_ while the watcher runs
     std::mutex report_lock_;
     std::atomic<std::uint64_t> overruns_{0};
@@ -165,5 +176,19 @@ private:
 
 /// The environment whose handler this thread is running, if any (set by the agent layer).
 MAILROOM_EXPORT env_core*& current_env() noexcept;
+
+/// Sets current_env() for a scope: around a callback of the environment that runs on a thread
+/// that is not one of its workers (on_registered, on_deregistered, an agent's destructor), so
+/// that a join() there raises and a destruction there hands its teardown off.
+class env_scope {
+public:
+    explicit env_scope(env_core* e) noexcept : prev_(current_env()) { current_env() = e; }
+    ~env_scope() { current_env() = prev_; }
+    env_scope(const env_scope&) = delete;
+    env_scope& operator=(const env_scope&) = delete;
+
+private:
+    env_core* prev_;
+};
 
 }  // namespace mailroom::internal

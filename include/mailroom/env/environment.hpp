@@ -73,6 +73,12 @@ struct environment_options {
     overrun_policy on_teardown_overrun = overrun_policy::report_and_wait;
     /// Called with each report, on the watching thread, before the policy applies.
     std::function<void(const handler_overrun&)> on_overrun{};
+    /// Called once, with the report, when the teardown has completed: every thread the
+    /// environment started has been joined and its cooperations and sessions are gone. Runs on
+    /// the thread that completed the teardown: the one in join() or the destructor, or, when
+    /// the environment was destroyed on one of its own threads, the teardown thread started for
+    /// it (which ends right after). The environment object may be gone by then: use the report.
+    std::function<void(const teardown_report&)> on_stopped{};
 };
 
 /// Counters of an environment; a consistent-enough snapshot taken from any thread.
@@ -121,6 +127,14 @@ struct environment_stats {
 /// (children first), then sessions and their event objects are destroyed, then dispatchers
 /// stop and their threads are joined, then the timer service. Every thread it started is
 /// joined before the destructor returns.
+///
+/// Destroyed on one of its own threads (inside a handler, a session callback, a timer,
+/// on_start, on_finish, on_registered, on_deregistered, an agent's destructor, a then()
+/// continuation, on any worker of its dispatchers), the destructor does not wait for itself:
+/// it stops the environment and hands the rest of the teardown to a thread of its own making,
+/// then returns. The teardown completes as soon as the callbacks running return;
+/// `environment_options::on_stopped` says when. The callback must not use the environment
+/// object after destroying it; handles (mboxes, timers, sessions, cooperations) stay safe.
 class MAILROOM_EXPORT environment {
 public:
     explicit environment(environment_options options = {});
@@ -135,7 +149,9 @@ public:
     void stop() noexcept;
 
     /// Blocks until stop() was called (by anyone) and the shutdown has completed. Not from a
-    /// thread of this environment (raises usage_error). While it waits, a handler running past
+    /// thread of this environment, nor from inside any of its callbacks on another thread
+    /// (on_registered, on_deregistered, an agent's destructor): it would wait for itself, so
+    /// it raises usage_error naming the environment. While it waits, a handler running past
     /// `teardown_deadline` is reported and `on_teardown_overrun` applies. Returns what the
     /// teardown did (the same report to every caller); it is also logged when something was
     /// discarded or overran.

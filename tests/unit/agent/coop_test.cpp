@@ -465,3 +465,28 @@ INSTANTIATE_TEST_SUITE_P(orders, fifo_units, testing::Values(fifo::cooperation, 
                          });
 
 }  // namespace
+
+// on_finish comes after the messages already queued (test above) and is the last thing: what is
+// sent to the agent from then on is counted lost, never delivered (docs/agent.md).
+TEST(coop, nothing_is_delivered_after_on_finish_and_what_comes_later_is_counted_lost) {
+    environment env;
+    std::atomic<int> handled{0};
+    std::atomic<bool> finished{false};
+    coop c(env);
+    auto& p = c.make_agent<probe>();
+    p.on_configure = [&](probe& self) { self.subscribe(self.direct_mbox(), [&](const ping&) { ++handled; }); };
+    p.on_finish_fn = [&](probe& self) {
+        for (int i = 0; i < 3; ++i) send<ping>(self.direct_mbox(), i);  // queued behind on_finish
+        finished = true;
+    };
+    mbox m = p.direct_mbox();
+    auto h = register_coop(std::move(c));
+    send<ping>(m, 0);
+    ASSERT_TRUE(test::eventually([&] { return handled.load() == 1; }));
+    h.deregister();
+    ASSERT_TRUE(test::wait_set(finished));
+    ASSERT_TRUE(test::eventually([&] { return env.stats().messages_lost == 3; }));
+    send<ping>(m, 9);  // after the agent is gone
+    EXPECT_EQ(env.stats().messages_lost, 4u);
+    EXPECT_EQ(handled.load(), 1);
+}

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace mailroom::test {
 
@@ -103,19 +104,26 @@ inline int thread_count() {
     return n;
 }
 
-/// Threads of this process whose name (comm) is `name`.
-inline int threads_named(const std::string& name) {
-    int n = 0;
+/// The names (comm) of this process's threads.
+inline std::vector<std::string> thread_names() {
+    std::vector<std::string> out;
     if (DIR* d = ::opendir("/proc/self/task")) {
         while (dirent* e = ::readdir(d)) {
             if (e->d_name[0] == '.') continue;
             std::ifstream f(std::string("/proc/self/task/") + e->d_name + "/comm");
             std::string comm;
             std::getline(f, comm);
-            if (comm == name) ++n;
+            out.push_back(std::move(comm));
         }
         ::closedir(d);
     }
+    return out;
+}
+
+/// Threads of this process whose name (comm) is `name`.
+inline int threads_named(const std::string& name) {
+    int n = 0;
+    for (const auto& comm : thread_names()) n += comm == name;
     return n;
 }
 

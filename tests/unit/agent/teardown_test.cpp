@@ -270,3 +270,44 @@ TEST(teardown, the_report_counts_what_was_discarded_and_logs_it) {
     for (auto& l : w.logged) summary = summary || l.find("were still queued and were discarded") != std::string::npos;
     EXPECT_EQ(summary, r.messages_discarded + r.callbacks_discarded > 0);
 }
+
+// The report names an agent that its own thread renames, finishes, deletes and recycles right
+// after: the watch may read only what cannot change or be freed under it. The handler learns of
+// the report through relaxed atomics on purpose (no ordering between the two threads), so that
+// ThreadSanitizer sees every access the watch makes against the agent thread's.
+TEST(teardown, the_overrun_report_reads_nothing_the_agents_thread_renames_or_frees_under_it) {
+    std::atomic<bool> inside{false}, reported{false};
+    std::mutex mu;
+    std::string context;
+    environment_options o;
+    o.name = "racy";
+    o.teardown_deadline = 20ms;
+    o.log = [](std::string_view) {};
+    o.on_overrun = [&](const handler_overrun& r) {
+        {
+            std::lock_guard g(mu);
+            if (context.empty()) context = r.context;
+        }
+        reported.store(true, std::memory_order_relaxed);
+    };
+    environment env(o);
+    for (int i = 0; i < 4; ++i) {
+        // Neighbours that finish and are recycled while the watch looks for the slow one.
+        test::add_probe(env, [i](probe& p) { p.set_name("neighbour-" + std::to_string(i)); });
+    }
+    mbox m = test::add_probe(env, [&](probe& p) {
+        p.set_name("slow");
+        p.subscribe(p.direct_mbox(), [&, &p = p](const quote&) {
+            p.set_name("slow-renamed");
+            inside = true;
+            test::eventually([&] { return reported.load(std::memory_order_relaxed); }, 30s);
+            p.set_name("slow-leaving");
+        });
+    });
+    send<quote>(m, 1);
+    ASSERT_TRUE(test::wait_set(inside));
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    std::lock_guard g(mu);
+    EXPECT_NE(context.find("slow-renamed"), std::string::npos) << context;
+}
