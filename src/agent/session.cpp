@@ -564,15 +564,23 @@ std::string current_context_name() {
 }
 
 bool post_call(session_impl* s, posted_call* c) noexcept {
-    if (s->gate.shut()) {
-        c->drop(c);
-        return false;
+    {
+        // From before the check until the call is queued, as a send's (env_core.hpp): join()
+        // closes every session's gate, then waits for this, so a call that passed the check is
+        // queued before the dispatchers stop and is run, refused or discarded (and counted) before
+        // join() builds its report, never swept after it. The scope ends before drop(): what the
+        // callable captured is user code, which may wait for the environment.
+        send_scope posting(s->env->counters());
+        if (!s->gate.shut()) [[likely]] {
+            s->add_ref();
+            c->owner = s;
+            c->execute = &execute_post;
+            s->bound.queue->push(c);
+            return true;
+        }
     }
-    s->add_ref();
-    c->owner = s;
-    c->execute = &execute_post;
-    s->bound.queue->push(c);
-    return true;
+    c->drop(c);
+    return false;
 }
 
 namespace {

@@ -10,6 +10,10 @@
 
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -143,4 +147,82 @@ TEST(books, every_snapshot_shows_no_more_outcomes_than_sends_while_messages_flow
     ASSERT_TRUE(mailroom::test::join_within(*r.env));
     const auto st = r.env->stats();
     EXPECT_EQ(st.messages_sent, outcomes(st));
+}
+
+namespace {
+
+// Holds a posting thread wherever a signal finds it (its post may be between the session's
+// liveness check and the push), for at most 50 ms: with posts marked in flight, join() waits for
+// a held post, so the hold must end by itself.
+std::atomic<bool> hold_posters{false};
+extern "C" void hold_poster(int) {
+    for (int i = 0; i < 100 && hold_posters.load(std::memory_order_relaxed); ++i) {
+        timespec ts{0, 500'000};
+        ::nanosleep(&ts, nullptr);
+    }
+}
+
+}  // namespace
+
+// A posted call passed its session's liveness check, was preempted, and was queued after the
+// teardown's last sweep: it was discarded (and counted) only when the core was freed, after
+// join() had built its report. Now a post is in flight from before its check until it is queued
+// and join() waits for it, so every post that returned true is run, refused or discarded by the
+// time join() returns. Posting threads race the teardown, held by a signal wherever they are
+// when it begins (often inside post()).
+TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_while_posters_race_the_teardown) {
+    struct sigaction act {}, old {};
+    act.sa_handler = &hold_poster;
+    sigemptyset(&act.sa_mask);
+    act.sa_flags = SA_RESTART;
+    ASSERT_EQ(::sigaction(SIGUSR1, &act, &old), 0);
+    const auto end = std::chrono::steady_clock::now() + (mailroom::test::sanitized ? 30s : 15s);
+    const long rounds = mailroom::test::sanitized ? 100 : 300;
+    long done = 0;
+    for (; done < rounds && std::chrono::steady_clock::now() < end; ++done) {
+        auto env = std::make_unique<mailroom::environment>();
+        auto pool = env->add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+        auto own = env->add_dispatcher("own", mailroom::active_obj_params{});
+        std::vector<mailroom::session> sessions;
+        sessions.emplace_back(*env, mailroom::session_options{.name = "default"});
+        sessions.emplace_back(*env, mailroom::session_options{.name = "pooled", .bind = pool.bind()});
+        sessions.emplace_back(*env, mailroom::session_options{.name = "own", .bind = own.bind()});
+        std::atomic<long> ran{0};
+        constexpr int posters = 4;
+        std::vector<long> posted(posters, 0);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < posters; ++t)
+            threads.emplace_back([&, t] {
+                // Posts until every session refuses (the teardown destroyed them).
+                for (long i = 0;; ++i) {
+                    bool any = false;
+                    for (auto& s : sessions)
+                        if (s.post([&ran] { ran.fetch_add(1, std::memory_order_relaxed); })) {
+                            ++posted[t];
+                            any = true;
+                        }
+                    if (!any) return;
+                    if (i % 64 == 0) std::this_thread::yield();  // let the sessions keep up
+                }
+            });
+        ASSERT_TRUE(mailroom::test::eventually([&] { return ran.load() > 200; }));
+        hold_posters = true;
+        for (auto& t : threads) ::pthread_kill(t.native_handle(), SIGUSR1);
+        env->stop();
+        ASSERT_TRUE(mailroom::test::join_within(*env));
+        const auto st = env->stats();
+        hold_posters = false;
+        for (auto& t : threads) t.join();
+        long total = 0;
+        for (long p : posted) total += p;
+        ASSERT_EQ(static_cast<std::uint64_t>(total), st.callbacks_run + st.callbacks_refused + st.callbacks_discarded)
+            << "round " << done << ": run " << st.callbacks_run << ", refused " << st.callbacks_refused
+            << ", discarded " << st.callbacks_discarded;
+        // Nothing counted after join() either.
+        const auto after = env->stats();
+        ASSERT_EQ(after.callbacks_run + after.callbacks_refused + after.callbacks_discarded,
+                  st.callbacks_run + st.callbacks_refused + st.callbacks_discarded);
+    }
+    ::sigaction(SIGUSR1, &old, nullptr);
+    EXPECT_GT(done, 0);
 }

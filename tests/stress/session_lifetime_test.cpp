@@ -206,6 +206,9 @@ struct world {
         case 5:
             if (auto o = pick_object(r, rng, false)) {
                 mailroom::event_handle h = o->take();
+                // An empty handle: another thread (or the object's own callback) took it and
+                // may not have shut the object down yet; its shutdown() sets the sentinel.
+                if (!h) break;
                 h.shutdown();
                 o->shut.store(true);
             }

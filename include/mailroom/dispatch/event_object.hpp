@@ -78,7 +78,9 @@ public:
     /// Any thread. Shuts the whole context; true if this call did. Follow with barrier() and
     /// wait_not_running(nullptr) unless on the context itself.
     bool close() noexcept { return close(shut_); }
-    bool shut() const noexcept { return shut_.load(std::memory_order_acquire) != 0; }
+    /// Any thread. seq_cst (a plain load on x86, as acquire would be): a post's check of it is
+    /// the second half of send_scope's handshake with join() when membarrier is not available.
+    bool shut() const noexcept { return shut_.load(std::memory_order_seq_cst) != 0; }
 
     /// Any thread. Shuts one object; true if this call did.
     static bool close(flag& f) noexcept { return f.exchange(1, std::memory_order_seq_cst) == 0; }

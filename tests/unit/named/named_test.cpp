@@ -386,20 +386,33 @@ TEST(named, unregistering_inside_the_handler_does_not_deadlock) {
 TEST(named, destroying_the_session_unregisters_and_abandons_what_was_queued) {
     environment env;
     auto s = std::make_unique<session>(env);
-    std::atomic<bool> inside{false};
+    // The handler holds the first request until the destroy below has unregistered the name
+    // (which it does after closing the session, before it waits for the running handler): the
+    // second request is then still queued, whatever the machine's load. Bounded: a handler never
+    // released fails the test instead of hanging it.
+    std::atomic<bool> inside{false}, release{false}, held{true};
     auto h = register_named(*s, "svc", [&](incoming& in) {
         inside = true;
-        std::this_thread::sleep_for(20ms);
+        if (!test::eventually([&] { return release.load(); }, 20s)) held = false;
         in.reply<int>(1);
     });
     h.detach();
     auto first = request<int>(env, "svc", 1);
     auto queued = request<int>(env, "svc", 2);
     ASSERT_TRUE(test::eventually([&] { return inside.load(); }));
-    s->destroy();
-    EXPECT_EQ(first.wait(), request_state::replied);
-    EXPECT_EQ(queued.wait(), request_state::abandoned);
-    ASSERT_TRUE(test::eventually([&] { return request<int>(env, "svc", 1).wait() == request_state::rejected; }));
+    std::thread destroyer([&] { s->destroy(); });
+    // Requests made while the name is still registered queue behind `queued` and are abandoned
+    // with it; the first one rejected shows the name is gone.
+    const bool unregistered =
+        test::eventually([&] { return request<int>(env, "svc", 3).state() == request_state::rejected; });
+    release = true;
+    destroyer.join();
+    ASSERT_TRUE(unregistered);
+    EXPECT_TRUE(held.load());
+    ASSERT_TRUE(first.wait_for(10s));
+    EXPECT_EQ(first.state(), request_state::replied);
+    ASSERT_TRUE(queued.wait_for(10s));
+    EXPECT_EQ(queued.state(), request_state::abandoned);
 }
 
 TEST(named, stopping_the_environment_leaves_no_request_waiting) {
