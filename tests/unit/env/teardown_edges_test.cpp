@@ -425,7 +425,9 @@ TEST(teardown_edges, a_dispatcher_added_while_the_environment_stops_is_joined_or
         std::thread adder([&] {
             for (int i = 0;; ++i) {
                 try {
-                    env.add_dispatcher("d" + std::to_string(i), one_thread_params{});
+                    std::string name = "d";  // not "d" + to_string(i): g++ 12 warns falsely (-Wrestrict)
+                    name += std::to_string(i);
+                    env.add_dispatcher(name, one_thread_params{});
                     ++added;
                 } catch (const environment_stopped_error&) {
                     return;
