@@ -186,6 +186,15 @@ public:
         push_slow(d);
     }
     void push_slow(demand* d) noexcept;
+    /// Like push(), but leaves `d` to the caller (returns false) when the core is gone.
+    bool push_unless_finished(demand* d) noexcept {
+        if (gate.load(std::memory_order_acquire) == gate_open) [[likely]] {
+            queue.load(std::memory_order_acquire)->push(d);
+            return true;
+        }
+        return push_slow_unless_finished(d);
+    }
+    bool push_slow_unless_finished(demand* d) noexcept;
     /// Registration commit: start goes first, then what waited, then the gate opens.
     void open_gate(demand* start) noexcept;
     /// Rollback or destruction: drops what waited (counted), and closes for good.
