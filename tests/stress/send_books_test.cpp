@@ -162,6 +162,30 @@ extern "C" void hold_poster(int) {
     }
 }
 
+// hold_poster on SIGUSR1 for the life of the object.
+struct posters_held_by_signal {
+    struct sigaction old {};
+    bool installed = false;
+    posters_held_by_signal() {
+        struct sigaction act {};
+        act.sa_handler = &hold_poster;
+        sigemptyset(&act.sa_mask);
+        act.sa_flags = SA_RESTART;
+        installed = ::sigaction(SIGUSR1, &act, &old) == 0;
+    }
+    ~posters_held_by_signal() {
+        if (installed) ::sigaction(SIGUSR1, &old, nullptr);
+    }
+};
+
+// Holds every posting thread wherever it is, then stops the environment and joins it (bounded).
+bool stop_while_posters_are_held(mailroom::environment& env, std::vector<std::thread>& threads) {
+    hold_posters = true;
+    for (auto& t : threads) ::pthread_kill(t.native_handle(), SIGUSR1);
+    env.stop();
+    return mailroom::test::join_within(env);
+}
+
 }  // namespace
 
 // A posted call passed its session's liveness check, was preempted, and was queued after the
@@ -171,11 +195,8 @@ extern "C" void hold_poster(int) {
 // time join() returns. Posting threads race the teardown, held by a signal wherever they are
 // when it begins (often inside post()).
 TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_while_posters_race_the_teardown) {
-    struct sigaction act {}, old {};
-    act.sa_handler = &hold_poster;
-    sigemptyset(&act.sa_mask);
-    act.sa_flags = SA_RESTART;
-    ASSERT_EQ(::sigaction(SIGUSR1, &act, &old), 0);
+    posters_held_by_signal held;
+    ASSERT_TRUE(held.installed);
     const auto end = std::chrono::steady_clock::now() + (mailroom::test::sanitized ? 30s : 15s);
     const long rounds = mailroom::test::sanitized ? 100 : 300;
     long done = 0;
@@ -206,10 +227,7 @@ TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_whi
                 }
             });
         ASSERT_TRUE(mailroom::test::eventually([&] { return ran.load() > 200; }));
-        hold_posters = true;
-        for (auto& t : threads) ::pthread_kill(t.native_handle(), SIGUSR1);
-        env->stop();
-        ASSERT_TRUE(mailroom::test::join_within(*env));
+        ASSERT_TRUE(stop_while_posters_are_held(*env, threads));
         const auto st = env->stats();
         hold_posters = false;
         for (auto& t : threads) t.join();
@@ -223,7 +241,6 @@ TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_whi
         ASSERT_EQ(after.callbacks_run + after.callbacks_refused + after.callbacks_discarded,
                   st.callbacks_run + st.callbacks_refused + st.callbacks_discarded);
     }
-    ::sigaction(SIGUSR1, &old, nullptr);
     EXPECT_GT(done, 0);
 }
 
@@ -253,11 +270,8 @@ struct agent_call_probe {
 // join() returns. Posting threads race the teardown, held by a signal wherever they are when it
 // begins (often inside the post).
 TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_posters_race_the_teardown) {
-    struct sigaction act {}, old {};
-    act.sa_handler = &hold_poster;
-    sigemptyset(&act.sa_mask);
-    act.sa_flags = SA_RESTART;
-    ASSERT_EQ(::sigaction(SIGUSR1, &act, &old), 0);
+    posters_held_by_signal held;
+    ASSERT_TRUE(held.installed);
     const auto end = std::chrono::steady_clock::now() + (mailroom::test::sanitized ? 30s : 15s);
     const long rounds = mailroom::test::sanitized ? 100 : 300;
     long done = 0;
@@ -298,10 +312,7 @@ TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_poster
                 }
             });
         ASSERT_TRUE(mailroom::test::eventually([&] { return ran.load() > 200; }));
-        hold_posters = true;
-        for (auto& t : threads) ::pthread_kill(t.native_handle(), SIGUSR1);
-        env->stop();
-        ASSERT_TRUE(mailroom::test::join_within(*env));
+        ASSERT_TRUE(stop_while_posters_are_held(*env, threads));
         // Posts from now on find the agents gone and end at once.
         stop_posting = true;
         hold_posters = false;
@@ -314,6 +325,5 @@ TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_poster
         env.reset();
         ASSERT_EQ(ended.load(), total);
     }
-    ::sigaction(SIGUSR1, &old, nullptr);
     EXPECT_GT(done, 0);
 }
