@@ -96,10 +96,20 @@ void post_to_agent(agent_ref a, posted_call* c) noexcept {
     d->target = core;
     d->gen = a.gen;
     d->call = c;
-    core->push(d);
+    {
+        // From before the gate check until the call is queued, as a send's (env_core.hpp): the
+        // teardown finishes every agent, closes intake and waits for this, so a call that found
+        // the gate open is queued before the dispatchers stop and is run or discarded before
+        // join() returns, never left in a stopped worker's queue until the core is freed. The
+        // scope ends before a call to a gone agent is dropped: what it holds is user code
+        // (a coroutine frame), which may wait for the environment.
+        send_scope posting(core->rt->env->counters());
+        if (core->push_unless_finished(d)) [[likely]] return;
+    }
+    d->execute(d, demand_mode::run);  // finds a newer generation: dropped
 }
 
-void agent_core::push_slow(demand* d) noexcept {
+bool agent_core::push_slow_unless_finished(demand* d) noexcept {
     std::uint8_t s;
     {
         spin_guard g(pending_lock);
@@ -111,13 +121,16 @@ void agent_core::push_slow(demand* d) noexcept {
             else
                 pending_head = d;
             pending_tail = d;
-            return;
+            return true;
         }
     }
-    if (s == gate_finished)
-        d->execute(d, demand_mode::run);  // finds a newer generation: counted lost
-    else
-        queue.load(std::memory_order_acquire)->push(d);  // opened while we waited; the waiting list went first
+    if (s == gate_finished) return false;
+    queue.load(std::memory_order_acquire)->push(d);  // opened while we waited; the waiting list went first
+    return true;
+}
+
+void agent_core::push_slow(demand* d) noexcept {
+    if (!push_slow_unless_finished(d)) d->execute(d, demand_mode::run);  // finds a newer generation: counted lost
 }
 
 void agent_core::open_gate(demand* start) noexcept {

@@ -97,6 +97,20 @@ void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::
                         ", not to this one (a context runs only on its own environment's dispatchers)");
 }
 
+binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
+                        std::string_view object) {
+    try {
+        return b.prepare(key);
+    } catch (const binding_error&) {
+        // The teardown sets `stopping` before it shuts the dispatchers down (release/acquire on
+        // both flags), so a dispatcher it shut down is always seen with `stopping` set.
+        if (!env.stopping() || b.target().accepting()) throw;
+        throw environment_stopped_error(std::string(what) + " '" + std::string(object) + "': environment '" +
+                                        env.name() + "' is stopping (its teardown shut dispatcher '" +
+                                        b.target().name() + "' down)");
+    }
+}
+
 agent_runtime& agent_runtime::of(env_core& env) {
     return env.extension<agent_runtime>(&runtime_key, [&] { return std::make_unique<agent_runtime>(&env); });
 }
@@ -197,7 +211,7 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             if (!binds_in(*core->binder, *env))
                 throw_foreign_binder(*core->binder, *env,
                                      "cooperation '" + c->name + "': agent '" + core->display_name() + "'");
-            core->bound = core->binder->prepare(c.get());
+            core->bound = prepare_binding(*core->binder, c.get(), *env, "registering cooperation", c->name);
             core->queue.store(core->bound.queue, std::memory_order_release);
             ++bound;
             core->finish = new control_demand;

@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <map>
 #include <memory>
+#include <string_view>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -185,6 +186,15 @@ public:
         push_slow(d);
     }
     void push_slow(demand* d) noexcept;
+    /// Like push(), but leaves `d` to the caller (returns false) when the core is gone.
+    bool push_unless_finished(demand* d) noexcept {
+        if (gate.load(std::memory_order_acquire) == gate_open) [[likely]] {
+            queue.load(std::memory_order_acquire)->push(d);
+            return true;
+        }
+        return push_slow_unless_finished(d);
+    }
+    bool push_slow_unless_finished(demand* d) noexcept;
     /// Registration commit: start goes first, then what waited, then the gate opens.
     void open_gate(demand* start) noexcept;
     /// Rollback or destruction: drops what waited (counted), and closes for good.
@@ -361,6 +371,12 @@ agent_core*& current_agent() noexcept;
 inline bool binds_in(const binder_impl& b, const env_core& env) noexcept { return b.target().owner() == &env; }
 /// Raises binding_error naming both environments; `what` names the cooperation, agent or session.
 [[noreturn]] void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::string& what);
+/// Binds one context through `b` (binder_impl::prepare). A caller checks that the environment
+/// is not stopping before it binds, but the teardown may shut the dispatcher down in between:
+/// that refusal raises environment_stopped_error naming `what`, `object` and the environment,
+/// not the dispatcher's binding_error. A dispatcher the user shut down still raises binding_error.
+binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
+                        std::string_view object);
 
 /// Runs an agent's handler or hook under its policy; returns false if it threw.
 bool run_guarded(agent_core& core, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;

@@ -757,22 +757,25 @@ session::session(environment& env, session_options options) {
         s->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder({}, nullptr);
         if (!internal::binds_in(*s->binder, core))
             internal::throw_foreign_binder(*s->binder, core, "session '" + s->name + "'");
-        s->bound = s->binder->prepare(s);
+        s->bound = internal::prepare_binding(*s->binder, s, core, "creating session", s->name);
     } catch (...) {
         delete s;
         throw;
     }
+    // Decided under the lock, read from a local: once listed, the teardown may close the
+    // session (clearing `registered`) and retire it on its context before this line goes on.
+    bool listed = false;
     {
         std::lock_guard g(rt.session_lock);
         if (!rt.sessions_closed) {
-            s->registered = true;
+            s->registered = listed = true;
             s->reg_next = rt.sessions;
             if (rt.sessions) rt.sessions->reg_prev = s;
             rt.sessions = s;
             ++rt.live_sessions;
         }
     }
-    if (!s->registered) {
+    if (!listed) {
         s->binder->release(s->bound, s);
         std::string name = s->name;
         delete s;

@@ -162,6 +162,30 @@ extern "C" void hold_poster(int) {
     }
 }
 
+// hold_poster on SIGUSR1 for the life of the object.
+struct posters_held_by_signal {
+    struct sigaction old {};
+    bool installed = false;
+    posters_held_by_signal() {
+        struct sigaction act {};
+        act.sa_handler = &hold_poster;
+        sigemptyset(&act.sa_mask);
+        act.sa_flags = SA_RESTART;
+        installed = ::sigaction(SIGUSR1, &act, &old) == 0;
+    }
+    ~posters_held_by_signal() {
+        if (installed) ::sigaction(SIGUSR1, &old, nullptr);
+    }
+};
+
+// Holds every posting thread wherever it is, then stops the environment and joins it (bounded).
+bool stop_while_posters_are_held(mailroom::environment& env, std::vector<std::thread>& threads) {
+    hold_posters = true;
+    for (auto& t : threads) ::pthread_kill(t.native_handle(), SIGUSR1);
+    env.stop();
+    return mailroom::test::join_within(env);
+}
+
 }  // namespace
 
 // A posted call passed its session's liveness check, was preempted, and was queued after the
@@ -171,11 +195,8 @@ extern "C" void hold_poster(int) {
 // time join() returns. Posting threads race the teardown, held by a signal wherever they are
 // when it begins (often inside post()).
 TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_while_posters_race_the_teardown) {
-    struct sigaction act {}, old {};
-    act.sa_handler = &hold_poster;
-    sigemptyset(&act.sa_mask);
-    act.sa_flags = SA_RESTART;
-    ASSERT_EQ(::sigaction(SIGUSR1, &act, &old), 0);
+    posters_held_by_signal held;
+    ASSERT_TRUE(held.installed);
     const auto end = std::chrono::steady_clock::now() + (mailroom::test::sanitized ? 30s : 15s);
     const long rounds = mailroom::test::sanitized ? 100 : 300;
     long done = 0;
@@ -206,10 +227,7 @@ TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_whi
                 }
             });
         ASSERT_TRUE(mailroom::test::eventually([&] { return ran.load() > 200; }));
-        hold_posters = true;
-        for (auto& t : threads) ::pthread_kill(t.native_handle(), SIGUSR1);
-        env->stop();
-        ASSERT_TRUE(mailroom::test::join_within(*env));
+        ASSERT_TRUE(stop_while_posters_are_held(*env, threads));
         const auto st = env->stats();
         hold_posters = false;
         for (auto& t : threads) t.join();
@@ -223,6 +241,89 @@ TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_whi
         ASSERT_EQ(after.callbacks_run + after.callbacks_refused + after.callbacks_discarded,
                   st.callbacks_run + st.callbacks_refused + st.callbacks_discarded);
     }
-    ::sigaction(SIGUSR1, &old, nullptr);
+    EXPECT_GT(done, 0);
+}
+
+namespace {
+
+// A call posted to an agent (how a coroutine awaiting a request in a handler is resumed): it
+// counts its run and, in its destructor, that it ended (run and dropped, or dropped unrun).
+struct agent_call_probe {
+    std::atomic<long>* ran;
+    std::atomic<long>* ended;
+    bool live = true;
+    agent_call_probe(std::atomic<long>* r, std::atomic<long>* e) noexcept : ran(r), ended(e) {}
+    agent_call_probe(agent_call_probe&& o) noexcept : ran(o.ran), ended(o.ended) { o.live = false; }
+    ~agent_call_probe() {
+        if (live) ended->fetch_add(1, std::memory_order_relaxed);
+    }
+    void operator()() const { ran->fetch_add(1, std::memory_order_relaxed); }
+};
+
+}  // namespace
+
+// A call posted to an agent passed the agent's gate check, was preempted, and was queued after
+// the teardown's last sweep: it stayed in a stopped worker's queue (with what it holds: a
+// coroutine frame, when a request resumes its awaiting handler) until the core was freed, after
+// join() had returned. Now a post to an agent is in flight from before its check until it is
+// queued, and join() waits for it, so every call posted has ended (run or dropped) by the time
+// join() returns. Posting threads race the teardown, held by a signal wherever they are when it
+// begins (often inside the post).
+TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_posters_race_the_teardown) {
+    posters_held_by_signal held;
+    ASSERT_TRUE(held.installed);
+    const auto end = std::chrono::steady_clock::now() + (mailroom::test::sanitized ? 30s : 15s);
+    const long rounds = mailroom::test::sanitized ? 100 : 300;
+    long done = 0;
+    for (; done < rounds && std::chrono::steady_clock::now() < end; ++done) {
+        auto env = std::make_unique<mailroom::environment>();
+        auto pool = env->add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+        auto own = env->add_dispatcher("own", mailroom::active_obj_params{});
+        constexpr int agents = 3;
+        std::vector<mailroom::internal::agent_ref> refs(agents);
+        std::atomic<int> started{0};
+        const mailroom::binder binders[agents] = {mailroom::binder{}, pool.bind(), own.bind()};
+        for (int a = 0; a < agents; ++a) {
+            mailroom::coop_options opts;
+            opts.bind = binders[a];
+            mailroom::test::add_probe(
+                *env, [](mailroom::test::probe&) {}, std::move(opts), [&refs, &started, a](mailroom::test::probe&) {
+                    refs[a] = mailroom::internal::current_agent_ref();
+                    started.fetch_add(1);
+                });
+        }
+        ASSERT_TRUE(mailroom::test::eventually([&] { return started.load() == agents; }));
+        std::atomic<long> ran{0}, ended{0};
+        std::atomic<bool> stop_posting{false};
+        constexpr int posters = 4;
+        std::vector<long> posted(posters, 0);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < posters; ++t)
+            threads.emplace_back([&, t] {
+                using call_t = mailroom::internal::posted_call_of<agent_call_probe>;
+                // Until after join() returned: the agents' cores live as long as the core.
+                for (long i = 0; !stop_posting.load(std::memory_order_relaxed); ++i) {
+                    for (auto& r : refs) {
+                        void* block = mailroom::internal::pool_allocate(sizeof(call_t));
+                        mailroom::internal::post_to_agent(r, new (block) call_t(agent_call_probe(&ran, &ended)));
+                        ++posted[t];
+                    }
+                    if (i % 64 == 0) std::this_thread::yield();  // let the agents keep up
+                }
+            });
+        ASSERT_TRUE(mailroom::test::eventually([&] { return ran.load() > 200; }));
+        ASSERT_TRUE(stop_while_posters_are_held(*env, threads));
+        // Posts from now on find the agents gone and end at once.
+        stop_posting = true;
+        hold_posters = false;
+        for (auto& t : threads) t.join();
+        long total = 0;
+        for (long p : posted) total += p;
+        ASSERT_EQ(ended.load(), total) << "round " << done << ": " << total - ended.load()
+                                       << " posted calls still queued after join() returned (ran " << ran.load()
+                                       << ")";
+        env.reset();
+        ASSERT_EQ(ended.load(), total);
+    }
     EXPECT_GT(done, 0);
 }

@@ -109,8 +109,9 @@ private:
 class MAILROOM_EXPORT session {
 public:
     session() noexcept = default;
-    /// Raises environment_stopped_error when the environment is stopping, binding_error when
-    /// the binder's dispatcher was shut down.
+    /// Raises environment_stopped_error when the environment is stopping (also when its
+    /// teardown shut the binder's dispatcher down while this constructor ran), binding_error
+    /// when the binder's dispatcher was shut down by its owner (dispatcher::shutdown).
     explicit session(environment& env, session_options options = {});
     session(session&& o) noexcept : impl_(std::exchange(o.impl_, nullptr)) {}
     session& operator=(session&& o) noexcept;

@@ -7,7 +7,9 @@
 #include <atomic>
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
+#include <typeinfo>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -187,19 +189,24 @@ TEST(session, shutdown_racing_a_firing_timer_never_lets_a_callback_through) {
     const long n = mailroom::test::rounds(300);
     for (long round = 0; round < n; ++round) {
         auto shut = std::make_shared<std::atomic<bool>>(false);
-        auto t = s.add_timer(0ms, 1ms, [shut, &violations, &fired] {
+        auto fired_here = std::make_shared<std::atomic<int>>(0);
+        auto t = s.add_timer(0ms, 1ms, [shut, fired_here, &violations, &fired] {
             if (shut->load()) violations.fetch_add(1);
+            fired_here->fetch_add(1);
             fired.fetch_add(1);
         });
         // Some deliveries queued behind a slow callback make the race likelier.
         for (int i = 0; i < 3; ++i) s.post([] { std::this_thread::sleep_for(std::chrono::microseconds(20)); });
+        // The shutdown races a timer that is firing: wait (bounded, however loaded the machine)
+        // for its first callback, then for a random part of its period or a few periods.
+        ASSERT_TRUE(eventually([&] { return fired_here->load() > 0; }, 10s)) << "round " << round;
         std::this_thread::sleep_for(std::chrono::microseconds(rng() % 1500));
         t.shutdown();
         shut->store(true);
     }
     std::this_thread::sleep_for(10ms);
     EXPECT_EQ(violations.load(), 0);
-    EXPECT_GT(fired.load(), 0);
+    EXPECT_GE(fired.load(), n);
 }
 
 TEST(session, shutdown_from_its_own_callback_does_not_wait_and_stops_further_callbacks) {
@@ -539,6 +546,57 @@ TEST(session, binding_to_a_shut_down_dispatcher_raises_binding_error) {
     EXPECT_EQ(env.stats().sessions_created, 0u);
 }
 
+// The constructor checks the environment, then binds: the teardown may shut the dispatcher down
+// in between. Whatever the moment, the creator learns that the environment stopped (not that a
+// dispatcher it never named refused it).
+TEST(session, creating_a_session_while_the_environment_stops_raises_environment_stopped_error) {
+    const long rounds = mailroom::test::rounds(400);
+    const auto limit = std::chrono::steady_clock::now() + 20s;
+    long stopped_errors = 0, other_errors = 0;
+    for (long round = 0; round < rounds && std::chrono::steady_clock::now() < limit; ++round) {
+        mailroom::environment env;
+        auto pool = env.add_dispatcher("pool", mailroom::one_thread_params{});
+        std::atomic<long> created{0};
+        std::atomic<bool> done{false};
+        std::string other;
+        std::thread creator([&] {
+            // Bounded: the environment stops long before, and the loop ends at the first error.
+            for (long i = 0; i < 10'000'000; ++i) {
+                try {
+                    mailroom::session s(env, {.bind = i % 2 ? pool.bind() : mailroom::binder{}});
+                    created.fetch_add(1);
+                } catch (const mailroom::environment_stopped_error& e) {
+                    if (std::string_view(e.what()).find("session") == std::string_view::npos ||
+                        std::string_view(e.what()).find(env.name()) == std::string_view::npos)
+                        other = std::string("environment_stopped_error not naming both: ") + e.what();
+                    break;
+                } catch (const std::exception& e) {
+                    other = typeid(e).name() + std::string(": ") + e.what();
+                    break;
+                }
+            }
+            done = true;
+        });
+        eventually([&] { return created.load() > round % 7; }, 5s);
+        env.stop();
+        const bool joined = join_within(env);
+        creator.join();
+        ASSERT_TRUE(joined);
+        ASSERT_TRUE(done.load());
+        if (other.empty())
+            ++stopped_errors;
+        else {
+            ++other_errors;
+            ADD_FAILURE() << "round " << round << ": " << other;
+            break;
+        }
+        const auto st = env.stats();
+        EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
+    }
+    EXPECT_EQ(other_errors, 0);
+    EXPECT_GT(stopped_errors, 0);
+}
+
 
 // ---- subscriptions: a session's event object on an MPMC mbox ----
 
@@ -762,8 +820,11 @@ TEST(session, environment_destruction_with_publishers_on_foreign_threads) {
         for (auto& t : topics) s.subscribe<quote>(t, [&](const quote&) { handled.fetch_add(1); }).detach();
         s.detach();
     }
-    // A session that comes and goes while the publishers run.
+    // A session that comes and goes while the publishers run. What the docs promise once the
+    // environment stops: creating a session raises environment_stopped_error, subscribing with
+    // a session the teardown destroyed raises session_destroyed_error. Anything else fails.
     std::atomic<bool> churn_stop{false};
+    std::string churn_error;
     std::thread churn([&] {
         while (!churn_stop.load()) {
             try {
@@ -773,6 +834,9 @@ TEST(session, environment_destruction_with_publishers_on_foreign_threads) {
             } catch (const mailroom::environment_stopped_error&) {
                 return;
             } catch (const mailroom::session_destroyed_error&) {
+                return;
+            } catch (const std::exception& e) {
+                churn_error = typeid(e).name() + std::string(": ") + e.what();
                 return;
             }
         }
@@ -802,6 +866,7 @@ TEST(session, environment_destruction_with_publishers_on_foreign_threads) {
     auto st = env->stats();
     env.reset();
     ASSERT_TRUE(joined);
+    EXPECT_EQ(churn_error, "") << "the churn thread got an error the docs do not promise";
     EXPECT_EQ(stopped.load(), 2);
     EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
