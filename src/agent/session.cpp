@@ -564,7 +564,9 @@ std::string current_context_name() {
 }
 
 bool post_call(session_impl* s, posted_call* c) noexcept {
-    {
+    // A session that retired (its environment may be gone with its counters) refuses without
+    // touching the environment; a live one holds its core until it retires.
+    if (!s->gate.shut()) [[likely]] {
         // From before the check until the call is queued, as a send's (env_core.hpp): join()
         // closes every session's gate, then waits for this, so a call that passed the check is
         // queued before the dispatchers stop and is run, refused or discarded (and counted) before
