@@ -298,6 +298,13 @@ TEST(teardown_edges, cooperation_handles_stay_safe_after_the_environment_is_gone
 
 // ---- binders of another environment ----
 
+// A binding error across environments names both environments and the object bound.
+void expect_names_both_environments_and_the_object(const std::string& what) {
+    EXPECT_NE(what.find("alpha"), std::string::npos) << what;
+    EXPECT_NE(what.find("beta"), std::string::npos) << what;
+    EXPECT_NE(what.find("stray"), std::string::npos) << what;
+}
+
 TEST(teardown_edges, binding_a_cooperation_to_another_environments_dispatcher_raises_binding_error) {
     environment b({.name = "beta"});
     environment a({.name = "alpha"});
@@ -309,10 +316,7 @@ TEST(teardown_edges, binding_a_cooperation_to_another_environments_dispatcher_ra
         register_coop(std::move(c));
         ADD_FAILURE() << "a binder of environment 'beta' was accepted by environment 'alpha'";
     } catch (const binding_error& e) {
-        const std::string what = e.what();
-        EXPECT_NE(what.find("alpha"), std::string::npos) << what;
-        EXPECT_NE(what.find("beta"), std::string::npos) << what;
-        EXPECT_NE(what.find("stray"), std::string::npos) << what;
+        expect_names_both_environments_and_the_object(e.what());
     }
     EXPECT_EQ(destroyed.load(), 1);  // rolled back
     // An agent's own binder is checked the same way.
@@ -328,10 +332,7 @@ TEST(teardown_edges, binding_a_session_to_another_environments_dispatcher_raises
         session s(a, {.name = "stray", .bind = b.default_dispatcher().bind()});
         ADD_FAILURE() << "a binder of environment 'beta' was accepted by environment 'alpha'";
     } catch (const binding_error& e) {
-        const std::string what = e.what();
-        EXPECT_NE(what.find("alpha"), std::string::npos) << what;
-        EXPECT_NE(what.find("beta"), std::string::npos) << what;
-        EXPECT_NE(what.find("stray"), std::string::npos) << what;
+        expect_names_both_environments_and_the_object(e.what());
     }
     EXPECT_EQ(a.stats().sessions_created, 0u);
 }
