@@ -563,22 +563,40 @@ std::string current_context_name() {
     return {};
 }
 
+namespace {
+void (*post_hook)(void*) = nullptr;
+void* post_hook_arg = nullptr;
+}  // namespace
+
+void set_post_call_hook(void (*hook)(void*), void* arg) noexcept {
+    post_hook = hook;
+    post_hook_arg = arg;
+}
+
 bool post_call(session_impl* s, posted_call* c) noexcept {
-    // A session that retired (its environment may be gone with its counters) refuses without
-    // touching the environment; a live one holds its core until it retires.
-    if (!s->gate.shut()) [[likely]] {
-        // From before the check until the call is queued, as a send's (env_core.hpp): join()
-        // closes every session's gate, then waits for this, so a call that passed the check is
-        // queued before the dispatchers stop and is run, refused or discarded (and counted) before
-        // join() builds its report, never swept after it. The scope ends before drop(): what the
-        // callable captured is user code, which may wait for the environment.
-        send_scope posting(s->env->counters());
+    {
+        // The session's environment is reached through a raw pointer, valid while the session
+        // is open: a retired session's environment may be gone. The entry scope covers the step
+        // from finding the session open to opening the send scope; join() waits for it after it
+        // closed every session (env_core.hpp), so the environment outlives the step.
+        entry_scope entering;
         if (!s->gate.shut()) [[likely]] {
-            s->add_ref();
-            c->owner = s;
-            c->execute = &execute_post;
-            s->bound.queue->push(c);
-            return true;
+            if (post_hook) [[unlikely]]
+                post_hook(post_hook_arg);
+            // From before the check until the call is queued, as a send's (env_core.hpp): join()
+            // closes every session's gate, then waits for this, so a call that passed the check
+            // is queued before the dispatchers stop and is run, refused or discarded (and
+            // counted) before join() builds its report, never swept after it. Both scopes end
+            // before drop(): what the callable captured is user code, which may wait for the
+            // environment.
+            send_scope posting(s->env->counters());
+            if (!s->gate.shut()) [[likely]] {
+                s->add_ref();
+                c->owner = s;
+                c->execute = &execute_post;
+                s->bound.queue->push(c);
+                return true;
+            }
         }
     }
     c->drop(c);

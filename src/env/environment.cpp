@@ -17,7 +17,57 @@ struct counters_cache {
     thread_counters* block = nullptr;
 };
 MAILROOM_FAST_TLS thread_local counters_cache tls_counters;
+
+// entry_scope's slots: a list that only grows, each slot owned by one live thread at a time.
+std::atomic<entry_slot*> entry_slots{nullptr};
+
+enum class entry_state : unsigned char { unregistered, live, dead };
+struct entry_tls {
+    entry_slot* slot;
+    entry_state state;
+};
+MAILROOM_FAST_TLS constinit thread_local entry_tls tls_entry{nullptr, entry_state::unregistered};
+
+// Hands the slot back at thread exit. Lives in a separate thread_local touched only when the
+// slot is first taken, so that the hot path reads plain data.
+struct entry_releaser {
+    ~entry_releaser() {
+        if (tls_entry.slot) tls_entry.slot->taken.store(false, std::memory_order_release);
+        tls_entry = {nullptr, entry_state::dead};
+    }
+};
+thread_local entry_releaser entry_release;
+
+entry_slot* take_entry_slot() noexcept {
+    for (entry_slot* s = entry_slots.load(std::memory_order_acquire); s; s = s->next) {
+        bool free = false;
+        if (!s->taken.load(std::memory_order_relaxed) &&
+            s->taken.compare_exchange_strong(free, true, std::memory_order_acquire))
+            return s;
+    }
+    entry_slot* s;
+    try {
+        s = new entry_slot;  // never freed: reachable from entry_slots
+    } catch (...) {
+        fatal("out of memory allocating a thread's entry slot");
+    }
+    s->next = entry_slots.load(std::memory_order_relaxed);
+    while (!entry_slots.compare_exchange_weak(s->next, s, std::memory_order_release, std::memory_order_relaxed)) {
+    }
+    return s;
+}
 }  // namespace
+
+entry_slot& this_thread_entry_slot() noexcept {
+    if (entry_slot* s = tls_entry.slot) [[likely]]
+        return *s;
+    // A thread exiting (its releaser already ran) keeps the slot it takes now for good.
+    const bool exiting = tls_entry.state == entry_state::dead;
+    entry_slot* s = take_entry_slot();
+    if (!exiting) static_cast<void>(&entry_release);  // constructs it: the slot goes back at exit
+    tls_entry = {s, exiting ? entry_state::dead : entry_state::live};
+    return *s;
+}
 
 env_extension::~env_extension() = default;
 
@@ -367,6 +417,13 @@ teardown_report env_core::join_once() {
 
 void env_core::wait_for_senders() noexcept {
     context_gate::barrier();  // the far side of send_scope's handshake, after closed_ was set
+    // The far side of entry_scope's, after every context of this environment closed: a thread
+    // that found one open has opened its send_scope once its entry ends, so the loop below sees
+    // it. Its own slot is skipped for the same reason as below.
+    const entry_slot* mine = tls_entry.slot;
+    for (entry_slot* e = entry_slots.load(std::memory_order_acquire); e; e = e->next)
+        if (e != mine)
+            while (e->depth.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
     // By index, without holding the lock while waiting: a send in flight never takes it (its
     // counters were found before it began), but what it runs may (a payload's destructor).
     // Blocks are only appended, and live until this core is freed.

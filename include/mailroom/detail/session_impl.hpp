@@ -55,6 +55,10 @@ MAILROOM_EXPORT void post_to_agent(agent_ref a, posted_call* c) noexcept;
 
 /// Queues `c` on the session; takes it over (drops it and returns false when destroyed).
 MAILROOM_EXPORT bool post_call(session_impl* s, posted_call* c) noexcept;
+/// Tests only: `hook(arg)` runs inside post_call() on the posting thread, right after it found
+/// the session open and before it touches the session's environment (null: none). Set it
+/// while no call is being posted.
+MAILROOM_EXPORT void set_post_call_hook(void (*hook)(void*), void* arg) noexcept;
 MAILROOM_EXPORT event_object* add_timer(session_impl* s, std::chrono::nanoseconds delay,
                                         std::chrono::nanoseconds period, handler fn);
 /// What an inbox stops together with its callbacks (a named object's registry entry).

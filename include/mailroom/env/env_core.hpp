@@ -68,6 +68,45 @@ private:
     thread_counters& c_;
 };
 
+/// One thread's marker for entry_scope, process-wide (outside every environment). Slots are
+/// never freed: a thread's is handed to a later thread once it exited.
+struct entry_slot {
+    std::atomic<std::uint32_t> depth{0};
+    std::atomic<bool> taken{true};
+    entry_slot* next = nullptr;  // set before the slot is published, then never changed
+};
+
+/// This thread's slot. Any thread; the first call on a thread registers it.
+MAILROOM_EXPORT entry_slot& this_thread_entry_slot() noexcept;
+
+/// Marks the step from finding a serial context open to opening a send_scope into its
+/// environment, for a caller that reaches the environment through the context's raw pointer
+/// (a posted call): that pointer is valid only while the context is open, and once the context
+/// closed, nothing else keeps the environment alive. join() of every environment waits, after it
+/// closed its contexts, for every thread's step to end (wait_for_entries), so that a thread that
+/// found a context open and was preempted then has opened its send_scope (which join() then waits
+/// for) before the environment can be freed. The handshake is the same Dekker pair as
+/// send_scope's, against the context's gate. The step never runs user code and never waits, so
+/// waiting for a thread of another environment is waiting for a few instructions.
+class entry_scope {
+public:
+    entry_scope() noexcept : slot_(this_thread_entry_slot()) {
+        const std::uint32_t n = slot_.depth.load(std::memory_order_relaxed) + 1;
+        if (event_gate_asymmetric.load(std::memory_order_relaxed)) [[likely]] {
+            slot_.depth.store(n, std::memory_order_relaxed);
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+        } else {
+            slot_.depth.store(n, std::memory_order_seq_cst);
+        }
+    }
+    ~entry_scope() { slot_.depth.store(slot_.depth.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
+    entry_scope(const entry_scope&) = delete;
+    entry_scope& operator=(const entry_scope&) = delete;
+
+private:
+    entry_slot& slot_;
+};
+
 /// A part of the runtime that lives in an environment and must be stopped with it (the agent
 /// layer's cooperations and named mboxes).
 class MAILROOM_EXPORT env_extension {

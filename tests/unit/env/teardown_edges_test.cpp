@@ -265,6 +265,45 @@ TEST(teardown_edges, session_and_event_handles_stay_safe_after_the_environment_i
     s.destroy();
 }
 
+// A thread that found the session open and was preempted right there, through the whole
+// teardown, must find the environment still there when it resumes: the environment's
+// destruction waits for it, instead of freeing what it is about to touch.
+TEST(teardown_edges, a_post_preempted_after_finding_the_session_open_is_waited_for_by_the_teardown) {
+    struct paused {
+        std::atomic<bool> entered{false};
+        std::atomic<bool> destroyed{false};
+        std::atomic<bool> destroyed_while_inside{false};
+    } p;
+    internal::set_post_call_hook(
+        [](void* arg) {
+            auto* p = static_cast<paused*>(arg);
+            p->entered = true;
+            // Long enough for a destruction that does not wait to complete; one that waits
+            // completes only after this returns.
+            p->destroyed_while_inside = test::wait_set(p->destroyed, 500ms);
+        },
+        &p);
+    std::atomic<std::uint64_t> discarded{0};
+    auto env = std::make_unique<environment>(environment_options{
+        .name = "preempted", .on_stopped = [&](const teardown_report& r) { discarded = r.callbacks_discarded; }});
+    session s(*env, {.name = "poster"});
+    std::atomic<bool> ran{false};
+    std::atomic<bool> posted{false};
+    std::thread poster([&] { posted = s.post([&] { ran = true; }); });
+    ASSERT_TRUE(test::wait_set(p.entered, 20s));
+    std::weak_ptr<internal::env_core> core = env->core();
+    env.reset();
+    p.destroyed = true;
+    poster.join();
+    internal::set_post_call_hook(nullptr, nullptr);
+    EXPECT_FALSE(p.destroyed_while_inside) << "the environment was destroyed while a post was about to touch it";
+    EXPECT_TRUE(core.expired());
+    // Refused (the poster is told), or queued before the dispatchers stopped and then run or
+    // discarded (and counted).
+    EXPECT_TRUE(!posted || ran || discarded == 1) << "ran: " << ran << ", discarded: " << discarded;
+    s.destroy();
+}
+
 TEST(teardown_edges, inbox_timer_and_session_handles_stay_safe_while_an_mbox_keeps_the_core) {
     auto env = std::make_unique<environment>(environment_options{.name = "kept"});
     session s(*env);
