@@ -16,7 +16,7 @@
 // unit=ns_per_lookup` lines. Checks that every lookup of a listed name found its own object.
 // Usage: bench_named_lookup [--quick]   (about 15 s; --quick about 2 s)
 
-#include "../src/named/name_table.hpp"
+#include <mailroom/named/name_table.hpp>
 
 #include <urcu/urcu-bp.h>
 

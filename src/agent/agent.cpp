@@ -5,7 +5,7 @@
 
 #include <mailroom/agent/session.hpp>
 
-#include "runtime.hpp"
+#include <mailroom/agent/runtime.hpp>
 
 #include <algorithm>
 #include <cxxabi.h>

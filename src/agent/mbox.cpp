@@ -1,6 +1,6 @@
 #include <mailroom/core/error.hpp>
 
-#include "runtime.hpp"
+#include <mailroom/agent/runtime.hpp>
 
 #include <algorithm>
 

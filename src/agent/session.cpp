@@ -29,7 +29,7 @@
 #include <mailroom/dispatch/event_object.hpp>
 #include <mailroom/dispatch/timer_service.hpp>
 
-#include "runtime.hpp"
+#include <mailroom/agent/runtime.hpp>
 
 #include <algorithm>
 #include <string>

@@ -2,7 +2,7 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 
-#include "runtime.hpp"
+#include <mailroom/agent/runtime.hpp>
 
 #include <atomic>
 #include <string>

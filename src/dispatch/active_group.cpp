@@ -2,7 +2,7 @@
 
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 
-#include "worker_set.hpp"
+#include <mailroom/dispatch/worker_set.hpp>
 
 #include <map>
 

@@ -2,12 +2,15 @@
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 #include <mailroom/queue/futex.hpp>
 
-#include "worker.hpp"
+#include <mailroom/dispatch/worker.hpp>
 
 #include <pthread.h>
 
 namespace mailroom {
 namespace internal {
+
+// The public default of the params structs is the one a worker's mailbox uses when not told.
+static_assert(default_worker_spin == default_spin);
 
 MAILROOM_FAST_TLS constinit thread_local heartbeat* tls_heartbeat = nullptr;
 

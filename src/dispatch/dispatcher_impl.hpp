@@ -2,6 +2,7 @@
 /// The interface every dispatcher kind implements; used by the environment and the agent layer.
 
 #include <mailroom/dispatch/demand.hpp>
+#include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/export.hpp>
 

@@ -2,7 +2,7 @@
 
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 
-#include "worker.hpp"
+#include <mailroom/dispatch/worker.hpp>
 
 namespace mailroom::internal {
 namespace {

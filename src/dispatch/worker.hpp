@@ -2,6 +2,7 @@
 // A worker thread over a worker_mailbox: the engine of one_thread, active_obj and active_group.
 
 #include <mailroom/dispatch/demand.hpp>
+#include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/queue/worker_mailbox.hpp>

@@ -8,7 +8,7 @@
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 
-#include "worker.hpp"
+#include <mailroom/dispatch/worker.hpp>
 
 #include <deque>
 #include <memory>

@@ -37,6 +37,27 @@ struct thread_counters {
     }
 };
 
+/// A single-writer count of scopes this thread has open, which another thread waits to see at
+/// zero: the writer's half of the asymmetric Dekker pair of send_scope and entry_scope.
+class in_flight_mark {
+public:
+    explicit in_flight_mark(std::atomic<std::uint32_t>& n) noexcept : n_(n) {
+        const std::uint32_t v = n.load(std::memory_order_relaxed) + 1;
+        if (event_gate_asymmetric.load(std::memory_order_relaxed)) [[likely]] {
+            n.store(v, std::memory_order_relaxed);
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+        } else {
+            n.store(v, std::memory_order_seq_cst);
+        }
+    }
+    ~in_flight_mark() { n_.store(n_.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
+    in_flight_mark(const in_flight_mark&) = delete;
+    in_flight_mark& operator=(const in_flight_mark&) = delete;
+
+private:
+    std::atomic<std::uint32_t>& n_;
+};
+
 /// Marks a send into an environment in flight, from before its open() check until the message
 /// is queued or counted. env_core::join() closes intake, then waits for every send in flight to
 /// end, so that no message passes the check, sleeps through the teardown and lands in a queue
@@ -51,21 +72,10 @@ struct thread_counters {
 /// environment.
 class send_scope {
 public:
-    explicit send_scope(thread_counters& c) noexcept : c_(c) {
-        const std::uint32_t n = c.sending.load(std::memory_order_relaxed) + 1;
-        if (event_gate_asymmetric.load(std::memory_order_relaxed)) [[likely]] {
-            c.sending.store(n, std::memory_order_relaxed);
-            std::atomic_signal_fence(std::memory_order_seq_cst);
-        } else {
-            c.sending.store(n, std::memory_order_seq_cst);
-        }
-    }
-    ~send_scope() { c_.sending.store(c_.sending.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
-    send_scope(const send_scope&) = delete;
-    send_scope& operator=(const send_scope&) = delete;
+    explicit send_scope(thread_counters& c) noexcept : mark_(c.sending) {}
 
 private:
-    thread_counters& c_;
+    in_flight_mark mark_;
 };
 
 /// One thread's marker for entry_scope, process-wide (outside every environment). Slots are
@@ -83,28 +93,17 @@ MAILROOM_EXPORT entry_slot& this_thread_entry_slot() noexcept;
 /// environment, for a caller that reaches the environment through the context's raw pointer
 /// (a posted call): that pointer is valid only while the context is open, and once the context
 /// closed, nothing else keeps the environment alive. join() of every environment waits, after it
-/// closed its contexts, for every thread's step to end (wait_for_entries), so that a thread that
+/// closed its contexts, for every thread's step to end (in wait_for_senders), so that a thread that
 /// found a context open and was preempted then has opened its send_scope (which join() then waits
 /// for) before the environment can be freed. The handshake is the same Dekker pair as
 /// send_scope's, against the context's gate. The step never runs user code and never waits, so
 /// waiting for a thread of another environment is waiting for a few instructions.
 class entry_scope {
 public:
-    entry_scope() noexcept : slot_(this_thread_entry_slot()) {
-        const std::uint32_t n = slot_.depth.load(std::memory_order_relaxed) + 1;
-        if (event_gate_asymmetric.load(std::memory_order_relaxed)) [[likely]] {
-            slot_.depth.store(n, std::memory_order_relaxed);
-            std::atomic_signal_fence(std::memory_order_seq_cst);
-        } else {
-            slot_.depth.store(n, std::memory_order_seq_cst);
-        }
-    }
-    ~entry_scope() { slot_.depth.store(slot_.depth.load(std::memory_order_relaxed) - 1, std::memory_order_release); }
-    entry_scope(const entry_scope&) = delete;
-    entry_scope& operator=(const entry_scope&) = delete;
+    entry_scope() noexcept : mark_(this_thread_entry_slot().depth) {}
 
 private:
-    entry_slot& slot_;
+    in_flight_mark mark_;
 };
 
 /// A part of the runtime that lives in an environment and must be stopped with it (the agent

@@ -1,4 +1,4 @@
-#include "named/name_table.hpp"
+#include <mailroom/named/name_table.hpp>
 
 #include <mailroom/core/error.hpp>
 

@@ -20,8 +20,8 @@
 #include <mailroom/named/named.hpp>
 #include <mailroom/queue/futex.hpp>
 
-#include "agent/runtime.hpp"
-#include "named/name_table.hpp"
+#include <mailroom/agent/runtime.hpp>
+#include <mailroom/named/name_table.hpp>
 
 #include <climits>
 #include <condition_variable>

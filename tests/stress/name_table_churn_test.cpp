@@ -4,7 +4,7 @@
 // sometimes remove what they found from inside read()), a walker iterates. Every entry must be
 // whole whenever someone holds it, and every entry created is destroyed exactly once.
 
-#include "../../src/named/name_table.hpp"
+#include <mailroom/named/name_table.hpp>
 
 #include "test_support.hpp"
 

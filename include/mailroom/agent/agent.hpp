@@ -2,7 +2,7 @@
 /// Agents: user classes whose handlers run on a serial context, one message at a time.
 
 #include <mailroom/agent/mbox.hpp>
-#include <mailroom/detail/handler.hpp>
+#include <mailroom/agent/detail/handler.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
 

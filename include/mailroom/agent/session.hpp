@@ -5,7 +5,7 @@
 
 #include <mailroom/agent/mbox.hpp>
 #include <mailroom/core/error.hpp>
-#include <mailroom/detail/handler.hpp>
+#include <mailroom/agent/detail/handler.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
@@ -171,4 +171,4 @@ private:
 
 }  // namespace mailroom
 
-#include <mailroom/detail/session_impl.hpp>
+#include <mailroom/agent/detail/session_impl.hpp>

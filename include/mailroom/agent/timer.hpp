@@ -2,7 +2,6 @@
 /// Delayed and periodic messages.
 
 #include <mailroom/agent/mbox.hpp>
-#include <mailroom/dispatch/timer_service.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/export.hpp>
 
@@ -10,6 +9,10 @@
 #include <utility>
 
 namespace mailroom {
+
+namespace internal {
+class timer_entry;
+}
 
 /// Owns a scheduled message. Destroying or cancelling it guarantees the message is not
 /// delivered afterwards, even when it is already queued at the receiver: when cancel() returns

@@ -4,7 +4,6 @@
 
 #include <mailroom/core/message.hpp>
 #include <mailroom/export.hpp>
-#include <mailroom/queue/worker_mailbox.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -22,20 +21,25 @@ class binder_impl;
 class dispatcher_registry;
 }  // namespace internal
 
+/// How long an idle worker spins, looking for work, before it parks (sleeps in the kernel):
+/// waking a parked thread costs tens of microseconds, a short spin keeps a busy exchange
+/// between threads off that path.
+inline constexpr std::chrono::nanoseconds default_worker_spin{std::chrono::microseconds(20)};
+
 /// One worker thread shared by every context bound to it.
 struct one_thread_params {
     /// Bounded spin before the worker parks.
-    std::chrono::nanoseconds spin = internal::default_spin;
+    std::chrono::nanoseconds spin = default_worker_spin;
 };
 
 /// A worker thread per bound agent, started at binding and stopped when the agent is gone.
 struct active_obj_params {
-    std::chrono::nanoseconds spin = internal::default_spin;
+    std::chrono::nanoseconds spin = default_worker_spin;
 };
 
 /// A worker thread per named group, started with the group's first agent, stopped with its last.
 struct active_group_params {
-    std::chrono::nanoseconds spin = internal::default_spin;
+    std::chrono::nanoseconds spin = default_worker_spin;
 };
 
 /// Which contexts of a thread pool keep FIFO order among themselves.
@@ -52,7 +56,7 @@ struct thread_pool_params {
     fifo order = fifo::cooperation;
     /// Demands a worker handles from one queue before moving on to the next ready queue.
     std::size_t max_demands_at_once = 16;
-    std::chrono::nanoseconds spin = internal::default_spin;
+    std::chrono::nanoseconds spin = default_worker_spin;
 };
 
 /// What kind of context a busy worker is running.

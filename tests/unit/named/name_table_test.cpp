@@ -1,7 +1,7 @@
 // The name table: lookups without a lock, removed entries released only after every reader
 // has left, each exactly once, on liburcu's call_rcu thread.
 
-#include "../../../src/named/name_table.hpp"
+#include <mailroom/named/name_table.hpp>
 
 #include <mailroom/core/error.hpp>
 

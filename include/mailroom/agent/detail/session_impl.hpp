@@ -1,8 +1,9 @@
 #pragma once
 // Template bodies of session.hpp: a posted call carries its callable inline in the demand (one
 // allocation from the recycling pool per post), and callbacks of event objects are type-erased
-// into a `handler`.
+// into a `handler`. Included at the end of session.hpp; included first, it brings session.hpp.
 
+#include <mailroom/agent/session.hpp>
 #include <mailroom/core/pool.hpp>
 #include <mailroom/dispatch/demand.hpp>
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The layers as the build enforces them (CMakeLists.txt, MAILROOM_LAYERS): a source of one layer
+# is compiled against a folder holding only its own layer's headers and those below it.
+#   1. Every header of a layer compiles on its own against its layer's folder.
+#   2. A file of a layer that includes a header of any higher layer does not compile, and the
+#      compiler says that header is not found (not some other error).
+#   3. No source reaches around the folders with a relative include ("../x.hpp", "layer/x.hpp").
+# Usage: layering_test.sh <compiler> <source dir> <build dir> <layer>...
+set -euo pipefail
+cxx=$1 src=$2 build=$3
+shift 3
+layers=("$@")
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+failures=0
+fail() {
+  echo "FAIL: $*"
+  failures=$((failures + 1))
+}
+
+headers_of() {  # the public and internal headers of a layer, as they are included
+  local l=$1
+  { (cd "$src/include/mailroom/$l" 2>/dev/null && find . -name '*.hpp') || true
+    (cd "$src/src/$l" 2>/dev/null && find . -name '*.hpp') || true; } | sed "s|^\./|mailroom/$l/|" | sort
+}
+
+for ((i = 0; i < ${#layers[@]}; i++)); do
+  low=${layers[$i]}
+  view=$build/layers/$low
+  [[ -d $view ]] || { fail "no folder of headers for layer '$low' ($view)"; continue; }
+  # 1. its own headers, each alone
+  while read -r h; do
+    printf '#include <%s>\nint main() {}\n' "$h" > "$scratch/own.cpp"
+    if ! "$cxx" -std=c++20 -fsyntax-only -I"$view" "$scratch/own.cpp" 2> "$scratch/own.err"; then
+      fail "layer '$low': <$h> does not compile on its own against its layer's headers"
+      head -5 "$scratch/own.err"
+    fi
+  done < <(headers_of "$low")
+  # 2. every higher layer's headers are out of reach
+  for ((j = i + 1; j < ${#layers[@]}; j++)); do
+    high=${layers[$j]}
+    h=$(headers_of "$high" | head -n 1)
+    [[ -n $h ]] || continue
+    printf '#include <%s>\nint main() {}\n' "$h" > "$scratch/up.cpp"
+    if "$cxx" -std=c++20 -fsyntax-only -I"$view" "$scratch/up.cpp" 2> "$scratch/up.err"; then
+      fail "layer '$low' can include <$h> of the higher layer '$high'"
+    elif ! grep -q "$h: No such file" "$scratch/up.err"; then
+      fail "layer '$low' including <$h>: refused, but not for want of the header:"
+      head -5 "$scratch/up.err"
+    fi
+  done
+done
+
+# 3. relative includes that would bypass the folders
+if grep -rnE '#include "(\.\./|[a-z_]+/)' "$src/src" "$src/include"; then
+  fail "a source includes a header by a relative path (use <mailroom/<layer>/<header>.hpp>)"
+fi
+
+if ((failures)); then
+  echo "$failures layering check(s) failed"
+  exit 1
+fi
+echo "layering holds for: ${layers[*]}"
