@@ -308,7 +308,10 @@ public:
 
     static agent_runtime& of(env_core& env);
 
-    // env_extension
+    // env_extension. The first phase: cooperations, then sessions, stop before anything the
+    // layers above keep about them.
+    static constexpr int phase = 100;
+    int teardown_phase() const noexcept override { return phase; }
     void begin_stop() noexcept override;
     void wait_stopped() noexcept override;
     void add_stats(environment_stats& s) const noexcept override;

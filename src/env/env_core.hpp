@@ -107,10 +107,15 @@ private:
 };
 
 /// A part of the runtime that lives in an environment and must be stopped with it (the agent
-/// layer's cooperations and named mboxes).
+/// layer's cooperations and sessions, the named layer's registry). The teardown stops the
+/// extensions in the order of their phases, lowest first, whatever the order they were first
+/// used in; each layer above names its own phase (a layer stops before the layers it builds on
+/// are torn down: contexts before the registries their objects are listed in).
 class MAILROOM_EXPORT env_extension {
 public:
     virtual ~env_extension();
+    /// Where it stops in the teardown: lower phases first (begin_stop and wait_stopped both).
+    virtual int teardown_phase() const noexcept = 0;
     /// Any thread. Begins tearing down what it owns.
     virtual void begin_stop() noexcept = 0;
     /// Blocks until what it owns is gone. On the joining thread.
@@ -157,8 +162,12 @@ public:
         std::lock_guard g(lock_);
         for (auto& [k, e] : extensions_)
             if (k == key) return static_cast<E&>(*e);
-        extensions_.emplace_back(key, make());
-        return static_cast<E&>(*extensions_.back().second);
+        // Kept in phase order (the teardown's), after the others of the same phase.
+        std::unique_ptr<env_extension> made = make();
+        const int phase = made->teardown_phase();
+        auto at = extensions_.begin();
+        while (at != extensions_.end() && at->second->teardown_phase() <= phase) ++at;
+        return static_cast<E&>(*extensions_.emplace(at, key, std::move(made))->second);
     }
 
     std::shared_ptr<dispatcher_impl> default_dispatcher() const noexcept { return default_; }
@@ -193,7 +202,7 @@ private:
     mutable std::mutex lock_;
     std::shared_ptr<dispatcher_impl> default_;
     std::vector<std::shared_ptr<dispatcher_impl>> dispatchers_;
-    std::vector<std::pair<const void*, std::unique_ptr<env_extension>>> extensions_;
+    std::vector<std::pair<const void*, std::unique_ptr<env_extension>>> extensions_;  // in phase order
     std::vector<std::pair<std::thread::id, std::unique_ptr<thread_counters>>> counters_;
 
     /// Watches the workers while join() waits; see teardown_watch in environment.cpp.

@@ -109,16 +109,16 @@ public:
         MAILROOM_FAST_TLS static thread_local last_asked last;
         if (last.env_id == e.id()) return *last.reg;
         static const int key = 0;
-        // The environment waits for its extensions in the order they were made. The agent
-        // layer's goes first, so that the cooperations finish (and their on_finish may still
-        // reach named objects) and the sessions are destroyed, each taking its names with it,
-        // before this one closes the registry (guarantee 4's order).
-        agent_runtime::of(e);
         auto& reg = e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
         last = {e.id(), &reg};
         return reg;
     }
 
+    // After the agent layer's: the cooperations finish (and their on_finish may still reach
+    // named objects) and the sessions are destroyed, each taking its names with it, before
+    // this one closes the registry (guarantee 4's order).
+    static constexpr int phase = agent_runtime::phase + 1;
+    int teardown_phase() const noexcept override { return phase; }
     void begin_stop() noexcept override {}
     void wait_stopped() noexcept override {
         // The sessions are gone, and their names with them (each named object unregisters when

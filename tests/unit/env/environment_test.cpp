@@ -372,3 +372,46 @@ TEST(environment, stats_count_messages_agents_and_cooperations) {
 }
 
 }  // namespace
+
+// Extensions stop in the order of their phases, not in the order they were first used: a layer
+// used first by a program (its registry made before any context) still stops after the
+// contexts that list things in it.
+namespace {
+class ordered_extension final : public mailroom::internal::env_extension {
+public:
+    ordered_extension(int phase, std::string name, std::vector<std::string>& log, std::mutex& lock)
+        : phase_(phase), name_(std::move(name)), log_(log), lock_(lock) {}
+    int teardown_phase() const noexcept override { return phase_; }
+    void begin_stop() noexcept override { note("begin " + name_); }
+    void wait_stopped() noexcept override { note("wait " + name_); }
+    void add_stats(mailroom::environment_stats&) const noexcept override {}
+
+private:
+    void note(std::string what) noexcept {
+        std::lock_guard g(lock_);
+        log_.push_back(std::move(what));
+    }
+    int phase_;
+    std::string name_;
+    std::vector<std::string>& log_;
+    std::mutex& lock_;
+};
+}  // namespace
+
+TEST(environment, extensions_stop_in_phase_order_whatever_order_they_were_first_used_in) {
+    std::vector<std::string> log;
+    std::mutex lock;
+    static const int late_key = 0, early_key = 0, middle_key = 0;
+    {
+        mailroom::environment env;
+        auto& core = *env.core();
+        core.extension<ordered_extension>(&late_key, [&] { return std::make_unique<ordered_extension>(300, "late", log, lock); });
+        core.extension<ordered_extension>(&early_key, [&] { return std::make_unique<ordered_extension>(-5, "early", log, lock); });
+        core.extension<ordered_extension>(&middle_key, [&] { return std::make_unique<ordered_extension>(150, "middle", log, lock); });
+        env.stop();
+        env.join();
+    }
+    const std::vector<std::string> expected{"begin early", "begin middle", "begin late",
+                                            "wait early",  "wait middle",  "wait late"};
+    EXPECT_EQ(log, expected);
+}
