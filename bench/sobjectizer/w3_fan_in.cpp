@@ -11,8 +11,9 @@
 // is unbounded and the RSS line shows how much the producers got ahead).
 // Queue lock: the simple one (mutex + condition variable), not the default combined lock. With
 // three busy threads on two cores, a receiver that spins for up to 1 ms each time its queue
-// runs dry takes a core from the producers; on these 2-core VMs the simple lock gives about
-// twice the throughput, and it is the setting SObjectizer's documentation offers for this case.
+// runs dry takes a core from the producers; on these 2-core VMs the simple lock gives up to
+// twice the throughput (1.3x measured on a busy machine), and it is the setting SObjectizer's
+// documentation offers for this case.
 // `--lock combined` runs the default. Nothing else differs from SObjectizer's defaults.
 
 #include "../alloc_counter.hpp"

@@ -11,12 +11,11 @@
 // (uint32_t index, int64_t deadline). Timer mechanism: SObjectizer's timer thread with a timer
 // wheel (timer_wheel_factory(), its default size of 1,000 slots of 10 ms), not the default heap:
 // SObjectizer's documentation recommends the wheel for large numbers of timers, and on these
-// VMs it fires 1M timers about twice as fast as the heap (`--timer heap` and `--timer list` run
-// the others). The wheel's 10 ms step makes a timer fire up to 10 ms late; the figure includes
-// that (at most 10 ms of several hundred). Queue lock: the simple one: while the main thread
-// arms and the timer thread fires, four threads are busy on two cores, and the combined lock's
-// spin would take their cores (`--lock combined` for the default). Nothing else differs from
-// SObjectizer's defaults.
+// VMs it fired 1M timers two to five times as fast as the heap (`--timer heap` and `--timer
+// list` run the others). The wheel's 10 ms step makes a timer fire up to 10 ms late; the figure includes
+// that (at most 10 ms of several hundred). Queue lock: SObjectizer's default, the combined one;
+// the simple lock measured the same here within the noise (`--lock simple`). Nothing else
+// differs from SObjectizer's defaults.
 
 #include "so5_common.hpp"
 
@@ -83,7 +82,7 @@ int main(int argc, char** argv) {
     const std::int64_t spread_ns = o.get_long("spread-ms", 100) * 1'000'000;
     const std::string timer = o.get("timer", "wheel");
     if (timer != "wheel" && timer != "heap" && timer != "list") bench::usage(argv[0], extras);
-    const lock_kind lock = lock_from(o, lock_kind::simple, argv[0], extras);
+    const lock_kind lock = lock_from(o, lock_kind::combined, argv[0], extras);
     std::printf("W6 SObjectizer timers: %llu send_delayed over 0..%lld ms to %u agents on a %zu-thread thread_pool, "
                 "timer_%s, %s lock\n",
                 static_cast<unsigned long long>(timers), static_cast<long long>(spread_ns / 1'000'000), agents, threads,
