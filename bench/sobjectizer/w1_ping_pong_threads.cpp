@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
     const lock_kind lock = lock_from(o, lock_kind::combined, argv[0], extras);
     const std::string disp = o.get("disp", "active_obj");
     if (disp != "active_obj" && disp != "one_thread") bench::usage(argv[0], extras);
-    std::printf("W1 SObjectizer ping-pong across two threads: %llu round trips (+%llu warm-up), %s dispatcher, %s lock\n",
+    std::printf("W1 SObjectizer ping-pong across two threads: %llu round trips (+%llu warm-up), %s dispatcher, %s "
+                "lock\n",
                 static_cast<unsigned long long>(rounds), static_cast<unsigned long long>(warmup), disp.c_str(),
                 to_string(lock));
 

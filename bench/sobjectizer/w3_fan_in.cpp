@@ -72,7 +72,8 @@ int main(int argc, char** argv) {
     const std::uint64_t per_producer = o.scaled(5'000'000, 1000);
     const std::uint64_t total = per_producer * producers;
     const lock_kind lock = lock_from(o, lock_kind::simple, argv[0], extras);
-    std::printf("W3 SObjectizer fan-in: %u producer threads x %llu messages to one agent (one_thread dispatcher, %s lock)\n",
+    std::printf("W3 SObjectizer fan-in: %u producer threads x %llu messages to one agent (one_thread dispatcher, %s "
+                "lock)\n",
                 producers, static_cast<unsigned long long>(per_producer), to_string(lock));
 
     bench::account_log accounts;

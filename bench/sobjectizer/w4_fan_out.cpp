@@ -44,7 +44,8 @@ public:
     void so_define_agent() override {
         so_subscribe(topic_).event([this](so_5::mhood_t<quote> q) {
             if (q->seq != next_)
-                bench::fail(workload, "subscriber got #" + std::to_string(q->seq) + ", expected #" + std::to_string(next_));
+                bench::fail(workload,
+                            "subscriber got #" + std::to_string(q->seq) + ", expected #" + std::to_string(next_));
             if (++next_ == messages_) {
                 s_->delivered.fetch_add(next_, std::memory_order_relaxed);
                 if (s_->done.fetch_add(1, std::memory_order_acq_rel) + 1 == s_->subscribers) {
@@ -111,7 +112,8 @@ int main(int argc, char** argv) {
         return static_cast<double>(deliveries) / (static_cast<double>(st.t1 - t0) / 1e9) / 1e6;
     });
     bench::report(workload,
-                  "SObjectizer fan-out to " + std::to_string(subscribers) + " subscribers (" + to_string(lock) + " lock)",
+                  "SObjectizer fan-out to " + std::to_string(subscribers) + " subscribers (" + to_string(lock) +
+                      " lock)",
                   s, "M_deliveries_per_s", {}, "sobjectizer");
     return 0;
 }

@@ -109,10 +109,10 @@ int main(int argc, char** argv) {
                     auto pool = tp::make_dispatcher(e, threads);
                     e.introduce_coop(pool.binder(tp::bind_params_t{}.fifo(tp::fifo_t::individual)),
                                      [&](so_5::coop_t& c) {
-                                         for (std::uint32_t i = 0; i < agents; ++i)
-                                             targets.push_back(
-                                                 c.make_agent<receiver>(timers / agents + (i < timers % agents ? 1 : 0), &st)
-                                                     ->so_direct_mbox());
+                                         for (std::uint32_t i = 0; i < agents; ++i) {
+                                             const std::uint64_t mine = timers / agents + (i < timers % agents ? 1 : 0);
+                                             targets.push_back(c.make_agent<receiver>(mine, &st)->so_direct_mbox());
+                                         }
                                      });
                 },
                 [&](so_5::environment_params_t& params) {

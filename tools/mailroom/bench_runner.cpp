@@ -3,11 +3,11 @@
 // It finds the benchmark executables (bench_wN_* for mailroom, bench_caf_wN_* for CAF,
 // bench_sobjectizer_wN_* for SObjectizer, bench_floor_wN_* for the floor), runs each workload's
 // systems interleaved (mailroom, caf, sobjectizer, floor, mailroom, ...) in fresh processes with
-// `--reps 1`, waiting before each run
-// for a quiet machine, and parses the RESULT line each program ends with:
+// `--reps 1`, waiting before each run for a quiet machine, and parses the RESULT line each
+// program ends with:
 //   RESULT workload=W1 system=mailroom value=312 unit=ns_per_round_trip [key=value ...]
-// It then prints medians, min and max, the ratios to CAF, to SObjectizer and to the floor (>1: mailroom is
-// better) and the DESIGN.md target, and writes JSON (--json) and an SVG chart (--chart).
+// It then prints medians, min and max, the ratios to CAF, to SObjectizer and to the floor (>1:
+// mailroom is better) and the DESIGN.md target, and writes JSON (--json) and an SVG chart (--chart).
 // bench/README.md documents the options, the JSON schema and how to read the ratios.
 
 #include "bench_runner.hpp"
@@ -174,7 +174,8 @@ std::optional<options> parse_options(int argc, char** argv) {
             std::stringstream ss(*v);
             for (std::string s; std::getline(ss, s, ',');) {
                 if (std::find(systems.begin(), systems.end(), s) == systems.end()) {
-                    std::fprintf(stderr, "mailroom bench: unknown system '%s' (mailroom, caf, sobjectizer, floor)\n", s.c_str());
+                    std::fprintf(stderr, "mailroom bench: unknown system '%s' (mailroom, caf, sobjectizer, floor)\n",
+                                 s.c_str());
                     return std::nullopt;
                 }
                 o.systems.push_back(s);
@@ -652,7 +653,8 @@ void print_table(const run_context& c) {
     };
     std::vector<std::string> header{"workload"};
     for (const char* sname : systems) header.emplace_back(sname);
-    for (const char* peer : peers) header.push_back(std::string("vs ") + (std::string(peer) == "sobjectizer" ? "sobj" : peer));
+    for (const char* peer : peers)
+        header.push_back(std::string("vs ") + (std::string(peer) == "sobjectizer" ? "sobj" : peer));
     header.emplace_back("target");
     header.emplace_back("met");
     const std::size_t first_ratio = 1 + systems.size(), first_after_ratios = first_ratio + peers.size();
