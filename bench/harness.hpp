@@ -10,6 +10,7 @@
 #include <mailroom/mailroom.hpp>
 #endif
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -123,6 +124,33 @@ inline std::size_t rss_bytes() {
     std::size_t size = 0, resident = 0;
     f >> size >> resident;
     return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+/// Runs `measure` in a fresh child process (fork) and returns the figure it computed there, so
+/// that memory an earlier repetition freed (and the allocator kept) does not hide what this one
+/// takes. Fails `workload` if the child fails (a failed check in it exits non-zero).
+inline double in_child_process(const char* workload, const std::function<double()>& measure) {
+    std::fflush(stdout);
+    int fd[2];
+    if (::pipe(fd) != 0) fail(workload, "pipe failed");
+    const pid_t pid = ::fork();
+    if (pid < 0) fail(workload, "fork failed");
+    if (pid == 0) {
+        ::close(fd[0]);
+        const double v = measure();
+        if (::write(fd[1], &v, sizeof v) != sizeof v) std::_Exit(3);
+        std::fflush(stdout);
+        std::_Exit(0);
+    }
+    ::close(fd[1]);
+    double v = 0;
+    const auto got = ::read(fd[0], &v, sizeof v);
+    ::close(fd[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 0 && got == sizeof v, workload,
+          "the measuring child process failed (status " + std::to_string(status) + ")");
+    return v;
 }
 
 struct summary {

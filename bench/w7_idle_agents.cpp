@@ -7,9 +7,6 @@
 
 #include "harness.hpp"
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <thread>
 
@@ -103,27 +100,7 @@ int main(int argc, char** argv) {
                 kind == "direct" ? "their direct mbox" : "one shared MPMC mbox");
 
     auto s = bench::repeat(o, "bytes/agent", [&] {
-        std::fflush(stdout);
-        int fd[2];
-        if (::pipe(fd) != 0) bench::fail(workload, "pipe failed");
-        pid_t pid = ::fork();
-        if (pid < 0) bench::fail(workload, "fork failed");
-        if (pid == 0) {
-            ::close(fd[0]);
-            double v = measure(agents, coops, kind == "mpmc");
-            if (::write(fd[1], &v, sizeof v) != sizeof v) std::_Exit(3);
-            std::fflush(stdout);
-            std::_Exit(0);
-        }
-        ::close(fd[1]);
-        double v = 0;
-        const auto got = ::read(fd[0], &v, sizeof v);
-        ::close(fd[0]);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
-        bench::check(WIFEXITED(status) && WEXITSTATUS(status) == 0 && got == sizeof v, workload,
-                     "the measuring child process failed (status " + std::to_string(status) + ")");
-        return v;
+        return bench::in_child_process(workload, [&] { return measure(agents, coops, kind == "mpmc"); });
     });
     bench::report(workload, "idle agents, one subscription each (" + kind + ")", s, "bytes_per_agent");
     return 0;

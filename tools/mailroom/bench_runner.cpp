@@ -1,12 +1,13 @@
 // `mailroom bench`: the benchmark runner.
 //
 // It finds the benchmark executables (bench_wN_* for mailroom, bench_caf_wN_* for CAF,
-// bench_floor_wN_* for the floor), runs each workload's systems interleaved (mailroom, caf,
-// floor, mailroom, caf, floor, ...) in fresh processes with `--reps 1`, waiting before each run
-// for a quiet machine, and parses the RESULT line each program ends with:
+// bench_sobjectizer_wN_* for SObjectizer, bench_floor_wN_* for the floor), runs each workload's
+// systems interleaved (mailroom, caf, sobjectizer, floor, mailroom, ...) in fresh processes with
+// `--reps 1`, waiting before each run for a quiet machine, and parses the RESULT line each
+// program ends with:
 //   RESULT workload=W1 system=mailroom value=312 unit=ns_per_round_trip [key=value ...]
-// It then prints medians, min and max, the ratios to CAF and to the floor (>1: mailroom is
-// better) and the DESIGN.md target, and writes JSON (--json) and an SVG chart (--chart).
+// It then prints medians, min and max, the ratios to CAF, to SObjectizer and to the floor (>1:
+// mailroom is better) and the DESIGN.md target, and writes JSON (--json) and an SVG chart (--chart).
 // bench/README.md documents the options, the JSON schema and how to read the ratios.
 
 #include "bench_runner.hpp"
@@ -76,7 +77,9 @@ constexpr std::array<workload_info, 9> workloads{{
      ">= 0.8 x raw ZeroMQ", false},
 }};
 
-constexpr std::array<const char*, 3> systems{"mailroom", "caf", "floor"};
+// In the order they run and are shown; every one but mailroom is a peer, compared with mailroom.
+constexpr std::array<const char*, 4> systems{"mailroom", "caf", "sobjectizer", "floor"};
+constexpr std::array<const char*, 3> peers{"caf", "sobjectizer", "floor"};
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -88,7 +91,7 @@ struct options {
     double scale = 1.0;
     bool quick = false;
     std::string json_path, chart_path;
-    std::vector<std::string> systems{"mailroom", "caf", "floor"};
+    std::vector<std::string> systems{"mailroom", "caf", "sobjectizer", "floor"};
     double quiet_idle = 0.75;  // fraction of all CPUs idle over 200 ms that counts as quiet
     double quiet_wait_s = 10;  // at most this long waiting for it, per run
     double timeout_s = 900;    // per run
@@ -98,15 +101,16 @@ struct options {
 void print_usage(std::FILE* f) {
     std::fprintf(f,
                  "usage: mailroom bench [W1 W2 ...] [options]\n"
-                 "  Runs the benchmark suite: each workload for mailroom, CAF and the floor, interleaved,\n"
-                 "  and prints medians, min/max, ratios (>1: mailroom better) and the DESIGN.md targets.\n"
+                 "  Runs the benchmark suite: each workload for mailroom, CAF, SObjectizer and the floor,\n"
+                 "  interleaved, and prints medians, min/max, ratios (>1: mailroom better) and the DESIGN.md\n"
+                 "  targets.\n"
                  "options:\n"
                  "  --bench-dir DIR     where the bench_* executables are (default: $MAILROOM_BENCH_DIR, else\n"
                  "                      <exe dir>/../../bench, <exe dir>/../bench, <exe dir>/bench, ./bench)\n"
                  "  --reps N            repetitions of each system, in fresh processes (default 3)\n"
                  "  --scale F           size factor passed to every program (default 1)\n"
                  "  --quick             --scale 0.1 --reps 1 and short quiet waits: the suite in under a minute\n"
-                 "  --systems LIST      comma-separated subset of mailroom,caf,floor\n"
+                 "  --systems LIST      comma-separated subset of mailroom,caf,sobjectizer,floor\n"
                  "  --json PATH         write the results as JSON (schema: bench/README.md)\n"
                  "  --chart PATH        write an SVG chart\n"
                  "  --quiet-idle F      idle CPU fraction that counts as a quiet machine (default 0.75)\n"
@@ -170,7 +174,8 @@ std::optional<options> parse_options(int argc, char** argv) {
             std::stringstream ss(*v);
             for (std::string s; std::getline(ss, s, ',');) {
                 if (std::find(systems.begin(), systems.end(), s) == systems.end()) {
-                    std::fprintf(stderr, "mailroom bench: unknown system '%s' (mailroom, caf, floor)\n", s.c_str());
+                    std::fprintf(stderr, "mailroom bench: unknown system '%s' (mailroom, caf, sobjectizer, floor)\n",
+                                 s.c_str());
                     return std::nullopt;
                 }
                 o.systems.push_back(s);
@@ -229,7 +234,8 @@ bool is_executable_file(const std::string& p) {
     return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(p.c_str(), X_OK) == 0;
 }
 
-// Reads `dir`: bench_w<N>_<name> (mailroom), bench_caf_w<N>_<name>, bench_floor_w<N>_<name>.
+// Reads `dir`: bench_w<N>_<name> (mailroom), bench_<peer>_w<N>_<name> for each peer (caf,
+// sobjectizer, floor).
 found_programs scan(const std::string& dir) {
     found_programs f;
     f.dir = dir;
@@ -242,7 +248,7 @@ found_programs scan(const std::string& dir) {
     for (const std::string& name : names) {
         if (name.rfind("bench_", 0) != 0) continue;
         std::string rest = name.substr(6), system = "mailroom";
-        for (const char* s : {"caf", "floor"}) {
+        for (const char* s : peers) {
             const std::string prefix = std::string(s) + "_";
             if (rest.rfind(prefix, 0) == 0) {
                 system = s;
@@ -524,7 +530,7 @@ struct workload_summary {
     const workload_info* info = nullptr;
     bool selected = false, runnable = false;
     std::map<std::string, system_summary> sys;
-    std::optional<double> vs_caf, vs_floor;  // >1: mailroom better
+    std::map<std::string, double> vs;  // peer -> mailroom's ratio to it (>1: mailroom better); absent: no figure
     double target = 0;                       // at this scale; 0: none
     bool target_scaled = false;
     std::optional<bool> target_met;
@@ -636,19 +642,31 @@ void print_table(const run_context& c) {
     std::printf("\nmailroom bench: %d rep%s per system (fresh process each, systems interleaved), scale %g, %u CPUs\n",
                 c.o.reps, c.o.reps == 1 ? "" : "s", c.o.scale, std::thread::hardware_concurrency());
     std::printf("programs: %s\n", c.bench_dir.c_str());
-    std::printf("values: median (min..max). Ratios vs CAF and vs the floor: >1 means mailroom is better\n"
-                "(faster, more throughput or fewer bytes); the floor is the best possible, so vs floor is <= 1.\n\n");
-    const std::size_t wt = 42, wv = 27;
-    std::printf("%s %s %s %s %s %s %s %s\n", pad("workload", wt).c_str(), pad("mailroom", wv).c_str(),
-                pad("caf", wv).c_str(), pad("floor", wv).c_str(), lpad("vs caf", 8).c_str(), lpad("vs floor", 9).c_str(),
-                pad("  target", 11).c_str(), "met");
-    std::printf("%s\n", std::string(wt + 3 * wv + 8 + 9 + 11 + 10, '-').c_str());
+    std::printf("values: median (min..max). Ratios vs CAF, vs SObjectizer (sobj) and vs the floor: >1 means\n"
+                "mailroom is better (faster, more throughput or fewer bytes); the floor is the best possible,\n"
+                "so vs floor is <= 1.\n\n");
+    // The cells first, then each column as wide as its widest cell: a missing peer or a long
+    // min..max never pushes the columns out of line.
+    struct row {
+        std::vector<std::string> cells;  // empty: a workload that is not available yet
+        std::string title, note;         // note: the line under the row
+    };
+    std::vector<std::string> header{"workload"};
+    for (const char* sname : systems) header.emplace_back(sname);
+    for (const char* peer : peers)
+        header.push_back(std::string("vs ") + (std::string(peer) == "sobjectizer" ? "sobj" : peer));
+    header.emplace_back("target");
+    header.emplace_back("met");
+    const std::size_t first_ratio = 1 + systems.size(), first_after_ratios = first_ratio + peers.size();
+    std::vector<row> rows;
     for (const auto& r : c.results) {
         const auto& w = *r.info;
         if (!r.selected) continue;
-        std::string title = std::string(w.id) + " " + w.title;
+        row out;
+        out.title = std::string(w.id) + " " + w.title;
         if (!w.available) {
-            std::printf("%s not available yet (target %s %s)\n", pad(title, wt).c_str(), w.target_text, w.unit_text);
+            out.note = std::string("not available yet (target ") + w.target_text + " " + w.unit_text + ")";
+            rows.push_back(out);
             continue;
         }
         auto cell = [&](const char* s) -> std::string {
@@ -663,13 +681,42 @@ void print_table(const run_context& c) {
             if (ss.busy_runs) t += " *";
             return t;
         };
-        std::string target = std::string(w.target_text) + (r.target_scaled ? "~" : "");
+        std::string target = w.target_text;
         if (r.target_scaled) target = (w.higher_better ? ">= " : "<= ") + fmt_value(r.target) + "~";
-        const char* met = !r.target_met ? "-" : *r.target_met ? "yes" : "no";
-        std::printf("%s %s %s %s %s %s %s %s\n", pad(title, wt).c_str(), pad(cell("mailroom"), wv).c_str(),
-                    pad(cell("caf"), wv).c_str(), pad(cell("floor"), wv).c_str(), lpad(fmt_ratio(r.vs_caf), 8).c_str(),
-                    lpad(fmt_ratio(r.vs_floor), 9).c_str(), pad("  " + target, 11).c_str(), met);
-        std::printf("   %s, %s is better\n", w.unit_text, w.higher_better ? "higher" : "lower");
+        out.cells.push_back(out.title);
+        for (const char* sname : systems) out.cells.push_back(cell(sname));
+        for (const char* peer : peers) {
+            auto v = r.vs.find(peer);
+            out.cells.push_back(fmt_ratio(v == r.vs.end() ? std::nullopt : std::optional<double>(v->second)));
+        }
+        out.cells.push_back(target);
+        out.cells.push_back(!r.target_met ? "-" : *r.target_met ? "yes" : "no");
+        out.note = std::string(w.unit_text) + ", " + (w.higher_better ? "higher" : "lower") + " is better";
+        rows.push_back(out);
+    }
+    std::vector<std::size_t> width(header.size());
+    for (std::size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
+    for (const auto& rw : rows)
+        for (std::size_t i = 0; i < rw.cells.size(); ++i) width[i] = std::max(width[i], rw.cells[i].size());
+    auto line = [&](const std::vector<std::string>& cells) {
+        std::string t;
+        for (std::size_t i = 0; i < cells.size(); ++i) {
+            const bool ratio_col = i >= first_ratio && i < first_after_ratios;
+            t += (i ? (i == first_after_ratios ? "   " : "  ") : "");
+            t += ratio_col ? lpad(cells[i], width[i]) : i + 1 == cells.size() ? cells[i] : pad(cells[i], width[i]);
+        }
+        std::printf("%s\n", t.c_str());
+        return t.size();
+    };
+    const std::size_t total = line(header);
+    std::printf("%s\n", std::string(total, '-').c_str());
+    for (const auto& rw : rows) {
+        if (rw.cells.empty()) {
+            std::printf("%s  %s\n", pad(rw.title, width[0]).c_str(), rw.note.c_str());
+            continue;
+        }
+        line(rw.cells);
+        std::printf("   %s\n", rw.note.c_str());
     }
 
     // Allocations and CPU for the workloads whose programs print them.
@@ -679,7 +726,7 @@ void print_table(const run_context& c) {
             if (s.extras.count("allocs_per_msg")) any = true;
     if (any) {
         std::printf("\nheap allocations per message and CPU time in the timed window (medians):\n");
-        std::printf("%s %s %s %s %s %s\n", pad("workload", 8).c_str(), pad("system", 10).c_str(),
+        std::printf("%s %s %s %s %s %s\n", pad("workload", 8).c_str(), pad("system", 11).c_str(),
                     lpad("allocs/msg", 11).c_str(), lpad("cpu s", 9).c_str(), lpad("wall s", 9).c_str(),
                     lpad("cores busy", 11).c_str());
         for (const auto& r : c.results)
@@ -690,7 +737,7 @@ void print_table(const run_context& c) {
                 const double cpu = e.count("cpu_s") ? e.at("cpu_s") : 0, wall = e.count("wall_s") ? e.at("wall_s") : 0;
                 char buf[256];
                 std::snprintf(buf, sizeof buf, "%s %s %11.3f %9.3f %9.3f %11.2f", pad(r.info->id, 8).c_str(),
-                              pad(sname, 10).c_str(), e.at("allocs_per_msg"), cpu, wall, wall > 0 ? cpu / wall : 0.0);
+                              pad(sname, 11).c_str(), e.at("allocs_per_msg"), cpu, wall, wall > 0 ? cpu / wall : 0.0);
                 std::printf("%s\n", buf);
             }
     }
@@ -734,8 +781,12 @@ void write_json(const run_context& c, const std::string& path) {
         f << "     \"target\": {\"text\": \"" << json_escape(w.target_text) << "\", \"value\": "
           << (r.target > 0 ? num(r.target) : "null") << ", \"scaled\": " << (r.target_scaled ? "true" : "false")
           << ", \"met\": " << (!r.target_met ? "null" : *r.target_met ? "true" : "false") << "},\n";
-        f << "     \"ratios\": {\"mailroom_vs_caf\": " << (r.vs_caf ? num(*r.vs_caf) : "null")
-          << ", \"mailroom_vs_floor\": " << (r.vs_floor ? num(*r.vs_floor) : "null") << "},\n";
+        f << "     \"ratios\": {";
+        for (std::size_t i = 0; i < peers.size(); ++i) {
+            auto v = r.vs.find(peers[i]);
+            f << (i ? ", " : "") << "\"mailroom_vs_" << peers[i] << "\": " << (v != r.vs.end() ? num(v->second) : "null");
+        }
+        f << "},\n";
         f << "     \"systems\": {";
         bool first_s = true;
         for (const char* sname : systems) {
@@ -822,14 +873,15 @@ void write_chart(const run_context& c, const std::string& path) {
     const int W = 1180, H = 600, left = 80, right = 30, top = 96, bottom = 110;
     const double plot_w = W - left - right, plot_h = H - top - bottom;
     auto y_of = [&](double rel) { return top + plot_h * (dhi - std::log10(rel)) / (dhi - dlo); };
-    const std::map<std::string, std::string> colour{{"mailroom", "#2a7ab9"}, {"caf", "#e08a2c"}, {"floor", "#7f7f7f"}};
+    const std::map<std::string, std::string> colour{
+        {"mailroom", "#2a7ab9"}, {"caf", "#e08a2c"}, {"sobjectizer", "#3a9a4a"}, {"floor", "#7f7f7f"}};
 
     std::ostringstream s;
     s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
       << " " << H << "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
     s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    s << "<text x=\"" << left << "\" y=\"30\" font-size=\"20\" font-weight=\"bold\">mailroom bench: mailroom, CAF "
-         "and the floor against the DESIGN.md targets</text>\n";
+    s << "<text x=\"" << left << "\" y=\"30\" font-size=\"20\" font-weight=\"bold\">mailroom bench: mailroom, CAF, "
+         "SObjectizer and the floor against the DESIGN.md targets</text>\n";
     char sub[256];
     std::snprintf(sub, sizeof sub, "%s, %s, %u CPUs, scale %g, %d rep%s; medians, whiskers min..max", c.started.c_str(),
                   host_name().c_str(), std::thread::hardware_concurrency(), c.o.scale, c.o.reps, c.o.reps == 1 ? "" : "s");
@@ -837,7 +889,7 @@ void write_chart(const run_context& c, const std::string& path) {
     s << "<text x=\"" << left << "\" y=\"70\" font-size=\"13\" fill=\"#444\">Bar height: how many times better than "
          "the target (log scale). Above the red line the target is met. Labels: the measured figure.</text>\n";
     // Legend: the systems, then the target line (labelled here, where no bar can cover it).
-    int lx = W - right - 420;
+    int lx = W - right - 105 * static_cast<int>(systems.size()) - 75;
     for (const char* sname : systems) {
         s << "<rect x=\"" << lx << "\" y=\"78\" width=\"14\" height=\"14\" fill=\"" << colour.at(sname) << "\"/>";
         s << "<text x=\"" << lx + 19 << "\" y=\"90\" font-size=\"13\">" << sname << "</text>\n";
@@ -869,7 +921,7 @@ void write_chart(const run_context& c, const std::string& path) {
         const auto& g = groups[gi];
         const auto& w = *g.r->info;
         const double gx = left + gw * static_cast<double>(gi);
-        const double bw = std::min(40.0, (gw - 24) / 3);
+        const double bw = std::min(40.0, (gw - 24) / static_cast<double>(systems.size()));
         const double start = gx + (gw - bw * static_cast<double>(g.bars.size())) / 2;
         for (std::size_t bi = 0; bi < g.bars.size(); ++bi) {
             const auto& b = g.bars[bi];
@@ -991,7 +1043,7 @@ int run_bench(int argc, char** argv) {
                 rec.system = sname;
                 rec.rep = rep;
                 char what[96];
-                std::snprintf(what, sizeof what, "%s %-8s rep %d/%d", r.info->id, sname, rep, o.reps);
+                std::snprintf(what, sizeof what, "%s %-11s rep %d/%d", r.info->id, sname, rep, o.reps);
                 bar.begin(what);
                 if (o.quiet_wait_s > 0) {
                     rec.quiet = wait_for_quiet(o, [&](double idle) {
@@ -1014,13 +1066,13 @@ int run_bench(int argc, char** argv) {
                 if (rec.ok) {
                     s.values.push_back(rec.value);
                     s.unit = rec.unit;
-                    std::snprintf(line, sizeof line, "  %s %-8s rep %d: %s %s%s", r.info->id, sname, rep,
+                    std::snprintf(line, sizeof line, "  %s %-11s rep %d: %s %s%s", r.info->id, sname, rep,
                                   fmt_value(rec.value).c_str(), rec.unit.c_str(),
                                   rec.quiet.quiet ? "" : "  (machine busy)");
                 } else {
                     ++s.failures;
                     ++c.failures;
-                    std::snprintf(line, sizeof line, "  %s %-8s rep %d: FAILED: ", r.info->id, sname, rep);
+                    std::snprintf(line, sizeof line, "  %s %-11s rep %d: FAILED: ", r.info->id, sname, rep);
                 }
                 bar.done(std::string(line) + (rec.ok ? "" : rec.failure));
                 c.runs.push_back(std::move(rec));
@@ -1044,8 +1096,9 @@ int run_bench(int argc, char** argv) {
         }
         auto m = r.sys.find("mailroom");
         if (m != r.sys.end()) {
-            if (auto cf = r.sys.find("caf"); cf != r.sys.end()) r.vs_caf = ratio(*r.info, m->second, cf->second);
-            if (auto fl = r.sys.find("floor"); fl != r.sys.end()) r.vs_floor = ratio(*r.info, m->second, fl->second);
+            for (const char* peer : peers)
+                if (auto p = r.sys.find(peer); p != r.sys.end())
+                    if (auto v = ratio(*r.info, m->second, p->second)) r.vs[peer] = *v;
             if (r.target > 0 && !m->second.values.empty())
                 r.target_met = r.info->higher_better ? m->second.median >= r.target : m->second.median <= r.target;
         }
