@@ -31,11 +31,11 @@ int main(int argc, char** argv) {
             mailroom::environment env;
             mailroom::binder ba, bb;
             if (disp == "active_obj") {
-                auto d = env.add_dispatcher("actors", mailroom::active_obj_params{});
+                auto d = mailroom::active_obj::make_dispatcher(env, "actors");
                 ba = bb = d.bind();
             } else {
-                ba = env.add_dispatcher("ping", mailroom::one_thread_params{}).bind();
-                bb = env.add_dispatcher("pong", mailroom::one_thread_params{}).bind();
+                ba = mailroom::one_thread::make_dispatcher(env, "ping").bind();
+                bb = mailroom::one_thread::make_dispatcher(env, "pong").bind();
             }
             mailroom::coop c(env, {});
             auto& a = c.make_agent_with_binder<pinger>(ba, workload, warmup, rounds, &r);

@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
         {
             mailroom::environment env;
             mailroom::coop_options opts;
-            opts.bind = env.add_dispatcher("pair", mailroom::one_thread_params{}).bind();
+            opts.bind = mailroom::one_thread::make_dispatcher(env, "pair").bind();
             mailroom::coop c(env, std::move(opts));
             auto& a = c.make_agent<pinger>(workload, warmup, rounds, &r);
             auto& b = c.make_agent<ponger>();

@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
         {
             mailroom::environment env;
             mailroom::coop_options opts;
-            opts.bind = env.add_dispatcher("sink", mailroom::one_thread_params{}).bind();
+            opts.bind = mailroom::one_thread::make_dispatcher(env, "sink").bind();
             mailroom::coop c(env, std::move(opts));
             mailroom::mbox target = c.make_agent<sink>(total, &r).direct_mbox();
             mailroom::register_coop(std::move(c));

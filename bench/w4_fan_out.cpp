@@ -70,11 +70,11 @@ int main(int argc, char** argv) {
         std::int64_t t0 = 0, t_published = 0;
         {
             mailroom::environment env;
-            mailroom::thread_pool_params p;
+            mailroom::thread_pool::params p;
             p.threads = threads;
-            p.order = mailroom::fifo::agent;
+            p.order = mailroom::thread_pool::fifo::agent;
             mailroom::coop_options opts;
-            opts.bind = env.add_dispatcher("pool", p).bind();
+            opts.bind = mailroom::thread_pool::make_dispatcher(env, "pool", p).bind();
             mailroom::mbox topic = mailroom::make_mpmc_mbox(env);
             mailroom::coop c(env, std::move(opts));
             for (std::uint32_t i = 0; i < subscribers; ++i) c.make_agent<subscriber>(topic, messages, &st);

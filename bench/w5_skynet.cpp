@@ -98,10 +98,10 @@ int main(int argc, char** argv) {
         std::int64_t t0 = 0, t_end = 0;
         {
             mailroom::environment env;
-            mailroom::thread_pool_params p;
+            mailroom::thread_pool::params p;
             p.threads = threads;
-            p.order = fifo == "agent" ? mailroom::fifo::agent : mailroom::fifo::cooperation;
-            ctx.bind = env.add_dispatcher("pool", p).bind();
+            p.order = fifo == "agent" ? mailroom::thread_pool::fifo::agent : mailroom::thread_pool::fifo::cooperation;
+            ctx.bind = mailroom::thread_pool::make_dispatcher(env, "pool", p).bind();
             mailroom::coop_options opts;
             opts.bind = ctx.bind;
             t0 = bench::now_ns();

@@ -82,11 +82,11 @@ int main(int argc, char** argv) {
         std::int64_t t0 = 0, t_armed = 0;
         {
             mailroom::environment env;
-            mailroom::thread_pool_params p;
+            mailroom::thread_pool::params p;
             p.threads = threads;
-            p.order = mailroom::fifo::agent;
+            p.order = mailroom::thread_pool::fifo::agent;
             mailroom::coop_options opts;
-            opts.bind = env.add_dispatcher("pool", p).bind();
+            opts.bind = mailroom::thread_pool::make_dispatcher(env, "pool", p).bind();
             mailroom::coop c(env, std::move(opts));
             std::vector<mailroom::mbox> targets;
             for (std::uint32_t i = 0; i < agents; ++i)

@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
         std::uint64_t parks = 0;
         {
             mailroom::environment env;
-            auto sd = env.add_dispatcher("server", mailroom::one_thread_params{});
+            auto sd = mailroom::one_thread::make_dispatcher(env, "server");
             mailroom::session server(env, {.name = "server", .bind = sd.bind()});
             auto named = mailroom::register_named(server, server_name, [](mailroom::incoming& in) {
                 in.reply<std::uint64_t>(in.as<std::uint64_t>() + 1);
@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
             if (mode == "wait") {
                 wait_loop(c);  // this thread is the client
             } else {
-                auto cd = env.add_dispatcher("client", mailroom::one_thread_params{});
+                auto cd = mailroom::one_thread::make_dispatcher(env, "client");
                 client = mailroom::session(env, {.name = "client", .bind = cd.bind()});
                 if (mode == "then") client.post([&client, &c] { request_next(client, c, 0); });
                 else client.post([c] { await_loop(c); });

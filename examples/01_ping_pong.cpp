@@ -49,7 +49,7 @@ private:
 
 int main() {
     mailroom::environment env;
-    auto threads = env.add_dispatcher("actors", mailroom::active_obj_params{});
+    auto threads = mailroom::active_obj::make_dispatcher(env, "actors");
     mailroom::coop_options opts;
     opts.name = "ping-pong";
     opts.bind = threads.bind();

@@ -68,7 +68,8 @@ private:
 int main() {
     std::vector<int> results(displays, 0);  // written by the displays, read after join()
     mailroom::environment env;
-    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2, .order = mailroom::fifo::agent});
+    auto pool = mailroom::thread_pool::make_dispatcher(env, "pool",
+                                                       {.threads = 2, .order = mailroom::thread_pool::fifo::agent});
     auto topic = mailroom::make_named_mbox(env, "readings");
 
     // The displays first: they subscribe as they register, so they miss no reading.

@@ -9,6 +9,10 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/core/message.hpp>
+#include <mailroom/dispatch/active_group.hpp>
+#include <mailroom/dispatch/active_obj.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/one_thread.hpp>
+#include <mailroom/dispatch/thread_pool.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/named/named.hpp>

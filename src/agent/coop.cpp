@@ -201,7 +201,7 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             if (c->opts.bind)
                 c->default_binder = c->opts.bind.impl();
             else
-                c->default_binder = env->default_dispatcher()->make_binder({}, nullptr);
+                c->default_binder = env->default_dispatcher()->make_binder();
         }
         // Even with no agent to bind: a binder of another environment is a mistake to report.
         if (!binds_in(*c->default_binder, *env))

@@ -774,7 +774,7 @@ session::session(environment& env, session_options options) {
     s->retire.s = s;
     s->retire.execute = &internal::execute_session_retire;
     try {
-        s->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder({}, nullptr);
+        s->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder();
         if (!internal::binds_in(*s->binder, core))
             internal::throw_foreign_binder(*s->binder, core, "session '" + s->name + "'");
         s->bound = internal::prepare_binding(*s->binder, s, core, "creating session", s->name);

@@ -1,6 +1,7 @@
 // active_group: one worker thread per named group, alive while the group has contexts.
 
-#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/active_group_impl.hpp>
 
 #include <mailroom/dispatch/worker_set.hpp>
 
@@ -11,14 +12,22 @@ namespace {
 
 class active_group_dispatcher final : public worker_set_dispatcher {
 public:
-    active_group_dispatcher(std::string name, const active_group_params& p)
-        : worker_set_dispatcher(std::move(name), "active_group", p.spin) {}
+    active_group_dispatcher(std::string name, const active_group::params& p)
+        : worker_set_dispatcher(std::move(name), std::string(active_group::handle::kind_name), p.spin) {}
 
     ~active_group_dispatcher() override { join(); }
 
-    std::shared_ptr<binder_impl> make_binder(const std::string& group, const fifo*) override {
+    // A context needs a group; the generic handle's bind() names none.
+    std::shared_ptr<binder_impl> make_binder() override {
+        throw binding_error("dispatcher '" + name() + "' is active_group: a context is bound to one of its groups " +
+                            "(active_group::handle::bind_group), there is no default binding");
+    }
+
+    std::shared_ptr<binder_impl> make_group_binder(std::string group) {
+        if (group.empty())
+            throw binding_error("dispatcher '" + name() + "' (active_group): the group name is empty");
         return std::make_shared<group_binder>(
-            std::static_pointer_cast<active_group_dispatcher>(shared_from_this()), group);
+            std::static_pointer_cast<active_group_dispatcher>(shared_from_this()), std::move(group));
     }
 
 private:
@@ -64,8 +73,27 @@ private:
 
 }  // namespace
 
-std::shared_ptr<dispatcher_impl> make_active_group(std::string name, const active_group_params& p) {
+std::shared_ptr<dispatcher_impl> make_active_group(std::string name, const active_group::params& p) {
     return std::make_shared<active_group_dispatcher>(std::move(name), p);
 }
 
+std::shared_ptr<binder_impl> bind_group(dispatcher_impl& d, std::string group) {
+    // Only an active_group dispatcher gets here: its handle was checked when it was made.
+    if (d.kind() != active_group::handle::kind_name) fatal("bind_group on a dispatcher that is not active_group");
+    return static_cast<active_group_dispatcher&>(d).make_group_binder(std::move(group));
+}
+
 }  // namespace mailroom::internal
+
+namespace mailroom::active_group {
+
+binder handle::bind_group(std::string group) const {
+    return binder(internal::bind_group(internal::checked(impl()), std::move(group)));
+}
+
+handle make_dispatcher(dispatcher_host& host, std::string name, const params& p) {
+    return dispatcher_cast<handle>(
+        internal::add_to_host(host, name, [&] { return internal::make_active_group(name, p); }));
+}
+
+}  // namespace mailroom::active_group

@@ -1,6 +1,6 @@
 // active_obj: a worker thread of its own for every bound context.
 
-#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/active_obj_impl.hpp>
 
 #include <mailroom/dispatch/worker_set.hpp>
 
@@ -9,12 +9,12 @@ namespace {
 
 class active_obj_dispatcher final : public worker_set_dispatcher {
 public:
-    active_obj_dispatcher(std::string name, const active_obj_params& p)
-        : worker_set_dispatcher(std::move(name), "active_obj", p.spin) {}
+    active_obj_dispatcher(std::string name, const active_obj::params& p)
+        : worker_set_dispatcher(std::move(name), std::string(active_obj::handle::kind_name), p.spin) {}
 
     ~active_obj_dispatcher() override { join(); }
 
-    std::shared_ptr<binder_impl> make_binder(const std::string&, const fifo*) override {
+    std::shared_ptr<binder_impl> make_binder() override {
         return std::make_shared<obj_binder>(std::static_pointer_cast<active_obj_dispatcher>(shared_from_this()));
     }
 
@@ -39,8 +39,17 @@ private:
 
 }  // namespace
 
-std::shared_ptr<dispatcher_impl> make_active_obj(std::string name, const active_obj_params& p) {
+std::shared_ptr<dispatcher_impl> make_active_obj(std::string name, const active_obj::params& p) {
     return std::make_shared<active_obj_dispatcher>(std::move(name), p);
 }
 
 }  // namespace mailroom::internal
+
+namespace mailroom::active_obj {
+
+handle make_dispatcher(dispatcher_host& host, std::string name, const params& p) {
+    return dispatcher_cast<handle>(
+        internal::add_to_host(host, name, [&] { return internal::make_active_obj(name, p); }));
+}
+
+}  // namespace mailroom::active_obj

@@ -127,33 +127,42 @@ worker_stats worker::stats() const noexcept {
     return s;
 }
 
+dispatcher add_to_host(dispatcher_host& host, std::string_view name, const dispatcher_builder& build) {
+    return dispatcher(host.host_dispatcher(name, build));
+}
+
+dispatcher_impl& checked(const std::shared_ptr<dispatcher_impl>& impl) {
+    if (!impl) throw usage_error("empty dispatcher handle");
+    return *impl;
+}
+
 }  // namespace internal
 
 binder::binder(std::shared_ptr<internal::binder_impl> impl) noexcept : impl_(std::move(impl)) {}
 
 dispatcher::dispatcher(std::shared_ptr<internal::dispatcher_impl> impl) noexcept : impl_(std::move(impl)) {}
 
+dispatcher::dispatcher(const dispatcher& d, std::string_view kind) : impl_(d.impl_) {
+    if (impl_ && impl_->kind() != kind)
+        throw dispatcher_kind_error("dispatcher '" + impl_->name() + "'" +
+                                    (impl_->owner() ? " of environment '" + impl_->owner_name() + "'" : std::string()) +
+                                    " is " + impl_->kind() + ", not " + std::string(kind));
+}
+
 dispatcher::operator bool() const noexcept { return impl_ && impl_->accepting(); }
 
 std::string_view dispatcher::name() const noexcept { return impl_ ? std::string_view(impl_->name()) : std::string_view(); }
 
-static internal::dispatcher_impl& checked(const std::shared_ptr<internal::dispatcher_impl>& impl) {
-    if (!impl) throw usage_error("empty dispatcher handle");
-    return *impl;
+std::string_view dispatcher::kind() const noexcept {
+    return impl_ ? std::string_view(impl_->kind()) : std::string_view();
 }
 
-binder dispatcher::bind() const { return binder(checked(impl_).make_binder({}, nullptr)); }
-
-binder dispatcher::bind_group(std::string group) const {
-    return binder(checked(impl_).make_binder(group, nullptr));
-}
-
-binder dispatcher::bind_fifo(fifo order) const { return binder(checked(impl_).make_binder({}, &order)); }
+binder dispatcher::bind() const { return binder(internal::checked(impl_).make_binder()); }
 
 void dispatcher::shutdown() noexcept {
     if (impl_) impl_->shutdown();
 }
 
-dispatcher_stats dispatcher::stats() const { return checked(impl_).stats(); }
+dispatcher_stats dispatcher::stats() const { return internal::checked(impl_).stats(); }
 
 }  // namespace mailroom

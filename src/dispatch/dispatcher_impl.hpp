@@ -1,5 +1,7 @@
 #pragma once
 /// The interface every dispatcher kind implements; used by the environment and the agent layer.
+/// Each kind's internal factory is in its own header (<kind>_impl.hpp), for the environment's
+/// default dispatcher and for tests that run a dispatcher without an environment.
 
 #include <mailroom/dispatch/demand.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
@@ -45,8 +47,10 @@ public:
     const std::string& name() const noexcept { return name_; }
     const std::string& kind() const noexcept { return kind_; }
 
-    /// A binder; `group` for active_group, `order` for thread_pool (others ignore them).
-    virtual std::shared_ptr<binder_impl> make_binder(const std::string& group, const fifo* order) = 0;
+    /// A binder with the kind's default binding (dispatcher::bind()); a kind's other ways to
+    /// bind (a group, a FIFO order) are its own, declared in its internal header. Raises
+    /// binding_error naming the dispatcher when the kind has no default (active_group).
+    virtual std::shared_ptr<binder_impl> make_binder() = 0;
 
     /// Says who owns the dispatcher (an opaque tag: the environment's core) and its name, for
     /// the checks and errors of the layers above. Once, before the dispatcher is published.
@@ -93,12 +97,10 @@ MAILROOM_EXPORT const dispatcher_impl* current_dispatcher() noexcept;
 /// Called by each worker thread as it starts.
 MAILROOM_EXPORT void set_current_dispatcher(const dispatcher_impl* d) noexcept;
 
+/// The dispatcher a handle refers to; raises usage_error on an empty handle.
+MAILROOM_EXPORT dispatcher_impl& checked(const std::shared_ptr<dispatcher_impl>& impl);
+
 /// A worker's statistics from its heartbeat (relaxed loads; any thread).
 MAILROOM_EXPORT worker_stats read_heartbeat(const heartbeat& beat) noexcept;
-
-MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_one_thread(std::string name, const one_thread_params& p);
-MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_active_obj(std::string name, const active_obj_params& p);
-MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_active_group(std::string name, const active_group_params& p);
-MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_thread_pool(std::string name, const thread_pool_params& p);
 
 }  // namespace mailroom::internal

@@ -1,6 +1,6 @@
 // one_thread: every context bound here shares one worker thread and its mailbox.
 
-#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/one_thread_impl.hpp>
 
 #include <mailroom/dispatch/worker.hpp>
 
@@ -9,14 +9,14 @@ namespace {
 
 class one_thread_dispatcher final : public dispatcher_impl {
 public:
-    one_thread_dispatcher(std::string name, const one_thread_params& p)
-        : dispatcher_impl(std::move(name), "one_thread"), worker_(p.spin) {
+    one_thread_dispatcher(std::string name, const one_thread::params& p)
+        : dispatcher_impl(std::move(name), std::string(one_thread::handle::kind_name)), worker_(p.spin) {
         worker_.start(this->name(), this);
     }
 
     ~one_thread_dispatcher() override { join(); }
 
-    std::shared_ptr<binder_impl> make_binder(const std::string&, const fifo*) override {
+    std::shared_ptr<binder_impl> make_binder() override {
         return std::make_shared<one_binder>(std::static_pointer_cast<one_thread_dispatcher>(shared_from_this()));
     }
 
@@ -61,8 +61,17 @@ private:
 
 }  // namespace
 
-std::shared_ptr<dispatcher_impl> make_one_thread(std::string name, const one_thread_params& p) {
+std::shared_ptr<dispatcher_impl> make_one_thread(std::string name, const one_thread::params& p) {
     return std::make_shared<one_thread_dispatcher>(std::move(name), p);
 }
 
 }  // namespace mailroom::internal
+
+namespace mailroom::one_thread {
+
+handle make_dispatcher(dispatcher_host& host, std::string name, const params& p) {
+    return dispatcher_cast<handle>(
+        internal::add_to_host(host, name, [&] { return internal::make_one_thread(name, p); }));
+}
+
+}  // namespace mailroom::one_thread

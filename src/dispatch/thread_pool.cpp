@@ -4,7 +4,7 @@
 
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
-#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/thread_pool_impl.hpp>
 #include <mailroom/queue/futex.hpp>
 
 #include <pthread.h>
@@ -18,6 +18,8 @@
 
 namespace mailroom::internal {
 namespace {
+
+using thread_pool::fifo;
 
 class thread_pool_dispatcher;
 
@@ -40,8 +42,8 @@ private:
 
 class thread_pool_dispatcher final : public dispatcher_impl {
 public:
-    thread_pool_dispatcher(std::string name, const thread_pool_params& p)
-        : dispatcher_impl(std::move(name), "thread_pool"), params_(p) {
+    thread_pool_dispatcher(std::string name, const thread_pool::params& p)
+        : dispatcher_impl(std::move(name), std::string(thread_pool::handle::kind_name)), params_(p) {
         if (params_.threads == 0) params_.threads = std::max(1u, std::thread::hardware_concurrency());
         if (params_.max_demands_at_once == 0) params_.max_demands_at_once = 1;
         beats_ = std::make_unique<heartbeat[]>(params_.threads);
@@ -63,9 +65,11 @@ public:
         discard_queued();  // what stale senders pushed after the join
     }
 
-    std::shared_ptr<binder_impl> make_binder(const std::string&, const fifo* order) override {
+    std::shared_ptr<binder_impl> make_binder() override { return make_fifo_binder(params_.order); }
+
+    std::shared_ptr<binder_impl> make_fifo_binder(fifo order) {
         return std::make_shared<pool_binder>(std::static_pointer_cast<thread_pool_dispatcher>(shared_from_this()),
-                                             order ? *order : params_.order);
+                                             order);
     }
 
     void schedule(strand* s) noexcept {
@@ -264,7 +268,7 @@ private:
         }
     }
 
-    thread_pool_params params_;
+    thread_pool::params params_;
     std::unique_ptr<heartbeat[]> beats_;
     std::vector<std::thread> threads_;
 
@@ -296,8 +300,25 @@ void strand::push(demand* d) noexcept {
 
 }  // namespace
 
-std::shared_ptr<dispatcher_impl> make_thread_pool(std::string name, const thread_pool_params& p) {
+std::shared_ptr<dispatcher_impl> make_thread_pool(std::string name, const thread_pool::params& p) {
     return std::make_shared<thread_pool_dispatcher>(std::move(name), p);
 }
 
+std::shared_ptr<binder_impl> bind_fifo(dispatcher_impl& d, fifo order) {
+    // Only a thread_pool dispatcher gets here: its handle was checked when it was made.
+    if (d.kind() != thread_pool::handle::kind_name) fatal("bind_fifo on a dispatcher that is not thread_pool");
+    return static_cast<thread_pool_dispatcher&>(d).make_fifo_binder(order);
+}
+
 }  // namespace mailroom::internal
+
+namespace mailroom::thread_pool {
+
+binder handle::bind_fifo(fifo order) const { return binder(internal::bind_fifo(internal::checked(impl()), order)); }
+
+handle make_dispatcher(dispatcher_host& host, std::string name, const params& p) {
+    return dispatcher_cast<handle>(
+        internal::add_to_host(host, name, [&] { return internal::make_thread_pool(name, p); }));
+}
+
+}  // namespace mailroom::thread_pool

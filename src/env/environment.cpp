@@ -1,5 +1,6 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/one_thread_impl.hpp>
 #include <mailroom/env/env_core.hpp>
 
 #include <algorithm>
@@ -502,26 +503,15 @@ teardown_report environment::join() { return core_->join(); }
 
 bool environment::stopping() const noexcept { return core_->stopping(); }
 
-dispatcher environment::default_dispatcher() const { return dispatcher(core_->default_dispatcher()); }
-
-dispatcher environment::add_dispatcher(std::string name, const one_thread_params& p) {
-    core_->check_not_stopping("adding dispatcher", name);
-    return dispatcher(core_->add_dispatcher(internal::make_one_thread(std::move(name), p)));
+one_thread::handle environment::default_dispatcher() const {
+    return dispatcher_cast<one_thread::handle>(dispatcher(core_->default_dispatcher()));
 }
 
-dispatcher environment::add_dispatcher(std::string name, const active_obj_params& p) {
+std::shared_ptr<internal::dispatcher_impl> environment::host_dispatcher(std::string_view name,
+                                                                        const internal::dispatcher_builder& build) {
+    // Checked before the kind starts any thread; add_dispatcher checks again under its lock.
     core_->check_not_stopping("adding dispatcher", name);
-    return dispatcher(core_->add_dispatcher(internal::make_active_obj(std::move(name), p)));
-}
-
-dispatcher environment::add_dispatcher(std::string name, const active_group_params& p) {
-    core_->check_not_stopping("adding dispatcher", name);
-    return dispatcher(core_->add_dispatcher(internal::make_active_group(std::move(name), p)));
-}
-
-dispatcher environment::add_dispatcher(std::string name, const thread_pool_params& p) {
-    core_->check_not_stopping("adding dispatcher", name);
-    return dispatcher(core_->add_dispatcher(internal::make_thread_pool(std::move(name), p)));
+    return core_->add_dispatcher(build());
 }
 
 dispatcher environment::find_dispatcher(std::string_view name) const {

@@ -109,10 +109,10 @@ TEST(agent_churn, register_deregister_send_and_publish_from_many_threads) {
         environment env({.name = "churn"});
         std::vector<binder> binders = {
             env.default_dispatcher().bind(),
-            env.add_dispatcher("pool", thread_pool_params{.threads = 2}).bind_fifo(fifo::agent),
-            env.find_dispatcher("pool").bind_fifo(fifo::cooperation),
-            env.add_dispatcher("objs", active_obj_params{}).bind(),
-            env.add_dispatcher("groups", active_group_params{}).bind_group("g"),
+            thread_pool::make_dispatcher(env, "pool", {.threads = 2}).bind_fifo(thread_pool::fifo::agent),
+            dispatcher_cast<thread_pool::handle>(env.find_dispatcher("pool")).bind_fifo(thread_pool::fifo::cooperation),
+            active_obj::make_dispatcher(env, "objs").bind(),
+            active_group::make_dispatcher(env, "groups").bind_group("g"),
         };
         std::vector<mbox> topics = {make_mpmc_mbox(env), make_named_mbox(env, "news")};
 

@@ -96,14 +96,14 @@ private:
 TEST(mbox_subscribe_churn, subscribe_and_unsubscribe_in_handlers_while_publishing) {
     totals t;
     environment env({.name = "sub-churn"});
-    auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = 2});
+    auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     mbox topic = make_named_mbox(env, "topic");
     mbox other = make_mpmc_mbox(env);
     std::atomic<bool> stop{false};
     constexpr int agents = 12;
     for (int i = 0; i < agents; ++i) {
         coop_options o;
-        o.bind = i % 3 == 0 ? env.default_dispatcher().bind() : pool.bind_fifo(fifo::agent);
+        o.bind = i % 3 == 0 ? env.default_dispatcher().bind() : pool.bind_fifo(thread_pool::fifo::agent);
         coop c(env, std::move(o));
         c.make_agent<flipper>(t, topic, other, stop);
         register_coop(std::move(c));

@@ -79,8 +79,8 @@ TEST(named_names_free, names_are_free_when_their_object_ends_and_no_request_outl
     std::vector<mailroom::outgoing<int>> outs[5];
     {
         mailroom::environment env;
-        auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
-        auto own = env.add_dispatcher("own", mailroom::active_obj_params{});
+        auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
+        auto own = mailroom::active_obj::make_dispatcher(env, "own");
         const std::vector<mailroom::binder> binders = {mailroom::binder(), pool.bind(), own.bind()};
         mailroom::session killer(env, {.name = "killer", .bind = pool.bind()});
         std::atomic<bool> over{false};

@@ -103,8 +103,8 @@ struct world {
     std::atomic<long> one_way{0}, one_way_missing{0}, parked_total{0};
 
     world() {
-        auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
-        auto own = env.add_dispatcher("own", mailroom::active_obj_params{});
+        auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
+        auto own = mailroom::active_obj::make_dispatcher(env, "own");
         binders = {mailroom::binder(), pool.bind(), own.bind()};
         killer = mailroom::session(env, {.name = "killer", .bind = pool.bind()});
         requesters[0] = mailroom::session(env, {.name = "requester0", .bind = pool.bind()});

@@ -210,8 +210,8 @@ TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_whi
     long done = 0;
     for (; done < rounds && std::chrono::steady_clock::now() < end; ++done) {
         auto env = std::make_unique<mailroom::environment>();
-        auto pool = env->add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
-        auto own = env->add_dispatcher("own", mailroom::active_obj_params{});
+        auto pool = mailroom::thread_pool::make_dispatcher(*env, "pool", {.threads = 2});
+        auto own = mailroom::active_obj::make_dispatcher(*env, "own");
         std::vector<mailroom::session> sessions;
         sessions.emplace_back(*env, mailroom::session_options{.name = "default"});
         sessions.emplace_back(*env, mailroom::session_options{.name = "pooled", .bind = pool.bind()});
@@ -285,8 +285,8 @@ TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_poster
     long done = 0;
     for (; done < rounds && std::chrono::steady_clock::now() < end; ++done) {
         auto env = std::make_unique<mailroom::environment>();
-        auto pool = env->add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
-        auto own = env->add_dispatcher("own", mailroom::active_obj_params{});
+        auto pool = mailroom::thread_pool::make_dispatcher(*env, "pool", {.threads = 2});
+        auto own = mailroom::active_obj::make_dispatcher(*env, "own");
         constexpr int agents = 3;
         std::vector<mailroom::internal::agent_ref> refs(agents);
         std::atomic<int> started{0};

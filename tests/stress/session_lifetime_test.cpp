@@ -65,9 +65,9 @@ struct world {
     mailroom::session killer;
 
     world() {
-        auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
-        auto own = env.add_dispatcher("own", mailroom::active_obj_params{});
-        binders = {mailroom::binder(), pool.bind(), pool.bind_fifo(mailroom::fifo::agent), own.bind()};
+        auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
+        auto own = mailroom::active_obj::make_dispatcher(env, "own");
+        binders = {mailroom::binder(), pool.bind(), pool.bind_fifo(mailroom::thread_pool::fifo::agent), own.bind()};
         killer = mailroom::session(env, {.name = "killer", .bind = pool.bind()});
         for (int i = 0; i < slots; ++i) sessions.push_back(std::make_shared<session_rec>());
         topics = {mailroom::make_mpmc_mbox(env), mailroom::make_mpmc_mbox(env), mailroom::make_named_mbox(env, "topic")};

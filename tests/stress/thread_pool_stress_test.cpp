@@ -3,7 +3,7 @@
 // run serially, see each producer's demands in order and without gaps, and every demand must be
 // consumed exactly once, run or discarded.
 
-#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/thread_pool_impl.hpp>
 
 #include <mailroom/queue/futex.hpp>
 
@@ -93,14 +93,13 @@ TEST(thread_pool_stress, serial_and_ordered_under_churn) {
     const long min_rebinds = mailroom::test::sanitized ? 20 : 100;
     const long min_pushed = mailroom::test::sanitized ? 5'000 : 50'000;
 
-    thread_pool_params params;
+    thread_pool::params params;
     params.threads = 3;
-    params.order = fifo::agent;
+    params.order = thread_pool::fifo::agent;
     params.max_demands_at_once = 8;
     params.spin = 2us;
     auto disp = make_thread_pool("stress", params);
 
-    static const fifo coop_order = fifo::cooperation;
     static const int coop_keys[4] = {};
     std::deque<std::unique_ptr<context>> contexts;  // every context ever bound; freed at the end
     std::mutex contexts_lock;
@@ -116,10 +115,10 @@ TEST(thread_pool_stress, serial_and_ordered_under_churn) {
     for (int i = 0; i < slots; ++i) {
         auto s = std::make_unique<slot>();
         if (i % 2) {
-            s->binder = disp->make_binder({}, nullptr);
+            s->binder = disp->make_binder();
             s->coop_key = s.get();
         } else {
-            s->binder = disp->make_binder({}, &coop_order);
+            s->binder = bind_fifo(*disp, thread_pool::fifo::cooperation);
             s->coop_key = &coop_keys[(i / 2) % 4];
         }
         s->ctx = new_context();

@@ -188,7 +188,7 @@ mbox register_feed(environment& env, const dispatcher& pool, const mbox& quotes,
     settings.fan_out = static_cast<std::size_t>(subscribers) + churn_coops_alive * churn_agents_per_coop;
     coop_options o;
     o.name = "feed";
-    o.bind = env.add_dispatcher("feed", active_obj_params{}).bind();
+    o.bind = active_obj::make_dispatcher(env, "feed").bind();
     mbox feed_mbox;
     introduce_coop(env, std::move(o),
                    [&](coop& c) { feed_mbox = c.make_agent<feed>(settings, metrics).direct_mbox(); });
@@ -211,7 +211,7 @@ int run(const demo_options& options) {
     progress_printer printer(metrics, options.quiet);
     environment env(environment_settings());
 
-    auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = pool_threads, .order = fifo::agent});
+    auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = pool_threads, .order = thread_pool::fifo::agent});
     auto quotes = make_named_mbox(env, "quotes");
     // Subscribers before the feed, so that the steady ones see every quote from the first.
     register_subscribers(env, pool, quotes, options.subscribers, metrics);

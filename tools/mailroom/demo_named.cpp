@@ -208,7 +208,7 @@ struct risk_incarnation {
 named_traffic::named_traffic(environment& env, const dispatcher& pool, const mbox& quotes, demo_metrics& metrics)
     : env_(env), metrics_(metrics), pricer_(env, {.name = "pricer", .bind = pool.bind()}),
       // The slow path blocks its thread: a thread of its own, not a pool worker.
-      risk_desk_(env, {.name = "risk", .bind = env.add_dispatcher("risk", one_thread_params{}).bind()}),
+      risk_desk_(env, {.name = "risk", .bind = one_thread::make_dispatcher(env, "risk").bind()}),
       control_(env, {.name = "requests-control", .bind = pool.bind()}) {
     pricer_quotes_ = pricer_.subscribe<quote>(quotes, [this](const quote& q) { last_quote_[q.symbol] = q; });
     pricer_name_ = register_named(pricer_, "pricer", [this](incoming& in) {

@@ -39,6 +39,12 @@ public:
     using error::error;
 };
 
+/// A dispatcher was taken for a kind it is not (dispatcher_cast of a found dispatcher).
+class MAILROOM_EXPORT dispatcher_kind_error final : public error {
+public:
+    using error::error;
+};
+
 /// Any other misuse: an empty handle, an agent constructed outside a cooperation, a bad option.
 class MAILROOM_EXPORT usage_error final : public error {
 public:

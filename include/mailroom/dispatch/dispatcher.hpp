@@ -1,6 +1,9 @@
 #pragma once
 /// Dispatchers own worker threads and the queues of the contexts bound to them; binders say
-/// where a cooperation's agents run.
+/// where a cooperation's agents run. What every kind shares: the generic handle, the binder,
+/// statistics and the host a kind's factory adds a dispatcher to. Each kind has a header of its
+/// own with its params, its typed handle and its factory (one_thread.hpp, active_obj.hpp,
+/// active_group.hpp, thread_pool.hpp).
 
 #include <mailroom/core/message.hpp>
 #include <mailroom/export.hpp>
@@ -8,9 +11,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace mailroom {
@@ -18,46 +23,14 @@ namespace mailroom {
 namespace internal {
 class dispatcher_impl;
 class binder_impl;
-class dispatcher_registry;
 }  // namespace internal
+
+class dispatcher_host;
 
 /// How long an idle worker spins, looking for work, before it parks (sleeps in the kernel):
 /// waking a parked thread costs tens of microseconds, a short spin keeps a busy exchange
 /// between threads off that path.
 inline constexpr std::chrono::nanoseconds default_worker_spin{std::chrono::microseconds(20)};
-
-/// One worker thread shared by every context bound to it.
-struct one_thread_params {
-    /// Bounded spin before the worker parks.
-    std::chrono::nanoseconds spin = default_worker_spin;
-};
-
-/// A worker thread per bound agent, started at binding and stopped when the agent is gone.
-struct active_obj_params {
-    std::chrono::nanoseconds spin = default_worker_spin;
-};
-
-/// A worker thread per named group, started with the group's first agent, stopped with its last.
-struct active_group_params {
-    std::chrono::nanoseconds spin = default_worker_spin;
-};
-
-/// Which contexts of a thread pool keep FIFO order among themselves.
-enum class fifo : std::uint8_t {
-    cooperation,  ///< all agents of one cooperation share one queue: never run in parallel
-    agent,        ///< each agent has its own queue: agents of a cooperation may run in parallel
-};
-
-/// N worker threads taking turns on the queues of their bound contexts.
-struct thread_pool_params {
-    /// Worker threads; 0 means one per hardware thread.
-    std::size_t threads = 0;
-    /// The FIFO unit for bindings that do not say otherwise.
-    fifo order = fifo::cooperation;
-    /// Demands a worker handles from one queue before moving on to the next ready queue.
-    std::size_t max_demands_at_once = 16;
-    std::chrono::nanoseconds spin = default_worker_spin;
-};
 
 /// What kind of context a busy worker is running.
 enum class running_kind : std::uint8_t {
@@ -102,7 +75,38 @@ private:
     std::shared_ptr<internal::binder_impl> impl_;
 };
 
-/// A handle to a dispatcher of an environment. Any thread may use it.
+class dispatcher;
+
+namespace internal {
+/// Builds a dispatcher of one kind (its threads started); called by the host at most once.
+using dispatcher_builder = std::function<std::shared_ptr<dispatcher_impl>()>;
+/// Hands what a kind's factory builds to the host (dispatcher_host::host_dispatcher).
+MAILROOM_EXPORT dispatcher add_to_host(dispatcher_host& host, std::string_view name, const dispatcher_builder& build);
+}  // namespace internal
+
+/// What owns named dispatchers: the extension point through which each kind's factory
+/// (`<kind>::make_dispatcher`, in `<mailroom/dispatch/<kind>.hpp>`) adds a dispatcher without
+/// the dispatch layer knowing the environment, and the environment adds one without knowing
+/// the kind. `environment` is the one host.
+class MAILROOM_EXPORT dispatcher_host {
+protected:
+    dispatcher_host() noexcept = default;
+    ~dispatcher_host() = default;
+
+private:
+    friend dispatcher internal::add_to_host(dispatcher_host&, std::string_view, const internal::dispatcher_builder&);
+    /// Checks that a dispatcher named `name` may be added, calls `build`, and takes what it
+    /// built: from then on the host owns it, shuts it down and joins its threads when it stops.
+    /// Raises environment_stopped_error when the host is stopping and duplicate_name_error
+    /// when the name is taken (a built dispatcher it refuses is joined before it raises).
+    virtual std::shared_ptr<internal::dispatcher_impl> host_dispatcher(std::string_view name,
+                                                                       const internal::dispatcher_builder& build) = 0;
+};
+
+/// A handle to a dispatcher of an environment, of any kind: what `find_dispatcher` returns.
+/// Each kind has a typed handle (`one_thread::handle`, `active_obj::handle`,
+/// `active_group::handle`, `thread_pool::handle`) that derives from it and adds the kind's own
+/// ways to bind; `dispatcher_cast` recovers it. Any thread may use it.
 class MAILROOM_EXPORT dispatcher {
 public:
     dispatcher() noexcept = default;
@@ -111,15 +115,16 @@ public:
     /// True while it refers to a dispatcher that has not been shut down.
     explicit operator bool() const noexcept;
 
+    /// Empty for an empty handle.
     std::string_view name() const noexcept;
+    /// "one_thread", "active_obj", "active_group", "thread_pool"; empty for an empty handle.
+    std::string_view kind() const noexcept;
 
-    /// A binder to this dispatcher. For active_group it names the group; for thread_pool the
-    /// dispatcher's own FIFO order applies.
+    /// A binder with the kind's default binding: the one worker (one_thread), a worker of its
+    /// own (active_obj), the dispatcher's FIFO order (thread_pool). An active_group dispatcher
+    /// has no default (a context needs a group): it raises binding_error naming the dispatcher
+    /// (and active_group::handle has no bind(), so there it does not compile).
     binder bind() const;
-    /// active_group: a binder to the named group.
-    binder bind_group(std::string group) const;
-    /// thread_pool: a binder with its own FIFO order.
-    binder bind_fifo(fifo order) const;
 
     /// Stops the dispatcher once its bound contexts are gone; binding to it afterwards raises
     /// binding_error. The environment shuts every dispatcher down when it stops.
@@ -129,8 +134,41 @@ public:
 
     const std::shared_ptr<internal::dispatcher_impl>& impl() const noexcept { return impl_; }
 
+protected:
+    /// For the typed handles: `d`, which must be empty or of `kind`; raises
+    /// dispatcher_kind_error naming the dispatcher, its kind and `kind` otherwise.
+    dispatcher(const dispatcher& d, std::string_view kind);
+
 private:
     std::shared_ptr<internal::dispatcher_impl> impl_;
 };
+
+/// The typed handle (`thread_pool::handle` and the like) of a dispatcher found by name: an
+/// empty handle for an empty one, and dispatcher_kind_error naming the dispatcher when it is of
+/// another kind. Any thread.
+template <class Handle>
+Handle dispatcher_cast(const dispatcher& d);
+
+/// The base of each kind's typed handle: `Handle` names its kind in `Handle::kind_name`, and
+/// declares `using kind_handle::kind_handle;` so that only dispatcher_cast (and the kind's
+/// factory, through it) makes one from a generic handle.
+template <class Handle>
+class kind_handle : public dispatcher {
+public:
+    kind_handle() noexcept = default;
+
+protected:
+    explicit kind_handle(const dispatcher& d) : dispatcher(d, Handle::kind_name) {}
+
+private:
+    template <class H>
+    friend H dispatcher_cast(const dispatcher& d);
+};
+
+template <class Handle>
+Handle dispatcher_cast(const dispatcher& d) {
+    static_assert(std::is_base_of_v<kind_handle<Handle>, Handle>, "dispatcher_cast: Handle is a kind's handle");
+    return Handle(d);
+}
 
 }  // namespace mailroom

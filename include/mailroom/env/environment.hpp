@@ -3,6 +3,7 @@
 /// named mboxes. Several independent environments may live in one process.
 
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/one_thread.hpp>
 #include <mailroom/export.hpp>
 
 #include <chrono>
@@ -58,7 +59,7 @@ struct environment_options {
     /// Names the environment in errors and logs.
     std::string name = "env";
     /// The default dispatcher (one_thread, named "default").
-    one_thread_params default_dispatcher{};
+    one_thread::params default_dispatcher{};
     /// Resolution of the timer wheel.
     std::chrono::nanoseconds timer_tick = std::chrono::milliseconds(1);
     /// The policy of agents and cooperations that say `inherit`.
@@ -135,7 +136,10 @@ struct environment_stats {
 /// then returns. The teardown completes as soon as the callbacks running return;
 /// `environment_options::on_stopped` says when. The callback must not use the environment
 /// object after destroying it; handles (mboxes, timers, sessions, cooperations) stay safe.
-class MAILROOM_EXPORT environment {
+///
+/// It is the host of its named dispatchers: each kind's factory adds one to it
+/// (`thread_pool::make_dispatcher(env, "pool", {.threads = 2})`, see dispatch/<kind>.hpp).
+class MAILROOM_EXPORT environment final : public dispatcher_host {
 public:
     explicit environment(environment_options options = {});
     ~environment();
@@ -161,15 +165,11 @@ public:
     bool stopping() const noexcept;
 
     /// The one_thread dispatcher named "default".
-    dispatcher default_dispatcher() const;
+    one_thread::handle default_dispatcher() const;
 
-    /// Adds a named public dispatcher; raises duplicate_name_error if the name is taken.
-    dispatcher add_dispatcher(std::string name, const one_thread_params& p);
-    dispatcher add_dispatcher(std::string name, const active_obj_params& p);
-    dispatcher add_dispatcher(std::string name, const active_group_params& p);
-    dispatcher add_dispatcher(std::string name, const thread_pool_params& p);
-
-    /// The named public dispatcher, or an empty handle.
+    /// The named dispatcher (the default one included), or an empty handle. Of any kind:
+    /// `dispatcher_cast<thread_pool::handle>(env.find_dispatcher("pool"))` recovers the typed
+    /// handle, and raises dispatcher_kind_error when the dispatcher is of another kind.
     dispatcher find_dispatcher(std::string_view name) const;
 
     environment_stats stats() const;
@@ -179,6 +179,9 @@ public:
     const std::shared_ptr<internal::env_core>& core() const noexcept { return core_; }
 
 private:
+    std::shared_ptr<internal::dispatcher_impl> host_dispatcher(std::string_view name,
+                                                               const internal::dispatcher_builder& build) override;
+
     std::shared_ptr<internal::env_core> core_;
 };
 

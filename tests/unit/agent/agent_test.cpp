@@ -152,16 +152,16 @@ INSTANTIATE_TEST_SUITE_P(
     dispatchers, agent_serial,
     testing::Values(dispatcher_case{"default", [](environment& e) { return e.default_dispatcher().bind(); }},
                     dispatcher_case{"active_obj",
-                                    [](environment& e) { return e.add_dispatcher("ao", active_obj_params{}).bind(); }},
+                                    [](environment& e) { return active_obj::make_dispatcher(e, "ao").bind(); }},
                     dispatcher_case{"thread_pool_agent",
                                     [](environment& e) {
-                                        return e.add_dispatcher("tp", thread_pool_params{.threads = 3})
-                                            .bind_fifo(fifo::agent);
+                                        return thread_pool::make_dispatcher(e, "tp", {.threads = 3})
+                                            .bind_fifo(thread_pool::fifo::agent);
                                     }},
                     dispatcher_case{"thread_pool_coop",
                                     [](environment& e) {
-                                        return e.add_dispatcher("tp", thread_pool_params{.threads = 3})
-                                            .bind_fifo(fifo::cooperation);
+                                        return thread_pool::make_dispatcher(e, "tp", {.threads = 3})
+                                            .bind_fifo(thread_pool::fifo::cooperation);
                                     }}),
     [](const testing::TestParamInfo<dispatcher_case>& i) { return std::string(i.param.name); });
 
@@ -255,7 +255,7 @@ TEST(agent, a_single_receiver_gets_the_message_moved_not_copied) {
 
 TEST(agent, a_fanned_out_message_is_one_shared_instance) {
     environment env;
-    auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = 2});
+    auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     mbox topic = make_mpmc_mbox(env);
     std::mutex mu;
     std::vector<const void*> seen;
@@ -268,7 +268,7 @@ TEST(agent, a_fanned_out_message_is_one_shared_instance) {
                 seen.push_back(&c);
             });
         },
-                        {.bind = pool.bind_fifo(fifo::agent)});
+                        {.bind = pool.bind_fifo(thread_pool::fifo::agent)});
     copy_counter::copies = 0;
     send<copy_counter>(topic, 1);
     ASSERT_TRUE(test::eventually([&] {

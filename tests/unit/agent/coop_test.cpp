@@ -91,7 +91,7 @@ TEST(coop, a_failing_configure_rolls_everything_back) {
 
 TEST(coop, binding_to_a_shut_down_dispatcher_rolls_back_with_binding_error) {
     environment env;
-    auto closed = env.add_dispatcher("closed", one_thread_params{});
+    auto closed = one_thread::make_dispatcher(env, "closed");
     closed.shutdown();
     EXPECT_FALSE(closed);
     tally t;
@@ -190,7 +190,7 @@ TEST(coop, deregistering_the_parent_finishes_children_first) {
     std::atomic<int> started{0};
     std::atomic<int> deregistered{0};
     environment env;  // after what its agents use: the bystander finishes as it is destroyed
-    auto threads = env.add_dispatcher("threads", active_obj_params{});
+    auto threads = active_obj::make_dispatcher(env, "threads");
     auto make = [&](const std::string& name, const coop_handle& parent, int agents) {
         coop_options o{.name = name, .bind = threads.bind(), .parent = parent};
         o.on_deregistered = [&, name](std::string_view n, dereg_reason r) {
@@ -418,12 +418,12 @@ TEST(coop, messages_queued_before_deregistration_are_handled_before_on_finish) {
 
 // ---- thread_pool FIFO units ----
 
-class fifo_units : public testing::TestWithParam<fifo> {};
+class fifo_units : public testing::TestWithParam<thread_pool::fifo> {};
 
 TEST_P(fifo_units, cooperation_serialises_the_coop_agent_runs_agents_in_parallel) {
     environment env;
-    auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = 2});
-    const bool serial = GetParam() == fifo::cooperation;
+    auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 2});
+    const bool serial = GetParam() == thread_pool::fifo::cooperation;
     std::atomic<int> in_flight{0}, max_in_flight{0};
     std::atomic<int> handled{0};
     std::atomic<int> met{0};
@@ -459,9 +459,11 @@ TEST_P(fifo_units, cooperation_serialises_the_coop_agent_runs_agents_in_parallel
         EXPECT_EQ(max_in_flight.load(), 2);
 }
 
-INSTANTIATE_TEST_SUITE_P(orders, fifo_units, testing::Values(fifo::cooperation, fifo::agent),
-                         [](const testing::TestParamInfo<fifo>& i) {
-                             return i.param == fifo::cooperation ? std::string("cooperation") : std::string("agent");
+INSTANTIATE_TEST_SUITE_P(orders, fifo_units,
+                         testing::Values(thread_pool::fifo::cooperation, thread_pool::fifo::agent),
+                         [](const testing::TestParamInfo<thread_pool::fifo>& i) {
+                             return i.param == thread_pool::fifo::cooperation ? std::string("cooperation")
+                                                                              : std::string("agent");
                          });
 
 }  // namespace

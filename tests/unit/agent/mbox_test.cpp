@@ -66,13 +66,13 @@ TEST(mbox, publishing_with_no_subscriber_is_not_a_loss) {
 
 TEST(mbox, mpmc_delivers_each_type_to_its_subscribers_only) {
     environment env;
-    auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = 2});
+    auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     mbox topic = make_mpmc_mbox(env);
     std::atomic<int> quotes{0}, trades{0}, ticks{0};
     constexpr int quote_subs = 3;
     for (int i = 0; i < quote_subs; ++i)
         test::add_probe(env, [&](probe& p) { p.subscribe(topic, [&](const quote& q) { quotes += q.price; }); },
-                        {.bind = pool.bind_fifo(fifo::agent)});
+                        {.bind = pool.bind_fifo(thread_pool::fifo::agent)});
     test::add_probe(env, [&](probe& p) {
         p.subscribe(topic, [&](const trade& t) { trades += t.volume; });
         p.subscribe<tick>(topic, [&] { ++ticks; });
@@ -167,7 +167,7 @@ TEST(mbox, named_mboxes_are_found_by_name_and_unique) {
 
 TEST(mbox, subscribe_and_unsubscribe_while_other_threads_publish) {
     environment env;
-    auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = 2});
+    auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     mbox topic = make_mpmc_mbox(env);
     std::atomic<bool> stop{false};
     std::atomic<int> late{0};     // deliveries after unsubscribe returned
@@ -191,7 +191,7 @@ TEST(mbox, subscribe_and_unsubscribe_while_other_threads_publish) {
             });
             send<tick>(p.direct_mbox());
         },
-                        {.bind = pool.bind_fifo(fifo::agent)});
+                        {.bind = pool.bind_fifo(thread_pool::fifo::agent)});
     }
     std::vector<std::thread> publishers;
     for (int t = 0; t < 2; ++t)

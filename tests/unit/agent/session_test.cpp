@@ -48,7 +48,7 @@ void expect_close_waits_for_callback(Close close, std::atomic<bool>& release, co
 
 TEST(session, posted_calls_run_serially_on_the_context) {
     mailroom::environment env;
-    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     mailroom::session s(env, {.name = "serial", .bind = pool.bind()});
     std::atomic<int> inside{0}, overlaps{0}, ran{0};
     auto body = [&] {
@@ -182,7 +182,7 @@ TEST(session, destroy_from_a_foreign_thread_waits_for_the_running_callback) {
 // returned, even one whose delivery was already queued.
 TEST(session, shutdown_racing_a_firing_timer_never_lets_a_callback_through) {
     mailroom::environment env;
-    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     mailroom::session s(env, {.bind = pool.bind()});
     std::atomic<int> violations{0}, fired{0};
     std::mt19937 rng(7);
@@ -279,7 +279,7 @@ TEST(session, destroy_from_its_own_callback) {
 
 TEST(session, destroy_from_another_sessions_callback) {
     mailroom::environment env;
-    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     mailroom::session x(env, {.bind = pool.bind()});
     mailroom::session y(env, {.bind = pool.bind()});
     std::atomic<bool> shut{false};
@@ -312,7 +312,7 @@ TEST(session, destroy_from_another_sessions_callback) {
 // objects down: neither waits for the other forever, and nothing runs afterwards.
 TEST(session, destroying_a_session_while_another_session_shuts_one_of_its_objects) {
     mailroom::environment env;
-    auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
     const long n = mailroom::test::rounds(200);
     std::atomic<int> violations{0};
     mailroom::session x(env, {.bind = pool.bind()});
@@ -482,8 +482,8 @@ TEST(session, environment_destruction_destroys_remaining_sessions_and_objects) {
     mailroom::environment_stats st;
     {
         mailroom::environment env;
-        auto pool = env.add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
-        auto own = env.add_dispatcher("own", mailroom::active_obj_params{});
+        auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
+        auto own = mailroom::active_obj::make_dispatcher(env, "own");
         std::vector<mailroom::session> keep;
         for (int i = 0; i < 6; ++i) {
             mailroom::binder b = i % 3 == 0 ? pool.bind() : i % 3 == 1 ? own.bind() : mailroom::binder();
@@ -540,7 +540,7 @@ TEST(session, a_throwing_callback_is_logged_and_counted) {
 
 TEST(session, binding_to_a_shut_down_dispatcher_raises_binding_error) {
     mailroom::environment env;
-    auto d = env.add_dispatcher("gone", mailroom::one_thread_params{});
+    auto d = mailroom::one_thread::make_dispatcher(env, "gone");
     d.shutdown();
     EXPECT_THROW(mailroom::session(env, {.bind = d.bind()}), mailroom::binding_error);
     EXPECT_EQ(env.stats().sessions_created, 0u);
@@ -555,7 +555,7 @@ TEST(session, creating_a_session_while_the_environment_stops_raises_environment_
     long stopped_errors = 0, other_errors = 0;
     for (long round = 0; round < rounds && std::chrono::steady_clock::now() < limit; ++round) {
         mailroom::environment env;
-        auto pool = env.add_dispatcher("pool", mailroom::one_thread_params{});
+        auto pool = mailroom::one_thread::make_dispatcher(env, "pool");
         std::atomic<long> created{0};
         std::atomic<bool> done{false};
         std::string other;
@@ -689,7 +689,7 @@ TEST(session, subscription_shutdown_from_a_foreign_thread_waits_for_the_running_
 // after shutdown() returned, not even for a publication already queued or in a snapshot.
 TEST(session, subscription_shutdown_racing_publications_never_lets_a_callback_through) {
     auto env = std::make_unique<mailroom::environment>();
-    auto pool = env->add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    auto pool = mailroom::thread_pool::make_dispatcher(*env, "pool", {.threads = 2});
     mailroom::session s(*env, {.bind = pool.bind()});
     auto topic = mailroom::make_mpmc_mbox(*env);
     std::atomic<int> violations{0}, called{0};
@@ -812,7 +812,7 @@ TEST(session, session_destroy_removes_its_subscriptions_from_the_mbox) {
 // and the publishers (from old snapshots included) never touch freed memory.
 TEST(session, environment_destruction_with_publishers_on_foreign_threads) {
     auto env = std::make_unique<mailroom::environment>();
-    auto pool = env->add_dispatcher("pool", mailroom::thread_pool_params{.threads = 2});
+    auto pool = mailroom::thread_pool::make_dispatcher(*env, "pool", {.threads = 2});
     std::atomic<long> handled{0};
     mailroom::mbox topics[2] = {mailroom::make_named_mbox(*env, "quotes"), mailroom::make_mpmc_mbox(*env)};
     for (int i = 0; i < 4; ++i) {

@@ -1,7 +1,11 @@
 #include <mailroom/dispatch/dispatcher.hpp>
 
 #include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/active_group_impl.hpp>
+#include <mailroom/dispatch/active_obj_impl.hpp>
 #include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/one_thread_impl.hpp>
+#include <mailroom/dispatch/thread_pool_impl.hpp>
 #include <mailroom/queue/futex.hpp>
 
 #include <gtest/gtest.h>
@@ -130,26 +134,26 @@ struct kind_case {
 };
 
 std::vector<kind_case> all_kinds() {
-    auto plain = [](dispatcher_impl& d, int) { return d.make_binder({}, nullptr); };
+    auto plain = [](dispatcher_impl& d, int) { return d.make_binder(); };
     return {
         {"one_thread", [](const std::string& n) { return make_one_thread(n, {}); }, plain},
         {"active_obj", [](const std::string& n) { return make_active_obj(n, {}); }, plain},
         {"active_group", [](const std::string& n) { return make_active_group(n, {}); },
-         [](dispatcher_impl& d, int i) { return d.make_binder(i % 2 ? "odd" : "even", nullptr); }},
+         [](dispatcher_impl& d, int i) { return bind_group(d, i % 2 ? "odd" : "even"); }},
         {"thread_pool_agent",
          [](const std::string& n) {
-             thread_pool_params p;
+             thread_pool::params p;
              p.threads = 2;
-             p.order = fifo::agent;
+             p.order = thread_pool::fifo::agent;
              p.max_demands_at_once = 4;
              return make_thread_pool(n, p);
          },
          plain},
         {"thread_pool_cooperation",
          [](const std::string& n) {
-             thread_pool_params p;
+             thread_pool::params p;
              p.threads = 2;
-             p.order = fifo::cooperation;
+             p.order = thread_pool::fifo::cooperation;
              return make_thread_pool(n, p);
          },
          plain},
@@ -392,7 +396,7 @@ TEST(active_group, one_thread_per_group_different_across_groups) {
 
 TEST(active_group, a_group_emptied_and_refilled_gets_a_working_thread) {
     auto disp = make_active_group("refill", {});
-    auto bdr = disp->make_binder("g", nullptr);
+    auto bdr = bind_group(*disp, "g");
     for (int round = 0; round < 20; ++round) {
         int key = 0;
         binding bd = bdr->prepare(&key);
@@ -407,8 +411,8 @@ TEST(active_group, a_group_emptied_and_refilled_gets_a_working_thread) {
 // ---------------------------------------------------------------------------------------------
 // thread_pool: FIFO units and fairness
 
-std::shared_ptr<dispatcher_impl> pool(std::size_t threads, fifo order, std::size_t cap = 16) {
-    thread_pool_params p;
+std::shared_ptr<dispatcher_impl> pool(std::size_t threads, thread_pool::fifo order, std::size_t cap = 16) {
+    thread_pool::params p;
     p.threads = threads;
     p.order = order;
     p.max_demands_at_once = cap;
@@ -416,8 +420,8 @@ std::shared_ptr<dispatcher_impl> pool(std::size_t threads, fifo order, std::size
 }
 
 TEST(thread_pool, fifo_cooperation_never_runs_two_agents_of_one_coop_at_once) {
-    auto disp = pool(2, fifo::agent);
-    auto bdr = disp->make_binder({}, [] { static const fifo f = fifo::cooperation; return &f; }());
+    auto disp = pool(2, thread_pool::fifo::agent);
+    auto bdr = bind_fifo(*disp, thread_pool::fifo::cooperation);
     int coop = 0;
     binding a = bdr->prepare(&coop);
     binding b = bdr->prepare(&coop);
@@ -439,9 +443,8 @@ TEST(thread_pool, fifo_cooperation_never_runs_two_agents_of_one_coop_at_once) {
 }
 
 TEST(thread_pool, fifo_agent_runs_agents_of_one_coop_in_parallel) {
-    auto disp = pool(2, fifo::cooperation);
-    static const fifo per_agent = fifo::agent;
-    auto bdr = disp->make_binder({}, &per_agent);
+    auto disp = pool(2, thread_pool::fifo::cooperation);
+    auto bdr = bind_fifo(*disp, thread_pool::fifo::agent);
     int coop = 0;
     binding a = bdr->prepare(&coop);
     binding b = bdr->prepare(&coop);
@@ -464,8 +467,8 @@ TEST(thread_pool, fifo_agent_runs_agents_of_one_coop_in_parallel) {
 TEST(thread_pool, max_demands_at_once_bounds_a_strands_turn) {
     constexpr std::size_t cap = 3;
     constexpr int per_strand = 20;
-    auto disp = pool(1, fifo::agent, cap);
-    auto bdr = disp->make_binder({}, nullptr);
+    auto disp = pool(1, thread_pool::fifo::agent, cap);
+    auto bdr = disp->make_binder();
     int k0 = 0, k1 = 1, k2 = 2;
     binding blocker = bdr->prepare(&k0);
     binding s1 = bdr->prepare(&k1);
@@ -501,8 +504,8 @@ TEST(thread_pool, max_demands_at_once_bounds_a_strands_turn) {
 }
 
 TEST(thread_pool, a_released_strand_reused_by_another_context_stays_serial) {
-    auto disp = pool(2, fifo::agent, 2);
-    auto bdr = disp->make_binder({}, nullptr);
+    auto disp = pool(2, thread_pool::fifo::agent, 2);
+    auto bdr = disp->make_binder();
     std::vector<std::unique_ptr<context_probe>> probes;
     std::atomic<long> posted{0};
     for (int round = 0; round < 50; ++round) {
@@ -528,8 +531,8 @@ TEST(thread_pool, a_released_strand_reused_by_another_context_stays_serial) {
 }
 
 TEST(thread_pool, stats_report_threads_bindings_and_queue_depth) {
-    auto disp = pool(1, fifo::agent);
-    auto bdr = disp->make_binder({}, nullptr);
+    auto disp = pool(1, thread_pool::fifo::agent);
+    auto bdr = disp->make_binder();
     int k0 = 0, k1 = 1;
     binding a = bdr->prepare(&k0);
     binding b = bdr->prepare(&k1);

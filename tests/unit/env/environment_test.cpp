@@ -117,10 +117,10 @@ TEST(environment, destruction_joins_every_thread_it_started) {
     const int before = test::thread_count();
     {
         environment env;
-        auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = 3});
-        auto objs = env.add_dispatcher("objs", active_obj_params{});
-        auto groups = env.add_dispatcher("groups", active_group_params{});
-        env.add_dispatcher("spare", one_thread_params{});
+        auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 3});
+        auto objs = active_obj::make_dispatcher(env, "objs");
+        auto groups = active_group::make_dispatcher(env, "groups");
+        one_thread::make_dispatcher(env, "spare");
         std::atomic<int> started{0};
         auto start = [&](probe&) { ++started; };
         for (auto b : {pool.bind(), objs.bind(), objs.bind(), groups.bind_group("g1"), groups.bind_group("g2")})
@@ -154,7 +154,7 @@ TEST(environment, teardown_runs_children_then_parents_then_dispatchers_then_time
     };
     {
         environment env({.name = "ordered"});
-        auto disp = env.add_dispatcher("ord-disp", active_obj_params{});
+        auto disp = active_obj::make_dispatcher(env, "ord-disp");
         std::atomic<int> started{0};
         // One probe per cooperation; its on_finish notes itself and checks that intake is
         // still open while cooperations are being deregistered.
@@ -236,21 +236,22 @@ TEST(environment, registering_after_stop_raises_environment_stopped_error) {
     } catch (const environment_stopped_error& e) {
         EXPECT_NE(std::string(e.what()).find("closing"), std::string::npos) << e.what();
     }
-    EXPECT_THROW(env.add_dispatcher("late", one_thread_params{}), environment_stopped_error);
+    EXPECT_THROW(one_thread::make_dispatcher(env, "late"), environment_stopped_error);
 }
 
 // ---- named dispatchers ----
 
 TEST(environment, named_public_dispatchers_of_each_kind) {
     environment env;
-    auto one = env.add_dispatcher("one", one_thread_params{});
-    auto obj = env.add_dispatcher("obj", active_obj_params{});
-    auto grp = env.add_dispatcher("grp", active_group_params{});
-    auto pool = env.add_dispatcher("pool", thread_pool_params{.threads = 2});
-    for (auto* d : {&one, &obj, &grp, &pool}) {
-        EXPECT_TRUE(*d);
-        auto found = env.find_dispatcher(d->name());
-        EXPECT_EQ(found.impl(), d->impl()) << d->name();
+    auto one = one_thread::make_dispatcher(env, "one");
+    auto obj = active_obj::make_dispatcher(env, "obj");
+    auto grp = active_group::make_dispatcher(env, "grp");
+    auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 2});
+    for (const dispatcher& d : std::vector<dispatcher>{one, obj, grp, pool}) {
+        EXPECT_TRUE(d);
+        auto found = env.find_dispatcher(d.name());
+        EXPECT_EQ(found.impl(), d.impl()) << d.name();
+        EXPECT_EQ(found.kind(), d.kind()) << d.name();
     }
     EXPECT_EQ(env.find_dispatcher("default").impl(), env.default_dispatcher().impl());
     EXPECT_FALSE(env.find_dispatcher("nope"));
@@ -258,13 +259,13 @@ TEST(environment, named_public_dispatchers_of_each_kind) {
 
     for (const char* taken : {"one", "obj", "pool", "default"}) {
         try {
-            env.add_dispatcher(taken, thread_pool_params{.threads = 1});
+            thread_pool::make_dispatcher(env, taken, {.threads = 1});
             ADD_FAILURE() << "duplicate dispatcher " << taken << " accepted";
         } catch (const duplicate_name_error& e) {
             EXPECT_NE(std::string(e.what()).find(taken), std::string::npos) << e.what();
         }
     }
-    EXPECT_THROW(env.add_dispatcher("grp", active_obj_params{}), duplicate_name_error);
+    EXPECT_THROW(active_obj::make_dispatcher(env, "grp"), duplicate_name_error);
     EXPECT_EQ(env.find_dispatcher("one").impl(), one.impl());  // the original stays
 
     // Agents bound to each run on the dispatcher's threads, never on the caller's.

@@ -347,7 +347,7 @@ void expect_names_both_environments_and_the_object(const std::string& what) {
 TEST(teardown_edges, binding_a_cooperation_to_another_environments_dispatcher_raises_binding_error) {
     environment b({.name = "beta"});
     environment a({.name = "alpha"});
-    auto pool = b.add_dispatcher("b-pool", thread_pool_params{.threads = 1});
+    auto pool = thread_pool::make_dispatcher(b, "b-pool", {.threads = 1});
     std::atomic<int> destroyed{0};
     coop c(a, {.name = "stray", .bind = pool.bind()});
     c.make_agent<probe>(&destroyed);
@@ -467,7 +467,7 @@ TEST(teardown_edges, a_dispatcher_added_while_the_environment_stops_is_joined_or
                 try {
                     std::string name = "d";  // not "d" + to_string(i): g++ 12 warns falsely (-Wrestrict)
                     name += std::to_string(i);
-                    env.add_dispatcher(name, one_thread_params{});
+                    one_thread::make_dispatcher(env, name);
                     ++added;
                 } catch (const environment_stopped_error&) {
                     return;

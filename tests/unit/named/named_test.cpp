@@ -650,7 +650,7 @@ TEST(named, after_session_destroy_returns_its_names_are_free_and_requests_are_re
     auto r = request<int>(env, "calc", add{1, 1});
     EXPECT_EQ(r.state(), request_state::rejected) << r.reason();
     EXPECT_NE(r.reason().find("no object named 'calc'"), std::string::npos) << r.reason();
-    session next(env, {.bind = env.add_dispatcher("other", one_thread_params{}).bind()});
+    session next(env, {.bind = one_thread::make_dispatcher(env, "other").bind()});
     named_handle again;
     EXPECT_NO_THROW(again = adder(next, "calc"));
     release.set_value();
