@@ -3,7 +3,7 @@
 
 #include <mailroom/queue/futex.hpp>
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 
 #include <mailroom/agent/runtime.hpp>
 

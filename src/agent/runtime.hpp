@@ -11,7 +11,7 @@
 
 #include <mailroom/agent/agent.hpp>
 #include <mailroom/agent/coop.hpp>
-#include <mailroom/agent/mbox.hpp>
+#include <mailroom/mbox/mbox.hpp>
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 #include <mailroom/dispatch/timer_service.hpp>
 #include <mailroom/env/env_core.hpp>

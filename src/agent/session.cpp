@@ -23,7 +23,7 @@
 // retire demand runs on its own context after every callback already running, destroys the
 // callbacks of the objects it still owned, and releases the binding.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/event_object.hpp>

@@ -4,7 +4,7 @@
 // senders are still racing the teardown. Senders use every path that counts: an agent's direct
 // mbox, a session inbox, and MPMC mboxes with agent and session subscribers.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 
 #include "../unit/agent/probe.hpp"
 

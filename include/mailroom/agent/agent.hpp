@@ -1,8 +1,8 @@
 #pragma once
 /// Agents: user classes whose handlers run on a serial context, one message at a time.
 
-#include <mailroom/agent/mbox.hpp>
-#include <mailroom/agent/detail/handler.hpp>
+#include <mailroom/mbox/mbox.hpp>
+#include <mailroom/session/detail/handler.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
 

@@ -5,7 +5,7 @@
 /// replied, rejected or abandoned, and can be waited for, called back, turned into a future
 /// or co_awaited inside a session's callback. See docs/named-objects.md.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/core/message.hpp>
 #include <mailroom/env/environment.hpp>

@@ -3,7 +3,7 @@
 // allocation from the recycling pool per post), and callbacks of event objects are type-erased
 // into a `handler`. Included at the end of session.hpp; included first, it brings session.hpp.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/core/pool.hpp>
 #include <mailroom/dispatch/demand.hpp>
 

@@ -3,9 +3,9 @@
 /// that wants callbacks without writing an agent, and the timers and inboxes that call back
 /// into it, each with a shutdown() that guarantees no callback runs once it returns.
 
-#include <mailroom/agent/mbox.hpp>
+#include <mailroom/mbox/mbox.hpp>
 #include <mailroom/core/error.hpp>
-#include <mailroom/agent/detail/handler.hpp>
+#include <mailroom/session/detail/handler.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
@@ -171,4 +171,4 @@ private:
 
 }  // namespace mailroom
 
-#include <mailroom/agent/detail/session_impl.hpp>
+#include <mailroom/session/detail/session_impl.hpp>
