@@ -2,7 +2,7 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 
-#include <mailroom/agent/runtime.hpp>
+#include <mailroom/mbox/mbox_impl.hpp>
 
 #include <atomic>
 #include <string>
