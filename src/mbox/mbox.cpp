@@ -11,13 +11,16 @@ namespace {
 std::atomic<std::uint64_t> next_mbox_id{1};
 }  // namespace
 
+std::uint64_t new_delivery_key() noexcept { return next_mbox_id.fetch_add(1, std::memory_order_relaxed); }
+
 mbox_impl::mbox_impl(std::shared_ptr<env_core> env, mbox_kind kind)
-    : env_(std::move(env)), id_(next_mbox_id.fetch_add(1, std::memory_order_relaxed)), kind_(kind) {}
+    : env_(std::move(env)), id_(new_delivery_key()), kind_(kind) {}
 
 mbox_impl::~mbox_impl() = default;
 
-direct_mbox::direct_mbox(std::shared_ptr<env_core> env, sink_ref to, std::string describe)
-    : mbox_impl(std::move(env), mbox_kind::direct), to_(to), describe_(std::move(describe)) {}
+direct_mbox::direct_mbox(std::shared_ptr<env_core> env, sink_ref to, delivery_kind kind, std::string describe)
+    : mbox_impl(std::move(env), mbox_kind::direct), to_(std::move(to)), delivery_(kind),
+      describe_(std::move(describe)) {}
 
 std::string direct_mbox::name() const { return "direct mbox of " + describe_; }
 
@@ -27,12 +30,13 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     thread_counters& counters = env.counters();
     send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
     if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
-    if (to_.sink->accept(to_.gen, id_, e, timer, false, counters)) [[likely]] {
+    const accept_result r = to_.sink->accept(to_.gen, id_, e, timer, delivery_, counters);
+    if (r == accept_result::queued) [[likely]] {
         ref.release();
         return;
     }
-    thread_counters::bump(counters.sent);  // every counted loss was first counted sent
-    thread_counters::bump(counters.lost);
+    thread_counters::bump(counters.sent);  // every counted outcome was first counted sent
+    thread_counters::bump(r == accept_result::gone ? counters.lost : counters.ignored);
 }
 
 mpmc_mbox::mpmc_mbox(std::shared_ptr<env_core> env, std::string name)
@@ -71,8 +75,8 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
         try {
             for (; i < n; ++i) {
                 const sink_ref& s = (*subs)[i];
-                if (!s.sink->accept(s.gen, id_, e, timer, true, counters)) [[unlikely]]
-                    ++gone;
+                if (s.sink->accept(s.gen, id_, e, timer, delivery_kind::fanout, counters) != accept_result::queued)
+                    [[unlikely]] ++gone;
             }
         } catch (...) {
             // Out of memory: the deliveries not made were never sent (the caller gets the error).
@@ -98,11 +102,11 @@ void mpmc_mbox::add_subscriber(sink_ref sub, message_type type) {
         next->by_type.emplace_back(type, std::vector<sink_ref>{});
         it = next->by_type.end() - 1;
     }
-    it->second.push_back(sub);
+    it->second.push_back(std::move(sub));
     table_ = std::move(next);
 }
 
-void mpmc_mbox::remove_subscriber(sink_ref sub, message_type type) noexcept {
+void mpmc_mbox::remove_subscriber(const sink_ref& sub, message_type type) noexcept {
     std::shared_ptr<const table> old;  // released outside the lock: it may drop the last reference
     std::lock_guard g(lock_);
     try {
@@ -110,7 +114,7 @@ void mpmc_mbox::remove_subscriber(sink_ref sub, message_type type) noexcept {
         for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
             if (!(it->first == type)) continue;
             auto& v = it->second;
-            v.erase(std::remove(v.begin(), v.end(), sub), v.end());
+            v.erase(std::remove_if(v.begin(), v.end(), [&](const sink_ref& x) { return x.same(sub); }), v.end());
             if (v.empty()) next->by_type.erase(it);
             break;
         }

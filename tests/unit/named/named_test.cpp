@@ -230,7 +230,7 @@ TEST(named, then_runs_the_callback_on_the_requesters_session) {
     client.post([&] {
         auto r = request<int>(env, "calc", add{1, 2});
         r.then(client, [&](const outgoing<int>& done) {
-            got.set_value({done.reply(), mailroom::internal::current_session() == client.impl()});
+            got.set_value({done.reply(), mailroom::internal::current_context_ref().core == mailroom::internal::ref_of(client).core});
         });
     });
     auto f = got.get_future();
@@ -459,7 +459,8 @@ struct asker final : agent {
     }
     // Each step between two co_awaits runs on this agent's context, as a handler would.
     void step_begins() {
-        if (mailroom::internal::current_agent_ref().core == nullptr) off_context->fetch_add(1);
+        if (mailroom::internal::current_context_ref().core != mailroom::internal::ref_of(*this).core)
+            off_context->fetch_add(1);
         running = 1;
         for (int i = 0; i < 5; ++i) send<poke>(direct_mbox());
         std::this_thread::sleep_for(2ms);  // the pokes wait: the agent is busy with this step
