@@ -577,10 +577,15 @@ void request_then(request_core* r, const context_ref& s, handler fn) {
 }
 
 void request_resume_here(request_core* r, std::coroutine_handle<> h) {
-    context_ref here = current_context_ref();
-    if (!here)
+    context_core* cur = current_context();
+    if (!cur)
         throw usage_error("request #" + std::to_string(r->id) +
                           ": co_await is for coroutines running in a session's callback or an agent's handler");
+    // The request holds its environment, and with it the arena of that environment's
+    // contexts: a context of the same environment needs no reference of its own (taking one
+    // would bounce the arena's count between the requester's and the replier's threads).
+    context_ref here{nullptr, cur, cur->gen.load(std::memory_order_relaxed), cur->kind == context_kind::agent};
+    if (cur->env != r->env.get()) here.arena = cur->arena->shared_from_this();
     auto* c = new resume_ctx{std::move(here), h};
     try {
         request_continue(

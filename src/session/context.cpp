@@ -311,13 +311,17 @@ run_outcome run_callback(context_core& c, std::uint32_t g, const void* tag, cons
                          const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
     // The context's own thread: its generation only changes here (or before its start).
     if (c.gen.load(std::memory_order_acquire) != g) return run_outcome::gone;
+    // An agent's own callbacks (its handlers, hooks and posted calls) are never waited for
+    // from another thread: an agent ends on its own context. Only a callback of an event object
+    // (or any callback of a session, which destroy() waits for) passes the gate.
+    const bool gated = tag != &c || c.kind != context_kind::agent;
     // The hot path: enter() is two plain stores and two loads (see context_gate).
-    if (!c.gate.enter(tag, shut)) [[unlikely]]
+    if (gated && !c.gate.enter(tag, shut)) [[unlikely]]
         return run_outcome::refused;
     c.dispatching = true;
     run_guarded(c, what, type, fn, arg);
     c.dispatching = false;
-    c.gate.leave();
+    if (gated) c.gate.leave();
     if (c.has_removed || !c.added.empty()) c.settle();
     return run_outcome::ran;
 }
