@@ -3,9 +3,9 @@
 
 #include <mailroom/agent/agent.hpp>
 #include <mailroom/agent/coop.hpp>
-#include <mailroom/agent/mbox.hpp>
-#include <mailroom/agent/session.hpp>
-#include <mailroom/agent/timer.hpp>
+#include <mailroom/mbox/mbox.hpp>
+#include <mailroom/session/session.hpp>
+#include <mailroom/mbox/timer.hpp>
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/core/message.hpp>

@@ -7,7 +7,9 @@
 namespace mailroom {
 namespace internal {
 
-agent_core*& constructing_agent() noexcept;
+context_core*& constructing_agent() noexcept;
+event_object* close_objects(context_core& c) noexcept;
+void retire_objects(event_object* list) noexcept;
 
 namespace {
 const char runtime_key = 0;
@@ -19,128 +21,127 @@ void log_callback_failure(env_core& env, const std::string& what) noexcept {
     }
 }
 
-void execute_start(demand* base, demand_mode mode) noexcept {
-    auto* d = static_cast<control_demand*>(base);
-    agent_core* core = d->target;
-    delete d;
-    if (mode == demand_mode::discard) return;
-    run_guarded(
-        *core, "on_start", message_type(),
-        [](void* p) {
-            auto* c = static_cast<agent_core*>(p);
-            agent_core::call_start(*c->user);
-        },
-        core);
-    if (core->has_dead || !core->added.empty()) core->settle_subscriptions();
+// ---- the agent kind of context ----
+
+std::string agent_name(const context_core& c) { return agent_display_name(c); }
+
+exception_policy agent_policy(const context_core& c) noexcept {
+    if (c.policy != exception_policy::inherit) return c.policy;
+    auto* coop = static_cast<coop_impl*>(c.group);
+    if (coop && coop->opts.on_exception != exception_policy::inherit) return coop->opts.on_exception;
+    exception_policy p = c.env->options().on_exception;
+    return p == exception_policy::inherit ? exception_policy::abort : p;
 }
 
-// Undoes an agent: its generation moves on (so stale demands count themselves lost), it leaves
-// the MPMC mboxes it subscribed to, it is destroyed and unbound, and its core is recycled.
+void agent_deregister(context_core& c) noexcept {
+    if (auto* coop = static_cast<coop_impl*>(c.group)) coop->deregister(dereg_reason::handler_exception);
+}
+
+std::string agent_where(const context_core& c) {
+    auto* coop = static_cast<coop_impl*>(c.group);
+    return coop ? " of cooperation '" + coop->name + "'" : std::string();
+}
+
+const context_ops agent_ops{&agent_name, &agent_policy, &agent_deregister, &agent_where};
+
+void execute_start(demand* base, demand_mode mode) noexcept {
+    context_core* core = static_cast<context_retire*>(base)->ctx;
+    if (mode == demand_mode::discard) return;
+    run_callback(
+        *core, core->gen.load(std::memory_order_relaxed), core, core->own_shut, "on_start", message_type(),
+        [](void* p) { agent_access::start(*user_of(*static_cast<context_core*>(p))); }, core);
+}
+
 // Leaves every MPMC mbox the agent subscribed to, so that publishers stop queueing for it.
-void leave_topics(agent_core* core) noexcept {
-    const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
-    for (auto* list : {&core->subs, &core->added})
-        for (auto& s : *list)
-            if (s.source && s.mbox_id != 0) {
-                static_cast<mpmc_mbox&>(*s.source).remove_subscriber(core, gen, s.type);
-                s.source.reset();
+void leave_topics(context_core* core) noexcept {
+    const sink_ref me{core, core->gen.load(std::memory_order_relaxed)};
+    for (auto* list : {&core->table, &core->added})
+        for (auto& e : *list)
+            if (e.source && e.mbox_id != 0) {
+                static_cast<mpmc_mbox&>(*e.source).remove_subscriber(me, e.type);
+                e.source.reset();
             }
 }
 
-void retire(agent_core* core, bool bound) noexcept {
-    agent_runtime* rt = core->rt;
+// Undoes an agent: it leaves the topics it subscribed to, its event objects are retired, its
+// life ends (so stale demands count themselves lost), it is destroyed and unbound, and its
+// record is recycled.
+void retire(context_core* core, bool bound) noexcept {
+    agent_runtime& rt = agent_runtime::of(*core->env);
     leave_topics(core);
-    const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
-    core->gen.store(gen + 1, std::memory_order_release);
-    core->close_gate();
+    retire_objects(close_objects(*core));
+    core->gate.close();
+    core->finish_life();
     {
         // The destructor is a callback of the environment: it may run on a thread that is not
         // a worker (a rollback, a cooperation dropped unregistered) and may destroy it.
-        env_scope scope(rt->env);
-        delete core->user;
+        env_scope scope(core->env);
+        delete user_of(*core);
     }
-    core->user = nullptr;
-    if (bound && core->binder) core->binder->release(core->bound, core->coop);
-    delete core->finish;
-    core->finish = nullptr;
-    rt->agents_destroyed.fetch_add(1, std::memory_order_relaxed);
-    rt->free_core(core);
+    core->owner = nullptr;
+    if (bound && core->binder) core->binder->release(core->bound, core->group);
+    rt.agents_destroyed.fetch_add(1, std::memory_order_relaxed);
+    core->arena->recycle(core);
 }
 
 void execute_finish(demand* base, demand_mode mode) noexcept {
-    auto* d = static_cast<control_demand*>(base);
-    agent_core* core = d->target;
-    coop_impl* c = core->coop;
+    context_core* core = static_cast<context_retire*>(base)->ctx;
+    auto* c = static_cast<coop_impl*>(core->group);
     // First leave the topics: what is published from now on is not queued for an agent that
     // is finishing (what is already queued behind this demand is counted ignored).
     leave_topics(core);
-    if (mode == demand_mode::run) {
-        run_guarded(
-            *core, "on_finish", message_type(),
-            [](void* p) {
-                auto* a = static_cast<agent_core*>(p);
-                agent_core::call_finish(*a->user);
-            },
-            core);
-    }
-    core->finish = nullptr;  // this demand; freed below
+    if (mode == demand_mode::run)
+        run_callback(
+            *core, core->gen.load(std::memory_order_relaxed), core, core->own_shut, "on_finish", message_type(),
+            [](void* p) { agent_access::finish(*user_of(*static_cast<context_core*>(p))); }, core);
     retire(core, true);
-    delete d;
     c->agent_finished();
 }
 }  // namespace
 
-void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::string& what) {
-    const dispatcher_impl& d = b.target();
-    throw binding_error(what + " of environment '" + env.name() + "': dispatcher '" + d.name() + "' belongs to " +
-                        (d.owner() ? "environment '" + d.owner_name() + "'" : std::string("no environment")) +
-                        ", not to this one (a context runs only on its own environment's dispatchers)");
+context_core* agent_runtime::make_agent_context(coop_impl& c, std::shared_ptr<binder_impl> b) {
+    context_arena& arena = *contexts.arena;
+    context_core* core = arena.allocate();
+    try {
+        core->ops = &agent_ops;
+        core->kind = context_kind::agent;
+        core->id = arena.next_id();
+        core->group = &c;
+        core->binder = std::move(b);
+        core->gate.reopen();
+        const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
+        core->direct = mbox(std::make_shared<direct_mbox>(env_shared(), sink_ref{core, gen}, delivery_kind::direct,
+                                                          "agent #" + std::to_string(core->id)));
+    } catch (...) {
+        core->finish_life();
+        arena.recycle(core);
+        throw;
+    }
+    core->start.store(context_core::start_closed, std::memory_order_release);
+    return core;
 }
 
-binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
-                        std::string_view object) {
-    try {
-        return b.prepare(key);
-    } catch (const binding_error&) {
-        // The teardown sets `stopping` before it shuts the dispatchers down (release/acquire on
-        // both flags), so a dispatcher it shut down is always seen with `stopping` set.
-        if (!env.stopping() || b.target().accepting()) throw;
-        throw environment_stopped_error(std::string(what) + " '" + std::string(object) + "': environment '" +
-                                        env.name() + "' is stopping (its teardown shut dispatcher '" +
-                                        b.target().name() + "' down)");
-    }
+void agent_runtime::abandon_agent_context(context_core* core) noexcept {
+    core->finish_life();
+    core->arena->recycle(core);
 }
 
 agent_runtime& agent_runtime::of(env_core& env) {
-    return env.extension<agent_runtime>(&runtime_key, [&] { return std::make_unique<agent_runtime>(&env); });
+    // Made first, outside the extension lock that making this one holds.
+    session_runtime& contexts = session_runtime::of(env);
+    return env.extension<agent_runtime>(&runtime_key,
+                                        [&] { return std::make_unique<agent_runtime>(&env, contexts); });
 }
 
-agent_runtime::agent_runtime(env_core* e) : env(e) {}
+agent_runtime::agent_runtime(env_core* e, session_runtime& s) : env(e), contexts(s) {}
 
 agent_runtime::~agent_runtime() = default;
-
-std::string agent_runtime::describe(running_kind kind, std::uint64_t id) const {
-    if (kind == running_kind::agent) {
-        std::lock_guard g(tree_lock);
-        std::string name;
-        for (auto& [cid, c] : coops_)
-            for (agent_core* a : c->agents)
-                if (a->describe_if(id, name)) return "agent '" + name + "' of cooperation '" + c->name + "'";
-    } else if (kind == running_kind::session) {
-        return describe_session(id);
-    }
-    return {};
-}
 
 void agent_runtime::add_stats(environment_stats& s) const noexcept {
     s.agents_created += agents_created.load(std::memory_order_relaxed);
     s.agents_destroyed += agents_destroyed.load(std::memory_order_relaxed);
     s.coops_registered += coops_registered.load(std::memory_order_relaxed);
     s.coops_deregistered += coops_deregistered.load(std::memory_order_relaxed);
-    s.sessions_created += sessions_created.load(std::memory_order_relaxed);
-    s.sessions_destroyed += sessions_destroyed.load(std::memory_order_relaxed);
-    s.event_objects_created += objects_created.load(std::memory_order_relaxed);
-    s.event_objects_destroyed += objects_destroyed.load(std::memory_order_relaxed);
 }
 
 void agent_runtime::begin_stop() noexcept {
@@ -154,17 +155,8 @@ void agent_runtime::begin_stop() noexcept {
 }
 
 void agent_runtime::wait_stopped() noexcept {
-    std::map<std::string, std::shared_ptr<mbox_impl>, std::less<>> named;
-    {
-        std::unique_lock g(tree_lock);
-        idle_.wait(g, [&] { return busy_ == 0; });
-        named.swap(named_);  // breaks the cycle mbox -> environment core -> registry -> mbox
-        // Intake closes only after this returns: a name made in between would rebuild the cycle.
-        named_closed_ = true;
-    }
-    // Guarantee 4's order: sessions and their event objects after the cooperations, before
-    // the dispatchers.
-    stop_sessions();
+    std::unique_lock g(tree_lock);
+    idle_.wait(g, [&] { return busy_ == 0; });
 }
 
 coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
@@ -193,10 +185,8 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         c->destroy_unstarted();
         throw;
     }
-    std::vector<control_demand*> starts;
     std::size_t bound = 0;
     try {
-        starts.reserve(c->agents.size());
         if (!c->default_binder) {
             if (c->opts.bind)
                 c->default_binder = c->opts.bind.impl();
@@ -206,37 +196,36 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         // Even with no agent to bind: a binder of another environment is a mistake to report.
         if (!binds_in(*c->default_binder, *env))
             throw_foreign_binder(*c->default_binder, *env, "cooperation '" + c->name + "'");
-        for (agent_core* core : c->agents) {
+        for (context_core* core : c->agents) {
             if (!core->binder) core->binder = c->default_binder;
             if (!binds_in(*core->binder, *env))
                 throw_foreign_binder(*core->binder, *env,
-                                     "cooperation '" + c->name + "': agent '" + core->display_name() + "'");
+                                     "cooperation '" + c->name + "': agent '" + agent_display_name(*core) + "'");
             core->bound = prepare_binding(*core->binder, c.get(), *env, "registering cooperation", c->name);
             core->queue.store(core->bound.queue, std::memory_order_release);
             ++bound;
-            core->finish = new control_demand;
-            core->finish->execute = &execute_finish;
-            core->finish->target = core;
-            auto* start = new control_demand;
-            start->execute = &execute_start;
-            start->target = core;
-            starts.push_back(start);
+            core->start_demand.execute = &execute_start;
+            core->end_demand.execute = &execute_finish;
 
-            agent_core*& cur = current_agent();
-            agent_core* prev = cur;
+            context_core*& cur = current_context();
+            env_core*& cur_env = current_env();
+            context_core* prev = cur;
+            env_core* prev_env = cur_env;
             cur = core;
+            cur_env = env;
             try {
-                agent_core::call_configure(*core->user);
+                agent_access::configure(*user_of(*core));
             } catch (...) {
                 cur = prev;
+                cur_env = prev_env;
                 throw;
             }
             cur = prev;
+            cur_env = prev_env;
         }
     } catch (...) {
-        for (auto* s : starts) delete s;
         for (std::size_t i = 0; i < c->agents.size(); ++i) {
-            agent_core* core = c->agents[i];
+            context_core* core = c->agents[i];
             if (i >= bound) core->binder.reset();
             retire(core, i < bound);
         }
@@ -289,7 +278,7 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
             log_callback_failure(*env, "cooperation '" + c->name + "': on_registered threw");
         }
     }
-    for (std::size_t i = 0; i < c->agents.size(); ++i) c->agents[i]->open_gate(starts[i]);
+    for (context_core* core : c->agents) core->open(&core->start_demand);
     bool finish_now;
     bool requested;
     {
@@ -347,32 +336,10 @@ void agent_runtime::finalize(coop_impl& c) noexcept {
     idle_.notify_all();
 }
 
-mbox agent_runtime::make_named(std::string name, bool may_exist) {
-    env->check_open("creating named mbox", name);
-    std::lock_guard g(tree_lock);
-    if (named_closed_)
-        throw environment_stopped_error("creating named mbox '" + name + "': environment '" + env->name() +
-                                        "' is stopped");
-    auto it = named_.find(name);
-    if (it != named_.end()) {
-        if (may_exist) return mbox(it->second);
-        throw duplicate_name_error("named mbox '" + name + "' already exists in environment '" + env->name() + "'");
-    }
-    auto m = std::make_shared<mpmc_mbox>(env_shared(), this, name);
-    named_.emplace(std::move(name), m);
-    return mbox(std::move(m));
-}
-
-mbox agent_runtime::find_named(std::string_view name) {
-    std::lock_guard g(tree_lock);
-    auto it = named_.find(name);
-    return it == named_.end() ? mbox() : mbox(it->second);
-}
-
 // ---- coop_impl ----
 
 coop_impl::coop_impl(agent_runtime* r, environment& e, coop_options o)
-    : rt(r), env(&e), env_keep(e.core()), id(r->next_id()), named(!o.name.empty()), opts(std::move(o)) {
+    : rt(r), env(&e), env_keep(e.core()), id(r->contexts.arena->next_id()), named(!o.name.empty()), opts(std::move(o)) {
     name = named ? opts.name : "coop#" + std::to_string(id);
     parent = opts.parent.impl();
     opts.parent = coop_handle();
@@ -381,7 +348,7 @@ coop_impl::coop_impl(agent_runtime* r, environment& e, coop_options o)
 coop_impl::~coop_impl() = default;
 
 void coop_impl::destroy_unstarted() noexcept {
-    for (agent_core* core : agents) retire(core, false);
+    for (context_core* core : agents) retire(core, false);
     agents.clear();
 }
 
@@ -419,13 +386,13 @@ void coop_impl::start_finishing() noexcept {
         return;
     }
     // Copy first: the last finish may run (and finalize) before this loop ends.
-    std::vector<agent_core*> list;
+    std::vector<context_core*> list;
     try {
         list = agents;
     } catch (...) {
         fatal("out of memory deregistering a cooperation");
     }
-    for (agent_core* core : list) core->push(core->finish);
+    for (context_core* core : list) core->push(&core->end_demand);
 }
 
 void coop_impl::agent_finished() noexcept {
@@ -440,6 +407,7 @@ coop::coop(environment& env, coop_options options) : env_(&env) {
     auto& core = *env.core();
     core.check_not_stopping("creating cooperation", options.name);
     auto& rt = internal::agent_runtime::of(core);
+    internal::event_gate_init();
     impl_ = std::make_shared<internal::coop_impl>(&rt, env, std::move(options));
 }
 
@@ -464,37 +432,22 @@ void* coop::prepare_agent(binder b) {
     if (!impl_) throw usage_error("coop: making an agent in a cooperation that was already registered");
     auto& c = *impl_;
     if (c.agents.size() == c.agents.capacity()) c.agents.reserve(std::max<std::size_t>(16, 2 * c.agents.size()));
-    internal::agent_core* core = c.rt->allocate_core();
-    try {
-        core->id = c.rt->next_id();
-        core->coop = &c;
-        core->binder = b.impl();
-        const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
-        core->direct = std::make_shared<internal::direct_mbox>(c.rt->env_shared(), c.rt, core, gen, core->id);
-        core->direct_handle = mbox(core->direct);
-    } catch (...) {
-        c.rt->free_core(core);
-        throw;
-    }
-    core->gate.store(internal::agent_core::gate_closed, std::memory_order_release);
+    internal::context_core* core = c.rt->make_agent_context(c, b.impl());
     internal::constructing_agent() = core;
     return core;
 }
 
 void coop::abandon_agent(void* slot) noexcept {
     internal::constructing_agent() = nullptr;
-    auto* core = static_cast<internal::agent_core*>(slot);
-    core->gen.fetch_add(1, std::memory_order_release);
-    core->gate.store(internal::agent_core::gate_finished, std::memory_order_release);
-    core->rt->free_core(core);
+    impl_->rt->abandon_agent_context(static_cast<internal::context_core*>(slot));
 }
 
 void coop::adopt_agent(void* slot, agent* a) noexcept {
     internal::constructing_agent() = nullptr;
-    auto* core = static_cast<internal::agent_core*>(slot);
-    core->user = a;
+    auto* core = static_cast<internal::context_core*>(slot);
+    core->owner = a;
     impl_->agents.push_back(core);  // reserved in prepare_agent
-    core->rt->agents_created.fetch_add(1, std::memory_order_relaxed);
+    impl_->rt->agents_created.fetch_add(1, std::memory_order_relaxed);
 }
 
 coop_handle register_coop(coop&& c) {

@@ -78,6 +78,12 @@ public:
     /// Any thread. Shuts the whole context; true if this call did. Follow with barrier() and
     /// wait_not_running(nullptr) unless on the context itself.
     bool close() noexcept { return close(shut_); }
+    /// Opens a closed gate again for a new life of a recycled context, before the context is
+    /// shared: nothing runs on it and nothing waits on it for the new life yet.
+    void reopen() noexcept {
+        running_.store(nullptr, std::memory_order_relaxed);
+        shut_.store(0, std::memory_order_release);
+    }
     /// Any thread. seq_cst (a plain load on x86, as acquire would be): a post's check of it is
     /// the second half of send_scope's handshake with join() when membarrier is not available.
     bool shut() const noexcept { return shut_.load(std::memory_order_seq_cst) != 0; }

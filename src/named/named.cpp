@@ -21,6 +21,7 @@
 #include <mailroom/queue/futex.hpp>
 
 #include <mailroom/agent/runtime.hpp>
+#include <mailroom/session/context.hpp>
 #include <mailroom/named/name_table.hpp>
 
 #include <climits>
@@ -79,8 +80,8 @@ void task::promise_type::unhandled_exception() noexcept {
         return;
     }
     try {
-        const char* kind = internal::current_session() ? "session '" : "agent '";
-        env->log(kind + internal::current_context_name() + "': coroutine task threw: " + what);
+        internal::context_core* c = internal::current_context();
+        env->log((c ? c->describe() : std::string("a callback")) + ": coroutine task threw: " + what);
     } catch (...) {
     }
     internal::thread_counters::bump(env->counters().exceptions);
@@ -240,8 +241,8 @@ public:
     void (*cont)(void*) noexcept = nullptr;
     void* cont_arg = nullptr;
     bool has_continuation = false;
-    session_impl* then_session = nullptr;  // with a reference, until the callback is posted
-    const session_impl* then_home = nullptr;  // where then() runs its callback
+    context_ref then_ctx;                    // until the callback is posted
+    const context_core* then_home = nullptr;  // where then() runs its callback
     handler then_fn;
     bool cancelled = false;
     bool then_running = false;
@@ -258,18 +259,8 @@ public:
 namespace {
 
 template <class F>
-void session_post(session_impl* s, F&& f) {
-    using Fn = std::decay_t<F>;
-    using call_t = posted_call_of<Fn>;
-    void* block = pool_allocate(sizeof(call_t));
-    call_t* c;
-    try {
-        c = new (block) call_t(Fn(std::forward<F>(f)));
-    } catch (...) {
-        pool_free(block, sizeof(call_t));
-        throw;
-    }
-    post_call(s, c);  // dropped (and its destructor run) when the session is gone
+void post_on(const context_ref& c, F&& f) {
+    post_to(c.core, c.gen, make_posted_call(std::forward<F>(f)));  // dropped (its destructor run) when the context is gone
 }
 
 // A request's timeout. It holds the request (and so its reply and the environment) only until
@@ -323,30 +314,16 @@ struct resumer {
 };
 
 struct resume_ctx {
-    session_impl* s;  // a reference; or null, for an agent
-    agent_ref agent;  // the request holds the environment, so the agent's core stays valid
+    context_ref ctx;  // the session or agent whose callback awaited
     std::coroutine_handle<> h;
 };
 
 void post_resumer(resume_ctx* c) noexcept {
-    if (c->s) {
-        try {
-            session_post(c->s, resumer(c->h));
-        } catch (...) {
-            c->h.destroy();
-        }
-        session_release(c->s);
-        return;
-    }
-    using call_t = posted_call_of<resumer>;
-    void* block;
     try {
-        block = pool_allocate(sizeof(call_t));
+        post_on(c->ctx, resumer(c->h));
     } catch (...) {
         c->h.destroy();
-        return;
     }
-    post_to_agent(c->agent, new (block) call_t(resumer(c->h)));
 }
 
 }  // namespace
@@ -354,14 +331,14 @@ void post_resumer(resume_ctx* c) noexcept {
 bool request_core::finish(request_state final, envelope* body, std::string why, bool cancelling) noexcept {
     void (*c)(void*) noexcept = nullptr;
     void* carg = nullptr;
-    session_impl* ts = nullptr;
+    context_ref ts;
     handler tf;
     timer_entry* t = nullptr;
     bool won = false;
     {
         std::lock_guard g(lock);
         if (cancelling) cancelled = true;
-        ts = std::exchange(then_session, nullptr);
+        ts = std::exchange(then_ctx, {});
         tf = std::move(then_fn);
         if (get() < request_state::replied) {
             won = true;
@@ -398,11 +375,10 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
         if (won && tf && !cancelling) {
             add_ref();
             try {
-                session_post(ts, then_call(this, std::move(tf)));
+                post_on(ts, then_call(this, std::move(tf)));
             } catch (...) {
             }
         }
-        session_release(ts);
     }
     if (untracked) release();
     return won;
@@ -558,7 +534,7 @@ bool request_cancel(request_core* r) noexcept {
         // A then-callback running on another thread: wait until it returned (not on its own
         // session: there the caller is that callback, or runs instead of it).
         std::unique_lock g(r->lock);
-        if (current_session() != r->then_home) r->then_idle.wait(g, [&] { return !r->then_running; });
+        if (current_context() != r->then_home) r->then_idle.wait(g, [&] { return !r->then_running; });
     }
     r->release();
     return abandoned_now;
@@ -580,35 +556,37 @@ void request_continue(request_core* r, void (*fn)(void*) noexcept, void* arg) {
     fn(arg);
 }
 
-void request_then(request_core* r, session_impl* s, handler fn) {
+void request_then(request_core* r, const context_ref& s, handler fn) {
     {
         std::lock_guard g(r->lock);
         if (r->has_continuation)
             throw usage_error("request #" + std::to_string(r->id) +
                               ": it already has a continuation (then, future or co_await: one of them, once)");
         r->has_continuation = true;
-        r->then_home = s;
+        r->then_home = s.core;
         if (r->get() < request_state::replied) {
             if (r->cancelled) return;
-            session_add_ref(s);
-            r->then_session = s;
+            r->then_ctx = s;
             r->then_fn = std::move(fn);
             return;
         }
         if (r->cancelled) return;
     }
     r->add_ref();
-    session_post(s, then_call(r, std::move(fn)));
+    post_on(s, then_call(r, std::move(fn)));
 }
 
 void request_resume_here(request_core* r, std::coroutine_handle<> h) {
-    session_impl* s = current_session();
-    agent_ref a = s ? agent_ref{} : current_agent_ref();
-    if (!s && !a.core)
+    context_core* cur = current_context();
+    if (!cur)
         throw usage_error("request #" + std::to_string(r->id) +
                           ": co_await is for coroutines running in a session's callback or an agent's handler");
-    if (s) session_add_ref(s);
-    auto* c = new resume_ctx{s, a, h};
+    // The request holds its environment, and with it the arena of that environment's
+    // contexts: a context of the same environment needs no reference of its own (taking one
+    // would bounce the arena's count between the requester's and the replier's threads).
+    context_ref here{nullptr, cur, cur->gen.load(std::memory_order_relaxed), cur->kind == context_kind::agent};
+    if (cur->env != r->env.get()) here.arena = cur->arena->shared_from_this();
+    auto* c = new resume_ctx{std::move(here), h};
     try {
         request_continue(
             r,
@@ -619,7 +597,6 @@ void request_resume_here(request_core* r, std::coroutine_handle<> h) {
             },
             c);
     } catch (...) {
-        if (s) session_release(s);
         delete c;
         throw;
     }
@@ -727,10 +704,16 @@ void send_named(environment& env, std::string_view name, envelope* body, request
 
 // ---- registration ----
 
-named_handle register_named(session& s, std::string name, std::function<void(incoming&)> fn) {
+named_handle register_named(const context_ref& s, const std::string& owner, std::string name,
+                            std::function<void(incoming&)> fn) {
     check_name(name, true);
-    if (!s.impl()) throw session_destroyed_error("registering '" + name + "': the session handle is empty");
-    env_core& core = *session_env(s.impl());
+    if (!s) throw session_destroyed_error("registering '" + name + "': the session handle is empty");
+    const std::shared_ptr<env_core> keep = s.arena->env_alive();
+    env_core* live = keep ? context_env(s) : nullptr;
+    if (!live)
+        throw session_destroyed_error("registering '" + name + "': " + (s.agent ? "agent '" : "session '") + owner +
+                                      "' was destroyed");
+    env_core& core = *live;
     auto& reg = named_registry::of(core);
     {
         std::lock_guard g(reg.lock);
@@ -748,7 +731,7 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
     mbox address;
     event_object* o;
     try {
-        o = add_inbox(s.impl(), message_type_of<named_delivery>(),
+        o = add_inbox(s, owner, message_type_of<named_delivery>(),
                       handler([fn = std::move(fn)](envelope* e) mutable {
                           auto* d = new named_delivery(std::move(payload_of<named_delivery>(e)));
                           d->handled = true;
@@ -787,7 +770,8 @@ named_handle register_named(session& s, std::string name, std::function<void(inc
     // table's lock), so the name is ours to free.
     if (n->done.load(std::memory_order_acquire)) {
         if (reg.table.remove(name, entry)) reg.unregistered.fetch_add(1, std::memory_order_relaxed);
-        throw session_destroyed_error("registering '" + name + "': session '" + s.name() + "' was destroyed");
+        throw session_destroyed_error("registering '" + name + "': " + (s.agent ? "agent '" : "session '") + owner +
+                                      "' was destroyed");
     }
     return h;
 }

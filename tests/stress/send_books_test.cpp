@@ -4,7 +4,7 @@
 // senders are still racing the teardown. Senders use every path that counts: an agent's direct
 // mbox, a session inbox, and MPMC mboxes with agent and session subscribers.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 
 #include "../unit/agent/probe.hpp"
 
@@ -288,7 +288,7 @@ TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_poster
         auto pool = mailroom::thread_pool::make_dispatcher(*env, "pool", {.threads = 2});
         auto own = mailroom::active_obj::make_dispatcher(*env, "own");
         constexpr int agents = 3;
-        std::vector<mailroom::internal::agent_ref> refs(agents);
+        std::vector<mailroom::internal::context_ref> refs(agents);
         std::atomic<int> started{0};
         const mailroom::binder binders[agents] = {mailroom::binder{}, pool.bind(), own.bind()};
         for (int a = 0; a < agents; ++a) {
@@ -296,7 +296,7 @@ TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_poster
             opts.bind = binders[a];
             mailroom::test::add_probe(
                 *env, [](mailroom::test::probe&) {}, std::move(opts), [&refs, &started, a](mailroom::test::probe&) {
-                    refs[a] = mailroom::internal::current_agent_ref();
+                    refs[a] = mailroom::internal::current_context_ref();
                     started.fetch_add(1);
                 });
         }
@@ -313,7 +313,7 @@ TEST(books, calls_posted_to_agents_have_all_ended_when_join_returns_while_poster
                 for (long i = 0; !stop_posting.load(std::memory_order_relaxed); ++i) {
                     for (auto& r : refs) {
                         void* block = mailroom::internal::pool_allocate(sizeof(call_t));
-                        mailroom::internal::post_to_agent(r, new (block) call_t(agent_call_probe(&ran, &ended)));
+                        mailroom::internal::post_to(r.core, r.gen, new (block) call_t(agent_call_probe(&ran, &ended)));
                         ++posted[t];
                     }
                     if (i % 64 == 0) std::this_thread::yield();  // let the agents keep up

@@ -6,7 +6,7 @@
 // The objects are timers, inboxes and subscriptions to a few shared MPMC mboxes, which the
 // threads publish to while the subscriptions come and go.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 
 #include "../unit/agent/probe.hpp"
 

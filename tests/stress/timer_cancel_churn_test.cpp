@@ -5,7 +5,7 @@
 // none may be left (AddressSanitizer's leak check and the counter agree), and while it runs the
 // wheel may hold no more than the timers still live.
 
-#include <mailroom/agent/timer.hpp>
+#include <mailroom/mbox/timer.hpp>
 
 #include "../unit/agent/probe.hpp"
 

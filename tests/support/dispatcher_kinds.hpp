@@ -2,7 +2,7 @@
 // For the tests of the dispatcher kinds: where a session bound through a kind's handle runs,
 // which ways to bind a handle has (checked at compile time), and what a checked cast raises.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/dispatch/thread_pool.hpp>

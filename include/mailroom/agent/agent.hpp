@@ -1,8 +1,9 @@
 #pragma once
 /// Agents: user classes whose handlers run on a serial context, one message at a time.
 
-#include <mailroom/agent/mbox.hpp>
-#include <mailroom/agent/detail/handler.hpp>
+#include <mailroom/mbox/mbox.hpp>
+#include <mailroom/session/session.hpp>
+#include <mailroom/session/detail/handler.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
 
@@ -13,8 +14,14 @@
 namespace mailroom {
 
 namespace internal {
-class agent_core;
+class context_core;
+struct agent_access;
 }
+class agent;
+namespace internal {
+/// What an agent is as a serial context, for the layers above (named objects, then()).
+MAILROOM_EXPORT context_ref ref_of(const agent& a) noexcept;
+}  // namespace internal
 class coop_handle;
 
 /// Why a cooperation was deregistered.
@@ -93,11 +100,11 @@ protected:
     environment& env() const noexcept;
 
 private:
-    friend class internal::agent_core;
+    friend struct internal::agent_access;
     void add_subscription(const mbox& from, message_type type, internal::handler h);
     bool remove_subscription(const mbox& from, message_type type);
 
-    internal::agent_core* core_;
+    internal::context_core* core_;
 };
 
 // ---- template bodies ----

@@ -5,7 +5,8 @@
 /// replied, rejected or abandoned, and can be waited for, called back, turned into a future
 /// or co_awaited inside a session's callback. See docs/named-objects.md.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/agent/agent.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/core/message.hpp>
 #include <mailroom/env/environment.hpp>
@@ -100,7 +101,7 @@ MAILROOM_EXPORT bool request_cancel(request_core* r) noexcept;
 /// thread. One continuation per request (usage_error otherwise).
 MAILROOM_EXPORT void request_continue(request_core* r, void (*fn)(void*) noexcept, void* arg);
 /// A callback on `s` when the request is final, unless cancelled first (see outgoing::then).
-MAILROOM_EXPORT void request_then(request_core* r, session_impl* s, handler fn);
+MAILROOM_EXPORT void request_then(request_core* r, const context_ref& s, handler fn);
 /// Resumes `h` on the session or agent whose callback is running now (usage_error outside one).
 MAILROOM_EXPORT void request_resume_here(request_core* r, std::coroutine_handle<> h);
 /// Sends a request or one-way message; takes `body` over.
@@ -217,10 +218,12 @@ public:
     /// destroyed) when `s` is destroyed first, e.g. when the environment stops.
     template <class F>
     void then(session& s, F&& f) {
-        if (!s.impl()) throw session_destroyed_error("then: the session handle is empty");
-        internal::request_then(r_, s.impl(),
-                               internal::handler([self = *this, fn = std::decay_t<F>(std::forward<F>(f))](
-                                                     internal::envelope*) mutable { fn(std::as_const(self)); }));
+        then_on(internal::ref_of(s), std::forward<F>(f));
+    }
+    /// The same on an agent's context (from its handlers, or any thread).
+    template <class F>
+    void then(agent& a, F&& f) {
+        then_on(internal::ref_of(a), std::forward<F>(f));
     }
 
     /// A future that gets the reply, or request_failed_error.
@@ -276,6 +279,14 @@ public:
     }
 
 private:
+    template <class F>
+    void then_on(const internal::context_ref& c, F&& f) {
+        if (!c) throw session_destroyed_error("then: the session handle is empty");
+        internal::request_then(r_, c,
+                               internal::handler([self = *this, fn = std::decay_t<F>(std::forward<F>(f))](
+                                                     internal::envelope*) mutable { fn(std::as_const(self)); }));
+    }
+
     internal::request_core* r_ = nullptr;
 };
 
@@ -351,7 +362,9 @@ private:
 };
 
 namespace internal {
-MAILROOM_EXPORT named_handle register_named(session& s, std::string name, std::function<void(incoming&)> fn);
+/// `owner` names the session or agent in errors.
+MAILROOM_EXPORT named_handle register_named(const context_ref& s, const std::string& owner, std::string name,
+                                            std::function<void(incoming&)> fn);
 }
 
 /// Registers `name` (or `*`, the any-object) on session `s`: `f(incoming&)` runs on the
@@ -359,7 +372,16 @@ MAILROOM_EXPORT named_handle register_named(session& s, std::string name, std::f
 /// duplicate_name_error (naming it), session_destroyed_error, environment_stopped_error.
 template <class F>
 [[nodiscard]] named_handle register_named(session& s, std::string name, F&& f) {
-    return internal::register_named(s, std::move(name), std::function<void(incoming&)>(std::forward<F>(f)));
+    return internal::register_named(internal::ref_of(s), s.name(), std::move(name),
+                                    std::function<void(incoming&)>(std::forward<F>(f)));
+}
+
+/// The same on an agent: `f` runs on the agent's context, like its handlers. The name is freed
+/// when the handle is destroyed or when the agent is.
+template <class F>
+[[nodiscard]] named_handle register_named(agent& a, std::string name, F&& f) {
+    return internal::register_named(internal::ref_of(a), a.name(), std::move(name),
+                                    std::function<void(incoming&)>(std::forward<F>(f)));
 }
 
 }  // namespace mailroom

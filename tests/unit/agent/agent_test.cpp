@@ -480,7 +480,7 @@ TEST(agent, subscribing_to_a_session_inbox_address_raises_subscription_error_nam
     EXPECT_NE(error.find("bob"), std::string::npos) << error;
     EXPECT_NE(error.find(address.name()), std::string::npos) << error;
     // The reason, not the misleading "another agent's direct mbox".
-    EXPECT_NE(error.find("session's inbox"), std::string::npos) << error;
+    EXPECT_NE(error.find("the address of an inbox"), std::string::npos) << error;
     EXPECT_EQ(error.find("another agent"), std::string::npos) << error;
 }
 

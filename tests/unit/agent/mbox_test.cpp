@@ -1,4 +1,4 @@
-#include <mailroom/agent/mbox.hpp>
+#include <mailroom/mbox/mbox.hpp>
 
 #include <mailroom/mailroom.hpp>
 

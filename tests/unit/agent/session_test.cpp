@@ -1,4 +1,4 @@
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 
 #include "probe.hpp"
 

@@ -1,7 +1,7 @@
 // Session timers at their edges: what a destroyed timer still holds, a periodic timer slower
 // than its period, and delays that make no sense.
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 
 #include <mailroom/mailroom.hpp>
 

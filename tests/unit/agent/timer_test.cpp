@@ -1,4 +1,4 @@
-#include <mailroom/agent/timer.hpp>
+#include <mailroom/mbox/timer.hpp>
 
 #include <mailroom/mailroom.hpp>
 

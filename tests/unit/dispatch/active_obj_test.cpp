@@ -1,6 +1,6 @@
 #include <mailroom/dispatch/active_obj.hpp>
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/dispatch/thread_pool.hpp>
 #include <mailroom/env/environment.hpp>
 

@@ -1,6 +1,6 @@
 #include <mailroom/dispatch/one_thread.hpp>
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/dispatch/active_obj.hpp>
 #include <mailroom/env/environment.hpp>
 

@@ -1,6 +1,6 @@
 #include <mailroom/dispatch/thread_pool.hpp>
 
-#include <mailroom/agent/session.hpp>
+#include <mailroom/session/session.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/active_group.hpp>
 #include <mailroom/dispatch/one_thread.hpp>

@@ -5,6 +5,8 @@
 
 #include <test_support.hpp>
 
+#include "../agent/probe.hpp"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -230,7 +232,7 @@ TEST(named, then_runs_the_callback_on_the_requesters_session) {
     client.post([&] {
         auto r = request<int>(env, "calc", add{1, 2});
         r.then(client, [&](const outgoing<int>& done) {
-            got.set_value({done.reply(), mailroom::internal::current_session() == client.impl()});
+            got.set_value({done.reply(), mailroom::internal::current_context_ref().core == mailroom::internal::ref_of(client).core});
         });
     });
     auto f = got.get_future();
@@ -459,7 +461,8 @@ struct asker final : agent {
     }
     // Each step between two co_awaits runs on this agent's context, as a handler would.
     void step_begins() {
-        if (mailroom::internal::current_agent_ref().core == nullptr) off_context->fetch_add(1);
+        if (mailroom::internal::current_context_ref().core != mailroom::internal::ref_of(*this).core)
+            off_context->fetch_add(1);
         running = 1;
         for (int i = 0; i < 5; ++i) send<poke>(direct_mbox());
         std::this_thread::sleep_for(2ms);  // the pokes wait: the agent is busy with this step
@@ -780,4 +783,44 @@ TEST(named, an_exception_escaping_a_task_is_counted_and_logged) {
         << env.stats().handler_exceptions;
     EXPECT_TRUE(log.has("session 'client': coroutine task threw: task failed at once"));
     EXPECT_TRUE(log.has("session 'client': coroutine task threw: task failed with 3"));
+}
+
+// Named objects, then() and timers work on agents as on sessions: one serial-context machinery.
+TEST(named, a_named_object_registered_on_an_agent_answers_on_the_agents_context) {
+    environment env;
+    std::atomic<bool> on_agent{false};
+    named_handle h;
+    std::promise<void> registered;
+    mailroom::test::add_probe(env, [](mailroom::test::probe&) {}, {}, [&](mailroom::test::probe& p) {
+        h = register_named(p, "agent-calc", [&, &p = p](incoming& in) {
+            on_agent = internal::current_context_ref().core == internal::ref_of(p).core;
+            in.reply<int>(in.as<add>().a + in.as<add>().b);
+        });
+        registered.set_value();
+    });
+    ASSERT_EQ(registered.get_future().wait_for(10s), std::future_status::ready);
+    auto r = request<int>(env, "agent-calc", add{4, 5});
+    ASSERT_EQ(r.wait(), request_state::replied);
+    EXPECT_EQ(r.reply(), 9);
+    EXPECT_TRUE(on_agent.load());
+    h.destroy();
+    EXPECT_EQ(request<int>(env, "agent-calc", add{1, 1}).wait(), request_state::rejected);
+}
+
+TEST(named, then_runs_the_callback_on_the_requesting_agents_context) {
+    environment env;
+    session server(env);
+    auto calc = adder(server, "calc");
+    std::promise<std::pair<int, bool>> got;
+    mailroom::test::add_probe(env, [](mailroom::test::probe&) {}, {}, [&](mailroom::test::probe& p) {
+        auto r = request<int>(env, "calc", add{2, 40});
+        r.then(p, [&, &p = p](const outgoing<int>& done) {
+            got.set_value({done.reply(), internal::current_context_ref().core == internal::ref_of(p).core});
+        });
+    });
+    auto f = got.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    auto [v, on_agent] = f.get();
+    EXPECT_EQ(v, 42);
+    EXPECT_TRUE(on_agent);
 }

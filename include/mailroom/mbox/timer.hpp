@@ -1,7 +1,7 @@
 #pragma once
 /// Delayed and periodic messages.
 
-#include <mailroom/agent/mbox.hpp>
+#include <mailroom/mbox/mbox.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/export.hpp>
 

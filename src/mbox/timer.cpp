@@ -1,8 +1,8 @@
-#include <mailroom/agent/timer.hpp>
+#include <mailroom/mbox/timer.hpp>
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 
-#include <mailroom/agent/runtime.hpp>
+#include <mailroom/mbox/mbox_impl.hpp>
 
 #include <atomic>
 #include <string>

@@ -3,9 +3,9 @@
 /// that wants callbacks without writing an agent, and the timers and inboxes that call back
 /// into it, each with a shutdown() that guarantees no callback runs once it returns.
 
-#include <mailroom/agent/mbox.hpp>
+#include <mailroom/mbox/mbox.hpp>
 #include <mailroom/core/error.hpp>
-#include <mailroom/agent/detail/handler.hpp>
+#include <mailroom/session/detail/handler.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
@@ -18,10 +18,28 @@
 namespace mailroom {
 
 namespace internal {
-class session_impl;
+class context_core;
+class context_arena;
 class env_core;
 class event_object;
 struct posted_call;
+
+/// A serial context (a session or an agent) as a handle names it: its record, the life of it
+/// the handle refers to, and the arena that keeps the record's memory valid (not the
+/// environment: a handle may outlive it, and then finds its life over).
+struct context_ref {
+    std::shared_ptr<context_arena> arena;
+    context_core* core = nullptr;
+    std::uint32_t gen = 0;
+    bool agent = false;  // an agent's context (else a session's), for error messages
+    explicit operator bool() const noexcept { return core != nullptr; }
+};
+}  // namespace internal
+
+class session;
+namespace internal {
+/// What a session handle refers to, for the layers above (named objects, then()).
+const context_ref& ref_of(const session& s) noexcept;
 }  // namespace internal
 
 /// A session or event object was used after it was destroyed (or through an empty handle).
@@ -113,7 +131,7 @@ public:
     /// teardown shut the binder's dispatcher down while this constructor ran), binding_error
     /// when the binder's dispatcher was shut down by its owner (dispatcher::shutdown).
     explicit session(environment& env, session_options options = {});
-    session(session&& o) noexcept : impl_(std::exchange(o.impl_, nullptr)) {}
+    session(session&& o) noexcept : ref_(std::exchange(o.ref_, {})), name_(std::move(o.name_)) {}
     session& operator=(session&& o) noexcept;
     /// Destroys the session unless detach() was called.
     ~session();
@@ -162,13 +180,14 @@ public:
     /// Lets the session live on without this handle, until the environment stops.
     void detach() noexcept;
 
-    /// Internals, for tests and the layers above.
-    internal::session_impl* impl() const noexcept { return impl_; }
-
 private:
-    internal::session_impl* impl_ = nullptr;
+    friend const internal::context_ref& internal::ref_of(const session& s) noexcept;
+    internal::context_ref ref_;
+    std::string name_;  // kept by the handle: the record may carry another life's name later
 };
+
+inline const internal::context_ref& internal::ref_of(const session& s) noexcept { return s.ref_; }
 
 }  // namespace mailroom
 
-#include <mailroom/agent/detail/session_impl.hpp>
+#include <mailroom/session/detail/session_impl.hpp>

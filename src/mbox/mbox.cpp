@@ -1,0 +1,203 @@
+#include <mailroom/core/error.hpp>
+
+#include <mailroom/mbox/mbox_impl.hpp>
+
+#include <algorithm>
+
+namespace mailroom {
+namespace internal {
+
+namespace {
+std::atomic<std::uint64_t> next_mbox_id{1};
+}  // namespace
+
+std::uint64_t new_delivery_key() noexcept { return next_mbox_id.fetch_add(1, std::memory_order_relaxed); }
+
+mbox_impl::mbox_impl(std::shared_ptr<env_core> env, mbox_kind kind)
+    : env_(std::move(env)), id_(new_delivery_key()), kind_(kind) {}
+
+mbox_impl::~mbox_impl() = default;
+
+direct_mbox::direct_mbox(std::shared_ptr<env_core> env, sink_ref to, delivery_kind kind, std::string describe)
+    : mbox_impl(std::move(env), mbox_kind::direct), to_(std::move(to)), delivery_(kind),
+      describe_(std::move(describe)) {}
+
+std::string direct_mbox::name() const { return "direct mbox of " + describe_; }
+
+void direct_mbox::deliver(envelope* e, timer_entry* timer) {
+    envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
+    env_core& env = *env_;
+    thread_counters& counters = env.counters();
+    send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
+    if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
+    const accept_result r = to_.sink->accept(to_.gen, id_, e, timer, delivery_, counters);
+    if (r == accept_result::queued) [[likely]] {
+        ref.release();
+        return;
+    }
+    thread_counters::bump(counters.sent);  // every counted outcome was first counted sent
+    thread_counters::bump(r == accept_result::gone ? counters.lost : counters.ignored);
+}
+
+mpmc_mbox::mpmc_mbox(std::shared_ptr<env_core> env, std::string name)
+    : mbox_impl(std::move(env), mbox_kind::mpmc), name_(std::move(name)),
+      table_(std::make_shared<const table>()) {}
+
+std::string mpmc_mbox::name() const {
+    return name_.empty() ? "mbox #" + std::to_string(id_) : "mbox '" + name_ + "'";
+}
+
+void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
+    envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
+    std::uint32_t gone = 0;  // deliveries whose receiver left: their references are ours to drop
+    {
+        env_core& env = *env_;
+        thread_counters& counters = env.counters();
+        send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
+        if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
+        std::shared_ptr<const table> snap;
+        {
+            std::lock_guard g(lock_);
+            snap = table_;
+        }
+        const std::vector<sink_ref>* subs = nullptr;
+        for (auto& [type, list] : snap->by_type)
+            if (type == e->type()) subs = &list;
+        if (!subs || subs->empty()) return;  // nobody listens: not a loss
+        const auto n = static_cast<std::uint32_t>(subs->size());
+        // One atomic add for the whole fan-out instead of one per receiver.
+        if (n > 1) e->add_refs(n - 1);
+        ref.release();
+        // Each accepted delivery is counted sent before it is queued; one that finds its
+        // receiver gone (it left after this snapshot was taken) is counted sent, then ignored
+        // (the receiver left the topic: not a loss).
+        std::uint32_t i = 0;
+        try {
+            for (; i < n; ++i) {
+                const sink_ref& s = (*subs)[i];
+                if (s.sink->accept(s.gen, id_, e, timer, delivery_kind::fanout, counters) != accept_result::queued)
+                    [[unlikely]] ++gone;
+            }
+        } catch (...) {
+            // Out of memory: the deliveries not made were never sent (the caller gets the error).
+            gone += n - i;
+            thread_counters::bump(counters.sent, gone - (n - i));
+            thread_counters::bump(counters.ignored, gone - (n - i));
+            for (std::uint32_t j = 0; j < gone; ++j) e->release();
+            throw;
+        }
+        if (gone) {
+            thread_counters::bump(counters.sent, gone);
+            thread_counters::bump(counters.ignored, gone);
+        }
+    }
+    for (std::uint32_t j = 0; j < gone; ++j) e->release();
+}
+
+void mpmc_mbox::add_subscriber(sink_ref sub, message_type type) {
+    std::lock_guard g(lock_);
+    auto next = std::make_shared<table>(*table_);
+    auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
+    if (it == next->by_type.end()) {
+        next->by_type.emplace_back(type, std::vector<sink_ref>{});
+        it = next->by_type.end() - 1;
+    }
+    it->second.push_back(std::move(sub));
+    table_ = std::move(next);
+}
+
+void mpmc_mbox::remove_subscriber(const sink_ref& sub, message_type type) noexcept {
+    std::shared_ptr<const table> old;  // released outside the lock: it may drop the last reference
+    std::lock_guard g(lock_);
+    try {
+        auto next = std::make_shared<table>(*table_);
+        for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
+            if (!(it->first == type)) continue;
+            auto& v = it->second;
+            v.erase(std::remove_if(v.begin(), v.end(), [&](const sink_ref& x) { return x.same(sub); }), v.end());
+            if (v.empty()) next->by_type.erase(it);
+            break;
+        }
+        old = std::exchange(table_, std::move(next));
+    } catch (...) {
+        // Out of memory copying the table: the stale entry stays, and its deliveries are
+        // dropped at the receiver by the generation check (counted ignored).
+    }
+}
+
+// ---- named mboxes ----
+
+namespace {
+const char registry_key = 0;
+}  // namespace
+
+mbox_registry& mbox_registry::of(env_core& env) {
+    return env.extension<mbox_registry>(&registry_key, [&] { return std::make_unique<mbox_registry>(&env); });
+}
+
+void mbox_registry::wait_stopped() noexcept {
+    std::map<std::string, std::shared_ptr<mbox_impl>, std::less<>> named;
+    std::lock_guard g(lock_);
+    named.swap(named_);  // breaks the cycle mbox -> environment core -> registry -> mbox
+    closed_ = true;      // a name made after this would rebuild the cycle
+}
+
+mbox mbox_registry::make(std::string name, bool may_exist) {
+    env_->check_open("creating named mbox", name);
+    std::lock_guard g(lock_);
+    if (closed_)
+        throw environment_stopped_error("creating named mbox '" + name + "': environment '" + env_->name() +
+                                        "' is stopped");
+    auto it = named_.find(name);
+    if (it != named_.end()) {
+        if (may_exist) return mbox(it->second);
+        throw duplicate_name_error("named mbox '" + name + "' already exists in environment '" + env_->name() + "'");
+    }
+    auto m = std::make_shared<mpmc_mbox>(env_->shared_from_this(), name);
+    named_.emplace(std::move(name), m);
+    return mbox(std::move(m));
+}
+
+mbox mbox_registry::find(std::string_view name) {
+    std::lock_guard g(lock_);
+    auto it = named_.find(name);
+    return it == named_.end() ? mbox() : mbox(it->second);
+}
+
+void deliver(const mbox& to, envelope* e) {
+    if (!to) {
+        e->release();
+        throw usage_error("sending through an empty mbox handle");
+    }
+    to.impl()->deliver(e, nullptr);
+}
+
+}  // namespace internal
+
+mbox::mbox(std::shared_ptr<internal::mbox_impl> impl) noexcept : impl_(std::move(impl)) {}
+
+std::uint64_t mbox::id() const noexcept { return impl_ ? impl_->id() : 0; }
+
+mbox_kind mbox::kind() const noexcept { return impl_ ? impl_->kind() : mbox_kind::mpmc; }
+
+std::string mbox::name() const { return impl_ ? impl_->name() : std::string("<empty mbox>"); }
+
+mbox make_mpmc_mbox(environment& env) {
+    auto& core = *env.core();
+    core.check_open("creating", "mpmc mbox");
+    return mbox(std::make_shared<internal::mpmc_mbox>(env.core(), std::string()));
+}
+
+mbox make_named_mbox(environment& env, std::string name) {
+    return internal::mbox_registry::of(*env.core()).make(std::move(name), false);
+}
+
+mbox named_mbox(environment& env, std::string name) {
+    return internal::mbox_registry::of(*env.core()).make(std::move(name), true);
+}
+
+mbox find_named_mbox(environment& env, std::string_view name) {
+    return internal::mbox_registry::of(*env.core()).find(name);
+}
+
+}  // namespace mailroom

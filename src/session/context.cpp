@@ -1,0 +1,464 @@
+#include <mailroom/core/clock.hpp>
+#include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/heartbeat.hpp>
+#include <mailroom/session/context.hpp>
+#include <mailroom/session/event_object.hpp>
+
+#include <algorithm>
+
+namespace mailroom::internal {
+
+namespace {
+
+void execute_message(demand* base, demand_mode mode) noexcept;
+void execute_post(demand* base, demand_mode mode) noexcept;
+
+}  // namespace
+
+context_core*& current_context() noexcept {
+    MAILROOM_FAST_TLS thread_local context_core* c = nullptr;
+    return c;
+}
+
+// ---- messages ----
+
+message_demand* message_demand::make(context_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
+                                     timer_entry* timer, delivery_kind kind) {
+    auto* d = new (pool_allocate(sizeof(message_demand))) message_demand;
+    d->execute = &execute_message;
+    d->target = target;
+    d->gen = gen;
+    d->kind = kind;
+    d->mbox_id = mbox_id;
+    d->msg = msg;
+    d->timer = timer;
+    if (timer) timer->add_ref();
+    return d;
+}
+
+void message_demand::free() noexcept {
+    if (msg) msg->release();
+    if (timer) timer->release();
+    this->~message_demand();
+    pool_free(this, sizeof(message_demand));
+}
+
+accept_result context_core::accept(std::uint32_t g, std::uint64_t key, envelope* e, timer_entry* timer,
+                                   delivery_kind kind, thread_counters& c) {
+    // A cheap early answer for a receiver that is gone; the receiving side checks again.
+    if (gen.load(std::memory_order_acquire) != g) return accept_result::gone;
+    message_demand* d = message_demand::make(this, g, key, e, timer, kind);
+    thread_counters::bump(c.sent);
+    push(d);
+    return accept_result::queued;
+}
+
+// ---- the start gate ----
+
+bool context_core::push_unless_finished(demand* d) noexcept {
+    if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
+        queue.load(std::memory_order_acquire)->push(d);
+        return true;
+    }
+    std::uint8_t s;
+    {
+        spin_guard g(pending_lock);
+        s = start.load(std::memory_order_acquire);
+        if (s == start_closed) {
+            d->next.store(nullptr, std::memory_order_relaxed);
+            if (pending_tail)
+                pending_tail->next.store(d, std::memory_order_relaxed);
+            else
+                pending_head = d;
+            pending_tail = d;
+            return true;
+        }
+    }
+    if (s == start_finished) return false;
+    queue.load(std::memory_order_acquire)->push(d);  // opened while we waited; the waiting list went first
+    return true;
+}
+
+void context_core::push_slow(demand* d) noexcept {
+    if (!push_unless_finished(d)) d->execute(d, demand_mode::run);  // finds a newer generation: counted lost
+}
+
+void context_core::open(demand* first) noexcept {
+    spin_guard g(pending_lock);
+    event_queue* q = queue.load(std::memory_order_relaxed);
+    if (first) q->push(first);
+    for (demand* d = pending_head; d;) {
+        auto* next = static_cast<demand*>(d->next.load(std::memory_order_relaxed));
+        q->push(d);
+        d = next;
+    }
+    pending_head = pending_tail = nullptr;
+    start.store(start_open, std::memory_order_release);
+}
+
+void context_core::finish_life() noexcept {
+    gen.store(gen.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    demand* list = nullptr;
+    {
+        spin_guard g(pending_lock);
+        start.store(start_finished, std::memory_order_release);
+        list = std::exchange(pending_head, nullptr);
+        pending_tail = nullptr;
+    }
+    while (list) {
+        auto* next = static_cast<demand*>(list->next.load(std::memory_order_relaxed));
+        list->execute(list, demand_mode::run);  // the generation moved on before: counted lost
+        list = next;
+    }
+}
+
+bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept {
+    spin_guard g(pending_lock);
+    if (start.load(std::memory_order_relaxed) != start_open || id != wanted) return false;
+    try {
+        out = describe();
+        if (ops->where) out += ops->where(*this);
+    } catch (...) {
+        out = "context #" + std::to_string(wanted);  // short: no allocation
+    }
+    return true;
+}
+
+// ---- the table ----
+
+void context_core::add_entry(table_entry e) {
+    auto& list = dispatching ? added : table;
+    list.push_back(std::move(e));
+}
+
+table_entry context_core::take_entry(std::uint64_t mbox_id, message_type type) noexcept {
+    for (auto it = added.begin(); it != added.end(); ++it)
+        if (it->mbox_id == mbox_id && it->type == type) {
+            table_entry out = std::move(*it);
+            added.erase(it);
+            return out;
+        }
+    for (auto it = table.begin(); it != table.end(); ++it)
+        if (it->mbox_id == mbox_id && it->type == type) {
+            if (dispatching) {
+                // The running handler may be this one: it is destroyed after it returns.
+                table_entry out;
+                out.mbox_id = it->mbox_id;
+                out.type = it->type;
+                out.obj = it->obj;
+                out.source = std::move(it->source);
+                it->obj = nullptr;
+                it->mbox_id = 0;
+                has_removed = true;
+                return out;
+            }
+            table_entry out = std::move(*it);
+            table.erase(it);
+            return out;
+        }
+    return {};
+}
+
+void context_core::settle() noexcept {
+    if (has_removed) {
+        table.erase(std::remove_if(table.begin(), table.end(), [](const table_entry& e) { return e.mbox_id == 0; }),
+                    table.end());
+        has_removed = false;
+    }
+    for (auto& e : added) {
+        try {
+            table.push_back(std::move(e));
+        } catch (...) {
+            fatal("out of memory adding a subscription");
+        }
+    }
+    added.clear();
+}
+
+// ---- the arena ----
+
+context_arena::~context_arena() = default;
+
+context_core* context_arena::allocate() {
+    std::lock_guard g(lock_);
+    if (!free_) {
+        auto chunk = std::make_unique<context_core[]>(chunk_size_);
+        for (std::size_t i = 0; i < chunk_size_; ++i) {
+            chunk[i].arena = this;
+            chunk[i].env = env_;
+            chunk[i].start_demand.ctx = &chunk[i];
+            chunk[i].end_demand.ctx = &chunk[i];
+            chunk[i].free_next = free_;
+            free_ = &chunk[i];
+        }
+        chunks_.push_back(std::move(chunk));
+        chunk_size_ = std::min<std::size_t>(chunk_size_ * 2, 4096);
+    }
+    context_core* c = free_;
+    free_ = c->free_next;
+    c->free_next = nullptr;
+    return c;
+}
+
+void context_arena::recycle(context_core* c) noexcept {
+    // The generation already moved on; the rest is reset for the next life. The atomics read by
+    // stale senders stay as they are until the next owner resets them.
+    c->table.clear();
+    c->added.clear();
+    c->dispatching = false;
+    c->has_removed = false;
+    c->dead = false;
+    c->objects = nullptr;
+    c->binder.reset();
+    c->bound = {};
+    c->owner = nullptr;
+    c->group = nullptr;
+    c->policy = exception_policy::inherit;
+    c->direct = mbox();
+    {
+        spin_guard g(c->pending_lock);
+        c->name.clear();
+    }
+    std::lock_guard g(lock_);
+    c->free_next = free_;
+    free_ = c;
+}
+
+bool context_arena::describe(std::uint64_t id, std::string& out) noexcept {
+    std::lock_guard g(lock_);
+    // Chunk sizes double from 64 up to 4096, in the order they were made.
+    std::size_t size = 64;
+    for (auto& chunk : chunks_) {
+        for (std::size_t i = 0; i < size; ++i)
+            if (chunk[i].describe_if(id, out)) return true;
+        size = std::min<std::size_t>(size * 2, 4096);
+    }
+    return false;
+}
+
+// ---- running callbacks ----
+
+namespace {
+const char* policy_name(exception_policy p) noexcept {
+    switch (p) {
+        case exception_policy::abort: return "abort";
+        case exception_policy::deregister_coop: return "deregister_coop";
+        case exception_policy::log_and_continue: return "log_and_continue";
+        case exception_policy::inherit: break;
+    }
+    return "inherit";
+}
+
+// What happens after a callback threw: logged, counted and handled by the policy. Out of line
+// and cold, so that the path of a callback that returns normally builds no string.
+[[gnu::noinline, gnu::cold]] void on_failure(context_core& c, const char* what, message_type type,
+                                             const char* failure) noexcept {
+    env_core& env = *c.env;
+    thread_counters::bump(env.counters().exceptions);
+    const exception_policy p = c.ops->policy(c);
+    std::string text;
+    try {
+        text = c.describe() + ": " + what;
+        if (type.info()) text += " for " + readable_name(type);
+        text += std::string(" threw: ") + failure;
+        if (c.kind == context_kind::agent) text += std::string(" (policy: ") + policy_name(p) + ")";
+    } catch (...) {
+        text = "a callback threw (and formatting the report ran out of memory)";
+    }
+    env.log(text);
+    switch (p) {
+        case exception_policy::deregister_coop:
+            if (c.ops->deregister) c.ops->deregister(c);
+            break;
+        case exception_policy::log_and_continue: break;
+        default: fatal(text.c_str());
+    }
+}
+}  // namespace
+
+bool run_guarded(context_core& c, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+    context_core*& cur = current_context();
+    context_core* prev = cur;
+    env_core*& cur_env = current_env();
+    env_core* prev_env = cur_env;
+    cur = &c;
+    cur_env = c.env;
+    note_running(c.kind == context_kind::agent ? running_agent | c.id : running_session | c.id,
+                 type.info() ? type.info() : &typeid(posted_call_tag));
+    const char* failure = nullptr;
+    std::string text;  // only for an exception's what(), which must outlive the catch
+    try {
+        fn(arg);
+    } catch (const std::exception& ex) {
+        try {
+            text = ex.what();
+            failure = text.c_str();
+        } catch (...) {
+            failure = "an exception (its message could not be copied)";
+        }
+    } catch (...) {
+        failure = "an exception not derived from std::exception";
+    }
+    cur = prev;
+    cur_env = prev_env;
+    if (!failure) [[likely]]
+        return true;
+    on_failure(c, what, type, failure);
+    return false;
+}
+
+run_outcome run_callback(context_core& c, std::uint32_t g, const void* tag, const context_gate::flag& shut,
+                         const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+    // The context's own thread: its generation only changes here (or before its start).
+    if (c.gen.load(std::memory_order_acquire) != g) return run_outcome::gone;
+    // An agent's own callbacks (its handlers, hooks and posted calls) are never waited for
+    // from another thread: an agent ends on its own context. Only a callback of an event object
+    // (or any callback of a session, which destroy() waits for) passes the gate.
+    const bool gated = tag != &c || c.kind != context_kind::agent;
+    // The hot path: enter() is two plain stores and two loads (see context_gate).
+    if (gated && !c.gate.enter(tag, shut)) [[unlikely]]
+        return run_outcome::refused;
+    c.dispatching = true;
+    run_guarded(c, what, type, fn, arg);
+    c.dispatching = false;
+    if (gated) c.gate.leave();
+    if (c.has_removed || !c.added.empty()) c.settle();
+    return run_outcome::ran;
+}
+
+namespace {
+
+struct handler_call {
+    const handler* fn;
+    envelope* msg;
+};
+
+void execute_message(demand* base, demand_mode mode) noexcept {
+    auto* d = static_cast<message_demand*>(base);
+    context_core* c = d->target;
+    thread_counters& counters = c->env->counters();
+    if (mode == demand_mode::discard) {
+        thread_counters::bump(counters.discarded);
+        d->free();
+        return;
+    }
+    if (c->gen.load(std::memory_order_acquire) != d->gen) {
+        thread_counters::bump(d->kind == delivery_kind::fanout ? counters.ignored : counters.lost);
+        d->free();
+        return;
+    }
+    const table_entry* e = c->find(d->mbox_id, d->msg->type());
+    if (!e) {
+        // An inbox that is gone loses what is sent to it; an agent's direct mbox or a topic
+        // with no handler for the type ignores it.
+        thread_counters::bump(d->kind == delivery_kind::inbox ? counters.lost : counters.ignored);
+        d->free();
+        return;
+    }
+    if (d->timer && !d->timer->begin_delivery()) {  // a send_delayed, cancelled
+        thread_counters::bump(counters.cancelled);
+        d->free();
+        return;
+    }
+    event_object* o = e->obj;
+    handler_call call{o ? &o->fn : &e->fn, d->msg};
+    const run_outcome r = run_callback(
+        *c, d->gen, o ? static_cast<const void*>(o) : c, o ? o->shut : c->own_shut, o ? o->kind_name() : "handler",
+        d->msg->type(),
+        [](void* p) {
+            auto* h = static_cast<handler_call*>(p);
+            const_cast<handler&>(*h->fn)(h->msg);
+        },
+        &call);
+    if (r == run_outcome::ran) {
+        thread_counters::bump(counters.delivered);
+        if (o) thread_counters::bump(counters.callbacks_run);
+    } else {
+        if (o) thread_counters::bump(counters.callbacks_refused);
+        thread_counters::bump(d->kind == delivery_kind::fanout ? counters.ignored : counters.lost);
+    }
+    if (d->timer) d->timer->end_delivery();
+    d->free();
+}
+
+void execute_post(demand* base, demand_mode mode) noexcept {
+    auto* p = static_cast<posted_call*>(base);
+    context_core* c = p->target;
+    thread_counters& counters = c->env->counters();
+    if (mode == demand_mode::discard) {
+        thread_counters::bump(counters.callbacks_discarded);
+    } else {
+        const run_outcome r = run_callback(
+            *c, p->gen, c, c->own_shut, "posted call", message_type{},
+            [](void* arg) {
+                auto* p = static_cast<posted_call*>(arg);
+                p->call(p);
+            },
+            p);
+        thread_counters::bump(r == run_outcome::ran ? counters.callbacks_run : counters.callbacks_refused);
+    }
+    p->drop(p);
+}
+
+void (*post_hook)(void*) = nullptr;
+void* post_hook_arg = nullptr;
+
+}  // namespace
+
+void set_post_call_hook(void (*hook)(void*), void* arg) noexcept {
+    post_hook = hook;
+    post_hook_arg = arg;
+}
+
+bool post_to(context_core* c, std::uint32_t g, posted_call* p) noexcept {
+    {
+        // The context's environment is reached through its record, which names it only while
+        // the life `g` lasts. The entry scope covers the step from finding that life open to
+        // opening the send scope; join() waits for it after it closed every context
+        // (env_core.hpp), so the environment outlives the step.
+        entry_scope entering;
+        if (c->gen.load(std::memory_order_acquire) == g && !c->gate.shut()) [[likely]] {
+            if (post_hook) [[unlikely]]
+                post_hook(post_hook_arg);
+            // From before the check until the call is queued, as a send's: join() closes every
+            // context, then waits for this, so a call that passed the check is queued before
+            // the dispatchers stop and is run, refused or discarded (and counted) before join()
+            // builds its report. Both scopes end before drop(): what the callable captured is
+            // user code, which may wait for the environment.
+            send_scope posting(c->env->counters());
+            if (c->gen.load(std::memory_order_acquire) == g && !c->gate.shut()) [[likely]] {
+                p->target = c;
+                p->gen = g;
+                p->execute = &execute_post;
+                if (c->push_unless_finished(p)) return true;
+            }
+        }
+    }
+    p->drop(p);
+    return false;
+}
+
+// ---- binding ----
+
+void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::string& what) {
+    const dispatcher_impl& d = b.target();
+    throw binding_error(what + " of environment '" + env.name() + "': dispatcher '" + d.name() + "' belongs to " +
+                        (d.owner() ? "environment '" + d.owner_name() + "'" : std::string("no environment")) +
+                        ", not to this one (a context runs only on its own environment's dispatchers)");
+}
+
+binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
+                        std::string_view object) {
+    try {
+        return b.prepare(key);
+    } catch (const binding_error&) {
+        // The teardown sets `stopping` before it shuts the dispatchers down (release/acquire on
+        // both flags), so a dispatcher it shut down is always seen with `stopping` set.
+        if (!env.stopping() || b.target().accepting()) throw;
+        throw environment_stopped_error(std::string(what) + " '" + std::string(object) + "': environment '" +
+                                        env.name() + "' is stopping (its teardown shut dispatcher '" +
+                                        b.target().name() + "' down)");
+    }
+}
+
+}  // namespace mailroom::internal

@@ -1,0 +1,270 @@
+#pragma once
+// The serial context: the one machinery under sessions and agents (an agent is a session with
+// subscriptions by (mbox, type), lifecycle hooks and, later, states).
+//
+// - Addressing without a reference count per message. A context_core lives in its
+//   environment's arena: type-stable (recycled, never freed before the arena) and with a
+//   generation per life. Demands, direct mboxes and MPMC tables name it as (core, generation);
+//   a demand of an older life counts itself lost (or ignored, refused). The arena outlives the
+//   environment while a handle refers to it, so a handle (core, generation) kept past the
+//   environment reads valid memory and finds its generation gone.
+// - One demand family with one execute path for messages, posted calls and timer fires, plus
+//   the control demands (start, finish, retire) whose bodies the owner layer provides.
+// - One gate (context_gate: a shutdown waits for a running callback) and, for agents, a start
+//   gate that holds demands until registration commits.
+// - One guarded runner with the exception policy; one current-context thread-local; one post
+//   path (entry_scope, the check, send_scope, push).
+// - One table of entries (mbox id, type) -> handler, looked up at the receiver: an agent's
+//   subscriptions (a handler of its own) and a session's inboxes and topic subscriptions (an
+//   event object's handler, behind the object's shut flag) alike.
+//
+// Threads: the table, `dispatching` and the start/finish bodies belong to the context (its
+// worker, or the registering thread before start). The gate words, the generation and the
+// queue pointer are atomics read by any thread. The object list is under `lock`.
+
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/event_object.hpp>
+#include <mailroom/env/env_core.hpp>
+#include <mailroom/mbox/mbox_impl.hpp>
+#include <mailroom/mbox/mbox.hpp>
+#include <mailroom/queue/futex.hpp>
+#include <mailroom/session/detail/handler.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace mailroom::internal {
+
+class context_core;
+class context_arena;
+class event_object;
+
+/// A tiny lock for a context's pre-start list and name: taken only before a context starts (and
+/// by senders that raced with its start), by a rename and by the teardown watch, never on the
+/// running path.
+struct spin_guard {
+    explicit spin_guard(std::atomic<bool>& f) noexcept : flag(f) {
+        while (flag.exchange(true, std::memory_order_acquire))
+            while (flag.load(std::memory_order_relaxed)) cpu_relax();
+    }
+    ~spin_guard() { flag.store(false, std::memory_order_release); }
+    spin_guard(const spin_guard&) = delete;
+    spin_guard& operator=(const spin_guard&) = delete;
+    std::atomic<bool>& flag;
+};
+
+/// Which layer owns a context; what a report calls it.
+enum class context_kind : std::uint8_t { session, agent };
+
+/// What the owner layer adds to its contexts. One static table per kind.
+struct context_ops {
+    /// The context's name for logs and reports, without its kind ("x", "feed#12"). Any thread
+    /// that holds the record's pending_lock, or the context's own.
+    std::string (*name)(const context_core&);
+    /// The policy applied when a callback throws: sessions log and carry on; agents ask their
+    /// agent, cooperation and environment.
+    exception_policy (*policy)(const context_core&) noexcept;
+    /// After a callback threw and the policy is deregister_coop (agents only; may be null).
+    void (*deregister)(context_core&) noexcept;
+    /// What a teardown report adds after the name (" of cooperation 'c'"); may be null. Under
+    /// the record's pending_lock, while the context runs.
+    std::string (*where)(const context_core&);
+};
+
+/// One entry of a context's table.
+struct table_entry {
+    std::uint64_t mbox_id = 0;  // 0: removed while a handler ran (swept after it returns)
+    message_type type{};
+    handler fn;                             // an agent's own handler (empty when `obj` is set)
+    event_object* obj = nullptr;            // a session's inbox or subscription (holds a reference)
+    std::shared_ptr<mbox_impl> source;      // MPMC only: to leave its subscriber table
+};
+
+/// A message on its way to a context.
+struct message_demand final : demand {
+    context_core* target;
+    std::uint32_t gen;
+    delivery_kind kind;  // how it counts when it finds no handler or no receiver
+    std::uint64_t mbox_id;
+    envelope* msg;
+    timer_entry* timer;  // holds a reference when set
+
+    static message_demand* make(context_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
+                                timer_entry* timer, delivery_kind kind);
+    void free() noexcept;
+};
+
+/// The end of a context's life, queued on it by its owner layer (embedded in the record).
+struct context_retire final : demand {
+    context_core* ctx = nullptr;
+};
+
+/// What became of a callback that run_callback() was asked to run.
+enum class run_outcome : std::uint8_t { ran, refused, gone };
+
+class context_core final : public message_sink {
+public:
+    static constexpr std::uint8_t start_closed = 0;    // before start: demands wait in `pending`
+    static constexpr std::uint8_t start_open = 1;      // running: demands go straight to the queue
+    static constexpr std::uint8_t start_finished = 2;  // gone: demands are counted lost
+
+    // message_sink: a direct send or a publication.
+    accept_result accept(std::uint32_t gen, std::uint64_t key, envelope* e, timer_entry* timer, delivery_kind kind,
+                         thread_counters& c) override;
+
+    /// Any thread. Queues `d` (or holds it until start, or drops it when finished).
+    void push(demand* d) noexcept {
+        if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
+            queue.load(std::memory_order_acquire)->push(d);
+            return;
+        }
+        push_slow(d);
+    }
+    void push_slow(demand* d) noexcept;
+    /// Like push(), but leaves `d` to the caller (returns false) when the context finished.
+    bool push_unless_finished(demand* d) noexcept;
+    /// Registration commit: `first` (the start demand) goes first, then what waited, then the
+    /// start gate opens. Sessions open at creation with no first demand.
+    void open(demand* first) noexcept;
+    /// The end of a life: the generation moves on, what waited before start is dropped
+    /// (counted lost), the start gate is finished for good.
+    void finish_life() noexcept;
+
+    /// The table (the context's own thread, or the registering thread before start).
+    const table_entry* find(std::uint64_t mbox_id, message_type type) const noexcept {
+        for (const auto& e : table)
+            if (e.mbox_id == mbox_id && e.type == type) return &e;
+        return nullptr;
+    }
+    /// Adds an entry; while a handler runs, the table must not move (the running handler lives
+    /// in it), so the entry waits in `added` until settle().
+    void add_entry(table_entry e);
+    /// Takes the entry out and returns it (mbox_id 0 when there was none): the caller leaves
+    /// its topic and releases its object. While a handler runs, the slot is only marked
+    /// (mbox_id 0) and swept by settle(), and the returned entry carries no handler (the
+    /// running one may be it: it is destroyed with the slot).
+    table_entry take_entry(std::uint64_t mbox_id, message_type type) noexcept;
+    /// After a handler returns: applies what it added and removed.
+    void settle() noexcept;
+
+    /// "agent 'x'" or "session 'y'".
+    std::string describe() const {
+        return std::string(kind == context_kind::agent ? "agent '" : "session '") + ops->name(*this) + "'";
+    }
+    /// The teardown watch's view: fills `out` when this record is a started context with this
+    /// id. Reads only what its own thread cannot free meanwhile (under pending_lock, under which
+    /// it starts, finishes and is renamed). Any thread.
+    bool describe_if(std::uint64_t wanted, std::string& out) noexcept;
+
+    // Read by any thread (stale senders included).
+    std::atomic<std::uint32_t> gen{1};
+    std::atomic<std::uint8_t> start{start_closed};
+    std::atomic<bool> pending_lock{false};
+    std::atomic<event_queue*> queue{nullptr};
+    context_gate gate;
+    context_gate::flag own_shut{0};  // posted calls and an agent's handlers: never set (the gate's own flag shuts all)
+
+    // Set at creation, constant for the life.
+    const context_ops* ops = nullptr;
+    context_arena* arena = nullptr;
+    env_core* env = nullptr;
+    std::uint64_t id = 0;
+    context_kind kind = context_kind::session;
+
+    // Guarded by pending_lock.
+    demand* pending_head = nullptr;
+    demand* pending_tail = nullptr;
+
+    // The context's own thread.
+    std::vector<table_entry> table;
+    std::vector<table_entry> added;
+    bool dispatching = false;
+    bool has_removed = false;
+
+    // Guarded by `lock`: the event objects (timers, inboxes, subscriptions, named objects).
+    std::mutex lock;
+    bool dead = false;
+    event_object* objects = nullptr;
+    event_object* retiring = nullptr;  // the list a closing context hands to its retire
+
+    std::shared_ptr<binder_impl> binder;
+    binding bound{};
+    std::string name;  // set before the context is shared, or under pending_lock (describe_if)
+    context_core* free_next = nullptr;
+
+    // Guarded by the owner layer's registry lock (sessions: session_runtime::lock).
+    bool registered = false;
+    context_core* reg_prev = nullptr;
+    context_core* reg_next = nullptr;
+
+    // The owner layer's, for the life (an agent's: its object, its cooperation, its policy and
+    // direct mbox). Embedded so that creating an agent allocates no record of its own.
+    void* owner = nullptr;
+    void* group = nullptr;
+    exception_policy policy = exception_policy::inherit;
+    mbox direct;
+    context_retire start_demand;  // an agent's on_start, queued first when its start gate opens
+    context_retire end_demand;    // the end of the life (a session's retire, an agent's finish)
+};
+
+/// The contexts of one environment: type-stable records in chunks, recycled. Held by the
+/// environment's session-layer extension and by every session and event handle, so that a
+/// handle kept past the environment reads valid memory.
+class context_arena : public std::enable_shared_from_this<context_arena> {
+public:
+    explicit context_arena(env_core* env) : env_(env), env_weak_(env->weak_from_this()) {}
+    ~context_arena();
+    context_arena(const context_arena&) = delete;
+    context_arena& operator=(const context_arena&) = delete;
+
+    /// A record for a new life (generation already moved on from the last one). Any thread.
+    context_core* allocate();
+    /// Back to the free list once nothing of its life runs (its generation moved on before).
+    void recycle(context_core* c) noexcept;
+
+    std::uint64_t next_id() noexcept { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+    /// The environment, if it still exists (held for the caller). Any thread.
+    std::shared_ptr<env_core> env_alive() const noexcept { return env_weak_.lock(); }
+    /// The teardown watch: names the started context with this id. Any thread.
+    bool describe(std::uint64_t id, std::string& out) noexcept;
+
+private:
+    env_core* env_;
+    std::weak_ptr<env_core> env_weak_;
+    std::atomic<std::uint64_t> next_id_{1};
+    std::mutex lock_;
+    std::vector<std::unique_ptr<context_core[]>> chunks_;
+    context_core* free_ = nullptr;
+    std::size_t chunk_size_ = 64;
+};
+
+/// The context whose callback this thread is running (or whose configure() it runs), or null.
+context_core*& current_context() noexcept;
+
+/// Runs `fn(arg)` as a callback of `c` under its exception policy, with current_context() and
+/// current_env() set; returns false if it threw (logged, counted, the policy applied).
+bool run_guarded(context_core& c, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;
+
+/// Runs one callback of the life `gen` of `c` on its own thread: refused when that life is over
+/// (gone) or `shut` (or the context) is shut; otherwise passes the gate tagged `tag` around
+/// run_guarded() and settles the table after it. The one execute path of every demand.
+run_outcome run_callback(context_core& c, std::uint32_t gen, const void* tag, const context_gate::flag& shut,
+                         const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;
+
+/// True when `b` binds to a dispatcher of `env`. A context bound to another environment's
+/// dispatcher would run on threads its own environment's teardown neither waits for nor joins.
+inline bool binds_in(const binder_impl& b, const env_core& env) noexcept { return b.target().owner() == &env; }
+/// Raises binding_error naming both environments; `what` names the cooperation, agent or session.
+[[noreturn]] void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::string& what);
+/// Binds one context through `b` (binder_impl::prepare). A caller checks that the environment
+/// is not stopping before it binds, but the teardown may shut the dispatcher down in between:
+/// that refusal raises environment_stopped_error naming `what`, `object` and the environment,
+/// not the dispatcher's binding_error. A dispatcher the user shut down still raises binding_error.
+binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
+                        std::string_view object);
+
+}  // namespace mailroom::internal

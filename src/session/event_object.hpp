@@ -1,0 +1,95 @@
+#pragma once
+// Event objects: what calls back into a serial context (a timer, an inbox, a subscription, a
+// named object), each with the one handle model (event_handle: shutdown, destroy, detach).
+
+#include <mailroom/session/context.hpp>
+#include <mailroom/session/session.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace mailroom::internal {
+
+class event_object;
+
+/// Destroys an object's callback on its context (queued by destroy, or by the context's retire).
+struct object_retire final : demand {
+    event_object* obj = nullptr;
+};
+
+class event_object {
+public:
+    enum class kind : std::uint8_t { timer, inbox, subscription };
+
+    event_object(context_ref owner, kind k, handler f) noexcept;
+
+    virtual void add_ref() noexcept = 0;
+    virtual void release() noexcept = 0;
+    /// Stops the source (the timer wheel, the topic, a name) from producing more deliveries.
+    /// Any thread; idempotent.
+    virtual void stop_source() noexcept {}
+
+    const char* kind_name() const noexcept {
+        return what == kind::timer ? "timer callback" : what == kind::inbox ? "inbox callback" : "subscription callback";
+    }
+    std::string display_name() const;
+
+    context_ref owner;  // the context and the life it belongs to (holds the arena)
+    handler fn;         // destroyed at retire, on the context
+    context_gate::flag shut{0};
+    std::uint64_t id;
+    kind what;
+    message_type type{};       // an inbox's or a subscription's message type
+    std::uint64_t mbox_id = 0;  // the mbox whose deliveries it handles (its table entry's key)
+
+    // Guarded by owner.core->lock.
+    bool listed = false;
+    event_object* prev = nullptr;
+    event_object* next = nullptr;
+
+    object_retire retire;
+
+protected:
+    virtual ~event_object();
+};
+
+/// The session layer's part of an environment: the arena of its contexts (agents' too), the
+/// sessions still alive, and their counters. The teardown destroys the sessions left after the
+/// cooperations are gone and waits until each has retired on its own context.
+class session_runtime final : public env_extension {
+public:
+    explicit session_runtime(env_core* env);
+    ~session_runtime() override;
+
+    static session_runtime& of(env_core& env);
+
+    // After the cooperations (agent layer, phase 100), before the registries of what contexts
+    // own (named objects, named mboxes).
+    static constexpr int phase = 110;
+    int teardown_phase() const noexcept override { return phase; }
+    void begin_stop() noexcept override {}
+    void wait_stopped() noexcept override;
+    void add_stats(environment_stats& s) const noexcept override;
+    std::string describe(running_kind kind, std::uint64_t id) const override;
+
+    env_core* env;
+    const std::shared_ptr<context_arena> arena;
+
+    mutable std::mutex lock;
+    context_core* sessions = nullptr;  // guarded by lock: listed from creation until retired
+    std::size_t live = 0;              // created and not yet retired; guarded by lock
+    bool closed = false;               // guarded by lock
+    std::condition_variable idle;
+    std::atomic<std::uint64_t> sessions_created{0}, sessions_destroyed{0}, objects_created{0},
+        objects_destroyed{0};
+};
+
+/// Shuts the object down (the guarantee-2 wait unless on its own context); true if this call did.
+bool shutdown_object(event_object* o) noexcept;
+/// Shuts it down and queues its retire on its context (once).
+void destroy_object(event_object* o) noexcept;
+
+}  // namespace mailroom::internal

@@ -1,0 +1,713 @@
+#include <mailroom/core/clock.hpp>
+#include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/heartbeat.hpp>
+#include <mailroom/session/event_object.hpp>
+
+#include <vector>
+
+namespace mailroom {
+namespace internal {
+
+namespace {
+std::atomic<std::uint64_t> next_object_id{1};
+const char runtime_key = 0;
+}  // namespace
+
+// ---- event objects ----
+
+event_object::event_object(context_ref o, kind k, handler f) noexcept
+    : owner(std::move(o)), fn(std::move(f)), id(next_object_id.fetch_add(1, std::memory_order_relaxed)), what(k) {
+    retire.obj = this;
+}
+
+event_object::~event_object() = default;
+
+std::string event_object::display_name() const {
+    std::string n = what == kind::timer ? "timer" : what == kind::inbox ? "inbox" : "subscription";
+    n += " #" + std::to_string(id) + " of ";
+    // The owner's name is constant for its life; once the life is over the record may be
+    // renamed for another, so only the id is given then.
+    if (owner.core->gen.load(std::memory_order_acquire) == owner.gen)
+        n += owner.core->describe();
+    else
+        n += "a destroyed context";
+    return n;
+}
+
+// ---- the session layer's extension ----
+
+namespace {
+
+std::string session_name(const context_core& c) { return c.name; }
+exception_policy session_policy(const context_core&) noexcept { return exception_policy::log_and_continue; }
+// Sessions have no exception policy of their own: a callback that throws is logged and
+// counted, and the session carries on.
+const context_ops session_ops{&session_name, &session_policy, nullptr, nullptr};
+
+}  // namespace
+
+session_runtime::session_runtime(env_core* e) : env(e), arena(std::make_shared<context_arena>(e)) {}
+
+session_runtime::~session_runtime() = default;
+
+session_runtime& session_runtime::of(env_core& env) {
+    return env.extension<session_runtime>(&runtime_key, [&] { return std::make_unique<session_runtime>(&env); });
+}
+
+void session_runtime::add_stats(environment_stats& s) const noexcept {
+    s.sessions_created += sessions_created.load(std::memory_order_relaxed);
+    s.sessions_destroyed += sessions_destroyed.load(std::memory_order_relaxed);
+    s.event_objects_created += objects_created.load(std::memory_order_relaxed);
+    s.event_objects_destroyed += objects_destroyed.load(std::memory_order_relaxed);
+}
+
+std::string session_runtime::describe(running_kind, std::uint64_t id) const {
+    std::string out;
+    return arena->describe(id, out) ? out : std::string();
+}
+
+// ---- running a timer's fire ----
+
+namespace {
+
+struct session_scope {
+    explicit session_scope(context_core* c) noexcept : prev(current_context()), prev_env(current_env()) {
+        current_context() = c;
+        current_env() = c->env;
+    }
+    ~session_scope() {
+        current_context() = prev;
+        current_env() = prev_env;
+    }
+    context_core* prev;
+    env_core* prev_env;
+};
+
+class timer_object;
+void timer_fire_done(timer_object* t) noexcept;
+
+/// A session timer's fire on its way to the context. Holds a reference to the timer.
+struct fire_demand final : demand {
+    timer_object* timer;
+    static void execute_fn(demand* base, demand_mode mode) noexcept;
+};
+
+class timer_object final : public timer_entry, public event_object {
+public:
+    timer_object(context_ref s, handler f) noexcept : event_object(std::move(s), kind::timer, std::move(f)) {}
+
+    void add_ref() noexcept override { timer_entry::add_ref(); }
+    void release() noexcept override { timer_entry::release(); }
+    // cancel() unlinks the entry from the wheel (it leaves at the timer thread's next wake, not
+    // at its deadline) and does not wait here: this timer's deliveries never count themselves
+    // in timer_entry's state.
+    void stop_source() noexcept override { timer_entry::cancel(); }
+
+    /// On the context, once a fire has run, been refused or discarded: the next period may
+    /// queue one again.
+    void fire_done() noexcept { fire_queued_.store(false, std::memory_order_release); }
+
+private:
+    ~timer_object() override = default;
+
+    // On the timer thread. A timer slower than its period never has more than one fire queued
+    // or running: a period that comes up meanwhile is skipped (and counted by the service).
+    // Only this thread sets the flag, and only while it is clear, so a load and a store do.
+    fire_result fire() noexcept override {
+        if (shut.load(std::memory_order_relaxed)) return fire_result::none;  // an early answer; the gate decides
+        if (fire_queued_.load(std::memory_order_acquire)) return fire_result::skipped;
+        fire_demand* d;
+        try {
+            d = new (pool_allocate(sizeof(fire_demand))) fire_demand;
+        } catch (...) {
+            return fire_result::skipped;  // out of memory: this tick is skipped
+        }
+        d->execute = &fire_demand::execute_fn;
+        d->timer = this;
+        add_ref();
+        fire_queued_.store(true, std::memory_order_relaxed);  // published by the push
+        owner.core->push(d);
+        return fire_result::queued;
+    }
+
+    void destroy() noexcept override { delete this; }
+
+    std::atomic<bool> fire_queued_{false};
+};
+
+void timer_fire_done(timer_object* t) noexcept { t->fire_done(); }
+
+void fire_demand::execute_fn(demand* base, demand_mode mode) noexcept {
+    auto* d = static_cast<fire_demand*>(base);
+    timer_object* t = d->timer;
+    d->~fire_demand();
+    pool_free(d, sizeof(fire_demand));
+    context_core& c = *t->owner.core;
+    thread_counters& counters = c.env->counters();
+    if (mode == demand_mode::discard) {
+        thread_counters::bump(counters.callbacks_discarded);
+    } else {
+        const run_outcome r = run_callback(
+            c, t->owner.gen, static_cast<event_object*>(t), t->shut, "timer callback", message_type_of<timer_callback_tag>(),
+            [](void* p) { static_cast<timer_object*>(p)->fn(nullptr); }, t);
+        thread_counters::bump(r == run_outcome::ran ? counters.callbacks_run : counters.callbacks_refused);
+    }
+    timer_fire_done(t);
+    t->release();
+}
+
+// ---- inboxes and subscriptions ----
+
+// What keeps an object alive for an mbox that delivers to it (its inbox address, or a topic's
+// subscriber table): a reference, dropped with the last copy.
+std::shared_ptr<void> keep_alive(event_object* o) {
+    o->add_ref();
+    try {
+        return std::shared_ptr<void>(static_cast<void*>(o), [](void* p) { static_cast<event_object*>(p)->release(); });
+    } catch (...) {
+        o->release();
+        throw;
+    }
+}
+
+// An inbox: its address is a direct mbox that delivers to the inbox itself, which hands what it
+// takes to its context under its own key.
+class inbox_object final : public event_object, public message_sink {
+public:
+    inbox_object(context_ref s, message_type t, handler f, std::shared_ptr<inbox_stop_hook> on_stop) noexcept
+        : event_object(std::move(s), kind::inbox, std::move(f)), on_stop_(std::move(on_stop)) {
+        type = t;
+    }
+
+    // The sender's thread: a cheap early answer for an inbox that is gone or a message of
+    // another type; the context checks again.
+    accept_result accept(std::uint32_t, std::uint64_t, envelope* e, timer_entry* timer, delivery_kind kind,
+                         thread_counters& c) override {
+        if (!(e->type() == type)) return accept_result::unwanted;
+        if (shut.load(std::memory_order_acquire) | owner.core->gate.shut()) return accept_result::gone;
+        return owner.core->accept(owner.gen, mbox_id, e, timer, kind, c);
+    }
+    void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept override {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+    // Whoever shuts the inbox (its handle, or its context's end) stops what goes with it
+    // before returning: a named object's name is free once either returns.
+    void stop_source() noexcept override {
+        if (on_stop_) on_stop_->stop();
+    }
+
+private:
+    ~inbox_object() override = default;
+    std::atomic<std::uint32_t> refs_{1};  // the list's
+    const std::shared_ptr<inbox_stop_hook> on_stop_;  // set before the inbox is shared: read-only
+};
+
+// A context's subscription to an MPMC mbox: the mbox lists the context (a sink), the context's
+// table maps (mbox, type) to this object. It holds the mbox until it is shut down:
+// stop_source() leaves the topic and drops the mbox (which keeps nothing of the environment
+// alive past the context's end).
+class subscription_object final : public event_object, public message_sink {
+public:
+    subscription_object(context_ref s, message_type t, handler f) noexcept
+        : event_object(std::move(s), kind::subscription, std::move(f)) {
+        type = t;
+    }
+
+    // The publisher's thread: a cheap early answer for a subscription that is gone; the
+    // context checks again.
+    accept_result accept(std::uint32_t, std::uint64_t, envelope* e, timer_entry* timer, delivery_kind kind,
+                         thread_counters& c) override {
+        if (shut.load(std::memory_order_acquire) | owner.core->gate.shut()) return accept_result::gone;
+        return owner.core->accept(owner.gen, mbox_id, e, timer, kind, c);
+    }
+    void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept override {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    /// Joins the topic, unless the object was shut down meanwhile (its context ended on another
+    /// thread between attach() and here). May throw (out of memory).
+    void join(std::shared_ptr<mbox_impl> m) {
+        std::lock_guard g(source_lock_);
+        if (left_) return;
+        static_cast<mpmc_mbox&>(*m).add_subscriber(sink_ref{this, 0, keep_alive(this)}, type);
+        source_ = std::move(m);
+    }
+
+    // Any thread; idempotent. After it, no new snapshot lists the context for this topic and
+    // type; an older one may still deliver, and the shut flag (set before) refuses it.
+    void stop_source() noexcept override {
+        std::shared_ptr<mbox_impl> m;
+        {
+            std::lock_guard g(source_lock_);
+            left_ = true;
+            m = std::move(source_);
+        }
+        if (m) static_cast<mpmc_mbox&>(*m).remove_subscriber(sink_ref{this, 0, nullptr}, type);
+    }
+
+private:
+    ~subscription_object() override = default;
+    std::atomic<std::uint32_t> refs_{1};  // the list's
+    std::mutex source_lock_;
+    bool left_ = false;                  // guarded by source_lock_
+    std::shared_ptr<mbox_impl> source_;  // guarded by source_lock_
+};
+
+// Adds an object's table entry on its context: queued before the object's address is given
+// out (or before it joins its topic), so that every delivery to it comes after the entry.
+struct attach_demand final : demand {
+    event_object* obj;  // a reference, the entry's once attached
+    static void execute_fn(demand* base, demand_mode mode) noexcept;
+};
+
+void attach_entry(event_object* o) noexcept {
+    context_core& c = *o->owner.core;
+    try {
+        c.add_entry(table_entry{o->mbox_id, o->type, handler(), o, nullptr});
+    } catch (...) {
+        fatal("out of memory attaching an event object");
+    }
+}
+
+void attach_demand::execute_fn(demand* base, demand_mode mode) noexcept {
+    auto* d = static_cast<attach_demand*>(base);
+    event_object* o = d->obj;
+    d->~attach_demand();
+    pool_free(d, sizeof(attach_demand));
+    // Only for the life it was made for, and not once the object's retire may have run.
+    if (mode == demand_mode::run && o->owner.core->gen.load(std::memory_order_acquire) == o->owner.gen &&
+        !o->shut.load(std::memory_order_acquire)) {
+        attach_entry(o);  // takes over the reference
+        return;
+    }
+    o->release();
+}
+
+// Queues (or, on the context itself, makes) the object's entry. May throw (out of memory)
+// before anything is queued.
+void attach(event_object* o) {
+    context_core& c = *o->owner.core;
+    if (current_context() == &c) {
+        o->add_ref();
+        attach_entry(o);
+        return;
+    }
+    auto* d = new (pool_allocate(sizeof(attach_demand))) attach_demand;
+    d->execute = &attach_demand::execute_fn;
+    o->add_ref();
+    d->obj = o;
+    c.push(d);
+}
+
+// ---- shutdown and destroy ----
+
+// Destroys an object's callback: on the context (or, with the dispatchers stopped, wherever its
+// queue is discarded). Nothing can run the callback any more: the object was shut before it was
+// unlisted, and the context runs one thing at a time. Its table entry goes with it.
+void retire_object(event_object* o) noexcept {
+    context_core& c = *o->owner.core;
+    {
+        session_scope scope(&c);  // what the callback captured may destroy handles
+        if (o->what != event_object::kind::timer &&
+            c.gen.load(std::memory_order_acquire) == o->owner.gen) {
+            table_entry e = c.take_entry(o->mbox_id, o->type);
+            if (e.obj) e.obj->release();  // the entry's reference
+        }
+        handler dead = std::move(o->fn);
+    }
+    session_runtime::of(*c.env).objects_destroyed.fetch_add(1, std::memory_order_relaxed);
+    o->release();  // the list's reference
+}
+
+void execute_object_retire(demand* base, demand_mode) noexcept {
+    retire_object(static_cast<object_retire*>(base)->obj);
+}
+
+void list_object(context_core& c, event_object* o, const std::string& who) {
+    std::lock_guard g(c.lock);
+    if (c.dead || c.gen.load(std::memory_order_relaxed) != o->owner.gen)
+        throw session_destroyed_error(who + " is destroyed: cannot add an event object");
+    o->retire.execute = &execute_object_retire;
+    o->listed = true;
+    o->next = c.objects;
+    if (c.objects) c.objects->prev = o;
+    c.objects = o;
+    session_runtime::of(*c.env).objects_created.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+bool shutdown_object(event_object* o) noexcept {
+    const bool first = context_gate::close(o->shut);
+    o->stop_source();
+    if (current_context() != o->owner.core) {
+        context_gate::barrier();
+        o->owner.core->gate.wait_not_running(o);
+    }
+    return first;
+}
+
+void destroy_object(event_object* o) noexcept {
+    shutdown_object(o);
+    context_core& c = *o->owner.core;
+    std::lock_guard g(c.lock);
+    if (!o->listed) return;  // destroyed already, or its context ended
+    o->listed = false;
+    if (o->prev)
+        o->prev->next = o->next;
+    else
+        c.objects = o->next;
+    if (o->next) o->next->prev = o->prev;
+    // Under the lock, so that it is queued before the context's own retire (which is pushed
+    // after `dead` was set under this lock): the queue is still this life's.
+    c.queue.load(std::memory_order_acquire)->push(&o->retire);
+}
+
+event_object* close_objects(context_core& c) noexcept {
+    std::lock_guard g(c.lock);
+    c.dead = true;
+    event_object* list = std::exchange(c.objects, nullptr);
+    for (event_object* o = list; o; o = o->next) {
+        o->listed = false;
+        context_gate::close(o->shut);
+        o->stop_source();
+    }
+    return list;
+}
+
+void retire_objects(event_object* list) noexcept {
+    for (event_object* o = list; o;) {
+        event_object* next = o->next;
+        retire_object(o);
+        o = next;
+    }
+}
+
+namespace {
+
+// ---- sessions ----
+
+// The end of a session's life, on its context (or wherever its queue is discarded).
+void execute_session_retire(demand* base, demand_mode mode) noexcept {
+    context_core* c = static_cast<context_retire*>(base)->ctx;
+    retire_objects(std::exchange(c->retiring, nullptr));
+    // Its entries (an agent's subscriptions have none here) and topics go with the objects.
+    // In discard mode the dispatcher is being joined (it may hold its own lock): it releases
+    // what is bound to it itself.
+    if (mode == demand_mode::run) c->binder->release(c->bound, c);
+    session_runtime& rt = session_runtime::of(*c->env);
+    rt.sessions_destroyed.fetch_add(1, std::memory_order_relaxed);
+    c->finish_life();
+    {
+        std::lock_guard g(rt.lock);
+        if (c->reg_prev)
+            c->reg_prev->reg_next = c->reg_next;
+        else
+            rt.sessions = c->reg_next;
+        if (c->reg_next) c->reg_next->reg_prev = c->reg_prev;
+        c->reg_prev = c->reg_next = nullptr;
+        --rt.live;
+        // Under the lock: once the joiner sees zero it may go on and free the runtime.
+        rt.idle.notify_all();
+    }
+    c->arena->recycle(c);
+}
+
+// Destroying a session goes in two halves around the barrier that pairs with the gate, so that
+// the teardown can close every session left and pay one barrier for all of them.
+bool close_session(context_core* c, std::uint32_t gen) noexcept {
+    session_runtime& rt = session_runtime::of(*c->env);
+    bool winner;
+    {
+        std::lock_guard g(rt.lock);
+        // It stays listed until it retired, so that the teardown watch can name it.
+        winner = c->gen.load(std::memory_order_relaxed) == gen && std::exchange(c->registered, false);
+    }
+    if (!winner) return false;
+    c->gate.close();
+    c->retiring = close_objects(*c);
+    return true;
+}
+
+// After close_session() and a barrier (unless on the session's own context). Every thread
+// that destroys it waits (not only the winner): the guarantee holds for each; but not for a
+// later life of the record.
+void finish_session(context_core* c, std::uint32_t gen, bool winner) noexcept {
+    if (current_context() != c && c->gen.load(std::memory_order_acquire) == gen) c->gate.wait_not_running(nullptr);
+    if (!winner) return;
+    c->end_demand.execute = &execute_session_retire;
+    c->queue.load(std::memory_order_acquire)->push(&c->end_demand);
+}
+
+void destroy_session(const context_ref& s) noexcept {
+    const bool winner = close_session(s.core, s.gen);
+    if (current_context() != s.core) context_gate::barrier();
+    finish_session(s.core, s.gen, winner);
+}
+
+}  // namespace
+
+void session_runtime::wait_stopped() noexcept {
+    std::vector<context_core*> left;
+    {
+        std::lock_guard g(lock);
+        closed = true;
+        try {
+            for (context_core* c = sessions; c; c = c->reg_next)
+                if (c->registered) left.push_back(c);
+        } catch (...) {
+            fatal("out of memory destroying sessions");
+        }
+    }
+    // One barrier for the whole sweep (it interrupts every running thread of the process).
+    std::vector<std::pair<std::uint32_t, bool>> closing;
+    try {
+        closing.reserve(left.size());
+    } catch (...) {
+        fatal("out of memory destroying sessions");
+    }
+    for (context_core* c : left) {
+        const std::uint32_t gen = c->gen.load(std::memory_order_relaxed);
+        closing.emplace_back(gen, close_session(c, gen));
+    }
+    if (!left.empty()) context_gate::barrier();
+    for (std::size_t i = 0; i < left.size(); ++i) finish_session(left[i], closing[i].first, closing[i].second);
+    std::unique_lock g(lock);
+    idle.wait(g, [&] { return live == 0; });
+}
+
+// ---- what the layers above and the templates call ----
+
+context_ref current_context_ref() noexcept {
+    context_core* c = current_context();
+    if (!c) return {};
+    return {c->arena->shared_from_this(), c, c->gen.load(std::memory_order_relaxed), c->kind == context_kind::agent};
+}
+
+env_core* context_env(const context_ref& c) noexcept {
+    return c.core->gen.load(std::memory_order_acquire) == c.gen ? c.core->env : nullptr;
+}
+
+std::string current_context_name() {
+    if (context_core* c = current_context()) return c->ops->name(*c);
+    return {};
+}
+
+namespace {
+std::string who(const context_ref& s, std::string_view name) {
+    return std::string(s.agent ? "agent '" : "session '") + std::string(name) + "'";
+}
+
+// Holds the environment's core for the length of an add_*: the context's life may be over with
+// an environment that is gone (then it raises), or be ending now (then list_object raises).
+std::shared_ptr<env_core> live_env(const context_ref& s, std::string_view name, const char* what) {
+    if (std::shared_ptr<env_core> keep = s.arena->env_alive())
+        if (s.core->gen.load(std::memory_order_acquire) == s.gen) return keep;
+    throw session_destroyed_error(who(s, name) + " is destroyed" +
+                                  (s.arena->env_alive() ? "" : " (its environment is gone)") + ": cannot add " + what);
+}
+}  // namespace
+
+event_object* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
+                        std::chrono::nanoseconds period, handler fn) {
+    const std::shared_ptr<env_core> keep = live_env(s, name, "a timer");
+    if (delay.count() < 0)
+        throw usage_error(who(s, name) + ": add_timer with a negative delay (" + std::to_string(delay.count()) +
+                          " ns)");
+    if (period.count() < 0)
+        throw usage_error(who(s, name) + ": add_timer with a negative period (" +
+                          std::to_string(period.count()) + " ns)");
+    auto* t = new timer_object(s, std::move(fn));  // one reference: the list's
+    t->deadline_ns = now_ns() + delay.count();
+    t->period_ns = period.count();
+    try {
+        list_object(*s.core, t, who(s, name));
+    } catch (...) {
+        t->release();
+        throw;
+    }
+    t->add_ref();  // the handle's
+    t->add_ref();  // the wheel's (arm() takes it over, and releases it when the service stopped)
+    s.core->env->timers().arm(t);
+    return t;
+}
+
+event_object* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn, mbox& address,
+                        std::shared_ptr<inbox_stop_hook> on_stop) {
+    const std::shared_ptr<env_core> keep = live_env(s, name, "an inbox");
+    auto* o = new inbox_object(s, type, std::move(fn), std::move(on_stop));
+    std::shared_ptr<direct_mbox> m;
+    try {
+        o->mbox_id = new_delivery_key();
+        m = std::make_shared<direct_mbox>(keep, sink_ref{static_cast<inbox_object*>(o), 0, keep_alive(o)},
+                                          delivery_kind::inbox, "inbox #" + std::to_string(o->id) + " of " + who(s, name));
+        list_object(*s.core, o, who(s, name));
+    } catch (...) {
+        m.reset();
+        o->release();
+        throw;
+    }
+    try {
+        attach(o);
+    } catch (...) {
+        destroy_object(o);
+        throw;
+    }
+    o->add_ref();  // the handle's
+    address = mbox(std::move(m));
+    return o;
+}
+
+event_object* add_subscription(const context_ref& s, std::string_view name, const mbox& from, message_type type,
+                               handler fn) {
+    const std::shared_ptr<env_core> keep = live_env(s, name, "a subscription");
+    auto describe = [&] {
+        return who(s, name) + ": subscription to " + readable_name(type) + " on " + from.name();
+    };
+    if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
+    mbox_impl& m = *from.impl();
+    if (&m.env() != s.core->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
+    if (m.kind() != mbox_kind::mpmc)
+        throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
+    auto* o = new subscription_object(s, type, std::move(fn));
+    o->mbox_id = new_delivery_key();
+    try {
+        list_object(*s.core, o, who(s, name));
+    } catch (...) {
+        o->release();
+        throw;
+    }
+    try {
+        attach(o);
+        o->join(from.impl());
+    } catch (...) {
+        destroy_object(o);
+        throw;
+    }
+    o->add_ref();  // the handle's
+    return o;
+}
+
+}  // namespace internal
+
+// ---- event_handle ----
+
+event_handle& event_handle::operator=(event_handle&& o) noexcept {
+    if (this != &o) {
+        destroy();
+        obj_ = std::exchange(o.obj_, nullptr);
+    }
+    return *this;
+}
+
+event_handle::~event_handle() { destroy(); }
+
+event_handle::operator bool() const noexcept {
+    if (!obj_ || obj_->shut.load(std::memory_order_acquire) != 0) return false;
+    const internal::context_core& c = *obj_->owner.core;
+    return c.gen.load(std::memory_order_acquire) == obj_->owner.gen && !c.gate.shut();
+}
+
+bool event_handle::shutdown() noexcept { return obj_ && internal::shutdown_object(obj_); }
+
+void event_handle::destroy() noexcept {
+    if (!obj_) return;
+    internal::event_object* o = std::exchange(obj_, nullptr);
+    internal::destroy_object(o);
+    o->release();
+}
+
+void event_handle::detach() noexcept {
+    if (obj_) std::exchange(obj_, nullptr)->release();
+}
+
+// ---- session ----
+
+session::session(environment& env, session_options options) {
+    using namespace internal;
+    event_gate_init();
+    env_core& core = *env.core();
+    core.check_not_stopping("creating session", options.name);
+    session_runtime& rt = session_runtime::of(core);
+    context_core* c = rt.arena->allocate();
+    c->ops = &session_ops;
+    c->kind = context_kind::session;
+    c->id = rt.arena->next_id();
+    c->name = options.name.empty() ? "session#" + std::to_string(c->id) : std::move(options.name);
+    c->gate.reopen();
+    c->start.store(context_core::start_closed, std::memory_order_relaxed);
+    const std::uint32_t gen = c->gen.load(std::memory_order_relaxed);
+    auto give_back = [&] {
+        c->finish_life();
+        rt.arena->recycle(c);
+    };
+    try {
+        c->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder();
+        if (!binds_in(*c->binder, core)) throw_foreign_binder(*c->binder, core, c->describe());
+        c->bound = prepare_binding(*c->binder, c, core, "creating session", c->name);
+    } catch (...) {
+        give_back();
+        throw;
+    }
+    c->queue.store(c->bound.queue, std::memory_order_release);
+    // Decided under the lock, read from a local: once listed, the teardown may close the
+    // session and retire it on its context before this line goes on.
+    bool listed = false;
+    {
+        std::lock_guard g(rt.lock);
+        if (!rt.closed) {
+            c->registered = listed = true;
+            c->reg_next = rt.sessions;
+            if (rt.sessions) rt.sessions->reg_prev = c;
+            rt.sessions = c;
+            ++rt.live;
+        }
+    }
+    if (!listed) {
+        c->binder->release(c->bound, c);
+        std::string name = c->name;
+        give_back();
+        throw environment_stopped_error("creating session '" + name + "': environment '" + core.name() +
+                                        "' is stopping");
+    }
+    c->open(nullptr);
+    rt.sessions_created.fetch_add(1, std::memory_order_relaxed);
+    ref_ = {rt.arena, c, gen};
+    name_ = c->name;
+}
+
+session& session::operator=(session&& o) noexcept {
+    if (this != &o) {
+        destroy();
+        ref_ = std::exchange(o.ref_, {});
+        name_ = std::move(o.name_);
+    }
+    return *this;
+}
+
+session::~session() { destroy(); }
+
+session::operator bool() const noexcept {
+    return ref_ && ref_.core->gen.load(std::memory_order_acquire) == ref_.gen && !ref_.core->gate.shut();
+}
+
+std::string session::name() const { return name_; }
+
+void session::destroy() noexcept {
+    if (!ref_) return;
+    internal::context_ref s = std::exchange(ref_, {});
+    name_.clear();
+    // The environment may be gone (then the session retired with it and there is nothing to
+    // do); while `keep` holds its core, the runtime this touches stays.
+    if (std::shared_ptr<internal::env_core> keep = s.arena->env_alive())
+        if (s.core->gen.load(std::memory_order_acquire) == s.gen) internal::destroy_session(s);
+}
+
+void session::detach() noexcept {
+    ref_ = {};
+    name_.clear();
+}
+
+}  // namespace mailroom
