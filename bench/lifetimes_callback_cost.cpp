@@ -45,7 +45,7 @@ enum class guard_kind { none, gate, mutex };
 
 double run_plain(long n, guard_kind guard = guard_kind::none) {
     mailroom::environment env;
-    auto binder = env.core()->default_dispatcher()->make_binder({}, nullptr);
+    auto binder = env.core()->default_dispatcher()->make_binder();
     int key = 0;
     auto b = binder->prepare(&key);
     struct self_demand : mailroom::internal::demand {
