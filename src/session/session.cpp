@@ -522,13 +522,16 @@ event_object* add_timer(const context_ref& s, std::string_view name, std::chrono
     auto* t = new timer_object(s, std::move(fn));  // one reference: the list's
     t->deadline_ns = now_ns() + delay.count();
     t->period_ns = period.count();
+    // The handle's reference before it is listed: once listed, the context's end may retire it
+    // (dropping the list's) on another thread at once.
+    t->add_ref();
     try {
         list_object(*s.core, t, who(s, name));
     } catch (...) {
         t->release();
+        t->release();
         throw;
     }
-    t->add_ref();  // the handle's
     t->add_ref();  // the wheel's (arm() takes it over, and releases it when the service stopped)
     s.core->env->timers().arm(t);
     return t;
@@ -543,7 +546,13 @@ event_object* add_inbox(const context_ref& s, std::string_view name, message_typ
         o->mbox_id = new_delivery_key();
         m = std::make_shared<direct_mbox>(keep, sink_ref{static_cast<inbox_object*>(o), 0, keep_alive(o)},
                                           delivery_kind::inbox, "inbox #" + std::to_string(o->id) + " of " + who(s, name));
-        list_object(*s.core, o, who(s, name));
+        o->add_ref();  // the handle's, before it is listed (see add_timer)
+        try {
+            list_object(*s.core, o, who(s, name));
+        } catch (...) {
+            o->release();
+            throw;
+        }
     } catch (...) {
         m.reset();
         o->release();
@@ -553,9 +562,9 @@ event_object* add_inbox(const context_ref& s, std::string_view name, message_typ
         attach(o);
     } catch (...) {
         destroy_object(o);
+        o->release();
         throw;
     }
-    o->add_ref();  // the handle's
     address = mbox(std::move(m));
     return o;
 }
@@ -573,9 +582,11 @@ event_object* add_subscription(const context_ref& s, std::string_view name, cons
         throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
     auto* o = new subscription_object(s, type, std::move(fn));
     o->mbox_id = new_delivery_key();
+    o->add_ref();  // the handle's, before it is listed (see add_timer)
     try {
         list_object(*s.core, o, who(s, name));
     } catch (...) {
+        o->release();
         o->release();
         throw;
     }
@@ -584,9 +595,9 @@ event_object* add_subscription(const context_ref& s, std::string_view name, cons
         o->join(from.impl());
     } catch (...) {
         destroy_object(o);
+        o->release();
         throw;
     }
-    o->add_ref();  // the handle's
     return o;
 }
 
@@ -652,8 +663,13 @@ session::session(environment& env, session_options options) {
         throw;
     }
     c->queue.store(c->bound.queue, std::memory_order_release);
-    // Decided under the lock, read from a local: once listed, the teardown may close the
-    // session and retire it on its context before this line goes on.
+    // Everything this constructor reads of the record is read or set before it is listed: once
+    // listed, the teardown may close the session, retire it on its context and recycle the
+    // record before the next line here runs. So it opens first (nobody else can post yet), and
+    // the handle keeps its own copy of the name.
+    name_ = c->name;
+    c->open(nullptr);
+    rt.sessions_created.fetch_add(1, std::memory_order_relaxed);
     bool listed = false;
     {
         std::lock_guard g(rt.lock);
@@ -666,16 +682,14 @@ session::session(environment& env, session_options options) {
         }
     }
     if (!listed) {
+        rt.sessions_created.fetch_sub(1, std::memory_order_relaxed);
         c->binder->release(c->bound, c);
-        std::string name = c->name;
         give_back();
+        std::string name = std::exchange(name_, {});
         throw environment_stopped_error("creating session '" + name + "': environment '" + core.name() +
                                         "' is stopping");
     }
-    c->open(nullptr);
-    rt.sessions_created.fetch_add(1, std::memory_order_relaxed);
     ref_ = {rt.arena, c, gen};
-    name_ = c->name;
 }
 
 session& session::operator=(session&& o) noexcept {
