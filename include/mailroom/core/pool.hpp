@@ -32,7 +32,7 @@ MAILROOM_EXPORT std::size_t pool_depot_bytes() noexcept;
 
 /// Blocks the pool has taken from operator new since the process started (for tests and stats):
 /// what a burst cost beyond the blocks it could reuse. Exact for threads that have exited, plus
-/// the calling thread; another live thread's last few (fewer than 256) may not be counted yet.
+/// the calling thread; each other live thread's last few (fewer than 256) may not be counted yet.
 MAILROOM_EXPORT std::size_t pool_heap_blocks() noexcept;
 
 /// The depot's high-water mark unless changed: enough for a few thousand messages in flight.
@@ -49,8 +49,9 @@ inline constexpr std::chrono::milliseconds pool_decay_period{1000};
 /// most two batches of 256 blocks per size class on top.
 MAILROOM_EXPORT std::size_t pool_cache_limit() noexcept;
 
-/// Sets the mark (0: keep nothing shared) and frees what the depot holds above it now. Any
-/// thread; takes the depot's lock, never the hot path's.
+/// Sets the mark (0: keep nothing shared once the decay period has passed) and frees what the
+/// depot holds above it now, without waiting for the decay. Any thread; takes the depot's lock,
+/// never the hot path's.
 MAILROOM_EXPORT void pool_set_cache_limit(std::size_t bytes) noexcept;
 
 }  // namespace mailroom::internal
