@@ -151,7 +151,9 @@ TEST(pool, the_excess_goes_back_after_the_decay_period_with_no_further_pool_call
     const std::size_t kept = pool_depot_bytes();
     const auto kept_at = std::chrono::steady_clock::now();
     const std::size_t grown = r.peak_resident > start ? r.peak_resident - start : 0;
-    ASSERT_GT(grown, std::size_t{8} << 20) << "the burst did not build a backlog";
+    if (!mailroom::test::sanitized) {  // a sanitizer's allocator reuses what it holds in quarantine
+        ASSERT_GT(grown, std::size_t{8} << 20) << "the burst did not build a backlog";
+    }
     if (kept_at - r.drained < pool_decay_period / 2) {
         EXPECT_GT(kept, limit) << "the depot gave the burst's blocks back at once, before any decay";
     }
