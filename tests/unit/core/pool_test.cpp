@@ -79,7 +79,6 @@ TEST(pool, blocks_freed_by_an_exiting_thread_go_to_the_shared_depot) {
 #endif
 }
 
-
 // The depot used to keep every block it was given; now what sits above the mark goes back to
 // the C heap once the burst has drained and a decay period has passed.
 TEST(pool, blocks_freed_above_the_high_water_mark_go_back_once_a_burst_drains) {
