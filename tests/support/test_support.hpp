@@ -3,7 +3,11 @@
 // (stress loops run fewer rounds under a sanitizer, whose instrumentation is 5-20x slower).
 
 #include <chrono>
+#include <cstddef>
+#include <cstdio>
 #include <thread>
+
+#include <unistd.h>
 
 namespace mailroom::test {
 
@@ -31,6 +35,16 @@ bool eventually(Pred&& pred, std::chrono::milliseconds limit = std::chrono::seco
         std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     return true;
+}
+
+/// Resident set size of this process, from /proc/self/statm (0 if it cannot be read).
+inline std::size_t resident_bytes() {
+    long pages_total = 0, pages_resident = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+        if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
+        std::fclose(f);
+    }
+    return static_cast<std::size_t>(pages_resident) * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 }
 
 }  // namespace mailroom::test

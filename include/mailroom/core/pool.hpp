@@ -3,6 +3,7 @@
 
 #include <mailroom/export.hpp>
 
+#include <chrono>
 #include <cstddef>
 
 namespace mailroom::internal {
@@ -24,19 +25,33 @@ MAILROOM_EXPORT std::size_t pool_cached_blocks() noexcept;
 /// The same in bytes. Any thread.
 MAILROOM_EXPORT std::size_t pool_cached_bytes() noexcept;
 
-/// Bytes in the shared depot alone: never above pool_cache_limit(). Any thread.
+/// Bytes in the shared depot alone, counting those on their way back to the system until the C
+/// heap has been trimmed: above pool_cache_limit() only for what a burst left there less than
+/// about pool_decay_period ago. Any thread.
 MAILROOM_EXPORT std::size_t pool_depot_bytes() noexcept;
+
+/// Blocks the pool has taken from operator new since the process started (for tests and stats):
+/// what a burst cost beyond the blocks it could reuse. Exact for threads that have exited, plus
+/// the calling thread; each other live thread's last few (fewer than 256) may not be counted yet.
+MAILROOM_EXPORT std::size_t pool_heap_blocks() noexcept;
 
 /// The depot's high-water mark unless changed: enough for a few thousand messages in flight.
 inline constexpr std::size_t pool_default_cache_limit = std::size_t{4} << 20;
 
-/// The high-water mark of the shared depot, in bytes. Freed blocks that would take the depot
-/// past it go back to the C heap at once (after a burst drains, memory comes back); each
-/// thread's own cache holds at most two batches of 256 blocks per size class on top.
+/// How long blocks above the mark must sit unused in the depot before they go back to the C
+/// heap (checked every quarter of it, so they go within 1.25 times this).
+inline constexpr std::chrono::milliseconds pool_decay_period{1000};
+
+/// The high-water mark of the shared depot, in bytes: what it keeps however long it is unused.
+/// Above it, a burst's blocks stay for the next burst to reuse, and go back to the C heap (and
+/// its free pages to the system) once they have sat unused for pool_decay_period, driven by a
+/// thread of the pool's own, so without any further call. Each thread's own cache holds at
+/// most two batches of 256 blocks per size class on top.
 MAILROOM_EXPORT std::size_t pool_cache_limit() noexcept;
 
-/// Sets the mark (0: keep nothing shared) and frees what the depot holds above it now. Any
-/// thread; takes the depot's lock, never the hot path's.
+/// Sets the mark (0: keep nothing shared once the decay period has passed) and frees what the
+/// depot holds above it now, without waiting for the decay. Any thread; takes the depot's lock,
+/// never the hot path's.
 MAILROOM_EXPORT void pool_set_cache_limit(std::size_t bytes) noexcept;
 
 }  // namespace mailroom::internal
