@@ -112,6 +112,18 @@ private:
 /// the cooperation's agents are destroyed before the exception reaches the caller.
 MAILROOM_EXPORT coop_handle register_coop(coop&& c);
 
+/// The one-agent shortcut: registers an anonymous cooperation holding one agent of type A built
+/// from `args` (bound to the environment's default dispatcher) and returns the agent's direct
+/// mbox, which is what a sender needs. The cooperation is deregistered when the environment
+/// stops, or by the agent itself (deregister_coop()). Raises what register_coop raises.
+template <class A, class... Args>
+mbox register_agent(environment& env, Args&&... args) {
+    coop c(env);
+    mbox to = c.make_agent<A>(std::forward<Args>(args)...).direct_mbox();
+    register_coop(std::move(c));
+    return to;
+}
+
 /// Convenience: builds a cooperation with `fill` and registers it.
 template <class Fill>
 coop_handle introduce_coop(environment& env, coop_options options, Fill&& fill) {

@@ -492,3 +492,39 @@ TEST(coop, nothing_is_delivered_after_on_finish_and_what_comes_later_is_counted_
     EXPECT_EQ(env.stats().messages_lost, 4u);
     EXPECT_EQ(handled.load(), 1);
 }
+
+// ---- the one-agent shortcut ----
+
+namespace {
+class counter final : public agent {
+public:
+    counter(std::atomic<int>& sum, int bias) : sum_(sum), bias_(bias) {}
+
+protected:
+    void configure() override {
+        subscribe(direct_mbox(), [this](const ping& p) { sum_ += p.n + bias_; });
+    }
+
+private:
+    std::atomic<int>& sum_;
+    int bias_;
+};
+}  // namespace
+
+TEST(coop, register_agent_registers_one_agent_built_from_its_arguments_and_returns_its_direct_mbox) {
+    environment env;
+    std::atomic<int> sum{0};
+    mbox to = register_agent<counter>(env, sum, 100);
+    ASSERT_TRUE(to);
+    EXPECT_EQ(to.kind(), mbox_kind::direct);
+    send<ping>(to, 1);
+    send<ping>(to, 2);
+    EXPECT_TRUE(test::eventually([&] { return sum.load() == 203; })) << sum.load();
+    const auto st = env.stats();
+    EXPECT_EQ(st.agents_created, 1u);
+    EXPECT_EQ(st.coops_registered, 1u);
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    EXPECT_EQ(env.stats().agents_destroyed, 1u);
+    EXPECT_THROW(register_agent<counter>(env, sum, 0), environment_stopped_error);
+}
