@@ -124,7 +124,7 @@ inline context_core* current_agent() noexcept {
     return c && c->kind == context_kind::agent ? c : nullptr;
 }
 
-/// Applies the subscription and policy rules of agent.hpp; the context's own thread.
+/// The agent's name for errors and logs: the one given with set_name, else its type and id.
 std::string agent_display_name(const context_core& c);
 
 }  // namespace mailroom::internal
