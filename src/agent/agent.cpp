@@ -94,7 +94,7 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     if (&m.env() != core.env) throw subscription_error(describe() + ": the mbox belongs to another environment");
     if (m.kind() == mbox_kind::direct && m.id() != core.direct.id()) {
         // An inbox has a direct address too, but only its own callback receives: ask, never assume.
-        if (static_cast<internal::direct_mbox&>(m).delivery() == delivery_kind::inbox)
+        if (static_cast<internal::direct_mbox&>(m).target().kind == delivery_kind::inbox)
             throw subscription_error(describe() +
                                      ": it is the address of an inbox (only that inbox's callback receives what is "
                                      "sent to it)");
@@ -109,7 +109,8 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     list.reserve(list.size() + 1);  // so that the push_back below cannot throw
     if (m.kind() == mbox_kind::mpmc) {
         entry.source = from.impl();
-        static_cast<mpmc_mbox&>(m).add_subscriber(sink_ref{&core, core.gen.load(std::memory_order_relaxed)}, type);
+        static_cast<mpmc_mbox&>(m).add_subscriber(
+            route{&core, core.gen.load(std::memory_order_relaxed), delivery_kind::fanout, m.id()}, type);
     }
     list.push_back(std::move(entry));
 }
@@ -124,8 +125,8 @@ bool agent::remove_subscription(const mbox& from, message_type type) {
     table_entry e = core.take_entry(from.id(), type);
     if (e.mbox_id == 0) return false;
     if (e.source)
-        static_cast<mpmc_mbox&>(*e.source).remove_subscriber(sink_ref{&core, core.gen.load(std::memory_order_relaxed)},
-                                                              type);
+        static_cast<mpmc_mbox&>(*e.source).remove_subscriber(
+            route{&core, core.gen.load(std::memory_order_relaxed), delivery_kind::fanout, e.mbox_id}, type);
     if (e.obj) e.obj->release();
     return true;
 }

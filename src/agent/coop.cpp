@@ -54,11 +54,12 @@ void execute_start(demand* base, demand_mode mode) noexcept {
 
 // Leaves every MPMC mbox the agent subscribed to, so that publishers stop queueing for it.
 void leave_topics(context_core* core) noexcept {
-    const sink_ref me{core, core->gen.load(std::memory_order_relaxed)};
+    const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
     for (auto* list : {&core->table, &core->added})
         for (auto& e : *list)
             if (e.source && e.mbox_id != 0) {
-                static_cast<mpmc_mbox&>(*e.source).remove_subscriber(me, e.type);
+                static_cast<mpmc_mbox&>(*e.source).remove_subscriber(route{core, gen, delivery_kind::fanout, e.mbox_id},
+                                                                      e.type);
                 e.source.reset();
             }
 }
@@ -110,7 +111,7 @@ context_core* agent_runtime::make_agent_context(coop_impl& c, std::shared_ptr<bi
         core->binder = std::move(b);
         core->gate.reopen();
         const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
-        core->direct = mbox(std::make_shared<direct_mbox>(env_shared(), sink_ref{core, gen}, delivery_kind::direct,
+        core->direct = mbox(std::make_shared<direct_mbox>(env_shared(), route{core, gen, delivery_kind::direct},
                                                           "agent #" + std::to_string(core->id)));
     } catch (...) {
         core->finish_life();

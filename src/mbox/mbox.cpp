@@ -18,9 +18,10 @@ mbox_impl::mbox_impl(std::shared_ptr<env_core> env, mbox_kind kind)
 
 mbox_impl::~mbox_impl() = default;
 
-direct_mbox::direct_mbox(std::shared_ptr<env_core> env, sink_ref to, delivery_kind kind, std::string describe)
-    : mbox_impl(std::move(env), mbox_kind::direct), to_(std::move(to)), delivery_(kind),
-      describe_(std::move(describe)) {}
+direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, std::string describe)
+    : mbox_impl(std::move(env), mbox_kind::direct), to_(std::move(to)), describe_(std::move(describe)) {
+    if (to_.key == 0) to_.key = id_;
+}
 
 std::string direct_mbox::name() const { return "direct mbox of " + describe_; }
 
@@ -30,7 +31,7 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     thread_counters& counters = env.counters();
     send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
     if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
-    const accept_result r = to_.sink->accept(to_.gen, id_, e, timer, delivery_, counters);
+    const accept_result r = accept(to_, e, timer, counters);
     if (r == accept_result::queued) [[likely]] {
         ref.release();
         return;
@@ -60,7 +61,7 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
             std::lock_guard g(lock_);
             snap = table_;
         }
-        const std::vector<sink_ref>* subs = nullptr;
+        const std::vector<route>* subs = nullptr;
         for (auto& [type, list] : snap->by_type)
             if (type == e->type()) subs = &list;
         if (!subs || subs->empty()) return;  // nobody listens: not a loss
@@ -74,9 +75,8 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
         std::uint32_t i = 0;
         try {
             for (; i < n; ++i) {
-                const sink_ref& s = (*subs)[i];
-                if (s.sink->accept(s.gen, id_, e, timer, delivery_kind::fanout, counters) != accept_result::queued)
-                    [[unlikely]] ++gone;
+                if (accept((*subs)[i], e, timer, counters) != accept_result::queued) [[unlikely]]
+                    ++gone;
             }
         } catch (...) {
             // Out of memory: the deliveries not made were never sent (the caller gets the error).
@@ -94,19 +94,19 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     for (std::uint32_t j = 0; j < gone; ++j) e->release();
 }
 
-void mpmc_mbox::add_subscriber(sink_ref sub, message_type type) {
+void mpmc_mbox::add_subscriber(route sub, message_type type) {
     std::lock_guard g(lock_);
     auto next = std::make_shared<table>(*table_);
     auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
     if (it == next->by_type.end()) {
-        next->by_type.emplace_back(type, std::vector<sink_ref>{});
+        next->by_type.emplace_back(type, std::vector<route>{});
         it = next->by_type.end() - 1;
     }
     it->second.push_back(std::move(sub));
     table_ = std::move(next);
 }
 
-void mpmc_mbox::remove_subscriber(const sink_ref& sub, message_type type) noexcept {
+void mpmc_mbox::remove_subscriber(const route& sub, message_type type) noexcept {
     std::shared_ptr<const table> old;  // released outside the lock: it may drop the last reference
     std::lock_guard g(lock_);
     try {
@@ -114,7 +114,7 @@ void mpmc_mbox::remove_subscriber(const sink_ref& sub, message_type type) noexce
         for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
             if (!(it->first == type)) continue;
             auto& v = it->second;
-            v.erase(std::remove_if(v.begin(), v.end(), [&](const sink_ref& x) { return x.same(sub); }), v.end());
+            v.erase(std::remove_if(v.begin(), v.end(), [&](const route& x) { return x.same(sub); }), v.end());
             if (v.empty()) next->by_type.erase(it);
             break;
         }

@@ -43,20 +43,6 @@ class context_core;
 class context_arena;
 class event_object;
 
-/// A tiny lock for a context's pre-start list and name: taken only before a context starts (and
-/// by senders that raced with its start), by a rename and by the teardown watch, never on the
-/// running path.
-struct spin_guard {
-    explicit spin_guard(std::atomic<bool>& f) noexcept : flag(f) {
-        while (flag.exchange(true, std::memory_order_acquire))
-            while (flag.load(std::memory_order_relaxed)) cpu_relax();
-    }
-    ~spin_guard() { flag.store(false, std::memory_order_release); }
-    spin_guard(const spin_guard&) = delete;
-    spin_guard& operator=(const spin_guard&) = delete;
-    std::atomic<bool>& flag;
-};
-
 /// Which layer owns a context; what a report calls it.
 enum class context_kind : std::uint8_t { session, agent };
 
@@ -84,20 +70,6 @@ struct table_entry {
     std::shared_ptr<mbox_impl> source;      // MPMC only: to leave its subscriber table
 };
 
-/// A message on its way to a context.
-struct message_demand final : demand {
-    context_core* target;
-    std::uint32_t gen;
-    delivery_kind kind;  // how it counts when it finds no handler or no receiver
-    std::uint64_t mbox_id;
-    envelope* msg;
-    timer_entry* timer;  // holds a reference when set
-
-    static message_demand* make(context_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
-                                timer_entry* timer, delivery_kind kind);
-    void free() noexcept;
-};
-
 /// The end of a context's life, queued on it by its owner layer (embedded in the record).
 struct context_retire final : demand {
     context_core* ctx = nullptr;
@@ -106,34 +78,8 @@ struct context_retire final : demand {
 /// What became of a callback that run_callback() was asked to run.
 enum class run_outcome : std::uint8_t { ran, refused, gone };
 
-class context_core final : public message_sink {
+class context_core final : public receiver {
 public:
-    static constexpr std::uint8_t start_closed = 0;    // before start: demands wait in `pending`
-    static constexpr std::uint8_t start_open = 1;      // running: demands go straight to the queue
-    static constexpr std::uint8_t start_finished = 2;  // gone: demands are counted lost
-
-    // message_sink: a direct send or a publication.
-    accept_result accept(std::uint32_t gen, std::uint64_t key, envelope* e, timer_entry* timer, delivery_kind kind,
-                         thread_counters& c) override;
-
-    /// Any thread. Queues `d` (or holds it until start, or drops it when finished).
-    void push(demand* d) noexcept {
-        if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
-            queue.load(std::memory_order_acquire)->push(d);
-            return;
-        }
-        push_slow(d);
-    }
-    void push_slow(demand* d) noexcept;
-    /// Like push(), but leaves `d` to the caller (returns false) when the context finished.
-    bool push_unless_finished(demand* d) noexcept;
-    /// Registration commit: `first` (the start demand) goes first, then what waited, then the
-    /// start gate opens. Sessions open at creation with no first demand.
-    void open(demand* first) noexcept;
-    /// The end of a life: the generation moves on, what waited before start is dropped
-    /// (counted lost), the start gate is finished for good.
-    void finish_life() noexcept;
-
     /// The table (the context's own thread, or the registering thread before start).
     const table_entry* find(std::uint64_t mbox_id, message_type type) const noexcept {
         for (const auto& e : table)
@@ -160,24 +106,14 @@ public:
     /// it starts, finishes and is renamed). Any thread.
     bool describe_if(std::uint64_t wanted, std::string& out) noexcept;
 
-    // Read by any thread (stale senders included).
-    std::atomic<std::uint32_t> gen{1};
-    std::atomic<std::uint8_t> start{start_closed};
-    std::atomic<bool> pending_lock{false};
-    std::atomic<event_queue*> queue{nullptr};
-    context_gate gate;
+    // Read by any thread (stale senders included); the rest of what they read is the receiver's.
     context_gate::flag own_shut{0};  // posted calls and an agent's handlers: never set (the gate's own flag shuts all)
 
     // Set at creation, constant for the life.
     const context_ops* ops = nullptr;
     context_arena* arena = nullptr;
-    env_core* env = nullptr;
     std::uint64_t id = 0;
     context_kind kind = context_kind::session;
-
-    // Guarded by pending_lock.
-    demand* pending_head = nullptr;
-    demand* pending_tail = nullptr;
 
     // The context's own thread.
     std::vector<table_entry> table;
@@ -254,6 +190,25 @@ bool run_guarded(context_core& c, const char* what, message_type type, void (*fn
 /// run_guarded() and settles the table after it. The one execute path of every demand.
 run_outcome run_callback(context_core& c, std::uint32_t gen, const void* tag, const context_gate::flag& shut,
                          const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;
+
+/// run_callback() once the caller checked the life: `gated` is false only for an agent's own
+/// callbacks, which nothing waits for from another thread.
+inline run_outcome run_checked(context_core& c, bool gated, const void* tag, const context_gate::flag& shut,
+                               const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+    // The hot path: enter() is two plain stores and two loads (see context_gate).
+    if (gated && !c.gate.enter(tag, shut)) [[unlikely]]
+        return run_outcome::refused;
+    c.dispatching = true;
+    run_guarded(c, what, type, fn, arg);
+    c.dispatching = false;
+    if (gated) c.gate.leave();
+    if (c.has_removed || !c.added.empty()) [[unlikely]]
+        c.settle();
+    return run_outcome::ran;
+}
+
+/// Executes a message_demand for a context (the receiver's run_message).
+void execute_message(demand* base, demand_mode mode) noexcept;
 
 /// True when `b` binds to a dispatcher of `env`. A context bound to another environment's
 /// dispatcher would run on threads its own environment's teardown neither waits for nor joins.

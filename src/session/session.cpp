@@ -170,23 +170,16 @@ std::shared_ptr<void> keep_alive(event_object* o) {
     }
 }
 
-// An inbox: its address is a direct mbox that delivers to the inbox itself, which hands what it
-// takes to its context under its own key.
-class inbox_object final : public event_object, public message_sink {
+// An inbox: its address is a direct mbox whose route leads to the context under the inbox's own
+// key, restricted to the inbox's type and closed by the inbox's shut flag (a cheap early answer
+// on the sender's thread; the context checks again).
+class inbox_object final : public event_object {
 public:
     inbox_object(context_ref s, message_type t, handler f, std::shared_ptr<inbox_stop_hook> on_stop) noexcept
         : event_object(std::move(s), kind::inbox, std::move(f)), on_stop_(std::move(on_stop)) {
         type = t;
     }
 
-    // The sender's thread: a cheap early answer for an inbox that is gone or a message of
-    // another type; the context checks again.
-    accept_result accept(std::uint32_t, std::uint64_t, envelope* e, timer_entry* timer, delivery_kind kind,
-                         thread_counters& c) override {
-        if (!(e->type() == type)) return accept_result::unwanted;
-        if (shut.load(std::memory_order_acquire) | owner.core->gate.shut()) return accept_result::gone;
-        return owner.core->accept(owner.gen, mbox_id, e, timer, kind, c);
-    }
     void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept override {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -203,24 +196,17 @@ private:
     const std::shared_ptr<inbox_stop_hook> on_stop_;  // set before the inbox is shared: read-only
 };
 
-// A context's subscription to an MPMC mbox: the mbox lists the context (a sink), the context's
-// table maps (mbox, type) to this object. It holds the mbox until it is shut down:
+// A context's subscription to an MPMC mbox: the mbox lists a route to the context under this
+// object's key (closed by its shut flag), the context's table maps (key, type) to this object. It holds the mbox until it is shut down:
 // stop_source() leaves the topic and drops the mbox (which keeps nothing of the environment
 // alive past the context's end).
-class subscription_object final : public event_object, public message_sink {
+class subscription_object final : public event_object {
 public:
     subscription_object(context_ref s, message_type t, handler f) noexcept
         : event_object(std::move(s), kind::subscription, std::move(f)) {
         type = t;
     }
 
-    // The publisher's thread: a cheap early answer for a subscription that is gone; the
-    // context checks again.
-    accept_result accept(std::uint32_t, std::uint64_t, envelope* e, timer_entry* timer, delivery_kind kind,
-                         thread_counters& c) override {
-        if (shut.load(std::memory_order_acquire) | owner.core->gate.shut()) return accept_result::gone;
-        return owner.core->accept(owner.gen, mbox_id, e, timer, kind, c);
-    }
     void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept override {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -231,7 +217,8 @@ public:
     void join(std::shared_ptr<mbox_impl> m) {
         std::lock_guard g(source_lock_);
         if (left_) return;
-        static_cast<mpmc_mbox&>(*m).add_subscriber(sink_ref{this, 0, keep_alive(this)}, type);
+        static_cast<mpmc_mbox&>(*m).add_subscriber(
+            route{owner.core, owner.gen, delivery_kind::fanout, mbox_id, message_type{}, &shut, keep_alive(this)}, type);
         source_ = std::move(m);
     }
 
@@ -244,7 +231,9 @@ public:
             left_ = true;
             m = std::move(source_);
         }
-        if (m) static_cast<mpmc_mbox&>(*m).remove_subscriber(sink_ref{this, 0, nullptr}, type);
+        if (m)
+            static_cast<mpmc_mbox&>(*m).remove_subscriber(route{owner.core, owner.gen, delivery_kind::fanout, mbox_id},
+                                                          type);
     }
 
 private:
@@ -544,8 +533,9 @@ event_object* add_inbox(const context_ref& s, std::string_view name, message_typ
     std::shared_ptr<direct_mbox> m;
     try {
         o->mbox_id = new_delivery_key();
-        m = std::make_shared<direct_mbox>(keep, sink_ref{static_cast<inbox_object*>(o), 0, keep_alive(o)},
-                                          delivery_kind::inbox, "inbox #" + std::to_string(o->id) + " of " + who(s, name));
+        m = std::make_shared<direct_mbox>(
+            keep, route{s.core, s.gen, delivery_kind::inbox, o->mbox_id, type, &o->shut, keep_alive(o)},
+            "inbox #" + std::to_string(o->id) + " of " + who(s, name));
         o->add_ref();  // the handle's, before it is listed (see add_timer)
         try {
             list_object(*s.core, o, who(s, name));
