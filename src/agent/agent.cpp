@@ -48,7 +48,11 @@ agent::agent() : core_(internal::tls_constructing) {
 
 agent::~agent() = default;
 
-const mbox& agent::direct_mbox() const noexcept { return core_->direct; }
+const mbox& agent::direct_mbox() const {
+    if (!core_->direct_made.load(std::memory_order_acquire)) [[unlikely]]
+        internal::make_direct_mbox(*core_);
+    return core_->direct;
+}
 
 environment_stats agent::env_stats() const { return core_->env->stats(); }
 
@@ -92,7 +96,7 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
     mbox_impl& m = *from.impl();
     if (&m.env() != core.env) throw subscription_error(describe() + ": the mbox belongs to another environment");
-    if (m.kind() == mbox_kind::direct && m.id() != core.direct.id()) {
+    if (m.kind() == mbox_kind::direct && !(core.direct_made.load(std::memory_order_acquire) && m.id() == core.direct.id())) {
         // An inbox has a direct address too, but only its own callback receives: ask, never assume.
         if (static_cast<internal::direct_mbox&>(m).target().kind == delivery_kind::inbox)
             throw subscription_error(describe() +

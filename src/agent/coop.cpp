@@ -110,9 +110,7 @@ context_core* agent_runtime::make_agent_context(coop_impl& c, std::shared_ptr<bi
         core->group = &c;
         core->binder = std::move(b);
         core->gate.reopen();
-        const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
-        core->direct = mbox(std::make_shared<direct_mbox>(env_shared(), route{core, gen, delivery_kind::direct},
-                                                          "agent #" + std::to_string(core->id)));
+        core->life = core->gen.load(std::memory_order_relaxed);
     } catch (...) {
         core->finish_life();
         arena.recycle(core);
@@ -120,6 +118,18 @@ context_core* agent_runtime::make_agent_context(coop_impl& c, std::shared_ptr<bi
     }
     core->start.store(context_core::start_closed, std::memory_order_release);
     return core;
+}
+
+void make_direct_mbox(context_core& core) {
+    // Under pending_lock, which a rename and the start take too: made once, by whichever
+    // thread asks first. Its route names the agent's life, not the record's current one, so an
+    // mbox made after the agent finished never reaches the record's next life.
+    spin_guard g(core.pending_lock);
+    if (core.direct_made.load(std::memory_order_relaxed)) return;
+    core.direct = mbox(std::make_shared<direct_mbox>(core.env->shared_from_this(),
+                                                     route{&core, core.life, delivery_kind::direct},
+                                                     "agent #" + std::to_string(core.id)));
+    core.direct_made.store(true, std::memory_order_release);
 }
 
 void agent_runtime::abandon_agent_context(context_core* core) noexcept {
@@ -197,12 +207,16 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         // Even with no agent to bind: a binder of another environment is a mistake to report.
         if (!binds_in(*c->default_binder, *env))
             throw_foreign_binder(*c->default_binder, *env, "cooperation '" + c->name + "'");
+        context_core* last = nullptr;  // the last agent bound: the next one through the same binder shares it
         for (context_core* core : c->agents) {
             if (!core->binder) core->binder = c->default_binder;
-            if (!binds_in(*core->binder, *env))
+            const bool again = last && last->binder == core->binder;
+            if (!again && !binds_in(*core->binder, *env))
                 throw_foreign_binder(*core->binder, *env,
                                      "cooperation '" + c->name + "': agent '" + agent_display_name(*core) + "'");
-            core->bound = prepare_binding(*core->binder, c.get(), *env, "registering cooperation", c->name);
+            core->bound = prepare_binding(*core->binder, c.get(), *env, "registering cooperation", c->name,
+                                          again ? &last->bound : nullptr);
+            last = core;
             core->queue.store(core->bound.queue, std::memory_order_release);
             ++bound;
             core->start_demand.execute = &execute_start;

@@ -48,6 +48,20 @@ struct spin_guard {
     std::atomic<bool>& flag;
 };
 
+/// A lock of a few instructions for short sections that never block inside (a context's list
+/// of event objects, the free list of records): the size of a bool, no system call.
+class spin_mutex {
+public:
+    void lock() noexcept {
+        while (flag_.exchange(true, std::memory_order_acquire))
+            while (flag_.load(std::memory_order_relaxed)) cpu_relax();
+    }
+    void unlock() noexcept { flag_.store(false, std::memory_order_release); }
+
+private:
+    std::atomic<bool> flag_{false};
+};
+
 /// The addressable part of a serial context (see the file comment). The layer above derives
 /// its context record from it and sets `run_message`, which executes a message_demand.
 ///

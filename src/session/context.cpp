@@ -123,6 +123,7 @@ void context_arena::recycle(context_core* c) noexcept {
     c->group = nullptr;
     c->policy = exception_policy::inherit;
     c->direct = mbox();
+    c->direct_made.store(false, std::memory_order_relaxed);
     {
         spin_guard g(c->pending_lock);
         c->name.clear();
@@ -355,9 +356,9 @@ void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::
 }
 
 binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
-                        std::string_view object) {
+                        std::string_view object, const binding* first) {
     try {
-        return b.prepare(key);
+        return first ? b.prepare_again(*first, key) : b.prepare(key);
     } catch (const binding_error&) {
         // The teardown sets `stopping` before it shuts the dispatchers down (release/acquire on
         // both flags), so a dispatcher it shut down is always seen with `stopping` set.

@@ -114,6 +114,8 @@ public:
     context_arena* arena = nullptr;
     std::uint64_t id = 0;
     context_kind kind = context_kind::session;
+    std::atomic<bool> direct_made{false};  // `direct` is set (agents make it on first use)
+    std::uint32_t life = 0;                // the generation of this life (agents)
 
     // The context's own thread.
     std::vector<table_entry> table;
@@ -122,7 +124,7 @@ public:
     bool has_removed = false;
 
     // Guarded by `lock`: the event objects (timers, inboxes, subscriptions, named objects).
-    std::mutex lock;
+    spin_mutex lock;
     bool dead = false;
     event_object* objects = nullptr;
     event_object* retiring = nullptr;  // the list a closing context hands to its retire
@@ -172,7 +174,7 @@ private:
     env_core* env_;
     std::weak_ptr<env_core> env_weak_;
     std::atomic<std::uint64_t> next_id_{1};
-    std::mutex lock_;
+    spin_mutex lock_;
     std::vector<std::unique_ptr<context_core[]>> chunks_;
     context_core* free_ = nullptr;
     std::size_t chunk_size_ = 64;
@@ -219,7 +221,8 @@ inline bool binds_in(const binder_impl& b, const env_core& env) noexcept { retur
 /// is not stopping before it binds, but the teardown may shut the dispatcher down in between:
 /// that refusal raises environment_stopped_error naming `what`, `object` and the environment,
 /// not the dispatcher's binding_error. A dispatcher the user shut down still raises binding_error.
+/// With `first`, binds one more context of the same registration (binder_impl::prepare_again).
 binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
-                        std::string_view object);
+                        std::string_view object, const binding* first = nullptr);
 
 }  // namespace mailroom::internal

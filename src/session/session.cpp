@@ -355,14 +355,20 @@ void destroy_object(event_object* o) noexcept {
 }
 
 event_object* close_objects(context_core& c) noexcept {
-    std::lock_guard g(c.lock);
-    c.dead = true;
-    event_object* list = std::exchange(c.objects, nullptr);
-    for (event_object* o = list; o; o = o->next) {
-        o->listed = false;
-        context_gate::close(o->shut);
-        o->stop_source();
+    event_object* list;
+    {
+        std::lock_guard g(c.lock);
+        c.dead = true;
+        list = std::exchange(c.objects, nullptr);
+        for (event_object* o = list; o; o = o->next) {
+            o->listed = false;
+            context_gate::close(o->shut);
+        }
     }
+    // Outside the lock (a source may take locks of its own, a name's may wait for readers):
+    // the list is this call's alone now, and stop_source() is idempotent against a destroy()
+    // on another thread that shut the object first.
+    for (event_object* o = list; o; o = o->next) o->stop_source();
     return list;
 }
 
