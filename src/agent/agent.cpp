@@ -15,7 +15,7 @@ MAILROOM_FAST_TLS thread_local context_core* tls_constructing = nullptr;
 context_core*& constructing_agent() noexcept { return tls_constructing; }
 
 std::string agent_display_name(const context_core& c) {
-    if (!c.name.empty()) return c.name;
+    if (!c.name.empty()) return c.name.str();
     std::string type = "agent";
     if (const agent* a = user_of(c)) {
         int status = 0;
@@ -63,9 +63,11 @@ environment& agent::env() const noexcept { return *core_->env->owner; }
 void agent::set_exception_policy(exception_policy p) noexcept { core_->policy = p; }
 
 void agent::set_name(std::string name) {
-    // Under pending_lock: the teardown watch may be reading the name (describe_if).
+    // Made before and freed after the lock (pending_lock: the teardown watch may be reading the
+    // name, describe_if).
+    auto n = name.empty() ? std::unique_ptr<std::string>() : std::make_unique<std::string>(std::move(name));
     internal::spin_guard g(core_->pending_lock);
-    core_->name.swap(name);
+    core_->name.swap(n);
 }
 
 coop_handle agent::cooperation() const {
@@ -105,11 +107,12 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
         throw subscription_error(describe() + ": it is another agent's direct mbox (only its owner may subscribe)");
     }
     bool dup = core.find(m.id(), type) != nullptr;
-    for (auto& s : core.added) dup = dup || (s.mbox_id == m.id() && s.type == type);
+    if (core.added)
+        for (auto& s : *core.added) dup = dup || (s.mbox_id == m.id() && s.type == type);
     if (dup) throw subscription_error(describe() + ": already subscribed");
 
     table_entry entry{m.id(), type, std::move(h), nullptr, nullptr};
-    auto& list = core.dispatching ? core.added : core.table;
+    auto& list = core.list_for_adding();
     list.reserve(list.size() + 1);  // so that the push_back below cannot throw
     if (m.kind() == mbox_kind::mpmc) {
         entry.source = from.impl();

@@ -45,7 +45,7 @@ std::string agent_where(const context_core& c) {
 const context_ops agent_ops{&agent_name, &agent_policy, &agent_deregister, &agent_where};
 
 void execute_start(demand* base, demand_mode mode) noexcept {
-    context_core* core = static_cast<context_retire*>(base)->ctx;
+    context_core* core = context_core::of_start(base);
     if (mode == demand_mode::discard) return;
     run_callback(
         *core, core->gen.load(std::memory_order_relaxed), core, core->own_shut, "on_start", message_type(),
@@ -55,13 +55,14 @@ void execute_start(demand* base, demand_mode mode) noexcept {
 // Leaves every MPMC mbox the agent subscribed to, so that publishers stop queueing for it.
 void leave_topics(context_core* core) noexcept {
     const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
-    for (auto* list : {&core->table, &core->added})
-        for (auto& e : *list)
-            if (e.source && e.mbox_id != 0) {
-                static_cast<mpmc_mbox&>(*e.source).remove_subscriber(route{core, gen, delivery_kind::fanout, e.mbox_id},
-                                                                      e.type);
-                e.source.reset();
-            }
+    for (auto* list : {&core->table, core->added.get()})
+        if (list)
+            for (auto& e : *list)
+                if (e.source && e.mbox_id != 0) {
+                    static_cast<mpmc_mbox&>(*e.source).remove_subscriber(
+                        route{core, gen, delivery_kind::fanout, e.mbox_id}, e.type);
+                    e.source.reset();
+                }
 }
 
 // Undoes an agent: it leaves the topics it subscribed to, its event objects are retired, its
@@ -86,7 +87,7 @@ void retire(context_core* core, bool bound) noexcept {
 }
 
 void execute_finish(demand* base, demand_mode mode) noexcept {
-    context_core* core = static_cast<context_retire*>(base)->ctx;
+    context_core* core = context_core::of_end(base);
     auto* c = static_cast<coop_impl*>(core->group);
     // First leave the topics: what is published from now on is not queued for an agent that
     // is finishing (what is already queued behind this demand is counted ignored).
@@ -127,8 +128,7 @@ void make_direct_mbox(context_core& core) {
     spin_guard g(core.pending_lock);
     if (core.direct_made.load(std::memory_order_relaxed)) return;
     core.direct = mbox(std::make_shared<direct_mbox>(core.env->shared_from_this(),
-                                                     route{&core, core.life, delivery_kind::direct},
-                                                     "agent #" + std::to_string(core.id)));
+                                                     route{&core, core.life, delivery_kind::direct}, "agent", core.id));
     core.direct_made.store(true, std::memory_order_release);
 }
 

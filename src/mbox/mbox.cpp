@@ -18,12 +18,19 @@ mbox_impl::mbox_impl(std::shared_ptr<env_core> env, mbox_kind kind)
 
 mbox_impl::~mbox_impl() = default;
 
-direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, std::string describe)
-    : mbox_impl(std::move(env), mbox_kind::direct), to_(std::move(to)), describe_(std::move(describe)) {
-    if (to_.key == 0) to_.key = id_;
+direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, const char* what, std::uint64_t what_id)
+    : mbox_impl(std::move(env), mbox_kind::direct), to_(to), what_(what), what_id_(what_id) {
+    to_.key = id_;
 }
 
-std::string direct_mbox::name() const { return "direct mbox of " + describe_; }
+direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, object_link link, std::string describe)
+    : mbox_impl(std::move(env), mbox_kind::direct), to_(to),
+      object_(std::make_unique<const object_part>(object_part{std::move(link), std::move(describe)})) {}
+
+std::string direct_mbox::name() const {
+    if (object_) return "direct mbox of " + object_->describe;
+    return std::string("direct mbox of ") + what_ + " #" + std::to_string(what_id_);
+}
 
 void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
@@ -31,7 +38,7 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     thread_counters& counters = env.counters();
     send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
     if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
-    const accept_result r = accept(to_, e, timer, counters);
+    const accept_result r = accept(to_, object_ ? &object_->link : nullptr, e, timer, counters);
     if (r == accept_result::queued) [[likely]] {
         ref.release();
         return;
@@ -61,7 +68,7 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
             std::lock_guard g(lock_);
             snap = table_;
         }
-        const std::vector<route>* subs = nullptr;
+        const std::vector<listing>* subs = nullptr;
         for (auto& [type, list] : snap->by_type)
             if (type == e->type()) subs = &list;
         if (!subs || subs->empty()) return;  // nobody listens: not a loss
@@ -75,8 +82,9 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
         std::uint32_t i = 0;
         try {
             for (; i < n; ++i) {
-                if (accept((*subs)[i], e, timer, counters) != accept_result::queued) [[unlikely]]
-                    ++gone;
+                const listing& l = (*subs)[i];
+                if (accept(l.to, l.link.closed ? &l.link : nullptr, e, timer, counters) != accept_result::queued)
+                    [[unlikely]] ++gone;
             }
         } catch (...) {
             // Out of memory: the deliveries not made were never sent (the caller gets the error).
@@ -94,15 +102,15 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     for (std::uint32_t j = 0; j < gone; ++j) e->release();
 }
 
-void mpmc_mbox::add_subscriber(route sub, message_type type) {
+void mpmc_mbox::add_subscriber(route sub, message_type type, object_link link) {
     std::lock_guard g(lock_);
     auto next = std::make_shared<table>(*table_);
     auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
     if (it == next->by_type.end()) {
-        next->by_type.emplace_back(type, std::vector<route>{});
+        next->by_type.emplace_back(type, std::vector<listing>{});
         it = next->by_type.end() - 1;
     }
-    it->second.push_back(std::move(sub));
+    it->second.push_back(listing{sub, std::move(link)});
     table_ = std::move(next);
 }
 
@@ -114,7 +122,7 @@ void mpmc_mbox::remove_subscriber(const route& sub, message_type type) noexcept 
         for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
             if (!(it->first == type)) continue;
             auto& v = it->second;
-            v.erase(std::remove_if(v.begin(), v.end(), [&](const route& x) { return x.same(sub); }), v.end());
+            v.erase(std::remove_if(v.begin(), v.end(), [&](const listing& x) { return x.to.same(sub); }), v.end());
             if (v.empty()) next->by_type.erase(it);
             break;
         }

@@ -42,20 +42,30 @@ protected:
     mbox_kind kind_;
 };
 
-/// An MPSC mbox: every message goes along one route. `describe` names the receiver for errors
-/// ("agent #12", "inbox #3 of session 'x'"). A route with key 0 is given the mbox's own id
-/// (an agent's direct mbox); an inbox's route carries its object's key.
+/// An MPSC mbox: every message goes along one route.
 class direct_mbox final : public mbox_impl {
 public:
-    direct_mbox(std::shared_ptr<env_core> env, route to, std::string describe);
+    /// A context's own (an agent's): `what` and `what_id` name it for errors ("agent", 12).
+    /// The route's key is the mbox's id.
+    direct_mbox(std::shared_ptr<env_core> env, route to, const char* what, std::uint64_t what_id);
+    /// An event object's (an inbox's): its route carries the object's key; `describe` names it
+    /// ("inbox #3 of session 'x'").
+    direct_mbox(std::shared_ptr<env_core> env, route to, object_link link, std::string describe);
     void deliver(envelope* e, timer_entry* timer) override;
     std::string name() const override;
 
     const route& target() const noexcept { return to_; }
 
 private:
+    struct object_part {
+        object_link link;
+        std::string describe;
+    };
+
     route to_;
-    std::string describe_;
+    const char* what_ = nullptr;
+    std::uint64_t what_id_ = 0;
+    std::unique_ptr<const object_part> object_;  // an event object's mbox only
 };
 
 /// A publish-subscribe mbox: each message goes to every subscriber of its type.
@@ -67,12 +77,16 @@ public:
 
     /// Any thread. A subscriber is listed once per type; adding it twice lists it twice. Its
     /// route's key is what its table maps to a handler (this mbox's id, or an object's).
-    void add_subscriber(route s, message_type type);
+    void add_subscriber(route s, message_type type, object_link link = {});
     void remove_subscriber(const route& s, message_type type) noexcept;
 
 private:
+    struct listing {
+        route to;
+        object_link link;  // `closed` set for an event object's listing
+    };
     struct table {
-        std::vector<std::pair<message_type, std::vector<route>>> by_type;
+        std::vector<std::pair<message_type, std::vector<listing>>> by_type;
     };
 
     std::string name_;

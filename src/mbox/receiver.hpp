@@ -143,34 +143,38 @@ struct message_demand final : demand {
 };
 
 /// A receiver as an mbox names it: one listing (a direct mbox's target, or a subscriber of an
-/// MPMC mbox). `closed` is the shut flag of the event object the route leads to (an inbox, a
-/// topic subscription), null for a context's own subscriptions; `only` restricts it to one
-/// message type (an inbox); `keep` holds what `closed` points into.
+/// MPMC mbox), under the key its table maps to a handler.
 struct route {
     receiver* to = nullptr;
     std::uint32_t gen = 0;
     delivery_kind kind = delivery_kind::direct;
     std::uint64_t key = 0;
-    message_type only{};
-    const context_gate::flag* closed = nullptr;
-    std::shared_ptr<void> keep{};
 
-    /// The same listing (whatever keeps it).
+    /// The same listing.
     bool same(const route& o) const noexcept { return to == o.to && gen == o.gen && key == o.key; }
 };
 
-/// Any thread, inside the sender's send_scope. Queues `e` along `r`: takes over one reference
-/// to `e` (and adds one to `timer` when set), and counts the send in `c` before the delivery is
-/// queued (so that no snapshot of the counters shows its outcome first). Otherwise takes and
-/// counts nothing: an early answer, which the receiving side checks again. May throw (out of
-/// memory) before it took anything.
-inline accept_result accept(const route& r, envelope* e, timer_entry* timer, thread_counters& c) {
+/// What a route to an event object (an inbox, a topic subscription) adds: the object's shut
+/// flag, what keeps the flag's memory, and the one message type it takes (an inbox's).
+struct object_link {
+    const context_gate::flag* closed = nullptr;
+    std::shared_ptr<void> keep{};
+    message_type only{};
+};
+
+/// Any thread, inside the sender's send_scope. Queues `e` along `r` (and `o`, when it leads to
+/// an event object): takes over one reference to `e` (and adds one to `timer` when set), and
+/// counts the send in `c` before the delivery is queued (so that no snapshot of the counters
+/// shows its outcome first). Otherwise takes and counts nothing: an early answer, which the
+/// receiving side checks again. May throw (out of memory) before it took anything.
+inline accept_result accept(const route& r, const object_link* o, envelope* e, timer_entry* timer,
+                            thread_counters& c) {
     receiver& to = *r.to;
-    if (r.only.info() && !(e->type() == r.only)) [[unlikely]]
-        return accept_result::unwanted;
+    if (o) [[unlikely]] {
+        if (o->only.info() && !(e->type() == o->only)) return accept_result::unwanted;
+        if (o->closed->load(std::memory_order_acquire) | to.gate.shut()) return accept_result::gone;
+    }
     if (to.gen.load(std::memory_order_acquire) != r.gen) [[unlikely]]
-        return accept_result::gone;
-    if (r.closed && (r.closed->load(std::memory_order_acquire) | to.gate.shut())) [[unlikely]]
         return accept_result::gone;
     message_demand* d = message_demand::make(&to, r.gen, r.key, e, timer, r.kind);
     thread_counters::bump(c.sent);

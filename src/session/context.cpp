@@ -34,17 +34,17 @@ bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept 
 // ---- the table ----
 
 void context_core::add_entry(table_entry e) {
-    auto& list = dispatching ? added : table;
-    list.push_back(std::move(e));
+    list_for_adding().push_back(std::move(e));
 }
 
 table_entry context_core::take_entry(std::uint64_t mbox_id, message_type type) noexcept {
-    for (auto it = added.begin(); it != added.end(); ++it)
-        if (it->mbox_id == mbox_id && it->type == type) {
-            table_entry out = std::move(*it);
-            added.erase(it);
-            return out;
-        }
+    if (added)
+        for (auto it = added->begin(); it != added->end(); ++it)
+            if (it->mbox_id == mbox_id && it->type == type) {
+                table_entry out = std::move(*it);
+                added->erase(it);
+                return out;
+            }
     for (auto it = table.begin(); it != table.end(); ++it)
         if (it->mbox_id == mbox_id && it->type == type) {
             if (dispatching) {
@@ -72,14 +72,16 @@ void context_core::settle() noexcept {
                     table.end());
         has_removed = false;
     }
-    for (auto& e : added) {
-        try {
-            table.push_back(std::move(e));
-        } catch (...) {
-            fatal("out of memory adding a subscription");
+    if (added) {
+        for (auto& e : *added) {
+            try {
+                table.push_back(std::move(e));
+            } catch (...) {
+                fatal("out of memory adding a subscription");
+            }
         }
+        added.reset();
     }
-    added.clear();
 }
 
 // ---- the arena ----
@@ -94,17 +96,15 @@ context_core* context_arena::allocate() {
             chunk[i].arena = this;
             chunk[i].env = env_;
             chunk[i].run_message = &execute_message;
-            chunk[i].start_demand.ctx = &chunk[i];
-            chunk[i].end_demand.ctx = &chunk[i];
-            chunk[i].free_next = free_;
+            chunk[i].reg_next = free_;
             free_ = &chunk[i];
         }
         chunks_.push_back(std::move(chunk));
         chunk_size_ = std::min<std::size_t>(chunk_size_ * 2, 4096);
     }
     context_core* c = free_;
-    free_ = c->free_next;
-    c->free_next = nullptr;
+    free_ = c->reg_next;
+    c->reg_next = nullptr;
     return c;
 }
 
@@ -112,7 +112,7 @@ void context_arena::recycle(context_core* c) noexcept {
     // The generation already moved on; the rest is reset for the next life. The atomics read by
     // stale senders stay as they are until the next owner resets them.
     c->table.clear();
-    c->added.clear();
+    c->added.reset();
     c->dispatching = false;
     c->has_removed = false;
     c->dead = false;
@@ -124,12 +124,13 @@ void context_arena::recycle(context_core* c) noexcept {
     c->policy = exception_policy::inherit;
     c->direct = mbox();
     c->direct_made.store(false, std::memory_order_relaxed);
+    std::unique_ptr<std::string> no_name;  // the old one, freed outside the lock
     {
         spin_guard g(c->pending_lock);
-        c->name.clear();
+        c->name.swap(no_name);
     }
     std::lock_guard g(lock_);
-    c->free_next = free_;
+    c->reg_next = free_;
     free_ = c;
 }
 

@@ -31,6 +31,7 @@
 #include <mailroom/session/detail/handler.hpp>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -42,6 +43,22 @@ namespace mailroom::internal {
 class context_core;
 class context_arena;
 class event_object;
+
+/// A context's name: no bytes beyond a pointer until one is given (agents rarely have one).
+class context_name {
+public:
+    bool empty() const noexcept { return !s_ || s_->empty(); }
+    const std::string& str() const noexcept {
+        static const std::string none;
+        return s_ ? *s_ : none;
+    }
+    /// Replaces the name; the old one comes back in `n` (to be freed outside a lock).
+    void swap(std::unique_ptr<std::string>& n) noexcept { s_.swap(n); }
+    void clear() noexcept { s_.reset(); }
+
+private:
+    std::unique_ptr<std::string> s_;
+};
 
 /// Which layer owns a context; what a report calls it.
 enum class context_kind : std::uint8_t { session, agent };
@@ -70,10 +87,9 @@ struct table_entry {
     std::shared_ptr<mbox_impl> source;      // MPMC only: to leave its subscriber table
 };
 
-/// The end of a context's life, queued on it by its owner layer (embedded in the record).
-struct context_retire final : demand {
-    context_core* ctx = nullptr;
-};
+/// A control demand embedded in the record (an agent's start, the end of a life), queued on it
+/// by its owner layer; context_core::of_start() and of_end() find the record from it.
+struct context_retire final : demand {};
 
 /// What became of a callback that run_callback() was asked to run.
 enum class run_outcome : std::uint8_t { ran, refused, gone };
@@ -96,6 +112,12 @@ public:
     table_entry take_entry(std::uint64_t mbox_id, message_type type) noexcept;
     /// After a handler returns: applies what it added and removed.
     void settle() noexcept;
+    /// Where an entry added now goes: the table, or (while a handler runs) the added list.
+    std::vector<table_entry>& list_for_adding() {
+        if (!dispatching) return table;
+        if (!added) added = std::make_unique<std::vector<table_entry>>();
+        return *added;
+    }
 
     /// "agent 'x'" or "session 'y'".
     std::string describe() const {
@@ -106,47 +128,63 @@ public:
     /// it starts, finishes and is renamed). Any thread.
     bool describe_if(std::uint64_t wanted, std::string& out) noexcept;
 
-    // Read by any thread (stale senders included); the rest of what they read is the receiver's.
-    context_gate::flag own_shut{0};  // posted calls and an agent's handlers: never set (the gate's own flag shuts all)
+    // The members are grouped by size, not by who guards them, so that the record (one per
+    // agent) has no holes; each says which thread or lock it belongs to.
 
-    // Set at creation, constant for the life.
-    const context_ops* ops = nullptr;
-    context_arena* arena = nullptr;
-    std::uint64_t id = 0;
-    context_kind kind = context_kind::session;
-    std::atomic<bool> direct_made{false};  // `direct` is set (agents make it on first use)
-    std::uint32_t life = 0;                // the generation of this life (agents)
+    context_gate::flag own_shut{0};  // any thread: posted calls and an agent's handlers (never set; the gate's own flag shuts all)
+    std::uint32_t life = 0;          // constant for the life: its generation (agents)
 
-    // The context's own thread.
-    std::vector<table_entry> table;
-    std::vector<table_entry> added;
-    bool dispatching = false;
-    bool has_removed = false;
+    const context_ops* ops = nullptr;  // constant for the life
+    context_arena* arena = nullptr;    // constant
+    std::uint64_t id = 0;              // constant for the life
 
-    // Guarded by `lock`: the event objects (timers, inboxes, subscriptions, named objects).
-    spin_mutex lock;
-    bool dead = false;
-    event_object* objects = nullptr;
-    event_object* retiring = nullptr;  // the list a closing context hands to its retire
+    std::vector<table_entry> table;                   // the context's own thread
+    std::unique_ptr<std::vector<table_entry>> added;  // the context's own thread: made when a handler first adds an entry
+
+    event_object* objects = nullptr;   // under `lock`: the event objects (timers, inboxes, subscriptions, named objects)
+    event_object* retiring = nullptr;  // under `lock`: the list a closing context hands to its retire
 
     std::shared_ptr<binder_impl> binder;
     binding bound{};
-    std::string name;  // set before the context is shared, or under pending_lock (describe_if)
-    context_core* free_next = nullptr;
+    context_name name;  // set before the context is shared, or under pending_lock (describe_if)
 
     // Guarded by the owner layer's registry lock (sessions: session_runtime::lock).
-    bool registered = false;
     context_core* reg_prev = nullptr;
-    context_core* reg_next = nullptr;
+    context_core* reg_next = nullptr;  // also the arena's free list while the record is free
 
-    // The owner layer's, for the life (an agent's: its object, its cooperation, its policy and
-    // direct mbox). Embedded so that creating an agent allocates no record of its own.
+    // The owner layer's, for the life (an agent's: its object, its cooperation and direct mbox).
+    // Embedded so that creating an agent allocates no record of its own.
     void* owner = nullptr;
     void* group = nullptr;
-    exception_policy policy = exception_policy::inherit;
     mbox direct;
+
+    context_kind kind = context_kind::session;            // constant for the life
+    std::atomic<bool> direct_made{false};                 // any thread: `direct` is set (agents make it on first use)
+    bool dispatching = false;                             // the context's own thread
+    bool has_removed = false;                             // the context's own thread
+    spin_mutex lock;                                      // guards `objects`, `retiring` and `dead`
+    bool dead = false;                                    // under `lock`
+    bool registered = false;                              // under the owner layer's registry lock
+    exception_policy policy = exception_policy::inherit;  // the owner layer's (an agent's)
     context_retire start_demand;  // an agent's on_start, queued first when its start gate opens
     context_retire end_demand;    // the end of the life (a session's retire, an agent's finish)
+
+    /// The record a start_demand or end_demand is embedded in (no pointer back: 16 bytes less
+    /// per agent).
+    static context_core* of_start(demand* d) noexcept { return from_member(d, start_offset()); }
+    static context_core* of_end(demand* d) noexcept { return from_member(d, end_offset()); }
+
+private:
+    static context_core* from_member(demand* d, std::size_t offset) noexcept {
+        return reinterpret_cast<context_core*>(reinterpret_cast<char*>(static_cast<context_retire*>(d)) - offset);
+    }
+    // offsetof of a class that is not standard-layout is conditionally supported; GCC and Clang
+    // support it (a record has no virtual base, so the offset is the same in every record).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+    static constexpr std::size_t start_offset() noexcept { return offsetof(context_core, start_demand); }
+    static constexpr std::size_t end_offset() noexcept { return offsetof(context_core, end_demand); }
+#pragma GCC diagnostic pop
 };
 
 /// The contexts of one environment: type-stable records in chunks, recycled. Held by the
@@ -204,7 +242,7 @@ inline run_outcome run_checked(context_core& c, bool gated, const void* tag, con
     run_guarded(c, what, type, fn, arg);
     c.dispatching = false;
     if (gated) c.gate.leave();
-    if (c.has_removed || !c.added.empty()) [[unlikely]]
+    if (c.has_removed || c.added) [[unlikely]]
         c.settle();
     return run_outcome::ran;
 }

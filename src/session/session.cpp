@@ -38,7 +38,7 @@ std::string event_object::display_name() const {
 
 namespace {
 
-std::string session_name(const context_core& c) { return c.name; }
+std::string session_name(const context_core& c) { return c.name.str(); }
 exception_policy session_policy(const context_core&) noexcept { return exception_policy::log_and_continue; }
 // Sessions have no exception policy of their own: a callback that throws is logged and
 // counted, and the session carries on.
@@ -217,8 +217,8 @@ public:
     void join(std::shared_ptr<mbox_impl> m) {
         std::lock_guard g(source_lock_);
         if (left_) return;
-        static_cast<mpmc_mbox&>(*m).add_subscriber(
-            route{owner.core, owner.gen, delivery_kind::fanout, mbox_id, message_type{}, &shut, keep_alive(this)}, type);
+        static_cast<mpmc_mbox&>(*m).add_subscriber(route{owner.core, owner.gen, delivery_kind::fanout, mbox_id}, type,
+                                                   object_link{&shut, keep_alive(this)});
         source_ = std::move(m);
     }
 
@@ -386,7 +386,7 @@ namespace {
 
 // The end of a session's life, on its context (or wherever its queue is discarded).
 void execute_session_retire(demand* base, demand_mode mode) noexcept {
-    context_core* c = static_cast<context_retire*>(base)->ctx;
+    context_core* c = context_core::of_end(base);
     retire_objects(std::exchange(c->retiring, nullptr));
     // Its entries (an agent's subscriptions have none here) and topics go with the objects.
     // In discard mode the dispatcher is being joined (it may hold its own lock): it releases
@@ -539,9 +539,9 @@ event_object* add_inbox(const context_ref& s, std::string_view name, message_typ
     std::shared_ptr<direct_mbox> m;
     try {
         o->mbox_id = new_delivery_key();
-        m = std::make_shared<direct_mbox>(
-            keep, route{s.core, s.gen, delivery_kind::inbox, o->mbox_id, type, &o->shut, keep_alive(o)},
-            "inbox #" + std::to_string(o->id) + " of " + who(s, name));
+        m = std::make_shared<direct_mbox>(keep, route{s.core, s.gen, delivery_kind::inbox, o->mbox_id},
+                                          object_link{&o->shut, keep_alive(o), type},
+                                          "inbox #" + std::to_string(o->id) + " of " + who(s, name));
         o->add_ref();  // the handle's, before it is listed (see add_timer)
         try {
             list_object(*s.core, o, who(s, name));
@@ -642,7 +642,9 @@ session::session(environment& env, session_options options) {
     c->ops = &session_ops;
     c->kind = context_kind::session;
     c->id = rt.arena->next_id();
-    c->name = options.name.empty() ? "session#" + std::to_string(c->id) : std::move(options.name);
+    auto n = std::make_unique<std::string>(options.name.empty() ? "session#" + std::to_string(c->id)
+                                                                : std::move(options.name));
+    c->name.swap(n);
     c->gate.reopen();
     c->start.store(context_core::start_closed, std::memory_order_relaxed);
     const std::uint32_t gen = c->gen.load(std::memory_order_relaxed);
@@ -653,7 +655,7 @@ session::session(environment& env, session_options options) {
     try {
         c->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder();
         if (!binds_in(*c->binder, core)) throw_foreign_binder(*c->binder, core, c->describe());
-        c->bound = prepare_binding(*c->binder, c, core, "creating session", c->name);
+        c->bound = prepare_binding(*c->binder, c, core, "creating session", c->name.str());
     } catch (...) {
         give_back();
         throw;
@@ -663,7 +665,7 @@ session::session(environment& env, session_options options) {
     // listed, the teardown may close the session, retire it on its context and recycle the
     // record before the next line here runs. So it opens first (nobody else can post yet), and
     // the handle keeps its own copy of the name.
-    name_ = c->name;
+    name_ = c->name.str();
     c->open(nullptr);
     rt.sessions_created.fetch_add(1, std::memory_order_relaxed);
     bool listed = false;
