@@ -164,7 +164,6 @@ const char* policy_name(exception_policy p) noexcept {
 [[gnu::noinline, gnu::cold]] void on_failure(context_core& c, const char* what, message_type type,
                                              const char* failure) noexcept {
     env_core& env = *c.env;
-    thread_counters::bump(env.counters().exceptions);
     const exception_policy p = c.ops->policy(c);
     std::string text;
     try {
@@ -176,6 +175,8 @@ const char* policy_name(exception_policy p) noexcept {
         text = "a callback threw (and formatting the report ran out of memory)";
     }
     env.log(text);
+    // Counted after it is logged: whoever sees the count sees the report too.
+    thread_counters::bump(env.counters().exceptions);
     switch (p) {
         case exception_policy::deregister_coop:
             if (c.ops->deregister) c.ops->deregister(c);
