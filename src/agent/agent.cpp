@@ -15,7 +15,7 @@ MAILROOM_FAST_TLS thread_local context_core* tls_constructing = nullptr;
 context_core*& constructing_agent() noexcept { return tls_constructing; }
 
 std::string agent_display_name(const context_core& c) {
-    if (!c.name.empty()) return c.name;
+    if (!c.name.empty()) return c.name.str();
     std::string type = "agent";
     if (const agent* a = user_of(c)) {
         int status = 0;
@@ -48,7 +48,11 @@ agent::agent() : core_(internal::tls_constructing) {
 
 agent::~agent() = default;
 
-const mbox& agent::direct_mbox() const noexcept { return core_->direct; }
+const mbox& agent::direct_mbox() const {
+    if (!core_->direct_made.load(std::memory_order_acquire)) [[unlikely]]
+        internal::make_direct_mbox(*core_);
+    return core_->direct;
+}
 
 environment_stats agent::env_stats() const { return core_->env->stats(); }
 
@@ -59,9 +63,11 @@ environment& agent::env() const noexcept { return *core_->env->owner; }
 void agent::set_exception_policy(exception_policy p) noexcept { core_->policy = p; }
 
 void agent::set_name(std::string name) {
-    // Under pending_lock: the teardown watch may be reading the name (describe_if).
+    // Made before and freed after the lock (pending_lock: the teardown watch may be reading the
+    // name, describe_if).
+    auto n = name.empty() ? std::unique_ptr<std::string>() : std::make_unique<std::string>(std::move(name));
     internal::spin_guard g(core_->pending_lock);
-    core_->name.swap(name);
+    core_->name.swap(n);
 }
 
 coop_handle agent::cooperation() const {
@@ -92,24 +98,26 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
     mbox_impl& m = *from.impl();
     if (&m.env() != core.env) throw subscription_error(describe() + ": the mbox belongs to another environment");
-    if (m.kind() == mbox_kind::direct && m.id() != core.direct.id()) {
+    if (m.kind() == mbox_kind::direct && !(core.direct_made.load(std::memory_order_acquire) && m.id() == core.direct.id())) {
         // An inbox has a direct address too, but only its own callback receives: ask, never assume.
-        if (static_cast<internal::direct_mbox&>(m).delivery() == delivery_kind::inbox)
+        if (static_cast<internal::direct_mbox&>(m).target().kind == delivery_kind::inbox)
             throw subscription_error(describe() +
                                      ": it is the address of an inbox (only that inbox's callback receives what is "
                                      "sent to it)");
         throw subscription_error(describe() + ": it is another agent's direct mbox (only its owner may subscribe)");
     }
     bool dup = core.find(m.id(), type) != nullptr;
-    for (auto& s : core.added) dup = dup || (s.mbox_id == m.id() && s.type == type);
+    if (core.added)
+        for (auto& s : *core.added) dup = dup || (s.mbox_id == m.id() && s.type == type);
     if (dup) throw subscription_error(describe() + ": already subscribed");
 
     table_entry entry{m.id(), type, std::move(h), nullptr, nullptr};
-    auto& list = core.dispatching ? core.added : core.table;
+    auto& list = core.list_for_adding();
     list.reserve(list.size() + 1);  // so that the push_back below cannot throw
     if (m.kind() == mbox_kind::mpmc) {
         entry.source = from.impl();
-        static_cast<mpmc_mbox&>(m).add_subscriber(sink_ref{&core, core.gen.load(std::memory_order_relaxed)}, type);
+        static_cast<mpmc_mbox&>(m).add_subscriber(
+            route{&core, core.gen.load(std::memory_order_relaxed), delivery_kind::fanout, m.id()}, type);
     }
     list.push_back(std::move(entry));
 }
@@ -124,8 +132,8 @@ bool agent::remove_subscription(const mbox& from, message_type type) {
     table_entry e = core.take_entry(from.id(), type);
     if (e.mbox_id == 0) return false;
     if (e.source)
-        static_cast<mpmc_mbox&>(*e.source).remove_subscriber(sink_ref{&core, core.gen.load(std::memory_order_relaxed)},
-                                                              type);
+        static_cast<mpmc_mbox&>(*e.source).remove_subscriber(
+            route{&core, core.gen.load(std::memory_order_relaxed), delivery_kind::fanout, e.mbox_id}, type);
     if (e.obj) e.obj->release();
     return true;
 }

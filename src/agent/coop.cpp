@@ -45,7 +45,7 @@ std::string agent_where(const context_core& c) {
 const context_ops agent_ops{&agent_name, &agent_policy, &agent_deregister, &agent_where};
 
 void execute_start(demand* base, demand_mode mode) noexcept {
-    context_core* core = static_cast<context_retire*>(base)->ctx;
+    context_core* core = context_core::of_start(base);
     if (mode == demand_mode::discard) return;
     run_callback(
         *core, core->gen.load(std::memory_order_relaxed), core, core->own_shut, "on_start", message_type(),
@@ -54,13 +54,15 @@ void execute_start(demand* base, demand_mode mode) noexcept {
 
 // Leaves every MPMC mbox the agent subscribed to, so that publishers stop queueing for it.
 void leave_topics(context_core* core) noexcept {
-    const sink_ref me{core, core->gen.load(std::memory_order_relaxed)};
-    for (auto* list : {&core->table, &core->added})
-        for (auto& e : *list)
-            if (e.source && e.mbox_id != 0) {
-                static_cast<mpmc_mbox&>(*e.source).remove_subscriber(me, e.type);
-                e.source.reset();
-            }
+    const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
+    for (auto* list : {&core->table, core->added.get()})
+        if (list)
+            for (auto& e : *list)
+                if (e.source && e.mbox_id != 0) {
+                    static_cast<mpmc_mbox&>(*e.source).remove_subscriber(
+                        route{core, gen, delivery_kind::fanout, e.mbox_id}, e.type);
+                    e.source.reset();
+                }
 }
 
 // Undoes an agent: it leaves the topics it subscribed to, its event objects are retired, its
@@ -85,7 +87,7 @@ void retire(context_core* core, bool bound) noexcept {
 }
 
 void execute_finish(demand* base, demand_mode mode) noexcept {
-    context_core* core = static_cast<context_retire*>(base)->ctx;
+    context_core* core = context_core::of_end(base);
     auto* c = static_cast<coop_impl*>(core->group);
     // First leave the topics: what is published from now on is not queued for an agent that
     // is finishing (what is already queued behind this demand is counted ignored).
@@ -109,9 +111,7 @@ context_core* agent_runtime::make_agent_context(coop_impl& c, std::shared_ptr<bi
         core->group = &c;
         core->binder = std::move(b);
         core->gate.reopen();
-        const std::uint32_t gen = core->gen.load(std::memory_order_relaxed);
-        core->direct = mbox(std::make_shared<direct_mbox>(env_shared(), sink_ref{core, gen}, delivery_kind::direct,
-                                                          "agent #" + std::to_string(core->id)));
+        core->life = core->gen.load(std::memory_order_relaxed);
     } catch (...) {
         core->finish_life();
         arena.recycle(core);
@@ -119,6 +119,17 @@ context_core* agent_runtime::make_agent_context(coop_impl& c, std::shared_ptr<bi
     }
     core->start.store(context_core::start_closed, std::memory_order_release);
     return core;
+}
+
+void make_direct_mbox(context_core& core) {
+    // Under pending_lock, which a rename and the start take too: made once, by whichever
+    // thread asks first. Its route names the agent's life, not the record's current one, so an
+    // mbox made after the agent finished never reaches the record's next life.
+    spin_guard g(core.pending_lock);
+    if (core.direct_made.load(std::memory_order_relaxed)) return;
+    core.direct = mbox(std::make_shared<direct_mbox>(core.env->shared_from_this(),
+                                                     route{&core, core.life, delivery_kind::direct}, "agent", core.id));
+    core.direct_made.store(true, std::memory_order_release);
 }
 
 void agent_runtime::abandon_agent_context(context_core* core) noexcept {
@@ -196,12 +207,16 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         // Even with no agent to bind: a binder of another environment is a mistake to report.
         if (!binds_in(*c->default_binder, *env))
             throw_foreign_binder(*c->default_binder, *env, "cooperation '" + c->name + "'");
+        context_core* last = nullptr;  // the last agent bound: the next one through the same binder shares it
         for (context_core* core : c->agents) {
             if (!core->binder) core->binder = c->default_binder;
-            if (!binds_in(*core->binder, *env))
+            const bool again = last && last->binder == core->binder;
+            if (!again && !binds_in(*core->binder, *env))
                 throw_foreign_binder(*core->binder, *env,
                                      "cooperation '" + c->name + "': agent '" + agent_display_name(*core) + "'");
-            core->bound = prepare_binding(*core->binder, c.get(), *env, "registering cooperation", c->name);
+            core->bound = prepare_binding(*core->binder, c.get(), *env, "registering cooperation", c->name,
+                                          again ? &last->bound : nullptr);
+            last = core;
             core->queue.store(core->bound.queue, std::memory_order_release);
             ++bound;
             core->start_demand.execute = &execute_start;

@@ -127,4 +127,7 @@ inline context_core* current_agent() noexcept {
 /// The agent's name for errors and logs: the one given with set_name, else its type and id.
 std::string agent_display_name(const context_core& c);
 
+/// Makes the agent's direct mbox, once (agent::direct_mbox() on its first call). Any thread.
+void make_direct_mbox(context_core& c);
+
 }  // namespace mailroom::internal

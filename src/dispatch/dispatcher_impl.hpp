@@ -30,6 +30,13 @@ public:
     /// Binds one context of the cooperation `coop_key`. Throws binding_error naming the
     /// dispatcher when it was shut down.
     virtual binding prepare(const void* coop_key) = 0;
+    /// Binds one more context of the cooperation `coop_key`, in the registration that bound an
+    /// earlier one as `first` through this binder (not released since). A binder that puts a
+    /// cooperation's contexts together shares `first` without its lock; the default prepares.
+    virtual binding prepare_again(const binding& first, const void* coop_key) {
+        (void)first;
+        return prepare(coop_key);
+    }
     /// Releases a binding. Any thread, including the bound context's own worker.
     virtual void release(const binding& b, const void* coop_key) noexcept = 0;
 

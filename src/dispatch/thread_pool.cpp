@@ -34,7 +34,7 @@ public:
     // the worker holding it subtracts what it ran and re-schedules if anything is left.
     std::atomic<std::int64_t> pending{0};
     strand* ready_next = nullptr;  // run-queue link, guarded by the pool's lock
-    std::size_t users = 0;         // bindings sharing it (fifo::cooperation), guarded by binding_lock
+    std::atomic<std::size_t> users{0};  // bindings sharing it (fifo::cooperation); from 0 only under binding_lock
 
 private:
     thread_pool_dispatcher* pool_;
@@ -127,7 +127,7 @@ public:
         s.threads = params_.threads;
         {
             std::lock_guard g(binding_lock_);
-            s.bound_contexts = bound_;
+            s.bound_contexts = bound_.load(std::memory_order_relaxed);
             for (auto& st : strands_) {
                 auto p = st->pending.load(std::memory_order_relaxed);
                 if (p > 0) s.queue_depth += static_cast<std::size_t>(p);
@@ -164,20 +164,37 @@ private:
                     }
                 }
             }
-            ++s->users;
-            ++p.bound_;
+            s->users.fetch_add(1, std::memory_order_relaxed);
+            p.bound_.fetch_add(1, std::memory_order_relaxed);
             return {s, s};
+        }
+
+        binding prepare_again(const binding& first, const void* coop_key) override {
+            if (order != fifo::cooperation) return prepare(coop_key);
+            // The strand is the cooperation's and `first` holds it: one more user, no lock.
+            auto& p = *disp;
+            p.check_accepting();
+            static_cast<strand*>(first.token)->users.fetch_add(1, std::memory_order_relaxed);
+            p.bound_.fetch_add(1, std::memory_order_relaxed);
+            return first;
         }
 
         void release(const binding& b, const void* coop_key) noexcept override {
             auto& p = *disp;
-            std::lock_guard g(p.binding_lock_);
             auto* s = static_cast<strand*>(b.token);
-            --p.bound_;
-            if (--s->users == 0) {
-                if (order == fifo::cooperation) p.by_coop_.erase(coop_key);
-                p.free_.push_back(s);  // reserved in take_strand: cannot throw
+            p.bound_.fetch_sub(1, std::memory_order_relaxed);
+            if (s->users.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+            std::lock_guard g(p.binding_lock_);
+            // A prepare() may have found the strand in by_coop_ (under the lock) and taken it
+            // again; and of two releases that each saw the count reach zero, only the one that
+            // still finds it listed for this cooperation frees it.
+            if (s->users.load(std::memory_order_relaxed) != 0) return;
+            if (order == fifo::cooperation) {
+                auto it = p.by_coop_.find(coop_key);
+                if (it == p.by_coop_.end() || it->second != s) return;
+                p.by_coop_.erase(it);
             }
+            p.free_.push_back(s);  // reserved in take_strand: cannot throw
         }
 
         std::shared_ptr<thread_pool_dispatcher> disp;
@@ -284,7 +301,7 @@ private:
     std::vector<std::unique_ptr<strand>> strands_;
     std::vector<strand*> free_;
     std::map<const void*, strand*> by_coop_;
-    std::size_t bound_ = 0;
+    std::atomic<std::size_t> bound_{0};
 
     std::mutex join_lock_;
     bool joined_ = false;

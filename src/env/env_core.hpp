@@ -157,8 +157,14 @@ public:
     void log(std::string_view text) const noexcept;
 
     /// The extension registered under `key`, created by `make` on first use. Any thread.
+    /// Finding one that exists takes no lock (the layers above look theirs up per agent).
     template <class E, class Make>
     E& extension(const void* key, Make&& make) {
+        for (auto& s : found_) {
+            const void* k = s.key.load(std::memory_order_acquire);
+            if (!k) break;
+            if (k == key) return static_cast<E&>(*s.ext);
+        }
         std::lock_guard g(lock_);
         for (auto& [k, e] : extensions_)
             if (k == key) return static_cast<E&>(*e);
@@ -167,7 +173,16 @@ public:
         const int phase = made->teardown_phase();
         auto at = extensions_.begin();
         while (at != extensions_.end() && at->second->teardown_phase() <= phase) ++at;
-        return static_cast<E&>(*extensions_.emplace(at, key, std::move(made))->second);
+        env_extension* e = extensions_.emplace(at, key, std::move(made))->second.get();
+        // Published in the first free slot (filled in order under lock_, so a reader stops at
+        // the first empty one); an extension lives until the core does.
+        for (auto& s : found_)
+            if (!s.key.load(std::memory_order_relaxed)) {
+                s.ext = e;
+                s.key.store(key, std::memory_order_release);
+                break;
+            }
+        return static_cast<E&>(*e);
     }
 
     std::shared_ptr<dispatcher_impl> default_dispatcher() const noexcept { return default_; }
@@ -203,6 +218,11 @@ private:
     std::shared_ptr<dispatcher_impl> default_;
     std::vector<std::shared_ptr<dispatcher_impl>> dispatchers_;
     std::vector<std::pair<const void*, std::unique_ptr<env_extension>>> extensions_;  // in phase order
+    struct found_slot {
+        std::atomic<const void*> key{nullptr};
+        env_extension* ext = nullptr;
+    };
+    found_slot found_[8];  // the lock-free view of extensions_ (the first eight made)
     std::vector<std::pair<std::thread::id, std::unique_ptr<thread_counters>>> counters_;
 
     /// Watches the workers while join() waits; see teardown_watch in environment.cpp.

@@ -105,6 +105,7 @@ env_core::~env_core() {
     // Dispatchers first: discarding a demand may look at the agent layer's records.
     dispatchers_.clear();
     default_.reset();
+    for (auto& s : found_) s.key.store(nullptr, std::memory_order_relaxed);
     extensions_.clear();
 }
 

@@ -18,11 +18,19 @@ mbox_impl::mbox_impl(std::shared_ptr<env_core> env, mbox_kind kind)
 
 mbox_impl::~mbox_impl() = default;
 
-direct_mbox::direct_mbox(std::shared_ptr<env_core> env, sink_ref to, delivery_kind kind, std::string describe)
-    : mbox_impl(std::move(env), mbox_kind::direct), to_(std::move(to)), delivery_(kind),
-      describe_(std::move(describe)) {}
+direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, const char* what, std::uint64_t what_id)
+    : mbox_impl(std::move(env), mbox_kind::direct), to_(to), what_(what), what_id_(what_id) {
+    to_.key = id_;
+}
 
-std::string direct_mbox::name() const { return "direct mbox of " + describe_; }
+direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, object_link link, std::string describe)
+    : mbox_impl(std::move(env), mbox_kind::direct), to_(to),
+      object_(std::make_unique<const object_part>(object_part{std::move(link), std::move(describe)})) {}
+
+std::string direct_mbox::name() const {
+    if (object_) return "direct mbox of " + object_->describe;
+    return std::string("direct mbox of ") + what_ + " #" + std::to_string(what_id_);
+}
 
 void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
@@ -30,7 +38,7 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     thread_counters& counters = env.counters();
     send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
     if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
-    const accept_result r = to_.sink->accept(to_.gen, id_, e, timer, delivery_, counters);
+    const accept_result r = accept(to_, object_ ? &object_->link : nullptr, e, timer, counters);
     if (r == accept_result::queued) [[likely]] {
         ref.release();
         return;
@@ -60,7 +68,7 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
             std::lock_guard g(lock_);
             snap = table_;
         }
-        const std::vector<sink_ref>* subs = nullptr;
+        const std::vector<listing>* subs = nullptr;
         for (auto& [type, list] : snap->by_type)
             if (type == e->type()) subs = &list;
         if (!subs || subs->empty()) return;  // nobody listens: not a loss
@@ -74,8 +82,8 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
         std::uint32_t i = 0;
         try {
             for (; i < n; ++i) {
-                const sink_ref& s = (*subs)[i];
-                if (s.sink->accept(s.gen, id_, e, timer, delivery_kind::fanout, counters) != accept_result::queued)
+                const listing& l = (*subs)[i];
+                if (accept(l.to, l.link.closed ? &l.link : nullptr, e, timer, counters) != accept_result::queued)
                     [[unlikely]] ++gone;
             }
         } catch (...) {
@@ -94,19 +102,19 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     for (std::uint32_t j = 0; j < gone; ++j) e->release();
 }
 
-void mpmc_mbox::add_subscriber(sink_ref sub, message_type type) {
+void mpmc_mbox::add_subscriber(route sub, message_type type, object_link link) {
     std::lock_guard g(lock_);
     auto next = std::make_shared<table>(*table_);
     auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
     if (it == next->by_type.end()) {
-        next->by_type.emplace_back(type, std::vector<sink_ref>{});
+        next->by_type.emplace_back(type, std::vector<listing>{});
         it = next->by_type.end() - 1;
     }
-    it->second.push_back(std::move(sub));
+    it->second.push_back(listing{sub, std::move(link)});
     table_ = std::move(next);
 }
 
-void mpmc_mbox::remove_subscriber(const sink_ref& sub, message_type type) noexcept {
+void mpmc_mbox::remove_subscriber(const route& sub, message_type type) noexcept {
     std::shared_ptr<const table> old;  // released outside the lock: it may drop the last reference
     std::lock_guard g(lock_);
     try {
@@ -114,7 +122,7 @@ void mpmc_mbox::remove_subscriber(const sink_ref& sub, message_type type) noexce
         for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
             if (!(it->first == type)) continue;
             auto& v = it->second;
-            v.erase(std::remove_if(v.begin(), v.end(), [&](const sink_ref& x) { return x.same(sub); }), v.end());
+            v.erase(std::remove_if(v.begin(), v.end(), [&](const listing& x) { return x.to.same(sub); }), v.end());
             if (v.empty()) next->by_type.erase(it);
             break;
         }

@@ -1,12 +1,9 @@
 #pragma once
 // The mbox layer's records: what an mbox handle refers to, and what a message goes to.
 //
-// Lifetime without a reference count per message: a receiver is a message_sink, which the layer
-// above keeps type-stable (its memory is recycled, never freed while the process runs) and
-// gives a generation per life. An mbox names its receiver as (sink, generation); a sink whose
-// generation moved on counts what reaches it as lost. A sender therefore needs no atomic
-// read-modify-write on the receiver to send.
+// Lifetime without a reference count per message: see receiver.hpp.
 
+#include <mailroom/mbox/receiver.hpp>
 #include <mailroom/dispatch/timer_service.hpp>
 #include <mailroom/env/env_core.hpp>
 #include <mailroom/mbox/mbox.hpp>
@@ -19,47 +16,6 @@
 #include <vector>
 
 namespace mailroom::internal {
-
-/// How a delivery was sent, which decides how it counts when it finds no handler or no receiver:
-/// to an agent's direct mbox (no handler: ignored; receiver gone: lost), to a session's inbox
-/// (either: lost), or published through an MPMC mbox (either: ignored, the receiver left the
-/// topic).
-enum class delivery_kind : std::uint8_t { direct, inbox, fanout };
-
-/// What a sink did with a delivery.
-enum class accept_result : std::uint8_t {
-    queued,    ///< taken and queued (counted sent)
-    gone,      ///< the receiver's life is over: counted lost (direct) or ignored (published)
-    unwanted,  ///< not a type the receiver takes (an inbox of another type): counted ignored
-};
-
-/// What a message is delivered to: a serial context of the layer above, or one of its event
-/// objects (an inbox, a topic subscription). A context is type-stable (see the file comment): a
-/// sender may call it with a stale generation at any time; an object is kept alive by whoever
-/// lists it (sink_ref::keep).
-class message_sink {
-public:
-    /// Any thread, inside the sender's send_scope. Queues `e` for the life `gen` of this sink,
-    /// under the key `key` (the mbox's id, or the event object's): takes over one reference to
-    /// `e` (and adds one to `timer` when set), and counts the send in `c` before the delivery is
-    /// queued (so that no snapshot of the counters shows its outcome first). Otherwise takes
-    /// and counts nothing (an early answer: the receiving side checks again). May throw (out of
-    /// memory) before it took anything.
-    virtual accept_result accept(std::uint32_t gen, std::uint64_t key, envelope* e, timer_entry* timer,
-                                 delivery_kind kind, thread_counters& c) = 0;
-
-protected:
-    ~message_sink() = default;
-};
-
-/// A receiver as an mbox names it, and what keeps it alive (empty for a type-stable context).
-struct sink_ref {
-    message_sink* sink = nullptr;
-    std::uint32_t gen = 0;
-    std::shared_ptr<void> keep{};
-    /// The same receiver (whatever keeps it).
-    bool same(const sink_ref& o) const noexcept { return sink == o.sink && gen == o.gen; }
-};
 
 /// A fresh key for what a context's table maps to a handler: mbox ids and event objects' keys
 /// come from one counter, so that they never collide. Any thread.
@@ -86,21 +42,30 @@ protected:
     mbox_kind kind_;
 };
 
-/// An MPSC mbox: every message goes to one receiver. `describe` names the receiver for errors
-/// ("agent #12", "inbox #3 of session 'x'"); `kind` is direct or inbox.
+/// An MPSC mbox: every message goes along one route.
 class direct_mbox final : public mbox_impl {
 public:
-    direct_mbox(std::shared_ptr<env_core> env, sink_ref to, delivery_kind kind, std::string describe);
+    /// A context's own (an agent's): `what` and `what_id` name it for errors ("agent", 12).
+    /// The route's key is the mbox's id.
+    direct_mbox(std::shared_ptr<env_core> env, route to, const char* what, std::uint64_t what_id);
+    /// An event object's (an inbox's): its route carries the object's key; `describe` names it
+    /// ("inbox #3 of session 'x'").
+    direct_mbox(std::shared_ptr<env_core> env, route to, object_link link, std::string describe);
     void deliver(envelope* e, timer_entry* timer) override;
     std::string name() const override;
 
-    sink_ref target() const noexcept { return to_; }
-    delivery_kind delivery() const noexcept { return delivery_; }
+    const route& target() const noexcept { return to_; }
 
 private:
-    sink_ref to_;
-    delivery_kind delivery_;
-    std::string describe_;
+    struct object_part {
+        object_link link;
+        std::string describe;
+    };
+
+    route to_;
+    const char* what_ = nullptr;
+    std::uint64_t what_id_ = 0;
+    std::unique_ptr<const object_part> object_;  // an event object's mbox only
 };
 
 /// A publish-subscribe mbox: each message goes to every subscriber of its type.
@@ -110,13 +75,18 @@ public:
     void deliver(envelope* e, timer_entry* timer) override;
     std::string name() const override;
 
-    /// Any thread. A subscriber is listed once per type; adding it twice lists it twice.
-    void add_subscriber(sink_ref s, message_type type);
-    void remove_subscriber(const sink_ref& s, message_type type) noexcept;
+    /// Any thread. A subscriber is listed once per type; adding it twice lists it twice. Its
+    /// route's key is what its table maps to a handler (this mbox's id, or an object's).
+    void add_subscriber(route s, message_type type, object_link link = {});
+    void remove_subscriber(const route& s, message_type type) noexcept;
 
 private:
+    struct listing {
+        route to;
+        object_link link;  // `closed` set for an event object's listing
+    };
     struct table {
-        std::vector<std::pair<message_type, std::vector<sink_ref>>> by_type;
+        std::vector<std::pair<message_type, std::vector<listing>>> by_type;
     };
 
     std::string name_;

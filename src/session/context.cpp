@@ -10,7 +10,6 @@ namespace mailroom::internal {
 
 namespace {
 
-void execute_message(demand* base, demand_mode mode) noexcept;
 void execute_post(demand* base, demand_mode mode) noexcept;
 
 }  // namespace
@@ -18,98 +17,6 @@ void execute_post(demand* base, demand_mode mode) noexcept;
 context_core*& current_context() noexcept {
     MAILROOM_FAST_TLS thread_local context_core* c = nullptr;
     return c;
-}
-
-// ---- messages ----
-
-message_demand* message_demand::make(context_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
-                                     timer_entry* timer, delivery_kind kind) {
-    auto* d = new (pool_allocate(sizeof(message_demand))) message_demand;
-    d->execute = &execute_message;
-    d->target = target;
-    d->gen = gen;
-    d->kind = kind;
-    d->mbox_id = mbox_id;
-    d->msg = msg;
-    d->timer = timer;
-    if (timer) timer->add_ref();
-    return d;
-}
-
-void message_demand::free() noexcept {
-    if (msg) msg->release();
-    if (timer) timer->release();
-    this->~message_demand();
-    pool_free(this, sizeof(message_demand));
-}
-
-accept_result context_core::accept(std::uint32_t g, std::uint64_t key, envelope* e, timer_entry* timer,
-                                   delivery_kind kind, thread_counters& c) {
-    // A cheap early answer for a receiver that is gone; the receiving side checks again.
-    if (gen.load(std::memory_order_acquire) != g) return accept_result::gone;
-    message_demand* d = message_demand::make(this, g, key, e, timer, kind);
-    thread_counters::bump(c.sent);
-    push(d);
-    return accept_result::queued;
-}
-
-// ---- the start gate ----
-
-bool context_core::push_unless_finished(demand* d) noexcept {
-    if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
-        queue.load(std::memory_order_acquire)->push(d);
-        return true;
-    }
-    std::uint8_t s;
-    {
-        spin_guard g(pending_lock);
-        s = start.load(std::memory_order_acquire);
-        if (s == start_closed) {
-            d->next.store(nullptr, std::memory_order_relaxed);
-            if (pending_tail)
-                pending_tail->next.store(d, std::memory_order_relaxed);
-            else
-                pending_head = d;
-            pending_tail = d;
-            return true;
-        }
-    }
-    if (s == start_finished) return false;
-    queue.load(std::memory_order_acquire)->push(d);  // opened while we waited; the waiting list went first
-    return true;
-}
-
-void context_core::push_slow(demand* d) noexcept {
-    if (!push_unless_finished(d)) d->execute(d, demand_mode::run);  // finds a newer generation: counted lost
-}
-
-void context_core::open(demand* first) noexcept {
-    spin_guard g(pending_lock);
-    event_queue* q = queue.load(std::memory_order_relaxed);
-    if (first) q->push(first);
-    for (demand* d = pending_head; d;) {
-        auto* next = static_cast<demand*>(d->next.load(std::memory_order_relaxed));
-        q->push(d);
-        d = next;
-    }
-    pending_head = pending_tail = nullptr;
-    start.store(start_open, std::memory_order_release);
-}
-
-void context_core::finish_life() noexcept {
-    gen.store(gen.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-    demand* list = nullptr;
-    {
-        spin_guard g(pending_lock);
-        start.store(start_finished, std::memory_order_release);
-        list = std::exchange(pending_head, nullptr);
-        pending_tail = nullptr;
-    }
-    while (list) {
-        auto* next = static_cast<demand*>(list->next.load(std::memory_order_relaxed));
-        list->execute(list, demand_mode::run);  // the generation moved on before: counted lost
-        list = next;
-    }
 }
 
 bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept {
@@ -127,17 +34,17 @@ bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept 
 // ---- the table ----
 
 void context_core::add_entry(table_entry e) {
-    auto& list = dispatching ? added : table;
-    list.push_back(std::move(e));
+    list_for_adding().push_back(std::move(e));
 }
 
 table_entry context_core::take_entry(std::uint64_t mbox_id, message_type type) noexcept {
-    for (auto it = added.begin(); it != added.end(); ++it)
-        if (it->mbox_id == mbox_id && it->type == type) {
-            table_entry out = std::move(*it);
-            added.erase(it);
-            return out;
-        }
+    if (added)
+        for (auto it = added->begin(); it != added->end(); ++it)
+            if (it->mbox_id == mbox_id && it->type == type) {
+                table_entry out = std::move(*it);
+                added->erase(it);
+                return out;
+            }
     for (auto it = table.begin(); it != table.end(); ++it)
         if (it->mbox_id == mbox_id && it->type == type) {
             if (dispatching) {
@@ -165,14 +72,16 @@ void context_core::settle() noexcept {
                     table.end());
         has_removed = false;
     }
-    for (auto& e : added) {
-        try {
-            table.push_back(std::move(e));
-        } catch (...) {
-            fatal("out of memory adding a subscription");
+    if (added) {
+        for (auto& e : *added) {
+            try {
+                table.push_back(std::move(e));
+            } catch (...) {
+                fatal("out of memory adding a subscription");
+            }
         }
+        added.reset();
     }
-    added.clear();
 }
 
 // ---- the arena ----
@@ -186,17 +95,16 @@ context_core* context_arena::allocate() {
         for (std::size_t i = 0; i < chunk_size_; ++i) {
             chunk[i].arena = this;
             chunk[i].env = env_;
-            chunk[i].start_demand.ctx = &chunk[i];
-            chunk[i].end_demand.ctx = &chunk[i];
-            chunk[i].free_next = free_;
+            chunk[i].run_message = &execute_message;
+            chunk[i].reg_next = free_;
             free_ = &chunk[i];
         }
         chunks_.push_back(std::move(chunk));
         chunk_size_ = std::min<std::size_t>(chunk_size_ * 2, 4096);
     }
     context_core* c = free_;
-    free_ = c->free_next;
-    c->free_next = nullptr;
+    free_ = c->reg_next;
+    c->reg_next = nullptr;
     return c;
 }
 
@@ -204,7 +112,7 @@ void context_arena::recycle(context_core* c) noexcept {
     // The generation already moved on; the rest is reset for the next life. The atomics read by
     // stale senders stay as they are until the next owner resets them.
     c->table.clear();
-    c->added.clear();
+    c->added.reset();
     c->dispatching = false;
     c->has_removed = false;
     c->dead = false;
@@ -215,12 +123,14 @@ void context_arena::recycle(context_core* c) noexcept {
     c->group = nullptr;
     c->policy = exception_policy::inherit;
     c->direct = mbox();
+    c->direct_made.store(false, std::memory_order_relaxed);
+    std::unique_ptr<std::string> no_name;  // the old one, freed outside the lock
     {
         spin_guard g(c->pending_lock);
-        c->name.clear();
+        c->name.swap(no_name);
     }
     std::lock_guard g(lock_);
-    c->free_next = free_;
+    c->reg_next = free_;
     free_ = c;
 }
 
@@ -254,7 +164,6 @@ const char* policy_name(exception_policy p) noexcept {
 [[gnu::noinline, gnu::cold]] void on_failure(context_core& c, const char* what, message_type type,
                                              const char* failure) noexcept {
     env_core& env = *c.env;
-    thread_counters::bump(env.counters().exceptions);
     const exception_policy p = c.ops->policy(c);
     std::string text;
     try {
@@ -266,6 +175,8 @@ const char* policy_name(exception_policy p) noexcept {
         text = "a callback threw (and formatting the report ran out of memory)";
     }
     env.log(text);
+    // Counted after it is logged: whoever sees the count sees the report too.
+    thread_counters::bump(env.counters().exceptions);
     switch (p) {
         case exception_policy::deregister_coop:
             if (c.ops->deregister) c.ops->deregister(c);
@@ -312,18 +223,8 @@ run_outcome run_callback(context_core& c, std::uint32_t g, const void* tag, cons
     // The context's own thread: its generation only changes here (or before its start).
     if (c.gen.load(std::memory_order_acquire) != g) return run_outcome::gone;
     // An agent's own callbacks (its handlers, hooks and posted calls) are never waited for
-    // from another thread: an agent ends on its own context. Only a callback of an event object
-    // (or any callback of a session, which destroy() waits for) passes the gate.
-    const bool gated = tag != &c || c.kind != context_kind::agent;
-    // The hot path: enter() is two plain stores and two loads (see context_gate).
-    if (gated && !c.gate.enter(tag, shut)) [[unlikely]]
-        return run_outcome::refused;
-    c.dispatching = true;
-    run_guarded(c, what, type, fn, arg);
-    c.dispatching = false;
-    if (gated) c.gate.leave();
-    if (c.has_removed || !c.added.empty()) c.settle();
-    return run_outcome::ran;
+    // from another thread: an agent ends on its own context.
+    return run_checked(c, tag != &c || c.kind != context_kind::agent, tag, shut, what, type, fn, arg);
 }
 
 namespace {
@@ -333,22 +234,31 @@ struct handler_call {
     envelope* msg;
 };
 
+void call_handler(void* p) {
+    auto* h = static_cast<handler_call*>(p);
+    const_cast<handler&>(*h->fn)(h->msg);
+}
+
+}  // namespace
+
 void execute_message(demand* base, demand_mode mode) noexcept {
     auto* d = static_cast<message_demand*>(base);
-    context_core* c = d->target;
+    auto* c = static_cast<context_core*>(d->target);
     thread_counters& counters = c->env->counters();
-    if (mode == demand_mode::discard) {
+    if (mode == demand_mode::discard) [[unlikely]] {
         thread_counters::bump(counters.discarded);
         d->free();
         return;
     }
-    if (c->gen.load(std::memory_order_acquire) != d->gen) {
+    // The one check of the life on the execute path: the context's own thread, where the
+    // generation only changes between callbacks.
+    if (c->gen.load(std::memory_order_acquire) != d->gen) [[unlikely]] {
         thread_counters::bump(d->kind == delivery_kind::fanout ? counters.ignored : counters.lost);
         d->free();
         return;
     }
-    const table_entry* e = c->find(d->mbox_id, d->msg->type());
-    if (!e) {
+    const table_entry* e = c->find(d->key, d->msg->type());
+    if (!e) [[unlikely]] {
         // An inbox that is gone loses what is sent to it; an agent's direct mbox or a topic
         // with no handler for the type ignores it.
         thread_counters::bump(d->kind == delivery_kind::inbox ? counters.lost : counters.ignored);
@@ -362,15 +272,13 @@ void execute_message(demand* base, demand_mode mode) noexcept {
     }
     event_object* o = e->obj;
     handler_call call{o ? &o->fn : &e->fn, d->msg};
-    const run_outcome r = run_callback(
-        *c, d->gen, o ? static_cast<const void*>(o) : c, o ? o->shut : c->own_shut, o ? o->kind_name() : "handler",
-        d->msg->type(),
-        [](void* p) {
-            auto* h = static_cast<handler_call*>(p);
-            const_cast<handler&>(*h->fn)(h->msg);
-        },
-        &call);
-    if (r == run_outcome::ran) {
+    run_outcome r;
+    if (!o && c->kind == context_kind::agent) [[likely]]  // an agent's own handler: not gated
+        r = run_checked(*c, false, c, c->own_shut, "handler", d->msg->type(), &call_handler, &call);
+    else
+        r = run_checked(*c, true, o ? static_cast<const void*>(o) : c, o ? o->shut : c->own_shut,
+                        o ? o->kind_name() : "handler", d->msg->type(), &call_handler, &call);
+    if (r == run_outcome::ran) [[likely]] {
         thread_counters::bump(counters.delivered);
         if (o) thread_counters::bump(counters.callbacks_run);
     } else {
@@ -380,6 +288,8 @@ void execute_message(demand* base, demand_mode mode) noexcept {
     if (d->timer) d->timer->end_delivery();
     d->free();
 }
+
+namespace {
 
 void execute_post(demand* base, demand_mode mode) noexcept {
     auto* p = static_cast<posted_call*>(base);
@@ -448,9 +358,9 @@ void throw_foreign_binder(const binder_impl& b, const env_core& env, const std::
 }
 
 binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
-                        std::string_view object) {
+                        std::string_view object, const binding* first) {
     try {
-        return b.prepare(key);
+        return first ? b.prepare_again(*first, key) : b.prepare(key);
     } catch (const binding_error&) {
         // The teardown sets `stopping` before it shuts the dispatchers down (release/acquire on
         // both flags), so a dispatcher it shut down is always seen with `stopping` set.

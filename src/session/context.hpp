@@ -31,6 +31,7 @@
 #include <mailroom/session/detail/handler.hpp>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -43,18 +44,20 @@ class context_core;
 class context_arena;
 class event_object;
 
-/// A tiny lock for a context's pre-start list and name: taken only before a context starts (and
-/// by senders that raced with its start), by a rename and by the teardown watch, never on the
-/// running path.
-struct spin_guard {
-    explicit spin_guard(std::atomic<bool>& f) noexcept : flag(f) {
-        while (flag.exchange(true, std::memory_order_acquire))
-            while (flag.load(std::memory_order_relaxed)) cpu_relax();
+/// A context's name: no bytes beyond a pointer until one is given (agents rarely have one).
+class context_name {
+public:
+    bool empty() const noexcept { return !s_ || s_->empty(); }
+    const std::string& str() const noexcept {
+        static const std::string none;
+        return s_ ? *s_ : none;
     }
-    ~spin_guard() { flag.store(false, std::memory_order_release); }
-    spin_guard(const spin_guard&) = delete;
-    spin_guard& operator=(const spin_guard&) = delete;
-    std::atomic<bool>& flag;
+    /// Replaces the name; the old one comes back in `n` (to be freed outside a lock).
+    void swap(std::unique_ptr<std::string>& n) noexcept { s_.swap(n); }
+    void clear() noexcept { s_.reset(); }
+
+private:
+    std::unique_ptr<std::string> s_;
 };
 
 /// Which layer owns a context; what a report calls it.
@@ -84,56 +87,15 @@ struct table_entry {
     std::shared_ptr<mbox_impl> source;      // MPMC only: to leave its subscriber table
 };
 
-/// A message on its way to a context.
-struct message_demand final : demand {
-    context_core* target;
-    std::uint32_t gen;
-    delivery_kind kind;  // how it counts when it finds no handler or no receiver
-    std::uint64_t mbox_id;
-    envelope* msg;
-    timer_entry* timer;  // holds a reference when set
-
-    static message_demand* make(context_core* target, std::uint32_t gen, std::uint64_t mbox_id, envelope* msg,
-                                timer_entry* timer, delivery_kind kind);
-    void free() noexcept;
-};
-
-/// The end of a context's life, queued on it by its owner layer (embedded in the record).
-struct context_retire final : demand {
-    context_core* ctx = nullptr;
-};
+/// A control demand embedded in the record (an agent's start, the end of a life), queued on it
+/// by its owner layer; context_core::of_start() and of_end() find the record from it.
+struct context_retire final : demand {};
 
 /// What became of a callback that run_callback() was asked to run.
 enum class run_outcome : std::uint8_t { ran, refused, gone };
 
-class context_core final : public message_sink {
+class context_core final : public receiver {
 public:
-    static constexpr std::uint8_t start_closed = 0;    // before start: demands wait in `pending`
-    static constexpr std::uint8_t start_open = 1;      // running: demands go straight to the queue
-    static constexpr std::uint8_t start_finished = 2;  // gone: demands are counted lost
-
-    // message_sink: a direct send or a publication.
-    accept_result accept(std::uint32_t gen, std::uint64_t key, envelope* e, timer_entry* timer, delivery_kind kind,
-                         thread_counters& c) override;
-
-    /// Any thread. Queues `d` (or holds it until start, or drops it when finished).
-    void push(demand* d) noexcept {
-        if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
-            queue.load(std::memory_order_acquire)->push(d);
-            return;
-        }
-        push_slow(d);
-    }
-    void push_slow(demand* d) noexcept;
-    /// Like push(), but leaves `d` to the caller (returns false) when the context finished.
-    bool push_unless_finished(demand* d) noexcept;
-    /// Registration commit: `first` (the start demand) goes first, then what waited, then the
-    /// start gate opens. Sessions open at creation with no first demand.
-    void open(demand* first) noexcept;
-    /// The end of a life: the generation moves on, what waited before start is dropped
-    /// (counted lost), the start gate is finished for good.
-    void finish_life() noexcept;
-
     /// The table (the context's own thread, or the registering thread before start).
     const table_entry* find(std::uint64_t mbox_id, message_type type) const noexcept {
         for (const auto& e : table)
@@ -150,6 +112,12 @@ public:
     table_entry take_entry(std::uint64_t mbox_id, message_type type) noexcept;
     /// After a handler returns: applies what it added and removed.
     void settle() noexcept;
+    /// Where an entry added now goes: the table, or (while a handler runs) the added list.
+    std::vector<table_entry>& list_for_adding() {
+        if (!dispatching) return table;
+        if (!added) added = std::make_unique<std::vector<table_entry>>();
+        return *added;
+    }
 
     /// "agent 'x'" or "session 'y'".
     std::string describe() const {
@@ -160,55 +128,63 @@ public:
     /// it starts, finishes and is renamed). Any thread.
     bool describe_if(std::uint64_t wanted, std::string& out) noexcept;
 
-    // Read by any thread (stale senders included).
-    std::atomic<std::uint32_t> gen{1};
-    std::atomic<std::uint8_t> start{start_closed};
-    std::atomic<bool> pending_lock{false};
-    std::atomic<event_queue*> queue{nullptr};
-    context_gate gate;
-    context_gate::flag own_shut{0};  // posted calls and an agent's handlers: never set (the gate's own flag shuts all)
+    // The members are grouped by size, not by who guards them, so that the record (one per
+    // agent) has no holes; each says which thread or lock it belongs to.
 
-    // Set at creation, constant for the life.
-    const context_ops* ops = nullptr;
-    context_arena* arena = nullptr;
-    env_core* env = nullptr;
-    std::uint64_t id = 0;
-    context_kind kind = context_kind::session;
+    context_gate::flag own_shut{0};  // any thread: posted calls and an agent's handlers (never set; the gate's own flag shuts all)
+    std::uint32_t life = 0;          // constant for the life: its generation (agents)
 
-    // Guarded by pending_lock.
-    demand* pending_head = nullptr;
-    demand* pending_tail = nullptr;
+    const context_ops* ops = nullptr;  // constant for the life
+    context_arena* arena = nullptr;    // constant
+    std::uint64_t id = 0;              // constant for the life
 
-    // The context's own thread.
-    std::vector<table_entry> table;
-    std::vector<table_entry> added;
-    bool dispatching = false;
-    bool has_removed = false;
+    std::vector<table_entry> table;                   // the context's own thread
+    std::unique_ptr<std::vector<table_entry>> added;  // the context's own thread: made when a handler first adds an entry
 
-    // Guarded by `lock`: the event objects (timers, inboxes, subscriptions, named objects).
-    std::mutex lock;
-    bool dead = false;
-    event_object* objects = nullptr;
-    event_object* retiring = nullptr;  // the list a closing context hands to its retire
+    event_object* objects = nullptr;   // under `lock`: the event objects (timers, inboxes, subscriptions, named objects)
+    event_object* retiring = nullptr;  // under `lock`: the list a closing context hands to its retire
 
     std::shared_ptr<binder_impl> binder;
     binding bound{};
-    std::string name;  // set before the context is shared, or under pending_lock (describe_if)
-    context_core* free_next = nullptr;
+    context_name name;  // set before the context is shared, or under pending_lock (describe_if)
 
     // Guarded by the owner layer's registry lock (sessions: session_runtime::lock).
-    bool registered = false;
     context_core* reg_prev = nullptr;
-    context_core* reg_next = nullptr;
+    context_core* reg_next = nullptr;  // also the arena's free list while the record is free
 
-    // The owner layer's, for the life (an agent's: its object, its cooperation, its policy and
-    // direct mbox). Embedded so that creating an agent allocates no record of its own.
+    // The owner layer's, for the life (an agent's: its object, its cooperation and direct mbox).
+    // Embedded so that creating an agent allocates no record of its own.
     void* owner = nullptr;
     void* group = nullptr;
-    exception_policy policy = exception_policy::inherit;
     mbox direct;
+
+    context_kind kind = context_kind::session;            // constant for the life
+    std::atomic<bool> direct_made{false};                 // any thread: `direct` is set (agents make it on first use)
+    bool dispatching = false;                             // the context's own thread
+    bool has_removed = false;                             // the context's own thread
+    spin_mutex lock;                                      // guards `objects`, `retiring` and `dead`
+    bool dead = false;                                    // under `lock`
+    bool registered = false;                              // under the owner layer's registry lock
+    exception_policy policy = exception_policy::inherit;  // the owner layer's (an agent's)
     context_retire start_demand;  // an agent's on_start, queued first when its start gate opens
     context_retire end_demand;    // the end of the life (a session's retire, an agent's finish)
+
+    /// The record a start_demand or end_demand is embedded in (no pointer back: 16 bytes less
+    /// per agent).
+    static context_core* of_start(demand* d) noexcept { return from_member(d, start_offset()); }
+    static context_core* of_end(demand* d) noexcept { return from_member(d, end_offset()); }
+
+private:
+    static context_core* from_member(demand* d, std::size_t offset) noexcept {
+        return reinterpret_cast<context_core*>(reinterpret_cast<char*>(static_cast<context_retire*>(d)) - offset);
+    }
+    // offsetof of a class that is not standard-layout is conditionally supported; GCC and Clang
+    // support it (a record has no virtual base, so the offset is the same in every record).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+    static constexpr std::size_t start_offset() noexcept { return offsetof(context_core, start_demand); }
+    static constexpr std::size_t end_offset() noexcept { return offsetof(context_core, end_demand); }
+#pragma GCC diagnostic pop
 };
 
 /// The contexts of one environment: type-stable records in chunks, recycled. Held by the
@@ -236,7 +212,7 @@ private:
     env_core* env_;
     std::weak_ptr<env_core> env_weak_;
     std::atomic<std::uint64_t> next_id_{1};
-    std::mutex lock_;
+    spin_mutex lock_;
     std::vector<std::unique_ptr<context_core[]>> chunks_;
     context_core* free_ = nullptr;
     std::size_t chunk_size_ = 64;
@@ -255,6 +231,25 @@ bool run_guarded(context_core& c, const char* what, message_type type, void (*fn
 run_outcome run_callback(context_core& c, std::uint32_t gen, const void* tag, const context_gate::flag& shut,
                          const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;
 
+/// run_callback() once the caller checked the life: `gated` is false only for an agent's own
+/// callbacks, which nothing waits for from another thread.
+inline run_outcome run_checked(context_core& c, bool gated, const void* tag, const context_gate::flag& shut,
+                               const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+    // The hot path: enter() is two plain stores and two loads (see context_gate).
+    if (gated && !c.gate.enter(tag, shut)) [[unlikely]]
+        return run_outcome::refused;
+    c.dispatching = true;
+    run_guarded(c, what, type, fn, arg);
+    c.dispatching = false;
+    if (gated) c.gate.leave();
+    if (c.has_removed || c.added) [[unlikely]]
+        c.settle();
+    return run_outcome::ran;
+}
+
+/// Executes a message_demand for a context (the receiver's run_message).
+void execute_message(demand* base, demand_mode mode) noexcept;
+
 /// True when `b` binds to a dispatcher of `env`. A context bound to another environment's
 /// dispatcher would run on threads its own environment's teardown neither waits for nor joins.
 inline bool binds_in(const binder_impl& b, const env_core& env) noexcept { return b.target().owner() == &env; }
@@ -264,7 +259,8 @@ inline bool binds_in(const binder_impl& b, const env_core& env) noexcept { retur
 /// is not stopping before it binds, but the teardown may shut the dispatcher down in between:
 /// that refusal raises environment_stopped_error naming `what`, `object` and the environment,
 /// not the dispatcher's binding_error. A dispatcher the user shut down still raises binding_error.
+/// With `first`, binds one more context of the same registration (binder_impl::prepare_again).
 binding prepare_binding(binder_impl& b, const void* key, const env_core& env, const char* what,
-                        std::string_view object);
+                        std::string_view object, const binding* first = nullptr);
 
 }  // namespace mailroom::internal

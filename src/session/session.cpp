@@ -38,7 +38,7 @@ std::string event_object::display_name() const {
 
 namespace {
 
-std::string session_name(const context_core& c) { return c.name; }
+std::string session_name(const context_core& c) { return c.name.str(); }
 exception_policy session_policy(const context_core&) noexcept { return exception_policy::log_and_continue; }
 // Sessions have no exception policy of their own: a callback that throws is logged and
 // counted, and the session carries on.
@@ -170,23 +170,16 @@ std::shared_ptr<void> keep_alive(event_object* o) {
     }
 }
 
-// An inbox: its address is a direct mbox that delivers to the inbox itself, which hands what it
-// takes to its context under its own key.
-class inbox_object final : public event_object, public message_sink {
+// An inbox: its address is a direct mbox whose route leads to the context under the inbox's own
+// key, restricted to the inbox's type and closed by the inbox's shut flag (a cheap early answer
+// on the sender's thread; the context checks again).
+class inbox_object final : public event_object {
 public:
     inbox_object(context_ref s, message_type t, handler f, std::shared_ptr<inbox_stop_hook> on_stop) noexcept
         : event_object(std::move(s), kind::inbox, std::move(f)), on_stop_(std::move(on_stop)) {
         type = t;
     }
 
-    // The sender's thread: a cheap early answer for an inbox that is gone or a message of
-    // another type; the context checks again.
-    accept_result accept(std::uint32_t, std::uint64_t, envelope* e, timer_entry* timer, delivery_kind kind,
-                         thread_counters& c) override {
-        if (!(e->type() == type)) return accept_result::unwanted;
-        if (shut.load(std::memory_order_acquire) | owner.core->gate.shut()) return accept_result::gone;
-        return owner.core->accept(owner.gen, mbox_id, e, timer, kind, c);
-    }
     void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept override {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -203,24 +196,17 @@ private:
     const std::shared_ptr<inbox_stop_hook> on_stop_;  // set before the inbox is shared: read-only
 };
 
-// A context's subscription to an MPMC mbox: the mbox lists the context (a sink), the context's
-// table maps (mbox, type) to this object. It holds the mbox until it is shut down:
+// A context's subscription to an MPMC mbox: the mbox lists a route to the context under this
+// object's key (closed by its shut flag), the context's table maps (key, type) to this object. It holds the mbox until it is shut down:
 // stop_source() leaves the topic and drops the mbox (which keeps nothing of the environment
 // alive past the context's end).
-class subscription_object final : public event_object, public message_sink {
+class subscription_object final : public event_object {
 public:
     subscription_object(context_ref s, message_type t, handler f) noexcept
         : event_object(std::move(s), kind::subscription, std::move(f)) {
         type = t;
     }
 
-    // The publisher's thread: a cheap early answer for a subscription that is gone; the
-    // context checks again.
-    accept_result accept(std::uint32_t, std::uint64_t, envelope* e, timer_entry* timer, delivery_kind kind,
-                         thread_counters& c) override {
-        if (shut.load(std::memory_order_acquire) | owner.core->gate.shut()) return accept_result::gone;
-        return owner.core->accept(owner.gen, mbox_id, e, timer, kind, c);
-    }
     void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept override {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -231,7 +217,8 @@ public:
     void join(std::shared_ptr<mbox_impl> m) {
         std::lock_guard g(source_lock_);
         if (left_) return;
-        static_cast<mpmc_mbox&>(*m).add_subscriber(sink_ref{this, 0, keep_alive(this)}, type);
+        static_cast<mpmc_mbox&>(*m).add_subscriber(route{owner.core, owner.gen, delivery_kind::fanout, mbox_id}, type,
+                                                   object_link{&shut, keep_alive(this)});
         source_ = std::move(m);
     }
 
@@ -244,7 +231,9 @@ public:
             left_ = true;
             m = std::move(source_);
         }
-        if (m) static_cast<mpmc_mbox&>(*m).remove_subscriber(sink_ref{this, 0, nullptr}, type);
+        if (m)
+            static_cast<mpmc_mbox&>(*m).remove_subscriber(route{owner.core, owner.gen, delivery_kind::fanout, mbox_id},
+                                                          type);
     }
 
 private:
@@ -366,14 +355,20 @@ void destroy_object(event_object* o) noexcept {
 }
 
 event_object* close_objects(context_core& c) noexcept {
-    std::lock_guard g(c.lock);
-    c.dead = true;
-    event_object* list = std::exchange(c.objects, nullptr);
-    for (event_object* o = list; o; o = o->next) {
-        o->listed = false;
-        context_gate::close(o->shut);
-        o->stop_source();
+    event_object* list;
+    {
+        std::lock_guard g(c.lock);
+        c.dead = true;
+        list = std::exchange(c.objects, nullptr);
+        for (event_object* o = list; o; o = o->next) {
+            o->listed = false;
+            context_gate::close(o->shut);
+        }
     }
+    // Outside the lock (a source may take locks of its own, a name's may wait for readers):
+    // the list is this call's alone now, and stop_source() is idempotent against a destroy()
+    // on another thread that shut the object first.
+    for (event_object* o = list; o; o = o->next) o->stop_source();
     return list;
 }
 
@@ -391,7 +386,7 @@ namespace {
 
 // The end of a session's life, on its context (or wherever its queue is discarded).
 void execute_session_retire(demand* base, demand_mode mode) noexcept {
-    context_core* c = static_cast<context_retire*>(base)->ctx;
+    context_core* c = context_core::of_end(base);
     retire_objects(std::exchange(c->retiring, nullptr));
     // Its entries (an agent's subscriptions have none here) and topics go with the objects.
     // In discard mode the dispatcher is being joined (it may hold its own lock): it releases
@@ -544,8 +539,9 @@ event_object* add_inbox(const context_ref& s, std::string_view name, message_typ
     std::shared_ptr<direct_mbox> m;
     try {
         o->mbox_id = new_delivery_key();
-        m = std::make_shared<direct_mbox>(keep, sink_ref{static_cast<inbox_object*>(o), 0, keep_alive(o)},
-                                          delivery_kind::inbox, "inbox #" + std::to_string(o->id) + " of " + who(s, name));
+        m = std::make_shared<direct_mbox>(keep, route{s.core, s.gen, delivery_kind::inbox, o->mbox_id},
+                                          object_link{&o->shut, keep_alive(o), type},
+                                          "inbox #" + std::to_string(o->id) + " of " + who(s, name));
         o->add_ref();  // the handle's, before it is listed (see add_timer)
         try {
             list_object(*s.core, o, who(s, name));
@@ -646,7 +642,9 @@ session::session(environment& env, session_options options) {
     c->ops = &session_ops;
     c->kind = context_kind::session;
     c->id = rt.arena->next_id();
-    c->name = options.name.empty() ? "session#" + std::to_string(c->id) : std::move(options.name);
+    auto n = std::make_unique<std::string>(options.name.empty() ? "session#" + std::to_string(c->id)
+                                                                : std::move(options.name));
+    c->name.swap(n);
     c->gate.reopen();
     c->start.store(context_core::start_closed, std::memory_order_relaxed);
     const std::uint32_t gen = c->gen.load(std::memory_order_relaxed);
@@ -657,7 +655,7 @@ session::session(environment& env, session_options options) {
     try {
         c->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder();
         if (!binds_in(*c->binder, core)) throw_foreign_binder(*c->binder, core, c->describe());
-        c->bound = prepare_binding(*c->binder, c, core, "creating session", c->name);
+        c->bound = prepare_binding(*c->binder, c, core, "creating session", c->name.str());
     } catch (...) {
         give_back();
         throw;
@@ -667,7 +665,7 @@ session::session(environment& env, session_options options) {
     // listed, the teardown may close the session, retire it on its context and recycle the
     // record before the next line here runs. So it opens first (nobody else can post yet), and
     // the handle keeps its own copy of the name.
-    name_ = c->name;
+    name_ = c->name.str();
     c->open(nullptr);
     rt.sessions_created.fetch_add(1, std::memory_order_relaxed);
     bool listed = false;

@@ -48,8 +48,10 @@ public:
     agent(const agent&) = delete;
     agent& operator=(const agent&) = delete;
 
-    /// The agent's own MPSC mbox. Any thread.
-    const mbox& direct_mbox() const noexcept;
+    /// The agent's own MPSC mbox. Any thread. Made on the first call (an agent that is never
+    /// addressed directly costs no mbox), which may raise std::bad_alloc; the same mbox after
+    /// it. Asked for after the agent finished, it is an mbox whose sends count lost.
+    const mbox& direct_mbox() const;
 
     /// The environment the agent lives in. Any thread.
     environment_stats env_stats() const;

@@ -21,7 +21,7 @@ public:
     template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, handler>>>
     explicit handler(F&& f) {
         using Fn = std::decay_t<F>;
-        if constexpr (sizeof(Fn) <= sizeof(storage_) && alignof(Fn) <= alignof(std::max_align_t) &&
+        if constexpr (sizeof(Fn) <= sizeof(storage_) && alignof(Fn) <= alignof(void*) &&
                       std::is_nothrow_move_constructible_v<Fn>) {
             new (&storage_) Fn(std::forward<F>(f));
             invoke_ = [](void* s, envelope* e) { (*static_cast<Fn*>(s))(e); };
@@ -71,7 +71,9 @@ private:
         manage_ = nullptr;
     }
 
-    alignas(std::max_align_t) unsigned char storage_[24];
+    // Pointer-aligned: a lambda capturing pointers, or an object pointer with a member function
+    // pointer, fits; a type that needs more alignment is allocated.
+    alignas(void*) unsigned char storage_[24];
     void (*invoke_)(void*, envelope*) = nullptr;
     void (*manage_)(void* dst, void* src) noexcept = nullptr;
 };

@@ -1,0 +1,64 @@
+#include <mailroom/mbox/receiver.hpp>
+
+#include <utility>
+
+namespace mailroom::internal {
+
+bool receiver::push_unless_finished(demand* d) noexcept {
+    if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
+        queue.load(std::memory_order_acquire)->push(d);
+        return true;
+    }
+    std::uint8_t s;
+    {
+        spin_guard g(pending_lock);
+        s = start.load(std::memory_order_acquire);
+        if (s == start_closed) {
+            d->next.store(nullptr, std::memory_order_relaxed);
+            if (pending_tail)
+                pending_tail->next.store(d, std::memory_order_relaxed);
+            else
+                pending_head = d;
+            pending_tail = d;
+            return true;
+        }
+    }
+    if (s == start_finished) return false;
+    queue.load(std::memory_order_acquire)->push(d);  // opened while we waited; the waiting list went first
+    return true;
+}
+
+void receiver::push_slow(demand* d) noexcept {
+    if (!push_unless_finished(d)) d->execute(d, demand_mode::run);  // finds a newer generation: counted lost
+}
+
+void receiver::open(demand* first) noexcept {
+    spin_guard g(pending_lock);
+    event_queue* q = queue.load(std::memory_order_relaxed);
+    if (first) q->push(first);
+    for (demand* d = pending_head; d;) {
+        auto* next = static_cast<demand*>(d->next.load(std::memory_order_relaxed));
+        q->push(d);
+        d = next;
+    }
+    pending_head = pending_tail = nullptr;
+    start.store(start_open, std::memory_order_release);
+}
+
+void receiver::finish_life() noexcept {
+    gen.store(gen.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    demand* list = nullptr;
+    {
+        spin_guard g(pending_lock);
+        start.store(start_finished, std::memory_order_release);
+        list = std::exchange(pending_head, nullptr);
+        pending_tail = nullptr;
+    }
+    while (list) {
+        auto* next = static_cast<demand*>(list->next.load(std::memory_order_relaxed));
+        list->execute(list, demand_mode::run);  // the generation moved on before: counted lost
+        list = next;
+    }
+}
+
+}  // namespace mailroom::internal
