@@ -137,11 +137,17 @@ agent_runtime::agent_runtime(env_core* e, session_runtime& s) : env(e), contexts
 
 agent_runtime::~agent_runtime() = default;
 
-void agent_runtime::add_stats(environment_stats& s) const noexcept {
-    s.agents_created += agents_created.load(std::memory_order_relaxed);
-    s.agents_destroyed += agents_destroyed.load(std::memory_order_relaxed);
-    s.coops_registered += coops_registered.load(std::memory_order_relaxed);
-    s.coops_deregistered += coops_deregistered.load(std::memory_order_relaxed);
+const agent_runtime* agent_runtime::find(const env_core& env) noexcept {
+    return env.find_extension<agent_runtime>(&runtime_key);
+}
+
+agent_stats agent_runtime::stats() const noexcept {
+    agent_stats s;
+    s.agents_created = agents_created.load(std::memory_order_relaxed);
+    s.agents_destroyed = agents_destroyed.load(std::memory_order_relaxed);
+    s.coops_registered = coops_registered.load(std::memory_order_relaxed);
+    s.coops_deregistered = coops_deregistered.load(std::memory_order_relaxed);
+    return s;
 }
 
 void agent_runtime::begin_stop() noexcept {
@@ -473,6 +479,13 @@ std::string coop_handle::name() const { return impl_ ? impl_->name : std::string
 
 void coop_handle::deregister(dereg_reason reason) noexcept {
     if (impl_) impl_->deregister(reason);
+}
+
+// ---- statistics ----
+
+agent_stats agent_stats_of(const environment& env) {
+    const internal::agent_runtime* r = internal::agent_runtime::find(*env.core());
+    return r ? r->stats() : agent_stats{};
 }
 
 }  // namespace mailroom

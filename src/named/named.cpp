@@ -109,7 +109,6 @@ public:
         };
         MAILROOM_FAST_TLS static thread_local last_asked last;
         if (last.env_id == e.id()) return *last.reg;
-        static const int key = 0;
         auto& reg = e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
         last = {e.id(), &reg};
         return reg;
@@ -146,16 +145,21 @@ public:
     /// Unlists `r` (once it is final); true when the list's reference is now the caller's.
     bool untrack(request_core* r) noexcept;
     void abandon_open_requests() noexcept;
-    void add_stats(environment_stats& s) const noexcept override {
-        s.named_registered += registered.load(std::memory_order_relaxed);
-        s.named_unregistered += unregistered.load(std::memory_order_relaxed);
-        s.named_messages += messages.load(std::memory_order_relaxed);
-        s.named_rejected += rejected_sends.load(std::memory_order_relaxed);
-        s.requests_posted += requests.load(std::memory_order_relaxed);
-        s.requests_replied += replied.load(std::memory_order_relaxed);
-        s.requests_rejected += rejected.load(std::memory_order_relaxed);
-        s.requests_abandoned += abandoned.load(std::memory_order_relaxed);
-        s.replies_orphaned += orphaned.load(std::memory_order_relaxed);
+    /// The registry of `e` if one was made, else null. Any thread.
+    static const named_registry* find(const env_core& e) noexcept { return e.find_extension<named_registry>(&key); }
+
+    named_stats stats() const noexcept {
+        named_stats s;
+        s.named_registered = registered.load(std::memory_order_relaxed);
+        s.named_unregistered = unregistered.load(std::memory_order_relaxed);
+        s.named_messages = messages.load(std::memory_order_relaxed);
+        s.named_rejected = rejected_sends.load(std::memory_order_relaxed);
+        s.requests_posted = requests.load(std::memory_order_relaxed);
+        s.requests_replied = replied.load(std::memory_order_relaxed);
+        s.requests_rejected = rejected.load(std::memory_order_relaxed);
+        s.requests_abandoned = abandoned.load(std::memory_order_relaxed);
+        s.replies_orphaned = orphaned.load(std::memory_order_relaxed);
+        return s;
     }
 
     env_core* env;
@@ -168,6 +172,9 @@ public:
     std::atomic<std::uint64_t> next_id{1};
     std::atomic<std::uint64_t> registered{0}, unregistered{0}, messages{0}, rejected_sends{0}, requests{0},
         replied{0}, rejected{0}, abandoned{0}, orphaned{0};
+
+private:
+    static constexpr int key = 0;  // the extension's key: its address
 };
 
 /// What the table lists: the object's inbox address. Freed after the grace period.
@@ -851,5 +858,12 @@ void incoming::reject(std::string reason) {
 
 named_handle::named_handle(internal::event_object* o, std::string name) noexcept
     : event_handle(o), name_(std::move(name)) {}
+
+// ---- statistics ----
+
+named_stats named_stats_of(const environment& env) {
+    const internal::named_registry* r = internal::named_registry::find(*env.core());
+    return r ? r->stats() : named_stats{};
+}
 
 }  // namespace mailroom

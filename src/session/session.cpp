@@ -54,14 +54,21 @@ session_runtime& session_runtime::of(env_core& env) {
     return env.extension<session_runtime>(&runtime_key, [&] { return std::make_unique<session_runtime>(&env); });
 }
 
-void session_runtime::add_stats(environment_stats& s) const noexcept {
-    s.sessions_created += sessions_created.load(std::memory_order_relaxed);
-    s.sessions_destroyed += sessions_destroyed.load(std::memory_order_relaxed);
-    s.event_objects_created += objects_created.load(std::memory_order_relaxed);
-    s.event_objects_destroyed += objects_destroyed.load(std::memory_order_relaxed);
+const session_runtime* session_runtime::find(const env_core& env) noexcept {
+    return env.find_extension<session_runtime>(&runtime_key);
 }
 
-std::string session_runtime::describe(running_kind, std::uint64_t id) const {
+session_stats session_runtime::stats() const noexcept {
+    session_stats s;
+    s.sessions_created = sessions_created.load(std::memory_order_relaxed);
+    s.sessions_destroyed = sessions_destroyed.load(std::memory_order_relaxed);
+    s.event_objects_created = objects_created.load(std::memory_order_relaxed);
+    s.event_objects_destroyed = objects_destroyed.load(std::memory_order_relaxed);
+    return s;
+}
+
+std::string session_runtime::describe(std::string_view kind, std::uint64_t id) const {
+    if (kind != running_kind_name(agent_running_kind) && kind != running_kind_name(session_running_kind)) return {};
     std::string out;
     return arena->describe(id, out) ? out : std::string();
 }
@@ -722,6 +729,19 @@ void session::destroy() noexcept {
 void session::detach() noexcept {
     ref_ = {};
     name_.clear();
+}
+
+// ---- statistics ----
+
+session_stats session_stats_of(const environment& env) {
+    const internal::env_core& core = *env.core();
+    session_stats s;
+    if (const internal::session_runtime* r = internal::session_runtime::find(core)) s = r->stats();
+    const auto callbacks = core.callback_totals();
+    s.callbacks_run = callbacks.run;
+    s.callbacks_refused = callbacks.refused;
+    s.callbacks_discarded = callbacks.discarded;
+    return s;
 }
 
 }  // namespace mailroom

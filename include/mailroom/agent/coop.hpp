@@ -132,4 +132,17 @@ coop_handle introduce_coop(environment& env, coop_options options, Fill&& fill) 
     return register_coop(std::move(c));
 }
 
+/// Counters of the agents and cooperations of an environment: what the agent layer adds to
+/// environment_stats.
+struct agent_stats {
+    std::uint64_t agents_created = 0;
+    std::uint64_t agents_destroyed = 0;
+    std::uint64_t coops_registered = 0;
+    std::uint64_t coops_deregistered = 0;
+};
+
+/// A snapshot of `env`'s agent counters; any thread, also after the environment stopped (all
+/// zero when no cooperation was ever made in it).
+MAILROOM_EXPORT agent_stats agent_stats_of(const environment& env);
+
 }  // namespace mailroom

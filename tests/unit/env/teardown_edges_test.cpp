@@ -373,7 +373,7 @@ TEST(teardown_edges, binding_a_session_to_another_environments_dispatcher_raises
     } catch (const binding_error& e) {
         expect_names_both_environments_and_the_object(e.what());
     }
-    EXPECT_EQ(a.stats().sessions_created, 0u);
+    EXPECT_EQ(session_stats_of(a).sessions_created, 0u);
 }
 
 // ---- notifications of one cooperation ----
