@@ -1,6 +1,7 @@
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/agent/runtime.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <algorithm>
 #include <cxxabi.h>
@@ -90,7 +91,7 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     if (current_context() != &core)
         throw subscription_error(describe() + " made outside the agent's configure() and handlers");
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
-    mbox_impl& m = *from.impl();
+    mbox_impl& m = *internal::impl_of(from);
     if (&m.env() != core.env) throw subscription_error(describe() + ": the mbox belongs to another environment");
     if (m.kind() == mbox_kind::direct && m.id() != core.direct.id()) {
         // An inbox has a direct address too, but only its own callback receives: ask, never assume.
@@ -108,7 +109,7 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     auto& list = core.dispatching ? core.added : core.table;
     list.reserve(list.size() + 1);  // so that the push_back below cannot throw
     if (m.kind() == mbox_kind::mpmc) {
-        entry.source = from.impl();
+        entry.source = internal::impl_of(from);
         static_cast<mpmc_mbox&>(m).add_subscriber(sink_ref{&core, core.gen.load(std::memory_order_relaxed)}, type);
     }
     list.push_back(std::move(entry));

@@ -23,6 +23,7 @@
 #include <mailroom/agent/runtime.hpp>
 #include <mailroom/session/context.hpp>
 #include <mailroom/named/name_table.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <climits>
 #include <condition_variable>
@@ -475,8 +476,8 @@ void named_registry::abandon_open_requests() noexcept {
 }
 
 request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {
-    auto& reg = named_registry::of(*env.core());
-    auto* r = new request_core(env.core(), &reg, reply_type);
+    auto& reg = named_registry::of(*internal::core_of(env));
+    auto* r = new request_core(internal::core_of(env), &reg, reply_type);
     reg.requests.fetch_add(1, std::memory_order_relaxed);
     if (timeout.count() > 0) {
         auto* t = new timeout_entry(r, timeout.count());
@@ -486,7 +487,7 @@ request_core* new_request(environment& env, message_type reply_type, std::chrono
             std::lock_guard g(r->lock);
             r->timer = t;
         }
-        if (!env.core()->timers().arm(t))
+        if (!internal::core_of(env)->timers().arm(t))
             r->finish(request_state::abandoned, nullptr, "environment '" + env.name() + "' is stopped");
     }
     return r;
@@ -643,7 +644,7 @@ struct named_delivery {
 void send_named(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
                 std::string reply_to) {
     envelope_ref b(body);
-    auto& core = *env.core();
+    auto& core = *internal::core_of(env);
     auto& reg = named_registry::of(core);
     auto fail = [&](request_state st, const std::string& why) {
         if (r) {
@@ -862,7 +863,7 @@ named_handle::named_handle(internal::event_object* o, std::string name) noexcept
 // ---- statistics ----
 
 named_stats named_stats_of(const environment& env) {
-    const internal::named_registry* r = internal::named_registry::find(*env.core());
+    const internal::named_registry* r = internal::named_registry::find(*internal::core_of(env));
     return r ? r->stats() : named_stats{};
 }
 

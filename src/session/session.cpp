@@ -2,6 +2,7 @@
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/session/event_object.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <vector>
 
@@ -583,7 +584,7 @@ event_object* add_subscription(const context_ref& s, std::string_view name, cons
         return who(s, name) + ": subscription to " + readable_name(type) + " on " + from.name();
     };
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
-    mbox_impl& m = *from.impl();
+    mbox_impl& m = *internal::impl_of(from);
     if (&m.env() != s.core->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
     if (m.kind() != mbox_kind::mpmc)
         throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
@@ -599,7 +600,7 @@ event_object* add_subscription(const context_ref& s, std::string_view name, cons
     }
     try {
         attach(o);
-        o->join(from.impl());
+        o->join(internal::impl_of(from));
     } catch (...) {
         destroy_object(o);
         o->release();
@@ -646,7 +647,7 @@ void event_handle::detach() noexcept {
 session::session(environment& env, session_options options) {
     using namespace internal;
     event_gate_init();
-    env_core& core = *env.core();
+    env_core& core = *internal::core_of(env);
     core.check_not_stopping("creating session", options.name);
     session_runtime& rt = session_runtime::of(core);
     context_core* c = rt.arena->allocate();
@@ -662,7 +663,7 @@ session::session(environment& env, session_options options) {
         rt.arena->recycle(c);
     };
     try {
-        c->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder();
+        c->binder = options.bind ? internal::impl_of(options.bind) : core.default_dispatcher()->make_binder();
         if (!binds_in(*c->binder, core)) throw_foreign_binder(*c->binder, core, c->describe());
         c->bound = prepare_binding(*c->binder, c, core, "creating session", c->name);
     } catch (...) {
@@ -734,7 +735,7 @@ void session::detach() noexcept {
 // ---- statistics ----
 
 session_stats session_stats_of(const environment& env) {
-    const internal::env_core& core = *env.core();
+    const internal::env_core& core = *internal::core_of(env);
     session_stats s;
     if (const internal::session_runtime* r = internal::session_runtime::find(core)) s = r->stats();
     const auto callbacks = core.callback_totals();

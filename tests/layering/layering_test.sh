@@ -8,6 +8,9 @@
 #   4. The layers below mbox (core, queue, dispatch, env) name no agent or session in code: they
 #      offer extension points (running kinds, env extensions) that those layers fill in.
 #      Comments and string literals are not code; the one exception is listed below.
+#   5. A user of the installed headers cannot reach behind a handle: mbox, binder, dispatcher,
+#      coop, coop_handle and environment have no public impl() or core() (the library reaches
+#      them through internal::handle_access, an internal header).
 # Usage: layering_test.sh <compiler> <source dir> <build dir> <layer>...
 set -euo pipefail
 cxx=$1 src=$2 build=$3
@@ -78,6 +81,20 @@ for l in "${layers[@]}"; do
   if [[ -s $scratch/names ]]; then
     fail "layer '$l' names an upper layer's concept (agent, session) in code:"
     cat "$scratch/names"
+  fi
+done
+
+# 5. no public way behind a handle, as a user compiles against the public headers
+for expr in 'mailroom::mbox{}.impl()' 'mailroom::binder{}.impl()' 'mailroom::dispatcher{}.impl()' \
+            'mailroom::coop_handle{}.impl()' 'std::declval<mailroom::coop&>().impl()' \
+            'std::declval<mailroom::environment&>().core()'; do
+  printf '#include <mailroom/mailroom.hpp>\n#include <utility>\nusing probe = decltype(%s);\nint main() {}\n' "$expr" \
+    > "$scratch/handle.cpp"
+  if "$cxx" -std=c++20 -fsyntax-only -I"$src/include" -I"$build/include" "$scratch/handle.cpp" 2> "$scratch/handle.err"; then
+    fail "a user can call $expr"
+  elif ! grep -qE "has no member named|no member named" "$scratch/handle.err"; then
+    fail "$expr: refused, but not for want of the member:"
+    head -5 "$scratch/handle.err"
   fi
 done
 

@@ -23,6 +23,7 @@ namespace mailroom {
 namespace internal {
 class dispatcher_impl;
 class binder_impl;
+struct handle_access;
 }  // namespace internal
 
 class dispatcher_host;
@@ -64,9 +65,9 @@ public:
     explicit binder(std::shared_ptr<internal::binder_impl> impl) noexcept;
 
     explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
-    const std::shared_ptr<internal::binder_impl>& impl() const noexcept { return impl_; }
 
 private:
+    friend struct internal::handle_access;
     std::shared_ptr<internal::binder_impl> impl_;
 };
 
@@ -127,7 +128,8 @@ public:
 
     dispatcher_stats stats() const;
 
-    const std::shared_ptr<internal::dispatcher_impl>& impl() const noexcept { return impl_; }
+    /// True when both refer to the same dispatcher (or both are empty).
+    friend bool operator==(const dispatcher& a, const dispatcher& b) noexcept { return a.impl_ == b.impl_; }
 
 protected:
     /// For the typed handles: `d`, which must be empty or of `kind`; raises
@@ -135,6 +137,7 @@ protected:
     dispatcher(const dispatcher& d, std::string_view kind);
 
 private:
+    friend struct internal::handle_access;
     std::shared_ptr<internal::dispatcher_impl> impl_;
 };
 

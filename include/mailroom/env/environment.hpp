@@ -18,7 +18,8 @@ namespace mailroom {
 
 namespace internal {
 class env_core;
-}
+struct handle_access;
+}  // namespace internal
 
 /// What happens when an agent's handler throws.
 enum class exception_policy : std::uint8_t {
@@ -154,10 +155,8 @@ public:
     environment_stats stats() const;
     std::vector<dispatcher_stats> dispatcher_stats_all() const;
 
-    /// Internals, for the layers above.
-    const std::shared_ptr<internal::env_core>& core() const noexcept { return core_; }
-
 private:
+    friend struct internal::handle_access;  // the layers above reach the core through it
     std::shared_ptr<internal::dispatcher_impl> host_dispatcher(std::string_view name,
                                                                const internal::dispatcher_builder& build) override;
 
