@@ -51,7 +51,8 @@ public:
     /// The agent's own MPSC mbox. Any thread.
     const mbox& direct_mbox() const noexcept;
 
-    /// The environment the agent lives in. Any thread.
+    /// A snapshot of the counters of the environment the agent lives in (messages, timers;
+    /// the layers' own counters are read with agent_stats_of and the like). Any thread.
     environment_stats env_stats() const;
 
     /// A readable name for errors and logs: the one given with `set_name`, else the type and id.
