@@ -21,6 +21,7 @@
 #include <mailroom/dispatch/event_object.hpp>
 #include <mailroom/env/env_core.hpp>
 #include <mailroom/mailroom.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <algorithm>
 #include <mutex>
@@ -45,7 +46,7 @@ enum class guard_kind { none, gate, mutex };
 
 double run_plain(long n, guard_kind guard = guard_kind::none) {
     mailroom::environment env;
-    auto binder = env.core()->default_dispatcher()->make_binder();
+    auto binder = mailroom::internal::core_of(env)->default_dispatcher()->make_binder();
     int key = 0;
     auto b = binder->prepare(&key);
     struct self_demand : mailroom::internal::demand {

@@ -111,13 +111,14 @@ int main(int argc, char** argv) {
             env.join();
             t_end = bench::now_ns();
             auto st = env.stats();
+            auto as = mailroom::agent_stats_of(env);
             bench::check_stats(workload, st, agents - 1);
-            bench::check(st.agents_created == agents && st.coops_registered == coops, workload,
-                         "created " + std::to_string(st.agents_created) + " agents in " +
-                             std::to_string(st.coops_registered) + " cooperations, expected " + std::to_string(agents) +
+            bench::check(as.agents_created == agents && as.coops_registered == coops, workload,
+                         "created " + std::to_string(as.agents_created) + " agents in " +
+                             std::to_string(as.coops_registered) + " cooperations, expected " + std::to_string(agents) +
                              " in " + std::to_string(coops));
-            bench::check(st.agents_destroyed == agents, workload,
-                         std::to_string(st.agents_destroyed) + " of " + std::to_string(agents) + " agents destroyed");
+            bench::check(as.agents_destroyed == agents, workload,
+                         std::to_string(as.agents_destroyed) + " of " + std::to_string(agents) + " agents destroyed");
         }
         bench::check(ctx.done, workload, "the root never got its sum");
         bench::check(ctx.sum == expected, workload,

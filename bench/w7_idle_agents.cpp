@@ -78,10 +78,11 @@ double measure(std::uint64_t agents, std::uint64_t coops, bool mpmc) {
         env.stop();
         env.join();
         auto es = env.stats();
+        auto as = mailroom::agent_stats_of(env);
         bench::check_stats(workload, es, agents);
-        bench::check(es.agents_created == agents + 1 && es.agents_destroyed == agents + 1, workload,
-                     "created " + std::to_string(es.agents_created) + ", destroyed " +
-                         std::to_string(es.agents_destroyed) + ", expected " + std::to_string(agents + 1));
+        bench::check(as.agents_created == agents + 1 && as.agents_destroyed == agents + 1, workload,
+                     "created " + std::to_string(as.agents_created) + ", destroyed " +
+                         std::to_string(as.agents_destroyed) + ", expected " + std::to_string(agents + 1));
     }
     return per_agent;
 }

@@ -163,14 +163,15 @@ int main(int argc, char** argv) {
             named.destroy();
             server.destroy();
             auto st = env.stats();
+            auto ns = mailroom::named_stats_of(env);
             const std::uint64_t n = rounds + warmup;
-            bench::check(st.requests_posted == n && st.requests_replied == n && st.requests_rejected == 0 &&
-                             st.requests_abandoned == 0 && st.replies_orphaned == 0,
+            bench::check(ns.requests_posted == n && ns.requests_replied == n && ns.requests_rejected == 0 &&
+                             ns.requests_abandoned == 0 && ns.replies_orphaned == 0,
                          workload,
-                         "environment counters: requests posted " + std::to_string(st.requests_posted) + " replied " +
-                             std::to_string(st.requests_replied) + " rejected " + std::to_string(st.requests_rejected) +
-                             " abandoned " + std::to_string(st.requests_abandoned) + " orphaned replies " +
-                             std::to_string(st.replies_orphaned) + ", expected " + std::to_string(n) + " replied");
+                         "named counters: requests posted " + std::to_string(ns.requests_posted) + " replied " +
+                             std::to_string(ns.requests_replied) + " rejected " + std::to_string(ns.requests_rejected) +
+                             " abandoned " + std::to_string(ns.requests_abandoned) + " orphaned replies " +
+                             std::to_string(ns.replies_orphaned) + ", expected " + std::to_string(n) + " replied");
             bench::check(st.handler_exceptions == 0 && st.messages_lost == 0, workload,
                          "environment counters: handler exceptions " + std::to_string(st.handler_exceptions) +
                              " lost " + std::to_string(st.messages_lost));

@@ -1,6 +1,7 @@
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/agent/runtime.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <algorithm>
 #include <cxxabi.h>
@@ -96,7 +97,7 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     if (current_context() != &core)
         throw subscription_error(describe() + " made outside the agent's configure() and handlers");
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
-    mbox_impl& m = *from.impl();
+    mbox_impl& m = *internal::impl_of(from);
     if (&m.env() != core.env) throw subscription_error(describe() + ": the mbox belongs to another environment");
     if (m.kind() == mbox_kind::direct && !(core.direct_made.load(std::memory_order_acquire) && m.id() == core.direct.id())) {
         // An inbox has a direct address too, but only its own callback receives: ask, never assume.
@@ -115,7 +116,7 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     auto& list = core.list_for_adding();
     list.reserve(list.size() + 1);  // so that the push_back below cannot throw
     if (m.kind() == mbox_kind::mpmc) {
-        entry.source = from.impl();
+        entry.source = internal::impl_of(from);
         static_cast<mpmc_mbox&>(m).add_subscriber(
             route{&core, core.gen.load(std::memory_order_relaxed), delivery_kind::fanout, m.id()}, type);
     }

@@ -1,6 +1,7 @@
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/agent/runtime.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <algorithm>
 
@@ -148,11 +149,17 @@ agent_runtime::agent_runtime(env_core* e, session_runtime& s) : env(e), contexts
 
 agent_runtime::~agent_runtime() = default;
 
-void agent_runtime::add_stats(environment_stats& s) const noexcept {
-    s.agents_created += agents_created.load(std::memory_order_relaxed);
-    s.agents_destroyed += agents_destroyed.load(std::memory_order_relaxed);
-    s.coops_registered += coops_registered.load(std::memory_order_relaxed);
-    s.coops_deregistered += coops_deregistered.load(std::memory_order_relaxed);
+const agent_runtime* agent_runtime::find(const env_core& env) noexcept {
+    return env.find_extension<agent_runtime>(&runtime_key);
+}
+
+agent_stats agent_runtime::stats() const noexcept {
+    agent_stats s;
+    s.agents_created = agents_created.load(std::memory_order_relaxed);
+    s.agents_destroyed = agents_destroyed.load(std::memory_order_relaxed);
+    s.coops_registered = coops_registered.load(std::memory_order_relaxed);
+    s.coops_deregistered = coops_deregistered.load(std::memory_order_relaxed);
+    return s;
 }
 
 void agent_runtime::begin_stop() noexcept {
@@ -200,7 +207,7 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
     try {
         if (!c->default_binder) {
             if (c->opts.bind)
-                c->default_binder = c->opts.bind.impl();
+                c->default_binder = internal::impl_of(c->opts.bind);
             else
                 c->default_binder = env->default_dispatcher()->make_binder();
         }
@@ -354,9 +361,9 @@ void agent_runtime::finalize(coop_impl& c) noexcept {
 // ---- coop_impl ----
 
 coop_impl::coop_impl(agent_runtime* r, environment& e, coop_options o)
-    : rt(r), env(&e), env_keep(e.core()), id(r->contexts.arena->next_id()), named(!o.name.empty()), opts(std::move(o)) {
+    : rt(r), env(&e), env_keep(internal::core_of(e)), id(r->contexts.arena->next_id()), named(!o.name.empty()), opts(std::move(o)) {
     name = named ? opts.name : "coop#" + std::to_string(id);
-    parent = opts.parent.impl();
+    parent = internal::impl_of(opts.parent);
     opts.parent = coop_handle();
 }
 
@@ -419,7 +426,7 @@ void coop_impl::agent_finished() noexcept {
 // ---- coop ----
 
 coop::coop(environment& env, coop_options options) : env_(&env) {
-    auto& core = *env.core();
+    auto& core = *internal::core_of(env);
     core.check_not_stopping("creating cooperation", options.name);
     auto& rt = internal::agent_runtime::of(core);
     internal::event_gate_init();
@@ -447,7 +454,7 @@ void* coop::prepare_agent(binder b) {
     if (!impl_) throw usage_error("coop: making an agent in a cooperation that was already registered");
     auto& c = *impl_;
     if (c.agents.size() == c.agents.capacity()) c.agents.reserve(std::max<std::size_t>(16, 2 * c.agents.size()));
-    internal::context_core* core = c.rt->make_agent_context(c, b.impl());
+    internal::context_core* core = c.rt->make_agent_context(c, internal::impl_of(b));
     internal::constructing_agent() = core;
     return core;
 }
@@ -488,6 +495,13 @@ std::string coop_handle::name() const { return impl_ ? impl_->name : std::string
 
 void coop_handle::deregister(dereg_reason reason) noexcept {
     if (impl_) impl_->deregister(reason);
+}
+
+// ---- statistics ----
+
+agent_stats agent_stats_of(const environment& env) {
+    const internal::agent_runtime* r = internal::agent_runtime::find(*internal::core_of(env));
+    return r ? r->stats() : agent_stats{};
 }
 
 }  // namespace mailroom

@@ -92,7 +92,9 @@ public:
     int teardown_phase() const noexcept override { return phase; }
     void begin_stop() noexcept override;
     void wait_stopped() noexcept override;
-    void add_stats(environment_stats& s) const noexcept override;
+    agent_stats stats() const noexcept;
+    /// The runtime of `env` if one was made, else null. Any thread.
+    static const agent_runtime* find(const env_core& env) noexcept;
 
     /// A record for a new agent of `c` (its life begun, its direct mbox made). May throw.
     context_core* make_agent_context(coop_impl& c, std::shared_ptr<binder_impl> b);

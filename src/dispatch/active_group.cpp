@@ -1,5 +1,6 @@
 // active_group: one worker thread per named group, alive while the group has contexts.
 
+#include <mailroom/core/handle_access.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/active_group_impl.hpp>
 
@@ -88,7 +89,7 @@ std::shared_ptr<binder_impl> bind_group(dispatcher_impl& d, std::string group) {
 namespace mailroom::active_group {
 
 binder handle::bind_group(std::string group) const {
-    return binder(internal::bind_group(internal::checked(impl()), std::move(group)));
+    return binder(internal::bind_group(internal::checked(internal::impl_of(*this)), std::move(group)));
 }
 
 handle make_dispatcher(dispatcher_host& host, std::string name, const params& p) {

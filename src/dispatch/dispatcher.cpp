@@ -6,6 +6,8 @@
 
 #include <pthread.h>
 
+#include <mutex>
+
 namespace mailroom {
 namespace internal {
 
@@ -21,6 +23,32 @@ MAILROOM_FAST_TLS constinit thread_local const dispatcher_impl* tls_dispatcher =
 const dispatcher_impl* current_dispatcher() noexcept { return tls_dispatcher; }
 void set_current_dispatcher(const dispatcher_impl* d) noexcept { tls_dispatcher = d; }
 
+namespace {
+// The registered kinds by number (0 unused). Constant-initialized, so that a layer may register
+// its kinds from a static initializer of any translation unit.
+constinit std::atomic<const char*> running_kinds[256]{};
+constinit std::mutex running_kinds_lock;
+}  // namespace
+
+running_kind register_running_kind(const char* name) noexcept {
+    std::lock_guard g(running_kinds_lock);
+    for (unsigned k = 1; k < 256; ++k) {
+        const char* n = running_kinds[k].load(std::memory_order_relaxed);
+        if (!n) {
+            // Release: a reader that finds this number in a heartbeat finds the name.
+            running_kinds[k].store(name, std::memory_order_release);
+            return static_cast<running_kind>(k);
+        }
+        if (std::string_view(n) == name) return static_cast<running_kind>(k);
+    }
+    fatal("register_running_kind: more than 255 kinds of context");
+}
+
+std::string_view running_kind_name(running_kind kind) noexcept {
+    const char* n = running_kinds[kind].load(std::memory_order_acquire);
+    return n ? std::string_view(n) : std::string_view();
+}
+
 binder_impl::~binder_impl() = default;
 
 worker_stats read_heartbeat(const heartbeat& beat) noexcept {
@@ -30,9 +58,8 @@ worker_stats read_heartbeat(const heartbeat& beat) noexcept {
     w.parks = beat.parks.load(std::memory_order_relaxed);
     if (w.busy) {
         std::uint64_t c = beat.context.load(std::memory_order_relaxed);
-        if (c & running_agent) w.running = running_kind::agent;
-        else if (c & running_session) w.running = running_kind::session;
-        if (w.running != running_kind::none) {
+        w.running_kind = running_kind_name(static_cast<running_kind>(c >> running_kind_shift));
+        if (!w.running_kind.empty()) {
             w.running_id = c & running_id_mask;
             if (const std::type_info* t = beat.type.load(std::memory_order_relaxed)) w.running_type = message_type(*t);
         }

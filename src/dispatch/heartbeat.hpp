@@ -6,15 +6,27 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string_view>
 #include <typeinfo>
 
 namespace mailroom::internal {
 
-/// Which context a worker is running, as the upper layer tags it: the kind in the top bits,
-/// the agent's or session's id below.
-inline constexpr std::uint64_t running_agent = std::uint64_t{1} << 62;
-inline constexpr std::uint64_t running_session = std::uint64_t{2} << 62;
-inline constexpr std::uint64_t running_id_mask = (std::uint64_t{1} << 62) - 1;
+/// A kind of context that runs on workers, as the layer above that defines it names it: the
+/// extension point through which an upper layer tells the heartbeat, worker_stats and the
+/// teardown watch what a worker runs, without the dispatch layer knowing what it is. 0 is "no
+/// context"; registered kinds are 1..255.
+using running_kind = std::uint8_t;
+
+/// Registers a kind by its name (a string with static storage, e.g. a literal) and returns its
+/// number; the same name gives the same number. Any thread, at any time (a layer does it once,
+/// in a static initializer); aborts when 255 kinds are registered.
+MAILROOM_EXPORT running_kind register_running_kind(const char* name) noexcept;
+/// The name a kind was registered with; empty for 0 and for a number never handed out.
+MAILROOM_EXPORT std::string_view running_kind_name(running_kind kind) noexcept;
+
+/// A heartbeat's context word: the kind in the top byte, the context's id below.
+inline constexpr unsigned running_kind_shift = 56;
+inline constexpr std::uint64_t running_id_mask = (std::uint64_t{1} << running_kind_shift) - 1;
 
 /// What a worker publishes as it runs handlers, for the teardown watch and the watchdog:
 /// relaxed stores on the hot path, read by a watcher that only needs them eventually.
@@ -25,8 +37,8 @@ struct heartbeat {
     std::atomic<std::uint32_t> busy{0};
     /// Times this worker parked (slept in the kernel) for want of work.
     std::atomic<std::uint64_t> parks{0};
-    /// The running demand's context (running_agent or running_session | id); 0 until the
-    /// upper layer says, and for demands that belong to no agent or session.
+    /// The running demand's context (its running_kind << running_kind_shift | its id); 0 until
+    /// the upper layer says, and for demands that belong to no context.
     std::atomic<std::uint64_t> context{0};
     /// The running handler's message type (a tag type for timers and posted calls).
     std::atomic<const std::type_info*> type{nullptr};
@@ -49,11 +61,11 @@ MAILROOM_FAST_TLS extern MAILROOM_EXPORT constinit thread_local heartbeat* tls_h
 struct timer_callback_tag {};
 struct posted_call_tag {};
 
-/// Says what this worker runs now (an agent's handler or a session's callback): two relaxed
-/// stores, nothing on threads that are not workers.
-inline void note_running(std::uint64_t context, const std::type_info* type) noexcept {
+/// Says what this worker runs now: the context of a registered `kind` with `id` (below 2^56)
+/// and the message type it handles. Two relaxed stores, nothing on threads that are not workers.
+inline void note_running(running_kind kind, std::uint64_t id, const std::type_info* type) noexcept {
     if (heartbeat* b = tls_heartbeat) {
-        b->context.store(context, std::memory_order_relaxed);
+        b->context.store(std::uint64_t{kind} << running_kind_shift | (id & running_id_mask), std::memory_order_relaxed);
         b->type.store(type, std::memory_order_relaxed);
     }
 }

@@ -2,6 +2,7 @@
 // cooperation or one agent; it is in the run queue at most once, so at most one worker runs it
 // at a time, which is what makes a bound context serial.
 
+#include <mailroom/core/handle_access.hpp>
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/thread_pool_impl.hpp>
@@ -331,7 +332,7 @@ std::shared_ptr<binder_impl> bind_fifo(dispatcher_impl& d, fifo order) {
 
 namespace mailroom::thread_pool {
 
-binder handle::bind_fifo(fifo order) const { return binder(internal::bind_fifo(internal::checked(impl()), order)); }
+binder handle::bind_fifo(fifo order) const { return binder(internal::bind_fifo(internal::checked(internal::impl_of(*this)), order)); }
 
 handle make_dispatcher(dispatcher_host& host, std::string name, const params& p) {
     return dispatcher_cast<handle>(

@@ -24,7 +24,8 @@ namespace mailroom::internal {
 struct thread_counters {
     std::atomic<std::uint64_t> sent{0}, delivered{0}, lost{0}, ignored{0}, discarded{0}, cancelled{0},
         exceptions{0};
-    // Sessions' callbacks (posted calls, timers, inbox messages).
+    // Callbacks that are not messages (posted calls, timer fires, inbox deliveries), counted by
+    // the layer that runs them; read back through callback_totals().
     std::atomic<std::uint64_t> callbacks_run{0}, callbacks_refused{0}, callbacks_discarded{0};
     // Sends of this thread into this environment that have begun and not ended (see send_scope).
     std::atomic<std::uint32_t> sending{0};
@@ -120,10 +121,9 @@ public:
     virtual void begin_stop() noexcept = 0;
     /// Blocks until what it owns is gone. On the joining thread.
     virtual void wait_stopped() noexcept = 0;
-    /// Adds its counters to a snapshot.
-    virtual void add_stats(environment_stats& s) const noexcept = 0;
-    /// Names the agent or session with this id for a report ("" when it is not one of its own).
-    virtual std::string describe(running_kind kind, std::uint64_t id) const;
+    /// Names the context of `kind` (a name registered with register_running_kind) and `id` for
+    /// a report; "" when the kind is not one this extension registered or the id is gone.
+    virtual std::string describe(std::string_view kind, std::uint64_t id) const;
 };
 
 class MAILROOM_EXPORT env_core : public std::enable_shared_from_this<env_core> {
@@ -185,6 +185,17 @@ public:
         return static_cast<E&>(*e);
     }
 
+    /// The extension registered under `key`, or null when it was never made. Any thread. An
+    /// extension lives as long as the core, so the pointer stays valid while the caller holds
+    /// the core.
+    template <class E>
+    const E* find_extension(const void* key) const noexcept {
+        std::lock_guard g(lock_);
+        for (auto& [k, e] : extensions_)
+            if (k == key) return static_cast<const E*>(e.get());
+        return nullptr;
+    }
+
     std::shared_ptr<dispatcher_impl> default_dispatcher() const noexcept { return default_; }
     std::shared_ptr<dispatcher_impl> add_dispatcher(std::shared_ptr<dispatcher_impl> d);
     std::shared_ptr<dispatcher_impl> find_dispatcher(std::string_view name) const;
@@ -201,6 +212,12 @@ public:
     /// Any thread. A snapshot of the counters: every outcome counter is read before any sent
     /// counter, so even while messages flow, outcomes never exceed sends in a snapshot.
     environment_stats stats() const;
+
+    /// The callback counters of every thread, summed (thread_counters::callbacks_*). Any thread.
+    struct callback_counts {
+        std::uint64_t run = 0, refused = 0, discarded = 0;
+    };
+    callback_counts callback_totals() const noexcept;
 
 private:
     thread_counters& counters_slow() noexcept;

@@ -72,7 +72,7 @@ entry_slot& this_thread_entry_slot() noexcept {
 
 env_extension::~env_extension() = default;
 
-std::string env_extension::describe(running_kind, std::uint64_t) const { return {}; }
+std::string env_extension::describe(std::string_view, std::uint64_t) const { return {}; }
 
 env_core*& current_env() noexcept {
     MAILROOM_FAST_TLS thread_local env_core* env = nullptr;
@@ -268,19 +268,18 @@ void env_core::report_overrun(const dispatcher_stats& d, std::size_t index, cons
         o.dispatcher = d.name;
         o.worker = index;
         o.running_for = std::chrono::nanoseconds(ns);
-        if (w.running != running_kind::none) {
+        if (!w.running_kind.empty()) {
             std::vector<env_extension*> exts;
             {
                 std::lock_guard g(lock_);
                 for (auto& [k, e] : extensions_) exts.push_back(e.get());
             }
             for (auto* e : exts)
-                if (o.context.empty()) o.context = e->describe(w.running, w.running_id);
+                if (o.context.empty()) o.context = e->describe(w.running_kind, w.running_id);
             if (o.context.empty())
-                o.context = std::string(w.running == running_kind::agent ? "agent #" : "session #") +
-                            std::to_string(w.running_id) + " (gone)";
+                o.context = std::string(w.running_kind) + " #" + std::to_string(w.running_id) + " (gone)";
         } else {
-            o.context = "unknown (no agent or session)";
+            o.context = "unknown (a demand of no context)";
         }
         if (const std::type_info* t = w.running_type.info()) {
             if (*t == typeid(timer_callback_tag)) o.message_type = "timer callback";
@@ -390,16 +389,17 @@ teardown_report env_core::join_once() {
     // The report: what was still queued when the dispatchers stopped was discarded (and each
     // discard counted where it happened); said once, here, when there was any.
     environment_stats s = stats();
+    const std::uint64_t callbacks_discarded = callback_totals().discarded;
     std::unique_lock g(report_lock_);
     report_.took = std::chrono::nanoseconds(now_ns() - started);
     report_.messages_discarded = s.messages_discarded;
-    report_.callbacks_discarded = s.callbacks_discarded;
-    if (s.messages_discarded || s.callbacks_discarded || !report_.overruns.empty()) {
+    report_.callbacks_discarded = callbacks_discarded;
+    if (s.messages_discarded || callbacks_discarded || !report_.overruns.empty()) {
         try {
             char took[32];
             std::snprintf(took, sizeof took, "%.1f ms", static_cast<double>(report_.took.count()) / 1e6);
             log("stopped in " + std::string(took) + ": " + std::to_string(s.messages_discarded) + " messages and " +
-                std::to_string(s.callbacks_discarded) + " session callbacks were still queued and were discarded; " +
+                std::to_string(callbacks_discarded) + " callbacks were still queued and were discarded; " +
                 std::to_string(report_.overruns.size()) + " handler overrun report(s)");
         } catch (...) {
         }
@@ -462,11 +462,7 @@ environment_stats env_core::stats() const {
         for (auto& [id, c] : counters_) {
             s.messages_sent += c->sent.load(std::memory_order_relaxed);
             s.handler_exceptions += c->exceptions.load(std::memory_order_relaxed);
-            s.callbacks_run += c->callbacks_run.load(std::memory_order_relaxed);
-            s.callbacks_refused += c->callbacks_refused.load(std::memory_order_relaxed);
-            s.callbacks_discarded += c->callbacks_discarded.load(std::memory_order_relaxed);
         }
-        for (auto& [k, e] : extensions_) e->add_stats(s);
     }
     auto t = timers_.stats();
     s.timers_armed = t.armed;
@@ -477,6 +473,17 @@ environment_stats env_core::stats() const {
     s.teardown_overruns = overruns_.load(std::memory_order_relaxed);
     for (auto& d : dispatchers()) s.queue_depth += d->stats().queue_depth;
     return s;
+}
+
+env_core::callback_counts env_core::callback_totals() const noexcept {
+    callback_counts out;
+    std::lock_guard g(lock_);
+    for (auto& [id, c] : counters_) {
+        out.run += c->callbacks_run.load(std::memory_order_relaxed);
+        out.refused += c->callbacks_refused.load(std::memory_order_relaxed);
+        out.discarded += c->callbacks_discarded.load(std::memory_order_relaxed);
+    }
+    return out;
 }
 
 }  // namespace internal

@@ -1,6 +1,7 @@
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/mbox/mbox_impl.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <algorithm>
 
@@ -177,7 +178,7 @@ void deliver(const mbox& to, envelope* e) {
         e->release();
         throw usage_error("sending through an empty mbox handle");
     }
-    to.impl()->deliver(e, nullptr);
+    internal::impl_of(to)->deliver(e, nullptr);
 }
 
 }  // namespace internal
@@ -191,21 +192,21 @@ mbox_kind mbox::kind() const noexcept { return impl_ ? impl_->kind() : mbox_kind
 std::string mbox::name() const { return impl_ ? impl_->name() : std::string("<empty mbox>"); }
 
 mbox make_mpmc_mbox(environment& env) {
-    auto& core = *env.core();
+    auto& core = *internal::core_of(env);
     core.check_open("creating", "mpmc mbox");
-    return mbox(std::make_shared<internal::mpmc_mbox>(env.core(), std::string()));
+    return mbox(std::make_shared<internal::mpmc_mbox>(internal::core_of(env), std::string()));
 }
 
 mbox make_named_mbox(environment& env, std::string name) {
-    return internal::mbox_registry::of(*env.core()).make(std::move(name), false);
+    return internal::mbox_registry::of(*internal::core_of(env)).make(std::move(name), false);
 }
 
 mbox named_mbox(environment& env, std::string name) {
-    return internal::mbox_registry::of(*env.core()).make(std::move(name), true);
+    return internal::mbox_registry::of(*internal::core_of(env)).make(std::move(name), true);
 }
 
 mbox find_named_mbox(environment& env, std::string_view name) {
-    return internal::mbox_registry::of(*env.core()).find(name);
+    return internal::mbox_registry::of(*internal::core_of(env)).find(name);
 }
 
 }  // namespace mailroom

@@ -109,7 +109,6 @@ public:
     int teardown_phase() const noexcept override { return phase; }
     void begin_stop() noexcept override {}
     void wait_stopped() noexcept override;
-    void add_stats(environment_stats&) const noexcept override {}
 
     mbox make(std::string name, bool may_exist);
     mbox find(std::string_view name);

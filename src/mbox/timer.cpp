@@ -3,6 +3,7 @@
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/mbox/mbox_impl.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <atomic>
 #include <string>
@@ -47,11 +48,11 @@ private:
     void deliver(envelope* e) noexcept {
         try {
             // A timer nobody can cancel any more needs no cancellation check at the receiver.
-            target_.impl()->deliver(e, cancellable() ? this : nullptr);
+            internal::impl_of(target_)->deliver(e, cancellable() ? this : nullptr);
         } catch (...) {
             // The environment closed (its teardown discards what is still scheduled), or memory
             // ran out: counted sent and discarded, never dropped unseen.
-            thread_counters& c = target_.impl()->env().counters();
+            thread_counters& c = internal::impl_of(target_)->env().counters();
             thread_counters::bump(c.sent);
             thread_counters::bump(c.discarded);
         }
@@ -77,7 +78,7 @@ private:
 timer_entry* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds delay, std::chrono::nanoseconds period) {
     envelope_ref ref(e);
     if (!to) throw usage_error("scheduling a timer on an empty mbox handle");
-    env_core& env = to.impl()->env();
+    env_core& env = internal::impl_of(to)->env();
     if (!env.open()) env.check_open("scheduling a timer on", to.name());  // the name only to raise
     if (delay.count() < 0)
         throw usage_error("scheduling a timer on " + to.name() + ": the delay is negative (" +

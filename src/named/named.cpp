@@ -23,6 +23,7 @@
 #include <mailroom/agent/runtime.hpp>
 #include <mailroom/session/context.hpp>
 #include <mailroom/named/name_table.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <climits>
 #include <condition_variable>
@@ -109,7 +110,6 @@ public:
         };
         MAILROOM_FAST_TLS static thread_local last_asked last;
         if (last.env_id == e.id()) return *last.reg;
-        static const int key = 0;
         auto& reg = e.extension<named_registry>(&key, [&] { return std::make_unique<named_registry>(&e); });
         last = {e.id(), &reg};
         return reg;
@@ -146,16 +146,21 @@ public:
     /// Unlists `r` (once it is final); true when the list's reference is now the caller's.
     bool untrack(request_core* r) noexcept;
     void abandon_open_requests() noexcept;
-    void add_stats(environment_stats& s) const noexcept override {
-        s.named_registered += registered.load(std::memory_order_relaxed);
-        s.named_unregistered += unregistered.load(std::memory_order_relaxed);
-        s.named_messages += messages.load(std::memory_order_relaxed);
-        s.named_rejected += rejected_sends.load(std::memory_order_relaxed);
-        s.requests_posted += requests.load(std::memory_order_relaxed);
-        s.requests_replied += replied.load(std::memory_order_relaxed);
-        s.requests_rejected += rejected.load(std::memory_order_relaxed);
-        s.requests_abandoned += abandoned.load(std::memory_order_relaxed);
-        s.replies_orphaned += orphaned.load(std::memory_order_relaxed);
+    /// The registry of `e` if one was made, else null. Any thread.
+    static const named_registry* find(const env_core& e) noexcept { return e.find_extension<named_registry>(&key); }
+
+    named_stats stats() const noexcept {
+        named_stats s;
+        s.named_registered = registered.load(std::memory_order_relaxed);
+        s.named_unregistered = unregistered.load(std::memory_order_relaxed);
+        s.named_messages = messages.load(std::memory_order_relaxed);
+        s.named_rejected = rejected_sends.load(std::memory_order_relaxed);
+        s.requests_posted = requests.load(std::memory_order_relaxed);
+        s.requests_replied = replied.load(std::memory_order_relaxed);
+        s.requests_rejected = rejected.load(std::memory_order_relaxed);
+        s.requests_abandoned = abandoned.load(std::memory_order_relaxed);
+        s.replies_orphaned = orphaned.load(std::memory_order_relaxed);
+        return s;
     }
 
     env_core* env;
@@ -168,6 +173,9 @@ public:
     std::atomic<std::uint64_t> next_id{1};
     std::atomic<std::uint64_t> registered{0}, unregistered{0}, messages{0}, rejected_sends{0}, requests{0},
         replied{0}, rejected{0}, abandoned{0}, orphaned{0};
+
+private:
+    static constexpr int key = 0;  // the extension's key: its address
 };
 
 /// What the table lists: the object's inbox address. Freed after the grace period.
@@ -468,8 +476,8 @@ void named_registry::abandon_open_requests() noexcept {
 }
 
 request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {
-    auto& reg = named_registry::of(*env.core());
-    auto* r = new request_core(env.core(), &reg, reply_type);
+    auto& reg = named_registry::of(*internal::core_of(env));
+    auto* r = new request_core(internal::core_of(env), &reg, reply_type);
     reg.requests.fetch_add(1, std::memory_order_relaxed);
     if (timeout.count() > 0) {
         auto* t = new timeout_entry(r, timeout.count());
@@ -479,7 +487,7 @@ request_core* new_request(environment& env, message_type reply_type, std::chrono
             std::lock_guard g(r->lock);
             r->timer = t;
         }
-        if (!env.core()->timers().arm(t))
+        if (!internal::core_of(env)->timers().arm(t))
             r->finish(request_state::abandoned, nullptr, "environment '" + env.name() + "' is stopped");
     }
     return r;
@@ -636,7 +644,7 @@ struct named_delivery {
 void send_named(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
                 std::string reply_to) {
     envelope_ref b(body);
-    auto& core = *env.core();
+    auto& core = *internal::core_of(env);
     auto& reg = named_registry::of(core);
     auto fail = [&](request_state st, const std::string& why) {
         if (r) {
@@ -851,5 +859,12 @@ void incoming::reject(std::string reason) {
 
 named_handle::named_handle(internal::event_object* o, std::string name) noexcept
     : event_handle(o), name_(std::move(name)) {}
+
+// ---- statistics ----
+
+named_stats named_stats_of(const environment& env) {
+    const internal::named_registry* r = internal::named_registry::find(*internal::core_of(env));
+    return r ? r->stats() : named_stats{};
+}
 
 }  // namespace mailroom

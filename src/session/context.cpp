@@ -194,8 +194,7 @@ bool run_guarded(context_core& c, const char* what, message_type type, void (*fn
     env_core* prev_env = cur_env;
     cur = &c;
     cur_env = c.env;
-    note_running(c.kind == context_kind::agent ? running_agent | c.id : running_session | c.id,
-                 type.info() ? type.info() : &typeid(posted_call_tag));
+    note_running(running_kind_of(c), c.id, type.info() ? type.info() : &typeid(posted_call_tag));
     const char* failure = nullptr;
     std::string text;  // only for an exception's what(), which must outlive the catch
     try {

@@ -2,6 +2,7 @@
 // Event objects: what calls back into a serial context (a timer, an inbox, a subscription, a
 // named object), each with the one handle model (event_handle: shutdown, destroy, detach).
 
+#include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/session/context.hpp>
 #include <mailroom/session/session.hpp>
 
@@ -65,6 +66,8 @@ public:
     ~session_runtime() override;
 
     static session_runtime& of(env_core& env);
+    /// The runtime of `env` if one was made, else null. Any thread.
+    static const session_runtime* find(const env_core& env) noexcept;
 
     // After the cooperations (agent layer, phase 100), before the registries of what contexts
     // own (named objects, named mboxes).
@@ -72,8 +75,9 @@ public:
     int teardown_phase() const noexcept override { return phase; }
     void begin_stop() noexcept override {}
     void wait_stopped() noexcept override;
-    void add_stats(environment_stats& s) const noexcept override;
-    std::string describe(running_kind kind, std::uint64_t id) const override;
+    /// Its counters; the callback counters come from the environment's per-thread ones.
+    session_stats stats() const noexcept;
+    std::string describe(std::string_view kind, std::uint64_t id) const override;
 
     env_core* env;
     const std::shared_ptr<context_arena> arena;
@@ -86,6 +90,14 @@ public:
     std::atomic<std::uint64_t> sessions_created{0}, sessions_destroyed{0}, objects_created{0},
         objects_destroyed{0};
 };
+
+/// The dispatch layer's numbers for the two kinds of serial context, which heartbeats carry
+/// and worker_stats and the teardown watch name (see dispatch/heartbeat.hpp).
+inline const running_kind agent_running_kind = register_running_kind("agent");
+inline const running_kind session_running_kind = register_running_kind("session");
+inline running_kind running_kind_of(const context_core& c) noexcept {
+    return c.kind == context_kind::agent ? agent_running_kind : session_running_kind;
+}
 
 /// Shuts the object down (the guarantee-2 wait unless on its own context); true if this call did.
 bool shutdown_object(event_object* o) noexcept;

@@ -2,6 +2,7 @@
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/session/event_object.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include <vector>
 
@@ -54,14 +55,21 @@ session_runtime& session_runtime::of(env_core& env) {
     return env.extension<session_runtime>(&runtime_key, [&] { return std::make_unique<session_runtime>(&env); });
 }
 
-void session_runtime::add_stats(environment_stats& s) const noexcept {
-    s.sessions_created += sessions_created.load(std::memory_order_relaxed);
-    s.sessions_destroyed += sessions_destroyed.load(std::memory_order_relaxed);
-    s.event_objects_created += objects_created.load(std::memory_order_relaxed);
-    s.event_objects_destroyed += objects_destroyed.load(std::memory_order_relaxed);
+const session_runtime* session_runtime::find(const env_core& env) noexcept {
+    return env.find_extension<session_runtime>(&runtime_key);
 }
 
-std::string session_runtime::describe(running_kind, std::uint64_t id) const {
+session_stats session_runtime::stats() const noexcept {
+    session_stats s;
+    s.sessions_created = sessions_created.load(std::memory_order_relaxed);
+    s.sessions_destroyed = sessions_destroyed.load(std::memory_order_relaxed);
+    s.event_objects_created = objects_created.load(std::memory_order_relaxed);
+    s.event_objects_destroyed = objects_destroyed.load(std::memory_order_relaxed);
+    return s;
+}
+
+std::string session_runtime::describe(std::string_view kind, std::uint64_t id) const {
+    if (kind != running_kind_name(agent_running_kind) && kind != running_kind_name(session_running_kind)) return {};
     std::string out;
     return arena->describe(id, out) ? out : std::string();
 }
@@ -572,7 +580,7 @@ event_object* add_subscription(const context_ref& s, std::string_view name, cons
         return who(s, name) + ": subscription to " + readable_name(type) + " on " + from.name();
     };
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
-    mbox_impl& m = *from.impl();
+    mbox_impl& m = *internal::impl_of(from);
     if (&m.env() != s.core->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
     if (m.kind() != mbox_kind::mpmc)
         throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
@@ -588,7 +596,7 @@ event_object* add_subscription(const context_ref& s, std::string_view name, cons
     }
     try {
         attach(o);
-        o->join(from.impl());
+        o->join(internal::impl_of(from));
     } catch (...) {
         destroy_object(o);
         o->release();
@@ -635,7 +643,7 @@ void event_handle::detach() noexcept {
 session::session(environment& env, session_options options) {
     using namespace internal;
     event_gate_init();
-    env_core& core = *env.core();
+    env_core& core = *internal::core_of(env);
     core.check_not_stopping("creating session", options.name);
     session_runtime& rt = session_runtime::of(core);
     context_core* c = rt.arena->allocate();
@@ -653,7 +661,7 @@ session::session(environment& env, session_options options) {
         rt.arena->recycle(c);
     };
     try {
-        c->binder = options.bind ? options.bind.impl() : core.default_dispatcher()->make_binder();
+        c->binder = options.bind ? internal::impl_of(options.bind) : core.default_dispatcher()->make_binder();
         if (!binds_in(*c->binder, core)) throw_foreign_binder(*c->binder, core, c->describe());
         c->bound = prepare_binding(*c->binder, c, core, "creating session", c->name.str());
     } catch (...) {
@@ -720,6 +728,19 @@ void session::destroy() noexcept {
 void session::detach() noexcept {
     ref_ = {};
     name_.clear();
+}
+
+// ---- statistics ----
+
+session_stats session_stats_of(const environment& env) {
+    const internal::env_core& core = *internal::core_of(env);
+    session_stats s;
+    if (const internal::session_runtime* r = internal::session_runtime::find(core)) s = r->stats();
+    const auto callbacks = core.callback_totals();
+    s.callbacks_run = callbacks.run;
+    s.callbacks_refused = callbacks.refused;
+    s.callbacks_discarded = callbacks.discarded;
+    return s;
 }
 
 }  // namespace mailroom

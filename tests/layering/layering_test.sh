@@ -5,6 +5,12 @@
 #   2. A file of a layer that includes a header of any higher layer does not compile, and the
 #      compiler says that header is not found (not some other error).
 #   3. No source reaches around the folders with a relative include ("../x.hpp", "layer/x.hpp").
+#   4. The layers below mbox (core, queue, dispatch, env) name no agent or session in code: they
+#      offer extension points (running kinds, env extensions) that those layers fill in.
+#      Comments and string literals are not code; the one exception is listed below.
+#   5. A user of the installed headers cannot reach behind a handle: mbox, binder, dispatcher,
+#      coop, coop_handle and environment have no public impl() or core() (the library reaches
+#      them through internal::handle_access, an internal header).
 # Usage: layering_test.sh <compiler> <source dir> <build dir> <layer>...
 set -euo pipefail
 cxx=$1 src=$2 build=$3
@@ -55,6 +61,42 @@ done
 if grep -rnE '#include "(\.\./|[a-z_]+/)' "$src/src" "$src/include"; then
   fail "a source includes a header by a relative path (use <mailroom/<layer>/<header>.hpp>)"
 fi
+
+# 4. no agent or session identifiers below the mbox layer
+# thread_pool's FIFO policy (fifo::cooperation, fifo::agent) names its unit in the words its
+# users bind with: a public enumerator that the pool never interprets beyond "one queue each".
+allowed='include/mailroom/dispatch/thread_pool.hpp: agent'
+for l in "${layers[@]}"; do
+  [[ $l == mbox ]] && break
+  while read -r f; do
+    # Comments become blank lines (block comments keep their line breaks), strings empty.
+    perl -0777 -ne 's{/\*.*?\*/}{ (my $c = $&) =~ s/[^\n]//g; $c }gse; s{//[^\n]*}{}g;
+        s{"(?:\\.|[^"\\\n])*"}{""}g; my $n = 0;
+        for my $line (split /\n/, $_, -1) { $n++; print "$n: $1\n" while $line =~ /\b(\w*(?:agent|session)\w*)\b/gi }' "$src/$f" |
+      while read -r n word; do
+        [[ "$f: $word" == "$allowed" ]] && continue
+        echo "$f:$n${word:+ }$word"
+      done
+  done < <(cd "$src" && find "include/mailroom/$l" "src/$l" -name '*.hpp' -o -name '*.cpp' 2>/dev/null | sort) > "$scratch/names"
+  if [[ -s $scratch/names ]]; then
+    fail "layer '$l' names an upper layer's concept (agent, session) in code:"
+    cat "$scratch/names"
+  fi
+done
+
+# 5. no public way behind a handle, as a user compiles against the public headers
+for expr in 'mailroom::mbox{}.impl()' 'mailroom::binder{}.impl()' 'mailroom::dispatcher{}.impl()' \
+            'mailroom::coop_handle{}.impl()' 'std::declval<mailroom::coop&>().impl()' \
+            'std::declval<mailroom::environment&>().core()'; do
+  printf '#include <mailroom/mailroom.hpp>\n#include <utility>\nusing probe = decltype(%s);\nint main() {}\n' "$expr" \
+    > "$scratch/handle.cpp"
+  if "$cxx" -std=c++20 -fsyntax-only -I"$src/include" -I"$build/include" "$scratch/handle.cpp" 2> "$scratch/handle.err"; then
+    fail "a user can call $expr"
+  elif ! grep -qE "has no member named|no member named" "$scratch/handle.err"; then
+    fail "$expr: refused, but not for want of the member:"
+    head -5 "$scratch/handle.err"
+  fi
+done
 
 if ((failures)); then
   echo "$failures layering check(s) failed"

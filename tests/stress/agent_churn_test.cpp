@@ -4,6 +4,7 @@
 // before on_start, after on_finish, or at the same time as another of the same agent.
 
 #include <mailroom/mailroom.hpp>
+#include "all_stats.hpp"
 
 #include "../unit/agent/probe.hpp"
 
@@ -104,7 +105,7 @@ TEST(agent_churn, register_deregister_send_and_publish_from_many_threads) {
     totals t;
     const auto budget = test::sanitized ? 1200ms : 2500ms;
     const long max_iterations = test::sanitized ? 3000 : 30000;
-    environment_stats final_stats{};
+    test::all_stats final_stats{};
     {
         environment env({.name = "churn"});
         std::vector<binder> binders = {
@@ -203,7 +204,7 @@ TEST(agent_churn, register_deregister_send_and_publish_from_many_threads) {
         // The environment stops with whatever is still registered.
         env.stop();
         ASSERT_TRUE(test::join_within(env, 60s));
-        final_stats = env.stats();
+        final_stats = test::all_stats_of(env);
         EXPECT_GT(final_stats.coops_registered, 10u);
     }
     EXPECT_EQ(t.violations.load(), 0);

@@ -19,6 +19,7 @@
 
 #include "../unit/agent/probe.hpp"
 #include "test_support.hpp"
+#include "all_stats.hpp"
 
 #include <gtest/gtest.h>
 
@@ -164,7 +165,7 @@ TEST(named_names_free, names_are_free_when_their_object_ends_and_no_request_outl
                     std::fprintf(stderr, "NOT FINAL: request #%llu %s\n", static_cast<unsigned long long>(r.id()),
                                  mailroom::to_string(r.state()));
         EXPECT_EQ(not_final, 0);
-        auto st = env.stats();
+        auto st = mailroom::test::all_stats_of(env);
         std::printf("named_names_free: %ld rounds, %ld requests (%llu replied, %llu rejected, %llu abandoned), %ld "
                     "incomings kept past the stop, %ld violations\n",
                     c.rounds.load(), c.requests.load(), static_cast<unsigned long long>(st.requests_replied),

@@ -23,6 +23,7 @@
 
 #include "../unit/agent/probe.hpp"
 #include "test_support.hpp"
+#include "all_stats.hpp"
 
 #include <gtest/gtest.h>
 
@@ -418,7 +419,7 @@ TEST(named_unregister, objects_come_and_go_under_requests_and_none_runs_after_sh
     const long max_ops = mailroom::test::sanitized ? 400'000 : 4'000'000;
 
     const watchdog guard(240s);  // a hang is a failure to report, not a test that never ends
-    mailroom::environment_stats st;
+    mailroom::test::all_stats st;
     auto w = std::make_unique<world>();
     {
         const auto end = std::chrono::steady_clock::now() + limit;
@@ -453,7 +454,7 @@ TEST(named_unregister, objects_come_and_go_under_requests_and_none_runs_after_sh
         w->answer_parked(rng);
         EXPECT_TRUE(mailroom::test::eventually([&] { return w->then_ran.load() == w->then_expected.load(); }))
             << w->then_ran.load() << " then-callbacks ran of " << w->then_expected.load() << " not cancelled";
-        st = w->env.stats();
+        st = mailroom::test::all_stats_of(w->env);
         EXPECT_EQ(st.requests_posted, st.requests_replied + st.requests_rejected + st.requests_abandoned);
         EXPECT_EQ(st.requests_posted, static_cast<std::uint64_t>(w->requests.load()));
         EXPECT_EQ(st.requests_replied, static_cast<std::uint64_t>(w->replied.load()));
@@ -463,7 +464,7 @@ TEST(named_unregister, objects_come_and_go_under_requests_and_none_runs_after_sh
         for (auto& s : w->requesters) s.destroy();
         w->env.stop();
         ASSERT_TRUE(mailroom::test::join_within(w->env, 60s));
-        st = w->env.stats();
+        st = mailroom::test::all_stats_of(w->env);
     }
     const long violations = w->violations.load(), not_final = w->not_final.load();
     std::printf(

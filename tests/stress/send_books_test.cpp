@@ -5,6 +5,7 @@
 // mbox, a session inbox, and MPMC mboxes with agent and session subscribers.
 
 #include <mailroom/session/session.hpp>
+#include "all_stats.hpp"
 
 #include "../unit/agent/probe.hpp"
 
@@ -90,7 +91,7 @@ TEST(books, sent_equals_outcomes_exactly_when_join_returns_while_senders_race_th
         ASSERT_TRUE(mailroom::test::eventually([&] { return r.handled.load() > 200; }));
         r.env->stop();
         ASSERT_TRUE(mailroom::test::join_within(*r.env));
-        const auto st = r.env->stats();  // the producers may still be running
+        const auto st = mailroom::test::all_stats_of(*r.env);  // the producers may still be running
         for (auto& p : producers) p.join();
         for (auto& f : refused) EXPECT_TRUE(f.load());
         ASSERT_EQ(st.messages_sent, outcomes(st))
@@ -98,7 +99,7 @@ TEST(books, sent_equals_outcomes_exactly_when_join_returns_while_senders_race_th
             << ", ignored " << st.messages_ignored << ", discarded " << st.messages_discarded << ", cancelled "
             << st.messages_cancelled;
         // Nothing counted after join() either (the core is freed here).
-        const auto after = r.env->stats();
+        const auto after = mailroom::test::all_stats_of(*r.env);
         ASSERT_EQ(after.messages_sent, st.messages_sent);
         ASSERT_EQ(outcomes(after), outcomes(st));
     }
@@ -138,7 +139,7 @@ TEST(books, every_snapshot_shows_no_more_outcomes_than_sends_while_messages_flow
         return (now < end && snapshots < 200'000) || (r.handled.load() == 0 && now < last);
     };
     while (more()) {
-        const auto st = r.env->stats();
+        const auto st = mailroom::test::all_stats_of(*r.env);
         ++snapshots;
         if (outcomes(st) > st.messages_sent) {
             if (!bad++)
@@ -153,7 +154,7 @@ TEST(books, every_snapshot_shows_no_more_outcomes_than_sends_while_messages_flow
                       << first_bad;
     r.env->stop();
     ASSERT_TRUE(mailroom::test::join_within(*r.env));
-    const auto st = r.env->stats();
+    const auto st = mailroom::test::all_stats_of(*r.env);
     EXPECT_EQ(st.messages_sent, outcomes(st));
 }
 
@@ -236,7 +237,7 @@ TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_whi
             });
         ASSERT_TRUE(mailroom::test::eventually([&] { return ran.load() > 200; }));
         ASSERT_TRUE(stop_while_posters_are_held(*env, threads));
-        const auto st = env->stats();
+        const auto st = mailroom::test::all_stats_of(*env);
         hold_posters = false;
         for (auto& t : threads) t.join();
         long total = 0;
@@ -245,7 +246,7 @@ TEST(books, posted_calls_balance_run_refused_and_discarded_when_join_returns_whi
             << "round " << done << ": run " << st.callbacks_run << ", refused " << st.callbacks_refused
             << ", discarded " << st.callbacks_discarded;
         // Nothing counted after join() either.
-        const auto after = env->stats();
+        const auto after = mailroom::test::all_stats_of(*env);
         ASSERT_EQ(after.callbacks_run + after.callbacks_refused + after.callbacks_discarded,
                   st.callbacks_run + st.callbacks_refused + st.callbacks_discarded);
     }

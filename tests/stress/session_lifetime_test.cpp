@@ -7,6 +7,7 @@
 // threads publish to while the subscriptions come and go.
 
 #include <mailroom/session/session.hpp>
+#include "all_stats.hpp"
 
 #include "../unit/agent/probe.hpp"
 
@@ -255,7 +256,7 @@ struct world {
 TEST(session_lifetime, random_create_fire_shutdown_destroy_from_many_threads) {
     const auto limit = mailroom::test::sanitized ? 1500ms : 3000ms;
     const long max_ops = mailroom::test::sanitized ? 200'000 : 2'000'000;
-    mailroom::environment_stats st;
+    mailroom::test::all_stats st;
     long ops = 0, callbacks = 0, violations = 0, self_destroyed = 0, cross = 0, subscriptions = 0, publications = 0;
     {
         world w;
@@ -271,7 +272,7 @@ TEST(session_lifetime, random_create_fire_shutdown_destroy_from_many_threads) {
         for (int i = 0; i < world::slots; i += 2) world::destroy_session(w.slot(i));
         w.env.stop();
         ASSERT_TRUE(mailroom::test::join_within(w.env, std::chrono::seconds(60)));
-        st = w.env.stats();
+        st = mailroom::test::all_stats_of(w.env);
         ops = w.ops.load();
         callbacks = w.callbacks.load();
         violations = w.violations.load();

@@ -201,7 +201,7 @@ void register_reporter(environment& env, const mbox& feed_mbox, const mbox& requ
     coop_options o;
     o.name = "reporter";
     introduce_coop(env, std::move(o), [&](coop& c) {
-        c.make_agent<reporter>(reporter_options{feed_mbox, requests, seconds}, printer, metrics);
+        c.make_agent<reporter>(reporter_options{feed_mbox, requests, seconds, &env}, printer, metrics);
     });
 }
 
@@ -234,7 +234,7 @@ int run(const demo_options& options) {
     summary.pool_threads = pool_threads;
     const std::int64_t stop_requested = metrics.stop_requested_ns.load();
     summary.shutdown_ns = stop_requested > 0 ? joined - stop_requested : 0;
-    const environment_stats final_stats = env.stats();
+    const demo_stats final_stats = snapshot_stats(env);
     return print_report(summary, final_stats, metrics, evaluate(summary, final_stats, metrics)) ? 0 : 1;
 }
 

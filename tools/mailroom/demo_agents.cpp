@@ -181,13 +181,13 @@ void reporter::configure() {
 }
 
 void reporter::on_start() {
-    printer_.start(env_stats());
+    printer_.start(snapshot_stats(*options_.env));
     tick_ = send_periodic<progress_tick>(direct_mbox(), 1s, 1s);
 }
 
 void reporter::on_tick(const progress_tick&) {
     ++elapsed_s_;
-    printer_.print(env_stats());
+    printer_.print(snapshot_stats(*options_.env));
     if (elapsed_s_ < options_.seconds) return;
     tick_.cancel();
     send<stop_feed>(options_.feed, direct_mbox());

@@ -171,6 +171,8 @@ struct reporter_options {
     /// Where to send stop_requests (none when empty).
     mbox requests;
     int seconds = 10;
+    /// The environment whose counters the progress line shows.
+    const environment* env = nullptr;
 };
 
 /// Prints the progress line once a second and, when the time is up, stops the feed and the

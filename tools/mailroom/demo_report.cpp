@@ -69,12 +69,16 @@ std::string format_duration_ns(std::uint64_t ns) {
     return printf_string("%.2f s", v / 1e9);
 }
 
+demo_stats snapshot_stats(const environment& env) {
+    return {env.stats(), agent_stats_of(env), session_stats_of(env), named_stats_of(env)};
+}
+
 // ---- progress_printer ----
 
 progress_printer::progress_printer(const demo_metrics& metrics, bool quiet)
     : metrics_(metrics), quiet_(quiet), terminal_(::isatty(STDOUT_FILENO) != 0) {}
 
-progress_printer::sample progress_printer::take(const environment_stats& now) const {
+progress_printer::sample progress_printer::take(const demo_stats& now) const {
     sample s;
     s.at_ns = now_ns();
     s.env = now;
@@ -83,12 +87,12 @@ progress_printer::sample progress_printer::take(const environment_stats& now) co
     return s;
 }
 
-void progress_printer::start(const environment_stats& now) {
+void progress_printer::start(const demo_stats& now) {
     last_ = take(now);
     started_ns_ = last_.at_ns;
 }
 
-void progress_printer::print(const environment_stats& stats) {
+void progress_printer::print(const demo_stats& stats) {
     const sample now = take(stats);
     const double dt = static_cast<double>(now.at_ns - last_.at_ns) / 1e9;
     const latency_snapshot latency = now.latency - last_.latency;
@@ -127,7 +131,7 @@ void progress_printer::finish() {
 
 // ---- the shutdown report ----
 
-std::vector<check> evaluate(const run_summary& run, const environment_stats& s, const demo_metrics& m) {
+std::vector<check> evaluate(const run_summary& run, const demo_stats& s, const demo_metrics& m) {
     const std::uint64_t accounted = s.messages_delivered + s.messages_lost + s.messages_ignored +
                                     s.messages_discarded + s.messages_cancelled;
     const std::uint64_t quotes = m.quotes_final.load();
@@ -184,7 +188,7 @@ void row(const char* section, const char* label, const std::string& value, const
                 *note ? "  " : "", note);
 }
 
-void print_objects(const environment_stats& s, const demo_metrics& m) {
+void print_objects(const demo_stats& s, const demo_metrics& m) {
     row("agents", "created", format_count(s.agents_created));
     row("", "destroyed", format_count(s.agents_destroyed));
     row("", "transient (churn) started", format_count(m.churn_agents_started.load()));
@@ -195,7 +199,7 @@ void print_objects(const environment_stats& s, const demo_metrics& m) {
         "registered / deregistered");
 }
 
-void print_messages(const environment_stats& s) {
+void print_messages(const demo_stats& s) {
     row("messages", "sent", format_count(s.messages_sent), "queued for a handler, one per receiver");
     row("", "delivered", format_count(s.messages_delivered), "a handler ran");
     row("", "lost", format_count(s.messages_lost), "the receiver was gone by then");
@@ -205,7 +209,7 @@ void print_messages(const environment_stats& s) {
     row("", "handler exceptions", format_count(s.handler_exceptions));
 }
 
-void print_timers(const environment_stats& s, const demo_metrics& m) {
+void print_timers(const demo_stats& s, const demo_metrics& m) {
     row("timers", "armed", format_count(s.timers_armed));
     row("", "fired", format_count(s.timers_fired), "a periodic timer fires many times");
     row("", "cancelled", format_count(s.timers_cancelled), "left the wheel cancelled");
@@ -216,7 +220,7 @@ void print_timers(const environment_stats& s, const demo_metrics& m) {
     row("", "cancelled at shutdown", format_count(m.reminders_cancelled_at_end.load()));
 }
 
-void print_sessions(const environment_stats& s, const demo_metrics& m) {
+void print_sessions(const demo_stats& s, const demo_metrics& m) {
     row("sessions", "created", format_count(s.sessions_created), "made and destroyed from a foreign thread");
     row("", "destroyed", format_count(s.sessions_destroyed));
     row("", "event objects created", format_count(s.event_objects_created), "timers, inboxes, subscriptions");
@@ -231,7 +235,7 @@ void print_sessions(const environment_stats& s, const demo_metrics& m) {
     row("", "after shutdown returned", format_count(m.session_callbacks_after_shutdown.load()), "must be 0");
 }
 
-void print_named(const run_summary& run, const environment_stats& s, const demo_metrics& m) {
+void print_named(const run_summary& run, const demo_stats& s, const demo_metrics& m) {
     row("named objects", "registered", format_count(s.named_registered),
         ("pricer once, risk " + format_count(m.risk_registrations.load()) + " times").c_str());
     row("", "unregistered", format_count(s.named_unregistered));
@@ -280,7 +284,7 @@ void print_quotes(const run_summary& run, const demo_metrics& m) {
 
 }  // namespace
 
-bool print_report(const run_summary& run, const environment_stats& s, const demo_metrics& m,
+bool print_report(const run_summary& run, const demo_stats& s, const demo_metrics& m,
                   const std::vector<check>& checks) {
     std::printf("\nmailroom demo: %.1f s, %d steady subscribers on a pool of %zu threads, churn every 100 ms, "
                 "risk re-registered every 50..110 ms\n\n",

@@ -3,7 +3,10 @@
 
 #include "demo_metrics.hpp"
 
+#include <mailroom/agent/coop.hpp>
 #include <mailroom/env/environment.hpp>
+#include <mailroom/named/named.hpp>
+#include <mailroom/session/session.hpp>
 
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +14,12 @@
 #include <vector>
 
 namespace mailroom::tool {
+
+/// Every layer's counters of the demo's environment in one snapshot (their field names are
+/// distinct): the environment's messages and timers, agents, sessions, named objects.
+struct demo_stats : environment_stats, agent_stats, session_stats, named_stats {};
+/// Any thread.
+demo_stats snapshot_stats(const environment& env);
 
 /// "1,234,567"
 std::string format_count(std::uint64_t n);
@@ -25,19 +34,19 @@ class progress_printer {
 public:
     progress_printer(const demo_metrics& metrics, bool quiet);
 
-    void start(const environment_stats& now);
-    void print(const environment_stats& now);
+    void start(const demo_stats& now);
+    void print(const demo_stats& now);
     /// Ends the line on a terminal, so that what follows starts on a fresh one.
     void finish();
 
 private:
     struct sample {
         std::int64_t at_ns = 0;
-        environment_stats env;
+        demo_stats env;
         std::uint64_t published = 0;
         latency_snapshot latency;
     };
-    sample take(const environment_stats& now) const;
+    sample take(const demo_stats& now) const;
 
     const demo_metrics& metrics_;
     bool quiet_;
@@ -64,10 +73,10 @@ struct run_summary {
 
 /// The checks a clean run passes, from the environment's final statistics (after join) and the
 /// demo's own counters.
-std::vector<check> evaluate(const run_summary& run, const environment_stats& s, const demo_metrics& m);
+std::vector<check> evaluate(const run_summary& run, const demo_stats& s, const demo_metrics& m);
 
 /// Prints the shutdown report and the verdict; returns true when every check passed.
-bool print_report(const run_summary& run, const environment_stats& s, const demo_metrics& m,
+bool print_report(const run_summary& run, const demo_stats& s, const demo_metrics& m,
                   const std::vector<check>& checks);
 
 }  // namespace mailroom::tool

@@ -53,7 +53,8 @@ public:
     /// it. Asked for after the agent finished, it is an mbox whose sends count lost.
     const mbox& direct_mbox() const;
 
-    /// The environment the agent lives in. Any thread.
+    /// A snapshot of the counters of the environment the agent lives in (messages, timers;
+    /// the layers' own counters are read with agent_stats_of and the like). Any thread.
     environment_stats env_stats() const;
 
     /// A readable name for errors and logs: the one given with `set_name`, else the type and id.

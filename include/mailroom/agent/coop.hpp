@@ -16,7 +16,8 @@ namespace mailroom {
 
 namespace internal {
 class coop_impl;
-}
+struct handle_access;
+}  // namespace internal
 
 /// A handle to a registered cooperation. Any thread; cheap to copy.
 class MAILROOM_EXPORT coop_handle {
@@ -35,9 +36,8 @@ public:
     /// Once the environment is gone it does nothing (the handle keeps its core alive).
     void deregister(dereg_reason reason = dereg_reason::normal) noexcept;
 
-    const std::shared_ptr<internal::coop_impl>& impl() const noexcept { return impl_; }
-
 private:
+    friend struct internal::handle_access;
     std::shared_ptr<internal::coop_impl> impl_;
 };
 
@@ -93,9 +93,8 @@ public:
     environment& env() const noexcept { return *env_; }
     std::size_t size() const noexcept;
 
-    const std::shared_ptr<internal::coop_impl>& impl() const noexcept { return impl_; }
-
 private:
+    friend struct internal::handle_access;
     friend MAILROOM_EXPORT coop_handle register_coop(coop&& c);
     void* prepare_agent(binder b);
     void abandon_agent(void* slot) noexcept;
@@ -131,5 +130,18 @@ coop_handle introduce_coop(environment& env, coop_options options, Fill&& fill) 
     std::forward<Fill>(fill)(c);
     return register_coop(std::move(c));
 }
+
+/// Counters of the agents and cooperations of an environment: what the agent layer adds to
+/// environment_stats.
+struct agent_stats {
+    std::uint64_t agents_created = 0;
+    std::uint64_t agents_destroyed = 0;
+    std::uint64_t coops_registered = 0;
+    std::uint64_t coops_deregistered = 0;
+};
+
+/// A snapshot of `env`'s agent counters; any thread, also after the environment stopped (all
+/// zero when no cooperation was ever made in it).
+MAILROOM_EXPORT agent_stats agent_stats_of(const environment& env);
 
 }  // namespace mailroom

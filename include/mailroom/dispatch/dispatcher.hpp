@@ -23,6 +23,7 @@ namespace mailroom {
 namespace internal {
 class dispatcher_impl;
 class binder_impl;
+struct handle_access;
 }  // namespace internal
 
 class dispatcher_host;
@@ -32,21 +33,16 @@ class dispatcher_host;
 /// between threads off that path.
 inline constexpr std::chrono::nanoseconds default_worker_spin{std::chrono::microseconds(20)};
 
-/// What kind of context a busy worker is running.
-enum class running_kind : std::uint8_t {
-    none,     ///< idle, or a demand of no agent or session (a control demand)
-    agent,    ///< an agent's handler or hook
-    session,  ///< a session's callback
-};
-
 /// Counters of one worker thread, for statistics, the teardown watch and the watchdog.
 struct worker_stats {
     std::uint64_t handled = 0;  ///< demands finished
     bool busy = false;          ///< running a demand right now
     std::uint64_t parks = 0;    ///< times the worker parked
-    /// While busy: the agent or session running and its id (agents and sessions share one
-    /// id space per environment), and the message type it handles (empty when unknown).
-    running_kind running = running_kind::none;
+    /// While busy: the kind of context running, as the layer that runs it names it ("agent",
+    /// "session"; empty when idle and for a demand that belongs to no context, such as a
+    /// dispatcher's own control demand), the context's id (one id space per environment), and
+    /// the message type it handles (empty when unknown). The name has static storage.
+    std::string_view running_kind;
     std::uint64_t running_id = 0;
     message_type running_type{};
 };
@@ -69,9 +65,9 @@ public:
     explicit binder(std::shared_ptr<internal::binder_impl> impl) noexcept;
 
     explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
-    const std::shared_ptr<internal::binder_impl>& impl() const noexcept { return impl_; }
 
 private:
+    friend struct internal::handle_access;
     std::shared_ptr<internal::binder_impl> impl_;
 };
 
@@ -132,7 +128,8 @@ public:
 
     dispatcher_stats stats() const;
 
-    const std::shared_ptr<internal::dispatcher_impl>& impl() const noexcept { return impl_; }
+    /// True when both refer to the same dispatcher (or both are empty).
+    friend bool operator==(const dispatcher& a, const dispatcher& b) noexcept { return a.impl_ == b.impl_; }
 
 protected:
     /// For the typed handles: `d`, which must be empty or of `kind`; raises
@@ -140,6 +137,7 @@ protected:
     dispatcher(const dispatcher& d, std::string_view kind);
 
 private:
+    friend struct internal::handle_access;
     std::shared_ptr<internal::dispatcher_impl> impl_;
 };
 

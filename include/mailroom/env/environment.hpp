@@ -18,7 +18,8 @@ namespace mailroom {
 
 namespace internal {
 class env_core;
-}
+struct handle_access;
+}  // namespace internal
 
 /// What happens when an agent's handler throws.
 enum class exception_policy : std::uint8_t {
@@ -51,7 +52,7 @@ struct handler_overrun {
 struct teardown_report {
     std::chrono::nanoseconds took{};             ///< from the start of join() to its end
     std::uint64_t messages_discarded = 0;        ///< messages still queued when the dispatchers stopped
-    std::uint64_t callbacks_discarded = 0;       ///< session callbacks still queued then
+    std::uint64_t callbacks_discarded = 0;       ///< callbacks (timer fires, posted calls, inbox deliveries) still queued then
     std::vector<handler_overrun> overruns;       ///< handlers that ran past the deadline
 };
 
@@ -82,7 +83,9 @@ struct environment_options {
     std::function<void(const teardown_report&)> on_stopped{};
 };
 
-/// Counters of an environment; a consistent-enough snapshot taken from any thread.
+/// Counters of an environment: its messages, timers and queues; a consistent-enough snapshot
+/// taken from any thread. The layers above keep their own counters and say how to read them
+/// (agent_stats_of, session_stats_of, named_stats_of).
 struct environment_stats {
     std::uint64_t messages_sent = 0;       ///< queued for a handler (each receiver counts)
     std::uint64_t messages_delivered = 0;  ///< a handler ran
@@ -91,36 +94,13 @@ struct environment_stats {
     std::uint64_t messages_discarded = 0;  ///< still queued when the environment stopped
     std::uint64_t messages_cancelled = 0;  ///< timer messages whose timer was cancelled in the queue
     std::uint64_t handler_exceptions = 0;
-    std::uint64_t agents_created = 0;
-    std::uint64_t agents_destroyed = 0;
-    std::uint64_t coops_registered = 0;
-    std::uint64_t coops_deregistered = 0;
     std::uint64_t timers_armed = 0;
     std::uint64_t timers_fired = 0;
     std::uint64_t timers_cancelled = 0;
     std::uint64_t timers_pending = 0;
     std::uint64_t timers_skipped = 0;  ///< periods skipped: the timer's previous fire was still queued or running
     std::size_t queue_depth = 0;  ///< demands queued in all dispatchers, approximately
-    std::uint64_t sessions_created = 0;
-    std::uint64_t sessions_destroyed = 0;  ///< retired: their event objects and callbacks gone
-    std::uint64_t event_objects_created = 0;    ///< timers, inboxes and subscriptions of sessions
-    std::uint64_t event_objects_destroyed = 0;  ///< retired: their callbacks destroyed
-    std::uint64_t callbacks_run = 0;  ///< session callbacks run (posted calls, timers, inbox messages)
-    /// Deliveries that found their object or session shut when they came up and did not run:
-    /// expected after a shutdown; what never happens is a callback running after shutdown().
-    std::uint64_t callbacks_refused = 0;
-    std::uint64_t callbacks_discarded = 0;  ///< still queued when the dispatchers stopped
     std::uint64_t teardown_overruns = 0;    ///< handlers reported running past the teardown deadline
-    // Named objects and requests (include/mailroom/named/named.hpp).
-    std::uint64_t named_registered = 0;
-    std::uint64_t named_unregistered = 0;
-    std::uint64_t named_messages = 0;     ///< one-way messages delivered to a named object's queue
-    std::uint64_t named_rejected = 0;     ///< one-way messages that found no object and no `*`
-    std::uint64_t requests_posted = 0;
-    std::uint64_t requests_replied = 0;
-    std::uint64_t requests_rejected = 0;
-    std::uint64_t requests_abandoned = 0;  ///< went away, environment stopped, timed out or cancelled
-    std::uint64_t replies_orphaned = 0;    ///< answers to a request that was already abandoned
 };
 
 /// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an
@@ -175,10 +155,8 @@ public:
     environment_stats stats() const;
     std::vector<dispatcher_stats> dispatcher_stats_all() const;
 
-    /// Internals, for the layers above.
-    const std::shared_ptr<internal::env_core>& core() const noexcept { return core_; }
-
 private:
+    friend struct internal::handle_access;  // the layers above reach the core through it
     std::shared_ptr<internal::dispatcher_impl> host_dispatcher(std::string_view name,
                                                                const internal::dispatcher_builder& build) override;
 

@@ -18,6 +18,7 @@ namespace mailroom {
 namespace internal {
 class mbox_impl;
 class timer_entry;
+struct handle_access;
 }  // namespace internal
 
 enum class mbox_kind : std::uint8_t { direct, mpmc };
@@ -40,9 +41,8 @@ public:
 
     friend bool operator==(const mbox& a, const mbox& b) noexcept { return a.impl_ == b.impl_; }
 
-    const std::shared_ptr<internal::mbox_impl>& impl() const noexcept { return impl_; }
-
 private:
+    friend struct internal::handle_access;
     std::shared_ptr<internal::mbox_impl> impl_;
 };
 

@@ -384,4 +384,23 @@ template <class F>
                                     std::function<void(incoming&)>(std::forward<F>(f)));
 }
 
+/// Counters of the named objects and requests of an environment: what the named layer adds to
+/// environment_stats. Requests balance once none is open: posted = replied + rejected +
+/// abandoned.
+struct named_stats {
+    std::uint64_t named_registered = 0;
+    std::uint64_t named_unregistered = 0;
+    std::uint64_t named_messages = 0;      ///< one-way messages delivered to a named object's queue
+    std::uint64_t named_rejected = 0;      ///< one-way messages that found no object and no `*`
+    std::uint64_t requests_posted = 0;
+    std::uint64_t requests_replied = 0;
+    std::uint64_t requests_rejected = 0;
+    std::uint64_t requests_abandoned = 0;  ///< went away, environment stopped, timed out or cancelled
+    std::uint64_t replies_orphaned = 0;    ///< answers to a request that was already abandoned
+};
+
+/// A snapshot of `env`'s named-object and request counters; any thread, also after the
+/// environment stopped (all zero when no named object or request was ever made in it).
+MAILROOM_EXPORT named_stats named_stats_of(const environment& env);
+
 }  // namespace mailroom

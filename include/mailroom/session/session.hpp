@@ -188,6 +188,24 @@ private:
 
 inline const internal::context_ref& internal::ref_of(const session& s) noexcept { return s.ref_; }
 
+/// Counters of the serial contexts of an environment (agents' contexts included in the
+/// callback counters): what the session layer adds to environment_stats.
+struct session_stats {
+    std::uint64_t sessions_created = 0;
+    std::uint64_t sessions_destroyed = 0;       ///< retired: their event objects and callbacks gone
+    std::uint64_t event_objects_created = 0;    ///< timers, inboxes and subscriptions of sessions
+    std::uint64_t event_objects_destroyed = 0;  ///< retired: their callbacks destroyed
+    std::uint64_t callbacks_run = 0;  ///< session callbacks run (posted calls, timers, inbox messages)
+    /// Deliveries that found their object or session shut when they came up and did not run:
+    /// expected after a shutdown; what never happens is a callback running after shutdown().
+    std::uint64_t callbacks_refused = 0;
+    std::uint64_t callbacks_discarded = 0;  ///< still queued when the dispatchers stopped
+};
+
+/// A snapshot of `env`'s session counters; any thread, also after the environment stopped
+/// (all zero when no session was ever made in it).
+MAILROOM_EXPORT session_stats session_stats_of(const environment& env);
+
 }  // namespace mailroom
 
 #include <mailroom/session/detail/session_impl.hpp>

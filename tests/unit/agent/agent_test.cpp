@@ -646,4 +646,43 @@ TEST(agent_death, abort_policy_set_on_the_agent_overrides_the_environment) {
         "agent-level");
 }
 
+// ---- what a worker reports ----
+
+class blocker final : public agent {
+public:
+    blocker(std::atomic<bool>& started, std::atomic<bool>& release) : started_(started), release_(release) {}
+
+protected:
+    void configure() override {
+        subscribe<go>(direct_mbox(), [this] {
+            started_ = true;
+            test::wait_set(release_);  // bounded: 10 s at most
+        });
+    }
+
+private:
+    std::atomic<bool>& started_;
+    std::atomic<bool>& release_;
+};
+
+// The dispatch layer knows no agents: the agent layer names its kind of context, and a busy
+// worker's stats carry that name, the context's id and the message type it handles.
+TEST(agent, worker_stats_name_the_agent_a_busy_worker_runs_and_the_message_type) {
+    environment env;
+    std::atomic<bool> started{false}, release{false};
+    mbox to = register_agent<blocker>(env, started, release);
+    send<go>(to);
+    ASSERT_TRUE(test::wait_set(started));
+    const dispatcher_stats st = env.default_dispatcher().stats();
+    ASSERT_EQ(st.workers.size(), 1u);
+    const worker_stats& w = st.workers[0];
+    EXPECT_TRUE(w.busy);
+    EXPECT_EQ(w.running_kind, "agent");
+    EXPECT_NE(w.running_id, 0u);
+    EXPECT_TRUE(w.running_type == message_type_of<go>()) << readable_name(w.running_type);
+    release = true;
+    ASSERT_TRUE(test::eventually([&] { return !env.default_dispatcher().stats().workers[0].busy; }));
+    EXPECT_EQ(env.default_dispatcher().stats().workers[0].running_kind, "");
+}
+
 }  // namespace

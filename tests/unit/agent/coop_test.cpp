@@ -1,6 +1,7 @@
 #include <mailroom/agent/coop.hpp>
 
 #include <mailroom/mailroom.hpp>
+#include "all_stats.hpp"
 
 #include "probe.hpp"
 
@@ -80,7 +81,7 @@ TEST(coop, a_failing_configure_rolls_everything_back) {
     send<ping>(boxes[0], 99);
     std::this_thread::sleep_for(10ms);
     EXPECT_EQ(t.handled.load(), 0);
-    auto s = env.stats();
+    auto s = test::all_stats_of(env);
     EXPECT_EQ(s.agents_created, 4u);
     EXPECT_EQ(s.agents_destroyed, 4u);
     EXPECT_EQ(s.coops_registered, 0u);
@@ -127,7 +128,7 @@ TEST(coop, a_cooperation_dropped_unregistered_destroys_its_agents) {
         c.make_agent<probe>(&destroyed);
     }
     EXPECT_EQ(destroyed.load(), 2);
-    EXPECT_EQ(env.stats().agents_destroyed, 2u);
+    EXPECT_EQ(agent_stats_of(env).agents_destroyed, 2u);
 }
 
 TEST(coop, a_duplicate_name_raises_and_destroys_the_rejected_agents) {
@@ -148,7 +149,7 @@ TEST(coop, a_duplicate_name_raises_and_destroys_the_rejected_agents) {
     EXPECT_EQ(t.handled.load(), 0);  // never configured
     EXPECT_EQ(t.started.load(), 0);
     EXPECT_EQ(t.destroyed.load(), 1);
-    auto s = env.stats();
+    auto s = test::all_stats_of(env);
     EXPECT_EQ(s.agents_created, 2u);
     EXPECT_EQ(s.agents_destroyed, 1u);
 }
@@ -306,7 +307,7 @@ TEST(coop, an_agent_registers_a_child_of_its_own_cooperation) {
         register_coop(std::move(child));
     };
     auto h = register_coop(std::move(c));
-    ASSERT_TRUE(test::eventually([&] { return env.stats().coops_registered == 2; }));
+    ASSERT_TRUE(test::eventually([&] { return agent_stats_of(env).coops_registered == 2; }));
     EXPECT_EQ(own_name, "parent");
     h.deregister();
     ASSERT_TRUE(test::wait_set(parent_gone));
@@ -520,11 +521,41 @@ TEST(coop, register_agent_registers_one_agent_built_from_its_arguments_and_retur
     send<ping>(to, 1);
     send<ping>(to, 2);
     EXPECT_TRUE(test::eventually([&] { return sum.load() == 203; })) << sum.load();
-    const auto st = env.stats();
+    const auto st = test::all_stats_of(env);
     EXPECT_EQ(st.agents_created, 1u);
     EXPECT_EQ(st.coops_registered, 1u);
     env.stop();
     ASSERT_TRUE(test::join_within(env));
-    EXPECT_EQ(env.stats().agents_destroyed, 1u);
+    EXPECT_EQ(agent_stats_of(env).agents_destroyed, 1u);
     EXPECT_THROW(register_agent<counter>(env, sum, 0), environment_stopped_error);
+}
+
+// The agent layer's counters are its own (environment_stats counts messages and timers only):
+// agent_stats_of reads them, from any thread, during the run and after the teardown.
+TEST(coop, agent_stats_of_counts_the_agents_and_cooperations_of_its_own_environment) {
+    environment env;
+    environment other;
+    EXPECT_EQ(agent_stats_of(env).agents_created, 0u) << "no cooperation was ever made";
+    std::atomic<int> sum{0};
+    coop c(env);
+    c.make_agent<counter>(sum, 0);
+    c.make_agent<counter>(sum, 0);
+    coop_handle h = register_coop(std::move(c));
+    register_agent<counter>(env, sum, 0);
+    agent_stats st = agent_stats_of(env);
+    EXPECT_EQ(st.agents_created, 3u);
+    EXPECT_EQ(st.coops_registered, 2u);
+    EXPECT_EQ(st.agents_destroyed, 0u);
+    EXPECT_EQ(st.coops_deregistered, 0u);
+    EXPECT_EQ(agent_stats_of(other).agents_created, 0u) << "counters are per environment";
+    h.deregister();
+    EXPECT_TRUE(test::eventually([&] { return agent_stats_of(env).coops_deregistered == 1; }));
+    EXPECT_TRUE(test::eventually([&] { return agent_stats_of(env).agents_destroyed == 2; }));
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    st = agent_stats_of(env);
+    EXPECT_EQ(st.agents_created, 3u);
+    EXPECT_EQ(st.agents_destroyed, 3u);
+    EXPECT_EQ(st.coops_registered, 2u);
+    EXPECT_EQ(st.coops_deregistered, 2u);
 }

@@ -1,4 +1,5 @@
 #include <mailroom/session/session.hpp>
+#include "all_stats.hpp"
 
 #include "probe.hpp"
 
@@ -87,7 +88,7 @@ TEST(session, post_runs_on_another_thread_and_with_the_environment_current) {
     }));
     ASSERT_TRUE(wait_set(done));
     EXPECT_NE(where, std::this_thread::get_id());
-    EXPECT_EQ(env.stats().callbacks_run, 1u);
+    EXPECT_EQ(session_stats_of(env).callbacks_run, 1u);
 }
 
 TEST(session, one_shot_timer_fires_once) {
@@ -132,7 +133,7 @@ TEST(session, inbox_delivers_by_value_by_const_ref_and_move_only) {
     ASSERT_TRUE(eventually([&] { return sum.load() == 55 && refs.load() == 55 && owned.load() == 55; }));
     EXPECT_EQ(a.address().kind(), mailroom::mbox_kind::direct);
     EXPECT_NE(a.address().name().find("inbox"), std::string::npos);
-    auto st = env.stats();
+    auto st = mailroom::test::all_stats_of(env);
     EXPECT_EQ(st.messages_ignored, 1u);
     EXPECT_EQ(st.messages_delivered, 30u);
 }
@@ -272,7 +273,7 @@ TEST(session, destroy_from_its_own_callback) {
     ASSERT_TRUE(eventually([&] { return watch.expired(); }));
     std::this_thread::sleep_for(10ms);
     EXPECT_EQ(calls.load(), 1);
-    auto st = env.stats();
+    auto st = mailroom::test::all_stats_of(env);
     EXPECT_EQ(st.event_objects_created, 1u);
     EXPECT_EQ(st.event_objects_destroyed, 1u);
 }
@@ -336,7 +337,7 @@ TEST(session, destroying_a_session_while_another_session_shuts_one_of_its_object
     EXPECT_EQ(violations.load(), 0);
     env.stop();
     ASSERT_TRUE(join_within(env));
-    auto st = env.stats();
+    auto st = mailroom::test::all_stats_of(env);
     EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
 }
@@ -346,7 +347,7 @@ TEST(session, a_handle_going_out_of_scope_destroys_its_object) {
     mailroom::session s(env);
     std::atomic<int> fired{0};
     { auto t = s.add_timer(20ms, 0ms, [&] { fired.fetch_add(1); }); }
-    ASSERT_TRUE(eventually([&] { return env.stats().event_objects_destroyed == 1; }));
+    ASSERT_TRUE(eventually([&] { return session_stats_of(env).event_objects_destroyed == 1; }));
     std::this_thread::sleep_for(40ms);
     EXPECT_EQ(fired.load(), 0);
 }
@@ -358,12 +359,12 @@ TEST(session, detach_keeps_an_object_alive_until_its_session_dies) {
     s.add_timer(0ms, 1ms, [&] { fired.fetch_add(1); }).detach();
     const int before = fired.load();
     ASSERT_TRUE(eventually([&] { return fired.load() > before + 3; }));
-    EXPECT_EQ(env.stats().event_objects_destroyed, 0u);
+    EXPECT_EQ(session_stats_of(env).event_objects_destroyed, 0u);
     s.destroy();
     const int at_destroy = fired.load();
     std::this_thread::sleep_for(20ms);
     EXPECT_EQ(fired.load(), at_destroy);
-    ASSERT_TRUE(eventually([&] { return env.stats().event_objects_destroyed == 1; }));
+    ASSERT_TRUE(eventually([&] { return session_stats_of(env).event_objects_destroyed == 1; }));
 }
 
 TEST(session, a_detached_session_lives_until_the_environment_stops) {
@@ -379,7 +380,7 @@ TEST(session, a_detached_session_lives_until_the_environment_stops) {
     env.stop();
     ASSERT_TRUE(join_within(env));
     const int at_join = fired.load();
-    auto st = env.stats();
+    auto st = mailroom::test::all_stats_of(env);
     EXPECT_EQ(st.sessions_created, 1u);
     EXPECT_EQ(st.sessions_destroyed, 1u);
     EXPECT_EQ(st.event_objects_destroyed, 1u);
@@ -461,7 +462,7 @@ TEST(session, environment_destruction_with_producers_sending_to_inboxes) {
     // The producers end on environment_stopped_error; one may still be between counting a
     // message sent and counting it lost, so the books are read once they are gone.
     for (auto& p : producers) p.join();
-    auto st = env->stats();
+    auto st = mailroom::test::all_stats_of(*env);
     env.reset();
     EXPECT_EQ(stopped.load(), 2);
     EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
@@ -479,7 +480,7 @@ TEST(session, environment_destruction_destroys_remaining_sessions_and_objects) {
         capture(const capture& o) : alive(o.alive) { alive->fetch_add(1); }
         ~capture() { alive->fetch_sub(1); }
     };
-    mailroom::environment_stats st;
+    mailroom::test::all_stats st;
     {
         mailroom::environment env;
         auto pool = mailroom::thread_pool::make_dispatcher(env, "pool", {.threads = 2});
@@ -497,7 +498,7 @@ TEST(session, environment_destruction_destroys_remaining_sessions_and_objects) {
         }
         env.stop();
         ASSERT_TRUE(join_within(env));
-        st = env.stats();
+        st = mailroom::test::all_stats_of(env);
         EXPECT_EQ(captured_alive.load(), 0);
         EXPECT_FALSE(keep.front());
     }
@@ -523,7 +524,7 @@ TEST(session, sessions_are_destroyed_after_cooperations_before_dispatchers) {
     env.stop();
     ASSERT_TRUE(join_within(env));
     EXPECT_TRUE(session_alive_in_finish.load());
-    EXPECT_EQ(ran_in_finish.load() + env.stats().callbacks_refused, 1u);
+    EXPECT_EQ(ran_in_finish.load() + session_stats_of(env).callbacks_refused, 1u);
 }
 
 TEST(session, a_throwing_callback_is_logged_and_counted) {
@@ -543,7 +544,7 @@ TEST(session, binding_to_a_shut_down_dispatcher_raises_binding_error) {
     auto d = mailroom::one_thread::make_dispatcher(env, "gone");
     d.shutdown();
     EXPECT_THROW(mailroom::session(env, {.bind = d.bind()}), mailroom::binding_error);
-    EXPECT_EQ(env.stats().sessions_created, 0u);
+    EXPECT_EQ(session_stats_of(env).sessions_created, 0u);
 }
 
 // The constructor checks the environment, then binds: the teardown may shut the dispatcher down
@@ -590,7 +591,7 @@ TEST(session, creating_a_session_while_the_environment_stops_raises_environment_
             ADD_FAILURE() << "round " << round << ": " << other;
             break;
         }
-        const auto st = env.stats();
+        const auto st = mailroom::test::all_stats_of(env);
         EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
     }
     EXPECT_EQ(other_errors, 0);
@@ -624,7 +625,7 @@ TEST(session, subscription_receives_the_shared_instance_or_a_copy) {
     mailroom::send<ping>(anon, ping{});
     mailroom::send<quote>(anon, quote{3});
     ASSERT_TRUE(eventually([&] { return got.load() == 3; }));
-    EXPECT_EQ(env.stats().event_objects_created, 4u);
+    EXPECT_EQ(session_stats_of(env).event_objects_created, 4u);
 }
 
 TEST(session, subscription_misuse_raises_typed_errors) {
@@ -677,7 +678,7 @@ TEST(session, subscription_shutdown_from_a_foreign_thread_waits_for_the_running_
     ASSERT_TRUE(wait_set(entered));
     expect_close_waits_for_callback([&] { sub.shutdown(); }, release, finished);
     EXPECT_FALSE(sub);
-    ASSERT_TRUE(eventually([&] { return env.stats().callbacks_refused >= 4; }));
+    ASSERT_TRUE(eventually([&] { return session_stats_of(env).callbacks_refused >= 4; }));
     EXPECT_EQ(calls.load(), 1);
     // Shut down, it left the topic: a publication now reaches nobody (not even counted sent).
     const auto sent = env.stats().messages_sent;
@@ -730,7 +731,7 @@ TEST(session, subscription_shutdown_racing_publications_never_lets_a_callback_th
     s.destroy();
     env->stop();
     ASSERT_TRUE(join_within(*env));
-    auto st = env->stats();
+    auto st = mailroom::test::all_stats_of(*env);
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
     EXPECT_EQ(st.messages_sent, st.messages_delivered + st.messages_lost + st.messages_ignored +
                                     st.messages_discarded + st.messages_cancelled);
@@ -755,7 +756,7 @@ TEST(session, subscription_shutdown_and_destroy_from_its_own_callback) {
     for (int i = 0; i < 4; ++i) mailroom::send<quote>(topic, quote{i});
     go = true;
     ASSERT_TRUE(wait_set(returned));
-    ASSERT_TRUE(eventually([&] { return env.stats().callbacks_refused >= 3; }));
+    ASSERT_TRUE(eventually([&] { return session_stats_of(env).callbacks_refused >= 3; }));
     EXPECT_EQ(calls.load(), 1);
     EXPECT_GE(env.stats().messages_ignored, 3u);
     // destroy() inside its own callback: what the callback captured lives until it returned,
@@ -804,8 +805,8 @@ TEST(session, session_destroy_removes_its_subscriptions_from_the_mbox) {
     const auto after = env.stats();
     EXPECT_EQ(after.messages_sent, before.messages_sent) << "the mbox still lists the destroyed subscriptions";
     EXPECT_EQ(calls.load(), 1);
-    ASSERT_TRUE(eventually([&] { return env.stats().event_objects_destroyed == 2; }));
-    EXPECT_EQ(env.stats().event_objects_created, 2u);
+    ASSERT_TRUE(eventually([&] { return session_stats_of(env).event_objects_destroyed == 2; }));
+    EXPECT_EQ(session_stats_of(env).event_objects_created, 2u);
 }
 
 // Guarantee 4 with publishers on foreign threads: the teardown destroys the subscriptions,
@@ -863,7 +864,7 @@ TEST(session, environment_destruction_with_publishers_on_foreign_threads) {
     churn.join();
     for (auto& p : publishers) p.join();
     // After the publishers are gone: one in the middle of a fan-out counts it when it is done.
-    auto st = env->stats();
+    auto st = mailroom::test::all_stats_of(*env);
     env.reset();
     ASSERT_TRUE(joined);
     EXPECT_EQ(churn_error, "") << "the churn thread got an error the docs do not promise";
@@ -872,6 +873,63 @@ TEST(session, environment_destruction_with_publishers_on_foreign_threads) {
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
     EXPECT_EQ(st.messages_sent, st.messages_delivered + st.messages_lost + st.messages_ignored +
                                     st.messages_discarded + st.messages_cancelled);
+}
+
+// The session layer's counters are its own (environment_stats counts messages and timers
+// only): session_stats_of reads them, from any thread, during the run and after the teardown.
+TEST(session, session_stats_of_counts_the_sessions_event_objects_and_callbacks_of_its_own_environment) {
+    mailroom::environment env;
+    mailroom::environment other;
+    EXPECT_EQ(session_stats_of(env).sessions_created, 0u) << "no session was ever made";
+    mailroom::session s(env, {.name = "counted"});
+    std::atomic<bool> fired{false}, posted{false};
+    auto t = s.add_timer(0ms, 0ms, [&] { fired = true; });
+    ASSERT_TRUE(wait_set(fired));
+    ASSERT_TRUE(s.post([&] { posted = true; }));
+    ASSERT_TRUE(wait_set(posted));
+    ASSERT_TRUE(eventually([&] { return session_stats_of(env).callbacks_run == 2; }))
+        << session_stats_of(env).callbacks_run;
+    mailroom::session_stats st = session_stats_of(env);
+    EXPECT_EQ(st.sessions_created, 1u);
+    EXPECT_EQ(st.sessions_destroyed, 0u);
+    EXPECT_EQ(st.event_objects_created, 1u);
+    EXPECT_EQ(st.event_objects_destroyed, 0u);
+    EXPECT_EQ(st.callbacks_refused, 0u);
+    EXPECT_EQ(session_stats_of(other).sessions_created, 0u) << "counters are per environment";
+    t.destroy();
+    s.destroy();
+    ASSERT_TRUE(eventually([&] {
+        const auto now = session_stats_of(env);
+        return now.sessions_destroyed == 1 && now.event_objects_destroyed == 1;
+    }));
+    env.stop();
+    ASSERT_TRUE(join_within(env));
+    st = session_stats_of(env);
+    EXPECT_EQ(st.sessions_created, 1u);
+    EXPECT_EQ(st.sessions_destroyed, 1u);
+    EXPECT_EQ(st.callbacks_run, 2u);
+    EXPECT_EQ(st.callbacks_discarded, 0u);
+}
+
+// The dispatch layer knows no sessions: the session layer names its kind of context, and a
+// busy worker's stats carry that name and the session's id.
+TEST(session, worker_stats_name_the_session_a_busy_worker_runs) {
+    mailroom::environment env;
+    mailroom::session s(env, {.name = "busy"});
+    std::atomic<bool> started{false}, release{false};
+    ASSERT_TRUE(s.post([&] {
+        started = true;
+        wait_set(release);  // bounded: 10 s at most
+    }));
+    ASSERT_TRUE(wait_set(started));
+    const mailroom::dispatcher_stats st = env.default_dispatcher().stats();
+    ASSERT_EQ(st.workers.size(), 1u);
+    EXPECT_TRUE(st.workers[0].busy);
+    EXPECT_EQ(st.workers[0].running_kind, "session");
+    EXPECT_NE(st.workers[0].running_id, 0u);
+    release = true;
+    ASSERT_TRUE(eventually([&] { return !env.default_dispatcher().stats().workers[0].busy; }));
+    EXPECT_EQ(env.default_dispatcher().stats().workers[0].running_kind, "");
 }
 
 }  // namespace

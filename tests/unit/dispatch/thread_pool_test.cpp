@@ -46,7 +46,7 @@ TEST(thread_pool, found_by_name_it_casts_back_to_its_handle_and_not_to_another_k
     environment env({.name = "casts"});
     auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = 1});
     auto back = dispatcher_cast<thread_pool::handle>(env.find_dispatcher("pool"));
-    EXPECT_EQ(back.impl(), pool.impl());
+    EXPECT_TRUE(back == pool);
     session s(env, {.name = "found", .bind = back.bind_fifo(thread_pool::fifo::agent)});
     EXPECT_EQ(test::where_it_runs(s).name, "pool#0");
     EXPECT_EQ(test::kind_error_of<one_thread::handle>(env.find_dispatcher("pool")),

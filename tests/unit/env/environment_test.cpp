@@ -2,6 +2,8 @@
 
 #include <mailroom/env/env_core.hpp>
 #include <mailroom/mailroom.hpp>
+#include <mailroom/core/handle_access.hpp>
+#include "all_stats.hpp"
 
 #include "../agent/probe.hpp"
 
@@ -53,7 +55,7 @@ TEST(environment, independent_environments_in_one_process) {
     ASSERT_TRUE(test::eventually([&] { return got_a.load() == 6; }));
     EXPECT_EQ(a.stats().messages_delivered, 6u);
     EXPECT_EQ(b.stats().messages_delivered, 2u);
-    EXPECT_NE(a.core()->id(), b.core()->id());
+    EXPECT_NE(internal::core_of(a)->id(), internal::core_of(b)->id());
     EXPECT_THROW(send<ping>(mb, 3), environment_stopped_error);
     EXPECT_NO_THROW(send<ping>(ma, 7));
 }
@@ -186,7 +188,7 @@ TEST(environment, teardown_runs_children_then_parents_then_dispatchers_then_time
         t->on_destroy = [&] {
             note("timers released, dispatcher threads left: " + std::to_string(test::threads_named("ord-disp")));
         };
-        env.core()->timers().arm(t);
+        internal::core_of(env)->timers().arm(t);
     }
     std::vector<std::string> expected = {
         "finish grandchild",
@@ -250,12 +252,12 @@ TEST(environment, named_public_dispatchers_of_each_kind) {
     for (const dispatcher& d : std::vector<dispatcher>{one, obj, grp, pool}) {
         EXPECT_TRUE(d);
         auto found = env.find_dispatcher(d.name());
-        EXPECT_EQ(found.impl(), d.impl()) << d.name();
+        EXPECT_TRUE(found == d) << d.name();
         EXPECT_EQ(found.kind(), d.kind()) << d.name();
     }
-    EXPECT_EQ(env.find_dispatcher("default").impl(), env.default_dispatcher().impl());
+    EXPECT_TRUE(env.find_dispatcher("default") == env.default_dispatcher());
     EXPECT_FALSE(env.find_dispatcher("nope"));
-    EXPECT_EQ(env.find_dispatcher("nope").impl(), nullptr);
+    EXPECT_FALSE(env.find_dispatcher("nope"));
 
     for (const char* taken : {"one", "obj", "pool", "default"}) {
         try {
@@ -266,7 +268,7 @@ TEST(environment, named_public_dispatchers_of_each_kind) {
         }
     }
     EXPECT_THROW(active_obj::make_dispatcher(env, "grp"), duplicate_name_error);
-    EXPECT_EQ(env.find_dispatcher("one").impl(), one.impl());  // the original stays
+    EXPECT_TRUE(env.find_dispatcher("one") == one);  // the original stays
 
     // Agents bound to each run on the dispatcher's threads, never on the caller's.
     std::mutex m;
@@ -300,7 +302,7 @@ TEST(environment, named_public_dispatchers_of_each_kind) {
 
 TEST(environment, stats_count_messages_agents_and_cooperations) {
     environment env({.on_exception = exception_policy::log_and_continue, .log = [](std::string_view) {}});
-    const auto s0 = env.stats();
+    const auto s0 = test::all_stats_of(env);
     EXPECT_EQ(s0.messages_sent, 0u);
     EXPECT_EQ(s0.agents_created, 0u);
 
@@ -319,7 +321,7 @@ TEST(environment, stats_count_messages_agents_and_cooperations) {
         };
     }
     auto h = register_coop(std::move(c));
-    auto after_reg = env.stats();
+    auto after_reg = test::all_stats_of(env);
     EXPECT_EQ(after_reg.agents_created, 3u);
     EXPECT_EQ(after_reg.coops_registered, 1u);
     EXPECT_EQ(after_reg.agents_destroyed, 0u);
@@ -331,7 +333,7 @@ TEST(environment, stats_count_messages_agents_and_cooperations) {
     send<go>(target);   // nobody subscribed to go: ignored
     send<ping>(target, -1);
     ASSERT_TRUE(test::eventually([&] { return env.stats().messages_delivered == 11; }));
-    auto s1 = env.stats();
+    auto s1 = test::all_stats_of(env);
     EXPECT_EQ(s1.messages_sent, 12u);
     EXPECT_EQ(s1.messages_ignored, 1u);
     EXPECT_EQ(s1.messages_lost, 0u);
@@ -352,7 +354,7 @@ TEST(environment, stats_count_messages_agents_and_cooperations) {
         send<ping>(m, 1);
         send<ping>(m, 2);
     }
-    auto s2 = env.stats();
+    auto s2 = test::all_stats_of(env);
     EXPECT_EQ(s2.messages_lost, 2u);
     EXPECT_EQ(s2.agents_destroyed, 1u);
     EXPECT_EQ(s2.coops_deregistered, 1u);
@@ -363,7 +365,7 @@ TEST(environment, stats_count_messages_agents_and_cooperations) {
     ASSERT_TRUE(test::eventually([&] { return env.stats().handler_exceptions == 1; }));
     env.stop();
     ASSERT_TRUE(test::join_within(env));
-    auto s3 = env.stats();
+    auto s3 = test::all_stats_of(env);
     EXPECT_EQ(s3.agents_created, 5u);
     EXPECT_EQ(s3.agents_destroyed, 5u);
     EXPECT_EQ(destroyed.load(), 4);
@@ -385,7 +387,6 @@ public:
     int teardown_phase() const noexcept override { return phase_; }
     void begin_stop() noexcept override { note("begin " + name_); }
     void wait_stopped() noexcept override { note("wait " + name_); }
-    void add_stats(mailroom::environment_stats&) const noexcept override {}
 
 private:
     void note(std::string what) noexcept {
@@ -405,7 +406,7 @@ TEST(environment, extensions_stop_in_phase_order_whatever_order_they_were_first_
     static const int late_key = 0, early_key = 0, middle_key = 0;
     {
         mailroom::environment env;
-        auto& core = *env.core();
+        auto& core = *internal::core_of(env);
         core.extension<ordered_extension>(&late_key, [&] { return std::make_unique<ordered_extension>(300, "late", log, lock); });
         core.extension<ordered_extension>(&early_key, [&] { return std::make_unique<ordered_extension>(-5, "early", log, lock); });
         core.extension<ordered_extension>(&middle_key, [&] { return std::make_unique<ordered_extension>(150, "middle", log, lock); });

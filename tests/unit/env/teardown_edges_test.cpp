@@ -9,6 +9,7 @@
 #include <mailroom/env/env_core.hpp>
 #include <mailroom/mailroom.hpp>
 #include <mailroom/named/named.hpp>
+#include <mailroom/core/handle_access.hpp>
 
 #include "../agent/probe.hpp"
 
@@ -249,7 +250,7 @@ TEST(teardown_edges, session_and_event_handles_stay_safe_after_the_environment_i
     session s(*env, {.name = "orphan"});
     event_handle t = s.add_timer(1h, 0ns, [] {});
     event_handle t2 = s.add_timer(1h, 0ns, [] {});
-    std::weak_ptr<internal::env_core> core = env->core();
+    std::weak_ptr<internal::env_core> core = internal::core_of(*env);
     env.reset();
     ASSERT_TRUE(core.expired());  // nothing holds the core any more: it is freed
     EXPECT_FALSE(s);
@@ -291,7 +292,7 @@ TEST(teardown_edges, a_post_preempted_after_finding_the_session_open_is_waited_f
     std::atomic<bool> posted{false};
     std::thread poster([&] { posted = s.post([&] { ran = true; }); });
     ASSERT_TRUE(test::wait_set(p.entered, 20s));
-    std::weak_ptr<internal::env_core> core = env->core();
+    std::weak_ptr<internal::env_core> core = internal::core_of(*env);
     env.reset();
     p.destroyed = true;
     poster.join();
@@ -325,7 +326,7 @@ TEST(teardown_edges, cooperation_handles_stay_safe_after_the_environment_is_gone
     coop_handle with_agent;
     test::add_probe(*env, {}, {.name = "agents", .on_registered = [&](const coop_handle& c) { with_agent = c; }});
     EXPECT_TRUE(h);
-    std::weak_ptr<internal::env_core> core = env->core();
+    std::weak_ptr<internal::env_core> core = internal::core_of(*env);
     env.reset();
     EXPECT_FALSE(core.expired());  // the cooperation handles keep it
     EXPECT_FALSE(h);
@@ -373,7 +374,7 @@ TEST(teardown_edges, binding_a_session_to_another_environments_dispatcher_raises
     } catch (const binding_error& e) {
         expect_names_both_environments_and_the_object(e.what());
     }
-    EXPECT_EQ(a.stats().sessions_created, 0u);
+    EXPECT_EQ(session_stats_of(a).sessions_created, 0u);
 }
 
 // ---- notifications of one cooperation ----

@@ -4,6 +4,7 @@
 #include <mailroom/mailroom.hpp>
 
 #include <test_support.hpp>
+#include <all_stats.hpp>
 
 #include "../agent/probe.hpp"
 
@@ -51,7 +52,7 @@ TEST(named, a_request_is_replied_and_carries_a_header) {
     EXPECT_EQ(seen.destination, "calc");
     EXPECT_EQ(seen.id, r.id());
     EXPECT_TRUE(seen.request);
-    auto st = env.stats();
+    auto st = test::all_stats_of(env);
     EXPECT_EQ(st.requests_posted, 1u);
     EXPECT_EQ(st.requests_replied, 1u);
     EXPECT_EQ(st.named_registered, 1u);
@@ -96,7 +97,7 @@ TEST(named, the_any_object_receives_what_no_name_matches) {
     EXPECT_NE(r0.reason().find("no object named 'nobody'"), std::string::npos) << r0.reason();
     EXPECT_THROW(r0.reply(), request_failed_error);
     EXPECT_THROW(send_to(env, "nobody", 1), no_such_object_error);
-    EXPECT_EQ(env.stats().named_rejected, 1u);
+    EXPECT_EQ(named_stats_of(env).named_rejected, 1u);
     auto any = register_named(s, "*", [](incoming& in) { in.reply<std::string>("any:" + in.header().destination); });
     auto r1 = request<std::string>(env, "nobody", 1);
     r1.wait();
@@ -220,7 +221,7 @@ TEST(named, a_request_times_out_and_a_late_reply_is_counted) {
         std::lock_guard g(mu);
         parked[0].reply<int>(1);
     }
-    EXPECT_EQ(env.stats().replies_orphaned, 1u);
+    EXPECT_EQ(named_stats_of(env).replies_orphaned, 1u);
     EXPECT_EQ(r.state(), request_state::abandoned);
 }
 
@@ -267,7 +268,7 @@ TEST(named, cancelling_a_request_guarantees_its_callback_does_not_run) {
     }
     std::this_thread::sleep_for(20ms);
     EXPECT_EQ(called.load(), 0);
-    EXPECT_EQ(env.stats().replies_orphaned, 1u);
+    EXPECT_EQ(named_stats_of(env).replies_orphaned, 1u);
     EXPECT_FALSE(r.cancel());
 }
 
@@ -365,7 +366,7 @@ TEST(named, shutdown_on_another_thread_waits_for_the_running_handler_and_stops_d
     }
     EXPECT_EQ(after.load(), 0);
     EXPECT_EQ(request<int>(env, "svc", 1).wait(), request_state::rejected);  // the name is free
-    EXPECT_EQ(env.stats().named_unregistered, 1u);
+    EXPECT_EQ(named_stats_of(env).named_unregistered, 1u);
 }
 
 TEST(named, unregistering_inside_the_handler_does_not_deadlock) {
@@ -441,7 +442,7 @@ TEST(named, stopping_the_environment_leaves_no_request_waiting) {
     EXPECT_EQ(late.state(), request_state::abandoned);
     EXPECT_NE(late.reason().find("stopped"), std::string::npos);
     EXPECT_THROW(send_to(*env, "slow", 1), environment_stopped_error);
-    auto st = env->stats();
+    auto st = test::all_stats_of(*env);
     EXPECT_EQ(st.requests_posted, st.requests_replied + st.requests_rejected + st.requests_abandoned);
 }
 
@@ -717,7 +718,7 @@ TEST(named, a_request_whose_incoming_is_kept_outside_is_abandoned_when_the_envir
             EXPECT_EQ(r.state(), request_state::abandoned);
             EXPECT_NE(r.reason().find("environment 'env' stopped"), std::string::npos) << r.reason();
         }
-        auto st = env.stats();
+        auto st = test::all_stats_of(env);
         EXPECT_EQ(st.requests_posted, st.requests_replied + st.requests_rejected + st.requests_abandoned);
     }
     std::lock_guard g(mu);
@@ -823,4 +824,41 @@ TEST(named, then_runs_the_callback_on_the_requesting_agents_context) {
     auto [v, on_agent] = f.get();
     EXPECT_EQ(v, 42);
     EXPECT_TRUE(on_agent);
+}
+
+// The named layer's counters are its own (environment_stats counts messages and timers only):
+// named_stats_of reads them, from any thread, during the run and after the teardown.
+TEST(named, named_stats_of_counts_the_named_objects_and_requests_of_its_own_environment) {
+    environment env;
+    environment other;
+    EXPECT_EQ(named_stats_of(env).named_registered, 0u) << "no named object was ever made";
+    session s(env);
+    std::atomic<int> one_way{0};
+    auto calc = adder(s, "calc");
+    auto sink = register_named(s, "sink", [&](incoming&) { one_way.fetch_add(1); });
+    EXPECT_EQ(request<int>(env, "calc", add{1, 2}).wait(), request_state::replied);
+    EXPECT_EQ(request<int>(env, "nobody", add{1, 2}).wait(), request_state::rejected);
+    send_to(env, "sink", 7);
+    EXPECT_THROW(send_to(env, "nobody", 7), no_such_object_error);
+    ASSERT_TRUE(test::eventually([&] { return one_way.load() == 1; }));
+    named_stats st = named_stats_of(env);
+    EXPECT_EQ(st.named_registered, 2u);
+    EXPECT_EQ(st.named_unregistered, 0u);
+    EXPECT_EQ(st.named_messages, 1u);
+    EXPECT_EQ(st.named_rejected, 1u);
+    EXPECT_EQ(st.requests_posted, 2u);
+    EXPECT_EQ(st.requests_replied, 1u);
+    EXPECT_EQ(st.requests_rejected, 1u);
+    EXPECT_EQ(st.requests_abandoned, 0u);
+    EXPECT_EQ(st.replies_orphaned, 0u);
+    EXPECT_EQ(named_stats_of(other).requests_posted, 0u) << "counters are per environment";
+    calc.destroy();
+    EXPECT_EQ(named_stats_of(env).named_unregistered, 1u);
+    sink.destroy();
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    st = named_stats_of(env);
+    EXPECT_EQ(st.named_registered, 2u);
+    EXPECT_EQ(st.named_unregistered, 2u);
+    EXPECT_EQ(st.requests_posted, st.requests_replied + st.requests_rejected + st.requests_abandoned);
 }
