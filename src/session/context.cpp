@@ -203,8 +203,13 @@ context_core* context_arena::allocate() {
 void context_arena::recycle(context_core* c) noexcept {
     // The generation already moved on; the rest is reset for the next life. The atomics read by
     // stale senders stay as they are until the next owner resets them.
-    c->table.clear();
-    c->added.clear();
+    // An entry of an event object holds a reference: one whose retire comes after the life's
+    // end (an agent's inbox destroyed in on_finish) still has its entry here.
+    for (auto* list : {&c->table, &c->added}) {
+        for (auto& e : *list)
+            if (e.obj) e.obj->release();
+        list->clear();
+    }
     c->dispatching = false;
     c->has_removed = false;
     c->dead = false;
