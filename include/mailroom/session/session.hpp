@@ -43,7 +43,8 @@ namespace internal {
 const context_ref& ref_of(const session& s) noexcept;
 }  // namespace internal
 
-/// A session or event object was used after it was destroyed (or through an empty handle).
+/// A session, an agent's context or an event object was used after it was destroyed (or through
+/// an empty handle).
 class MAILROOM_EXPORT session_destroyed_error final : public error {
 public:
     using error::error;
