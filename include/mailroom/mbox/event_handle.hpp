@@ -56,7 +56,7 @@ private:
 /// named_handle: a name): event_handle's verbs, held privately, so that such a handle never
 /// converts to an `event_handle&` whose assignment would empty it and leave the rest behind;
 /// and its own moves are protected, so it cannot be sliced into an extended_handle either.
-class extended_handle : private event_handle {
+class MAILROOM_EXPORT extended_handle : private event_handle {
 public:
     using event_handle::operator bool;
     using event_handle::shutdown;
