@@ -88,6 +88,17 @@ internal::context_ref internal::ref_of(const agent& a) noexcept {
     return {c->arena->shared_from_this(), c, c->gen.load(std::memory_order_relaxed), true};
 }
 
+internal::handle_target* agent::make_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period,
+                                           internal::handler fn) {
+    return internal::add_timer(internal::ref_of(*this), internal::agent_display_name(*core_), delay, period,
+                               std::move(fn));
+}
+
+internal::handle_target* agent::make_inbox(message_type type, internal::handler fn, mbox& address) {
+    return internal::add_inbox(internal::ref_of(*this), internal::agent_display_name(*core_), type, std::move(fn),
+                               address);
+}
+
 void agent::add_subscription(const mbox& from, message_type type, internal::handler h) {
     using namespace internal;
     context_core& core = *core_;

@@ -2,6 +2,7 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 
+#include <mailroom/mbox/handle_target.hpp>
 #include <mailroom/mbox/mbox_impl.hpp>
 #include <mailroom/core/handle_access.hpp>
 
@@ -17,9 +18,24 @@ namespace {
 // cancel() takes the envelope out on the cancelling thread (release_payload), so a cancelled
 // timer holds no message while it waits to leave the wheel; the pointer is exchanged, never
 // read plainly, because fire() may be running on the timer thread at that moment.
-class mbox_timer final : public timer_entry {
+//
+// Its handle is the one event_handle: shutdown() is timer_entry::cancel() (which waits for a
+// delivery running on another thread, not for one running on this one), live means not
+// cancelled, and detach() declares the timer uncancellable.
+class mbox_timer final : public timer_entry, public handle_target {
 public:
     mbox_timer(mbox to, envelope* e) noexcept : target_(std::move(to)), msg_(e) {}
+
+    bool handle_live() const noexcept override { return !cancelled(); }
+    bool handle_shutdown() noexcept override { return cancel(); }
+    void handle_destroy() noexcept override {
+        cancel();
+        release();
+    }
+    void handle_detach() noexcept override {
+        mark_uncancellable();
+        release();
+    }
 
 private:
     ~mbox_timer() override {
@@ -73,9 +89,12 @@ private:
     std::atomic<envelope*> msg_;
 };
 
+// Its handle's interface costs one pointer; a million timers stay in the pool's 128-byte class.
+static_assert(sizeof(mbox_timer) <= 128);
+
 }  // namespace
 
-timer_entry* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds delay, std::chrono::nanoseconds period) {
+handle_target* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds delay, std::chrono::nanoseconds period) {
     envelope_ref ref(e);
     if (!to) throw usage_error("scheduling a timer on an empty mbox handle");
     env_core& env = internal::impl_of(to)->env();
@@ -95,33 +114,5 @@ timer_entry* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds dela
 }
 
 }  // namespace internal
-
-timer_handle& timer_handle::operator=(timer_handle&& o) noexcept {
-    if (this != &o) {
-        if (entry_) {
-            entry_->cancel();
-            entry_->release();
-        }
-        entry_ = std::exchange(o.entry_, nullptr);
-    }
-    return *this;
-}
-
-timer_handle::~timer_handle() {
-    if (entry_) {
-        entry_->cancel();
-        entry_->release();
-    }
-}
-
-timer_handle::operator bool() const noexcept { return entry_ && !entry_->cancelled(); }
-
-bool timer_handle::cancel() noexcept { return entry_ && entry_->cancel(); }
-
-void timer_handle::detach() noexcept {
-    if (!entry_) return;
-    entry_->mark_uncancellable();
-    std::exchange(entry_, nullptr)->release();
-}
 
 }  // namespace mailroom

@@ -737,7 +737,7 @@ named_handle register_named(const context_ref& s, const std::string& owner, std:
     auto* entry = new named_entry(name, mbox{});
     n->entry = entry;
     mbox address;
-    event_object* o;
+    handle_target* o;
     try {
         o = add_inbox(s, owner, message_type_of<named_delivery>(),
                       handler([fn = std::move(fn)](envelope* e) mutable {
@@ -857,8 +857,8 @@ void incoming::reject(std::string reason) {
 
 // ---- named_handle ----
 
-named_handle::named_handle(internal::event_object* o, std::string name) noexcept
-    : event_handle(o), name_(std::move(name)) {}
+named_handle::named_handle(internal::handle_target* o, std::string name) noexcept
+    : extended_handle(o), name_(std::move(name)) {}
 
 // ---- statistics ----
 

@@ -111,7 +111,14 @@ context_core* context_arena::allocate() {
 void context_arena::recycle(context_core* c) noexcept {
     // The generation already moved on; the rest is reset for the next life. The atomics read by
     // stale senders stay as they are until the next owner resets them.
-    c->table.clear();
+    // An entry of an event object holds a reference: one whose retire comes after the life's
+    // end (an agent's inbox destroyed in on_finish) still has its entry here.
+    for (auto* list : {&c->table, c->added.get()}) {
+        if (!list) continue;
+        for (auto& e : *list)
+            if (e.obj) e.obj->release();
+        list->clear();
+    }
     c->added.reset();
     c->dispatching = false;
     c->has_removed = false;

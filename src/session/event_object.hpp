@@ -1,8 +1,10 @@
 #pragma once
-// Event objects: what calls back into a serial context (a timer, an inbox, a subscription, a
-// named object), each with the one handle model (event_handle: shutdown, destroy, detach).
+// Event objects: what calls back into a serial context (a session or an agent): a timer, an
+// inbox, a subscription, a named object. Each is a handle_target, so the one event_handle
+// (shutdown, destroy, detach, live) serves them all; the four are implemented here once.
 
 #include <mailroom/dispatch/heartbeat.hpp>
+#include <mailroom/mbox/handle_target.hpp>
 #include <mailroom/session/context.hpp>
 #include <mailroom/session/session.hpp>
 
@@ -21,11 +23,18 @@ struct object_retire final : demand {
     event_object* obj = nullptr;
 };
 
-class event_object {
+class event_object : public handle_target {
 public:
     enum class kind : std::uint8_t { timer, inbox, subscription };
 
     event_object(context_ref owner, kind k, handler f) noexcept;
+
+    // handle_target: not shut and its context's life goes on; shutdown_object();
+    // destroy_object() and the handle's reference; the handle's reference.
+    bool handle_live() const noexcept final;
+    bool handle_shutdown() noexcept final;
+    void handle_destroy() noexcept final;
+    void handle_detach() noexcept final;
 
     virtual void add_ref() noexcept = 0;
     virtual void release() noexcept = 0;

@@ -346,6 +346,21 @@ bool shutdown_object(event_object* o) noexcept {
     return first;
 }
 
+bool event_object::handle_live() const noexcept {
+    if (shut.load(std::memory_order_acquire) != 0) return false;
+    const context_core& c = *owner.core;
+    return c.gen.load(std::memory_order_acquire) == owner.gen && !c.gate.shut();
+}
+
+bool event_object::handle_shutdown() noexcept { return shutdown_object(this); }
+
+void event_object::handle_destroy() noexcept {
+    destroy_object(this);
+    release();
+}
+
+void event_object::handle_detach() noexcept { release(); }
+
 void destroy_object(event_object* o) noexcept {
     shutdown_object(o);
     context_core& c = *o->owner.core;
@@ -357,9 +372,12 @@ void destroy_object(event_object* o) noexcept {
     else
         c.objects = o->next;
     if (o->next) o->next->prev = o->prev;
-    // Under the lock, so that it is queued before the context's own retire (which is pushed
-    // after `dead` was set under this lock): the queue is still this life's.
-    c.queue.load(std::memory_order_acquire)->push(&o->retire);
+    // Under the lock, so that it is queued before a session's own retire (which is pushed
+    // after `dead` was set under this lock): the queue is still this life's. An agent's object
+    // may be destroyed before the agent starts (held until then, run by the end of a rolled
+    // back life) and during on_finish() (its retire then runs after the agent's, which lets go
+    // of the object's table entry: context_arena::recycle).
+    c.push(&o->retire);
 }
 
 event_object* close_objects(context_core& c) noexcept {
@@ -513,7 +531,7 @@ std::shared_ptr<env_core> live_env(const context_ref& s, std::string_view name, 
 }
 }  // namespace
 
-event_object* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
+handle_target* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
                         std::chrono::nanoseconds period, handler fn) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "a timer");
     if (delay.count() < 0)
@@ -540,7 +558,7 @@ event_object* add_timer(const context_ref& s, std::string_view name, std::chrono
     return t;
 }
 
-event_object* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn, mbox& address,
+handle_target* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn, mbox& address,
                         std::shared_ptr<inbox_stop_hook> on_stop) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "an inbox");
     auto* o = new inbox_object(s, type, std::move(fn), std::move(on_stop));
@@ -573,7 +591,7 @@ event_object* add_inbox(const context_ref& s, std::string_view name, message_typ
     return o;
 }
 
-event_object* add_subscription(const context_ref& s, std::string_view name, const mbox& from, message_type type,
+handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from, message_type type,
                                handler fn) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "a subscription");
     auto describe = [&] {
@@ -606,37 +624,6 @@ event_object* add_subscription(const context_ref& s, std::string_view name, cons
 }
 
 }  // namespace internal
-
-// ---- event_handle ----
-
-event_handle& event_handle::operator=(event_handle&& o) noexcept {
-    if (this != &o) {
-        destroy();
-        obj_ = std::exchange(o.obj_, nullptr);
-    }
-    return *this;
-}
-
-event_handle::~event_handle() { destroy(); }
-
-event_handle::operator bool() const noexcept {
-    if (!obj_ || obj_->shut.load(std::memory_order_acquire) != 0) return false;
-    const internal::context_core& c = *obj_->owner.core;
-    return c.gen.load(std::memory_order_acquire) == obj_->owner.gen && !c.gate.shut();
-}
-
-bool event_handle::shutdown() noexcept { return obj_ && internal::shutdown_object(obj_); }
-
-void event_handle::destroy() noexcept {
-    if (!obj_) return;
-    internal::event_object* o = std::exchange(obj_, nullptr);
-    internal::destroy_object(o);
-    o->release();
-}
-
-void event_handle::detach() noexcept {
-    if (obj_) std::exchange(obj_, nullptr)->release();
-}
 
 // ---- session ----
 

@@ -147,7 +147,7 @@ struct world {
                         if (auto rp = weak.lock()) on_callback(*rp, owned.get(), rng);
                     });
                 rec->address = h.address();
-                rec->set(std::move(h));
+                rec->set(std::move(h).to_event_handle());
                 std::lock_guard gi(inboxes_m);
                 if (inboxes.size() > 64) inboxes.erase(inboxes.begin());
                 inboxes.push_back(rec);

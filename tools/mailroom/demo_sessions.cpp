@@ -120,7 +120,7 @@ std::shared_ptr<churned_session> session_churn::make_session() {
 
     auto in = c->s.add_inbox<nudge>([stopped = inbox->stopped, &m](const nudge&) { count_callback(*stopped, m); });
     previous_inbox_ = in.address();
-    inbox->handle = std::move(in);
+    inbox->handle = std::move(in).to_event_handle();
 
     // The quotes arrive as the instance every subscriber shares.
     const auto quotes_before_self_stop = 200 + rng_() % 2000;

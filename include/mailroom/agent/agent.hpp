@@ -7,6 +7,7 @@
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
 
+#include <chrono>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -60,6 +61,24 @@ public:
     /// A readable name for errors and logs: the one given with `set_name`, else the type and id.
     std::string name() const;
 
+    /// A timer calling `f()` on the agent's context after `delay`, then every `period`
+    /// (one-shot when zero): an event object of the agent, with session::add_timer's semantics
+    /// and the one handle's verbs (docs/lifetimes.md). Any thread while the agent exists: its
+    /// constructor, configure(), handlers and other threads (before the agent starts, fires
+    /// wait for its on_start()). Its cooperation's deregistration destroys it with the agent:
+    /// no callback of it runs after on_finish() (one added in on_finish() goes right after it).
+    /// Raises usage_error for a negative delay or period, session_destroyed_error when the
+    /// agent's end already destroyed its objects (another thread racing the deregistration).
+    template <class F>
+    [[nodiscard]] event_handle add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f);
+
+    /// An inbox of `Msg`s handled by `f` on the agent's context (`f` takes `Msg`, `Msg&&` or
+    /// `const Msg&`): an event object of the agent like add_timer's, with session::add_inbox's
+    /// semantics. Any thread while the agent exists; raises session_destroyed_error like
+    /// add_timer.
+    template <class Msg, class F>
+    [[nodiscard]] inbox_handle add_inbox(F&& f);
+
 protected:
     /// Called during registration, on the registering thread, before the agent is bound to run.
     /// Make subscriptions here. Throwing cancels the whole registration.
@@ -105,6 +124,9 @@ protected:
 private:
     friend struct internal::agent_access;
     void add_subscription(const mbox& from, message_type type, internal::handler h);
+    internal::handle_target* make_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period,
+                                        internal::handler fn);
+    internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address);
     bool remove_subscription(const mbox& from, message_type type);
 
     internal::context_core* core_;
@@ -142,6 +164,19 @@ void agent::subscribe(const mbox& from, F&& f) {
 template <class Msg>
 bool agent::unsubscribe(const mbox& from) {
     return remove_subscription(from, message_type_of<Msg>());
+}
+
+template <class F>
+event_handle agent::add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f) {
+    return event_handle(make_timer(delay, period, internal::timer_callback(std::forward<F>(f))));
+}
+
+template <class Msg, class F>
+inbox_handle agent::add_inbox(F&& f) {
+    mbox address;
+    internal::handle_target* o =
+        make_inbox(message_type_of<Msg>(), internal::message_callback<Msg>(std::forward<F>(f)), address);
+    return inbox_handle(o, std::move(address));
 }
 
 }  // namespace mailroom

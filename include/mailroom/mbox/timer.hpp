@@ -1,6 +1,7 @@
 #pragma once
 /// Delayed and periodic messages.
 
+#include <mailroom/mbox/event_handle.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/export.hpp>
@@ -10,44 +11,23 @@
 
 namespace mailroom {
 
-namespace internal {
-class timer_entry;
-}
-
-/// Owns a scheduled message. Destroying or cancelling it guarantees the message is not
-/// delivered afterwards, even when it is already queued at the receiver: when cancel() returns
-/// on a thread other than the receiver's, no delivery of it is running and none will start.
-/// Call `detach()` to let a timer run on without its handle.
-class MAILROOM_EXPORT timer_handle {
-public:
-    timer_handle() noexcept = default;
-    explicit timer_handle(internal::timer_entry* e) noexcept : entry_(e) {}
-    timer_handle(timer_handle&& o) noexcept : entry_(std::exchange(o.entry_, nullptr)) {}
-    timer_handle& operator=(timer_handle&& o) noexcept;
-    ~timer_handle();
-
-    /// True while it refers to a timer that was not cancelled (a fired one-shot still counts).
-    explicit operator bool() const noexcept;
-
-    /// Cancels the timer (see the class comment); returns false if it was already cancelled.
-    /// Any thread. Inside a handler of this very timer's message it does not wait. The message
-    /// is released at once (on this thread); the timer leaves the wheel within 256 ticks.
-    bool cancel() noexcept;
-
-    /// Lets the timer live on without this handle (it can then no longer be cancelled).
-    void detach() noexcept;
-
-private:
-    internal::timer_entry* entry_ = nullptr;
-};
+/// The handle of a delayed or periodic message: the one handle of every event object
+/// (event_handle, docs/lifetimes.md). Its shutdown() (or `cancel()`, a synonym) guarantees the
+/// message is not delivered afterwards, even when it is already queued at the receiver: once it
+/// returns on a thread other than the receiver's, no delivery of it is running and none will
+/// start; inside a handler of this very timer's message it does not wait. The message is
+/// released at once (on the calling thread); the timer leaves the wheel within 256 ticks.
+/// detach() lets the timer run on without its handle (it can then no longer be stopped).
+using timer_handle = event_handle;
 
 namespace internal {
-MAILROOM_EXPORT timer_entry* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds delay,
-                                      std::chrono::nanoseconds period);
+/// Returns the timer (the handle's reference).
+MAILROOM_EXPORT handle_target* schedule(const mbox& to, envelope* e, std::chrono::nanoseconds delay,
+                                        std::chrono::nanoseconds period);
 }
 
 /// Sends a `T` built from `args` to `to` after `delay` (zero: at the next tick; negative raises
-/// usage_error naming the mbox). Any thread. The handle cancels on destruction.
+/// usage_error naming the mbox). Any thread. The handle stops it on destruction.
 template <class T, class... Args>
 [[nodiscard]] timer_handle send_delayed(const mbox& to, std::chrono::nanoseconds delay, Args&&... args) {
     return timer_handle(internal::schedule(to, internal::make_envelope<T>(std::forward<Args>(args)...), delay,
@@ -65,7 +45,7 @@ template <class T, class... Args>
         internal::schedule(to, internal::make_envelope<T>(std::forward<Args>(args)...), delay, period));
 }
 
-/// Fire and forget: like send_delayed, without a handle (it cannot be cancelled).
+/// Fire and forget: like send_delayed, without a handle (it cannot be stopped).
 template <class T, class... Args>
 void post_delayed(const mbox& to, std::chrono::nanoseconds delay, Args&&... args) {
     send_delayed<T>(to, delay, std::forward<Args>(args)...).detach();

@@ -344,13 +344,14 @@ void send_to(environment& env, std::string_view name, Msg&& msg) {
 /// A named object's handle: shutdown() unregisters the name and stops the handler (when it
 /// returns on another thread than the session's, no message is being handled and none will
 /// be); destroy() also frees it; the handle going out of scope destroys it unless detached.
-/// detach() keeps the name registered until the session is destroyed. The name belongs to the
-/// object, not to this handle: moved into a plain event_handle, that handle's shutdown() and
-/// destroy() unregister it the same way.
-class MAILROOM_EXPORT named_handle final : public event_handle {
+/// detach() keeps the name registered until its session or agent is destroyed. The name belongs
+/// to the object, not to this handle: made a plain event_handle (to_event_handle()), that
+/// handle's shutdown() and destroy() unregister it the same way. The verbs are event_handle's
+/// (docs/lifetimes.md).
+class MAILROOM_EXPORT named_handle final : public extended_handle {
 public:
     named_handle() noexcept = default;
-    named_handle(internal::event_object* o, std::string name) noexcept;
+    named_handle(internal::handle_target* o, std::string name) noexcept;
     named_handle(named_handle&&) noexcept = default;
     named_handle& operator=(named_handle&& o) noexcept = default;
 

@@ -3,6 +3,7 @@
 /// that wants callbacks without writing an agent, and the timers and inboxes that call back
 /// into it, each with a shutdown() that guarantees no callback runs once it returns.
 
+#include <mailroom/mbox/event_handle.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/session/detail/handler.hpp>
@@ -21,7 +22,7 @@ namespace internal {
 class context_core;
 class context_arena;
 class env_core;
-class event_object;
+class handle_target;
 struct posted_call;
 
 /// A serial context (a session or an agent) as a handle names it: its record, the life of it
@@ -42,7 +43,8 @@ namespace internal {
 const context_ref& ref_of(const session& s) noexcept;
 }  // namespace internal
 
-/// A session or event object was used after it was destroyed (or through an empty handle).
+/// A session, an agent's context or an event object was used after it was destroyed (or through
+/// an empty handle).
 class MAILROOM_EXPORT session_destroyed_error final : public error {
 public:
     using error::error;
@@ -56,56 +58,16 @@ struct session_options {
     binder bind{};
 };
 
-/// A handle to one event object (a timer, an inbox or a subscription) of a session. Move-only; destroying the
-/// handle destroys the object unless detach() was called.
-///
-/// The guarantees (DESIGN.md 2 and 3):
-/// - shutdown(): when it returns on any thread other than the object's own session context, no
-///   callback of the object is running anywhere and none will start. Called on the session's
-///   own context (inside this object's callback or another callback of the same session) it
-///   does not wait and cannot deadlock; no callback of the object starts after the current one
-///   returns. It never blocks on anything but a callback of this object that is running now,
-///   so two sessions whose callbacks shut down each other's objects while each waits for the
-///   other can deadlock, as with any blocking call between serial contexts.
-/// - destroy(): any thread, including inside the object's own callback; implies shutdown().
-///   The callback (and what it captured) is destroyed on the session's context when it can be,
-///   and the object's memory is freed once no queued delivery, timer or sender can touch it.
-/// - On an empty handle, or an object already destroyed (by its handle, its session or the
-///   environment), shutdown() and destroy() are no-ops.
-class MAILROOM_EXPORT event_handle {
-public:
-    event_handle() noexcept = default;
-    explicit event_handle(internal::event_object* o) noexcept : obj_(o) {}
-    event_handle(event_handle&& o) noexcept : obj_(std::exchange(o.obj_, nullptr)) {}
-    event_handle& operator=(event_handle&& o) noexcept;
-    ~event_handle();
-
-    /// True while it refers to an object that was not shut down or destroyed.
-    explicit operator bool() const noexcept;
-
-    /// Stops callbacks (see the class comment). Returns true if this call shut the object,
-    /// false if it was shut already (it still waits for a running callback). Any thread.
-    bool shutdown() noexcept;
-
-    /// Shuts the object down and destroys it; the handle becomes empty. Any thread.
-    void destroy() noexcept;
-
-    /// Lets the object live on without this handle: it is destroyed with its session.
-    void detach() noexcept;
-
-protected:
-    internal::event_object* obj_ = nullptr;
-};
-
 /// An inbox: a private destination for replies. Anyone may `send<Msg>` to its address(); the
-/// callback receives each message on the session's context. A message of another type is
-/// counted ignored. Sending to it once it is shut down counts the message lost; once its
+/// callback receives each message on its session's or agent's context. A message of another
+/// type is counted ignored. Sending to it once it is shut down counts the message lost; once its
 /// environment stopped, sending raises environment_stopped_error like any mbox.
-class MAILROOM_EXPORT inbox_handle final : public event_handle {
+/// Its verbs are event_handle's (docs/lifetimes.md).
+class MAILROOM_EXPORT inbox_handle final : public extended_handle {
 public:
     inbox_handle() noexcept = default;
-    inbox_handle(internal::event_object* o, mbox address) noexcept
-        : event_handle(o), address_(std::move(address)) {}
+    inbox_handle(internal::handle_target* t, mbox address) noexcept
+        : extended_handle(t), address_(std::move(address)) {}
     inbox_handle(inbox_handle&&) noexcept = default;
     inbox_handle& operator=(inbox_handle&&) noexcept = default;
 

@@ -678,11 +678,12 @@ TEST(named, a_detached_handle_keeps_its_name_until_the_session_is_destroyed) {
     EXPECT_EQ(gone.wait(), request_state::rejected) << gone.reason();
 }
 
-TEST(named, a_named_handle_moved_into_an_event_handle_keeps_the_name_until_that_handle_shuts_it) {
+TEST(named, a_named_handle_made_an_event_handle_keeps_the_name_until_that_handle_shuts_it) {
     environment env;
     session s(env);
     auto h = adder(s, "calc");
-    event_handle e = std::move(h);
+    event_handle e = std::move(h).to_event_handle();
+    EXPECT_FALSE(h);
     h = named_handle{};  // the moved-from handle has nothing left to unregister
     EXPECT_TRUE(e);
     auto r = request<int>(env, "calc", add{1, 2});

@@ -69,8 +69,9 @@ MAILROOM_EXPORT bool post_to(context_core* c, std::uint32_t gen, posted_call* p)
 /// while no call is being posted.
 MAILROOM_EXPORT void set_post_call_hook(void (*hook)(void*), void* arg) noexcept;
 // `name` names the session or agent in errors (its handle's copy: the record may be reused).
-MAILROOM_EXPORT event_object* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
-                                        std::chrono::nanoseconds period, handler fn);
+/// Returns the timer (the handle's reference).
+MAILROOM_EXPORT handle_target* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
+                                         std::chrono::nanoseconds period, handler fn);
 /// What an inbox stops together with its callbacks (a named object's registry entry).
 class inbox_stop_hook {
 public:
@@ -87,12 +88,31 @@ protected:
 
 /// Returns the object (the handle's reference) and fills `address`. `on_stop`, when set, is
 /// held by the inbox and stopped with it (see inbox_stop_hook).
-MAILROOM_EXPORT event_object* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn,
-                                        mbox& address,
-                                        std::shared_ptr<inbox_stop_hook> on_stop = {});
+MAILROOM_EXPORT handle_target* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn,
+                                         mbox& address, std::shared_ptr<inbox_stop_hook> on_stop = {});
 /// Returns the object (the handle's reference), subscribed to `from`.
-MAILROOM_EXPORT event_object* add_subscription(const context_ref& s, std::string_view name, const mbox& from,
-                                               message_type type, handler fn);
+MAILROOM_EXPORT handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from,
+                                                message_type type, handler fn);
+
+/// A timer's callback (a session's or an agent's add_timer): `f()`.
+template <class F>
+handler timer_callback(F&& f) {
+    return handler([fn = std::decay_t<F>(std::forward<F>(f))](envelope*) mutable { fn(); });
+}
+
+/// The callback of an inbox or a subscription of `Msg`s (a session's or an agent's): `f` takes
+/// `Msg` by value, by `Msg&&` or by `const Msg&` (a move-only message is moved out).
+template <class Msg, class F>
+handler message_callback(F&& f) {
+    static_assert(!std::is_reference_v<Msg> && !std::is_const_v<Msg>,
+                  "add_inbox/subscribe<Msg>: Msg is the plain message type");
+    using Fn = std::decay_t<F>;
+    using sig = callable_signature<Fn>;
+    static_assert(sig::has_arg, "an inbox or subscription callback takes the message");
+    static_assert(std::is_same_v<typename sig::message, Msg>, "the callback must take the Msg it is added for");
+    return handler(
+        [fn = Fn(std::forward<F>(f))](envelope* e) mutable { call_with_payload<Msg, typename sig::arg>(fn, e); });
+}
 
 }  // namespace mailroom::internal
 
@@ -107,43 +127,23 @@ bool session::post(F&& f) {
 template <class F>
 event_handle session::add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f) {
     if (!ref_) throw session_destroyed_error("add_timer: the session handle is empty");
-    return event_handle(internal::add_timer(
-        ref_, name_, delay, period, internal::handler([fn = std::decay_t<F>(std::forward<F>(f))](internal::envelope*) mutable {
-            fn();
-        })));
+    return event_handle(internal::add_timer(ref_, name_, delay, period, internal::timer_callback(std::forward<F>(f))));
 }
 
 template <class Msg, class F>
 inbox_handle session::add_inbox(F&& f) {
-    static_assert(!std::is_reference_v<Msg> && !std::is_const_v<Msg>, "add_inbox<Msg>: Msg is the plain message type");
-    using Fn = std::decay_t<F>;
-    using sig = internal::callable_signature<Fn>;
-    static_assert(sig::has_arg, "an inbox callback takes the message");
-    static_assert(std::is_same_v<typename sig::message, Msg>, "the inbox callback must take the inbox's Msg");
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
     if (!ref_) throw session_destroyed_error("add_inbox: the session handle is empty");
     mbox address;
-    internal::event_object* o = internal::add_inbox(
-        ref_, name_, message_type_of<Msg>(),
-        internal::handler([fn = Fn(std::forward<F>(f))](internal::envelope* e) mutable {
-            internal::call_with_payload<Msg, typename sig::arg>(fn, e);
-        }),
-        address);
+    internal::handle_target* o = internal::add_inbox(ref_, name_, message_type_of<Msg>(), std::move(h), address);
     return inbox_handle(o, std::move(address));
 }
 
 template <class Msg, class F>
 event_handle session::subscribe(const mbox& from, F&& f) {
-    static_assert(!std::is_reference_v<Msg> && !std::is_const_v<Msg>, "subscribe<Msg>: Msg is the plain message type");
-    using Fn = std::decay_t<F>;
-    using sig = internal::callable_signature<Fn>;
-    static_assert(sig::has_arg, "a subscription callback takes the message");
-    static_assert(std::is_same_v<typename sig::message, Msg>, "the subscription callback must take the subscribed Msg");
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
     if (!ref_) throw session_destroyed_error("subscribe: the session handle is empty");
-    return event_handle(internal::add_subscription(
-        ref_, name_, from, message_type_of<Msg>(),
-        internal::handler([fn = Fn(std::forward<F>(f))](internal::envelope* e) mutable {
-            internal::call_with_payload<Msg, typename sig::arg>(fn, e);
-        })));
+    return event_handle(internal::add_subscription(ref_, name_, from, message_type_of<Msg>(), std::move(h)));
 }
 
 }  // namespace mailroom
