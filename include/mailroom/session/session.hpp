@@ -155,7 +155,7 @@ inline const internal::context_ref& internal::ref_of(const session& s) noexcept 
 struct session_stats {
     std::uint64_t sessions_created = 0;
     std::uint64_t sessions_destroyed = 0;       ///< retired: their event objects and callbacks gone
-    std::uint64_t event_objects_created = 0;    ///< timers, inboxes and subscriptions of sessions
+    std::uint64_t event_objects_created = 0;    ///< timers, inboxes, subscriptions and named objects of sessions and agents
     std::uint64_t event_objects_destroyed = 0;  ///< retired: their callbacks destroyed
     std::uint64_t callbacks_run = 0;  ///< session callbacks run (posted calls, timers, inbox messages)
     /// Deliveries that found their object or session shut when they came up and did not run:
