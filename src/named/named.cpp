@@ -22,6 +22,7 @@
 
 #include <mailroom/agent/runtime.hpp>
 #include <mailroom/session/context.hpp>
+#include <mailroom/session/event_object.hpp>
 #include <mailroom/named/name_table.hpp>
 #include <mailroom/core/handle_access.hpp>
 
@@ -115,10 +116,11 @@ public:
         return reg;
     }
 
-    // After the agent layer's: the cooperations finish (and their on_finish may still reach
-    // named objects) and the sessions are destroyed, each taking its names with it, before
-    // this one closes the registry (guarantee 4's order).
-    static constexpr int phase = agent_runtime::phase + 1;
+    // After the agent and session layers': the cooperations finish (and their on_finish may
+    // still reach named objects) and the sessions are destroyed, each taking its names with it
+    // (counted unregistered), before this one closes the registry (guarantee 4's order).
+    static constexpr int phase = session_runtime::phase + 1;
+    static_assert(phase > agent_runtime::phase && phase < mbox_registry::phase);
     int teardown_phase() const noexcept override { return phase; }
     void begin_stop() noexcept override {}
     void wait_stopped() noexcept override {

@@ -73,6 +73,21 @@ TEST(named, the_source_defaults_to_the_sending_session_and_reply_to_is_carried) 
     EXPECT_NE(hdr.id, 0u);
 }
 
+TEST(named, names_of_sessions_alive_at_the_teardown_go_with_their_sessions_and_are_counted) {
+    // The teardown destroys the sessions, each taking its names with it (counted
+    // unregistered), and only then closes the registry: the books of names balance.
+    environment env;
+    session s(env, {.name = "server"});
+    auto h = adder(s, "calc");
+    h.detach();  // the name lives until its session goes
+    s.detach();  // the session lives until the environment stops
+    env.stop();
+    env.join();
+    const auto st = named_stats_of(env);
+    EXPECT_EQ(st.named_registered, 1u);
+    EXPECT_EQ(st.named_unregistered, 1u);
+}
+
 TEST(named, one_handler_serves_many_names_and_sees_which) {
     environment env;
     session s(env);
