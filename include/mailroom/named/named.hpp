@@ -109,12 +109,15 @@ MAILROOM_EXPORT void send_named(environment& env, std::string_view name, envelop
                                 std::string source, std::string reply_to);
 }  // namespace internal
 
-/// Options of a send or request to a named object.
+/// Options of a send or request to a named object. Views, copied by the call: the options are
+/// trivially destructible, so `co_await request<R>(env, name, msg, {.timeout = 50ms})` is safe
+/// under g++ 12 too (which frees a braced temporary holding a std::string written inside a
+/// co_await expression at a wrong address).
 struct send_options {
     /// Overrides the header's source (by default the session or agent running, else "").
-    std::string source{};
+    std::string_view source{};
     /// The header's reply_to, for one-way messages.
-    std::string reply_to{};
+    std::string_view reply_to{};
     /// Requests only: abandoned when no answer came within this time (zero: no limit).
     std::chrono::nanoseconds timeout{0};
 };
@@ -317,7 +320,7 @@ template <class R, class Msg>
     outgoing<R> out(r);
     internal::request_add_ref(r);  // the delivery's
     internal::send_named(env, name, internal::make_envelope<std::decay_t<Msg>>(std::forward<Msg>(msg)), r,
-                         std::move(options.source), std::move(options.reply_to));
+                         std::string(options.source), std::string(options.reply_to));
     return out;
 }
 
@@ -334,7 +337,7 @@ template <class R, class Msg>
 template <class Msg>
 void send_to(environment& env, std::string_view name, Msg&& msg, send_options options) {
     internal::send_named(env, name, internal::make_envelope<std::decay_t<Msg>>(std::forward<Msg>(msg)), nullptr,
-                         std::move(options.source), std::move(options.reply_to));
+                         std::string(options.source), std::string(options.reply_to));
 }
 template <class Msg>
 void send_to(environment& env, std::string_view name, Msg&& msg) {

@@ -340,6 +340,34 @@ TEST(named, co_await_resumes_on_the_session_with_the_final_request) {
     EXPECT_EQ(f.get(), 13 * 100 + static_cast<int>(request_state::rejected));
 }
 
+namespace {
+// The options written inside the co_await expression, as a user writes them.
+task ask_with_options(environment& env, std::promise<std::string>& out) {
+    auto a = co_await request<int>(env, "calc", add{20, 22}, {.source = "desk-9", .timeout = 10s});
+    auto b = co_await request<int>(env, "nobody", add{}, {.source = std::string("desk-") + "10", .timeout = 10s});
+    out.set_value(std::to_string(a.reply()) + " " + std::to_string(static_cast<int>(b.state())));
+}
+}  // namespace
+
+TEST(named, co_await_on_a_request_with_braced_options_in_the_expression_is_safe) {
+    // g++ 12 freed a braced options temporary that owned a std::string at a wrong address when
+    // it was written inside the co_await expression (a crash; AddressSanitizer: "attempting
+    // free on address which was not malloc()-ed"). The options own nothing now.
+    environment env;
+    session server(env), client(env);
+    std::promise<std::string> source;
+    auto h = register_named(server, "calc", [&](incoming& in) {
+        source.set_value(in.header().source);
+        in.reply<int>(in.as<add>().a + in.as<add>().b);
+    });
+    std::promise<std::string> out;
+    client.post([&] { ask_with_options(env, out); });
+    auto f = out.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(f.get(), "42 " + std::to_string(static_cast<int>(request_state::rejected)));
+    EXPECT_EQ(source.get_future().get(), "desk-9");
+}
+
 TEST(named, co_await_outside_a_session_raises_usage_error) {
     environment env;
     session s(env);
