@@ -83,7 +83,7 @@ void retire(context_core* core, bool bound) noexcept {
     }
     core->owner = nullptr;
     if (bound && core->binder) core->binder->release(core->bound, core->group);
-    rt.agents_destroyed.fetch_add(1, std::memory_order_relaxed);
+    rt.agents_destroyed.fetch_add(1, std::memory_order_release);
     core->arena->recycle(core);
 }
 
@@ -155,10 +155,10 @@ const agent_runtime* agent_runtime::find(const env_core& env) noexcept {
 
 agent_stats agent_runtime::stats() const noexcept {
     agent_stats s;
-    s.agents_created = agents_created.load(std::memory_order_relaxed);
-    s.agents_destroyed = agents_destroyed.load(std::memory_order_relaxed);
-    s.coops_registered = coops_registered.load(std::memory_order_relaxed);
-    s.coops_deregistered = coops_deregistered.load(std::memory_order_relaxed);
+    s.agents_created = agents_created.load(std::memory_order_acquire);
+    s.agents_destroyed = agents_destroyed.load(std::memory_order_acquire);
+    s.coops_registered = coops_registered.load(std::memory_order_acquire);
+    s.coops_deregistered = coops_deregistered.load(std::memory_order_acquire);
     return s;
 }
 
@@ -285,7 +285,7 @@ coop_handle agent_runtime::register_coop(std::shared_ptr<coop_impl> c) {
         stop_now = env->stopping();
     }
     c->live_agents.store(c->agents.size(), std::memory_order_relaxed);
-    coops_registered.fetch_add(1, std::memory_order_relaxed);
+    coops_registered.fetch_add(1, std::memory_order_release);
     coop_handle h(c);
     // Before the agents start, so that it always comes before on_deregistered (an agent may
     // deregister its cooperation in its very first on_start). A deregistration that comes
@@ -339,7 +339,7 @@ void agent_runtime::finalize(coop_impl& c) noexcept {
             if (c.parent->ready_to_finish()) parent_ready = c.parent;
         }
     }
-    coops_deregistered.fetch_add(1, std::memory_order_relaxed);
+    coops_deregistered.fetch_add(1, std::memory_order_release);
     if (c.opts.on_deregistered) {
         env_scope scope(env);
         try {
@@ -469,7 +469,7 @@ void coop::adopt_agent(void* slot, agent* a) noexcept {
     auto* core = static_cast<internal::context_core*>(slot);
     core->owner = a;
     impl_->agents.push_back(core);  // reserved in prepare_agent
-    impl_->rt->agents_created.fetch_add(1, std::memory_order_relaxed);
+    impl_->rt->agents_created.fetch_add(1, std::memory_order_release);
 }
 
 coop_handle register_coop(coop&& c) {

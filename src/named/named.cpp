@@ -153,15 +153,15 @@ public:
 
     named_stats stats() const noexcept {
         named_stats s;
-        s.named_registered = registered.load(std::memory_order_relaxed);
-        s.named_unregistered = unregistered.load(std::memory_order_relaxed);
-        s.named_messages = messages.load(std::memory_order_relaxed);
-        s.named_rejected = rejected_sends.load(std::memory_order_relaxed);
-        s.requests_posted = requests.load(std::memory_order_relaxed);
-        s.requests_replied = replied.load(std::memory_order_relaxed);
-        s.requests_rejected = rejected.load(std::memory_order_relaxed);
-        s.requests_abandoned = abandoned.load(std::memory_order_relaxed);
-        s.replies_orphaned = orphaned.load(std::memory_order_relaxed);
+        s.named_registered = registered.load(std::memory_order_acquire);
+        s.named_unregistered = unregistered.load(std::memory_order_acquire);
+        s.named_messages = messages.load(std::memory_order_acquire);
+        s.named_rejected = rejected_sends.load(std::memory_order_acquire);
+        s.requests_posted = requests.load(std::memory_order_acquire);
+        s.requests_replied = replied.load(std::memory_order_acquire);
+        s.requests_rejected = rejected.load(std::memory_order_acquire);
+        s.requests_abandoned = abandoned.load(std::memory_order_acquire);
+        s.replies_orphaned = orphaned.load(std::memory_order_acquire);
         return s;
     }
 
@@ -202,7 +202,7 @@ struct named_object_impl final : inbox_stop_hook {
         if (done.exchange(true, std::memory_order_acq_rel)) return;
         // By name and identity: the teardown may have removed (and freed) the entry already,
         // and nothing can have taken the name since (the registry is closed then).
-        if (reg->table.remove(name, entry)) reg->unregistered.fetch_add(1, std::memory_order_relaxed);
+        if (reg->table.remove(name, entry)) reg->unregistered.fetch_add(1, std::memory_order_release);
     }
 };
 
@@ -359,9 +359,9 @@ bool request_core::finish(request_state final, envelope* body, std::string why, 
             }
             // Counted before the state is published: whoever sees it final sees it counted.
             switch (final) {
-                case request_state::replied: reg->replied.fetch_add(1, std::memory_order_relaxed); break;
-                case request_state::rejected: reg->rejected.fetch_add(1, std::memory_order_relaxed); break;
-                default: reg->abandoned.fetch_add(1, std::memory_order_relaxed); break;
+                case request_state::replied: reg->replied.fetch_add(1, std::memory_order_release); break;
+                case request_state::rejected: reg->rejected.fetch_add(1, std::memory_order_release); break;
+                default: reg->abandoned.fetch_add(1, std::memory_order_release); break;
             }
             st.store(static_cast<std::uint32_t>(final), std::memory_order_seq_cst);
             c = std::exchange(cont, nullptr);
@@ -480,7 +480,7 @@ void named_registry::abandon_open_requests() noexcept {
 request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {
     auto& reg = named_registry::of(*internal::core_of(env));
     auto* r = new request_core(internal::core_of(env), &reg, reply_type);
-    reg.requests.fetch_add(1, std::memory_order_relaxed);
+    reg.requests.fetch_add(1, std::memory_order_release);
     if (timeout.count() > 0) {
         auto* t = new timeout_entry(r, timeout.count());
         t->deadline_ns = now_ns() + timeout.count();
@@ -696,7 +696,7 @@ void send_named(environment& env, std::string_view name, envelope* body, request
             keep->mark_transmitted();
             keep->release();
         } else {
-            reg.messages.fetch_add(1, std::memory_order_relaxed);
+            reg.messages.fetch_add(1, std::memory_order_release);
         }
         return;
     }
@@ -708,7 +708,7 @@ void send_named(environment& env, std::string_view name, envelope* body, request
         return;
     }
     d->release();
-    reg.rejected_sends.fetch_add(1, std::memory_order_relaxed);
+    reg.rejected_sends.fetch_add(1, std::memory_order_release);
     throw no_such_object_error("sending to '" + std::string(name) + "': " + why);
 }
 
@@ -775,11 +775,11 @@ named_handle register_named(const context_ref& s, const std::string& owner, std:
         throw duplicate_name_error("named object '" + name + "' is already registered in environment '" +
                                    core.name() + "'");
     }
-    reg.registered.fetch_add(1, std::memory_order_relaxed);
+    reg.registered.fetch_add(1, std::memory_order_release);
     // The session was destroyed meanwhile: its stop ran before the insert (both take the
     // table's lock), so the name is ours to free.
     if (n->done.load(std::memory_order_acquire)) {
-        if (reg.table.remove(name, entry)) reg.unregistered.fetch_add(1, std::memory_order_relaxed);
+        if (reg.table.remove(name, entry)) reg.unregistered.fetch_add(1, std::memory_order_release);
         throw session_destroyed_error("registering '" + name + "': " + (s.agent ? "agent '" : "session '") + owner +
                                       "' was destroyed");
     }
@@ -836,12 +836,12 @@ void incoming::reply_envelope(internal::envelope* e) {
     if (e->type() != r->reply_type) {
         std::string why = "the handler of '" + d_->hdr.destination + "' replied with a " + readable_name(e->type()) +
                           " where a " + readable_name(r->reply_type) + " was expected";
-        if (!r->finish(request_state::rejected, nullptr, why)) d_->reg->orphaned.fetch_add(1, std::memory_order_relaxed);
+        if (!r->finish(request_state::rejected, nullptr, why)) d_->reg->orphaned.fetch_add(1, std::memory_order_release);
         r->release();
         throw usage_error(why);
     }
     if (!r->finish(request_state::replied, keep.release(), {}))
-        d_->reg->orphaned.fetch_add(1, std::memory_order_relaxed);
+        d_->reg->orphaned.fetch_add(1, std::memory_order_release);
     r->release();
 }
 
@@ -853,7 +853,7 @@ void incoming::reject(std::string reason) {
                           "': answered already");
     internal::request_core* r = std::exchange(d_->req, nullptr);
     if (!r->finish(request_state::rejected, nullptr, std::move(reason)))
-        d_->reg->orphaned.fetch_add(1, std::memory_order_relaxed);
+        d_->reg->orphaned.fetch_add(1, std::memory_order_release);
     r->release();
 }
 

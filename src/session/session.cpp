@@ -61,10 +61,10 @@ const session_runtime* session_runtime::find(const env_core& env) noexcept {
 
 session_stats session_runtime::stats() const noexcept {
     session_stats s;
-    s.sessions_created = sessions_created.load(std::memory_order_relaxed);
-    s.sessions_destroyed = sessions_destroyed.load(std::memory_order_relaxed);
-    s.event_objects_created = objects_created.load(std::memory_order_relaxed);
-    s.event_objects_destroyed = objects_destroyed.load(std::memory_order_relaxed);
+    s.sessions_created = sessions_created.load(std::memory_order_acquire);
+    s.sessions_destroyed = sessions_destroyed.load(std::memory_order_acquire);
+    s.event_objects_created = objects_created.load(std::memory_order_acquire);
+    s.event_objects_destroyed = objects_destroyed.load(std::memory_order_acquire);
     return s;
 }
 
@@ -314,7 +314,7 @@ void retire_object(event_object* o) noexcept {
         }
         handler dead = std::move(o->fn);
     }
-    session_runtime::of(*c.env).objects_destroyed.fetch_add(1, std::memory_order_relaxed);
+    session_runtime::of(*c.env).objects_destroyed.fetch_add(1, std::memory_order_release);
     o->release();  // the list's reference
 }
 
@@ -331,7 +331,7 @@ void list_object(context_core& c, event_object* o, const std::string& who) {
     o->next = c.objects;
     if (c.objects) c.objects->prev = o;
     c.objects = o;
-    session_runtime::of(*c.env).objects_created.fetch_add(1, std::memory_order_relaxed);
+    session_runtime::of(*c.env).objects_created.fetch_add(1, std::memory_order_release);
 }
 
 }  // namespace
@@ -419,7 +419,7 @@ void execute_session_retire(demand* base, demand_mode mode) noexcept {
     // what is bound to it itself.
     if (mode == demand_mode::run) c->binder->release(c->bound, c);
     session_runtime& rt = session_runtime::of(*c->env);
-    rt.sessions_destroyed.fetch_add(1, std::memory_order_relaxed);
+    rt.sessions_destroyed.fetch_add(1, std::memory_order_release);
     c->finish_life();
     {
         std::lock_guard g(rt.lock);
@@ -662,7 +662,7 @@ session::session(environment& env, session_options options) {
     // the handle keeps its own copy of the name.
     name_ = c->name.str();
     c->open(nullptr);
-    rt.sessions_created.fetch_add(1, std::memory_order_relaxed);
+    rt.sessions_created.fetch_add(1, std::memory_order_release);
     bool listed = false;
     {
         std::lock_guard g(rt.lock);
@@ -675,7 +675,7 @@ session::session(environment& env, session_options options) {
         }
     }
     if (!listed) {
-        rt.sessions_created.fetch_sub(1, std::memory_order_relaxed);
+        rt.sessions_created.fetch_sub(1, std::memory_order_release);
         c->binder->release(c->bound, c);
         give_back();
         std::string name = std::exchange(name_, {});
