@@ -54,7 +54,7 @@ int main() {
     opts.name = "ping-pong";
     opts.bind = threads.bind();
     mailroom::coop c(env, std::move(opts));
-    auto& a = c.make_agent<pinger>(100000);
+    auto& a = c.make_agent<pinger>(20000);
     auto& b = c.make_agent<ponger>();
     a.set_peer(b.direct_mbox());
     b.set_peer(a.direct_mbox());
