@@ -67,7 +67,7 @@ void agent::set_name(std::string name) {
     // Made before and freed after the lock (pending_lock: the teardown watch may be reading the
     // name, describe_if).
     auto n = name.empty() ? std::unique_ptr<std::string>() : std::make_unique<std::string>(std::move(name));
-    internal::spin_guard g(core_->pending_lock);
+    std::lock_guard g(core_->pending_lock);
     core_->name.swap(n);
 }
 

@@ -126,7 +126,7 @@ void make_direct_mbox(context_core& core) {
     // Under pending_lock, which a rename and the start take too: made once, by whichever
     // thread asks first. Its route names the agent's life, not the record's current one, so an
     // mbox made after the agent finished never reaches the record's next life.
-    spin_guard g(core.pending_lock);
+    std::lock_guard g(core.pending_lock);
     if (core.direct_made.load(std::memory_order_relaxed)) return;
     core.direct = mbox(std::make_shared<direct_mbox>(core.env->shared_from_this(),
                                                      route{&core, core.life, delivery_kind::direct}, "agent", core.id));

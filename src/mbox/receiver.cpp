@@ -11,7 +11,7 @@ bool receiver::push_unless_finished(demand* d) noexcept {
     }
     std::uint8_t s;
     {
-        spin_guard g(pending_lock);
+        std::lock_guard g(pending_lock);
         s = start.load(std::memory_order_acquire);
         if (s == start_closed) {
             d->next.store(nullptr, std::memory_order_relaxed);
@@ -33,7 +33,7 @@ void receiver::push_slow(demand* d) noexcept {
 }
 
 void receiver::open(demand* first) noexcept {
-    spin_guard g(pending_lock);
+    std::lock_guard g(pending_lock);
     event_queue* q = queue.load(std::memory_order_relaxed);
     if (first) q->push(first);
     for (demand* d = pending_head; d;) {
@@ -49,7 +49,7 @@ void receiver::finish_life() noexcept {
     gen.store(gen.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     demand* list = nullptr;
     {
-        spin_guard g(pending_lock);
+        std::lock_guard g(pending_lock);
         start.store(start_finished, std::memory_order_release);
         list = std::exchange(pending_head, nullptr);
         pending_tail = nullptr;

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 
 namespace mailroom::internal {
 
@@ -34,22 +35,9 @@ enum class accept_result : std::uint8_t {
     unwanted,  ///< not a type the route takes (an inbox of another type): counted ignored
 };
 
-/// A tiny lock for a receiver's pre-start list and name: taken only before a context starts (and
-/// by senders that raced with its start), by a rename and by the teardown watch, never on the
-/// running path.
-struct spin_guard {
-    explicit spin_guard(std::atomic<bool>& f) noexcept : flag(f) {
-        while (flag.exchange(true, std::memory_order_acquire))
-            while (flag.load(std::memory_order_relaxed)) cpu_relax();
-    }
-    ~spin_guard() { flag.store(false, std::memory_order_release); }
-    spin_guard(const spin_guard&) = delete;
-    spin_guard& operator=(const spin_guard&) = delete;
-    std::atomic<bool>& flag;
-};
-
-/// A lock of a few instructions for short sections that never block inside (a context's list
-/// of event objects, the free list of records): the size of a bool, no system call.
+/// A lock of a few instructions for short sections that never block inside (a receiver's
+/// pre-start list and name, a context's list of event objects, the free list of records): the
+/// size of a bool, no system call. Taken with std::lock_guard.
 class spin_mutex {
 public:
     void lock() noexcept {
@@ -95,7 +83,7 @@ public:
     // Read by any thread.
     std::atomic<std::uint32_t> gen{1};
     std::atomic<std::uint8_t> start{start_closed};
-    std::atomic<bool> pending_lock{false};
+    spin_mutex pending_lock;  // the pre-start list (and, above, the name): never on the running path
     std::atomic<event_queue*> queue{nullptr};
     context_gate gate;
 

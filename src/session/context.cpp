@@ -20,7 +20,7 @@ context_core*& current_context() noexcept {
 }
 
 bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept {
-    spin_guard g(pending_lock);
+    std::lock_guard g(pending_lock);
     if (start.load(std::memory_order_relaxed) != start_open || id != wanted) return false;
     try {
         out = describe();
@@ -133,7 +133,7 @@ void context_arena::recycle(context_core* c) noexcept {
     c->direct_made.store(false, std::memory_order_relaxed);
     std::unique_ptr<std::string> no_name;  // the old one, freed outside the lock
     {
-        spin_guard g(c->pending_lock);
+        std::lock_guard g(c->pending_lock);
         c->name.swap(no_name);
     }
     std::lock_guard g(lock_);
