@@ -247,6 +247,12 @@ inline run_outcome run_checked(context_core& c, bool gated, const void* tag, con
     return run_outcome::ran;
 }
 
+/// Set by an agent's handler that did not handle its message after all (its state has no
+/// handler for the message, or suppresses it): execute_message then counts the message ignored,
+/// not delivered, and clears it. The running thread's own; a thread-local, so that contexts
+/// without states pay no byte for it and one load per message.
+[[gnu::tls_model("initial-exec")]] extern thread_local bool handler_declined;
+
 /// Executes a message_demand for a context (the receiver's run_message).
 void execute_message(demand* base, demand_mode mode) noexcept;
 
