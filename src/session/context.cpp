@@ -14,7 +14,7 @@ void execute_post(demand* base, demand_mode mode) noexcept;
 
 }  // namespace
 
-[[gnu::tls_model("initial-exec")]] thread_local bool handler_declined = false;
+MAILROOM_FAST_TLS thread_local bool handler_declined = false;
 
 context_core*& current_context() noexcept {
     MAILROOM_FAST_TLS thread_local context_core* c = nullptr;

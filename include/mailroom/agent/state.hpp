@@ -44,9 +44,11 @@ struct state_options {
 /// is always in one innermost state and in all of that state's ancestors; it starts in its
 /// default_state(), which holds its plain subscriptions.
 ///
-/// Thread rules: declaring a state, its handlers, subscriptions and time limit follows
-/// agent::subscribe's rules (the agent's constructor, configure() and its own handlers); a
-/// state lives as long as its agent. name() and path() may be read from any thread.
+/// Thread rules: states are declared with the agent (as members, or in configure()) and live as
+/// long as it. Reactions (event, suppress, transfer_to_state, just_switch_to, unsubscribe)
+/// follow agent::subscribe's rules (configure() and the agent's handlers); on_enter, on_exit
+/// and time_limit are set in the constructor, configure() or the agent's handlers. name(),
+/// path() and parent() may be read from any thread.
 class MAILROOM_EXPORT state {
 public:
     /// The deepest nesting: a state at this depth (the top level is depth 0) raises state_error.
