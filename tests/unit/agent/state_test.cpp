@@ -16,6 +16,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -361,57 +362,65 @@ TEST(state, a_time_limit_switches_to_its_target_when_the_time_in_the_state_runs_
     ASSERT_TRUE(test::join_within(env));
 }
 
-TEST(state, a_time_limit_cancelled_by_a_change_of_state_never_fires_even_when_its_callback_is_already_queued) {
-    environment env;
+/// An agent with a state `limited` whose 1 ms time limit leads to `expired` (entries counted),
+/// and a state `elsewhere`.
+struct limited_machine {
     std::atomic<int> expired_entries{0};
     state *limited = nullptr, *expired = nullptr, *elsewhere = nullptr;
-    auto& m = add_machine(env, [&](machine& x) {
-        limited = &x.top("limited");
-        expired = &x.top("expired");
-        elsewhere = &x.top("elsewhere");
-        limited->time_limit(1ms, *expired);
-        expired->on_enter([&]() noexcept { ++expired_entries; });
-    });
+    machine* m = nullptr;
+
+    explicit limited_machine(environment& env) {
+        m = &add_machine(env, [this](machine& x) {
+            limited = &x.top("limited");
+            expired = &x.top("expired");
+            elsewhere = &x.top("elsewhere");
+            limited->time_limit(1ms, *expired);
+            expired->on_enter([this]() noexcept { ++expired_entries; });
+        });
+    }
+    /// On the agent's context: enters `limited` and stays on the context until the time limit's
+    /// timer has fired (its callback is then queued behind the running call). False when it
+    /// never fired.
+    bool enter_and_wait_for_the_fire() {
+        const auto fired0 = m->env_stats().timers_fired;  // before the entry arms the timer
+        m->change_state(*limited);
+        return test::eventually([&] { return m->env_stats().timers_fired > fired0; }, 5s);
+    }
+};
+
+TEST(state, a_time_limit_cancelled_by_a_change_of_state_never_fires_even_when_its_callback_is_already_queued) {
+    environment env;
+    limited_machine lm(env);
+    machine& m = *lm.m;
     for (int round = 0; round < 20; ++round) {
         bool queued = false;
         m.run([&] {
-            m.change_state(*limited);
-            // Stay on the agent's context until the time limit's timer has fired: its callback
-            // is then queued behind this call. Leave the state before it runs.
-            const auto fired0 = m.env_stats().timers_fired;
-            queued = test::eventually([&] { return m.env_stats().timers_fired > fired0; }, 5s);
-            m.change_state(*elsewhere);
+            queued = lm.enter_and_wait_for_the_fire();
+            m.change_state(*lm.elsewhere);  // leave before the queued callback runs
         });
         ASSERT_TRUE(queued) << "the time limit's timer never fired";
         EXPECT_EQ(m.where(), "elsewhere");  // runs after the queued callback
     }
-    EXPECT_EQ(expired_entries.load(), 0) << "a cancelled time limit switched the agent";
+    EXPECT_EQ(lm.expired_entries.load(), 0) << "a cancelled time limit switched the agent";
     env.stop();
     ASSERT_TRUE(test::join_within(env));
 }
 
 TEST(state, a_time_limit_of_an_earlier_stay_never_cuts_a_later_stay_short) {
     environment env;
-    std::atomic<int> expired_entries{0};
-    state *limited = nullptr, *expired = nullptr, *elsewhere = nullptr;
-    auto& m = add_machine(env, [&](machine& x) {
-        limited = &x.top("limited");
-        expired = &x.top("expired");
-        elsewhere = &x.top("elsewhere");
-        limited->time_limit(1ms, *expired);
-        expired->on_enter([&]() noexcept { ++expired_entries; });
-    });
+    limited_machine lm(env);
+    machine& m = *lm.m;
+    bool queued = false;
     m.run([&] {
-        m.change_state(*limited);
-        const auto fired0 = m.env_stats().timers_fired;
-        ASSERT_TRUE(test::eventually([&] { return m.env_stats().timers_fired > fired0; }, 5s));
+        queued = lm.enter_and_wait_for_the_fire();
         // Out and back in while the first stay's fire is queued; the new stay gets a long limit.
-        m.change_state(*elsewhere);
-        limited->time_limit(1h, *expired);
-        m.change_state(*limited);
+        m.change_state(*lm.elsewhere);
+        lm.limited->time_limit(1h, *lm.expired);
+        m.change_state(*lm.limited);
     });
+    ASSERT_TRUE(queued) << "the time limit's timer never fired";
     EXPECT_EQ(m.where(), "limited");
-    EXPECT_EQ(expired_entries.load(), 0);
+    EXPECT_EQ(lm.expired_entries.load(), 0);
     env.stop();
     ASSERT_TRUE(test::join_within(env));
 }
@@ -539,6 +548,80 @@ TEST(state, a_handler_that_unsubscribes_itself_in_its_state_runs_to_its_end_and_
     env.stop();
     ASSERT_TRUE(test::join_within(env));
     expect_books_balance(env);
+}
+
+TEST(state, two_initial_sub_states_an_initial_top_level_state_or_a_sub_state_of_the_default_state_is_a_state_error) {
+    environment env;
+    std::vector<std::string> errors;
+    add_machine(env, [&](machine& x) {
+        state& parent = x.top("parent");
+        x.sub(parent, "first", {.initial = true});
+        auto refused = [&](auto&& declare) {
+            try {
+                declare();
+                errors.emplace_back("accepted");
+            } catch (const state_error& e) {
+                errors.emplace_back(e.what());
+            }
+        };
+        refused([&] { x.sub(parent, "second", {.initial = true}); });
+        refused([&] { x.top("top", {.initial = true}); });
+        refused([&] { x.sub(x.default_state(), "under_default"); });
+    });
+    ASSERT_EQ(errors.size(), 3u);
+    EXPECT_NE(errors[0].find("'parent' would have two initial sub-states: 'first' and 'second'"), std::string::npos)
+        << errors[0];
+    EXPECT_NE(errors[1].find("state 'top' is top-level"), std::string::npos) << errors[1];
+    EXPECT_NE(errors[2].find("'under_default' cannot be a sub-state of the default state"), std::string::npos)
+        << errors[2];
+    for (const auto& e : errors) EXPECT_NE(e.find("agent 'fsm'"), std::string::npos) << e;
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+}
+
+TEST(state, the_current_state_path_is_read_from_other_threads_while_the_agent_changes_state) {
+    environment env;
+    state *a = nullptr, *b = nullptr, *b1 = nullptr;
+    auto& m = add_machine(env, [&](machine& x) {
+        a = &x.top("a");
+        b = &x.top("b");
+        b1 = &x.sub(*b, "b1", {.initial = true});
+    });
+    std::atomic<int> changes{0};
+    event_handle flip;
+    m.run([&] {
+        flip = m.add_timer(0ms, 1ms, [&] {
+            m.change_state(m.is_in(*a) ? static_cast<const state&>(*b) : *a);
+            ++changes;
+        });
+    });
+    int bad = 0;
+    const auto deadline = std::chrono::steady_clock::now() + 2s;
+    for (int i = 0; (i < 2000 || changes.load() < 20) && std::chrono::steady_clock::now() < deadline; ++i) {
+        const std::string p = m.current_state_path();
+        bad += (p == "default" || p == "a" || p == "b" || p == "b.b1") ? 0 : 1;
+        (void)m.is_in(*b1);
+    }
+    flip.shutdown();
+    EXPECT_EQ(bad, 0);
+    EXPECT_GE(changes.load(), 20) << "the agent changed state too rarely for the reads to race with it";
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+}
+
+TEST(state_death, an_enter_handler_that_throws_terminates_the_process) {
+    testing::FLAGS_gtest_death_test_style = "threadsafe";
+    EXPECT_DEATH(
+        {
+            environment env;
+            std::atomic<bool> never{false};
+            auto& m = add_machine(env, [](machine& x) {
+                x.top("throws").on_enter([] { throw std::runtime_error("enter failed"); });
+            });
+            m.run([&] { m.change_state(*m.owned.front()); });
+            test::wait_set(never, 20s);
+        },
+        "enter failed");
 }
 
 }  // namespace
