@@ -59,7 +59,7 @@ public:
     state(agent& owner, std::string name, state_options opts = {});
     /// A sub-state of `parent`. Raises state_error when the parent already has an initial
     /// sub-state and this one is initial too, when the parent is the default state, or when it
-    /// would be nested max_depth deep.
+    /// would make more than max_depth levels.
     state(state& parent, std::string name, state_options opts = {});
     ~state();
     state(const state&) = delete;
@@ -87,7 +87,8 @@ public:
     /// Switches the agent to `target` when it has stayed `limit` in this state (from its entry;
     /// a move between its sub-states does not restart it). Leaving the state earlier cancels it:
     /// a limit whose timer fired while the agent was leaving never switches. Applies from the next
-    /// entry when set while the agent is in this state. A zero `limit` removes it.
+    /// entry when set while the agent is in this state. A zero `limit` removes it. Raises
+    /// state_error for a target of another agent, usage_error for a negative limit.
     state& time_limit(std::chrono::nanoseconds limit, const state& target);
 
     /// Handles messages of type Msg arriving at `from` while the agent is in this state or a
@@ -100,8 +101,8 @@ public:
     /// `from` are ignored (counted `ignored`) even when a parent state handles them.
     template <class Msg>
     state& suppress(const mbox& from);
-    /// In this state, a Msg from `from` switches the agent to `target` and is handled again
-    /// there. A chain of transfers that comes back to a state it passed raises state_error naming
+    /// In this state, a Msg from `from` switches the agent to `target` (down through its history
+    /// or initial sub-states) and is handled again there. A chain of transfers that comes back to a state it passed raises state_error naming
     /// the states, before any change of state (an exception of the handler: the agent's policy
     /// applies).
     template <class Msg>

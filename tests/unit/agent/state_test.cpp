@@ -550,7 +550,7 @@ TEST(state, a_handler_that_unsubscribes_itself_in_its_state_runs_to_its_end_and_
     expect_books_balance(env);
 }
 
-TEST(state, two_initial_sub_states_an_initial_top_level_state_or_a_sub_state_of_the_default_state_is_a_state_error) {
+TEST(state, two_initial_sub_states_an_initial_top_level_state_a_sub_state_of_the_default_state_or_a_negative_time_limit_is_refused_naming_them) {
     environment env;
     std::vector<std::string> errors;
     add_machine(env, [&](machine& x) {
@@ -567,8 +567,15 @@ TEST(state, two_initial_sub_states_an_initial_top_level_state_or_a_sub_state_of_
         refused([&] { x.sub(parent, "second", {.initial = true}); });
         refused([&] { x.top("top", {.initial = true}); });
         refused([&] { x.sub(x.default_state(), "under_default"); });
+        try {
+            parent.time_limit(-1ms, parent);
+            errors.emplace_back("accepted");
+        } catch (const usage_error& e) {
+            errors.emplace_back(e.what());
+        }
     });
-    ASSERT_EQ(errors.size(), 3u);
+    ASSERT_EQ(errors.size(), 4u);
+    EXPECT_NE(errors[3].find("state 'parent': a negative time_limit"), std::string::npos) << errors[3];
     EXPECT_NE(errors[0].find("'parent' would have two initial sub-states: 'first' and 'second'"), std::string::npos)
         << errors[0];
     EXPECT_NE(errors[1].find("state 'top' is top-level"), std::string::npos) << errors[1];
