@@ -3,6 +3,7 @@
 
 #include <mailroom/agent/agent.hpp>
 #include <mailroom/agent/coop.hpp>
+#include <mailroom/agent/state.hpp>
 #include <mailroom/mbox/event_handle.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/session/session.hpp>

@@ -1,6 +1,7 @@
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/agent/runtime.hpp>
+#include <mailroom/agent/state_machine.hpp>
 #include <mailroom/core/handle_access.hpp>
 
 #include <algorithm>
@@ -47,7 +48,7 @@ agent::agent() : core_(internal::tls_constructing) {
     internal::tls_constructing = nullptr;  // a member agent constructed inside must not take it
 }
 
-agent::~agent() = default;
+agent::~agent() { delete states_.load(std::memory_order_relaxed); }
 
 const mbox& agent::direct_mbox() const {
     if (!core_->direct_made.load(std::memory_order_acquire)) [[unlikely]]
@@ -100,6 +101,15 @@ internal::handle_target* agent::make_inbox(message_type type, internal::handler 
 }
 
 void agent::add_subscription(const mbox& from, message_type type, internal::handler h) {
+    // An agent with states subscribes its plain handlers in its default state.
+    if (internal::agent_states* m = states_.load(std::memory_order_relaxed)) [[unlikely]] {
+        add_state_reaction(from, type, m->default_state, internal::state_reaction::handle, nullptr, std::move(h));
+        return;
+    }
+    add_table_entry(from, type, std::move(h));
+}
+
+void agent::add_table_entry(const mbox& from, message_type type, internal::handler h) {
     using namespace internal;
     context_core& core = *core_;
     auto describe = [&] {
@@ -135,6 +145,13 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
 }
 
 bool agent::remove_subscription(const mbox& from, message_type type) {
+    using namespace internal;
+    if (agent_states* m = states_.load(std::memory_order_relaxed)) [[unlikely]]
+        return remove_state_reaction(from, type, m->default_state);
+    return remove_table_entry(from, type);
+}
+
+bool agent::remove_table_entry(const mbox& from, message_type type) {
     using namespace internal;
     context_core& core = *core_;
     if (current_context() != &core)

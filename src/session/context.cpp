@@ -14,6 +14,8 @@ void execute_post(demand* base, demand_mode mode) noexcept;
 
 }  // namespace
 
+MAILROOM_FAST_TLS thread_local bool handler_declined = false;
+
 context_core*& current_context() noexcept {
     MAILROOM_FAST_TLS thread_local context_core* c = nullptr;
     return c;
@@ -285,7 +287,12 @@ void execute_message(demand* base, demand_mode mode) noexcept {
         r = run_checked(*c, true, o ? static_cast<const void*>(o) : c, o ? o->shut : c->own_shut,
                         o ? o->kind_name() : "handler", d->msg->type(), &call_handler, &call);
     if (r == run_outcome::ran) [[likely]] {
-        thread_counters::bump(counters.delivered);
+        if (!handler_declined) [[likely]] {
+            thread_counters::bump(counters.delivered);
+        } else {
+            handler_declined = false;
+            thread_counters::bump(counters.ignored);
+        }
         if (o) thread_counters::bump(counters.callbacks_run);
     } else {
         if (o) thread_counters::bump(counters.callbacks_refused);

@@ -1,6 +1,7 @@
 #pragma once
 // The serial context: the one machinery under sessions and agents (an agent is a session with
-// subscriptions by (mbox, type), lifecycle hooks and, later, states).
+// subscriptions by (mbox, type), lifecycle hooks and states, whose table entries then
+// dispatch by state in the agent layer).
 //
 // - Addressing without a reference count per message. A context_core lives in its
 //   environment's arena: type-stable (recycled, never freed before the arena) and with a
@@ -246,6 +247,12 @@ inline run_outcome run_checked(context_core& c, bool gated, const void* tag, con
         c.settle();
     return run_outcome::ran;
 }
+
+/// Set by an agent's handler that did not handle its message after all (its state has no
+/// handler for the message, or suppresses it): execute_message then counts the message ignored,
+/// not delivered, and clears it. The running thread's own; a thread-local, so that contexts
+/// without states pay no byte for it and one load per message.
+MAILROOM_FAST_TLS extern thread_local bool handler_declined;
 
 /// Executes a message_demand for a context (the receiver's run_message).
 void execute_message(demand* base, demand_mode mode) noexcept;

@@ -7,7 +7,9 @@
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -17,8 +19,11 @@ namespace mailroom {
 namespace internal {
 class context_core;
 struct agent_access;
+class agent_states;
+enum class state_reaction : std::uint8_t;
 }
 class agent;
+class state;
 namespace internal {
 /// What an agent is as a serial context, for the layers above (named objects, then()).
 MAILROOM_EXPORT context_ref ref_of(const agent& a) noexcept;
@@ -79,6 +84,14 @@ public:
     template <class Msg, class F>
     [[nodiscard]] inbox_handle add_inbox(F&& f);
 
+    /// The path of the innermost state the agent is in, from the top level down
+    /// ("working.busy.writing"; "default" for the default state). Any thread: a snapshot, which
+    /// during a change of state shows the state whose enter or exit handler runs.
+    std::string current_state_path() const;
+    /// True when the agent is in `s`: the innermost state or one of its ancestors. Any thread,
+    /// a snapshot like current_state_path().
+    bool is_in(const state& s) const noexcept;
+
 protected:
     /// Called during registration, on the registering thread, before the agent is bound to run.
     /// Make subscriptions here. Throwing cancels the whole registration.
@@ -100,6 +113,18 @@ protected:
     /// rules as subscribe. Returns false when there was none.
     template <class Msg>
     bool unsubscribe(const mbox& from);
+
+    /// The state the agent starts in, which holds its plain subscriptions (subscribe()). It has
+    /// no sub-states. Called first from a handler of an agent that declared no state while it has
+    /// plain subscriptions, it raises state_error (declare states as members or in configure()).
+    state& default_state();
+    /// Switches to `target` (to its initial sub-state or history when it has sub-states): runs
+    /// the exit handlers from the innermost state up to the common ancestor, then the enter
+    /// handlers down to the new innermost state. Nothing happens when that is the state the
+    /// agent is in. Legal on the agent's own context (configure(), on_start(), handlers,
+    /// on_finish(), its timers), not from an enter or exit handler; raises state_error otherwise,
+    /// for a state of another agent, or a composite state without an initial sub-state.
+    void change_state(const state& target);
 
     /// Sets what happens when one of this agent's handlers throws (overrides the cooperation's).
     void set_exception_policy(exception_policy p) noexcept;
@@ -123,6 +148,14 @@ protected:
 
 private:
     friend struct internal::agent_access;
+    friend class state;
+    friend class internal::agent_states;
+    void add_table_entry(const mbox& from, message_type type, internal::handler h);
+    bool remove_table_entry(const mbox& from, message_type type);
+    internal::agent_states& states();
+    void add_state_reaction(const mbox& from, message_type type, const state& in, internal::state_reaction r,
+                            const state* target, internal::handler h);
+    bool remove_state_reaction(const mbox& from, message_type type, const state& in);
     void add_subscription(const mbox& from, message_type type, internal::handler h);
     internal::handle_target* make_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period,
                                         internal::handler fn);
@@ -130,6 +163,9 @@ private:
     bool remove_subscription(const mbox& from, message_type type);
 
     internal::context_core* core_;
+    // Made by the first state declared (none: always in the default state). Atomic only for
+    // current_state_path() and is_in() on other threads; set on the agent's own context.
+    std::atomic<internal::agent_states*> states_{nullptr};
 };
 
 // ---- template bodies ----
@@ -180,3 +216,5 @@ inbox_handle agent::add_inbox(F&& f) {
 }
 
 }  // namespace mailroom
+
+#include <mailroom/agent/state.hpp>
