@@ -1,6 +1,7 @@
 #pragma once
 /// Agents: user classes whose handlers run on a serial context, one message at a time.
 
+#include <mailroom/mbox/delivery_filter.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/session/session.hpp>
 #include <mailroom/session/detail/handler.hpp>
@@ -101,6 +102,28 @@ protected:
     template <class Msg>
     bool unsubscribe(const mbox& from);
 
+    /// Sets (or replaces) this agent's delivery filter for the Msgs arriving at `from`: `pred`
+    /// takes `const Msg&` and returns true for a message to deliver. It runs on the sender's
+    /// thread before anything is queued (a refused message is counted sent, ignored and
+    /// filtered: environment_stats), possibly on several threads at once, so it must be
+    /// thread-safe, short, and must not block; a predicate that throws refuses the message (the
+    /// exception is logged and counted). Msg is deduced from `pred`'s parameter unless given.
+    /// `from` is this agent's direct mbox (a filter per type, with or without a subscription) or
+    /// an MPMC mbox the agent is subscribed to for Msg (the filter belongs to that subscription
+    /// and goes with it). A replacement is atomic for concurrent sends: each sees the old
+    /// predicate or the new one; when this returns, the old one runs nowhere and is destroyed.
+    /// Any thread while the agent exists (not from inside one of the filter's own predicates).
+    /// Raises subscription_error for an empty handle, an mbox of another environment, another
+    /// agent's direct mbox or an inbox, no subscription to (from, Msg), or an agent that finished.
+    template <class Msg = void, class F>
+    void set_delivery_filter(const mbox& from, F&& pred);
+
+    /// Removes the delivery filter set for Msgs arriving at `from`; when it returns, the
+    /// predicate runs nowhere and is destroyed. Same threads as set_delivery_filter. Returns
+    /// false when there was none.
+    template <class Msg>
+    bool drop_delivery_filter(const mbox& from);
+
     /// Sets what happens when one of this agent's handlers throws (overrides the cooperation's).
     void set_exception_policy(exception_policy p) noexcept;
     /// Names the agent in errors and logs.
@@ -128,6 +151,8 @@ private:
                                         internal::handler fn);
     internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address);
     bool remove_subscription(const mbox& from, message_type type);
+    void set_filter(const mbox& from, std::shared_ptr<const internal::filter_predicate> pred);
+    bool drop_filter(const mbox& from, message_type type);
 
     internal::context_core* core_;
 };
@@ -164,6 +189,19 @@ void agent::subscribe(const mbox& from, F&& f) {
 template <class Msg>
 bool agent::unsubscribe(const mbox& from) {
     return remove_subscription(from, message_type_of<Msg>());
+}
+
+template <class Msg, class F>
+void agent::set_delivery_filter(const mbox& from, F&& pred) {
+    using sig = internal::callable_signature<std::decay_t<F>>;
+    using M = std::conditional_t<std::is_void_v<Msg>, typename sig::message, Msg>;
+    static_assert(!std::is_void_v<M>, "give the message type: set_delivery_filter<Msg>(mbox, pred)");
+    set_filter(from, internal::make_filter_predicate<M>(std::forward<F>(pred)));
+}
+
+template <class Msg>
+bool agent::drop_delivery_filter(const mbox& from) {
+    return drop_filter(from, message_type_of<Msg>());
 }
 
 template <class F>
