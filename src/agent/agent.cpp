@@ -94,9 +94,10 @@ internal::handle_target* agent::make_timer(std::chrono::nanoseconds delay, std::
                                std::move(fn));
 }
 
-internal::handle_target* agent::make_inbox(message_type type, internal::handler fn, mbox& address) {
+internal::handle_target* agent::make_inbox(message_type type, internal::handler fn, mbox& address,
+                                           std::shared_ptr<const internal::filter_predicate> filter) {
     return internal::add_inbox(internal::ref_of(*this), internal::agent_display_name(*core_), type, std::move(fn),
-                               address);
+                               address, {}, std::move(filter));
 }
 
 void agent::add_subscription(const mbox& from, message_type type, internal::handler h) {

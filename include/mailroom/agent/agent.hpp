@@ -80,6 +80,12 @@ public:
     template <class Msg, class F>
     [[nodiscard]] inbox_handle add_inbox(F&& f);
 
+    /// add_inbox() with a delivery filter `pred` (`const Msg&` -> bool, run on the sender's
+    /// thread: session::add_inbox's), which goes with the inbox.
+    template <class Msg, class F, class P>
+    [[nodiscard]] inbox_handle add_inbox(F&& f, P&& pred)
+        requires delivery_predicate<const std::decay_t<P>, Msg>;
+
 protected:
     /// Called during registration, on the registering thread, before the agent is bound to run.
     /// Make subscriptions here. Throwing cancels the whole registration.
@@ -149,7 +155,8 @@ private:
     void add_subscription(const mbox& from, message_type type, internal::handler h);
     internal::handle_target* make_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period,
                                         internal::handler fn);
-    internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address);
+    internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address,
+                                        std::shared_ptr<const internal::filter_predicate> filter = {});
     bool remove_subscription(const mbox& from, message_type type);
     void set_filter(const mbox& from, std::shared_ptr<const internal::filter_predicate> pred);
     bool drop_filter(const mbox& from, message_type type);
@@ -214,6 +221,17 @@ inbox_handle agent::add_inbox(F&& f) {
     mbox address;
     internal::handle_target* o =
         make_inbox(message_type_of<Msg>(), internal::message_callback<Msg>(std::forward<F>(f)), address);
+    return inbox_handle(o, std::move(address));
+}
+
+template <class Msg, class F, class P>
+inbox_handle agent::add_inbox(F&& f, P&& pred)
+    requires delivery_predicate<const std::decay_t<P>, Msg>
+{
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
+    auto filter = internal::make_filter_predicate<Msg>(std::forward<P>(pred));
+    mbox address;
+    internal::handle_target* o = make_inbox(message_type_of<Msg>(), std::move(h), address, std::move(filter));
     return inbox_handle(o, std::move(address));
 }
 

@@ -221,6 +221,79 @@ TEST(delivery_filter, unsubscribing_ends_the_filter_and_a_new_subscription_start
     ASSERT_TRUE(test::join_within(env));
 }
 
+/// A predicate that, for a quote priced -1, says it entered and waits (bounded) to be let go.
+struct held_predicate {
+    std::shared_ptr<token> t;
+    std::promise<void>* entered;
+    std::shared_future<void> go;
+    bool operator()(const quote& q) const {
+        if (q.price == -1) {
+            entered->set_value();
+            go.wait_for(10s);
+        }
+        return true;
+    }
+};
+
+TEST(delivery_filter, unsubscribing_waits_for_a_predicate_running_on_a_sender_and_then_destroys_it) {
+    environment env;
+    mbox topic = make_mpmc_mbox(env);
+    witness w;
+    std::promise<void> entered, go;
+    std::shared_future<void> go_f = go.get_future().share();
+    std::promise<bool> unsubscribed;  // whether the predicate was destroyed when unsubscribe returned
+    struct leave {};
+    mbox self = test::add_probe(env, [&](probe& p) {
+        p.subscribe(topic, [](const quote&) {});
+        p.set_delivery_filter(topic, held_predicate{std::make_shared<token>(&w), &entered, go_f});
+        p.subscribe(p.direct_mbox(), [&p, &topic, &w, &unsubscribed](const leave&) {
+            p.unsubscribe<quote>(topic);
+            unsubscribed.set_value(w.destroyed.load());
+        });
+    });
+    std::thread sender([&] { send<quote>(topic, -1); });
+    ASSERT_EQ(entered.get_future().wait_for(10s), std::future_status::ready);
+    send<leave>(self);
+    // The unsubscribe must wait for the predicate: it cannot return before `go` (a generous
+    // bound shows it did not; then the predicate is let go and the unsubscribe completes).
+    auto done = unsubscribed.get_future();
+    EXPECT_EQ(done.wait_for(200ms), std::future_status::timeout);
+    go.set_value();
+    ASSERT_EQ(done.wait_for(10s), std::future_status::ready);
+    EXPECT_TRUE(done.get());
+    sender.join();
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+}
+
+TEST(delivery_filter, a_session_subscriptions_shutdown_waits_for_its_running_predicate_and_then_destroys_it) {
+    environment env;
+    mbox topic = make_mpmc_mbox(env);
+    session s(env);
+    witness w;
+    std::promise<void> entered, go;
+    std::shared_future<void> go_f = go.get_future().share();
+    event_handle sub = s.subscribe<quote>(topic, [](const quote&) {},
+                                          held_predicate{std::make_shared<token>(&w), &entered, go_f});
+    std::thread sender([&] { send<quote>(topic, -1); });
+    ASSERT_EQ(entered.get_future().wait_for(10s), std::future_status::ready);
+    std::atomic<bool> shut{false};
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(200ms);
+        EXPECT_FALSE(shut.load());  // shutdown() is still waiting for the predicate
+        go.set_value();
+    });
+    sub.shutdown();
+    shut = true;
+    EXPECT_TRUE(w.destroyed);
+    releaser.join();
+    sender.join();
+    sub.destroy();
+    s.destroy();
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+}
+
 TEST(delivery_filter, an_agents_filters_are_destroyed_before_the_agent_and_never_run_after_its_end) {
     environment env;
     mbox topic = make_mpmc_mbox(env);
@@ -325,6 +398,37 @@ TEST(delivery_filter, session_inbox_filter_refuses_on_the_sender_side_and_ends_w
     EXPECT_EQ(st.messages_filtered, 6u);
     EXPECT_EQ(st.messages_lost, 1u);
     expect_books_balance(st);
+}
+
+TEST(delivery_filter, agent_inbox_filter_refuses_on_the_sender_side_and_ends_with_the_agent) {
+    environment env;
+    witness w;
+    std::atomic<int> got{0};
+    std::promise<mbox> address;
+    coop_handle h;
+    {
+        coop c(env);
+        auto& p = c.make_agent<probe>();
+        p.on_configure = [&](probe& p) {
+            auto in = p.add_inbox<quote>([&](const quote&) { ++got; }, above(5, w));
+            address.set_value(in.address());
+            in.detach();
+        };
+        h = register_coop(std::move(c));
+    }
+    auto f = address.get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    mbox to = f.get();
+    for (int i = 0; i < 10; ++i) send<quote>(to, i);
+    ASSERT_TRUE(test::eventually([&] { return got == 4; }));
+    EXPECT_EQ(env.stats().messages_filtered, 6u);
+    h.deregister();
+    ASSERT_TRUE(test::eventually([&] { return w.destroyed.load(); }));
+    send<quote>(to, 100);  // lost: the inbox went with the agent; the predicate does not run
+    EXPECT_EQ(w.calls, 10);
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    expect_books_balance(env.stats());
 }
 
 TEST(delivery_filter, session_subscription_filter_refuses_publications_and_ends_with_the_subscription) {
