@@ -95,9 +95,10 @@ internal::handle_target* agent::make_timer(std::chrono::nanoseconds delay, std::
                                std::move(fn));
 }
 
-internal::handle_target* agent::make_inbox(message_type type, internal::handler fn, mbox& address) {
+internal::handle_target* agent::make_inbox(message_type type, internal::handler fn, mbox& address,
+                                           std::shared_ptr<const internal::filter_predicate> filter) {
     return internal::add_inbox(internal::ref_of(*this), internal::agent_display_name(*core_), type, std::move(fn),
-                               address);
+                               address, {}, std::move(filter));
 }
 
 void agent::add_subscription(const mbox& from, message_type type, internal::handler h) {
@@ -165,6 +166,59 @@ bool agent::remove_table_entry(const mbox& from, message_type type) {
             route{&core, core.gen.load(std::memory_order_relaxed), delivery_kind::fanout, e.mbox_id}, type);
     if (e.obj) e.obj->release();
     return true;
+}
+
+namespace {
+
+// The filters an agent's filter on `from` for `type` lives in: its direct mbox's, or those of
+// its listing on an MPMC mbox (made when `make`). Empty when there is no listing to filter.
+internal::filter_ref agent_filters(internal::context_core& core, const mbox& from, message_type type,
+                                   const char* verb, bool make) {
+    using namespace internal;
+    auto describe = [&] {
+        return "agent '" + agent_display_name(core) + "': " + verb + " the delivery filter for " +
+               readable_name(type) + " on " + from.name();
+    };
+    if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
+    mbox_impl& m = *internal::impl_of(from);
+    if (&m.env() != core.env) throw subscription_error(describe() + ": the mbox belongs to another environment");
+    if (m.kind() == mbox_kind::direct) {
+        if (!(core.direct_made.load(std::memory_order_acquire) && m.id() == core.direct.id())) {
+            if (static_cast<direct_mbox&>(m).target().kind == delivery_kind::inbox)
+                throw subscription_error(describe() + ": it is the address of an inbox (give its filter to add_inbox)");
+            throw subscription_error(describe() + ": it is another agent's direct mbox (only its owner filters it)");
+        }
+        auto& d = static_cast<direct_mbox&>(m);
+        if (!make && !d.has_filters()) return {};
+        filter_slot& f = d.filters("agent '" + agent_display_name(core) + "'");
+        f.add_ref();
+        return filter_ref(&f);
+    }
+    // The listing add_subscription made: the agent's life, under the mbox's id.
+    const route r{&core, core.life, delivery_kind::fanout, m.id()};
+    auto& topic = static_cast<mpmc_mbox&>(m);
+    filter_ref f = topic.filters_of(r, type, "agent '" + agent_display_name(core) + "'", make);
+    if (!f && make)
+        throw subscription_error(describe() +
+                                 ": the agent is not subscribed to it (a filter on an MPMC mbox belongs to a "
+                                 "subscription: subscribe first)");
+    return f;
+}
+
+}  // namespace
+
+void agent::set_filter(const mbox& from, std::shared_ptr<const internal::filter_predicate> pred) {
+    const message_type type = pred->type();
+    internal::filter_ref f = agent_filters(*core_, from, type, "setting", true);
+    if (!f->set(std::move(pred)))
+        throw subscription_error("agent '" + internal::agent_display_name(*core_) +
+                                 "': setting the delivery filter for " + readable_name(type) + " on " + from.name() +
+                                 ": the subscription ended (or the agent finished)");
+}
+
+bool agent::drop_filter(const mbox& from, message_type type) {
+    internal::filter_ref f = agent_filters(*core_, from, type, "dropping", false);
+    return f && f->drop(type);
 }
 
 }  // namespace mailroom

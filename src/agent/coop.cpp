@@ -71,7 +71,11 @@ void leave_topics(context_core* core) noexcept {
 // record is recycled.
 void retire(context_core* core, bool bound) noexcept {
     agent_runtime& rt = agent_runtime::of(*core->env);
-    leave_topics(core);
+    leave_topics(core);  // closes the delivery filters of its subscriptions
+    // The direct mbox may outlive the agent: its filters (which may capture the agent) run no
+    // more once this returns, and are destroyed here, before the agent is.
+    if (core->direct_made.load(std::memory_order_acquire))
+        static_cast<direct_mbox&>(*internal::impl_of(core->direct)).close_filters();
     retire_objects(close_objects(*core));
     core->gate.close();
     core->finish_life();

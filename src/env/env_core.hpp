@@ -24,6 +24,9 @@ namespace mailroom::internal {
 struct thread_counters {
     std::atomic<std::uint64_t> sent{0}, delivered{0}, lost{0}, ignored{0}, discarded{0}, cancelled{0},
         exceptions{0};
+    // Deliveries a delivery filter refused (each also counted sent, then ignored), and
+    // predicates that threw (their messages among the refused).
+    std::atomic<std::uint64_t> filtered{0}, filter_exceptions{0};
     // Callbacks that are not messages (posted calls, timer fires, inbox deliveries), counted by
     // the layer that runs them; read back through callback_totals().
     std::atomic<std::uint64_t> callbacks_run{0}, callbacks_refused{0}, callbacks_discarded{0};

@@ -458,6 +458,8 @@ environment_stats env_core::stats() const {
             s.messages_ignored += c->ignored.load(std::memory_order_acquire);
             s.messages_discarded += c->discarded.load(std::memory_order_acquire);
             s.messages_cancelled += c->cancelled.load(std::memory_order_acquire);
+            s.messages_filtered += c->filtered.load(std::memory_order_acquire);
+            s.delivery_filter_exceptions += c->filter_exceptions.load(std::memory_order_acquire);
         }
         for (auto& [id, c] : counters_) {
             s.messages_sent += c->sent.load(std::memory_order_relaxed);

@@ -28,6 +28,33 @@ direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, object_link li
     : mbox_impl(std::move(env), mbox_kind::direct), to_(to),
       object_(std::make_unique<const object_part>(object_part{std::move(link), std::move(describe)})) {}
 
+direct_mbox::~direct_mbox() {
+    if (filter_slot* f = filters_.load(std::memory_order_relaxed)) f->release();
+}
+
+filter_slot& direct_mbox::filters(const std::string& owner) {
+    if (filter_slot* f = filters_.load(std::memory_order_acquire)) return *f;
+    auto* made = new filter_slot(owner);
+    std::lock_guard g(filters_lock_);
+    if (filter_slot* f = filters_.load(std::memory_order_relaxed)) {
+        made->release();
+        return *f;
+    }
+    filters_.store(made, std::memory_order_release);
+    return *made;
+}
+
+void direct_mbox::adopt_filters(filter_ref s) noexcept {
+    filter_slot* f = s.get();
+    if (!f) return;
+    f->add_ref();  // the mbox's own; `s` drops the one it brought
+    filters_.store(f, std::memory_order_release);
+}
+
+void direct_mbox::close_filters() noexcept {
+    if (filter_slot* f = filters_.load(std::memory_order_acquire)) f->close();
+}
+
 std::string direct_mbox::name() const {
     if (object_) return "direct mbox of " + object_->describe;
     return std::string("direct mbox of ") + what_ + " #" + std::to_string(what_id_);
@@ -39,6 +66,17 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     thread_counters& counters = env.counters();
     send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
     if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
+    // The one test a send pays when no filter was ever set on this mbox.
+    if (filter_slot* f = filters_.load(std::memory_order_acquire)) [[unlikely]] {
+        if (!f->accepts(e, *this, counters)) {
+            // Refused before anything was queued: counted sent, then ignored and filtered (the
+            // receiver did not want it: not a loss).
+            thread_counters::bump(counters.sent);
+            thread_counters::bump(counters.ignored);
+            thread_counters::bump(counters.filtered);
+            return;
+        }
+    }
     const accept_result r = accept(to_, object_ ? &object_->link : nullptr, e, timer, counters);
     if (r == accept_result::queued) [[likely]] {
         ref.release();
@@ -81,9 +119,16 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
         // receiver gone (it left after this snapshot was taken) is counted sent, then ignored
         // (the receiver left the topic: not a loss).
         std::uint32_t i = 0;
+        std::uint32_t filtered = 0;  // refused by a delivery filter (among `gone`)
         try {
             for (; i < n; ++i) {
                 const listing& l = (*subs)[i];
+                // A listing without a filter pays one null test.
+                if (l.filter && !l.filter->accepts(e, *this, counters)) [[unlikely]] {
+                    ++gone;
+                    ++filtered;
+                    continue;
+                }
                 if (accept(l.to, l.link.closed ? &l.link : nullptr, e, timer, counters) != accept_result::queued)
                     [[unlikely]] ++gone;
             }
@@ -92,18 +137,20 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
             gone += n - i;
             thread_counters::bump(counters.sent, gone - (n - i));
             thread_counters::bump(counters.ignored, gone - (n - i));
+            thread_counters::bump(counters.filtered, filtered);
             for (std::uint32_t j = 0; j < gone; ++j) e->release();
             throw;
         }
         if (gone) {
             thread_counters::bump(counters.sent, gone);
             thread_counters::bump(counters.ignored, gone);
+            if (filtered) thread_counters::bump(counters.filtered, filtered);
         }
     }
     for (std::uint32_t j = 0; j < gone; ++j) e->release();
 }
 
-void mpmc_mbox::add_subscriber(route sub, message_type type, object_link link) {
+void mpmc_mbox::add_subscriber(route sub, message_type type, object_link link, filter_ref filter) {
     std::lock_guard g(lock_);
     auto next = std::make_shared<table>(*table_);
     auto it = std::find_if(next->by_type.begin(), next->by_type.end(), [&](auto& p) { return p.first == type; });
@@ -111,26 +158,69 @@ void mpmc_mbox::add_subscriber(route sub, message_type type, object_link link) {
         next->by_type.emplace_back(type, std::vector<listing>{});
         it = next->by_type.end() - 1;
     }
-    it->second.push_back(listing{sub, std::move(link)});
+    it->second.push_back(listing{sub, std::move(link), std::move(filter)});
     table_ = std::move(next);
 }
 
-void mpmc_mbox::remove_subscriber(const route& sub, message_type type) noexcept {
-    std::shared_ptr<const table> old;  // released outside the lock: it may drop the last reference
-    std::lock_guard g(lock_);
-    try {
-        auto next = std::make_shared<table>(*table_);
-        for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
-            if (!(it->first == type)) continue;
-            auto& v = it->second;
-            v.erase(std::remove_if(v.begin(), v.end(), [&](const listing& x) { return x.to.same(sub); }), v.end());
-            if (v.empty()) next->by_type.erase(it);
-            break;
+filter_ref mpmc_mbox::filters_of(const route& sub, message_type type, const std::string& owner, bool make) {
+    auto find = [&](auto& t) -> decltype(&t.by_type[0].second[0]) {
+        for (auto& [ty, list] : t.by_type) {
+            if (!(ty == type)) continue;
+            for (auto& l : list)
+                if (l.to.same(sub)) return &l;
         }
-        old = std::exchange(table_, std::move(next));
-    } catch (...) {
-        // Out of memory copying the table: the stale entry stays, and its deliveries are
-        // dropped at the receiver by the generation check (counted ignored).
+        return nullptr;
+    };
+    filter_ref made;  // made outside the lock; dropped outside it when not used
+    for (;;) {
+        {
+            std::lock_guard g(lock_);
+            const listing* l = find(*table_);
+            if (!l) return {};
+            if (l->filter || !make) return l->filter;
+            if (made) {
+                // The listing gets its filters by copy on write: a publisher holding the old
+                // table delivers without them, as it would have a moment earlier.
+                auto next = std::make_shared<table>(*table_);
+                find(*next)->filter = made;
+                std::shared_ptr<const table> old = std::exchange(table_, std::move(next));
+                (void)old;  // freed under the lock: it holds no filter of its own to close
+                return made;
+            }
+        }
+        made = filter_ref(new filter_slot(owner));
+    }
+}
+
+void mpmc_mbox::remove_subscriber(const route& sub, message_type type) noexcept {
+    std::shared_ptr<const table> old;   // released outside the lock: it may drop the last reference
+    std::shared_ptr<const table> seen;  // the table that listed it: its filters are closed below
+    {
+        std::lock_guard g(lock_);
+        seen = table_;
+        try {
+            auto next = std::make_shared<table>(*table_);
+            for (auto it = next->by_type.begin(); it != next->by_type.end(); ++it) {
+                if (!(it->first == type)) continue;
+                auto& v = it->second;
+                v.erase(std::remove_if(v.begin(), v.end(), [&](const listing& x) { return x.to.same(sub); }),
+                        v.end());
+                if (v.empty()) next->by_type.erase(it);
+                break;
+            }
+            old = std::exchange(table_, std::move(next));
+        } catch (...) {
+            // Out of memory copying the table: the stale entry stays, and its deliveries are
+            // dropped at the receiver by the generation check (counted ignored).
+        }
+    }
+    // Outside the lock: closing waits for a predicate running on a sender's thread, which may
+    // itself publish to this mbox. A publisher holding an older snapshot finds the filters
+    // closed (they pass everything) and its delivery is dropped at the receiver as before.
+    for (auto& [ty, list] : seen->by_type) {
+        if (!(ty == type)) continue;
+        for (auto& l : list)
+            if (l.filter && l.to.same(sub)) l.filter->close();
     }
 }
 

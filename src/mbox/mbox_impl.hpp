@@ -4,6 +4,7 @@
 // Lifetime without a reference count per message: see receiver.hpp.
 
 #include <mailroom/mbox/receiver.hpp>
+#include <mailroom/mbox/filter_slot.hpp>
 #include <mailroom/dispatch/timer_service.hpp>
 #include <mailroom/env/env_core.hpp>
 #include <mailroom/mbox/mbox.hpp>
@@ -51,10 +52,23 @@ public:
     /// An event object's (an inbox's): its route carries the object's key; `describe` names it
     /// ("inbox #3 of session 'x'").
     direct_mbox(std::shared_ptr<env_core> env, route to, object_link link, std::string describe);
+    ~direct_mbox() override;
     void deliver(envelope* e, timer_entry* timer) override;
     std::string name() const override;
 
     const route& target() const noexcept { return to_; }
+
+    /// The mbox's delivery filters (per type), made on first use (named after `owner`); may
+    /// throw (out of memory). Any thread.
+    filter_slot& filters(const std::string& owner);
+    /// True once a filter was set on it. Any thread.
+    bool has_filters() const noexcept { return filters_.load(std::memory_order_acquire) != nullptr; }
+    /// An inbox's mbox: uses `s` (shared with the inbox, which closes it) from the start. Before
+    /// the mbox is shared.
+    void adopt_filters(filter_ref s) noexcept;
+    /// Closes the filters if any were made: no predicate of them runs after this returns (the
+    /// end of the owner's life). Any thread.
+    void close_filters() noexcept;
 
 private:
     struct object_part {
@@ -66,6 +80,10 @@ private:
     const char* what_ = nullptr;
     std::uint64_t what_id_ = 0;
     std::unique_ptr<const object_part> object_;  // an event object's mbox only
+    // Null until a filter is first set: the send path tests it once. Owned (one reference)
+    // once set; made under filters_lock_.
+    std::atomic<filter_slot*> filters_{nullptr};
+    spin_mutex filters_lock_;
 };
 
 /// A publish-subscribe mbox: each message goes to every subscriber of its type.
@@ -77,13 +95,22 @@ public:
 
     /// Any thread. A subscriber is listed once per type; adding it twice lists it twice. Its
     /// route's key is what its table maps to a handler (this mbox's id, or an object's).
-    void add_subscriber(route s, message_type type, object_link link = {});
+    /// With `filter`, the listing is filtered from its first delivery on (a session's
+    /// subscription made with a filter).
+    void add_subscriber(route s, message_type type, object_link link = {}, filter_ref filter = {});
+    /// Removes the listing and closes its filters: when it returns, no predicate of it runs.
     void remove_subscriber(const route& s, message_type type) noexcept;
+
+    /// The filters of the listing (s, type), made on first use when `make` (named after
+    /// `owner`); an empty reference when there is no such listing (or none made). Any thread;
+    /// may throw (out of memory).
+    filter_ref filters_of(const route& s, message_type type, const std::string& owner, bool make = true);
 
 private:
     struct listing {
         route to;
         object_link link;  // `closed` set for an event object's listing
+        filter_ref filter;  // null unless a delivery filter was set on the listing
     };
     struct table {
         std::vector<std::pair<message_type, std::vector<listing>>> by_type;

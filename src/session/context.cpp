@@ -1,5 +1,6 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
+#include <mailroom/core/user_call.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/session/context.hpp>
 #include <mailroom/session/event_object.hpp>
@@ -204,20 +205,8 @@ bool run_guarded(context_core& c, const char* what, message_type type, void (*fn
     cur = &c;
     cur_env = c.env;
     note_running(running_kind_of(c), c.id, type.info() ? type.info() : &typeid(posted_call_tag));
-    const char* failure = nullptr;
     std::string text;  // only for an exception's what(), which must outlive the catch
-    try {
-        fn(arg);
-    } catch (const std::exception& ex) {
-        try {
-            text = ex.what();
-            failure = text.c_str();
-        } catch (...) {
-            failure = "an exception (its message could not be copied)";
-        }
-    } catch (...) {
-        failure = "an exception not derived from std::exception";
-    }
+    const char* failure = call_catching([&] { fn(arg); }, text);
     cur = prev;
     cur_env = prev_env;
     if (!failure) [[likely]]

@@ -194,9 +194,13 @@ public:
     }
     // Whoever shuts the inbox (its handle, or its context's end) stops what goes with it
     // before returning: a named object's name is free once either returns.
+    // Its delivery filter goes with it too: no predicate runs once a shutdown returns.
     void stop_source() noexcept override {
+        if (filters) filters->close();
         if (on_stop_) on_stop_->stop();
     }
+
+    filter_ref filters;  // set before the inbox is shared (also held by its address): read-only
 
 private:
     ~inbox_object() override = default;
@@ -222,11 +226,11 @@ public:
 
     /// Joins the topic, unless the object was shut down meanwhile (its context ended on another
     /// thread between attach() and here). May throw (out of memory).
-    void join(std::shared_ptr<mbox_impl> m) {
+    void join(std::shared_ptr<mbox_impl> m, filter_ref filter) {
         std::lock_guard g(source_lock_);
         if (left_) return;
         static_cast<mpmc_mbox&>(*m).add_subscriber(route{owner.core, owner.gen, delivery_kind::fanout, mbox_id}, type,
-                                                   object_link{&shut, keep_alive(this)});
+                                                   object_link{&shut, keep_alive(this)}, std::move(filter));
         source_ = std::move(m);
     }
 
@@ -558,8 +562,17 @@ handle_target* add_timer(const context_ref& s, std::string_view name, std::chron
     return t;
 }
 
+namespace {
+// A filter slot holding `p`, named after its owner.
+filter_ref filter_holding(std::shared_ptr<const filter_predicate> p, std::string owner) {
+    filter_ref f(new filter_slot(std::move(owner)));
+    f->set(std::move(p));
+    return f;
+}
+}  // namespace
+
 handle_target* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn, mbox& address,
-                        std::shared_ptr<inbox_stop_hook> on_stop) {
+                        std::shared_ptr<inbox_stop_hook> on_stop, std::shared_ptr<const filter_predicate> filter) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "an inbox");
     auto* o = new inbox_object(s, type, std::move(fn), std::move(on_stop));
     std::shared_ptr<direct_mbox> m;
@@ -568,6 +581,10 @@ handle_target* add_inbox(const context_ref& s, std::string_view name, message_ty
         m = std::make_shared<direct_mbox>(keep, route{s.core, s.gen, delivery_kind::inbox, o->mbox_id},
                                           object_link{&o->shut, keep_alive(o), type},
                                           "inbox #" + std::to_string(o->id) + " of " + who(s, name));
+        if (filter) {
+            o->filters = filter_holding(std::move(filter), "inbox #" + std::to_string(o->id) + " of " + who(s, name));
+            m->adopt_filters(o->filters);
+        }
         o->add_ref();  // the handle's, before it is listed (see add_timer)
         try {
             list_object(*s.core, o, who(s, name));
@@ -592,7 +609,7 @@ handle_target* add_inbox(const context_ref& s, std::string_view name, message_ty
 }
 
 handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from, message_type type,
-                               handler fn) {
+                               handler fn, std::shared_ptr<const filter_predicate> filter) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "a subscription");
     auto describe = [&] {
         return who(s, name) + ": subscription to " + readable_name(type) + " on " + from.name();
@@ -602,6 +619,8 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
     if (&m.env() != s.core->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
     if (m.kind() != mbox_kind::mpmc)
         throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
+    filter_ref filters;
+    if (filter) filters = filter_holding(std::move(filter), who(s, name));
     auto* o = new subscription_object(s, type, std::move(fn));
     o->mbox_id = new_delivery_key();
     o->add_ref();  // the handle's, before it is listed (see add_timer)
@@ -614,7 +633,7 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
     }
     try {
         attach(o);
-        o->join(internal::impl_of(from));
+        o->join(internal::impl_of(from), std::move(filters));
     } catch (...) {
         destroy_object(o);
         o->release();

@@ -1,6 +1,7 @@
 #pragma once
 /// Agents: user classes whose handlers run on a serial context, one message at a time.
 
+#include <mailroom/mbox/delivery_filter.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/session/session.hpp>
 #include <mailroom/session/detail/handler.hpp>
@@ -83,6 +84,11 @@ public:
     /// add_timer.
     template <class Msg, class F>
     [[nodiscard]] inbox_handle add_inbox(F&& f);
+    /// add_inbox() with a delivery filter `pred` (`const Msg&` -> bool, run on the sender's
+    /// thread: session::add_inbox's), which goes with the inbox.
+    template <class Msg, class F, class P>
+    [[nodiscard]] inbox_handle add_inbox(F&& f, P&& pred)
+        requires delivery_predicate<const std::decay_t<P>, Msg>;
 
     /// The path of the innermost state the agent is in, from the top level down
     /// ("working.busy.writing"; "default" for the default state). Any thread: a snapshot, which
@@ -125,6 +131,27 @@ protected:
     /// on_finish(), its timers), not from an enter or exit handler; raises state_error otherwise,
     /// for a state of another agent, or a composite state without an initial sub-state.
     void change_state(const state& target);
+    /// Sets (or replaces) this agent's delivery filter for the Msgs arriving at `from`: `pred`
+    /// takes `const Msg&` and returns true for a message to deliver. It runs on the sender's
+    /// thread before anything is queued (a refused message is counted sent, ignored and
+    /// filtered: environment_stats), possibly on several threads at once, so it must be
+    /// thread-safe, short, and must not block; a predicate that throws refuses the message (the
+    /// exception is logged and counted). Msg is deduced from `pred`'s parameter unless given.
+    /// `from` is this agent's direct mbox (a filter per type, with or without a subscription) or
+    /// an MPMC mbox the agent is subscribed to for Msg (the filter belongs to that subscription
+    /// and goes with it). A replacement is atomic for concurrent sends: each sees the old
+    /// predicate or the new one; when this returns, the old one runs nowhere and is destroyed.
+    /// Any thread while the agent exists (not from inside one of the filter's own predicates).
+    /// Raises subscription_error for an empty handle, an mbox of another environment, another
+    /// agent's direct mbox or an inbox, no subscription to (from, Msg), or an agent that finished.
+    template <class Msg = void, class F>
+    void set_delivery_filter(const mbox& from, F&& pred);
+
+    /// Removes the delivery filter set for Msgs arriving at `from`; when it returns, the
+    /// predicate runs nowhere and is destroyed. Same threads as set_delivery_filter. Returns
+    /// false when there was none.
+    template <class Msg>
+    bool drop_delivery_filter(const mbox& from);
 
     /// Sets what happens when one of this agent's handlers throws (overrides the cooperation's).
     void set_exception_policy(exception_policy p) noexcept;
@@ -159,8 +186,11 @@ private:
     void add_subscription(const mbox& from, message_type type, internal::handler h);
     internal::handle_target* make_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period,
                                         internal::handler fn);
-    internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address);
+    internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address,
+                                        std::shared_ptr<const internal::filter_predicate> filter = {});
     bool remove_subscription(const mbox& from, message_type type);
+    void set_filter(const mbox& from, std::shared_ptr<const internal::filter_predicate> pred);
+    bool drop_filter(const mbox& from, message_type type);
 
     internal::context_core* core_;
     // Made by the first state declared (none: always in the default state). Atomic only for
@@ -202,6 +232,19 @@ bool agent::unsubscribe(const mbox& from) {
     return remove_subscription(from, message_type_of<Msg>());
 }
 
+template <class Msg, class F>
+void agent::set_delivery_filter(const mbox& from, F&& pred) {
+    using sig = internal::callable_signature<std::decay_t<F>>;
+    using M = std::conditional_t<std::is_void_v<Msg>, typename sig::message, Msg>;
+    static_assert(!std::is_void_v<M>, "give the message type: set_delivery_filter<Msg>(mbox, pred)");
+    set_filter(from, internal::make_filter_predicate<M>(std::forward<F>(pred)));
+}
+
+template <class Msg>
+bool agent::drop_delivery_filter(const mbox& from) {
+    return drop_filter(from, message_type_of<Msg>());
+}
+
 template <class F>
 event_handle agent::add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f) {
     return event_handle(make_timer(delay, period, internal::timer_callback(std::forward<F>(f))));
@@ -212,6 +255,17 @@ inbox_handle agent::add_inbox(F&& f) {
     mbox address;
     internal::handle_target* o =
         make_inbox(message_type_of<Msg>(), internal::message_callback<Msg>(std::forward<F>(f)), address);
+    return inbox_handle(o, std::move(address));
+}
+
+template <class Msg, class F, class P>
+inbox_handle agent::add_inbox(F&& f, P&& pred)
+    requires delivery_predicate<const std::decay_t<P>, Msg>
+{
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
+    auto filter = internal::make_filter_predicate<Msg>(std::forward<P>(pred));
+    mbox address;
+    internal::handle_target* o = make_inbox(message_type_of<Msg>(), std::move(h), address, std::move(filter));
     return inbox_handle(o, std::move(address));
 }
 

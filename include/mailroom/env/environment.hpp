@@ -101,6 +101,11 @@ struct environment_stats {
     std::uint64_t timers_skipped = 0;  ///< periods skipped: the timer's previous fire was still queued or running
     std::size_t queue_depth = 0;  ///< demands queued in all dispatchers, approximately
     std::uint64_t teardown_overruns = 0;    ///< handlers reported running past the teardown deadline
+    /// Deliveries a delivery filter refused on the sender's side: each is also counted sent and
+    /// ignored (so the books balance), never lost.
+    std::uint64_t messages_filtered = 0;
+    /// Delivery filters that threw: logged, and their messages refused (among messages_filtered).
+    std::uint64_t delivery_filter_exceptions = 0;
 };
 
 /// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an

@@ -3,6 +3,7 @@
 /// that wants callbacks without writing an agent, and the timers and inboxes that call back
 /// into it, each with a shutdown() that guarantees no callback runs once it returns.
 
+#include <mailroom/mbox/delivery_filter.hpp>
 #include <mailroom/mbox/event_handle.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/core/error.hpp>
@@ -124,6 +125,16 @@ public:
     template <class Msg, class F>
     [[nodiscard]] inbox_handle add_inbox(F&& f);
 
+    /// add_inbox() with a delivery filter: `pred` takes `const Msg&` and returns true for a
+    /// message to deliver. It runs on the sender's thread before anything is queued (a refused
+    /// message is counted sent, ignored and filtered: environment_stats), possibly on several
+    /// threads at once: thread-safe, short, never blocking; a predicate that throws refuses the
+    /// message (logged and counted). It is the inbox's for its whole life: once the inbox's
+    /// shutdown() returns (or its session's destroy()), it runs nowhere and is destroyed.
+    template <class Msg, class F, class P>
+    [[nodiscard]] inbox_handle add_inbox(F&& f, P&& pred)
+        requires delivery_predicate<const std::decay_t<P>, Msg>;
+
     /// A subscription to the `Msg`s published to the MPMC mbox `from` (anonymous or named):
     /// `f` runs on the session's context for each, and takes `const Msg&` (the shared,
     /// immutable instance when fanned out) or `Msg` (a copy when shared). Any thread. Like
@@ -134,6 +145,13 @@ public:
     /// agent's or an inbox) or an mbox of another environment.
     template <class Msg, class F>
     [[nodiscard]] event_handle subscribe(const mbox& from, F&& f);
+
+    /// subscribe() with a delivery filter `pred` (as add_inbox's): only the publications it
+    /// accepts are queued for this subscription. It goes with the subscription: once its
+    /// shutdown() returns, the predicate runs nowhere and is destroyed.
+    template <class Msg, class F, class P>
+    [[nodiscard]] event_handle subscribe(const mbox& from, F&& f, P&& pred)
+        requires delivery_predicate<const std::decay_t<P>, Msg>;
 
     /// Destroys the session and every event object it owns (see the class comment). Any
     /// thread, including its own callbacks; a no-op when already destroyed.

@@ -38,6 +38,8 @@ public:
     using agent::stop_environment;
     using agent::subscribe;
     using agent::unsubscribe;
+    using agent::set_delivery_filter;
+    using agent::drop_delivery_filter;
 
     hook on_configure, on_start_fn, on_finish_fn;
 

@@ -87,12 +87,16 @@ protected:
 };
 
 /// Returns the object (the handle's reference) and fills `address`. `on_stop`, when set, is
-/// held by the inbox and stopped with it (see inbox_stop_hook).
+/// held by the inbox and stopped with it (see inbox_stop_hook). `filter`, when set, is the
+/// address's delivery filter from the first send on, closed with the inbox.
 MAILROOM_EXPORT handle_target* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn,
-                                         mbox& address, std::shared_ptr<inbox_stop_hook> on_stop = {});
-/// Returns the object (the handle's reference), subscribed to `from`.
+                                         mbox& address, std::shared_ptr<inbox_stop_hook> on_stop = {},
+                                         std::shared_ptr<const filter_predicate> filter = {});
+/// Returns the object (the handle's reference), subscribed to `from` (filtered by `filter` from
+/// the first publication on, when set; closed with the subscription).
 MAILROOM_EXPORT handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from,
-                                                message_type type, handler fn);
+                                                message_type type, handler fn,
+                                                std::shared_ptr<const filter_predicate> filter = {});
 
 /// A timer's callback (a session's or an agent's add_timer): `f()`.
 template <class F>
@@ -144,6 +148,30 @@ event_handle session::subscribe(const mbox& from, F&& f) {
     internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
     if (!ref_) throw session_destroyed_error("subscribe: the session handle is empty");
     return event_handle(internal::add_subscription(ref_, name_, from, message_type_of<Msg>(), std::move(h)));
+}
+
+template <class Msg, class F, class P>
+inbox_handle session::add_inbox(F&& f, P&& pred)
+    requires delivery_predicate<const std::decay_t<P>, Msg>
+{
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
+    auto filter = internal::make_filter_predicate<Msg>(std::forward<P>(pred));
+    if (!ref_) throw session_destroyed_error("add_inbox: the session handle is empty");
+    mbox address;
+    internal::handle_target* o =
+        internal::add_inbox(ref_, name_, message_type_of<Msg>(), std::move(h), address, {}, std::move(filter));
+    return inbox_handle(o, std::move(address));
+}
+
+template <class Msg, class F, class P>
+event_handle session::subscribe(const mbox& from, F&& f, P&& pred)
+    requires delivery_predicate<const std::decay_t<P>, Msg>
+{
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
+    auto filter = internal::make_filter_predicate<Msg>(std::forward<P>(pred));
+    if (!ref_) throw session_destroyed_error("subscribe: the session handle is empty");
+    return event_handle(
+        internal::add_subscription(ref_, name_, from, message_type_of<Msg>(), std::move(h), std::move(filter)));
 }
 
 }  // namespace mailroom
