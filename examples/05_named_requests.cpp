@@ -133,7 +133,6 @@ int main() {
 
     env.stop();
     env.join();
-    const auto s = env.stats();
     const auto s_named = mailroom::named_stats_of(env);
     std::printf("requests posted %llu = replied %llu + rejected %llu + abandoned %llu; replies orphaned %llu\n",
                 static_cast<unsigned long long>(s_named.requests_posted), static_cast<unsigned long long>(s_named.requests_replied),
