@@ -79,6 +79,12 @@ public:
     template <class Msg, class F>
     [[nodiscard]] inbox_handle add_inbox(F&& f);
 
+    /// A subscription to the mchain `from`, handled on the agent's context: an event object of
+    /// the agent like add_timer's, with session::subscribe(chain, ...)'s semantics. Any thread
+    /// while the agent exists (before the agent starts, its turns wait for on_start()).
+    template <class... Handlers>
+    [[nodiscard]] event_handle subscribe(const mchain& from, Handlers&&... handlers);
+
 protected:
     /// Called during registration, on the registering thread, before the agent is bound to run.
     /// Make subscriptions here. Throwing cancels the whole registration.
@@ -127,6 +133,7 @@ private:
     internal::handle_target* make_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period,
                                         internal::handler fn);
     internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address);
+    internal::handle_target* make_chain_subscription(const mchain& from, internal::mchain_handlers hs);
     bool remove_subscription(const mbox& from, message_type type);
 
     internal::context_core* core_;
@@ -159,6 +166,12 @@ void agent::subscribe(const mbox& from, F&& f) {
                              internal::call_with_payload<M, Arg>(fn, e);
                          }));
     }
+}
+
+template <class... Handlers>
+event_handle agent::subscribe(const mchain& from, Handlers&&... handlers) {
+    return event_handle(
+        make_chain_subscription(from, internal::make_mchain_handlers(std::forward<Handlers>(handlers)...)));
 }
 
 template <class Msg>
