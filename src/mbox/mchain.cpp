@@ -68,7 +68,11 @@ mchain_impl::~mchain_impl() {
         pop_front()->release();
         ++n;
     }
-    if (n) thread_counters::bump(env_->counters().discarded, n);
+    if (n) {
+        thread_counters& c = env_->counters();
+        thread_counters::bump(c.sent, n);  // the books see a chain's message at its outcome
+        thread_counters::bump(c.discarded, n);
+    }
 }
 
 std::string mchain_impl::name() const {
@@ -165,7 +169,6 @@ void mchain_impl::deliver(envelope* e, timer_entry*) {
             if (!full()) [[likely]] {
                 push_back(ref.get());
                 ref.release();
-                thread_counters::bump(counters.sent);
                 after_put();
                 return;
             }
@@ -175,10 +178,8 @@ void mchain_impl::deliver(envelope* e, timer_entry*) {
                     case mchain_overflow::remove_oldest: {
                         evicted = envelope_ref(pop_front());
                         ++stats_.removed_oldest;
-                        thread_counters::bump(counters.discarded);  // it was counted sent when it was stored
-                        push_back(ref.get());                       // room was just made: no allocation
+                        push_back(ref.get());  // room was just made: no allocation
                         ref.release();
-                        thread_counters::bump(counters.sent);
                         after_put();
                         return;
                     }
@@ -246,7 +247,6 @@ mchain_impl::put_result mchain_impl::try_put(envelope* e, thread_counters& c) {
     }
     if (full()) return put_result::full;
     push_back(e);
-    thread_counters::bump(c.sent);
     after_put();
     return put_result::put;
 }
@@ -276,7 +276,11 @@ void mchain_impl::close(mchain_close how, bool by_env) noexcept {
         if (at >= alloc_) at -= alloc_;
         buf_[at]->release();
     }
-    if (n) thread_counters::bump(env_->counters().discarded, n);
+    if (n) {
+        thread_counters& c = env_->counters();
+        thread_counters::bump(c.sent, n);
+        thread_counters::bump(c.discarded, n);
+    }
 }
 
 bool mchain_impl::closed_by_env() const noexcept {
@@ -488,6 +492,7 @@ receive_result run_select(const receive_params& p, select_case* cs, std::size_t 
             next = i + 1;
             const int index = c.match(c.ctx, e);
             ch.count_taken(index >= 0);
+            thread_counters::bump(counters.sent);  // the books see a chain's message at its outcome
             if (index < 0) {
                 thread_counters::bump(counters.ignored);
                 continue;

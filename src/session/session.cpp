@@ -682,6 +682,7 @@ public:
                     break;
                 }
             self->chain_->count_taken(h != nullptr);
+            thread_counters::bump(counters.sent);  // the books see a chain's message at its outcome
             if (!h) {
                 thread_counters::bump(counters.ignored);
                 continue;

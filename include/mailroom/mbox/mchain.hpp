@@ -30,7 +30,7 @@ struct handle_access;
 /// mchain_options::wait_for_space is set and the sender may wait).
 enum class mchain_overflow : std::uint8_t {
     drop_newest,    ///< the new message is dropped (counted in mchain_stats::dropped_newest)
-    remove_oldest,  ///< the oldest message is removed (counted discarded) to make room
+    remove_oldest,  ///< the oldest message is removed to make room (counted in mchain_stats::removed_oldest)
     throw_error,    ///< the sender gets mchain_overflow_error naming the chain
     abort,          ///< the process aborts with a message naming the chain
 };
@@ -66,17 +66,19 @@ public:
     using error::error;
 };
 
-/// A chain's counters. Any thread; a snapshot.
+/// A chain's counters. Any thread; a snapshot. environment_stats sees a chain's message once,
+/// at its outcome (sent, then delivered, ignored, discarded or lost), so that its books balance
+/// while messages wait in chains; what waits is `size`, and the overflow reactions are here.
 struct mchain_stats {
-    std::uint64_t stored = 0;          ///< messages put into the chain (counted sent in environment_stats)
+    std::uint64_t stored = 0;          ///< messages put into the chain
     std::uint64_t extracted = 0;       ///< taken out by receive/select or a subscribed context
-    std::uint64_t handled = 0;         ///< extracted, and a handler ran (counted delivered)
-    std::uint64_t ignored = 0;         ///< extracted, and no handler took its type (counted ignored)
-    std::uint64_t removed_oldest = 0;  ///< removed by remove_oldest (counted discarded)
-    std::uint64_t discarded = 0;       ///< dropped by close(drop_content), the teardown or the last handle (counted discarded)
-    std::uint64_t dropped_newest = 0;  ///< refused by drop_newest when full: never stored, not in environment_stats
+    std::uint64_t handled = 0;         ///< extracted, and a handler ran (environment: sent, delivered)
+    std::uint64_t ignored = 0;         ///< extracted, and no handler took its type (environment: sent, ignored)
+    std::uint64_t discarded = 0;       ///< dropped by close(drop_content), the teardown or the last handle (environment: sent, discarded)
+    std::uint64_t refused_closed = 0;  ///< sent after the chain was closed (environment: sent, lost)
+    std::uint64_t removed_oldest = 0;  ///< removed by remove_oldest to make room
+    std::uint64_t dropped_newest = 0;  ///< refused by drop_newest when full (or sent by a timer to a full chain)
     std::uint64_t refused_full = 0;    ///< refused by throw_error when full (the sender was told)
-    std::uint64_t refused_closed = 0;  ///< sent after the chain was closed (counted sent and lost)
     std::size_t size = 0;              ///< messages in it now
     std::size_t high_water = 0;        ///< the most it ever held at once
 };
