@@ -54,7 +54,8 @@ void mchain_impl::wait_list::wake_all() noexcept {
 // ---- the chain ----
 
 mchain_impl::mchain_impl(std::shared_ptr<env_core> env, mchain_options options)
-    : mbox_impl(std::move(env), mbox_kind::mchain), options_(std::move(options)) {
+    : mbox_impl(std::move(env), mbox_kind::mchain), options_(std::move(options)),
+      sender_wake_at_(options_.capacity ? options_.capacity - std::max<std::size_t>(1, options_.capacity / 4) : 0) {
     if (options_.memory == mchain_memory::preallocated) {
         buf_ = std::make_unique<envelope*[]>(options_.capacity);
         alloc_ = options_.capacity;
@@ -217,7 +218,11 @@ mchain_impl::take_result mchain_impl::try_take(envelope*& out) noexcept {
     if (count_) [[likely]] {
         out = pop_front();
         ++stats_.extracted;
-        if (senders_.head) [[unlikely]]
+        // Senders waiting for room are woken once a quarter of the chain is free, not at each
+        // take: a producer woken for every slot would cost a wake-up (tens of microseconds) per
+        // message. A sender whose wait runs out looks again before its reaction applies, and a
+        // receiver that stops taking passes the wake on (pass_on), so the room is never lost.
+        if (senders_.head && count_ <= sender_wake_at_) [[unlikely]]
             senders_.wake_one();
         return take_result::got;
     }

@@ -3,7 +3,8 @@
 // (receivers waiting for a message, senders waiting for room), and its mbox face (deliver()).
 //
 // Waking costs one wake per event: a put wakes at most one blocked receiver (it unlinks that
-// receiver's node, so the next put wakes another), a take wakes at most one blocked sender.
+// receiver's node, so the next put wakes another), a take wakes at most one blocked sender, and
+// only once a quarter of a full chain is free again (see try_take).
 // A thread blocked in select() over many chains has one futex word and a node on each chain;
 // whichever chain has something for it first wakes it. A thread that was woken by a chain and
 // then returns without taking from it passes the wake on (pass_on()), so that a message never
@@ -102,6 +103,7 @@ private:
     std::string overflow_text(envelope* e) const;
 
     const mchain_options options_;
+    const std::size_t sender_wake_at_;  // a take that leaves this many or fewer wakes a waiting sender
     mutable std::mutex lock_;
     // A ring of envelopes: `buf_` has room for `alloc_`, the oldest at `head_`.
     std::unique_ptr<envelope*[]> buf_;
