@@ -330,6 +330,8 @@ void mchain_impl::add_listener(mchain_listener* l) {
 void mchain_impl::remove_listener(mchain_listener* l) noexcept {
     std::lock_guard g(lock_);
     listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
+    // A receiver that stops taking passes the wake on (see try_take).
+    if (!full() && senders_.head) senders_.wake_one();
 }
 
 mchain_stats mchain_impl::stats() const {
