@@ -38,17 +38,18 @@ void mchain_impl::wait_list::remove(mchain_wait_node& n) noexcept {
     n.linked = false;
 }
 
-void mchain_impl::wait_list::wake_one() noexcept {
+void mchain_impl::wait_list::wake_one(std::uint64_t& woken) noexcept {
     mchain_wait_node* n = head;
     if (!n) return;
     remove(*n);
+    ++woken;
     // Under the chain's lock: the woken thread unlinks under it before its word goes away.
     n->word->store(1, std::memory_order_release);
     futex_wake(*n->word);
 }
 
-void mchain_impl::wait_list::wake_all() noexcept {
-    while (head) wake_one();
+void mchain_impl::wait_list::wake_all(std::uint64_t& woken) noexcept {
+    while (head) wake_one(woken);
 }
 
 // ---- the chain ----
@@ -120,7 +121,7 @@ envelope* mchain_impl::pop_front() noexcept {
 void mchain_impl::after_put() noexcept {
     ++stats_.stored;
     if (receivers_.head) [[unlikely]]
-        receivers_.wake_one();
+        receivers_.wake_one(stats_.wakeups);
     for (mchain_listener* l : listeners_) l->on_message_put();
 }
 
@@ -223,7 +224,7 @@ mchain_impl::take_result mchain_impl::try_take(envelope*& out) noexcept {
         // message. A sender whose wait runs out looks again before its reaction applies, and a
         // receiver that stops taking passes the wake on (pass_on), so the room is never lost.
         if (senders_.head && count_ <= sender_wake_at_) [[unlikely]]
-            senders_.wake_one();
+            senders_.wake_one(stats_.wakeups);
         return take_result::got;
     }
     return closed_flag_.load(std::memory_order_relaxed) ? take_result::closed : take_result::empty;
@@ -273,8 +274,8 @@ void mchain_impl::close(mchain_close how, bool by_env) noexcept {
             size_.store(0, std::memory_order_relaxed);
             stats_.discarded += n;
         }
-        receivers_.wake_all();
-        senders_.wake_all();
+        receivers_.wake_all(stats_.wakeups);
+        senders_.wake_all(stats_.wakeups);
     }
     for (std::size_t i = 0; i < n; ++i) {
         std::size_t at = head + i;
@@ -316,8 +317,8 @@ bool mchain_impl::unlink(mchain_wait_node& n) noexcept {
 
 void mchain_impl::pass_on() noexcept {
     std::lock_guard g(lock_);
-    if (count_ && receivers_.head) receivers_.wake_one();
-    if (!full() && senders_.head) senders_.wake_one();
+    if (count_ && receivers_.head) receivers_.wake_one(stats_.wakeups);
+    if (!full() && senders_.head) senders_.wake_one(stats_.wakeups);
 }
 
 void mchain_impl::add_listener(mchain_listener* l) {
@@ -331,13 +332,15 @@ void mchain_impl::remove_listener(mchain_listener* l) noexcept {
     std::lock_guard g(lock_);
     listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), l), listeners_.end());
     // A receiver that stops taking passes the wake on (see try_take).
-    if (!full() && senders_.head) senders_.wake_one();
+    if (!full() && senders_.head) senders_.wake_one(stats_.wakeups);
 }
 
 mchain_stats mchain_impl::stats() const {
     std::lock_guard g(lock_);
     mchain_stats s = stats_;
     s.size = count_;
+    for (const mchain_wait_node* n = receivers_.head; n; n = n->next) ++s.receivers_waiting;
+    for (const mchain_wait_node* n = senders_.head; n; n = n->next) ++s.senders_waiting;
     return s;
 }
 

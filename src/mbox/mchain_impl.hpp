@@ -89,9 +89,9 @@ private:
         mchain_wait_node* tail = nullptr;
         void push(mchain_wait_node& n) noexcept;
         void remove(mchain_wait_node& n) noexcept;
-        /// Wakes the first node's thread and unlinks it.
-        void wake_one() noexcept;
-        void wake_all() noexcept;
+        /// Wakes the first node's thread and unlinks it; counts it in `woken`.
+        void wake_one(std::uint64_t& woken) noexcept;
+        void wake_all(std::uint64_t& woken) noexcept;
     };
 
     bool full() const noexcept { return options_.capacity != 0 && count_ == options_.capacity; }

@@ -79,7 +79,10 @@ struct mchain_stats {
     std::uint64_t removed_oldest = 0;  ///< removed by remove_oldest to make room
     std::uint64_t dropped_newest = 0;  ///< refused by drop_newest when full (or sent by a timer to a full chain)
     std::uint64_t refused_full = 0;    ///< refused by throw_error when full (the sender was told)
+    std::uint64_t wakeups = 0;         ///< threads woken from a wait on it (receivers, senders, selects)
     std::size_t size = 0;              ///< messages in it now
+    std::size_t receivers_waiting = 0; ///< threads parked now waiting for a message (receive, select)
+    std::size_t senders_waiting = 0;   ///< threads parked now waiting for room (send, send_case)
     std::size_t high_water = 0;        ///< the most it ever held at once
 };
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -506,4 +507,79 @@ TEST(mchain, handler_exception_leaves_receive_and_the_message_counts_delivered) 
     EXPECT_THROW(receive(from(ch).no_wait(), [](int) { throw std::runtime_error("boom"); }), std::runtime_error);
     EXPECT_EQ(ch.size(), 1u);
     EXPECT_EQ(env.stats().messages_delivered, 1u);
+}
+
+namespace {
+bool wait_for(const std::function<bool()>& pred) {
+    const auto end = std::chrono::steady_clock::now() + 10s;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+}  // namespace
+
+TEST(mchain, one_message_wakes_one_of_several_blocked_receivers_not_all) {
+    environment env;
+    mchain ch = make_mchain(env);
+    std::atomic<int> returned{0};
+    std::vector<std::thread> rx;
+    for (int i = 0; i < 4; ++i)
+        rx.emplace_back([&] {
+            receive(from(ch).extract_n(1).total_time(20s), [](int) {});
+            ++returned;
+        });
+    ASSERT_TRUE(wait_for([&] { return ch.stats().receivers_waiting == 4; }));
+    send<int>(ch, 1);
+    ASSERT_TRUE(wait_for([&] { return returned.load() == 1; }));
+    std::this_thread::sleep_for(5ms);
+    const mchain_stats s = ch.stats();
+    EXPECT_EQ(s.wakeups, 1u);
+    EXPECT_EQ(s.receivers_waiting, 3u);
+    EXPECT_EQ(returned.load(), 1);
+    ch.close(mchain_close::drop_content);
+    for (auto& t : rx) t.join();
+    EXPECT_EQ(ch.stats().wakeups, 4u);
+}
+
+TEST(mchain, select_over_three_chains_is_woken_once_by_the_chain_that_gets_a_message) {
+    environment env;
+    mchain a = make_mchain(env), b = make_mchain(env), c = make_mchain(env);
+    std::atomic<int> returned{0};
+    std::vector<std::thread> rx;
+    for (int i = 0; i < 3; ++i)
+        rx.emplace_back([&] {
+            select(from_all().handle_n(1).total_time(20s), receive_case(a, [](int) {}), receive_case(b, [](int) {}),
+                   receive_case(c, [](int) {}));
+            ++returned;
+        });
+    ASSERT_TRUE(wait_for([&] {
+        return a.stats().receivers_waiting == 3 && b.stats().receivers_waiting == 3 && c.stats().receivers_waiting == 3;
+    }));
+    send<int>(b, 1);
+    ASSERT_TRUE(wait_for([&] { return returned.load() == 1; }));
+    std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(a.stats().wakeups + b.stats().wakeups + c.stats().wakeups, 1u);
+    EXPECT_EQ(returned.load(), 1);
+    for (auto* ch : {&a, &b, &c}) ch->close(mchain_close::drop_content);
+    for (auto& t : rx) t.join();
+}
+
+TEST(mchain, dynamic_storage_grows_for_a_burst_keeps_order_and_drains) {
+    environment env;
+    mchain ch = make_mchain(env);
+    for (int i = 0; i < 5000; ++i) send<int>(ch, i);
+    EXPECT_EQ(ch.stats().high_water, 5000u);
+    int next = 0;
+    bool in_order = true;
+    receive(from(ch).no_wait(), [&](int i) { in_order = in_order && i == next++; });
+    EXPECT_TRUE(in_order);
+    EXPECT_EQ(next, 5000);
+    // After the burst drained it works as before.
+    send<int>(ch, 7);
+    int got = 0;
+    receive(ch, 0ns, [&](int i) { got = i; });
+    EXPECT_EQ(got, 7);
+    expect_balanced(env);
 }
