@@ -592,9 +592,11 @@ mchain make_mchain(environment& env, mchain_options options) {
         throw usage_error("creating " + shown + ": preallocated memory needs a capacity");
     if (options.wait_for_space.count() < 0)
         throw usage_error("creating " + shown + ": wait_for_space is negative");
+    if (options.named && options.name.empty()) throw usage_error("creating a named mchain: the name is empty");
     core->check_not_stopping("creating", shown);
     auto c = std::make_shared<internal::mchain_impl>(core, std::move(options));
     internal::mchain_registry::of(*core).add(c);
+    if (c->options().named) internal::mbox_registry::of(*core).add(c->options().name, c);
     return mchain(std::move(c));
 }
 

@@ -50,6 +50,11 @@ enum class mchain_close : std::uint8_t {
 struct mchain_options {
     /// Names the chain in errors; "mchain #<id>" when empty.
     std::string name{};
+    /// Also lists the chain's mbox under `name` among the environment's named mboxes, so that
+    /// find_named_mbox(env, name) (and whatever sends by that name) reaches the chain. Raises
+    /// duplicate_name_error when the name is taken. The environment then holds the chain until
+    /// it stops.
+    bool named = false;
     /// The most messages it holds; 0: unbounded.
     std::size_t capacity = 0;
     mchain_memory memory = mchain_memory::dynamic;

@@ -583,3 +583,18 @@ TEST(mchain, dynamic_storage_grows_for_a_burst_keeps_order_and_drains) {
     EXPECT_EQ(got, 7);
     expect_balanced(env);
 }
+
+TEST(mchain, named_chain_is_found_by_name_and_reached_by_a_send_to_that_name) {
+    environment env;
+    mchain ch = make_mchain(env, {.name = "orders", .named = true});
+    mbox m = find_named_mbox(env, "orders");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m.kind(), mbox_kind::mchain);
+    send<int>(m, 5);
+    int got = 0;
+    receive(ch, 0ns, [&](int i) { got = i; });
+    EXPECT_EQ(got, 5);
+    EXPECT_THROW(make_mchain(env, {.name = "orders", .named = true}), duplicate_name_error);
+    EXPECT_THROW(make_named_mbox(env, "orders"), duplicate_name_error);
+    EXPECT_THROW(make_mchain(env, {.named = true}), usage_error);
+}
