@@ -214,11 +214,13 @@ void mchain_impl::deliver(envelope* e, timer_entry*) {
     }
 }
 
-mchain_impl::take_result mchain_impl::try_take(envelope*& out) noexcept {
+mchain_impl::take_result mchain_impl::try_take(envelope*& out, matcher match, void* ctx, int& index) noexcept {
     std::lock_guard g(lock_);
     if (count_) [[likely]] {
         out = pop_front();
         ++stats_.extracted;
+        index = match(ctx, out);
+        ++(index >= 0 ? stats_.handled : stats_.ignored);
         // Senders waiting for room are woken once a quarter of the chain is free, not at each
         // take: a producer woken for every slot would cost a wake-up (tens of microseconds) per
         // message. A sender whose wait runs out looks again before its reaction applies, and a
@@ -233,11 +235,6 @@ mchain_impl::take_result mchain_impl::try_take(envelope*& out) noexcept {
 bool mchain_impl::has_messages() const noexcept {
     std::lock_guard g(lock_);
     return count_ != 0;
-}
-
-void mchain_impl::count_taken(bool handled) noexcept {
-    std::lock_guard g(lock_);
-    ++(handled ? stats_.handled : stats_.ignored);
 }
 
 mchain_impl::put_result mchain_impl::try_put(envelope* e, thread_counters& c) {
@@ -411,6 +408,9 @@ receive_result run_select(const receive_params& p, select_case* cs, std::size_t 
                 if (cs[i].to_send) std::exchange(cs[i].to_send, nullptr)->release();
         }
     } own{cs, n};
+    if (is_select && p.chain())
+        throw usage_error("select: its conditions come from from_all(), not from(" + p.chain().name() +
+                          "): the chains are given by its cases");
     for (std::size_t i = 0; i < n; ++i)
         if (!cs[i].chain || !*cs[i].chain)
             throw usage_error(is_select ? "select: case #" + std::to_string(i + 1) + " has an empty mchain handle"
@@ -491,7 +491,8 @@ receive_result run_select(const receive_params& p, select_case* cs, std::size_t 
                 continue;
             }
             envelope* e = nullptr;
-            switch (ch.try_take(e)) {
+            int index = -1;
+            switch (ch.try_take(e, c.match, c.ctx, index)) {
                 case mchain_impl::take_result::closed: case_closed(c); continue;
                 case mchain_impl::take_result::empty: all_done = false; continue;
                 case mchain_impl::take_result::got: break;
@@ -500,8 +501,6 @@ receive_result run_select(const receive_params& p, select_case* cs, std::size_t 
             ++r.extracted;
             progress = true;
             next = i + 1;
-            const int index = c.match(c.ctx, e);
-            ch.count_taken(index >= 0);
             thread_counters::bump(counters.sent);  // the books see a chain's message at its outcome
             if (index < 0) {
                 thread_counters::bump(counters.ignored);

@@ -47,12 +47,15 @@ public:
     std::string name() const override;
 
     enum class take_result : std::uint8_t { got, empty, closed };
-    /// Takes the oldest message (the caller owns it, counted extracted in the chain only).
-    take_result try_take(envelope*& out) noexcept;
+    /// Which handler of the taker takes `e`'s type (an index), or -1. Runs under the chain's
+    /// lock: it only compares types.
+    using matcher = int (*)(void* ctx, envelope* e) noexcept;
+    /// Takes the oldest message (the caller owns it) and finds its handler with `match`, so that
+    /// the chain counts it handled or ignored under the one lock of the take. `index` is the
+    /// match (-1: none).
+    take_result try_take(envelope*& out, matcher match, void* ctx, int& index) noexcept;
     /// True when it holds messages (under the lock: a listener's re-check).
     bool has_messages() const noexcept;
-    /// Counts an extracted message handled, or ignored (no handler took its type).
-    void count_taken(bool handled) noexcept;
 
     enum class put_result : std::uint8_t { put, full, closed };
     /// A send case: puts `e` if there is room (no overflow reaction). On put, takes `e` and

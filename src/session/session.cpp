@@ -665,6 +665,14 @@ public:
         owner.core->push(&drain_);
     }
 
+    /// The handler of `e`'s type (the chain's matcher: under its lock, types only).
+    static int match(void* p, envelope* e) noexcept {
+        const mchain_handlers& hs = static_cast<chain_subscription*>(p)->handlers_;
+        for (std::size_t i = 0; i < hs.size(); ++i)
+            if (hs[i].first == e->type()) return static_cast<int>(i);
+        return -1;
+    }
+
     /// On the context: one turn, inside the gate.
     static void drain(void* p) {
         auto* self = static_cast<chain_subscription*>(p);
@@ -673,22 +681,17 @@ public:
             // A shutdown from another thread waits for this turn: no message is taken after it.
             if (self->shut.load(std::memory_order_acquire)) return;
             envelope* e = nullptr;
-            if (self->chain_->try_take(e) != mchain_impl::take_result::got) return;
+            int index = -1;
+            if (self->chain_->try_take(e, &chain_subscription::match, self, index) != mchain_impl::take_result::got)
+                return;
             envelope_ref ref(e);
-            handler* h = nullptr;
-            for (auto& [type, fn] : self->handlers_)
-                if (type == e->type()) {
-                    h = &fn;
-                    break;
-                }
-            self->chain_->count_taken(h != nullptr);
             thread_counters::bump(counters.sent);  // the books see a chain's message at its outcome
-            if (!h) {
+            if (index < 0) {
                 thread_counters::bump(counters.ignored);
                 continue;
             }
             thread_counters::bump(counters.delivered);  // before it runs: a handler that throws was delivered
-            (*h)(e);
+            self->handlers_[static_cast<std::size_t>(index)].second(e);
         }
     }
 

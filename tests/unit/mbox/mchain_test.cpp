@@ -598,3 +598,16 @@ TEST(mchain, named_chain_is_found_by_name_and_reached_by_a_send_to_that_name) {
     EXPECT_THROW(make_named_mbox(env, "orders"), duplicate_name_error);
     EXPECT_THROW(make_mchain(env, {.named = true}), usage_error);
 }
+
+TEST(mchain, select_given_from_a_chain_raises_usage_error_and_releases_its_messages) {
+    environment env;
+    mchain a = make_mchain(env, {.name = "a"});
+    try {
+        select(from(a), send_case(a, tracked(1), [] {}));
+        FAIL() << "no usage_error";
+    } catch (const usage_error& e) {
+        EXPECT_NE(std::string(e.what()).find("from_all()"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(tracked::live.load(), 0);
+    EXPECT_TRUE(a.empty());
+}
