@@ -188,20 +188,39 @@ public:
     explicit receive_params(mchain chain) : chain_(std::move(chain)) {}
 
     /// Return once `n` messages were handled (select: handled plus sent).
-    receive_params& handle_n(std::size_t n) noexcept { handle_n_ = n; return *this; }
+    receive_params& handle_n(std::size_t n) noexcept {
+        handle_n_ = n;
+        return *this;
+    }
     /// Return once `n` messages were extracted (handled or not).
-    receive_params& extract_n(std::size_t n) noexcept { extract_n_ = n; return *this; }
+    receive_params& extract_n(std::size_t n) noexcept {
+        extract_n_ = n;
+        return *this;
+    }
     /// Return when nothing could be done for `t` (measured from the last message, or the start).
-    receive_params& empty_timeout(std::chrono::nanoseconds t) noexcept { empty_timeout_ = t; return *this; }
+    receive_params& empty_timeout(std::chrono::nanoseconds t) noexcept {
+        empty_timeout_ = t;
+        return *this;
+    }
     /// Never wait: return as soon as nothing is ready.
     receive_params& no_wait() noexcept { return empty_timeout(std::chrono::nanoseconds::zero()); }
     /// Return when `t` has passed since the call began.
-    receive_params& total_time(std::chrono::nanoseconds t) noexcept { total_time_ = t; return *this; }
+    receive_params& total_time(std::chrono::nanoseconds t) noexcept {
+        total_time_ = t;
+        return *this;
+    }
     /// Return when `pred()` is true; asked before each wait and after each handler.
-    receive_params& stop_on(std::function<bool()> pred) { stop_on_ = std::move(pred); return *this; }
+    receive_params& stop_on(std::function<bool()> pred) {
+        stop_on_ = std::move(pred);
+        return *this;
+    }
     /// Called once for each chain the call finds closed (on the calling thread).
-    receive_params& on_close(std::function<void(const mchain&)> f) { on_close_ = std::move(f); return *this; }
+    receive_params& on_close(std::function<void(const mchain&)> f) {
+        on_close_ = std::move(f);
+        return *this;
+    }
 
+    // Read by receive() and select().
     const mchain& chain() const noexcept { return chain_; }
     std::size_t handle_limit() const noexcept { return handle_n_; }
     std::size_t extract_limit() const noexcept { return extract_n_; }
