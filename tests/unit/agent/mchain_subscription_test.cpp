@@ -229,3 +229,21 @@ TEST(mchain_subscription, environment_teardown_with_a_subscribed_session_discard
     expect_balanced(*env);
     EXPECT_GT(env->stats().messages_discarded, 0u);
 }
+
+TEST(mchain_subscription, handler_that_throws_is_counted_and_the_subscription_goes_on) {
+    std::atomic<int> logged{0};
+    environment env({.log = [&](std::string_view) { ++logged; }});
+    session s(env);
+    mchain ch = make_mchain(env);
+    std::atomic<int> n{0};
+    event_handle sub = s.subscribe(ch, [&](int i) {
+        ++n;
+        if (i == 3) throw std::runtime_error("bad job");
+    });
+    for (int i = 0; i < 10; ++i) send<int>(ch, i);
+    ASSERT_TRUE(wait_until([&] { return n.load() == 10; }));
+    EXPECT_EQ(env.stats().handler_exceptions, 1u);
+    EXPECT_GE(logged.load(), 1);
+    EXPECT_EQ(ch.stats().handled, 10u);
+    expect_balanced(env);
+}
