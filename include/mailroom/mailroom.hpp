@@ -6,6 +6,7 @@
 #include <mailroom/agent/state.hpp>
 #include <mailroom/mbox/event_handle.hpp>
 #include <mailroom/mbox/mbox.hpp>
+#include <mailroom/mbox/mchain.hpp>
 #include <mailroom/session/session.hpp>
 #include <mailroom/mbox/timer.hpp>
 #include <mailroom/core/clock.hpp>

@@ -101,6 +101,11 @@ internal::handle_target* agent::make_inbox(message_type type, internal::handler 
                                address, {}, std::move(filter));
 }
 
+internal::handle_target* agent::make_chain_subscription(const mchain& from, internal::mchain_handlers hs) {
+    return internal::add_mchain_subscription(internal::ref_of(*this), internal::agent_display_name(*core_), from,
+                                             std::move(hs));
+}
+
 void agent::add_subscription(const mbox& from, message_type type, internal::handler h) {
     // An agent with states subscribes its plain handlers in its default state.
     if (internal::agent_states* m = states_.load(std::memory_order_relaxed)) [[unlikely]] {
@@ -121,6 +126,8 @@ void agent::add_table_entry(const mbox& from, message_type type, internal::handl
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
     mbox_impl& m = *internal::impl_of(from);
     if (&m.env() != core.env) throw subscription_error(describe() + ": the mbox belongs to another environment");
+    if (m.kind() == mbox_kind::mchain)
+        throw subscription_error(describe() + ": it is an mchain (take from it with subscribe(chain, handlers...))");
     if (m.kind() == mbox_kind::direct && !(core.direct_made.load(std::memory_order_acquire) && m.id() == core.direct.id())) {
         // An inbox has a direct address too, but only its own callback receives: ask, never assume.
         if (static_cast<internal::direct_mbox&>(m).target().kind == delivery_kind::inbox)

@@ -19,6 +19,8 @@ MAILROOM_FAST_TLS thread_local timer_entry* tls_delivering = nullptr;
 MAILROOM_FAST_TLS thread_local timer_service* tls_timer_thread = nullptr;
 }  // namespace
 
+bool on_timer_thread() noexcept { return tls_timer_thread != nullptr; }
+
 bool timer_entry::cancel() noexcept {
     timer_service* svc = service_.load(std::memory_order_acquire);
     // The first canceller sets `unlinking` with `cancelled`: a later cancel() then waits for the

@@ -202,4 +202,8 @@ private:
     std::thread thread_;
 };
 
+/// True on the thread of a timer service (while it fires timers): what a delivery made there
+/// must not do is block or throw at the sender (an mchain that is full drops instead).
+MAILROOM_EXPORT bool on_timer_thread() noexcept;
+
 }  // namespace mailroom::internal

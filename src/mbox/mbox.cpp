@@ -257,6 +257,16 @@ mbox mbox_registry::make(std::string name, bool may_exist) {
     return mbox(std::move(m));
 }
 
+void mbox_registry::add(const std::string& name, std::shared_ptr<mbox_impl> m) {
+    env_->check_open("naming", m->name());
+    std::lock_guard g(lock_);
+    if (closed_)
+        throw environment_stopped_error("naming " + m->name() + ": environment '" + env_->name() + "' is stopped");
+    if (named_.count(name))
+        throw duplicate_name_error("named mbox '" + name + "' already exists in environment '" + env_->name() + "'");
+    named_.emplace(name, std::move(m));
+}
+
 mbox mbox_registry::find(std::string_view name) {
     std::lock_guard g(lock_);
     auto it = named_.find(name);

@@ -138,6 +138,8 @@ public:
     void wait_stopped() noexcept override;
 
     mbox make(std::string name, bool may_exist);
+    /// Lists `m` (an mchain's mbox face) under `name`; raises duplicate_name_error if taken.
+    void add(const std::string& name, std::shared_ptr<mbox_impl> m);
     mbox find(std::string_view name);
 
 private:

@@ -2,6 +2,7 @@
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/session/event_object.hpp>
+#include <mailroom/mbox/mchain_impl.hpp>
 #include <mailroom/core/handle_access.hpp>
 
 #include <vector>
@@ -617,6 +618,8 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
     if (!from) throw subscription_error(describe() + ": the mbox handle is empty");
     mbox_impl& m = *internal::impl_of(from);
     if (&m.env() != s.core->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
+    if (m.kind() == mbox_kind::mchain)
+        throw subscription_error(describe() + ": it is an mchain (take from it with subscribe(chain, handlers...))");
     if (m.kind() != mbox_kind::mpmc)
         throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
     filter_ref filters;
@@ -634,6 +637,148 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
     try {
         attach(o);
         o->join(internal::impl_of(from), std::move(filters));
+    } catch (...) {
+        destroy_object(o);
+        o->release();
+        throw;
+    }
+    return o;
+}
+
+// ---- subscriptions to mchains ----
+
+namespace {
+
+class chain_subscription;
+void execute_drain(demand* base, demand_mode mode) noexcept;
+
+// A context's subscription to an mchain: the chain tells it when a message is put
+// (on_message_put, under the chain's lock), and it queues one drain on its context unless one is
+// queued already; the drain takes a bounded batch per turn, so that a busy chain does not hold
+// the worker from the other contexts bound to it, and queues itself again while messages remain.
+// No thread polls.
+class chain_subscription final : public event_object, public mchain_listener {
+public:
+    chain_subscription(context_ref s, std::shared_ptr<mchain_impl> chain, mchain_handlers hs) noexcept
+        : event_object(std::move(s), kind::subscription, handler()), chain_(std::move(chain)),
+          handlers_(std::move(hs)) {
+        drain_.execute = &execute_drain;
+        drain_.obj = this;
+    }
+
+    void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept override {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    /// Starts listening (what is in the chain already is drained too). May throw (out of memory).
+    void listen() { chain_->add_listener(this); }
+
+    // Any thread; idempotent. After it the chain never calls this object again.
+    void stop_source() noexcept override { chain_->remove_listener(this); }
+
+    // Under the chain's lock: only queues (a receiver's push never takes the chain's lock).
+    void on_message_put() noexcept override {
+        if (shut.load(std::memory_order_relaxed) || scheduled_.exchange(true, std::memory_order_acq_rel)) return;
+        add_ref();  // the queued drain's
+        owner.core->push(&drain_);
+    }
+
+    /// The handler of `e`'s type (the chain's matcher: under its lock, types only).
+    static int match(void* p, envelope* e) noexcept {
+        const mchain_handlers& hs = static_cast<chain_subscription*>(p)->handlers_;
+        for (std::size_t i = 0; i < hs.size(); ++i)
+            if (hs[i].first == e->type()) return static_cast<int>(i);
+        return -1;
+    }
+
+    /// On the context: one turn, inside the gate.
+    static void drain(void* p) {
+        auto* self = static_cast<chain_subscription*>(p);
+        thread_counters& counters = self->owner.core->env->counters();
+        for (int i = 0; i < batch; ++i) {
+            // A shutdown from another thread waits for this turn: no message is taken after it.
+            if (self->shut.load(std::memory_order_acquire)) return;
+            envelope* e = nullptr;
+            int index = -1;
+            if (self->chain_->try_take(e, &chain_subscription::match, self, index) != mchain_impl::take_result::got)
+                return;
+            envelope_ref ref(e);
+            thread_counters::bump(counters.sent);  // the books see a chain's message at its outcome
+            if (index < 0) {
+                thread_counters::bump(counters.ignored);
+                continue;
+            }
+            thread_counters::bump(counters.delivered);  // before it runs: a handler that throws was delivered
+            self->handlers_[static_cast<std::size_t>(index)].second(e);
+        }
+    }
+
+    /// On the context, after a turn (or wherever the queue is discarded).
+    void after_turn(bool again) noexcept {
+        scheduled_.store(false, std::memory_order_seq_cst);
+        // A put after the turn's last take either sees `scheduled_` false and queues a drain, or
+        // came before this check (which takes the chain's lock, as the put did) and is seen here.
+        if (again && !shut.load(std::memory_order_acquire) && chain_->has_messages() &&
+            !scheduled_.exchange(true, std::memory_order_acq_rel)) {
+            owner.core->push(&drain_);  // keeps the drain's reference
+            return;
+        }
+        release();
+    }
+
+    static constexpr int batch = 32;
+    struct drain_demand final : demand {
+        chain_subscription* obj = nullptr;
+    };
+    drain_demand drain_;
+
+private:
+    ~chain_subscription() override = default;
+    std::atomic<std::uint32_t> refs_{1};  // the list's
+    std::atomic<bool> scheduled_{false};  // a drain is queued or running
+    const std::shared_ptr<mchain_impl> chain_;
+    mchain_handlers handlers_;  // destroyed with the object (no callback can run by then)
+};
+
+void execute_drain(demand* base, demand_mode mode) noexcept {
+    chain_subscription* o = static_cast<chain_subscription::drain_demand*>(base)->obj;
+    context_core& c = *o->owner.core;
+    thread_counters& counters = c.env->counters();
+    if (mode == demand_mode::discard) {
+        // The dispatchers stopped; the chain was closed when the teardown began (its content
+        // counted there).
+        thread_counters::bump(counters.callbacks_discarded);
+        o->after_turn(false);
+        return;
+    }
+    const run_outcome r = run_callback(c, o->owner.gen, static_cast<event_object*>(o), o->shut, "mchain callback",
+                                       message_type{}, &chain_subscription::drain, o);
+    thread_counters::bump(r == run_outcome::ran ? counters.callbacks_run : counters.callbacks_refused);
+    o->after_turn(r == run_outcome::ran);
+}
+
+}  // namespace
+
+handle_target* add_mchain_subscription(const context_ref& s, std::string_view name, const mchain& from,
+                                       mchain_handlers handlers) {
+    const std::shared_ptr<env_core> keep = live_env(s, name, "an mchain subscription");
+    if (!from) throw subscription_error(who(s, name) + ": subscription to an empty mchain handle");
+    auto chain = std::static_pointer_cast<mchain_impl>(internal::impl_of(from));
+    if (&chain->env() != s.core->env)
+        throw subscription_error(who(s, name) + ": subscription to " + chain->name() +
+                                 ": the chain belongs to another environment");
+    auto* o = new chain_subscription(s, std::move(chain), std::move(handlers));
+    o->add_ref();  // the handle's, before it is listed (see add_timer)
+    try {
+        list_object(*s.core, o, who(s, name));
+    } catch (...) {
+        o->release();
+        o->release();
+        throw;
+    }
+    try {
+        o->listen();
     } catch (...) {
         destroy_object(o);
         o->release();

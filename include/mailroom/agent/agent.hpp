@@ -98,6 +98,12 @@ public:
     /// a snapshot like current_state_path().
     bool is_in(const state& s) const noexcept;
 
+    /// A subscription to the mchain `from`, handled on the agent's context: an event object of
+    /// the agent like add_timer's, with session::subscribe(chain, ...)'s semantics. Any thread
+    /// while the agent exists (before the agent starts, its turns wait for on_start()).
+    template <class... Handlers>
+    [[nodiscard]] event_handle subscribe(const mchain& from, Handlers&&... handlers);
+
 protected:
     /// Called during registration, on the registering thread, before the agent is bound to run.
     /// Make subscriptions here. Throwing cancels the whole registration.
@@ -188,6 +194,7 @@ private:
                                         internal::handler fn);
     internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address,
                                         std::shared_ptr<const internal::filter_predicate> filter = {});
+    internal::handle_target* make_chain_subscription(const mchain& from, internal::mchain_handlers hs);
     bool remove_subscription(const mbox& from, message_type type);
     void set_filter(const mbox& from, std::shared_ptr<const internal::filter_predicate> pred);
     bool drop_filter(const mbox& from, message_type type);
@@ -225,6 +232,12 @@ void agent::subscribe(const mbox& from, F&& f) {
                              internal::call_with_payload<M, Arg>(fn, e);
                          }));
     }
+}
+
+template <class... Handlers>
+event_handle agent::subscribe(const mchain& from, Handlers&&... handlers) {
+    return event_handle(
+        make_chain_subscription(from, internal::make_mchain_handlers(std::forward<Handlers>(handlers)...)));
 }
 
 template <class Msg>

@@ -21,7 +21,9 @@ class timer_entry;
 struct handle_access;
 }  // namespace internal
 
-enum class mbox_kind : std::uint8_t { direct, mpmc };
+/// direct: one receiver (an agent's or an inbox's); mpmc: publish-subscribe; mchain: an
+/// mchain's mbox face (mchain.hpp), from which contexts take with subscribe(chain, ...).
+enum class mbox_kind : std::uint8_t { direct, mpmc, mchain };
 
 /// A handle to an mbox; cheap to copy, usable from any thread. Keeps the environment's core
 /// alive, so sending through it after the environment stopped raises environment_stopped_error

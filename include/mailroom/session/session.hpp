@@ -6,6 +6,7 @@
 #include <mailroom/mbox/delivery_filter.hpp>
 #include <mailroom/mbox/event_handle.hpp>
 #include <mailroom/mbox/mbox.hpp>
+#include <mailroom/mbox/mchain.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/session/detail/handler.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
@@ -152,6 +153,17 @@ public:
     template <class Msg, class F, class P>
     [[nodiscard]] event_handle subscribe(const mbox& from, F&& f, P&& pred)
         requires delivery_predicate<const std::decay_t<P>, Msg>;
+    /// A subscription to the mchain `from`: the chain feeds this session's context, with no
+    /// thread polling it. Each handler takes its message type (`[](const job&)`, by value or
+    /// `job&&` to move it out); a message no handler takes is extracted and counted ignored.
+    /// A turn handles at most 32 messages, then the session's other callbacks get their turn.
+    /// Several subscriptions (and receive() on other threads) may take from one chain: each
+    /// message goes to one of them. Any thread. Like any event object: once shutdown() returns
+    /// on a foreign thread no handler of it runs and none starts, and what it has not taken
+    /// stays in the chain. Raises session_destroyed_error on a destroyed session,
+    /// subscription_error for an empty handle or a chain of another environment.
+    template <class... Handlers>
+    [[nodiscard]] event_handle subscribe(const mchain& from, Handlers&&... handlers);
 
     /// Destroys the session and every event object it owns (see the class comment). Any
     /// thread, including its own callbacks; a no-op when already destroyed.

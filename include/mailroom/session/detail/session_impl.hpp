@@ -12,6 +12,8 @@
 #include <new>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace mailroom::internal {
 
@@ -98,6 +100,12 @@ MAILROOM_EXPORT handle_target* add_subscription(const context_ref& s, std::strin
                                                 message_type type, handler fn,
                                                 std::shared_ptr<const filter_predicate> filter = {});
 
+/// The handlers of a subscription to an mchain, by message type (the first that takes a type wins).
+using mchain_handlers = std::vector<std::pair<message_type, handler>>;
+/// Returns the object (the handle's reference), listening to `from`.
+MAILROOM_EXPORT handle_target* add_mchain_subscription(const context_ref& s, std::string_view name, const mchain& from,
+                                                       mchain_handlers handlers);
+
 /// A timer's callback (a session's or an agent's add_timer): `f()`.
 template <class F>
 handler timer_callback(F&& f) {
@@ -116,6 +124,18 @@ handler message_callback(F&& f) {
     static_assert(std::is_same_v<typename sig::message, Msg>, "the callback must take the Msg it is added for");
     return handler(
         [fn = Fn(std::forward<F>(f))](envelope* e) mutable { call_with_payload<Msg, typename sig::arg>(fn, e); });
+}
+
+/// The handlers of a subscription to an mchain, each typed by its signature.
+template <class... F>
+mchain_handlers make_mchain_handlers(F&&... fs) {
+    static_assert(sizeof...(F) > 0, "subscribe(chain, handlers...) needs at least one handler");
+    mchain_handlers hs;
+    hs.reserve(sizeof...(F));
+    (hs.emplace_back(message_type_of<handler_message_t<F>>(),
+                     message_callback<handler_message_t<F>>(std::forward<F>(fs))),
+     ...);
+    return hs;
 }
 
 }  // namespace mailroom::internal
@@ -141,6 +161,13 @@ inbox_handle session::add_inbox(F&& f) {
     mbox address;
     internal::handle_target* o = internal::add_inbox(ref_, name_, message_type_of<Msg>(), std::move(h), address);
     return inbox_handle(o, std::move(address));
+}
+
+template <class... Handlers>
+event_handle session::subscribe(const mchain& from, Handlers&&... handlers) {
+    internal::mchain_handlers hs = internal::make_mchain_handlers(std::forward<Handlers>(handlers)...);
+    if (!ref_) throw session_destroyed_error("subscribe: the session handle is empty");
+    return event_handle(internal::add_mchain_subscription(ref_, name_, from, std::move(hs)));
 }
 
 template <class Msg, class F>
