@@ -4,6 +4,7 @@
 #include <mailroom/agent/agent.hpp>
 #include <mailroom/agent/coop.hpp>
 #include <mailroom/mbox/event_handle.hpp>
+#include <mailroom/mbox/limits.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/session/session.hpp>
 #include <mailroom/mbox/timer.hpp>

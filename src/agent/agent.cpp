@@ -134,6 +134,12 @@ void agent::add_subscription(const mbox& from, message_type type, internal::hand
     list.push_back(std::move(entry));
 }
 
+void agent::set_limit(message_type type, std::shared_ptr<const internal::limit_spec> spec) {
+    internal::set_limit(internal::ref_of(*this), internal::agent_display_name(*core_), type, std::move(spec));
+}
+
+std::vector<limit_stats> limit_stats_of(const agent& a) { return internal::limit_stats_of(internal::ref_of(a)); }
+
 bool agent::remove_subscription(const mbox& from, message_type type) {
     using namespace internal;
     context_core& core = *core_;

@@ -24,6 +24,9 @@ namespace mailroom::internal {
 struct thread_counters {
     std::atomic<std::uint64_t> sent{0}, delivered{0}, lost{0}, ignored{0}, discarded{0}, cancelled{0},
         exceptions{0};
+    // What message limits did (the mbox layer's limit_table.cpp): `dropped` is an outcome of the
+    // ledger; a redirect or transform is not (the message is counted where it went instead).
+    std::atomic<std::uint64_t> dropped{0}, redirected{0}, transformed{0}, limit_aborts{0};
     // Callbacks that are not messages (posted calls, timer fires, inbox deliveries), counted by
     // the layer that runs them; read back through callback_totals().
     std::atomic<std::uint64_t> callbacks_run{0}, callbacks_refused{0}, callbacks_discarded{0};
@@ -63,7 +66,7 @@ private:
 /// is queued or counted. env_core::join() closes intake, then waits for every send in flight to
 /// end, so that no message passes the check, sleeps through the teardown and lands in a queue
 /// after the last sweep: when join() builds its report, sent = delivered + lost + ignored +
-/// discarded + cancelled holds exactly.
+/// discarded + cancelled + dropped holds exactly.
 ///
 /// The handshake is a Dekker pair (this side: `sending`, then `closed_`; join's side: `closed_`,
 /// then `sending`), made asymmetric as the context gate's is (dispatch/event_object.hpp): with

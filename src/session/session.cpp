@@ -2,6 +2,7 @@
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/session/event_object.hpp>
+#include <mailroom/mbox/limit_table.hpp>
 #include <mailroom/core/handle_access.hpp>
 
 #include <vector>
@@ -531,6 +532,23 @@ std::shared_ptr<env_core> live_env(const context_ref& s, std::string_view name, 
 }
 }  // namespace
 
+void set_limit(const context_ref& s, std::string_view name, message_type type,
+               std::shared_ptr<const limit_spec> spec) {
+    const char* what = spec ? "set a message limit" : "remove a message limit";
+    if (!s) throw session_destroyed_error(std::string("an empty handle: cannot ") + what);
+    std::shared_ptr<env_core> keep = live_env(s, name, what);
+    if (spec && spec->reaction == limit_reaction::redirect && !spec->to)
+        throw usage_error(who(s, name) + ": the limit of " + readable_name(type) +
+                          " redirects to an empty mbox handle");
+    if (!declare_limit(*s.core, s.gen, type, std::move(spec), who(s, name)))
+        throw session_destroyed_error(who(s, name) + " is destroyed: cannot " + what);
+}
+
+std::vector<limit_stats> limit_stats_of(const context_ref& s) {
+    if (!s || s.core->gen.load(std::memory_order_acquire) != s.gen) return {};
+    return limit_stats_of(static_cast<const receiver&>(*s.core));
+}
+
 handle_target* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
                         std::chrono::nanoseconds period, handler fn) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "a timer");
@@ -718,6 +736,8 @@ void session::detach() noexcept {
 }
 
 // ---- statistics ----
+
+std::vector<limit_stats> limit_stats_of(const session& s) { return internal::limit_stats_of(internal::ref_of(s)); }
 
 session_stats session_stats_of(const environment& env) {
     const internal::env_core& core = *internal::core_of(env);
