@@ -194,7 +194,8 @@ TEST(limits, bytes_limit_bounds_what_the_queued_messages_weigh) {
     });
     ASSERT_TRUE(b.engage(m));
     for (int i = 0; i < 10; ++i) send<heavy>(m, i);
-    const limit_stats* s = stats_for(limit_stats_of(*agent), message_type_of<heavy>());
+    const auto ls = limit_stats_of(*agent);
+    const limit_stats* s = stats_for(ls, message_type_of<heavy>());
     ASSERT_NE(s, nullptr);
     EXPECT_EQ(s->queued, 3u);
     EXPECT_EQ(s->queued_bytes, 300u);
@@ -273,7 +274,8 @@ TEST(limits, transform_reaction_sends_another_message_instead) {
     for (int i = 0; i < 10; ++i) send<ping>(m, i);
     ASSERT_TRUE(test::eventually([&] { return overflows.load() == 4; }));
     EXPECT_EQ(sum.load(), (3 + 5 + 7 + 9) * 10);
-    const limit_stats* s = stats_for(limit_stats_of(*agent), message_type_of<ping>());
+    const auto ls = limit_stats_of(*agent);
+    const limit_stats* s = stats_for(ls, message_type_of<ping>());
     EXPECT_EQ(s->transformed, 4u);
     EXPECT_EQ(s->dropped, 4u);
     b.release();
