@@ -125,7 +125,7 @@ accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_
     limit_slot* sp = nullptr;
     std::uint64_t w = limit_slot::none;
     if (t.active.load(std::memory_order_acquire)) [[likely]] {
-        sp = &t.find(e->type(), index);
+        sp = &t.find(e->type(), r.key, index);
         w = sp->word.load(std::memory_order_acquire);
     }
     if (w == limit_slot::none) {
@@ -171,8 +171,8 @@ limit_table::~limit_table() {
     for (auto& s : slots_) delete s.load(std::memory_order_relaxed);
 }
 
-std::shared_ptr<const limit_spec> limit_table::set(message_type t, std::shared_ptr<const limit_spec> spec,
-                                                   const std::string& owner) {
+std::shared_ptr<const limit_spec> limit_table::set(message_type t, std::uint64_t key,
+                                                   std::shared_ptr<const limit_spec> spec, const std::string& owner) {
     std::lock_guard g(lock_);
     if (owner_ != owner) owner_ = owner;
     limit_slot* s = nullptr;
@@ -184,7 +184,7 @@ std::shared_ptr<const limit_spec> limit_table::set(message_type t, std::shared_p
         for (std::uint32_t i = 1; i < n && !s; ++i) {
             limit_slot* x = slots_[i].load(std::memory_order_relaxed);
             const std::type_info* ty = x->type.load(std::memory_order_relaxed);
-            if (ty && message_type(*ty) == t)
+            if (ty && message_type(*ty) == t && x->key.load(std::memory_order_relaxed) == key)
                 s = x;
             else if (!spare && x->word.load(std::memory_order_relaxed) == limit_slot::none &&
                      x->queued.load(std::memory_order_relaxed) == 0)
@@ -196,6 +196,7 @@ std::shared_ptr<const limit_spec> limit_table::set(message_type t, std::shared_p
             // its demand gives back to the same slot.
             s = spare;
             s->type.store(t.info(), std::memory_order_relaxed);
+            s->key.store(key, std::memory_order_relaxed);
         }
         if (!s) {
             if (n == capacity)
@@ -204,6 +205,7 @@ std::shared_ptr<const limit_spec> limit_table::set(message_type t, std::shared_p
                                   " message types have limits of their own (use any_other_message for the rest)");
             s = new limit_slot;
             s->type.store(t.info(), std::memory_order_relaxed);
+            s->key.store(key, std::memory_order_relaxed);
             slots_[n].store(s, std::memory_order_relaxed);
             used_.store(n + 1, std::memory_order_release);
         }
@@ -240,6 +242,7 @@ std::vector<limit_stats> limit_table::stats() const {
         limit_stats x;
         const std::type_info* ty = s.type.load(std::memory_order_relaxed);
         x.type = ty ? message_type(*ty) : message_type_of<any_other_message>();
+        x.inbox = s.key.load(std::memory_order_relaxed) != 0;
         x.bounds = {limit_slot::messages_of(w), s.max_bytes.load(std::memory_order_relaxed)};
         x.reaction = limit_slot::reaction_of(w);
         x.queued = s.queued.load(std::memory_order_relaxed);
@@ -270,8 +273,8 @@ void limit_table::reset(std::vector<std::shared_ptr<const limit_spec>>& old) noe
     }
 }
 
-bool declare_limit(receiver& r, std::uint32_t gen, message_type t, std::shared_ptr<const limit_spec> spec,
-                   const std::string& owner) {
+bool declare_limit(receiver& r, std::uint32_t gen, message_type t, std::uint64_t key,
+                   std::shared_ptr<const limit_spec> spec, const std::string& owner) {
     const bool adding = static_cast<bool>(spec);
     std::shared_ptr<const limit_spec> old;  // freed outside the locks: it may hold the last mbox handle
     {
@@ -285,7 +288,7 @@ bool declare_limit(receiver& r, std::uint32_t gen, message_type t, std::shared_p
             table = new limit_table(r.env);
             r.limits.store(table, std::memory_order_release);  // inactive until set() succeeded
         }
-        old = table->set(t, std::move(spec), owner);
+        old = table->set(t, key, std::move(spec), owner);
         // Counting starts with the first limit of the life; a removal leaves it on (the slots
         // of removed limits count nothing).
         if (adding) table->active.store(true, std::memory_order_release);

@@ -46,6 +46,7 @@ struct limit_slot {
     static limit_reaction reaction_of(std::uint64_t w) noexcept { return limit_reaction((w >> 1) & 3); }
 
     std::atomic<const std::type_info*> type{nullptr};  // null for slot 0 (the default limit)
+    std::atomic<std::uint64_t> key{0};                 // one route's (an inbox's) limit; 0: the receiver's
     std::atomic<std::uint64_t> word{none};             // the bound on messages and the reaction
     std::atomic<std::uint64_t> max_bytes{~std::uint64_t{0}};
     std::atomic<std::uint64_t> queued{0}, queued_bytes{0};
@@ -64,27 +65,33 @@ public:
     limit_table(const limit_table&) = delete;
     limit_table& operator=(const limit_table&) = delete;
 
-    /// The slot that governs `t` (its own when it has an active one, else slot 0) and its
-    /// index. Any thread.
-    limit_slot& find(message_type t, std::uint8_t& index) const noexcept {
+    /// The slot that governs `t` sent along a route with `key`: the route's own limit of the
+    /// type, else the receiver's limit of the type, else slot 0; and its index. Any thread.
+    limit_slot& find(message_type t, std::uint64_t key, std::uint8_t& index) const noexcept {
         const std::uint32_t n = used_.load(std::memory_order_acquire);
+        std::uint32_t found = 0;
         for (std::uint32_t i = 1; i < n; ++i) {
             limit_slot* s = slots_[i].load(std::memory_order_relaxed);
             const std::type_info* ty = s->type.load(std::memory_order_relaxed);
-            if (ty && message_type(*ty) == t && s->word.load(std::memory_order_relaxed) != limit_slot::none) {
-                index = static_cast<std::uint8_t>(i);
-                return *s;
+            if (!ty || !(message_type(*ty) == t) || s->word.load(std::memory_order_relaxed) == limit_slot::none)
+                continue;
+            const std::uint64_t k = s->key.load(std::memory_order_relaxed);
+            if (k == key) {
+                found = i;
+                break;
             }
+            if (k == 0 && !found) found = i;
         }
-        index = 0;
-        return *slots_[0].load(std::memory_order_relaxed);
+        index = static_cast<std::uint8_t>(found);
+        return *slots_[found].load(std::memory_order_relaxed);
     }
     limit_slot& at(std::uint8_t index) const noexcept { return *slots_[index].load(std::memory_order_relaxed); }
 
-    /// Sets (or, with `spec` null, removes) the limit of `t`; `owner` names the receiver in
+    /// Sets (or, with `spec` null, removes) the limit of `t` (of one route's when `key` is not
+    /// 0: an inbox's); `owner` names the receiver in
     /// reports ("agent 'x'"). Any thread. Returns the spec it replaced (for the caller to free
     /// outside its locks). Raises usage_error naming `owner` when a 32nd type is limited.
-    std::shared_ptr<const limit_spec> set(message_type t, std::shared_ptr<const limit_spec> spec,
+    std::shared_ptr<const limit_spec> set(message_type t, std::uint64_t key, std::shared_ptr<const limit_spec> spec,
                                           const std::string& owner);
     /// The reaction's spec as it is now, or null. Any thread.
     std::shared_ptr<const limit_spec> spec_of(limit_slot& s) const;
@@ -108,11 +115,11 @@ private:
     std::string owner_;
 };
 
-/// Declares (or, with `spec` null, removes) a limit on `r`'s messages of type `t` in its life
-/// `gen`; the first declaration makes the table and turns counting on for the life. Any thread.
+/// Declares (or, with `spec` null, removes) a limit on `r`'s messages of type `t` (sent along
+/// the route with `key` only, when not 0) in its life `gen`; the first declaration makes the table and turns counting on for the life. Any thread.
 /// Returns false (and does nothing) when that life is over.
-bool declare_limit(receiver& r, std::uint32_t gen, message_type t, std::shared_ptr<const limit_spec> spec,
-                   const std::string& owner);
+bool declare_limit(receiver& r, std::uint32_t gen, message_type t, std::uint64_t key,
+                   std::shared_ptr<const limit_spec> spec, const std::string& owner);
 /// What `r`'s limits counted in its life (empty when it has none). Any thread.
 std::vector<limit_stats> limit_stats_of(const receiver& r);
 

@@ -540,8 +540,17 @@ void set_limit(const context_ref& s, std::string_view name, message_type type,
     if (spec && spec->reaction == limit_reaction::redirect && !spec->to)
         throw usage_error(who(s, name) + ": the limit of " + readable_name(type) +
                           " redirects to an empty mbox handle");
-    if (!declare_limit(*s.core, s.gen, type, std::move(spec), who(s, name)))
+    if (!declare_limit(*s.core, s.gen, type, 0, std::move(spec), who(s, name)))
         throw session_destroyed_error(who(s, name) + " is destroyed: cannot " + what);
+}
+
+void set_inbox_limit(const mbox& address, message_type type, std::shared_ptr<const limit_spec> spec) {
+    const auto& m = static_cast<const direct_mbox&>(*impl_of(address));
+    const route& r = m.target();
+    if (spec && spec->reaction == limit_reaction::redirect && !spec->to)
+        throw usage_error(m.name() + ": the limit of " + readable_name(type) + " redirects to an empty mbox handle");
+    if (!declare_limit(*r.to, r.gen, type, r.key, std::move(spec), m.name()))
+        throw session_destroyed_error(m.name() + ": its session is destroyed: cannot set a message limit");
 }
 
 std::vector<limit_stats> limit_stats_of(const context_ref& s) {

@@ -89,7 +89,7 @@ struct environment_options {
 /// their own counters and say how to read them
 /// (agent_stats_of, session_stats_of, named_stats_of).
 struct environment_stats {
-    std::uint64_t messages_sent = 0;       ///< queued for a handler (each receiver counts)
+    std::uint64_t messages_sent = 0;       ///< sent to a receiver (each receiver counts), then given one outcome below
     std::uint64_t messages_delivered = 0;  ///< a handler ran
     std::uint64_t messages_lost = 0;       ///< the receiver was gone (direct send after deregistration)
     std::uint64_t messages_ignored = 0;    ///< no handler for it: unsubscribed meanwhile, or an MPMC subscriber that left

@@ -47,6 +47,8 @@ MAILROOM_EXPORT void set_limit(const context_ref& s, std::string_view name, mess
                                std::shared_ptr<const limit_spec> spec);
 /// What the context's limits counted in its life (empty once it is over). Any thread.
 MAILROOM_EXPORT std::vector<limit_stats> limit_stats_of(const context_ref& s);
+/// Sets (or, with `spec` null, removes) the message limit of the inbox whose address this is.
+MAILROOM_EXPORT void set_inbox_limit(const mbox& address, message_type type, std::shared_ptr<const limit_spec> spec);
 }  // namespace internal
 
 class session;
@@ -135,6 +137,12 @@ public:
     /// session_destroyed_error on a destroyed session.
     template <class Msg, class F>
     [[nodiscard]] inbox_handle add_inbox(F&& f);
+
+    /// add_inbox() with a message limit of its own (see limit()): at most `bounds` of its
+    /// messages wait, and what comes over them meets `reaction`. Set before the address is
+    /// returned. The session's limit of Msg, if any, does not count the inbox's messages.
+    template <class Msg, class F, class Reaction>
+    [[nodiscard]] inbox_handle add_inbox(F&& f, limit_bounds bounds, Reaction reaction);
 
     /// A subscription to the `Msg`s published to the MPMC mbox `from` (anonymous or named):
     /// `f` runs on the session's context for each, and takes `const Msg&` (the shared,

@@ -433,6 +433,38 @@ TEST(limits, a_session_limit_bounds_its_inboxes) {
     expect_books_balance(env.stats());
 }
 
+TEST(limits, an_inbox_made_with_a_limit_has_its_own_count_beside_the_session_limit) {
+    environment env;
+    std::atomic<bool> holding{false}, released{false};
+    std::atomic<int> limited{0}, other{0};
+    session s(env, {.name = "desk"});
+    s.limit<ping>(5, limit_drop);
+    inbox_handle small = s.add_inbox<ping>([&](const ping&) { ++limited; }, {.messages = 2}, limit_drop);
+    inbox_handle big = s.add_inbox<ping>([&](const ping&) { ++other; });
+    ASSERT_TRUE(s.post([&] {
+        holding = true;
+        test::eventually([&] { return released.load(); }, 20s);
+    }));
+    ASSERT_TRUE(test::wait_set(holding));
+    for (int i = 0; i < 10; ++i) {
+        send<ping>(small.address(), i);
+        send<ping>(big.address(), i);
+    }
+    auto ls = limit_stats_of(s);
+    ASSERT_EQ(ls.size(), 2u);
+    for (const limit_stats& x : ls) {
+        EXPECT_EQ(x.dropped, x.inbox ? 8u : 5u);
+        EXPECT_EQ(x.queued, x.inbox ? 2u : 5u);
+    }
+    released = true;
+    ASSERT_TRUE(test::eventually([&] { return limited.load() == 2 && other.load() == 5; }));
+    s.destroy();
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    EXPECT_EQ(env.stats().messages_dropped, 13u);
+    expect_books_balance(env.stats());
+}
+
 TEST(limits, counts_are_given_back_by_messages_that_find_no_handler) {
     blocker b;
     environment env;
@@ -477,7 +509,7 @@ TEST(limits, counts_are_given_back_by_messages_still_queued_when_the_agent_goes_
     internal::limit_table* t = ref.core->limits.load();
     ASSERT_NE(t, nullptr);
     std::uint8_t index = 0;
-    internal::limit_slot& slot = t->find(message_type_of<ping>(), index);
+    internal::limit_slot& slot = t->find(message_type_of<ping>(), 0, index);
     ASSERT_EQ(index, 1u);
     EXPECT_EQ(slot.queued.load(), 5u);
     env.stop();  // the pings behind the hold are lost or discarded, never handled

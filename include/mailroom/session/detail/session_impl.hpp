@@ -139,6 +139,16 @@ inbox_handle session::add_inbox(F&& f) {
     return inbox_handle(o, std::move(address));
 }
 
+template <class Msg, class F, class Reaction>
+inbox_handle session::add_inbox(F&& f, limit_bounds bounds, Reaction reaction) {
+    std::shared_ptr<const internal::limit_spec> spec = internal::make_limit<Msg>(bounds, std::move(reaction));
+    inbox_handle in = add_inbox<Msg>(std::forward<F>(f));
+    // Before the address leaves this function, so that no message reaches it unlimited; a
+    // refusal destroys the inbox with the handle.
+    internal::set_inbox_limit(in.address(), message_type_of<Msg>(), std::move(spec));
+    return in;
+}
+
 template <class Msg, class F>
 event_handle session::subscribe(const mbox& from, F&& f) {
     internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
