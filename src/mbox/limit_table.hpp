@@ -46,7 +46,7 @@ struct limit_slot {
     static limit_reaction reaction_of(std::uint64_t w) noexcept { return limit_reaction((w >> 1) & 3); }
 
     std::atomic<const std::type_info*> type{nullptr};  // null for slot 0 (the default limit)
-    std::atomic<std::uint64_t> key{0};                 // one route's (an inbox's) limit; 0: the receiver's
+    std::atomic<std::uint64_t> key{0};                 // one route's (an inbox's or a subscription's) limit; 0: the receiver's
     std::atomic<std::uint64_t> word{none};             // the bound on messages and the reaction
     std::atomic<std::uint64_t> max_bytes{~std::uint64_t{0}};
     std::atomic<std::uint64_t> queued{0}, queued_bytes{0};

@@ -619,7 +619,7 @@ handle_target* add_inbox(const context_ref& s, std::string_view name, message_ty
 }
 
 handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from, message_type type,
-                               handler fn) {
+                               handler fn, std::shared_ptr<const limit_spec> limit) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "a subscription");
     auto describe = [&] {
         return who(s, name) + ": subscription to " + readable_name(type) + " on " + from.name();
@@ -629,6 +629,8 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
     if (&m.env() != s.core->env) throw subscription_error(describe() + ": the mbox belongs to another environment");
     if (m.kind() != mbox_kind::mpmc)
         throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
+    if (limit && limit->reaction == limit_reaction::redirect && !limit->to)
+        throw usage_error(describe() + ": its limit redirects to an empty mbox handle");
     auto* o = new subscription_object(s, type, std::move(fn));
     o->mbox_id = new_delivery_key();
     o->add_ref();  // the handle's, before it is listed (see add_timer)
@@ -641,6 +643,9 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
     }
     try {
         attach(o);
+        // Its own limit before it joins the topic: no publication reaches it unlimited.
+        if (limit && !declare_limit(*s.core, s.gen, type, o->mbox_id, std::move(limit), describe()))
+            throw session_destroyed_error(who(s, name) + " is destroyed: cannot add a subscription");
         o->join(internal::impl_of(from));
     } catch (...) {
         destroy_object(o);

@@ -65,7 +65,7 @@ private:
 /// start with the receiver's life.
 struct limit_stats {
     message_type type{};       ///< any_other_message for the default limit
-    bool inbox = false;        ///< one inbox's own limit (session::add_inbox with a limit)
+    bool inbox = false;        ///< one inbox's or subscription's own limit (a session's, given when made)
     limit_bounds bounds{};
     limit_reaction reaction = limit_reaction::drop;
     std::uint64_t queued = 0;        ///< waiting now (taken out when their handling begins)

@@ -177,6 +177,12 @@ public:
         internal::set_limit(ref_, name_, message_type_of<Msg>(), nullptr);
     }
 
+    /// subscribe() with a message limit of its own (see limit()), declared before it joins
+    /// the topic. The session's limit of Msg, if any, does not count this subscription's
+    /// messages.
+    template <class Msg, class F, class Reaction>
+    [[nodiscard]] event_handle subscribe(const mbox& from, F&& f, limit_bounds bounds, Reaction reaction);
+
     /// Destroys the session and every event object it owns (see the class comment). Any
     /// thread, including its own callbacks; a no-op when already destroyed.
     void destroy() noexcept;

@@ -465,6 +465,32 @@ TEST(limits, an_inbox_made_with_a_limit_has_its_own_count_beside_the_session_lim
     expect_books_balance(env.stats());
 }
 
+TEST(limits, a_session_subscription_made_with_a_limit_drops_publications_over_it) {
+    environment env;
+    std::atomic<bool> holding{false}, released{false};
+    std::atomic<int> handled{0};
+    mbox topic = make_mpmc_mbox(env);
+    session s(env, {.name = "watcher"});
+    event_handle sub = s.subscribe<ping>(topic, [&](const ping&) { ++handled; }, {.messages = 3}, limit_drop);
+    ASSERT_TRUE(s.post([&] {
+        holding = true;
+        test::eventually([&] { return released.load(); }, 20s);
+    }));
+    ASSERT_TRUE(test::wait_set(holding));
+    for (int i = 0; i < 10; ++i) send<ping>(topic, i);
+    auto ls = limit_stats_of(s);
+    ASSERT_EQ(ls.size(), 1u);
+    EXPECT_TRUE(ls[0].inbox);
+    EXPECT_EQ(ls[0].dropped, 7u);
+    released = true;
+    ASSERT_TRUE(test::eventually([&] { return handled.load() == 3; }));
+    s.destroy();
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    EXPECT_EQ(env.stats().messages_dropped, 7u);
+    expect_books_balance(env.stats());
+}
+
 TEST(limits, counts_are_given_back_by_messages_that_find_no_handler) {
     blocker b;
     environment env;

@@ -90,9 +90,11 @@ protected:
 /// held by the inbox and stopped with it (see inbox_stop_hook).
 MAILROOM_EXPORT handle_target* add_inbox(const context_ref& s, std::string_view name, message_type type, handler fn,
                                          mbox& address, std::shared_ptr<inbox_stop_hook> on_stop = {});
-/// Returns the object (the handle's reference), subscribed to `from`.
+/// Returns the object (the handle's reference), subscribed to `from` (with a message limit of
+/// its own when `limit` is set, declared before it joins the topic).
 MAILROOM_EXPORT handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from,
-                                                message_type type, handler fn);
+                                                message_type type, handler fn,
+                                                std::shared_ptr<const limit_spec> limit = {});
 
 /// A timer's callback (a session's or an agent's add_timer): `f()`.
 template <class F>
@@ -147,6 +149,15 @@ inbox_handle session::add_inbox(F&& f, limit_bounds bounds, Reaction reaction) {
     // refusal destroys the inbox with the handle.
     internal::set_inbox_limit(in.address(), message_type_of<Msg>(), std::move(spec));
     return in;
+}
+
+template <class Msg, class F, class Reaction>
+event_handle session::subscribe(const mbox& from, F&& f, limit_bounds bounds, Reaction reaction) {
+    std::shared_ptr<const internal::limit_spec> spec = internal::make_limit<Msg>(bounds, std::move(reaction));
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
+    if (!ref_) throw session_destroyed_error("subscribe: the session handle is empty");
+    return event_handle(
+        internal::add_subscription(ref_, name_, from, message_type_of<Msg>(), std::move(h), std::move(spec)));
 }
 
 template <class Msg, class F>
