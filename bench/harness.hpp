@@ -97,13 +97,15 @@ inline void check(bool ok, const char* workload, const std::string& what) {
 }
 
 #ifndef MAILROOM_BENCH_WITHOUT_LIBRARY
-/// Fails unless every message sent was delivered and none was lost, ignored or cancelled.
+/// Fails unless every message sent was delivered and none was lost, ignored, cancelled or dropped.
 inline void check_stats(const char* workload, const mailroom::environment_stats& s, std::uint64_t min_delivered) {
     auto u = [](std::uint64_t v) { return std::to_string(v); };
     std::string text = "sent " + u(s.messages_sent) + " delivered " + u(s.messages_delivered) + " lost " +
                        u(s.messages_lost) + " ignored " + u(s.messages_ignored) + " cancelled " +
-                       u(s.messages_cancelled) + " exceptions " + u(s.handler_exceptions);
-    check(s.messages_lost == 0 && s.messages_ignored == 0 && s.messages_cancelled == 0 && s.handler_exceptions == 0,
+                       u(s.messages_cancelled) + " dropped " + u(s.messages_dropped) + " exceptions " +
+                       u(s.handler_exceptions);
+    check(s.messages_lost == 0 && s.messages_ignored == 0 && s.messages_cancelled == 0 && s.messages_dropped == 0 &&
+              s.handler_exceptions == 0,
           workload, "environment counters: " + text);
     check(s.messages_delivered >= min_delivered, workload,
           "expected at least " + u(min_delivered) + " deliveries; " + text);

@@ -140,9 +140,9 @@ int main() {
     std::printf("teardown took %.3f ms: %llu messages and %llu session callbacks discarded, %zu overruns\n",
                 std::chrono::duration<double, std::milli>(report.took).count(), u(report.messages_discarded),
                 u(report.callbacks_discarded), report.overruns.size());
-    std::printf("sent %llu = delivered %llu + lost %llu + ignored %llu + discarded %llu + cancelled %llu\n",
+    std::printf("sent %llu = delivered %llu + lost %llu + ignored %llu + discarded %llu + cancelled %llu + dropped %llu\n",
                 u(s.messages_sent), u(s.messages_delivered), u(s.messages_lost), u(s.messages_ignored),
-                u(s.messages_discarded), u(s.messages_cancelled));
+                u(s.messages_discarded), u(s.messages_cancelled), u(s.messages_dropped));
     std::printf("agents created %llu destroyed %llu; sessions created %llu destroyed %llu\n", u(s_agent.agents_created),
                 u(s_agent.agents_destroyed), u(s_session.sessions_created), u(s_session.sessions_destroyed));
     {
@@ -155,7 +155,7 @@ int main() {
     check(refused_sends.load() == 1, "the producer's send was refused once the environment closed");
     check(s.messages_ignored >= 1 && s.messages_lost >= 1, "the note was counted ignored, the job to the gone inbox lost");
     check(s.messages_sent == s.messages_delivered + s.messages_lost + s.messages_ignored + s.messages_discarded +
-                                 s.messages_cancelled,
+                                 s.messages_cancelled + s.messages_dropped,
           "the books balance");
     check(s.messages_discarded == report.messages_discarded, "the report and the counters agree");
     check(s_agent.agents_created == s_agent.agents_destroyed && s_session.sessions_created == s_session.sessions_destroyed &&

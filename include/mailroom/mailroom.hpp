@@ -5,6 +5,7 @@
 #include <mailroom/agent/coop.hpp>
 #include <mailroom/agent/state.hpp>
 #include <mailroom/mbox/event_handle.hpp>
+#include <mailroom/mbox/limits.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/mbox/mchain.hpp>
 #include <mailroom/session/session.hpp>

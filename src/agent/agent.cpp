@@ -152,6 +152,12 @@ void agent::add_table_entry(const mbox& from, message_type type, internal::handl
     list.push_back(std::move(entry));
 }
 
+void agent::set_limit(message_type type, std::shared_ptr<const internal::limit_spec> spec) {
+    internal::set_limit(internal::ref_of(*this), internal::agent_display_name(*core_), type, std::move(spec));
+}
+
+std::vector<limit_stats> limit_stats_of(const agent& a) { return internal::limit_stats_of(internal::ref_of(a)); }
+
 bool agent::remove_subscription(const mbox& from, message_type type) {
     using namespace internal;
     if (agent_states* m = states_.load(std::memory_order_relaxed)) [[unlikely]]

@@ -27,6 +27,9 @@ struct thread_counters {
     // Deliveries a delivery filter refused (each also counted sent, then ignored), and
     // predicates that threw (their messages among the refused).
     std::atomic<std::uint64_t> filtered{0}, filter_exceptions{0};
+    // What message limits did (the mbox layer's limit_table.cpp): `dropped` is an outcome of the
+    // ledger; a redirect or transform is not (the message is counted where it went instead).
+    std::atomic<std::uint64_t> dropped{0}, redirected{0}, transformed{0}, limit_aborts{0};
     // Callbacks that are not messages (posted calls, timer fires, inbox deliveries), counted by
     // the layer that runs them; read back through callback_totals().
     std::atomic<std::uint64_t> callbacks_run{0}, callbacks_refused{0}, callbacks_discarded{0};
@@ -66,7 +69,7 @@ private:
 /// is queued or counted. env_core::join() closes intake, then waits for every send in flight to
 /// end, so that no message passes the check, sleeps through the teardown and lands in a queue
 /// after the last sweep: when join() builds its report, sent = delivered + lost + ignored +
-/// discarded + cancelled holds exactly.
+/// discarded + cancelled + dropped holds exactly.
 ///
 /// The handshake is a Dekker pair (this side: `sending`, then `closed_`; join's side: `closed_`,
 /// then `sending`), made asymmetric as the context gate's is (dispatch/event_object.hpp): with

@@ -460,10 +460,14 @@ environment_stats env_core::stats() const {
             s.messages_cancelled += c->cancelled.load(std::memory_order_acquire);
             s.messages_filtered += c->filtered.load(std::memory_order_acquire);
             s.delivery_filter_exceptions += c->filter_exceptions.load(std::memory_order_acquire);
+            s.messages_dropped += c->dropped.load(std::memory_order_acquire);
         }
         for (auto& [id, c] : counters_) {
             s.messages_sent += c->sent.load(std::memory_order_relaxed);
             s.handler_exceptions += c->exceptions.load(std::memory_order_relaxed);
+            s.messages_redirected += c->redirected.load(std::memory_order_relaxed);
+            s.messages_transformed += c->transformed.load(std::memory_order_relaxed);
+            s.limit_aborts += c->limit_aborts.load(std::memory_order_relaxed);
         }
     }
     auto t = timers_.stats();

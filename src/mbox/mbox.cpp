@@ -82,6 +82,7 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
         ref.release();
         return;
     }
+    if (r == accept_result::diverted) return;  // a message limit counted what it did
     thread_counters::bump(counters.sent);  // every counted outcome was first counted sent
     thread_counters::bump(r == accept_result::gone ? counters.lost : counters.ignored);
 }
@@ -97,6 +98,7 @@ std::string mpmc_mbox::name() const {
 void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
     envelope_ref ref(e);  // released after the send ended: the payload's destructor is user code
     std::uint32_t gone = 0;  // deliveries whose receiver left: their references are ours to drop
+    std::uint32_t diverted = 0;  // deliveries a message limit took care of (and counted): the same
     {
         env_core& env = *env_;
         thread_counters& counters = env.counters();
@@ -129,16 +131,16 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
                     ++filtered;
                     continue;
                 }
-                if (accept(l.to, l.link.closed ? &l.link : nullptr, e, timer, counters) != accept_result::queued)
-                    [[unlikely]] ++gone;
+                const accept_result r = accept(l.to, l.link.closed ? &l.link : nullptr, e, timer, counters);
+                if (r != accept_result::queued) [[unlikely]]
+                    ++(r == accept_result::diverted ? diverted : gone);
             }
         } catch (...) {
             // Out of memory: the deliveries not made were never sent (the caller gets the error).
-            gone += n - i;
-            thread_counters::bump(counters.sent, gone - (n - i));
-            thread_counters::bump(counters.ignored, gone - (n - i));
+            thread_counters::bump(counters.sent, gone);
+            thread_counters::bump(counters.ignored, gone);
             thread_counters::bump(counters.filtered, filtered);
-            for (std::uint32_t j = 0; j < gone; ++j) e->release();
+            for (std::uint32_t j = 0; j < gone + diverted + (n - i); ++j) e->release();
             throw;
         }
         if (gone) {
@@ -147,7 +149,7 @@ void mpmc_mbox::deliver(envelope* e, timer_entry* timer) {
             if (filtered) thread_counters::bump(counters.filtered, filtered);
         }
     }
-    for (std::uint32_t j = 0; j < gone; ++j) e->release();
+    for (std::uint32_t j = 0; j < gone + diverted; ++j) e->release();
 }
 
 void mpmc_mbox::add_subscriber(route sub, message_type type, object_link link, filter_ref filter) {

@@ -31,6 +31,7 @@ enum class delivery_kind : std::uint8_t { direct, inbox, fanout };
 /// What an mbox did with one delivery.
 enum class accept_result : std::uint8_t {
     queued,    ///< taken and queued (counted sent)
+    diverted,  ///< over a message limit: dropped, redirected or transformed, and counted (limit_table.hpp)
     gone,      ///< the receiver's life (or its object) is over: counted lost (direct) or ignored (published)
     unwanted,  ///< not a type the route takes (an inbox of another type): counted ignored
 };
@@ -49,6 +50,8 @@ public:
 private:
     std::atomic<bool> flag_{false};
 };
+
+class limit_table;
 
 /// The addressable part of a serial context (see the file comment). The layer above derives
 /// its context record from it and sets `run_message`, which executes a message_demand.
@@ -84,6 +87,11 @@ public:
     std::atomic<std::uint32_t> gen{1};
     std::atomic<std::uint8_t> start{start_closed};
     spin_mutex pending_lock;  // the pre-start list (and, above, the name): never on the running path
+    // The message limits, made (under pending_lock) by the first limit declared in any life of
+    // the record and kept until the record is freed: a demand counted by it names its slot and
+    // may run after the life ended (limit_table.hpp). Next to `gen`, which every send loads, so
+    // that a receiver that never had a limit pays one test of a word already in cache.
+    std::atomic<limit_table*> limits{nullptr};
     std::atomic<event_queue*> queue{nullptr};
     context_gate gate;
 
@@ -94,10 +102,13 @@ public:
     // Guarded by pending_lock.
     demand* pending_head = nullptr;
     demand* pending_tail = nullptr;
+    /// The end of a life's limits (the record is recycled): sends stop counting, the slots are
+    /// reset for the next life. Demands still queued give back what they took when they run.
+    void end_limits() noexcept;
 
 protected:
     receiver() = default;
-    ~receiver() = default;
+    ~receiver();
 };
 
 /// A message on its way to a receiver.
@@ -105,6 +116,7 @@ struct message_demand final : demand {
     receiver* target;
     std::uint32_t gen;
     delivery_kind kind;  // how it counts when it finds no handler or no receiver
+    std::uint8_t limit_slot;  // 1 + the slot of target->limits that counted it; 0: none (in padding)
     std::uint64_t key;   // what the receiver's table maps to a handler (an mbox id, or an object's)
     envelope* msg;
     timer_entry* timer;  // holds a reference when set
@@ -116,6 +128,7 @@ struct message_demand final : demand {
         d->target = target;
         d->gen = gen;
         d->kind = kind;
+        d->limit_slot = 0;
         d->key = key;
         d->msg = msg;
         d->timer = timer;
@@ -150,10 +163,19 @@ struct object_link {
     message_type only{};
 };
 
+/// accept() for a receiver with limits (limit_table.cpp): counts `e` in its type's slot and queues
+/// it, or applies the limit's reaction (diverted).
+accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_entry* timer, thread_counters& c);
+
+/// Gives back what a limited demand took from its slot: when its handling begins, or when it is
+/// refused, discarded or finds its receiver gone. The context's thread (or the discarding one).
+void limit_release(const message_demand& d) noexcept;
+
 /// Any thread, inside the sender's send_scope. Queues `e` along `r` (and `o`, when it leads to
 /// an event object): takes over one reference to `e` (and adds one to `timer` when set), and
 /// counts the send in `c` before the delivery is queued (so that no snapshot of the counters
-/// shows its outcome first). Otherwise takes and counts nothing: an early answer, which the
+/// shows its outcome first). Over a message limit (diverted) it counted what it did, and the
+/// caller releases its reference. Otherwise takes and counts nothing: an early answer, which the
 /// receiving side checks again. May throw (out of memory) before it took anything.
 inline accept_result accept(const route& r, const object_link* o, envelope* e, timer_entry* timer,
                             thread_counters& c) {
@@ -164,6 +186,9 @@ inline accept_result accept(const route& r, const object_link* o, envelope* e, t
     }
     if (to.gen.load(std::memory_order_acquire) != r.gen) [[unlikely]]
         return accept_result::gone;
+    // The one test a send pays for limits when it has none (the word shares gen's cache line).
+    if (limit_table* t = to.limits.load(std::memory_order_acquire)) [[unlikely]]
+        return accept_limited(*t, r, e, timer, c);
     message_demand* d = message_demand::make(&to, r.gen, r.key, e, timer, r.kind);
     thread_counters::bump(c.sent);
     to.push(d);

@@ -3,6 +3,7 @@
 #include <mailroom/core/error.hpp>
 
 #include <mailroom/mbox/handle_target.hpp>
+#include <mailroom/mbox/limit_table.hpp>
 #include <mailroom/mbox/mbox_impl.hpp>
 #include <mailroom/core/handle_access.hpp>
 
@@ -62,6 +63,9 @@ private:
     }
 
     void deliver(envelope* e) noexcept {
+        // Over a message limit, a timer's message is dropped and counted whatever the reaction
+        // (limit_table.hpp): this thread serves every timer of the environment.
+        timer_send_scope from_timer;
         try {
             // A timer nobody can cancel any more needs no cancellation check at the receiver.
             internal::impl_of(target_)->deliver(e, cancellable() ? this : nullptr);

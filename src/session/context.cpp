@@ -134,6 +134,7 @@ void context_arena::recycle(context_core* c) noexcept {
     c->policy = exception_policy::inherit;
     c->direct = mbox();
     c->direct_made.store(false, std::memory_order_relaxed);
+    c->end_limits();
     std::unique_ptr<std::string> no_name;  // the old one, freed outside the lock
     {
         std::lock_guard g(c->pending_lock);
@@ -242,6 +243,10 @@ void execute_message(demand* base, demand_mode mode) noexcept {
     auto* d = static_cast<message_demand*>(base);
     auto* c = static_cast<context_core*>(d->target);
     thread_counters& counters = c->env->counters();
+    // Taken out of its message limit's count as its handling begins, or as it is discarded,
+    // refused or finds its receiver gone: every path below, so the count never leaks.
+    if (d->limit_slot) [[unlikely]]
+        limit_release(*d);
     if (mode == demand_mode::discard) [[unlikely]] {
         thread_counters::bump(counters.discarded);
         d->free();

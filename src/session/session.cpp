@@ -3,6 +3,7 @@
 #include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/session/event_object.hpp>
 #include <mailroom/mbox/mchain_impl.hpp>
+#include <mailroom/mbox/limit_table.hpp>
 #include <mailroom/core/handle_access.hpp>
 
 #include <vector>
@@ -536,6 +537,32 @@ std::shared_ptr<env_core> live_env(const context_ref& s, std::string_view name, 
 }
 }  // namespace
 
+void set_limit(const context_ref& s, std::string_view name, message_type type,
+               std::shared_ptr<const limit_spec> spec) {
+    const char* what = spec ? "set a message limit" : "remove a message limit";
+    if (!s) throw session_destroyed_error(std::string("an empty handle: cannot ") + what);
+    std::shared_ptr<env_core> keep = live_env(s, name, what);
+    if (spec && spec->reaction == limit_reaction::redirect && !spec->to)
+        throw usage_error(who(s, name) + ": the limit of " + readable_name(type) +
+                          " redirects to an empty mbox handle");
+    if (!declare_limit(*s.core, s.gen, type, 0, std::move(spec), who(s, name)))
+        throw session_destroyed_error(who(s, name) + " is destroyed: cannot " + what);
+}
+
+void set_inbox_limit(const mbox& address, message_type type, std::shared_ptr<const limit_spec> spec) {
+    const auto& m = static_cast<const direct_mbox&>(*impl_of(address));
+    const route& r = m.target();
+    if (spec && spec->reaction == limit_reaction::redirect && !spec->to)
+        throw usage_error(m.name() + ": the limit of " + readable_name(type) + " redirects to an empty mbox handle");
+    if (!declare_limit(*r.to, r.gen, type, r.key, std::move(spec), m.name()))
+        throw session_destroyed_error(m.name() + ": its session is destroyed: cannot set a message limit");
+}
+
+std::vector<limit_stats> limit_stats_of(const context_ref& s) {
+    if (!s || s.core->gen.load(std::memory_order_acquire) != s.gen) return {};
+    return limit_stats_of(static_cast<const receiver&>(*s.core));
+}
+
 handle_target* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
                         std::chrono::nanoseconds period, handler fn) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "a timer");
@@ -610,7 +637,8 @@ handle_target* add_inbox(const context_ref& s, std::string_view name, message_ty
 }
 
 handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from, message_type type,
-                               handler fn, std::shared_ptr<const filter_predicate> filter) {
+                               handler fn, std::shared_ptr<const filter_predicate> filter,
+                               std::shared_ptr<const limit_spec> limit) {
     const std::shared_ptr<env_core> keep = live_env(s, name, "a subscription");
     auto describe = [&] {
         return who(s, name) + ": subscription to " + readable_name(type) + " on " + from.name();
@@ -622,6 +650,8 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
         throw subscription_error(describe() + ": it is an mchain (take from it with subscribe(chain, handlers...))");
     if (m.kind() != mbox_kind::mpmc)
         throw subscription_error(describe() + ": it is a direct mbox (event objects subscribe to MPMC mboxes only)");
+    if (limit && limit->reaction == limit_reaction::redirect && !limit->to)
+        throw usage_error(describe() + ": its limit redirects to an empty mbox handle");
     filter_ref filters;
     if (filter) filters = filter_holding(std::move(filter), who(s, name));
     auto* o = new subscription_object(s, type, std::move(fn));
@@ -636,6 +666,9 @@ handle_target* add_subscription(const context_ref& s, std::string_view name, con
     }
     try {
         attach(o);
+        // Its own limit before it joins the topic: no publication reaches it unlimited.
+        if (limit && !declare_limit(*s.core, s.gen, type, o->mbox_id, std::move(limit), describe()))
+            throw session_destroyed_error(who(s, name) + " is destroyed: cannot add a subscription");
         o->join(internal::impl_of(from), std::move(filters));
     } catch (...) {
         destroy_object(o);
@@ -882,6 +915,8 @@ void session::detach() noexcept {
 }
 
 // ---- statistics ----
+
+std::vector<limit_stats> limit_stats_of(const session& s) { return internal::limit_stats_of(internal::ref_of(s)); }
 
 session_stats session_stats_of(const environment& env) {
     const internal::env_core& core = *internal::core_of(env);

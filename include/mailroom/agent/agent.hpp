@@ -2,6 +2,7 @@
 /// Agents: user classes whose handlers run on a serial context, one message at a time.
 
 #include <mailroom/mbox/delivery_filter.hpp>
+#include <mailroom/mbox/limits.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/session/session.hpp>
 #include <mailroom/session/detail/handler.hpp>
@@ -11,9 +12,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 namespace mailroom {
 
@@ -103,6 +106,31 @@ public:
     /// while the agent exists (before the agent starts, its turns wait for on_start()).
     template <class... Handlers>
     [[nodiscard]] event_handle subscribe(const mchain& from, Handlers&&... handlers);
+
+    /// Limits how many `Msg`s may wait in this agent's queue (from all the mboxes it listens
+    /// to, inboxes included), and says what becomes of one more: limit_drop (counted),
+    /// limit_abort, limit_log_then_abort{f}, limit_redirect{mbox} or limit_transform{f}
+    /// (docs/limits-and-filters.md). `any_other_message` declares the default limit: every type
+    /// without a limit of its own, counted together; a type without a limit, with no default,
+    /// is not limited. A message counts from its send until its handling begins.
+    /// Declare limits in the constructor or configure(); change or remove them later from any
+    /// thread (a send sees the old limit or the new one, never half of each). Replaces the
+    /// type's limit if it had one. Raises usage_error for a redirect to an empty handle or a
+    /// 32nd limited type, session_destroyed_error once the agent's life is over.
+    template <class Msg, class Reaction>
+    void limit(limit_bounds bounds, Reaction reaction) {
+        set_limit(message_type_of<Msg>(), internal::make_limit<Msg>(bounds, std::move(reaction)));
+    }
+    /// limit() with a bound on messages only.
+    template <class Msg, class Reaction>
+    void limit(std::uint64_t max_messages, Reaction reaction) {
+        limit<Msg>(limit_bounds{.messages = max_messages}, std::move(reaction));
+    }
+    /// Removes the limit of `Msg` (which then falls under any_other_message's, if any). Any thread.
+    template <class Msg>
+    void remove_limit() {
+        set_limit(message_type_of<Msg>(), nullptr);
+    }
 
 protected:
     /// Called during registration, on the registering thread, before the agent is bound to run.
@@ -198,12 +226,17 @@ private:
     bool remove_subscription(const mbox& from, message_type type);
     void set_filter(const mbox& from, std::shared_ptr<const internal::filter_predicate> pred);
     bool drop_filter(const mbox& from, message_type type);
+    void set_limit(message_type type, std::shared_ptr<const internal::limit_spec> spec);
 
     internal::context_core* core_;
     // Made by the first state declared (none: always in the default state). Atomic only for
     // current_state_path() and is_in() on other threads; set on the agent's own context.
     std::atomic<internal::agent_states*> states_{nullptr};
 };
+
+/// What the agent's message limits counted in its life, one entry per limited type (the
+/// default limit as any_other_message). Any thread; empty once the agent's life is over.
+MAILROOM_EXPORT std::vector<limit_stats> limit_stats_of(const agent& a);
 
 // ---- template bodies ----
 

@@ -5,6 +5,8 @@
 #include <mailroom/export.hpp>
 
 #include <atomic>
+#include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <new>
@@ -54,12 +56,16 @@ class envelope {
 public:
     using destroy_fn = void (*)(envelope*) noexcept;
 
-    envelope(message_type type, destroy_fn destroy, bool immortal) noexcept
-        : type_(type), destroy_(destroy), immortal_(immortal) {}
+    envelope(message_type type, destroy_fn destroy, bool immortal, std::uint32_t bytes = 0) noexcept
+        : bytes_(bytes), type_(type), destroy_(destroy), immortal_(immortal) {}
     envelope(const envelope&) = delete;
     envelope& operator=(const envelope&) = delete;
 
     message_type type() const noexcept { return type_; }
+
+    /// What the message weighs for a byte limit (message limits): the payload's size, or what
+    /// its `limit_bytes()` says; 0 for a signal. Fixed when the envelope is made.
+    std::uint32_t bytes() const noexcept { return bytes_; }
 
     /// Adds `n` references (the publisher does this once per fan-out, not once per receiver).
     void add_refs(std::uint32_t n) noexcept {
@@ -82,17 +88,30 @@ public:
 
 private:
     std::atomic<std::uint32_t> refs_{1};
+
+protected:
+    std::uint32_t bytes_;  // in what would be padding: the envelope is no larger for it
+
+private:
     message_type type_;
     destroy_fn destroy_;
     bool immortal_;
 };
+static_assert(sizeof(envelope) <= 32, "the byte count of message limits must fit in the envelope's padding");
 
 template <class T>
 class typed_envelope final : public envelope {
 public:
     template <class... Args>
     explicit typed_envelope(Args&&... args)
-        : envelope(message_type_of<T>(), &destroy, false), value_(std::forward<Args>(args)...) {}
+        : envelope(message_type_of<T>(), &destroy, false, static_cast<std::uint32_t>(sizeof(T))),
+          value_(std::forward<Args>(args)...) {
+        // A message that owns more than its object (a buffer, a string) may say what it weighs.
+        if constexpr (requires(const T& v) { { v.limit_bytes() } -> std::convertible_to<std::size_t>; }) {
+            const std::size_t b = static_cast<const T&>(value_).limit_bytes();
+            bytes_ = b > UINT32_MAX ? UINT32_MAX : static_cast<std::uint32_t>(b);
+        }
+    }
 
     T& value() noexcept { return value_; }
 

@@ -84,15 +84,21 @@ struct environment_options {
 };
 
 /// Counters of an environment: its messages, timers and queues; a consistent-enough snapshot
-/// taken from any thread. The layers above keep their own counters and say how to read them
+/// taken from any thread. Every message counted sent has one outcome: sent = delivered + lost +
+/// ignored + discarded + cancelled + dropped once nothing is in flight. The layers above keep
+/// their own counters and say how to read them
 /// (agent_stats_of, session_stats_of, named_stats_of).
 struct environment_stats {
-    std::uint64_t messages_sent = 0;       ///< queued for a handler (each receiver counts)
+    std::uint64_t messages_sent = 0;       ///< sent to a receiver (each receiver counts), then given one outcome below
     std::uint64_t messages_delivered = 0;  ///< a handler ran
     std::uint64_t messages_lost = 0;       ///< the receiver was gone (direct send after deregistration)
     std::uint64_t messages_ignored = 0;    ///< no handler for it: unsubscribed meanwhile, or an MPMC subscriber that left
     std::uint64_t messages_discarded = 0;  ///< still queued when the environment stopped
     std::uint64_t messages_cancelled = 0;  ///< timer messages whose timer was cancelled in the queue
+    std::uint64_t messages_dropped = 0;    ///< over a message limit: dropped (the drop reaction, a timer's send, a redirect too deep)
+    std::uint64_t messages_redirected = 0;   ///< over a message limit: sent on to another mbox (counted again there; not an outcome)
+    std::uint64_t messages_transformed = 0;  ///< over a message limit: replaced by another message (counted where it went; not an outcome)
+    std::uint64_t limit_aborts = 0;          ///< over a message limit whose reaction aborts (seen only by a log_then_abort callback)
     std::uint64_t handler_exceptions = 0;
     std::uint64_t timers_armed = 0;
     std::uint64_t timers_fired = 0;

@@ -5,6 +5,7 @@
 
 #include <mailroom/mbox/delivery_filter.hpp>
 #include <mailroom/mbox/event_handle.hpp>
+#include <mailroom/mbox/limits.hpp>
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/mbox/mchain.hpp>
 #include <mailroom/core/error.hpp>
@@ -14,9 +15,12 @@
 #include <mailroom/export.hpp>
 
 #include <chrono>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace mailroom {
 
@@ -37,6 +41,16 @@ struct context_ref {
     bool agent = false;  // an agent's context (else a session's), for error messages
     explicit operator bool() const noexcept { return core != nullptr; }
 };
+
+/// Sets (or, with `spec` null, removes) the message limit of `type` on the context's life.
+/// Any thread. Raises session_destroyed_error when the life is over, usage_error for a
+/// redirect to an empty mbox or a 32nd limited type. `name` names the session or agent.
+MAILROOM_EXPORT void set_limit(const context_ref& s, std::string_view name, message_type type,
+                               std::shared_ptr<const limit_spec> spec);
+/// What the context's limits counted in its life (empty once it is over). Any thread.
+MAILROOM_EXPORT std::vector<limit_stats> limit_stats_of(const context_ref& s);
+/// Sets (or, with `spec` null, removes) the message limit of the inbox whose address this is.
+MAILROOM_EXPORT void set_inbox_limit(const mbox& address, message_type type, std::shared_ptr<const limit_spec> spec);
 }  // namespace internal
 
 class session;
@@ -135,6 +149,11 @@ public:
     template <class Msg, class F, class P>
     [[nodiscard]] inbox_handle add_inbox(F&& f, P&& pred)
         requires delivery_predicate<const std::decay_t<P>, Msg>;
+    /// add_inbox() with a message limit of its own (see limit()): at most `bounds` of its
+    /// messages wait, and what comes over them meets `reaction`. Set before the address is
+    /// returned. The session's limit of Msg, if any, does not count the inbox's messages.
+    template <class Msg, class F, class Reaction>
+    [[nodiscard]] inbox_handle add_inbox(F&& f, limit_bounds bounds, Reaction reaction);
 
     /// A subscription to the `Msg`s published to the MPMC mbox `from` (anonymous or named):
     /// `f` runs on the session's context for each, and takes `const Msg&` (the shared,
@@ -164,6 +183,33 @@ public:
     /// subscription_error for an empty handle or a chain of another environment.
     template <class... Handlers>
     [[nodiscard]] event_handle subscribe(const mchain& from, Handlers&&... handlers);
+    /// Limits how many `Msg`s (any_other_message: messages of every type without a limit of its
+    /// own, counted together) may wait in the session's queue, over all its inboxes and
+    /// subscriptions, and says what becomes of one more: limit_drop, limit_abort,
+    /// limit_log_then_abort{f}, limit_redirect{mbox}, limit_transform{f}. Replaces the type's
+    /// limit if it had one. Any thread, at any time: a send sees the old limit or the new one.
+    /// Raises session_destroyed_error on a destroyed session, usage_error for a redirect to an
+    /// empty handle or a 32nd limited type. See docs/limits-and-filters.md.
+    template <class Msg, class Reaction>
+    void limit(limit_bounds bounds, Reaction reaction) {
+        internal::set_limit(ref_, name_, message_type_of<Msg>(), internal::make_limit<Msg>(bounds, std::move(reaction)));
+    }
+    /// limit() with a bound on messages only.
+    template <class Msg, class Reaction>
+    void limit(std::uint64_t max_messages, Reaction reaction) {
+        limit<Msg>(limit_bounds{.messages = max_messages}, std::move(reaction));
+    }
+    /// Removes the limit of `Msg` (which then falls under any_other_message's, if any). Any thread.
+    template <class Msg>
+    void remove_limit() {
+        internal::set_limit(ref_, name_, message_type_of<Msg>(), nullptr);
+    }
+
+    /// subscribe() with a message limit of its own (see limit()), declared before it joins
+    /// the topic. The session's limit of Msg, if any, does not count this subscription's
+    /// messages.
+    template <class Msg, class F, class Reaction>
+    [[nodiscard]] event_handle subscribe(const mbox& from, F&& f, limit_bounds bounds, Reaction reaction);
 
     /// Destroys the session and every event object it owns (see the class comment). Any
     /// thread, including its own callbacks; a no-op when already destroyed.
@@ -193,6 +239,10 @@ struct session_stats {
     std::uint64_t callbacks_refused = 0;
     std::uint64_t callbacks_discarded = 0;  ///< still queued when the dispatchers stopped
 };
+
+/// What the session's message limits counted, one entry per limited type. Any thread; empty
+/// for a destroyed session.
+MAILROOM_EXPORT std::vector<limit_stats> limit_stats_of(const session& s);
 
 /// A snapshot of `env`'s session counters; any thread, also after the environment stopped
 /// (all zero when no session was ever made in it).

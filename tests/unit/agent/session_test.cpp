@@ -469,7 +469,7 @@ TEST(session, environment_destruction_with_producers_sending_to_inboxes) {
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
     EXPECT_EQ(st.messages_sent,
               st.messages_delivered + st.messages_lost + st.messages_ignored + st.messages_discarded +
-                  st.messages_cancelled);
+                  st.messages_cancelled + st.messages_dropped);
 }
 
 TEST(session, environment_destruction_destroys_remaining_sessions_and_objects) {
@@ -734,7 +734,7 @@ TEST(session, subscription_shutdown_racing_publications_never_lets_a_callback_th
     auto st = mailroom::test::all_stats_of(*env);
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
     EXPECT_EQ(st.messages_sent, st.messages_delivered + st.messages_lost + st.messages_ignored +
-                                    st.messages_discarded + st.messages_cancelled);
+                                    st.messages_discarded + st.messages_cancelled + st.messages_dropped);
 }
 
 TEST(session, subscription_shutdown_and_destroy_from_its_own_callback) {
@@ -872,7 +872,7 @@ TEST(session, environment_destruction_with_publishers_on_foreign_threads) {
     EXPECT_EQ(st.sessions_created, st.sessions_destroyed);
     EXPECT_EQ(st.event_objects_created, st.event_objects_destroyed);
     EXPECT_EQ(st.messages_sent, st.messages_delivered + st.messages_lost + st.messages_ignored +
-                                    st.messages_discarded + st.messages_cancelled);
+                                    st.messages_discarded + st.messages_cancelled + st.messages_dropped);
 }
 
 // The session layer's counters are its own (environment_stats counts messages and timers

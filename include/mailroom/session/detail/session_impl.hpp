@@ -95,10 +95,12 @@ MAILROOM_EXPORT handle_target* add_inbox(const context_ref& s, std::string_view 
                                          mbox& address, std::shared_ptr<inbox_stop_hook> on_stop = {},
                                          std::shared_ptr<const filter_predicate> filter = {});
 /// Returns the object (the handle's reference), subscribed to `from` (filtered by `filter` from
-/// the first publication on, when set; closed with the subscription).
+/// the first publication on, when set; closed with the subscription; with a message limit of
+/// its own when `limit` is set, declared before it joins the topic).
 MAILROOM_EXPORT handle_target* add_subscription(const context_ref& s, std::string_view name, const mbox& from,
                                                 message_type type, handler fn,
-                                                std::shared_ptr<const filter_predicate> filter = {});
+                                                std::shared_ptr<const filter_predicate> filter = {},
+                                                std::shared_ptr<const limit_spec> limit = {});
 
 /// The handlers of a subscription to an mchain, by message type (the first that takes a type wins).
 using mchain_handlers = std::vector<std::pair<message_type, handler>>;
@@ -168,6 +170,25 @@ event_handle session::subscribe(const mchain& from, Handlers&&... handlers) {
     internal::mchain_handlers hs = internal::make_mchain_handlers(std::forward<Handlers>(handlers)...);
     if (!ref_) throw session_destroyed_error("subscribe: the session handle is empty");
     return event_handle(internal::add_mchain_subscription(ref_, name_, from, std::move(hs)));
+}
+
+template <class Msg, class F, class Reaction>
+inbox_handle session::add_inbox(F&& f, limit_bounds bounds, Reaction reaction) {
+    std::shared_ptr<const internal::limit_spec> spec = internal::make_limit<Msg>(bounds, std::move(reaction));
+    inbox_handle in = add_inbox<Msg>(std::forward<F>(f));
+    // Before the address leaves this function, so that no message reaches it unlimited; a
+    // refusal destroys the inbox with the handle.
+    internal::set_inbox_limit(in.address(), message_type_of<Msg>(), std::move(spec));
+    return in;
+}
+
+template <class Msg, class F, class Reaction>
+event_handle session::subscribe(const mbox& from, F&& f, limit_bounds bounds, Reaction reaction) {
+    std::shared_ptr<const internal::limit_spec> spec = internal::make_limit<Msg>(bounds, std::move(reaction));
+    internal::handler h = internal::message_callback<Msg>(std::forward<F>(f));
+    if (!ref_) throw session_destroyed_error("subscribe: the session handle is empty");
+    return event_handle(
+        internal::add_subscription(ref_, name_, from, message_type_of<Msg>(), std::move(h), {}, std::move(spec)));
 }
 
 template <class Msg, class F>
