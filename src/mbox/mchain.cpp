@@ -12,6 +12,17 @@
 namespace mailroom {
 namespace internal {
 
+namespace {
+
+// An overflow reaction that threw a message away (drop newest, remove oldest, a timer's message
+// over a full chain): an outcome of the books, like a message limit's drop, first counted sent.
+void count_dropped(thread_counters& c) noexcept {
+    thread_counters::bump(c.sent);
+    thread_counters::bump(c.dropped);
+}
+
+}  // namespace
+
 // ---- the wait lists ----
 
 void mchain_impl::wait_list::push(mchain_wait_node& n) noexcept {
@@ -176,10 +187,14 @@ void mchain_impl::deliver(envelope* e, timer_entry*) {
             }
             if (!may_wait || waited) {
                 switch (options_.on_overflow) {
-                    case mchain_overflow::drop_newest: ++stats_.dropped_newest; return;
+                    case mchain_overflow::drop_newest:
+                        ++stats_.dropped_newest;
+                        count_dropped(counters);
+                        return;
                     case mchain_overflow::remove_oldest: {
                         evicted = envelope_ref(pop_front());
                         ++stats_.removed_oldest;
+                        count_dropped(counters);
                         push_back(ref.get());  // room was just made: no allocation
                         ref.release();
                         after_put();
@@ -188,6 +203,7 @@ void mchain_impl::deliver(envelope* e, timer_entry*) {
                     case mchain_overflow::throw_error:
                         if (timer_thread) {
                             ++stats_.dropped_newest;
+                            count_dropped(counters);
                             return;
                         }
                         ++stats_.refused_full;

@@ -152,7 +152,7 @@ void run(bool direct) {
     EXPECT_EQ(s.messages_filtered, static_cast<std::uint64_t>(sent.load() - accepted));
     EXPECT_EQ(s.messages_delivered, static_cast<std::uint64_t>(accepted));
     EXPECT_EQ(s.messages_sent, s.messages_delivered + s.messages_lost + s.messages_ignored + s.messages_discarded +
-                                   s.messages_cancelled);
+                                   s.messages_cancelled + s.messages_dropped);
     std::printf("%s: %ld messages, %ld filters\n", direct ? "direct" : "mpmc", sent.load(), k);
 }
 

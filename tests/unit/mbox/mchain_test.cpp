@@ -35,10 +35,10 @@ struct tracked {
 void expect_balanced(environment& env) {
     const environment_stats s = env.stats();
     EXPECT_EQ(s.messages_sent, s.messages_delivered + s.messages_lost + s.messages_ignored + s.messages_discarded +
-                                   s.messages_cancelled)
+                                   s.messages_cancelled + s.messages_dropped)
         << "sent " << s.messages_sent << " delivered " << s.messages_delivered << " lost " << s.messages_lost
         << " ignored " << s.messages_ignored << " discarded " << s.messages_discarded << " cancelled "
-        << s.messages_cancelled;
+        << s.messages_cancelled << " dropped " << s.messages_dropped;
 }
 
 // Runs `f` on a thread and fails (instead of hanging the suite) if it has not returned in time.
@@ -98,10 +98,11 @@ TEST(mchain, drop_newest_keeps_the_oldest_and_counts_the_drop) {
     receive(from(ch).no_wait(), [&](const tracked& t) { got.push_back(t.v); });
     EXPECT_EQ(got, (std::vector<int>{0, 1}));
     EXPECT_EQ(ch.stats().dropped_newest, 3u);
+    EXPECT_EQ(env.stats().messages_dropped, 3u);  // in the books too: sent, then dropped
     expect_balanced(env);
 }
 
-TEST(mchain, remove_oldest_keeps_the_newest_and_counts_the_removed_discarded) {
+TEST(mchain, remove_oldest_keeps_the_newest_and_counts_the_removed_dropped) {
     environment env;
     mchain ch = make_mchain(env, {.capacity = 2, .memory = mchain_memory::preallocated,
                                   .on_overflow = mchain_overflow::remove_oldest});
@@ -111,7 +112,8 @@ TEST(mchain, remove_oldest_keeps_the_newest_and_counts_the_removed_discarded) {
     receive(from(ch).no_wait(), [&](const tracked& t) { got.push_back(t.v); });
     EXPECT_EQ(got, (std::vector<int>{3, 4}));
     EXPECT_EQ(ch.stats().removed_oldest, 3u);
-    EXPECT_EQ(env.stats().messages_sent, 2u);  // the two handled
+    EXPECT_EQ(env.stats().messages_sent, 5u);  // the two handled and the three removed
+    EXPECT_EQ(env.stats().messages_dropped, 3u);
     expect_balanced(env);
 }
 
