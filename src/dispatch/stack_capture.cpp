@@ -7,6 +7,7 @@
 #include <mailroom/dispatch/stack_capture.hpp>
 
 #include <cxxabi.h>
+#include <ucontext.h>
 #include <dlfcn.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -30,12 +31,38 @@ namespace mailroom::internal {
 
 namespace {
 
-using backtrace_fn = int (*)(void**, int);
+// Unwinds from a signal's context (a ucontext_t*) into `frames`; returns the count.
+using unwind_fn = int (*)(void* ucontext, void** frames, int max) noexcept;
+
 #if MAILROOM_HAVE_LIBUNWIND
-static_assert(std::is_same_v<backtrace_fn, decltype(&unw_backtrace)>);
+#define MAILROOM_NAME_OF(f) MAILROOM_NAME_OF2(f)
+#define MAILROOM_NAME_OF2(f) #f
+// The local-unwinding entry points, found by their real names (the header's macros say them).
+// unw_backtrace is not used: its per-thread trace cache is freed by a thread-exit destructor
+// that ThreadSanitizer cannot follow, and it starts inside the handler rather than at the
+// interrupted frame.
+struct libunwind_entry {
+    decltype(&unw_init_local2) init;
+    decltype(&unw_step) step;
+    decltype(&unw_get_reg) get_reg;
+};
+libunwind_entry unw{};
+
+int unwind_with_libunwind(void* ucontext, void** frames, int max) noexcept {
+    unw_cursor_t cursor;
+    // UNW_INIT_SIGNAL_FRAME: the context is a signal's, the first frame the interrupted one.
+    if (unw.init(&cursor, static_cast<unw_context_t*>(ucontext), UNW_INIT_SIGNAL_FRAME) != 0) return 0;
+    int n = 0;
+    do {
+        unw_word_t ip = 0;
+        if (unw.get_reg(&cursor, UNW_REG_IP, &ip) != 0 || ip == 0) break;
+        frames[n++] = reinterpret_cast<void*>(ip);
+    } while (n < max && unw.step(&cursor) > 0);
+    return n;
+}
 #endif
 
-std::atomic<backtrace_fn> unwinder{nullptr};
+std::atomic<unwind_fn> unwinder{nullptr};
 std::once_flag unwinder_once;
 const char* unwinder_missing = "no stack: libunwind not built in";
 
@@ -46,10 +73,19 @@ void load_unwinder() noexcept {
         unwinder_missing = "no stack: libunwind (" MAILROOM_LIBUNWIND_SONAME ") could not be loaded";
         return;
     }
-    if (auto f = reinterpret_cast<backtrace_fn>(::dlsym(lib, "unw_backtrace")))
-        unwinder.store(f, std::memory_order_release);
-    else
-        unwinder_missing = "no stack: libunwind has no unw_backtrace";
+    unw.init = reinterpret_cast<decltype(unw.init)>(::dlsym(lib, MAILROOM_NAME_OF(unw_init_local2)));
+    unw.step = reinterpret_cast<decltype(unw.step)>(::dlsym(lib, MAILROOM_NAME_OF(unw_step)));
+    unw.get_reg = reinterpret_cast<decltype(unw.get_reg)>(::dlsym(lib, MAILROOM_NAME_OF(unw_get_reg)));
+    auto policy = reinterpret_cast<decltype(&unw_set_caching_policy)>(
+        ::dlsym(lib, MAILROOM_NAME_OF(unw_set_caching_policy)));
+    auto space = static_cast<unw_addr_space_t*>(::dlsym(lib, MAILROOM_NAME_OF(unw_local_addr_space)));
+    if (!unw.init || !unw.step || !unw.get_reg || !policy || !space) {
+        unwinder_missing = "no stack: libunwind lacks unw_init_local2";
+        return;
+    }
+    // No cache: nothing shared to lock, nothing per thread to set up, in the signal handler.
+    policy(*space, UNW_CACHE_NONE);
+    unwinder.store(&unwind_with_libunwind, std::memory_order_release);
 #endif
 }
 
@@ -58,29 +94,29 @@ std::mutex install_lock;
 std::atomic<bool> installed[NSIG]{};
 
 // On the stalled worker. Async-signal-safe: reads an initial-exec thread-local, runs the
-// unwinder (which neither allocates nor locks on a thread prepare_stack_capture warmed), and
+// unwinder (caching off, set up by prepare_stack_capture: it neither allocates nor locks), and
 // publishes with a release store. errno is kept: the interrupted code may be about to read it.
-extern "C" void on_stack_signal(int, siginfo_t*, void*) {
+extern "C" void on_stack_signal(int, siginfo_t*, void* ucontext) {
     const int saved_errno = errno;
     if (heartbeat* b = tls_heartbeat) {
         stack_slot& s = b->stack;
         const std::uint32_t want = s.requested.load(std::memory_order_acquire);
         if (want != s.answered.load(std::memory_order_relaxed)) {
-            backtrace_fn f = unwinder.load(std::memory_order_acquire);
-            s.count = f ? f(s.frames, stack_slot::max_frames) : 0;
+            unwind_fn f = unwinder.load(std::memory_order_acquire);
+            s.count = f ? f(ucontext, s.frames, stack_slot::max_frames) : 0;
             s.answered.store(want, std::memory_order_release);
         }
     }
     errno = saved_errno;
 }
 
-std::string name_frame(void* pc) {
+std::string name_frame(void* pc, bool return_address) {
     char buf[64];
     Dl_info info{};
-    // The return address may be one past the call's last byte, in the next function: look up
-    // the byte before it.
+    // A return address may be one past the call's last byte, in the next function: look up the
+    // byte before it (the innermost frame's address is the interrupted instruction itself).
     const auto addr = reinterpret_cast<std::uintptr_t>(pc);
-    if (::dladdr(reinterpret_cast<void*>(addr - 1), &info) == 0) {
+    if (::dladdr(reinterpret_cast<void*>(return_address ? addr - 1 : addr), &info) == 0) {
         std::snprintf(buf, sizeof buf, "%p", pc);
         return buf;
     }
@@ -108,11 +144,17 @@ std::string name_frame(void* pc) {
 int this_thread_kernel_id() noexcept { return static_cast<int>(::syscall(SYS_gettid)); }
 
 void prepare_stack_capture() noexcept {
+    // Loads and sets libunwind up (it initialises itself on first use) off the signal path.
     std::call_once(unwinder_once, load_unwinder);
-    if (backtrace_fn f = unwinder.load(std::memory_order_acquire)) {
-        void* frames[4];
-        f(frames, 4);
+#if MAILROOM_HAVE_LIBUNWIND
+    if (unwinder.load(std::memory_order_acquire)) {
+        ucontext_t here;
+        if (::getcontext(&here) == 0) {
+            void* frames[4];
+            unwind_with_libunwind(&here, frames, 4);
+        }
     }
+#endif
 }
 
 std::string install_stack_signal(int signal) noexcept {
@@ -171,8 +213,8 @@ captured_stack capture_stack(heartbeat& beat, int thread_id, int signal, std::ch
         }
         std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
-    // Frame 0 is the signal handler itself.
-    for (int i = 1; i < s.count; ++i) out.frames.push_back(name_frame(s.frames[i]));
+    // Frame 0 is the interrupted instruction, the others return addresses.
+    for (int i = 0; i < s.count; ++i) out.frames.push_back(name_frame(s.frames[i], i > 0));
     if (out.frames.empty()) out.note = "no stack: the unwinder found no frames";
     return out;
 }

@@ -1,7 +1,7 @@
 #pragma once
 /// The watchdog's stack capture: the watcher signals a stalled worker, whose handler unwinds its
 /// own stack into the heartbeat's preallocated stack_slot (async-signal-safe: libunwind's
-/// unw_backtrace, no allocation, no lock); the watcher waits a bounded time for the answer and
+/// unw_init_local2 and unw_step on the signal's context, caching off: no allocation, no lock); the watcher waits a bounded time for the answer and
 /// names the frames outside the handler (dladdr, abi::__cxa_demangle).
 
 #include <mailroom/dispatch/heartbeat.hpp>
