@@ -4,6 +4,8 @@
 #include <mailroom/dispatch/stack_capture.hpp>
 #include <mailroom/env/env_core.hpp>
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
@@ -93,6 +95,7 @@ env_core::env_core(environment_options options)
         env_scope scope(this);  // a join() from on_stall would wait for this thread
         watch_stalls(st);
     });
+    ::pthread_setname_np(stall_watch_.native_handle(), "mailroom-watch");
 }
 
 env_core::~env_core() {
