@@ -15,7 +15,7 @@ root=${MAILROOM_BUILD_ROOT:-$here/build}
 
 # Debian packages the build needs; only the missing ones are installed.
 # libcaf-dev, libconcurrentqueue-dev and libasio-dev are only for the comparison benchmarks.
-packages=(g++ cmake make pkg-config libgtest-dev libgmock-dev libbenchmark-dev liburcu-dev
+packages=(g++ cmake make pkg-config libgtest-dev libgmock-dev libbenchmark-dev liburcu-dev libunwind-dev
           libcaf-dev libconcurrentqueue-dev libasio-dev)
 
 install_missing() {

@@ -14,7 +14,9 @@ namespace {
 class active_group_dispatcher final : public worker_set_dispatcher {
 public:
     active_group_dispatcher(std::string name, const active_group::params& p)
-        : worker_set_dispatcher(std::move(name), std::string(active_group::handle::kind_name), p.spin) {}
+        : worker_set_dispatcher(std::move(name), std::string(active_group::handle::kind_name), p.spin) {
+        set_watchdog(p.watchdog);
+    }
 
     ~active_group_dispatcher() override { join(); }
 

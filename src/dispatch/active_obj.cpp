@@ -10,7 +10,9 @@ namespace {
 class active_obj_dispatcher final : public worker_set_dispatcher {
 public:
     active_obj_dispatcher(std::string name, const active_obj::params& p)
-        : worker_set_dispatcher(std::move(name), std::string(active_obj::handle::kind_name), p.spin) {}
+        : worker_set_dispatcher(std::move(name), std::string(active_obj::handle::kind_name), p.spin) {
+        set_watchdog(p.watchdog);
+    }
 
     ~active_obj_dispatcher() override { join(); }
 

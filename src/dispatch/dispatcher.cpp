@@ -2,6 +2,7 @@
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 #include <mailroom/queue/futex.hpp>
 
+#include <mailroom/dispatch/stack_capture.hpp>
 #include <mailroom/dispatch/worker.hpp>
 
 #include <pthread.h>
@@ -72,6 +73,21 @@ dispatcher_impl::dispatcher_impl(std::string name, std::string kind)
 
 dispatcher_impl::~dispatcher_impl() = default;
 
+void dispatcher_impl::attach_worker(heartbeat& beat, std::size_t index) const noexcept {
+    prepare_stack_capture();
+    std::lock_guard g(watched_lock_);
+    if (index == static_cast<std::size_t>(-1)) index = next_worker_index_++;
+    try {
+        watched_.push_back({&beat, index, this_thread_kernel_id()});
+    } catch (...) {
+    }
+}
+
+void dispatcher_impl::detach_worker(heartbeat& beat) const noexcept {
+    std::lock_guard g(watched_lock_);
+    std::erase_if(watched_, [&](const watched_worker& w) { return w.beat == &beat; });
+}
+
 void dispatcher_impl::check_accepting() const {
     if (!accepting())
         throw binding_error("dispatcher '" + name_ + "' (" + kind_ +
@@ -93,7 +109,9 @@ void worker::start(const std::string& thread_name, const dispatcher_impl* owner)
     running_ = true;
     thread_ = std::thread([this, owner] {
         set_current_dispatcher(owner);
+        if (owner) owner->attach_worker(heartbeat_);
         run();
+        if (owner) owner->detach_worker(heartbeat_);
     });
     // Thread names are at most 15 characters; they help in gdb, top and the watchdog's reports.
     std::string n = thread_name.substr(0, 15);
@@ -164,6 +182,11 @@ dispatcher_impl& checked(const std::shared_ptr<dispatcher_impl>& impl) {
 }
 
 }  // namespace internal
+
+void extend_deadline() noexcept {
+    if (internal::heartbeat* b = internal::tls_heartbeat)
+        b->extended.store(b->extended.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
 
 binder::binder(std::shared_ptr<internal::binder_impl> impl) noexcept : impl_(std::move(impl)) {}
 

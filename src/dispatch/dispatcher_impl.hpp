@@ -6,11 +6,15 @@
 #include <mailroom/dispatch/demand.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/watchdog.hpp>
 #include <mailroom/export.hpp>
 
 #include <atomic>
+#include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 namespace mailroom::internal {
 
@@ -85,6 +89,32 @@ public:
 
     virtual dispatcher_stats stats() const = 0;
 
+    /// The run-time watchdog's settings; set by the kind before the dispatcher is published,
+    /// read by the environment's watcher.
+    void set_watchdog(watchdog_params p) { watchdog_ = std::move(p); }
+    const watchdog_params& watchdog() const noexcept { return watchdog_; }
+
+    /// A worker thread the watchdog may sample and signal.
+    struct watched_worker {
+        heartbeat* beat = nullptr;
+        std::size_t index = 0;  ///< as in stats().workers where the kind numbers them; else in start order
+        int thread_id = 0;      ///< the kernel's id of the thread
+    };
+    /// Called by each worker thread as it starts, before it runs a demand, with its heartbeat
+    /// and its index (npos: the next number in start order); readies the thread for stack
+    /// capture. Not on the hot path. A worker that could not be listed (out of memory) is not
+    /// watched.
+    void attach_worker(heartbeat& beat, std::size_t index = static_cast<std::size_t>(-1)) const noexcept;
+    /// Called by each worker thread before it ends (the heartbeat stays valid until then).
+    void detach_worker(heartbeat& beat) const noexcept;
+    /// Calls `f(watched_worker&)` for each live worker thread, holding them alive (a worker
+    /// that ends waits in detach_worker). The environment's watcher only.
+    template <class F>
+    void visit_workers(F&& f) {
+        std::lock_guard g(watched_lock_);
+        for (auto& w : watched_) f(w);
+    }
+
 protected:
     /// Throws binding_error naming this dispatcher when it no longer accepts bindings.
     void check_accepting() const;
@@ -95,6 +125,10 @@ private:
     std::atomic<bool> accepting_{true};
     std::atomic<const void*> owner_{nullptr};
     std::string owner_name_;
+    watchdog_params watchdog_;
+    mutable std::mutex watched_lock_;
+    mutable std::vector<watched_worker> watched_;
+    mutable std::size_t next_worker_index_ = 0;
 };
 
 /// The dispatcher whose worker thread this is, for the whole life of the thread; null on

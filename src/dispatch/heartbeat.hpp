@@ -28,6 +28,19 @@ MAILROOM_EXPORT std::string_view running_kind_name(running_kind kind) noexcept;
 inline constexpr unsigned running_kind_shift = 56;
 inline constexpr std::uint64_t running_id_mask = (std::uint64_t{1} << running_kind_shift) - 1;
 
+/// Where a worker's stack lands when the watchdog asks for it (see stack_capture.hpp): filled by
+/// the worker's own signal handler, read by the watcher once `answered` says so. Preallocated
+/// with the heartbeat: the handler allocates nothing.
+struct stack_slot {
+    static constexpr int max_frames = 48;
+    /// The watcher's request number (the watcher is the only writer).
+    std::atomic<std::uint32_t> requested{0};
+    /// The request the frames below answer (the signal handler is the only writer; release).
+    std::atomic<std::uint32_t> answered{0};
+    int count = 0;
+    void* frames[max_frames];
+};
+
 /// What a worker publishes as it runs handlers, for the teardown watch and the watchdog:
 /// relaxed stores on the hot path, read by a watcher that only needs them eventually.
 struct heartbeat {
@@ -42,6 +55,11 @@ struct heartbeat {
     std::atomic<std::uint64_t> context{0};
     /// The running handler's message type (a tag type for timers and posted calls).
     std::atomic<const std::type_info*> type{nullptr};
+    /// Bumped by extend_deadline() in a handler: the watchdog counts its timeout from the last
+    /// change it saw. Off the hot path (only a handler that asks writes it).
+    std::atomic<std::uint64_t> extended{0};
+    /// For the watchdog's stack capture; untouched by the hot path.
+    stack_slot stack;
 
     void begin() noexcept {
         busy.store(1, std::memory_order_relaxed);

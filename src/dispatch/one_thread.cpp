@@ -11,6 +11,7 @@ class one_thread_dispatcher final : public dispatcher_impl {
 public:
     one_thread_dispatcher(std::string name, const one_thread::params& p)
         : dispatcher_impl(std::move(name), std::string(one_thread::handle::kind_name)), worker_(p.spin) {
+        set_watchdog(p.watchdog);
         worker_.start(this->name(), this);
     }
 

@@ -45,6 +45,7 @@ class thread_pool_dispatcher final : public dispatcher_impl {
 public:
     thread_pool_dispatcher(std::string name, const thread_pool::params& p)
         : dispatcher_impl(std::move(name), std::string(thread_pool::handle::kind_name)), params_(p) {
+        set_watchdog(p.watchdog);
         if (params_.threads == 0) params_.threads = std::max(1u, std::thread::hardware_concurrency());
         if (params_.max_demands_at_once == 0) params_.max_demands_at_once = 1;
         beats_ = std::make_unique<heartbeat[]>(params_.threads);
@@ -251,6 +252,12 @@ private:
         heartbeat& beat = beats_[index];
         tls_heartbeat = &beat;
         set_current_dispatcher(this);
+        attach_worker(beat, index);
+        struct detach_at_end {
+            const dispatcher_impl* d;
+            heartbeat* b;
+            ~detach_at_end() { d->detach_worker(*b); }
+        } detach{this, &beat};
         const std::size_t cap = params_.max_demands_at_once;
         while (!stop_.load(std::memory_order_acquire)) {
             strand* s = take_ready();

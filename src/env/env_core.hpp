@@ -262,6 +262,18 @@ private:
     teardown_report report_;  // guarded by join_lock_, and by report_lock_ while the watcher runs
     std::mutex report_lock_;
     std::atomic<std::uint64_t> overruns_{0};
+
+    /// The run-time watchdog (see "the run-time watchdog" in environment.cpp): samples the
+    /// workers' heartbeats from construction until the dispatchers are joined.
+    void watch_stalls(std::stop_token stop);
+    /// Names what a busy worker runs: its context (through the extensions' describe) and its
+    /// message type.
+    void describe_running(const worker_stats& w, std::string& context, std::string& type) const;
+    std::atomic<std::uint64_t> stalls_reported_{0};
+    std::atomic<std::uint64_t> stalled_now_{0};
+    std::atomic<std::int64_t> longest_stall_ns_{0};
+    // Last: stopped and joined before any member it reads is destroyed.
+    std::jthread stall_watch_;
 };
 
 /// The environment whose handler this thread is running, if any (set by the agent layer).

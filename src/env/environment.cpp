@@ -1,7 +1,10 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/one_thread_impl.hpp>
+#include <mailroom/dispatch/stack_capture.hpp>
 #include <mailroom/env/env_core.hpp>
+
+#include <pthread.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -88,6 +91,11 @@ env_core::env_core(environment_options options)
     default_ = make_one_thread("default", options_.default_dispatcher);
     default_->set_owner(this, options_.name);
     dispatchers_.push_back(default_);
+    stall_watch_ = std::jthread([this](std::stop_token st) {
+        env_scope scope(this);  // a join() from on_stall would wait for this thread
+        watch_stalls(st);
+    });
+    ::pthread_setname_np(stall_watch_.native_handle(), "mailroom-watch");
 }
 
 env_core::~env_core() {
@@ -268,24 +276,7 @@ void env_core::report_overrun(const dispatcher_stats& d, std::size_t index, cons
         o.dispatcher = d.name;
         o.worker = index;
         o.running_for = std::chrono::nanoseconds(ns);
-        if (!w.running_kind.empty()) {
-            std::vector<env_extension*> exts;
-            {
-                std::lock_guard g(lock_);
-                for (auto& [k, e] : extensions_) exts.push_back(e.get());
-            }
-            for (auto* e : exts)
-                if (o.context.empty()) o.context = e->describe(w.running_kind, w.running_id);
-            if (o.context.empty())
-                o.context = std::string(w.running_kind) + " #" + std::to_string(w.running_id) + " (gone)";
-        } else {
-            o.context = "unknown (a demand of no context)";
-        }
-        if (const std::type_info* t = w.running_type.info()) {
-            if (*t == typeid(timer_callback_tag)) o.message_type = "timer callback";
-            else if (*t == typeid(posted_call_tag)) o.message_type = "posted call";
-            else o.message_type = readable_name(w.running_type);
-        }
+        describe_running(w, o.context, o.message_type);
         char secs[32];
         std::snprintf(secs, sizeof secs, "%.2f s", static_cast<double>(ns) / 1e9);
         text = "teardown has waited " + std::string(secs) + " for a handler that has not returned: dispatcher '" +
@@ -308,6 +299,207 @@ void env_core::report_overrun(const dispatcher_stats& d, std::size_t index, cons
         std::lock_guard g(report_lock_);
         report_.overruns.push_back(std::move(o));
     } catch (...) {
+    }
+}
+
+void env_core::describe_running(const worker_stats& w, std::string& context, std::string& type) const {
+    // Through the extensions: the layers above register their kinds of context and name them
+    // (the dispatch layer knows only the kind's number and an id).
+    if (!w.running_kind.empty()) {
+        std::vector<env_extension*> exts;
+        {
+            std::lock_guard g(lock_);
+            for (auto& [k, e] : extensions_) exts.push_back(e.get());
+        }
+        for (auto* e : exts)
+            if (context.empty()) context = e->describe(w.running_kind, w.running_id);
+        if (context.empty()) context = std::string(w.running_kind) + " #" + std::to_string(w.running_id) + " (gone)";
+    } else {
+        context = "unknown (a demand of no context)";
+    }
+    if (const std::type_info* t = w.running_type.info()) {
+        if (*t == typeid(timer_callback_tag)) type = "timer callback";
+        else if (*t == typeid(posted_call_tag)) type = "posted call";
+        else type = readable_name(w.running_type);
+    }
+}
+
+// ---- the run-time watchdog ----
+//
+// One thread per environment samples the heartbeats of every worker of its dispatchers, a few
+// times per the shortest timeout (a quarter of it, between 1 ms and 100 ms). A worker seen busy
+// with the same demand (`handled` has not moved) past its dispatcher's timeout is reported while
+// it still runs, again at 2x, 4x, ... the timeout, and once more when it moves on. The start of a
+// demand is the last sample before it was first seen busy: the hot path publishes no time, only
+// the relaxed stores it always made. A handler's extend_deadline() moves `extended`; the timeout
+// then counts from the sample that saw it move. The stack is asked of the stalled thread by a
+// signal (stack_capture.hpp) while the worker is held listed, so it cannot end meanwhile.
+
+namespace {
+std::string seconds_text(std::int64_t ns) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f s", static_cast<double>(ns) / 1e9);
+    return buf;
+}
+}  // namespace
+
+void env_core::watch_stalls(std::stop_token stop) {
+    struct watched {
+        std::shared_ptr<dispatcher_impl> d;
+        const heartbeat* beat;
+        std::size_t index;
+        int thread_id;
+        std::uint64_t handled;
+        std::uint64_t extended;
+        std::int64_t started;       // the last sample before it was seen busy with this demand
+        std::int64_t counted_from;  // started, or the sample that saw extend_deadline()
+        std::int64_t next_report;   // counted_from + timeout, then 2x, 4x, ...
+        bool reported;
+        bool seen;
+        std::string context, type;  // named at the first report
+    };
+    struct pending {
+        std::shared_ptr<dispatcher_impl> d;
+        stall_report r;
+    };
+    std::vector<watched> list;
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::int64_t last_check = now_ns();
+    while (!stop.stop_requested()) {
+        auto ds = dispatchers();
+        std::int64_t tick = 100'000'000;
+        for (auto& d : ds)
+            if (std::int64_t t = d->watchdog().timeout.count(); t > 0) tick = std::min(tick, t / 4);
+        tick = std::max<std::int64_t>(tick, 1'000'000);
+        {
+            std::unique_lock g(m);
+            cv.wait_for(g, stop, std::chrono::nanoseconds(tick), [] { return false; });
+        }
+        if (stop.stop_requested()) break;
+        const std::int64_t now = now_ns();
+        std::vector<pending> out;
+        try {
+            auto resumed = [&](const watched& w) {
+                stall_report r;
+                r.environment = options_.name;
+                r.dispatcher = w.d->name();
+                r.worker = w.index;
+                r.thread_id = w.thread_id;
+                r.context = w.context;
+                r.message_type = w.type;
+                r.running_for = std::chrono::nanoseconds(now - w.started);
+                r.timeout = w.d->watchdog().timeout;
+                r.resumed = true;
+                r.text = "watchdog: environment '" + r.environment + "', dispatcher '" + r.dispatcher + "' worker " +
+                         std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) + ") resumed: " +
+                         r.context + (r.message_type.empty() ? "" : " on " + r.message_type) + " ran for about " +
+                         seconds_text(now - w.started) + " in all (timeout " + seconds_text(r.timeout.count()) + ")";
+                stalled_now_.fetch_sub(1, std::memory_order_relaxed);
+                if (now - w.started > longest_stall_ns_.load(std::memory_order_relaxed))
+                    longest_stall_ns_.store(now - w.started, std::memory_order_relaxed);
+                out.push_back({w.d, std::move(r)});
+            };
+            for (auto& w : list) w.seen = false;
+            for (auto& d : ds) {
+                const std::int64_t timeout = d->watchdog().timeout.count();
+                if (timeout <= 0) continue;
+                d->visit_workers([&](dispatcher_impl::watched_worker& ww) {
+                    heartbeat& b = *ww.beat;
+                    const bool busy = b.busy.load(std::memory_order_relaxed) != 0;
+                    const std::uint64_t handled = b.handled.load(std::memory_order_relaxed);
+                    auto it = std::find_if(list.begin(), list.end(), [&](const watched& w) { return w.beat == &b; });
+                    if (it != list.end() && (it->handled != handled || !busy)) {
+                        if (it->reported) resumed(*it);
+                        list.erase(it);
+                        it = list.end();
+                    }
+                    if (!busy) return;
+                    const std::uint64_t ext = b.extended.load(std::memory_order_relaxed);
+                    if (it == list.end()) {
+                        list.push_back({d, &b, ww.index, ww.thread_id, handled, ext, last_check, last_check,
+                                        last_check + timeout, false, true, {}, {}});
+                        it = list.end() - 1;
+                    }
+                    it->seen = true;
+                    if (it->extended != ext) {
+                        it->extended = ext;
+                        it->counted_from = now;
+                        it->next_report = now + timeout;
+                    }
+                    if (now < it->next_report) return;
+                    const std::int64_t ran = now - it->started;
+                    if (!it->reported) {
+                        describe_running(read_heartbeat(b), it->context, it->type);
+                        it->reported = true;
+                        stalls_reported_.fetch_add(1, std::memory_order_relaxed);
+                        stalled_now_.fetch_add(1, std::memory_order_relaxed);
+                    }
+                    if (ran > longest_stall_ns_.load(std::memory_order_relaxed))
+                        longest_stall_ns_.store(ran, std::memory_order_relaxed);
+                    it->next_report = it->counted_from + 2 * (it->next_report - it->counted_from);
+                    stall_report r;
+                    r.environment = options_.name;
+                    r.dispatcher = d->name();
+                    r.worker = ww.index;
+                    r.thread_id = ww.thread_id;
+                    r.context = it->context;
+                    r.message_type = it->type;
+                    r.running_for = std::chrono::nanoseconds(ran);
+                    r.timeout = std::chrono::nanoseconds(timeout);
+                    const auto wait = std::chrono::nanoseconds(std::clamp<std::int64_t>(timeout, 20'000'000, 200'000'000));
+                    captured_stack st = capture_stack(b, ww.thread_id, options_.watchdog_signal, wait);
+                    r.stack = std::move(st.frames);
+                    r.stack_note = std::move(st.note);
+                    r.text = "watchdog: environment '" + r.environment + "', dispatcher '" + r.dispatcher + "' worker " +
+                             std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) + "): " + r.context +
+                             (r.message_type.empty() ? "" : " on " + r.message_type) + " has been running for " +
+                             seconds_text(ran) + ", past the dispatcher's timeout of " + seconds_text(timeout) +
+                             ". Work that must block belongs in a job queue; a handler that runs long on purpose "
+                             "calls mailroom::extend_deadline() as it makes progress.";
+                    if (r.stack.empty()) {
+                        r.text += "\n  " + r.stack_note;
+                    } else {
+                        r.text += "\n  stack of the stalled thread:";
+                        for (std::size_t i = 0; i < r.stack.size(); ++i)
+                            r.text += "\n    #" + std::to_string(i) + " " + r.stack[i];
+                    }
+                    out.push_back({d, std::move(r)});
+                });
+            }
+            // A worker that ended (its thread joined) while reported: it went on, then away.
+            for (auto& w : list)
+                if (!w.seen && w.reported) resumed(w);
+            std::erase_if(list, [](const watched& w) { return !w.seen; });
+        } catch (...) {
+            log("watchdog: a sample ran out of memory; the watchdog carries on");
+        }
+        last_check = now;
+        for (auto& p : out) {
+            const watchdog_params& wp = p.d->watchdog();
+            switch (wp.action) {
+            case stall_action::callback:
+                if (wp.on_stall) {
+                    try {
+                        wp.on_stall(p.r);
+                    } catch (const std::exception& ex) {
+                        log(std::string("watchdog: on_stall threw: ") + ex.what());
+                    } catch (...) {
+                        log("watchdog: on_stall threw");
+                    }
+                    break;
+                }
+                log(p.r.text);
+                break;
+            case stall_action::abort:
+                log(p.r.text);
+                if (!p.r.resumed) fatal(("watchdog: dispatcher '" + p.r.dispatcher + "': stall action is abort").c_str());
+                break;
+            case stall_action::report:
+                log(p.r.text);
+                break;
+            }
+        }
     }
 }
 
@@ -381,6 +573,10 @@ teardown_report env_core::join_once() {
     //    mbox holds this core (a cycle that would never be freed).
     timers_.stop();
     for (auto& d : dispatchers()) d->discard_queued();
+    if (stall_watch_.joinable()) {
+        stall_watch_.request_stop();
+        stall_watch_.join();
+    }
     if (watcher.joinable()) {
         watcher.request_stop();
         watcher.join();
@@ -477,6 +673,9 @@ environment_stats env_core::stats() const {
     s.timers_pending = t.pending;
     s.timers_skipped = t.skipped;
     s.teardown_overruns = overruns_.load(std::memory_order_relaxed);
+    s.stalls_reported = stalls_reported_.load(std::memory_order_relaxed);
+    s.stalled_now = stalled_now_.load(std::memory_order_relaxed);
+    s.longest_stall = std::chrono::nanoseconds(longest_stall_ns_.load(std::memory_order_relaxed));
     for (auto& d : dispatchers()) s.queue_depth += d->stats().queue_depth;
     return s;
 }

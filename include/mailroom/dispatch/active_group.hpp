@@ -3,6 +3,7 @@
 /// context and stopped with its last. Its params, its handle and its factory.
 
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/watchdog.hpp>
 #include <mailroom/export.hpp>
 
 #include <chrono>
@@ -15,6 +16,8 @@ namespace mailroom::active_group {
 struct params {
     /// Bounded spin before a worker parks.
     std::chrono::nanoseconds spin = default_worker_spin;
+    /// The run-time watchdog: how long a handler may run before it is reported, and what follows.
+    watchdog_params watchdog{};
 };
 
 /// An active_group dispatcher. Any thread may use it.

@@ -3,6 +3,7 @@
 /// params, its handle and its factory.
 
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/watchdog.hpp>
 #include <mailroom/export.hpp>
 
 #include <chrono>
@@ -15,6 +16,8 @@ namespace mailroom::one_thread {
 struct params {
     /// Bounded spin before the worker parks.
     std::chrono::nanoseconds spin = default_worker_spin;
+    /// The run-time watchdog: how long a handler may run before it is reported, and what follows.
+    watchdog_params watchdog{};
 };
 
 /// A one_thread dispatcher. Any thread may use it.

@@ -3,6 +3,7 @@
 /// contexts. Its params, its handle and its factory.
 
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/watchdog.hpp>
 #include <mailroom/export.hpp>
 
 #include <chrono>
@@ -29,6 +30,8 @@ struct params {
     std::size_t max_demands_at_once = 16;
     /// Bounded spin before a worker parks.
     std::chrono::nanoseconds spin = default_worker_spin;
+    /// The run-time watchdog: how long a handler may run before it is reported, and what follows.
+    watchdog_params watchdog{};
 };
 
 /// A thread_pool dispatcher. Any thread may use it.

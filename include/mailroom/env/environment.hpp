@@ -7,6 +7,7 @@
 #include <mailroom/export.hpp>
 
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -81,6 +82,12 @@ struct environment_options {
     /// the environment was destroyed on one of its own threads, the teardown thread started for
     /// it (which ends right after). The environment object may be gone by then: use the report.
     std::function<void(const teardown_report&)> on_stopped{};
+    /// The signal through which the run-time watchdog asks a stalled worker for its stack
+    /// (docs/watchdog.md). Its handler is installed process-wide the first time it is needed,
+    /// unless the program handles that signal itself (then reports say so and carry no stack);
+    /// choose another (a real-time signal, SIGRTMIN + n) when the program uses SIGURG. Zero: no
+    /// stacks. The dispatchers' timeouts and actions are in their params (`watchdog`).
+    int watchdog_signal = SIGURG;
 };
 
 /// Counters of an environment: its messages, timers and queues; a consistent-enough snapshot
@@ -112,6 +119,9 @@ struct environment_stats {
     std::uint64_t messages_filtered = 0;
     /// Delivery filters that threw: logged, and their messages refused (among messages_filtered).
     std::uint64_t delivery_filter_exceptions = 0;
+    std::uint64_t stalls_reported = 0;      ///< handlers the run-time watchdog reported (each stall once, however often repeated)
+    std::uint64_t stalled_now = 0;          ///< of those, the ones still running
+    std::chrono::nanoseconds longest_stall{};  ///< the longest a reported handler ran (so far, for one still running)
 };
 
 /// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an
