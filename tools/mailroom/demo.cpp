@@ -2,13 +2,16 @@
 // while cooperations come and go from the main thread, sessions with timers, inboxes and
 // subscriptions come and go from another thread, delayed messages are armed and cancelled,
 // requesters ask the named objects "pricer" and "risk" while a third thread registers and
-// unregisters "risk", and a reporter prints a live progress line. At the end the environment's
+// unregisters "risk", a slow tape records quotes behind a drop limit, a circuit breaker (a state
+// machine with a time limit) trips and recovers, a plain thread feeds an mchain that a session
+// drains, and a reporter prints a live progress line. At the end the environment's
 // own statistics must show that nothing leaked, every message is accounted for and every
 // request reached a final state.
 
 #include "demo.hpp"
 
 #include "demo_agents.hpp"
+#include "demo_flow.hpp"
 #include "demo_metrics.hpp"
 #include "demo_named.hpp"
 #include "demo_report.hpp"
@@ -185,7 +188,8 @@ mbox register_feed(environment& env, const dispatcher& pool, const mbox& quotes,
     feed_options settings;
     settings.quotes = quotes;
     settings.subscribers_pool = pool;
-    settings.fan_out = static_cast<std::size_t>(subscribers) + churn_coops_alive * churn_agents_per_coop;
+    settings.fan_out =
+        static_cast<std::size_t>(subscribers) + churn_coops_alive * churn_agents_per_coop + flow_pool_subscribers;
     coop_options o;
     o.name = "feed";
     o.bind = active_obj::make_dispatcher(env, "feed").bind();
@@ -216,6 +220,7 @@ int run(const demo_options& options) {
     // Subscribers before the feed, so that the steady ones see every quote from the first.
     register_subscribers(env, pool, quotes, options.subscribers, metrics);
     const coop_handle churn_parent = register_churn_parent(env, metrics);
+    flow_demo flow(env, pool, quotes, metrics);  // its chain's thread on a thread of its own
     const mbox feed_mbox = register_feed(env, pool, quotes, options.subscribers, metrics);
     named_traffic requests(env, pool, quotes, metrics);  // on a thread of its own
     register_reporter(env, feed_mbox, requests.control(), options.seconds, printer, metrics);
@@ -227,11 +232,13 @@ int run(const demo_options& options) {
     const std::int64_t joined = now_ns();
     sessions.join();
     requests.join();
+    flow.join();
 
     run_summary summary;
     summary.seconds = static_cast<double>(joined - started) / 1e9;
     summary.steady_subscribers = options.subscribers;
     summary.pool_threads = pool_threads;
+    summary.ticks = flow.chain_stats();
     const std::int64_t stop_requested = metrics.stop_requested_ns.load();
     summary.shutdown_ns = stop_requested > 0 ? joined - stop_requested : 0;
     const demo_stats final_stats = snapshot_stats(env);

@@ -158,6 +158,20 @@ struct demo_metrics {
     /// Handlers that found their sentinel set: they ran after an unregister had returned. A bug.
     std::atomic<std::uint64_t> named_handler_after_unregister{0};
 
+    /// Flow control (demo_flow.hpp): the tape behind its drop limit, the breaker's states, the
+    /// chain fed by a plain thread.
+    std::atomic<std::uint64_t> tape_recorded{0};
+    std::atomic<std::uint64_t> tape_dropped{0};       ///< by its limit (read when it finished)
+    std::atomic<std::uint64_t> tape_most_waiting{0};  ///< the most quotes seen waiting for it
+    std::atomic<std::uint64_t> breaker_trips{0};        ///< entries into `open`
+    std::atomic<std::uint64_t> breaker_time_limits{0};  ///< entries into `half_open`: open's time limit ran out
+    std::atomic<std::uint64_t> breaker_closings{0};     ///< entries into `closed`
+    std::atomic<bool> breaker_open_at_end{false};
+    std::atomic<std::uint64_t> ticks_sent{0};
+    std::atomic<std::uint64_t> ticks_read{0};
+    std::atomic<std::uint64_t> ticks_out_of_order{0};  ///< a bug
+    std::atomic<std::uint64_t> ticks_refused_at_stop{0};
+
     latency_histogram latency;
 };
 

@@ -1,5 +1,7 @@
 #include "demo_report.hpp"
 
+#include "demo_flow.hpp"
+
 #include <mailroom/core/clock.hpp>
 
 #include <unistd.h>
@@ -133,7 +135,7 @@ void progress_printer::finish() {
 
 std::vector<check> evaluate(const run_summary& run, const demo_stats& s, const demo_metrics& m) {
     const std::uint64_t accounted = s.messages_delivered + s.messages_lost + s.messages_ignored +
-                                    s.messages_discarded + s.messages_cancelled;
+                                    s.messages_discarded + s.messages_cancelled + s.messages_dropped;
     const std::uint64_t quotes = m.quotes_final.load();
     const auto steady = static_cast<std::uint64_t>(run.steady_subscribers);
     const std::uint64_t reminders_settled =
@@ -153,8 +155,20 @@ std::vector<check> evaluate(const run_summary& run, const demo_stats& s, const d
         // Every message queued for a handler ends exactly one way. (A direct send to an agent
         // already gone is counted lost without having been sent, so `accounted` could exceed
         // `sent`; the demo cancels its timers before its agents go, so it never does that.)
-        {"sent = delivered + lost + ignored + discarded + cancelled (" + format_count(s.messages_sent) + ")",
+        {"sent = delivered + lost + ignored + discarded + cancelled + dropped (" + format_count(s.messages_sent) +
+             ")",
          accounted == s.messages_sent},
+        {"every drop has its source: the tape's limit and the full chain (" + format_count(s.messages_dropped) + ")",
+         s.messages_dropped == m.tape_dropped.load() + run.ticks.dropped_newest},
+        {"no more than " + std::to_string(tape_limit) + " quotes ever waited for the tape (its limit)",
+         m.tape_most_waiting.load() <= tape_limit},
+        {"every trip of the breaker ended by the time limit of its open state (" +
+             format_count(m.breaker_trips.load()) + ")",
+         m.breaker_time_limits.load() + (m.breaker_open_at_end.load() ? 1 : 0) == m.breaker_trips.load()},
+        {"ticks sent = read + dropped when the chain was full + discarded at stop (" +
+             format_count(m.ticks_sent.load()) + "), read in order",
+         m.ticks_sent.load() == m.ticks_read.load() + run.ticks.dropped_newest + run.ticks.discarded &&
+             m.ticks_read.load() == run.ticks.handled && m.ticks_out_of_order.load() == 0},
         {"no quote out of order", m.order_violations.load() == 0},
         {"every steady subscriber got all " + format_count(quotes) + " quotes",
          m.feed_stopped.load() && m.steady_subscribers_complete.load() == steady},
@@ -206,7 +220,22 @@ void print_messages(const demo_stats& s) {
     row("", "ignored", format_count(s.messages_ignored), "the receiver had unsubscribed");
     row("", "discarded", format_count(s.messages_discarded), "still queued at shutdown");
     row("", "cancelled", format_count(s.messages_cancelled), "queued, but its timer was cancelled");
+    row("", "dropped", format_count(s.messages_dropped), "over a message limit, or a full chain's");
     row("", "handler exceptions", format_count(s.handler_exceptions));
+}
+
+void print_flow(const run_summary& run, const demo_metrics& m) {
+    row("flow", "tape recorded", format_count(m.tape_recorded.load()), "a slow handler behind a drop limit");
+    row("", "tape dropped", format_count(m.tape_dropped.load()), "the feed outran it: dropped at the send");
+    row("", "tape most waiting", format_count(m.tape_most_waiting.load()),
+        ("its limit: " + std::to_string(tape_limit)).c_str());
+    row("", "breaker trips", format_count(m.breaker_trips.load()), "closed -> open");
+    row("", "breaker time limits", format_count(m.breaker_time_limits.load()), "open -> half_open, by time");
+    row("", "breaker closings", format_count(m.breaker_closings.load()), "half_open -> closed on a quote");
+    row("", "ticks sent", format_count(m.ticks_sent.load()), "a plain thread into an mchain of 64");
+    row("", "ticks read", format_count(m.ticks_read.load()), "by a subscribed session, no polling");
+    row("", "ticks dropped (full)", format_count(run.ticks.dropped_newest));
+    row("", "ticks discarded at stop", format_count(run.ticks.discarded));
 }
 
 void print_timers(const demo_stats& s, const demo_metrics& m) {
@@ -295,6 +324,7 @@ bool print_report(const run_summary& run, const demo_stats& s, const demo_metric
     print_sessions(s, m);
     print_named(run, s, m);
     print_quotes(run, m);
+    print_flow(run, m);
     row("shutdown", "stop() to joined", format_duration_ns(static_cast<std::uint64_t>(run.shutdown_ns)),
         "cooperations deregistered, threads joined");
     std::printf("\n");

@@ -5,6 +5,7 @@
 
 #include <mailroom/agent/coop.hpp>
 #include <mailroom/env/environment.hpp>
+#include <mailroom/mbox/mchain.hpp>
 #include <mailroom/named/named.hpp>
 #include <mailroom/session/session.hpp>
 
@@ -69,6 +70,8 @@ struct run_summary {
     std::size_t pool_threads = 0;
     /// From the reporter's stop() to the end of join().
     std::int64_t shutdown_ns = 0;
+    /// The chain a plain thread fed (demo_flow.hpp), after the environment stopped.
+    mchain_stats ticks{};
 };
 
 /// The checks a clean run passes, from the environment's final statistics (after join) and the
