@@ -58,7 +58,7 @@ struct workload_info {
     bool available;
 };
 
-constexpr std::array<workload_info, 9> workloads{{
+constexpr std::array<workload_info, 13> workloads{{
     {"W1", "ping-pong across two threads", "ping-pong, 2 threads", "ns_per_round_trip", "ns/round trip", false, 250,
      "<= 250", true},
     {"W2", "ping-pong of two agents on one thread", "ping-pong, 1 thread", "ns_per_round_trip", "ns/round trip", false,
@@ -75,6 +75,14 @@ constexpr std::array<workload_info, 9> workloads{{
      400, "<= 400", true},
     {"W9", "ZeroMQ tcp loopback, 2 processes", "ZeroMQ loopback", "M_msgs_per_s", "M msg/s", true, 0,
      ">= 0.8 x raw ZeroMQ", false},
+    {"W10", "event loop, 1,000 socketpairs on 2 loops", "event loop", "round_trips_per_s", "round trips/s", true, 0,
+     ">= 0.9 x raw epoll", false},
+    {"W11", "job queue, 1M empty jobs, completion on the session", "job queue", "ns_per_job", "ns/job", false, 0,
+     "<= 2 x floor", false},
+    {"W12", "mchain, 2 producers x 5M, capacity 1,024", "mchain 2 x 5M", "M_msgs_per_s", "M msg/s", true, 0,
+     "> SObjectizer, >= 0.5 x floor", true},
+    {"W13", "fan-in 2 x 5M, drop limit of 1,000", "fan-in, drop limit", "M_msgs_per_s_offered", "M msg/s offered", true, 0,
+     "> SObjectizer, memory flat", true},
 }};
 
 // In the order they run and are shown; every one but mailroom is a peer, compared with mailroom.
@@ -193,7 +201,7 @@ std::optional<options> parse_options(int argc, char** argv) {
             std::string id = "W" + a.substr(1);
             auto it = std::find_if(workloads.begin(), workloads.end(), [&](auto& w) { return id == w.id; });
             if (it == workloads.end()) {
-                std::fprintf(stderr, "mailroom bench: unknown workload '%s' (W1..W9)\n", a.c_str());
+                std::fprintf(stderr, "mailroom bench: unknown workload '%s' (W1..W13)\n", a.c_str());
                 return std::nullopt;
             }
             o.selected.push_back(id);
