@@ -168,6 +168,7 @@ public:
         s.expired = expired_;
         s.overran = overran_;
         s.discarded = discarded_;
+        s.completions_dropped = completions_dropped_.load(std::memory_order_relaxed);
         s.threads_started = threads_started_;
         s.threads_exited = threads_exited_;
         s.wait_total = wait_total_;
@@ -230,6 +231,8 @@ public:
     }
 
     std::mutex& lock() const noexcept { return m_; }
+
+    std::atomic<std::uint64_t> completions_dropped_{0};  // any thread
 
 private:
     struct thread_rec {
@@ -414,6 +417,10 @@ job_queue_impl& queue_of(const job_queue::handle& h) {
     return static_cast<job_queue_impl&>(checked(handle_access::impl(static_cast<const dispatcher&>(h))));
 }
 }  // namespace
+
+void job_completion_dropped(const job_core* j) noexcept {
+    if (job_queue_impl* q = j->queue_.get()) q->completions_dropped_.fetch_add(1, std::memory_order_relaxed);
+}
 
 bool submit_job(const job_queue::handle& q, job_core* j, std::uint64_t poster, bool try_only) {
     job_queue_impl& impl = queue_of(q);

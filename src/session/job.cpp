@@ -43,9 +43,11 @@ void job_then(job_home* j, const context_ref& where, posted_call* p) {
     auto* c = new job_cont{where, p};
     try {
         j->continue_with(
-            [](job_core*, void* arg) noexcept {
+            [](job_core* done, void* arg) noexcept {
                 auto* c = static_cast<job_cont*>(arg);
-                post_to(c->where.core, c->where.gen, c->p);
+                // A completion refused later (its context destroyed with it queued) is counted
+                // refused by the session layer; one that finds the context gone now, here.
+                if (!post_to(c->where.core, c->where.gen, c->p)) job_completion_dropped(done);
                 delete c;
             },
             c);

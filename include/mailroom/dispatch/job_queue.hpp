@@ -92,6 +92,8 @@ struct stats {
     std::uint64_t expired = 0;     ///< dropped at their deadline, never started
     std::uint64_t overran = 0;     ///< ran past their deadline
     std::uint64_t discarded = 0;   ///< still queued at shutdown
+    /// Completions (then, co_await) that found their session or agent gone: not run, destroyed.
+    std::uint64_t completions_dropped = 0;
     std::uint64_t threads_started = 0;
     std::uint64_t threads_exited = 0;  ///< idle above the floor (or at shutdown)
     std::chrono::nanoseconds wait_total{0}, wait_max{0};  ///< posted -> started
@@ -169,6 +171,7 @@ protected:
 
 private:
     friend class job_queue_impl;
+    friend void job_completion_dropped(const job_core* j) noexcept;
     friend bool submit_job(const job_queue::handle& q, job_core* j, std::uint64_t poster, bool try_only);
     /// Runs the work on a job thread; returns succeeded, or failed with error_ set.
     virtual job_state run(std::stop_token st) noexcept = 0;
@@ -194,6 +197,9 @@ private:
     void* cont_arg_ = nullptr;
     bool has_cont_ = false;
 };
+
+/// Counts a completion of `j` that found its session or agent gone (job_stats). Any thread.
+MAILROOM_EXPORT void job_completion_dropped(const job_core* j) noexcept;
 
 /// Queues `j` (taking a reference of its own) on the job queue `q` for the poster `poster`
 /// (its fair sub-queue). Returns false when the backlog is full and `try_only`; raises

@@ -338,7 +338,16 @@ TEST(job_queue, teardown_with_jobs_queued_and_running_tells_every_job_and_does_n
         return st.stop_requested();
     });
     std::atomic<bool> queued_ran{false};
-    auto queued = post_job(q, [&] { queued_ran = true; });
+    std::atomic<bool> completion_ran{false};
+    session s(*env, {.name = "home"});
+    job<void> queued;
+    std::promise<void> posted;
+    s.post([&] {
+        queued = post_job(q, [&] { queued_ran = true; });
+        queued.then([&](const job<void>&) { completion_ran = true; });
+        posted.set_value();
+    });
+    ASSERT_EQ(posted.get_future().wait_for(patience), std::future_status::ready);
     ASSERT_TRUE(eventually([&] { return started.load(); }));
     auto stopped = std::async(std::launch::async, [&] { env.reset(); });
     ASSERT_EQ(stopped.wait_for(patience), std::future_status::ready) << "teardown hangs";
@@ -346,6 +355,9 @@ TEST(job_queue, teardown_with_jobs_queued_and_running_tells_every_job_and_does_n
     EXPECT_TRUE(running.get());  // it saw the stop request
     EXPECT_EQ(queued.state(), job_state::discarded);
     EXPECT_FALSE(queued_ran.load());
+    // The session went first: the discarded job's completion did not run, and is counted.
+    EXPECT_FALSE(completion_ran.load());
+    EXPECT_EQ(q.job_stats().completions_dropped, 1u);
     // Statistics stay readable after the environment stopped.
     const auto st = q.job_stats();
     EXPECT_EQ(st.discarded, 1u);
