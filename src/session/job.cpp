@@ -34,12 +34,10 @@ std::string describe(const job_core* j) {
 }  // namespace
 
 void job_then(job_home* j, const context_ref& where, posted_call* p) {
-    if (!where) {
-        p->drop(p);
+    if (!where)
         throw usage_error(describe(j) +
                           ": then() without a session needs a job posted from a session's callback or an agent's "
                           "handler; this one was posted from another thread");
-    }
     auto* c = new job_cont{where, p};
     try {
         j->continue_with(
@@ -52,7 +50,6 @@ void job_then(job_home* j, const context_ref& where, posted_call* p) {
             },
             c);
     } catch (...) {
-        p->drop(p);
         delete c;
         throw;
     }
@@ -63,7 +60,15 @@ void job_resume_here(job_home* j, std::coroutine_handle<> h) {
     if (!here)
         throw usage_error(describe(j) + ": co_await is for coroutines running in a session's callback or an agent's "
                                         "handler");
-    job_then(j, here, make_posted_call(job_resumer(h)));
+    auto* p = static_cast<posted_call_of<job_resumer>*>(make_posted_call(job_resumer(h)));
+    try {
+        job_then(j, here, p);
+    } catch (...) {
+        // The coroutine gets the exception where it awaited: it is not ours to destroy.
+        p->fn.h = {};
+        p->drop(p);
+        throw;
+    }
 }
 
 void job_check_wait(const job_core* j) {

@@ -88,7 +88,8 @@ private:
 };
 
 /// Runs `p` on `where` once the job is final (takes `p` over; drops it when that context is
-/// gone by then). usage_error when the job has a completion already.
+/// gone by then). usage_error when the job has a completion already or `where` is empty; `p`
+/// is then still the caller's.
 MAILROOM_EXPORT void job_then(job_home* j, const context_ref& where, posted_call* p);
 /// Resumes `h` on the session or agent whose callback runs now (usage_error outside one) once
 /// the job is final; destroys it without resuming when that context is gone by then.
@@ -196,7 +197,12 @@ private:
             internal::make_posted_call([self = *this, fn = std::decay_t<F>(std::forward<F>(f))]() mutable {
                 fn(std::as_const(self));
             });
-        internal::job_then(j_, where, p);
+        try {
+            internal::job_then(j_, where, p);
+        } catch (...) {
+            p->drop(p);
+            throw;
+        }
     }
 
     internal::job_with<R>* j_ = nullptr;

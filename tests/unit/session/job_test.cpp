@@ -177,6 +177,28 @@ TEST(job_queue, then_on_a_job_posted_from_no_session_raises_a_usage_error) {
     ASSERT_TRUE(j.wait_for(patience));
 }
 
+TEST(job_queue, a_job_has_one_completion_and_a_second_raises_a_usage_error) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1});
+    session s(env, {.name = "home"});
+    std::promise<std::string> second;
+    std::atomic<int> firsts{0};
+    s.post([&] {
+        auto j = post_job(q, [] { return 1; });
+        j.then([&](const job<int>&) { ++firsts; });
+        try {
+            j.then([](const job<int>&) {});
+            second.set_value("no error");
+        } catch (const usage_error& e) {
+            second.set_value(e.what());
+        }
+    });
+    auto f = second.get_future();
+    ASSERT_EQ(f.wait_for(patience), std::future_status::ready);
+    EXPECT_NE(f.get().find("already has a completion"), std::string::npos);
+    ASSERT_TRUE(eventually([&] { return firsts.load() == 1; }));
+}
+
 TEST(job_queue, desired_changed_at_run_time_is_obeyed) {
     environment env;
     auto q = job_queue::make_job_queue(env, "q", {.desired = 2, .max = 8});
