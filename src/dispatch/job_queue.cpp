@@ -119,6 +119,7 @@ public:
                 subs_.clear();
                 ring_.clear();
                 pending_ = 0;
+                drained_.notify_all();
                 for (auto& r : recs_)
                     if (r.current) r.current->stop_.request_stop();
                 cv_.notify_all();
@@ -178,6 +179,16 @@ public:
         return s;
     }
 
+    bool drain(std::chrono::nanoseconds timeout) {
+        std::unique_lock l(m_);
+        auto idle = [&] { return pending_ == 0 && active_ == 0; };
+        if (idle() || timeout.count() <= 0) return idle();
+        if (current_dispatcher())
+            throw usage_error("job queue '" + name() +
+                              "': drain() on a dispatcher's or a job queue's thread could wait for itself");
+        return drained_.wait_for(l, timeout, idle);
+    }
+
     void set_desired(std::size_t n) {
         std::lock_guard g(m_);
         check_knobs(p_.min, p_.floor, n, p_.max);
@@ -228,6 +239,7 @@ public:
     void cancelled_locked() noexcept {
         --pending_;
         ++cancelled_;
+        if (pending_ == 0 && active_ == 0) drained_.notify_all();
     }
 
     std::mutex& lock() const noexcept { return m_; }
@@ -337,7 +349,10 @@ private:
                     dead.clear();
                     l.lock();
                 }
-                if (!j) continue;
+                if (!j) {
+                    if (pending_ == 0 && active_ == 0) drained_.notify_all();
+                    continue;
+                }
                 ++active_;
                 r.current = j;
                 const auto started = clock::now();
@@ -361,6 +376,7 @@ private:
                 run_total_ += ran;
                 run_max_ = std::max(run_max_, ran);
                 j->move(job_state::running, outcome);
+                if (pending_ == 0 && active_ == 0) drained_.notify_all();
                 l.unlock();
                 j->complete();
                 j->release();
@@ -380,7 +396,8 @@ private:
     }
 
     mutable std::mutex m_;
-    std::condition_variable cv_;
+    std::condition_variable cv_;       // job threads wait for work
+    std::condition_variable drained_;  // drain() waits for nothing queued or running
     job_queue::params p_;
     bool stopping_ = false;
     std::unordered_map<std::uint64_t, std::deque<job_core*>> subs_;  // a poster's queued jobs
@@ -435,6 +452,7 @@ namespace job_queue {
 
 void handle::set_desired(std::size_t n) const { internal::queue_of(*this).set_desired(n); }
 void handle::set_floor(std::size_t n) const { internal::queue_of(*this).set_floor(n); }
+bool handle::drain(std::chrono::nanoseconds timeout) const { return internal::queue_of(*this).drain(timeout); }
 job_queue::stats handle::job_stats() const { return internal::queue_of(*this).job_stats(); }
 
 handle make_job_queue(dispatcher_host& host, std::string name, const params& p) {

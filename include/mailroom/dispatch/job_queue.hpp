@@ -118,6 +118,12 @@ public:
     /// unless min <= n <= desired.
     void set_floor(std::size_t n) const;
 
+    /// Waits until no job is queued or running (a condition variable, no polling), at most
+    /// `timeout`; true when drained. Jobs posted meanwhile are waited for too. Raises
+    /// usage_error naming the queue on a dispatcher's or a job queue's thread (it could wait
+    /// for itself), unless it is drained already or `timeout` is zero (a poll).
+    bool drain(std::chrono::nanoseconds timeout) const;
+
     /// A snapshot; any thread, also after the environment stopped.
     job_queue::stats job_stats() const;
 };

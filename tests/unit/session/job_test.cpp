@@ -229,6 +229,40 @@ TEST(job_queue, desired_changed_at_run_time_is_obeyed) {
     EXPECT_EQ(q.job_stats().completed, 20u);
 }
 
+TEST(job_queue, drain_returns_once_nothing_is_queued_or_running) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 2});
+    gate g;
+    std::atomic<int> ran{0};
+    for (int i = 0; i < 10; ++i)
+        (void)post_job(q, [&] {
+            g.wait();
+            ++ran;
+        });
+    EXPECT_FALSE(q.drain(0ns));
+    EXPECT_FALSE(q.drain(20ms));  // the jobs still block
+    g.open();
+    EXPECT_TRUE(q.drain(patience));
+    EXPECT_EQ(ran.load(), 10);
+    EXPECT_EQ(q.job_stats().backlog, 0u);
+    EXPECT_EQ(q.job_stats().running, 0u);
+    session s(env, {.name = "home"});
+    std::promise<bool> refused;
+    gate held;
+    s.post([&] {
+        try {
+            (void)post_job(q, [&] { held.wait(); });
+            q.drain(patience);
+            refused.set_value(false);
+        } catch (const usage_error&) {
+            refused.set_value(true);
+        }
+    });
+    EXPECT_TRUE(refused.get_future().get());
+    held.open();
+    EXPECT_TRUE(q.drain(patience));
+}
+
 TEST(job_queue, idle_threads_exit_down_to_the_floor) {
     environment env;
     auto q = job_queue::make_job_queue(env, "q", {.floor = 1, .desired = 4, .idle_time = 30ms});
