@@ -9,6 +9,7 @@
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/mbox/mchain.hpp>
 #include <mailroom/session/session.hpp>
+#include <mailroom/session/job.hpp>
 #include <mailroom/mbox/timer.hpp>
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
@@ -16,6 +17,7 @@
 #include <mailroom/dispatch/active_group.hpp>
 #include <mailroom/dispatch/active_obj.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/job_queue.hpp>
 #include <mailroom/dispatch/one_thread.hpp>
 #include <mailroom/dispatch/thread_pool.hpp>
 #include <mailroom/env/environment.hpp>

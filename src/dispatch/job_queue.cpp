@@ -1,0 +1,468 @@
+// job_queue: threads of its own for blocking work, started on demand between the knobs, with
+// fair sub-queues per poster, a bounded backlog, deadlines and a counted teardown.
+//
+// Threads: one mutex (m_) guards the backlog, the knobs, the thread records and the counters;
+// a job's own lock_ guards its state's moves (taken inside m_ when both are). Continuations
+// run outside both. Job threads sleep on one condition variable (never a sleep loop); the
+// queue is for work that blocks for milliseconds, so a lock per job costs nothing that shows.
+
+#include <mailroom/dispatch/job_queue.hpp>
+
+#include <mailroom/core/handle_access.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <deque>
+#include <list>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace mailroom {
+
+const char* to_string(job_state s) noexcept {
+    switch (s) {
+    case job_state::queued: return "queued";
+    case job_state::running: return "running";
+    case job_state::succeeded: return "succeeded";
+    case job_state::failed: return "failed";
+    case job_state::cancelled: return "cancelled";
+    case job_state::expired: return "expired";
+    case job_state::discarded: return "discarded";
+    }
+    return "?";
+}
+
+namespace internal {
+
+namespace {
+std::atomic<std::uint64_t> next_job_id{1};
+/// What a job thread's heartbeat shows as the running "message type".
+struct job_tag {};
+const running_kind job_kind = register_running_kind("job");
+}  // namespace
+
+bool job_core::move(job_state from, job_state to) noexcept {
+    std::lock_guard g(lock_);
+    if (state() != from) return false;
+    state_.store(static_cast<std::uint8_t>(to), std::memory_order_release);
+    return true;
+}
+
+void job_core::complete() noexcept {
+    void (*fn)(job_core*, void*) noexcept = nullptr;
+    void* arg = nullptr;
+    {
+        std::lock_guard g(lock_);
+        fn = std::exchange(cont_, nullptr);
+        arg = cont_arg_;
+        done_.notify_all();
+    }
+    if (fn) fn(this, arg);
+}
+
+bool job_core::wait_for(std::chrono::nanoseconds timeout) const noexcept {
+    std::unique_lock l(lock_);
+    return done_.wait_for(l, timeout, [&] { return is_final(); });
+}
+
+void job_core::continue_with(void (*fn)(job_core*, void*) noexcept, void* arg) {
+    {
+        std::lock_guard g(lock_);
+        if (has_cont_)
+            throw usage_error("job #" + std::to_string(id_) + " of job queue '" + queue_name_ +
+                              "': it already has a completion (then or co_await: one of them, once)");
+        has_cont_ = true;
+        if (!is_final()) {
+            cont_ = fn;
+            cont_arg_ = arg;
+            return;
+        }
+    }
+    fn(this, arg);
+}
+
+class job_queue_impl final : public dispatcher_impl {
+public:
+    job_queue_impl(std::string name, const job_queue::params& p)
+        : dispatcher_impl(std::move(name), std::string(job_queue::handle::kind_name)), p_(p) {
+        check_knobs(p.min, p.floor, p.desired, p.max);
+    }
+
+    ~job_queue_impl() override { join(); }
+
+    /// Starts the floor threads; after construction (the threads hold no reference back).
+    void start() {
+        std::lock_guard g(m_);
+        while (threads_ < p_.floor) spawn_locked();
+    }
+
+    std::shared_ptr<binder_impl> make_binder() override {
+        throw binding_error("dispatcher '" + name() +
+                            "' (job_queue) runs jobs: no session or agent can be bound to it; post_job() to it");
+    }
+
+    void join() noexcept override {
+        std::vector<job_core*> dropped;
+        std::list<thread_rec> recs;
+        {
+            std::lock_guard g(m_);
+            if (!stopping_) {
+                stopping_ = true;
+                for (auto& [key, q] : subs_)
+                    for (job_core* j : q) {
+                        if (j->move(job_state::queued, job_state::discarded)) ++discarded_;
+                        dropped.push_back(j);
+                    }
+                subs_.clear();
+                ring_.clear();
+                pending_ = 0;
+                drained_.notify_all();
+                for (auto& r : recs_)
+                    if (r.current) r.current->stop_.request_stop();
+                cv_.notify_all();
+            }
+            recs.splice(recs.end(), recs_);
+        }
+        for (job_core* j : dropped) {
+            if (j->state() == job_state::discarded) j->complete();
+            j->release();
+        }
+        // Running jobs saw their stop_token; their threads leave once they return.
+        for (auto& r : recs)
+            if (r.thread.joinable()) r.thread.join();
+    }
+
+    void discard_queued() noexcept override {}
+
+    dispatcher_stats stats() const override {
+        dispatcher_stats s;
+        s.name = name();
+        s.kind = kind();
+        std::lock_guard g(m_);
+        s.threads = threads_;
+        s.queue_depth = pending_;
+        for (const auto& r : recs_)
+            if (!r.done) s.workers.push_back(read_heartbeat(r.beat));
+        return s;
+    }
+
+    job_queue::stats job_stats() const {
+        std::lock_guard g(m_);
+        job_queue::stats s;
+        s.name = name();
+        s.min = p_.min;
+        s.floor = p_.floor;
+        s.desired = p_.desired;
+        s.max = p_.max;
+        s.threads = threads_;
+        s.idle_threads = idle_;
+        s.running = active_;
+        s.backlog = pending_;
+        s.posted = posted_;
+        s.refused = refused_;
+        s.completed = completed_;
+        s.failed = failed_;
+        s.cancelled = cancelled_;
+        s.expired = expired_;
+        s.overran = overran_;
+        s.discarded = discarded_;
+        s.completions_dropped = completions_dropped_.load(std::memory_order_relaxed);
+        s.threads_started = threads_started_;
+        s.threads_exited = threads_exited_;
+        s.wait_total = wait_total_;
+        s.wait_max = wait_max_;
+        s.run_total = run_total_;
+        s.run_max = run_max_;
+        return s;
+    }
+
+    bool drain(std::chrono::nanoseconds timeout) {
+        std::unique_lock l(m_);
+        auto idle = [&] { return pending_ == 0 && active_ == 0; };
+        if (idle() || timeout.count() <= 0) return idle();
+        if (current_dispatcher())
+            throw usage_error("job queue '" + name() +
+                              "': drain() on a dispatcher's or a job queue's thread could wait for itself");
+        return drained_.wait_for(l, timeout, idle);
+    }
+
+    void set_desired(std::size_t n) {
+        std::lock_guard g(m_);
+        check_knobs(p_.min, p_.floor, n, p_.max);
+        p_.desired = n;
+        grow_locked();
+        cv_.notify_all();
+    }
+
+    void set_floor(std::size_t n) {
+        std::lock_guard g(m_);
+        check_knobs(p_.min, n, p_.desired, p_.max);
+        p_.floor = n;
+        if (!stopping_)
+            while (threads_ < p_.floor) spawn_locked();
+        // Threads above a lowered floor exit after their next idle time.
+        cv_.notify_all();
+    }
+
+    bool submit(job_core* j, std::uint64_t poster, bool try_only) {
+        std::lock_guard g(m_);
+        if (stopping_) {
+            ++refused_;
+            throw environment_stopped_error("job queue '" + name() + "' is shut down: job #" +
+                                            std::to_string(j->id_) + " refused");
+        }
+        if (p_.backlog != 0 && pending_ >= p_.backlog) {
+            ++refused_;
+            if (try_only) return false;
+            throw job_queue_full_error("job queue '" + name() + "': backlog full (" + std::to_string(p_.backlog) +
+                                       " jobs): job #" + std::to_string(j->id_) + " refused");
+        }
+        j->queue_ = std::static_pointer_cast<job_queue_impl>(shared_from_this());
+        j->queued_at_ = clock::now();
+        if (p_.deadline.count() > 0) j->deadline_ = j->queued_at_ + p_.deadline;
+        j->add_ref();  // the backlog's
+        auto [it, fresh] = subs_.try_emplace(poster);
+        if (it->second.empty()) ring_.push_back(poster);
+        (void)fresh;
+        it->second.push_back(j);
+        ++pending_;
+        ++posted_;
+        grow_locked();
+        if (idle_ > 0 && active_ < p_.desired) cv_.notify_one();
+        return true;
+    }
+
+    /// A queued job was cancelled (its state moved already, under m_).
+    void cancelled_locked() noexcept {
+        --pending_;
+        ++cancelled_;
+        if (pending_ == 0 && active_ == 0) drained_.notify_all();
+    }
+
+    std::mutex& lock() const noexcept { return m_; }
+
+    std::atomic<std::uint64_t> completions_dropped_{0};  // any thread
+
+private:
+    struct thread_rec {
+        heartbeat beat;
+        std::thread thread;
+        job_core* current = nullptr;  // under m_
+        bool done = false;            // under m_: left its loop
+    };
+
+    void check_knobs(std::size_t min, std::size_t floor, std::size_t desired, std::size_t max) const {
+        if (!(min <= floor && floor <= desired && desired <= max && max > 0))
+            throw job_queue_limits_error("job queue '" + name() + "': the knobs must keep min <= floor <= desired <= max" +
+                                         " and max > 0; asked for min " + std::to_string(min) + ", floor " +
+                                         std::to_string(floor) + ", desired " + std::to_string(desired) + ", max " +
+                                         std::to_string(max));
+    }
+
+    /// Starts threads until every job that may run now has one (at most `desired`), and joins
+    /// threads that exited.
+    void grow_locked() {
+        if (stopping_) return;
+        for (auto it = recs_.begin(); it != recs_.end();) {
+            if (it->done) {
+                // It left its loop and only returns now: the join is short.
+                it->thread.join();
+                it = recs_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        const std::size_t want = std::min(p_.desired, active_ + pending_);
+        while (threads_ < want) spawn_locked();
+    }
+
+    void spawn_locked() {
+        thread_rec& r = recs_.emplace_back();
+        try {
+            r.thread = std::thread([this, &r] { loop(r); });
+        } catch (...) {
+            recs_.pop_back();
+            throw;
+        }
+        ++threads_;
+        ++threads_started_;
+        std::string n = name().substr(0, 11) + "#job";
+        ::pthread_setname_np(r.thread.native_handle(), n.c_str());
+    }
+
+    /// The next job to run, moved to running (null when the backlog held only dead ones);
+    /// jobs past their deadline go to `expired`.
+    job_core* pick_locked(std::vector<job_core*>& expired) {
+        const auto now = clock::now();
+        while (!ring_.empty()) {
+            const std::uint64_t key = ring_.front();
+            ring_.pop_front();
+            auto it = subs_.find(key);
+            auto& q = it->second;
+            job_core* j = nullptr;
+            if (p_.order == job_queue::order::fifo) {
+                j = q.front();
+                q.pop_front();
+            } else {
+                j = q.back();
+                q.pop_back();
+            }
+            // Round-robin: a poster with more queued goes to the back of the ring.
+            if (q.empty())
+                subs_.erase(it);
+            else
+                ring_.push_back(key);
+            if (j->deadline_ < now && j->move(job_state::queued, job_state::expired)) {
+                --pending_;
+                ++expired_;
+                expired.push_back(j);
+                continue;
+            }
+            if (j->move(job_state::queued, job_state::running)) {
+                --pending_;
+                return j;
+            }
+            // Cancelled while queued: counted by cancel(); only the backlog's reference is left.
+            expired.push_back(j);
+        }
+        return nullptr;
+    }
+
+    void loop(thread_rec& r) noexcept {
+        tls_heartbeat = &r.beat;
+        set_current_dispatcher(this);
+        std::vector<job_core*> dead;
+        std::unique_lock l(m_);
+        for (;;) {
+            if (stopping_) break;
+            if (active_ < p_.desired && pending_ > 0) {
+                job_core* j = pick_locked(dead);
+                if (!dead.empty()) {
+                    l.unlock();
+                    for (job_core* d : dead) {
+                        if (d->state() == job_state::expired) d->complete();
+                        d->release();
+                    }
+                    dead.clear();
+                    l.lock();
+                }
+                if (!j) {
+                    if (pending_ == 0 && active_ == 0) drained_.notify_all();
+                    continue;
+                }
+                ++active_;
+                r.current = j;
+                const auto started = clock::now();
+                const auto waited = started - j->queued_at_;
+                l.unlock();
+                r.beat.begin();
+                note_running(job_kind, j->id_, &typeid(job_tag));
+                const job_state outcome = j->run(j->stop_.get_token());
+                r.beat.end();
+                const auto finished = clock::now();
+                l.lock();
+                r.current = nullptr;
+                --active_;
+                ++completed_;
+                if (outcome == job_state::failed) ++failed_;
+                if (finished > j->deadline_) ++overran_;
+                const auto ran = std::chrono::duration_cast<std::chrono::nanoseconds>(finished - started);
+                const auto w = std::chrono::duration_cast<std::chrono::nanoseconds>(waited);
+                wait_total_ += w;
+                wait_max_ = std::max(wait_max_, w);
+                run_total_ += ran;
+                run_max_ = std::max(run_max_, ran);
+                j->move(job_state::running, outcome);
+                if (pending_ == 0 && active_ == 0) drained_.notify_all();
+                l.unlock();
+                j->complete();
+                j->release();
+                l.lock();
+                continue;
+            }
+            ++idle_;
+            const bool woken = cv_.wait_for(l, p_.idle_time, [&] {
+                return stopping_ || (active_ < p_.desired && pending_ > 0);
+            });
+            --idle_;
+            if (!woken && threads_ > p_.floor) break;
+        }
+        --threads_;
+        ++threads_exited_;
+        r.done = true;
+    }
+
+    mutable std::mutex m_;
+    std::condition_variable cv_;       // job threads wait for work
+    std::condition_variable drained_;  // drain() waits for nothing queued or running
+    job_queue::params p_;
+    bool stopping_ = false;
+    std::unordered_map<std::uint64_t, std::deque<job_core*>> subs_;  // a poster's queued jobs
+    std::deque<std::uint64_t> ring_;                                 // posters with queued jobs, in turn
+    std::list<thread_rec> recs_;                                     // stable addresses: heartbeats
+    std::size_t pending_ = 0, threads_ = 0, idle_ = 0, active_ = 0;
+    std::uint64_t posted_ = 0, refused_ = 0, completed_ = 0, failed_ = 0, cancelled_ = 0, expired_ = 0,
+                  overran_ = 0, discarded_ = 0, threads_started_ = 0, threads_exited_ = 0;
+    std::chrono::nanoseconds wait_total_{0}, wait_max_{0}, run_total_{0}, run_max_{0};
+};
+
+bool job_core::cancel() noexcept {
+    // queue_ is set before the job is handed to anyone, and never changes after.
+    if (job_queue_impl* q = queue_.get()) {
+        bool cancelled = false;
+        {
+            std::lock_guard g(q->lock());
+            if (move(job_state::queued, job_state::cancelled)) {
+                q->cancelled_locked();
+                cancelled = true;
+            }
+        }
+        if (cancelled) {
+            complete();
+            return true;
+        }
+    }
+    if (state() == job_state::running) stop_.request_stop();
+    return false;
+}
+
+namespace {
+job_queue_impl& queue_of(const job_queue::handle& h) {
+    return static_cast<job_queue_impl&>(checked(handle_access::impl(static_cast<const dispatcher&>(h))));
+}
+}  // namespace
+
+void job_completion_dropped(const job_core* j) noexcept {
+    if (job_queue_impl* q = j->queue_.get()) q->completions_dropped_.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool submit_job(const job_queue::handle& q, job_core* j, std::uint64_t poster, bool try_only) {
+    job_queue_impl& impl = queue_of(q);
+    j->id_ = next_job_id.fetch_add(1, std::memory_order_relaxed);
+    j->queue_name_ = impl.name();
+    return impl.submit(j, poster, try_only);
+}
+
+}  // namespace internal
+
+namespace job_queue {
+
+void handle::set_desired(std::size_t n) const { internal::queue_of(*this).set_desired(n); }
+void handle::set_floor(std::size_t n) const { internal::queue_of(*this).set_floor(n); }
+bool handle::drain(std::chrono::nanoseconds timeout) const { return internal::queue_of(*this).drain(timeout); }
+job_queue::stats handle::job_stats() const { return internal::queue_of(*this).job_stats(); }
+
+handle make_job_queue(dispatcher_host& host, std::string name, const params& p) {
+    return dispatcher_cast<handle>(internal::add_to_host(host, name, [&] {
+        auto q = std::make_shared<internal::job_queue_impl>(name, p);
+        q->start();
+        return std::static_pointer_cast<internal::dispatcher_impl>(q);
+    }));
+}
+
+}  // namespace job_queue
+
+}  // namespace mailroom

@@ -1,0 +1,91 @@
+// The completion path of jobs: a job's continuation posts to the session or agent that posted
+// it (the one post path, post_to), so that completions run serially with its other callbacks.
+
+#include <mailroom/session/job.hpp>
+
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+
+#include <mailroom/session/context.hpp>
+
+namespace mailroom::internal {
+
+namespace {
+
+struct job_cont {
+    context_ref where;
+    posted_call* p;
+};
+
+/// Resumes a coroutine on its context; destroys it unresumed when dropped (the context went).
+struct job_resumer {
+    std::coroutine_handle<> h;
+    explicit job_resumer(std::coroutine_handle<> c) noexcept : h(c) {}
+    job_resumer(job_resumer&& o) noexcept : h(std::exchange(o.h, {})) {}
+    ~job_resumer() {
+        if (h) h.destroy();
+    }
+    void operator()() { std::exchange(h, {}).resume(); }
+};
+
+std::string describe(const job_core* j) {
+    return "job #" + std::to_string(j->id()) + " of job queue '" + j->queue_name() + "'";
+}
+
+}  // namespace
+
+void job_then(job_home* j, const context_ref& where, posted_call* p) {
+    if (!where)
+        throw usage_error(describe(j) +
+                          ": then() without a session needs a job posted from a session's callback or an agent's "
+                          "handler; this one was posted from another thread");
+    auto* c = new job_cont{where, p};
+    try {
+        j->continue_with(
+            [](job_core* done, void* arg) noexcept {
+                auto* c = static_cast<job_cont*>(arg);
+                // A completion refused later (its context destroyed with it queued) is counted
+                // refused by the session layer; one that finds the context gone now, here.
+                if (!post_to(c->where.core, c->where.gen, c->p)) job_completion_dropped(done);
+                delete c;
+            },
+            c);
+    } catch (...) {
+        delete c;
+        throw;
+    }
+}
+
+void job_resume_here(job_home* j, std::coroutine_handle<> h) {
+    context_ref here = current_context_ref();
+    if (!here)
+        throw usage_error(describe(j) + ": co_await is for coroutines running in a session's callback or an agent's "
+                                        "handler");
+    auto* p = static_cast<posted_call_of<job_resumer>*>(make_posted_call(job_resumer(h)));
+    try {
+        job_then(j, here, p);
+    } catch (...) {
+        // The coroutine gets the exception where it awaited: it is not ours to destroy.
+        p->fn.h = {};
+        p->drop(p);
+        throw;
+    }
+}
+
+void job_check_wait(const job_core* j) {
+    if (current_dispatcher())
+        throw usage_error(describe(j) +
+                          ": waiting would block a dispatcher's or a job queue's thread; use then() or co_await there");
+}
+
+std::uint64_t job_poster() noexcept { return reinterpret_cast<std::uintptr_t>(current_context()); }
+
+void job_throw(const job_core* j) {
+    if (!j) throw usage_error("job: the handle is empty");
+    const job_state s = j->state();
+    if (s == job_state::failed) std::rethrow_exception(j->exception());
+    if (s < job_state::succeeded)
+        throw usage_error(describe(j) + ": get() before it finished (state " + to_string(s) + ")");
+    throw job_failed_error(s, describe(j) + " " + to_string(s) + ": it never ran");
+}
+
+}  // namespace mailroom::internal

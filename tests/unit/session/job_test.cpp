@@ -1,0 +1,452 @@
+#include <mailroom/session/job.hpp>
+
+#include <mailroom/core/error.hpp>
+#include <mailroom/dispatch/job_queue.hpp>
+#include <mailroom/env/environment.hpp>
+#include <mailroom/session/session.hpp>
+
+#include <mailroom/session/detail/session_impl.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace mailroom;
+using namespace std::chrono_literals;
+
+constexpr auto patience = 10s;  // bounds every wait: a failing test fails, never hangs
+
+/// A latch the jobs block on until the test opens it (bounded: a job never blocks forever).
+class gate {
+public:
+    void open() {
+        std::lock_guard g(m_);
+        open_ = true;
+        cv_.notify_all();
+    }
+    bool wait() {
+        std::unique_lock l(m_);
+        return cv_.wait_for(l, patience, [&] { return open_; });
+    }
+
+private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool open_ = false;
+};
+
+/// Polls `cond` (a bounded wait for a state that other threads reach).
+template <class F>
+bool eventually(F cond, std::chrono::nanoseconds limit = patience) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (!cond()) {
+        if (std::chrono::steady_clock::now() > until) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+TEST(job_queue, knobs_out_of_order_raise_a_typed_error_naming_the_queue) {
+    environment env;
+    try {
+        (void)job_queue::make_job_queue(env, "slow", {.floor = 3, .desired = 2, .max = 4});
+        FAIL() << "no error";
+    } catch (const job_queue_limits_error& e) {
+        EXPECT_NE(std::string(e.what()).find("job queue 'slow'"), std::string::npos) << e.what();
+    }
+    job_queue::handle q = job_queue::make_job_queue(env, "q", {.min = 1, .floor = 1, .desired = 2, .max = 4});
+    EXPECT_THROW(q.set_desired(5), job_queue_limits_error);
+    EXPECT_THROW(q.set_floor(0), job_queue_limits_error);
+    EXPECT_THROW(q.set_floor(3), job_queue_limits_error);
+    EXPECT_EQ(find_job_queue(env, "q"), q);
+    EXPECT_FALSE(find_job_queue(env, "none"));
+    EXPECT_THROW((void)q.bind(), binding_error);
+}
+
+TEST(job_queue, job_result_and_exception_reach_the_handle) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 2});
+    auto ok = post_job(q, [] { return 42; });
+    auto bad = post_job(q, []() -> int { throw std::runtime_error("boom"); });
+    ASSERT_TRUE(ok.wait_for(patience));
+    ASSERT_TRUE(bad.wait_for(patience));
+    EXPECT_EQ(ok.get(), 42);
+    EXPECT_EQ(bad.state(), job_state::failed);
+    EXPECT_THROW((void)bad.get(), std::runtime_error);
+    EXPECT_EQ(q.job_stats().failed, 1u);
+}
+
+TEST(job_queue, job_cancelled_before_start_never_runs_and_reports_cancelled) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1, .max = 1});
+    gate g;
+    auto blocker = post_job(q, [&] { return g.wait(); });
+    std::atomic<bool> ran{false};
+    session s(env, {.name = "poster"});
+    std::promise<job_state> seen;
+    job<void> victim;
+    std::promise<void> posted;
+    s.post([&] {
+        victim = post_job(q, [&] { ran = true; });
+        victim.then([&](const job<void>& j) { seen.set_value(j.state()); });
+        posted.set_value();
+    });
+    ASSERT_EQ(posted.get_future().wait_for(patience), std::future_status::ready);
+    EXPECT_TRUE(victim.cancel());
+    EXPECT_FALSE(victim.cancel());  // once
+    g.open();
+    ASSERT_TRUE(blocker.wait_for(patience));
+    auto f = seen.get_future();
+    ASSERT_EQ(f.wait_for(patience), std::future_status::ready);
+    EXPECT_EQ(f.get(), job_state::cancelled);
+    EXPECT_THROW(victim.get(), job_failed_error);
+    EXPECT_FALSE(ran.load());
+    EXPECT_EQ(q.job_stats().cancelled, 1u);
+    EXPECT_EQ(q.job_stats().completed, 1u);
+}
+
+TEST(job_queue, running_job_sees_stop_requested_on_its_stop_token_when_cancelled) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1});
+    std::atomic<bool> started{false};
+    auto j = post_job(q, [&](std::stop_token st) {
+        started = true;
+        const auto until = std::chrono::steady_clock::now() + patience;
+        while (!st.stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+        return st.stop_requested();
+    });
+    ASSERT_TRUE(eventually([&] { return started.load(); }));
+    EXPECT_EQ(j.state(), job_state::running);
+    EXPECT_FALSE(j.cancel());  // running: stop requested, not unwound
+    ASSERT_TRUE(j.wait_for(patience));
+    EXPECT_EQ(j.state(), job_state::succeeded);
+    EXPECT_TRUE(j.get());
+}
+
+TEST(job_queue, completion_runs_on_the_posting_session_serially_with_its_callbacks) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 4});
+    session s(env, {.name = "home"});
+    std::promise<std::thread::id> session_thread;
+    s.post([&] { session_thread.set_value(std::this_thread::get_id()); });
+    const auto home = session_thread.get_future().get();
+
+    constexpr int jobs = 50;
+    std::atomic<int> inside{0};
+    std::atomic<int> overlaps{0};
+    std::atomic<int> wrong_thread{0};
+    std::atomic<int> wrong_name{0};
+    std::atomic<int> done{0};
+    std::atomic<long> sum{0};
+    s.post([&] {
+        for (int i = 0; i < jobs; ++i) {
+            auto j = post_job(q, [i] { return i; });
+            j.then([&](const job<int>& r) {
+                if (inside.fetch_add(1) != 0) ++overlaps;
+                if (std::this_thread::get_id() != home) ++wrong_thread;
+                if (internal::current_context_name() != "home") ++wrong_name;
+                sum += r.get();
+                inside.fetch_sub(1);
+                ++done;
+            });
+        }
+    });
+    ASSERT_TRUE(eventually([&] { return done.load() == jobs; }));
+    EXPECT_EQ(overlaps.load(), 0);
+    EXPECT_EQ(wrong_thread.load(), 0);
+    EXPECT_EQ(wrong_name.load(), 0);
+    EXPECT_EQ(sum.load(), jobs * (jobs - 1) / 2);
+}
+
+TEST(job_queue, then_on_a_job_posted_from_no_session_raises_a_usage_error) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1});
+    auto j = post_job(q, [] {});
+    EXPECT_THROW(j.then([](const job<void>&) {}), usage_error);
+    ASSERT_TRUE(j.wait_for(patience));
+}
+
+TEST(job_queue, a_job_has_one_completion_and_a_second_raises_a_usage_error) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1});
+    session s(env, {.name = "home"});
+    std::promise<std::string> second;
+    std::atomic<int> firsts{0};
+    s.post([&] {
+        auto j = post_job(q, [] { return 1; });
+        j.then([&](const job<int>&) { ++firsts; });
+        try {
+            j.then([](const job<int>&) {});
+            second.set_value("no error");
+        } catch (const usage_error& e) {
+            second.set_value(e.what());
+        }
+    });
+    auto f = second.get_future();
+    ASSERT_EQ(f.wait_for(patience), std::future_status::ready);
+    EXPECT_NE(f.get().find("already has a completion"), std::string::npos);
+    ASSERT_TRUE(eventually([&] { return firsts.load() == 1; }));
+}
+
+TEST(job_queue, desired_changed_at_run_time_is_obeyed) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 2, .max = 8});
+    gate g;
+    std::atomic<int> now{0};
+    std::atomic<int> peak{0};
+    std::vector<job<void>> js;
+    for (int i = 0; i < 20; ++i)
+        js.push_back(post_job(q, [&] {
+            int n = ++now;
+            int p = peak.load();
+            while (n > p && !peak.compare_exchange_weak(p, n)) {
+            }
+            g.wait();
+            --now;
+        }));
+    ASSERT_TRUE(eventually([&] { return now.load() == 2; }));
+    std::this_thread::sleep_for(20ms);  // a third would show up here if the knob were ignored
+    EXPECT_EQ(peak.load(), 2);
+    q.set_desired(6);
+    ASSERT_TRUE(eventually([&] { return now.load() == 6; }, 5s)) << "running " << now.load();
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(peak.load(), 6);
+    EXPECT_EQ(q.job_stats().running, 6u);
+    EXPECT_EQ(q.job_stats().desired, 6u);
+    g.open();
+    for (auto& j : js) ASSERT_TRUE(j.wait_for(patience));
+    EXPECT_EQ(q.job_stats().completed, 20u);
+}
+
+TEST(job_queue, drain_returns_once_nothing_is_queued_or_running) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 2});
+    gate g;
+    std::atomic<int> ran{0};
+    for (int i = 0; i < 10; ++i)
+        (void)post_job(q, [&] {
+            g.wait();
+            ++ran;
+        });
+    EXPECT_FALSE(q.drain(0ns));
+    EXPECT_FALSE(q.drain(20ms));  // the jobs still block
+    g.open();
+    EXPECT_TRUE(q.drain(patience));
+    EXPECT_EQ(ran.load(), 10);
+    EXPECT_EQ(q.job_stats().backlog, 0u);
+    EXPECT_EQ(q.job_stats().running, 0u);
+    session s(env, {.name = "home"});
+    std::promise<bool> refused;
+    gate held;
+    s.post([&] {
+        try {
+            (void)post_job(q, [&] { held.wait(); });
+            q.drain(patience);
+            refused.set_value(false);
+        } catch (const usage_error&) {
+            refused.set_value(true);
+        }
+    });
+    EXPECT_TRUE(refused.get_future().get());
+    held.open();
+    EXPECT_TRUE(q.drain(patience));
+}
+
+TEST(job_queue, idle_threads_exit_down_to_the_floor) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.floor = 1, .desired = 4, .idle_time = 30ms});
+    EXPECT_EQ(q.job_stats().threads, 1u);
+    gate g;
+    std::vector<job<bool>> js;
+    for (int i = 0; i < 4; ++i) js.push_back(post_job(q, [&] { return g.wait(); }));
+    ASSERT_TRUE(eventually([&] { return q.job_stats().running == 4; }));
+    EXPECT_EQ(q.job_stats().threads, 4u);
+    g.open();
+    ASSERT_TRUE(eventually([&] { return q.job_stats().threads == 1; })) << q.job_stats().threads;
+    EXPECT_EQ(q.job_stats().threads_exited, 3u);
+    std::this_thread::sleep_for(100ms);  // the floor thread stays past several idle times
+    EXPECT_EQ(q.job_stats().threads, 1u);
+}
+
+TEST(job_queue, try_post_on_a_full_backlog_is_refused_and_counted) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "full", {.desired = 1, .backlog = 2});
+    gate g;
+    auto blocker = post_job(q, [&] { return g.wait(); });
+    ASSERT_TRUE(eventually([&] { return q.job_stats().running == 1; }));
+    auto a = post_job(q, [] {});
+    auto b = try_post_job(q, [] {});
+    EXPECT_TRUE(a);
+    EXPECT_TRUE(b);
+    auto c = try_post_job(q, [] {});
+    EXPECT_FALSE(c);
+    try {
+        (void)post_job(q, [] {});
+        FAIL() << "no error";
+    } catch (const job_queue_full_error& e) {
+        EXPECT_NE(std::string(e.what()).find("job queue 'full'"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(q.job_stats().refused, 2u);
+    EXPECT_EQ(q.job_stats().backlog, 2u);
+    g.open();
+    ASSERT_TRUE(a.wait_for(patience));
+    ASSERT_TRUE(b.wait_for(patience));
+}
+
+std::vector<int> run_order(job_queue::order order) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1, .order = order});
+    gate g;
+    auto blocker = post_job(q, [&] { return g.wait(); });
+    EXPECT_TRUE(eventually([&] { return q.job_stats().running == 1; }));
+    std::mutex m;
+    std::vector<int> seen;
+    std::vector<job<void>> js;
+    for (int i = 1; i <= 5; ++i)
+        js.push_back(post_job(q, [&, i] {
+            std::lock_guard l(m);
+            seen.push_back(i);
+        }));
+    g.open();
+    for (auto& j : js) EXPECT_TRUE(j.wait_for(patience));
+    return seen;
+}
+
+TEST(job_queue, fifo_runs_a_posters_jobs_oldest_first_and_lifo_newest_first) {
+    EXPECT_EQ(run_order(job_queue::order::fifo), (std::vector<int>{1, 2, 3, 4, 5}));
+    EXPECT_EQ(run_order(job_queue::order::lifo), (std::vector<int>{5, 4, 3, 2, 1}));
+}
+
+TEST(job_queue, a_noisy_poster_does_not_starve_another) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1});
+    gate g;
+    auto blocker = post_job(q, [&] { return g.wait(); });
+    ASSERT_TRUE(eventually([&] { return q.job_stats().running == 1; }));
+    std::mutex m;
+    std::vector<char> seen;
+    std::vector<job<void>> js;
+    auto post_from = [&](session& s, char who, int n) {
+        std::promise<void> done;
+        s.post([&] {
+            for (int i = 0; i < n; ++i)
+                js.push_back(post_job(q, [&, who] {
+                    std::lock_guard l(m);
+                    seen.push_back(who);
+                }));
+            done.set_value();
+        });
+        ASSERT_EQ(done.get_future().wait_for(patience), std::future_status::ready);
+    };
+    session noisy(env, {.name = "noisy"});
+    session quiet(env, {.name = "quiet"});
+    post_from(noisy, 'n', 20);
+    post_from(quiet, 'q', 2);
+    g.open();
+    for (auto& j : js) ASSERT_TRUE(j.wait_for(patience));
+    ASSERT_EQ(seen.size(), 22u);
+    // Round-robin between posters: n q n q n n n ...
+    EXPECT_EQ(std::string(seen.begin(), seen.begin() + 5), "nqnqn");
+}
+
+TEST(job_queue, job_not_started_by_its_deadline_is_dropped_and_says_expired) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1, .deadline = 30ms});
+    gate g;
+    auto blocker = post_job(q, [&] { return g.wait(); });
+    std::atomic<bool> ran{false};
+    auto late = post_job(q, [&] { ran = true; });
+    std::this_thread::sleep_for(60ms);  // time must pass for a deadline to
+    g.open();
+    ASSERT_TRUE(late.wait_for(patience));
+    ASSERT_TRUE(blocker.wait_for(patience));
+    EXPECT_EQ(late.state(), job_state::expired);
+    EXPECT_FALSE(ran.load());
+    try {
+        late.get();
+        FAIL() << "no error";
+    } catch (const job_failed_error& e) {
+        EXPECT_EQ(e.state(), job_state::expired);
+    }
+    EXPECT_EQ(q.job_stats().expired, 1u);
+    EXPECT_EQ(q.job_stats().overran, 1u);  // the blocker ran past the deadline
+}
+
+TEST(job_queue, teardown_with_jobs_queued_and_running_tells_every_job_and_does_not_hang) {
+    auto env = std::make_unique<environment>();
+    auto q = job_queue::make_job_queue(*env, "q", {.desired = 1});
+    std::atomic<bool> started{false};
+    auto running = post_job(q, [&](std::stop_token st) {
+        started = true;
+        const auto until = std::chrono::steady_clock::now() + patience;
+        while (!st.stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+        return st.stop_requested();
+    });
+    std::atomic<bool> queued_ran{false};
+    std::atomic<bool> completion_ran{false};
+    session s(*env, {.name = "home"});
+    job<void> queued;
+    std::promise<void> posted;
+    s.post([&] {
+        queued = post_job(q, [&] { queued_ran = true; });
+        queued.then([&](const job<void>&) { completion_ran = true; });
+        posted.set_value();
+    });
+    ASSERT_EQ(posted.get_future().wait_for(patience), std::future_status::ready);
+    ASSERT_TRUE(eventually([&] { return started.load(); }));
+    auto stopped = std::async(std::launch::async, [&] { env.reset(); });
+    ASSERT_EQ(stopped.wait_for(patience), std::future_status::ready) << "teardown hangs";
+    EXPECT_EQ(running.state(), job_state::succeeded);
+    EXPECT_TRUE(running.get());  // it saw the stop request
+    EXPECT_EQ(queued.state(), job_state::discarded);
+    EXPECT_FALSE(queued_ran.load());
+    // The session went first: the discarded job's completion did not run, and is counted.
+    EXPECT_FALSE(completion_ran.load());
+    EXPECT_EQ(q.job_stats().completions_dropped, 1u);
+    // Statistics stay readable after the environment stopped.
+    const auto st = q.job_stats();
+    EXPECT_EQ(st.discarded, 1u);
+    EXPECT_EQ(st.completed, 1u);
+    EXPECT_EQ(st.threads, 0u);
+    EXPECT_EQ(st.posted, st.completed + st.cancelled + st.expired + st.discarded);
+}
+
+TEST(job_queue, co_await_resumes_on_the_posting_session) {
+    // A minimal coroutine type: the named layer's task is above this one.
+    struct fire {
+        struct promise_type {
+            fire get_return_object() { return {}; }
+            std::suspend_never initial_suspend() noexcept { return {}; }
+            std::suspend_never final_suspend() noexcept { return {}; }
+            void return_void() {}
+            void unhandled_exception() { std::terminate(); }
+        };
+    };
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 1});
+    session s(env, {.name = "co"});
+    std::promise<std::pair<int, std::string>> out;
+    auto body = [&]() -> fire {
+        job<int> j = co_await post_job(q, [] { return 7; });
+        out.set_value({j.get(), internal::current_context_name()});
+    };
+    s.post([&] { body(); });
+    auto f = out.get_future();
+    ASSERT_EQ(f.wait_for(patience), std::future_status::ready);
+    const auto [v, where] = f.get();
+    EXPECT_EQ(v, 7);
+    EXPECT_EQ(where, "co");
+}
+
+}  // namespace
