@@ -1,0 +1,107 @@
+#pragma once
+// One loop thread of an event_loop_pool: a worker_mailbox drained like a worker's, and an epoll
+// set holding the loop's eventfd (how a writer wakes a loop parked in epoll_wait) and the fds
+// of the watchers of the contexts pinned to it.
+//
+// Sources. An fd is registered with epoll under a key, not under its number: the index of a
+// slot in the loop's table and the slot's generation. A slot is taken and freed only on the
+// loop thread, and freeing moves its generation on, so an event harvested for a source that
+// was removed since (its fd closed, its number perhaps reused by a new watcher) finds another
+// generation and is dropped.
+
+#include <mailroom/dispatch/demand.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/event_loop_pool.hpp>
+#include <mailroom/dispatch/heartbeat.hpp>
+#include <mailroom/export.hpp>
+#include <mailroom/queue/worker_mailbox.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace mailroom::internal {
+
+/// What a loop calls back when an fd it watches is ready. Loop thread only.
+class fd_source {
+public:
+    /// `events`: the epoll flags that are ready (EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, ...).
+    virtual void on_ready(std::uint32_t events) noexcept = 0;
+
+protected:
+    ~fd_source() = default;
+};
+
+class MAILROOM_EXPORT event_loop final : public event_queue {
+public:
+    /// Creates the epoll set and the eventfd; raises mailroom::error when the kernel refuses.
+    event_loop(std::chrono::nanoseconds spin, std::size_t index);
+    ~event_loop();
+    event_loop(const event_loop&) = delete;
+    event_loop& operator=(const event_loop&) = delete;
+
+    void push(demand* d) noexcept override { mailbox_.push(d); }
+    event_loop* loop() noexcept override { return this; }
+
+    void start(const std::string& thread_name, const dispatcher_impl* owner);
+    /// Queues a stop behind everything queued so far. Any thread.
+    void request_stop() noexcept;
+    /// Joins the thread; never from the loop itself.
+    void join() noexcept;
+    /// With the thread joined: drains what is left, discarding it.
+    void discard_all() noexcept;
+
+    /// The loop running on this thread, or null.
+    static event_loop* current() noexcept;
+    bool on_loop_thread() const noexcept { return current() == this; }
+
+    /// Loop thread only. Registers `src`; returns the key its epoll registrations carry.
+    std::uint64_t add_source(fd_source* src);
+    /// Loop thread only. Forgets the source of `key`: events still harvested for it are dropped.
+    void remove_source(std::uint64_t key) noexcept;
+    /// The epoll set (epoll_ctl is safe from any thread).
+    int epoll_fd() const noexcept { return epoll_; }
+    /// Counts fds added to or removed from the epoll set (+1 / -1). Any thread.
+    void count_fd(int delta) noexcept { fds_.fetch_add(delta, std::memory_order_relaxed); }
+
+    std::size_t index() const noexcept { return index_; }
+    std::atomic<std::size_t> contexts{0};
+
+    worker_stats stats() const noexcept;
+    event_loop_pool::loop_stats loop_stats() const noexcept;
+
+private:
+    struct stop_demand : demand {
+        event_loop* owner = nullptr;
+    };
+    struct slot {
+        fd_source* src = nullptr;
+        std::uint32_t gen = 1;
+    };
+    static void on_stop(demand* d, demand_mode) noexcept;
+    void run() noexcept;
+    bool drain() noexcept;
+    void dispatch(const void* events, int n) noexcept;
+
+    worker_mailbox mailbox_;
+    heartbeat heartbeat_;
+    stop_demand stop_;
+    std::size_t index_;
+    int epoll_ = -1;
+    int wake_ = -1;
+    bool running_ = false;
+    std::vector<slot> slots_;         // loop thread; [0] is the eventfd's
+    std::vector<std::uint32_t> free_;  // loop thread
+    std::atomic<std::int64_t> fds_{0};
+    std::atomic<std::uint64_t> callbacks_{0}, cycles_{0}, busy_ns_{0}, max_cycle_ns_{0};
+    std::thread thread_;
+};
+
+/// The event_loop_pool kind's internal factory, for tests that run it without an environment.
+MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_event_loop_pool(std::string name,
+                                                                      const event_loop_pool::params& p);
+
+}  // namespace mailroom::internal
