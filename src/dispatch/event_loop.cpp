@@ -42,7 +42,7 @@ event_loop::event_loop(std::chrono::nanoseconds spin, std::size_t index) : mailb
         ::close(epoll_);
         throw error(std::string("event loop: epoll_ctl failed: ") + std::strerror(errno));
     }
-    slots_.emplace_back();
+    chunks_[0].store(new slot[chunk_size], std::memory_order_relaxed);
     mailbox_.use_wake_fd(wake_);
 }
 
@@ -51,6 +51,7 @@ event_loop::~event_loop() {
     discard_all();
     ::close(wake_);
     ::close(epoll_);
+    for (auto& c : chunks_) delete[] c.load(std::memory_order_relaxed);
 }
 
 event_loop* event_loop::current() noexcept { return tls_loop; }
@@ -87,28 +88,33 @@ void event_loop::discard_all() noexcept {
 }
 
 std::uint64_t event_loop::add_source(fd_source* src) {
+    std::lock_guard g(slots_lock_);
     std::uint32_t i;
     if (!free_.empty()) {
         i = free_.back();
         free_.pop_back();
     } else {
-        slots_.emplace_back();
-        i = static_cast<std::uint32_t>(slots_.size() - 1);
+        i = next_slot_;
+        const std::size_t c = i >> chunk_bits;
+        if (c >= max_chunks) throw error("event loop: too many watched fds (" + std::to_string(i) + ")");
+        if (!chunks_[c].load(std::memory_order_relaxed)) chunks_[c].store(new slot[chunk_size], std::memory_order_release);
+        free_.reserve(i);  // room for every slot taken: remove_source() never allocates
+        ++next_slot_;
     }
-    slots_[i].src = src;
-    return key_of(i, slots_[i].gen);
+    slot* s = find_slot(i);
+    s->src.store(src, std::memory_order_release);
+    return key_of(i, s->gen.load(std::memory_order_relaxed));
 }
 
 void event_loop::remove_source(std::uint64_t key) noexcept {
-    auto i = static_cast<std::uint32_t>(key);
-    if (i == 0 || i >= slots_.size() || slots_[i].gen != static_cast<std::uint32_t>(key >> 32)) return;
-    slots_[i].src = nullptr;
-    if (++slots_[i].gen == 0) slots_[i].gen = 1;
-    try {
-        free_.push_back(i);
-    } catch (...) {
-        // The slot is leaked, not reused: harmless.
-    }
+    const auto i = static_cast<std::uint32_t>(key);
+    std::lock_guard g(slots_lock_);
+    slot* s = i ? find_slot(i) : nullptr;
+    if (!s || s->gen.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(key >> 32)) return;
+    s->src.store(nullptr, std::memory_order_relaxed);
+    std::uint32_t gen = s->gen.load(std::memory_order_relaxed) + 1;
+    s->gen.store(gen ? gen : 1, std::memory_order_release);
+    free_.push_back(i);  // capacity reserved by add_source()
 }
 
 // Runs every demand queued now; false once a stop was run.
@@ -139,12 +145,14 @@ void event_loop::dispatch(const void* raw, int n) noexcept {
             [[maybe_unused]] auto r = ::read(wake_, &count, sizeof count);
             continue;
         }
-        const auto i = static_cast<std::uint32_t>(key);
-        // A source removed by an earlier callback of this batch (or since the registration
-        // that raised this event) has another generation now: its event is dropped.
-        if (i >= slots_.size() || slots_[i].gen != static_cast<std::uint32_t>(key >> 32) || !slots_[i].src) continue;
+        // A source removed since the registration that raised this event has another
+        // generation now: its event is dropped.
+        const slot* s = find_slot(static_cast<std::uint32_t>(key));
+        if (!s || s->gen.load(std::memory_order_acquire) != static_cast<std::uint32_t>(key >> 32)) continue;
+        fd_source* src = s->src.load(std::memory_order_acquire);
+        if (!src) continue;
         heartbeat_.begin();
-        slots_[i].src->on_ready(events[k].events);
+        src->on_ready(events[k].events);
         heartbeat_.end();
         callbacks_.fetch_add(1, std::memory_order_relaxed);
     }

@@ -4,10 +4,12 @@
 // of the watchers of the contexts pinned to it.
 //
 // Sources. An fd is registered with epoll under a key, not under its number: the index of a
-// slot in the loop's table and the slot's generation. A slot is taken and freed only on the
-// loop thread, and freeing moves its generation on, so an event harvested for a source that
-// was removed since (its fd closed, its number perhaps reused by a new watcher) finds another
-// generation and is dropped.
+// slot in the loop's table and the slot's generation. Freeing a slot moves its generation on,
+// so an event harvested for a source that was removed since (its fd closed, its number perhaps
+// reused by a new watcher) finds another generation and is dropped. Slots live in chunks that
+// never move: any thread may take one (under a lock) while the loop reads others without one;
+// a slot is freed on the loop thread between two batches of events (or with the loop joined),
+// so the source a matching generation names is alive while the loop calls it.
 
 #include <mailroom/dispatch/demand.hpp>
 #include <mailroom/dispatch/dispatcher_impl.hpp>
@@ -19,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,9 +61,12 @@ public:
     static event_loop* current() noexcept;
     bool on_loop_thread() const noexcept { return current() == this; }
 
-    /// Loop thread only. Registers `src`; returns the key its epoll registrations carry.
+    /// Any thread. Registers `src`; returns the key its epoll registrations carry. Raises
+    /// mailroom::error when the loop has 2^20 sources.
     std::uint64_t add_source(fd_source* src);
-    /// Loop thread only. Forgets the source of `key`: events still harvested for it are dropped.
+    /// The loop thread, outside a batch of events (a demand), or any thread once the loop was
+    /// joined; also any thread for a key never registered with epoll. Forgets the source of
+    /// `key`: events still harvested for it are dropped.
     void remove_source(std::uint64_t key) noexcept;
     /// The epoll set (epoll_ctl is safe from any thread).
     int epoll_fd() const noexcept { return epoll_; }
@@ -78,9 +84,16 @@ private:
         event_loop* owner = nullptr;
     };
     struct slot {
-        fd_source* src = nullptr;
-        std::uint32_t gen = 1;
+        std::atomic<fd_source*> src{nullptr};
+        std::atomic<std::uint32_t> gen{1};
     };
+    static constexpr unsigned chunk_bits = 10;
+    static constexpr std::size_t chunk_size = std::size_t{1} << chunk_bits;
+    static constexpr std::size_t max_chunks = 1024;
+    slot* find_slot(std::uint32_t i) const noexcept {
+        slot* chunk = chunks_[i >> chunk_bits].load(std::memory_order_acquire);
+        return chunk ? &chunk[i & (chunk_size - 1)] : nullptr;
+    }
     static void on_stop(demand* d, demand_mode) noexcept;
     void run() noexcept;
     bool drain() noexcept;
@@ -93,8 +106,10 @@ private:
     int epoll_ = -1;
     int wake_ = -1;
     bool running_ = false;
-    std::vector<slot> slots_;         // loop thread; [0] is the eventfd's
-    std::vector<std::uint32_t> free_;  // loop thread
+    std::atomic<slot*> chunks_[max_chunks] = {};  // published once each; [0][0] is the eventfd's
+    std::mutex slots_lock_;                       // taking and freeing slots
+    std::uint32_t next_slot_ = 1;                 // under slots_lock_
+    std::vector<std::uint32_t> free_;             // under slots_lock_
     std::atomic<std::int64_t> fds_{0};
     std::atomic<std::uint64_t> callbacks_{0}, cycles_{0}, busy_ns_{0}, max_cycle_ns_{0};
     std::thread thread_;
