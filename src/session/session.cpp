@@ -712,6 +712,9 @@ handle_target* add_fd_watch(const context_ref& s, std::string_view name, int fd,
     if (fd < 0) throw usage_error(who(s, name) + ": watch of a negative fd (" + std::to_string(fd) + ")");
     context_core& c = *s.core;
     event_loop* loop = c.bound.queue ? c.bound.queue->loop() : nullptr;
+    if (!c.bound.queue)
+        throw binding_error(who(s, name) + " is not bound to a dispatcher yet: it cannot watch fd " +
+                            std::to_string(fd) + " (an agent watches from on_start() on)");
     if (!loop) {
         const auto& d = c.binder->target();
         throw binding_error(who(s, name) + " is bound to dispatcher '" + d.name() + "' (" + d.kind() +

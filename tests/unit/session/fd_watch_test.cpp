@@ -1,5 +1,7 @@
 #include <mailroom/session/fd_watch.hpp>
 
+#include <mailroom/agent/agent.hpp>
+#include <mailroom/agent/coop.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/event_loop_pool.hpp>
 #include <mailroom/env/environment.hpp>
@@ -321,6 +323,45 @@ TEST_F(loops, destroying_the_session_ends_its_watchers_and_their_fds_leave_the_l
     EXPECT_EQ(pool.loops()[0].fds_watched, 0u);
     std::this_thread::sleep_for(10ms);
     EXPECT_EQ(calls.load(), at_destroy);
+}
+
+// An agent that watches `fd` from on_start and counts what it reads; its constructor tries to
+// watch too, before it is bound.
+class fd_agent final : public agent {
+public:
+    fd_agent(int fd, std::atomic<int>& bytes, std::string& early_error) : fd_(fd), bytes_(bytes) {
+        try {
+            auto w = watch(fd, fd_events::read, [](fd_events) { return fd_events::none; });
+        } catch (const binding_error& e) {
+            early_error = e.what();
+        }
+    }
+    void on_start() override {
+        w_ = watch(fd_, fd_events::read, [this](fd_events) {
+            bytes_.fetch_add(socket_pair::drain(fd_));
+            return fd_events::read;
+        });
+    }
+
+private:
+    int fd_;
+    std::atomic<int>& bytes_;
+    fd_watch_handle w_;
+};
+
+TEST_F(loops, an_agent_bound_to_a_loop_watches_from_on_start_and_not_before_it_is_bound) {
+    socket_pair p;
+    std::atomic<int> bytes{0};
+    std::string early;
+    coop c(env, {.name = "c", .bind = pool.bind()});
+    c.make_agent<fd_agent>(p.fd[0], bytes, early);
+    coop_handle h = register_coop(std::move(c));
+    EXPECT_NE(early.find("not bound"), std::string::npos) << early;
+    p.send(1);
+    p.send(1);
+    EXPECT_TRUE(eventually([&] { return bytes.load() == 2; }));
+    h.deregister();
+    EXPECT_TRUE(eventually([&] { return pool.loops()[0].fds_watched + pool.loops()[1].fds_watched == 0; }));
 }
 
 }  // namespace
