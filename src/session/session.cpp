@@ -659,6 +659,11 @@ public:
 
     std::uint64_t key_ = 0;  // set before the watcher is shared; cleared at retire
     int fd() const noexcept { return fd_; }
+    fd_trigger trigger() const noexcept { return edge_ ? fd_trigger::edge : fd_trigger::level; }
+    fd_events interest() noexcept {
+        std::lock_guard g(lock_);
+        return interest_.load(std::memory_order_relaxed);
+    }
 
 private:
     ~fd_watch_object() override = default;
@@ -744,6 +749,36 @@ handle_target* add_fd_watch(const context_ref& s, std::string_view name, int fd,
         throw error(who(s, name) + ": cannot watch fd " + std::to_string(fd) + ": " + errno_text(err));
     }
     return o;
+}
+
+namespace {
+// Raises binding_error unless `to` may watch fds (a live context pinned to a loop).
+void check_on_loop(const context_ref& to, std::string_view name, int fd) {
+    if (!to) throw session_destroyed_error("move_to: the target session handle is empty");
+    const std::shared_ptr<env_core> keep = live_env(to, name, "an fd watcher");
+    const context_core& c = *to.core;
+    if (!c.bound.queue || !c.bound.queue->loop())
+        throw binding_error(who(to, name) + " is not bound to an event_loop_pool: fd " + std::to_string(fd) +
+                            " cannot move to it");
+}
+}  // namespace
+
+handle_target* move_fd_watch(handle_target* t, const session& target) {
+    auto* o = static_cast<fd_watch_object*>(static_cast<event_object*>(t));
+    const context_ref& to = ref_of(target);
+    const std::string to_name = target.name();
+    if (current_context() == o->owner.core)
+        throw usage_error(o->display_name() + ": move_to from its own context (the running callback cannot move)");
+    check_on_loop(to, to_name, o->fd());
+    shutdown_object(o);  // no callback of it runs from here on, anywhere
+    handler fn;
+    {
+        // Listed, no retire is queued for it: its callback is not destroyed meanwhile.
+        std::lock_guard g(o->owner.core->lock);
+        if (o->listed) fn = std::move(o->fn);
+    }
+    if (!fn) throw session_destroyed_error(o->display_name() + " has ended: nothing to move");
+    return add_fd_watch(to, to_name, o->fd(), o->interest(), o->trigger(), std::move(fn));
 }
 
 bool set_fd_interest(handle_target* t, fd_events interest) {

@@ -11,6 +11,8 @@
 
 namespace mailroom {
 
+class session;
+
 /// Readiness of an fd, as a set of flags: what a watcher is interested in, and what its
 /// callback is told. `error` and `hangup` are always reported when they happen (epoll does),
 /// whether asked for or not; asking for them alone keeps the fd watched for them only.
@@ -40,6 +42,9 @@ namespace internal {
 class handle_target;
 /// Changes a watcher's interest (see fd_watch_handle::set_interest).
 MAILROOM_EXPORT bool set_fd_interest(handle_target* t, fd_events interest);
+/// Moves a watcher to the session `to` (see fd_watch_handle::move_to); returns the new one (the
+/// handle's reference). `t` stays the caller's to destroy.
+MAILROOM_EXPORT handle_target* move_fd_watch(handle_target* t, const session& to);
 /// What a watcher's type-erased callback is given and returns.
 struct fd_call {
     fd_events ready = fd_events::none;
@@ -71,6 +76,18 @@ public:
     /// when the watcher is shut down or the handle empty; raises mailroom::error naming the
     /// watcher when epoll refuses (the fd was closed before the watcher was shut down).
     bool set_interest(fd_events interest) { return target_ && internal::set_fd_interest(target_, interest); }
+
+    /// Moves the watcher to `target` (a session bound to an event_loop_pool, on the same loop or
+    /// another): the same fd, callback, interest and trigger, called back on `target`'s context
+    /// from then on. Atomic with respect to the callback: it shuts this watcher down first
+    /// (waiting for a running callback), so the callback never runs on both loops, nor on the
+    /// old one after this returns; readiness that comes meanwhile is reported on the new loop.
+    /// The handle then holds the new watcher. Any thread but the watcher's own context
+    /// (usage_error there: the running callback cannot be moved). Raises binding_error naming
+    /// `target` when it is not bound to an event loop (the watcher is left as it was),
+    /// session_destroyed_error when this watcher or its session is already ended, and what
+    /// session::watch raises for `target`. Does nothing on an empty handle.
+    inline void move_to(const session& target);
 
     /// event_handle::destroy(); the handle becomes empty.
     void destroy() noexcept {

@@ -364,4 +364,56 @@ TEST_F(loops, an_agent_bound_to_a_loop_watches_from_on_start_and_not_before_it_i
     EXPECT_TRUE(eventually([&] { return pool.loops()[0].fds_watched + pool.loops()[1].fds_watched == 0; }));
 }
 
+TEST_F(loops, move_to_another_loop_calls_back_there_and_never_again_on_the_old_one) {
+    session a(env, {.name = "a", .bind = pool.bind_loop(0)});
+    session b(env, {.name = "b", .bind = pool.bind_loop(1)});
+    session plain(env, {.name = "plain"});
+    std::thread::id ta, tb;
+    on_context(a, [&] { ta = std::this_thread::get_id(); });
+    on_context(b, [&] { tb = std::this_thread::get_id(); });
+    socket_pair p;
+    std::atomic<int> on_a{0}, on_b{0}, on_a_after_move{0};
+    std::atomic<bool> moved{false};
+    std::atomic<int> bytes{0};
+    std::string inside_error;
+    fd_watch_handle w;
+    w = a.watch(p.fd[0], fd_events::read, [&](fd_events) {
+        const auto me = std::this_thread::get_id();
+        if (me == ta) {
+            on_a.fetch_add(1);
+            if (moved.load()) on_a_after_move.fetch_add(1);
+            if (inside_error.empty()) {
+                try {
+                    w.move_to(b);
+                } catch (const usage_error& e) {
+                    inside_error = e.what();
+                }
+            }
+        }
+        if (me == tb) on_b.fetch_add(1);
+        bytes.fetch_add(socket_pair::drain(p.fd[0]));
+        return fd_events::read;
+    });
+    p.send(1);
+    ASSERT_TRUE(eventually([&] { return bytes.load() == 1; }));
+    on_context(a, [] {});
+    EXPECT_NE(inside_error.find("own context"), std::string::npos) << inside_error;
+    // A target that is not on a loop: refused, and the watcher is left as it was.
+    EXPECT_THROW(w.move_to(plain), binding_error);
+    p.send(1);
+    ASSERT_TRUE(eventually([&] { return bytes.load() == 2; }));
+    // The move: the data sent meanwhile is reported on b's loop.
+    w.move_to(b);
+    moved = true;
+    EXPECT_TRUE(w);
+    p.send(1);
+    ASSERT_TRUE(eventually([&] { return bytes.load() == 3; }));
+    EXPECT_GE(on_b.load(), 1);
+    EXPECT_EQ(on_a_after_move.load(), 0);
+    EXPECT_EQ(pool.loops()[0].fds_watched, 0u);
+    EXPECT_EQ(pool.loops()[1].fds_watched, 1u);
+    EXPECT_TRUE(w.set_interest(fd_events::none));
+    EXPECT_EQ(pool.loops()[1].fds_watched, 0u);
+}
+
 }  // namespace

@@ -141,6 +141,11 @@ bool session::post(F&& f) {
     return internal::post_to(ref_.core, ref_.gen, internal::make_posted_call(std::forward<F>(f)));
 }
 
+inline void fd_watch_handle::move_to(const session& target) {
+    if (!target_) return;
+    *this = fd_watch_handle(internal::move_fd_watch(target_, target));
+}
+
 template <class F>
 fd_watch_handle session::watch(int fd, fd_events interest, F&& f, fd_trigger trigger) {
     static_assert(std::is_invocable_r_v<fd_events, std::decay_t<F>&, fd_events>,
