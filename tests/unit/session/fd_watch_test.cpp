@@ -376,13 +376,15 @@ TEST_F(loops, move_to_another_loop_calls_back_there_and_never_again_on_the_old_o
     std::atomic<bool> moved{false};
     std::atomic<int> bytes{0};
     std::string inside_error;
+    std::atomic<bool> armed{false};
     fd_watch_handle w;
     w = a.watch(p.fd[0], fd_events::read, [&](fd_events) {
         const auto me = std::this_thread::get_id();
         if (me == ta) {
             on_a.fetch_add(1);
             if (moved.load()) on_a_after_move.fetch_add(1);
-            if (inside_error.empty()) {
+            // `armed` publishes the assignment of `w` (ThreadSanitizer does not see the socket).
+            if (armed.load(std::memory_order_acquire) && inside_error.empty()) {
                 try {
                     w.move_to(b);
                 } catch (const usage_error& e) {
@@ -394,6 +396,7 @@ TEST_F(loops, move_to_another_loop_calls_back_there_and_never_again_on_the_old_o
         bytes.fetch_add(socket_pair::drain(p.fd[0]));
         return fd_events::read;
     });
+    armed.store(true, std::memory_order_release);
     p.send(1);
     ASSERT_TRUE(eventually([&] { return bytes.load() == 1; }));
     on_context(a, [] {});
