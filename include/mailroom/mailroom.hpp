@@ -20,5 +20,6 @@
 #include <mailroom/dispatch/job_queue.hpp>
 #include <mailroom/dispatch/one_thread.hpp>
 #include <mailroom/dispatch/thread_pool.hpp>
+#include <mailroom/dispatch/event_loop_pool.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/named/named.hpp>

@@ -95,6 +95,11 @@ internal::handle_target* agent::make_timer(std::chrono::nanoseconds delay, std::
                                std::move(fn));
 }
 
+internal::handle_target* agent::make_fd_watch(int fd, fd_events interest, fd_trigger trigger, internal::handler fn) {
+    return internal::add_fd_watch(internal::ref_of(*this), internal::agent_display_name(*core_), fd, interest, trigger,
+                                  std::move(fn));
+}
+
 internal::handle_target* agent::make_inbox(message_type type, internal::handler fn, mbox& address,
                                            std::shared_ptr<const internal::filter_predicate> filter) {
     return internal::add_inbox(internal::ref_of(*this), internal::agent_display_name(*core_), type, std::move(fn),

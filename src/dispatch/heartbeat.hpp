@@ -78,6 +78,7 @@ MAILROOM_FAST_TLS extern MAILROOM_EXPORT constinit thread_local heartbeat* tls_h
 /// The "message types" a heartbeat shows for callbacks that have no message.
 struct timer_callback_tag {};
 struct posted_call_tag {};
+struct fd_callback_tag {};
 
 /// Says what this worker runs now: the context of a registered `kind` with `id` (below 2^56)
 /// and the message type it handles. Two relaxed stores, nothing on threads that are not workers.

@@ -3,6 +3,8 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/queue/futex.hpp>
 
+#include <unistd.h>
+
 namespace mailroom::internal {
 
 worker_mailbox::worker_mailbox(std::chrono::nanoseconds spin) noexcept : spin_ns_(spin.count()) {}
@@ -10,7 +12,14 @@ worker_mailbox::worker_mailbox(std::chrono::nanoseconds spin) noexcept : spin_ns
 void worker_mailbox::wake() noexcept {
     if (state_.exchange(awake, std::memory_order_acq_rel) == parked) {
         wakes_.fetch_add(1, std::memory_order_relaxed);
-        futex_wake(state_, 1);
+        if (wake_fd_ >= 0) {
+            const std::uint64_t one = 1;
+            // An eventfd write fails only when the counter would overflow: it is then readable
+            // anyway, and the reader wakes.
+            [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+        } else {
+            futex_wake(state_, 1);
+        }
     }
 }
 

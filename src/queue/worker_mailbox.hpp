@@ -55,6 +55,26 @@ public:
     /// Reader only. True when a push has started that pop() has not yet returned.
     bool maybe_nonempty() const noexcept { return queue_.maybe_nonempty(); }
 
+    /// Before the reader first waits: wake() then signals the eventfd `fd` instead of the futex,
+    /// for a reader that parks in epoll_wait with `fd` in its set (an event loop). The push path
+    /// is unchanged: a system call only while the reader is parked.
+    void use_wake_fd(int fd) noexcept { wake_fd_ = fd; }
+
+    /// Reader only, for a reader that sleeps elsewhere (epoll_wait): announces `parked` and
+    /// re-checks the queue. False: a message arrived, do not sleep (still awake). True: sleep
+    /// until the wake fd is signalled, then call end_park().
+    bool begin_park() noexcept {
+        state_.store(parked, std::memory_order_seq_cst);
+        if (queue_.maybe_nonempty()) {
+            state_.store(awake, std::memory_order_relaxed);
+            return false;
+        }
+        parks_.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+    /// Reader only, after a sleep that begin_park() allowed.
+    void end_park() noexcept { state_.store(awake, std::memory_order_seq_cst); }
+
     /// How many times the reader parked, and how many futex wakes writers issued.
     std::uint64_t parks() const noexcept { return parks_.load(std::memory_order_relaxed); }
     std::uint64_t wakes() const noexcept { return wakes_.load(std::memory_order_relaxed); }
@@ -70,6 +90,7 @@ private:
     std::atomic<std::uint64_t> wakes_{0};
     alignas(cache_line) std::atomic<std::uint64_t> parks_{0};
     std::int64_t spin_ns_;
+    int wake_fd_ = -1;
 };
 
 }  // namespace mailroom::internal

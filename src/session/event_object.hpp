@@ -25,7 +25,7 @@ struct object_retire final : demand {
 
 class event_object : public handle_target {
 public:
-    enum class kind : std::uint8_t { timer, inbox, subscription };
+    enum class kind : std::uint8_t { timer, inbox, subscription, fd_watch };
 
     event_object(context_ref owner, kind k, handler f) noexcept;
 
@@ -41,9 +41,16 @@ public:
     /// Stops the source (the timer wheel, the topic, a name) from producing more deliveries.
     /// Any thread; idempotent.
     virtual void stop_source() noexcept {}
+    /// At retire, on the object's context (or with its dispatcher joined), before its callback
+    /// is destroyed: lets go of what the source keeps on the context's side (an fd watcher's
+    /// slot in its loop).
+    virtual void on_retire() noexcept {}
 
     const char* kind_name() const noexcept {
-        return what == kind::timer ? "timer callback" : what == kind::inbox ? "inbox callback" : "subscription callback";
+        return what == kind::timer          ? "timer callback"
+               : what == kind::inbox        ? "inbox callback"
+               : what == kind::subscription ? "subscription callback"
+                                            : "fd watcher callback";
     }
     std::string display_name() const;
 

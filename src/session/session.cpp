@@ -5,6 +5,13 @@
 #include <mailroom/mbox/mchain_impl.hpp>
 #include <mailroom/mbox/limit_table.hpp>
 #include <mailroom/core/handle_access.hpp>
+#include <mailroom/dispatch/event_loop_impl.hpp>
+
+#include <sys/epoll.h>
+
+#include <cerrno>
+#include <cstring>
+#include <mutex>
 
 #include <vector>
 
@@ -26,7 +33,10 @@ event_object::event_object(context_ref o, kind k, handler f) noexcept
 event_object::~event_object() = default;
 
 std::string event_object::display_name() const {
-    std::string n = what == kind::timer ? "timer" : what == kind::inbox ? "inbox" : "subscription";
+    std::string n = what == kind::timer          ? "timer"
+                    : what == kind::inbox        ? "inbox"
+                    : what == kind::subscription ? "subscription"
+                                                 : "fd watcher";
     n += " #" + std::to_string(id) + " of ";
     // The owner's name is constant for its life; once the life is over the record may be
     // renamed for another, so only the id is given then.
@@ -313,7 +323,8 @@ void retire_object(event_object* o) noexcept {
     context_core& c = *o->owner.core;
     {
         session_scope scope(&c);  // what the callback captured may destroy handles
-        if (o->what != event_object::kind::timer &&
+        o->on_retire();
+        if ((o->what == event_object::kind::inbox || o->what == event_object::kind::subscription) &&
             c.gen.load(std::memory_order_acquire) == o->owner.gen) {
             table_entry e = c.take_entry(o->mbox_id, o->type);
             if (e.obj) e.obj->release();  // the entry's reference
@@ -588,6 +599,223 @@ handle_target* add_timer(const context_ref& s, std::string_view name, std::chron
     t->add_ref();  // the wheel's (arm() takes it over, and releases it when the service stopped)
     s.core->env->timers().arm(t);
     return t;
+}
+
+// ---- fd watchers ----
+
+namespace {
+
+std::uint32_t epoll_bits(fd_events e) noexcept {
+    std::uint32_t b = 0;
+    if (any_of(e, fd_events::read)) b |= EPOLLIN | EPOLLRDHUP;
+    if (any_of(e, fd_events::write)) b |= EPOLLOUT;
+    return b;
+}
+
+fd_events ready_of(std::uint32_t b) noexcept {
+    fd_events e = fd_events::none;
+    if (b & (EPOLLIN | EPOLLPRI)) e |= fd_events::read;
+    if (b & EPOLLOUT) e |= fd_events::write;
+    if (b & EPOLLERR) e |= fd_events::error;
+    if (b & (EPOLLHUP | EPOLLRDHUP)) e |= fd_events::hangup;
+    return e;
+}
+
+// An fd watcher: a source of its context's loop, under a slot key (event_loop_impl.hpp). The
+// epoll registration is changed under `lock_` only, by the thread that changes the interest
+// (the loop after a callback, set_interest on any thread) or shuts the watcher down; once
+// stop_source() returned the fd is out of the epoll set and nothing puts it back. `epoch_`
+// moves with each set_interest, so that the loop keeps a newer interest over what a callback
+// that ran meanwhile returned, without a lock when nothing changed.
+class fd_watch_object final : public event_object, public fd_source {
+public:
+    fd_watch_object(context_ref s, handler f, event_loop* loop, int fd, bool edge) noexcept
+        : event_object(std::move(s), kind::fd_watch, std::move(f)), loop_(loop), fd_(fd), edge_(edge) {}
+
+    void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept override {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    void stop_source() noexcept override {
+        std::lock_guard g(lock_);
+        stopped_ = true;
+        if (in_epoll_) remove_locked();
+    }
+
+    void on_retire() noexcept override {
+        if (key_) loop_->remove_source(std::exchange(key_, 0));
+    }
+
+    // The loop thread.
+    void on_ready(std::uint32_t events) noexcept override {
+        struct call_args {
+            fd_watch_object* self;
+            fd_call call;
+        } args{this, {ready_of(events), fd_events::none}};
+        const std::uint64_t epoch = epoch_.load(std::memory_order_acquire);
+        context_core& c = *owner.core;
+        thread_counters& counters = c.env->counters();
+        const run_outcome r = run_callback(
+            c, owner.gen, static_cast<event_object*>(this), shut, "fd watcher callback",
+            message_type_of<fd_callback_tag>(),
+            [](void* p) {
+                auto* a = static_cast<call_args*>(p);
+                a->self->fn(reinterpret_cast<envelope*>(&a->call));
+            },
+            &args);
+        if (r != run_outcome::ran) {
+            thread_counters::bump(counters.callbacks_refused);
+            return;
+        }
+        thread_counters::bump(counters.callbacks_run);
+        // The common case (the same interest, no set_interest meanwhile) takes no lock.
+        if (epoch_.load(std::memory_order_acquire) == epoch && args.call.next == interest_.load(std::memory_order_relaxed))
+            return;
+        std::lock_guard g(lock_);
+        if (epoch_.load(std::memory_order_relaxed) != epoch) return;  // a newer set_interest wins
+        apply_locked(args.call.next);  // a failure leaves the fd out of the set (it was closed)
+    }
+
+    // Any thread: 0 on success, else the errno of epoll_ctl; -1 when shut down.
+    int set_interest(fd_events interest) {
+        std::lock_guard g(lock_);
+        if (stopped_) return -1;
+        epoch_.fetch_add(1, std::memory_order_acq_rel);
+        return apply_locked(interest);
+    }
+
+    std::uint64_t key_ = 0;  // set before the watcher is shared; cleared at retire
+    int fd() const noexcept { return fd_; }
+    fd_trigger trigger() const noexcept { return edge_ ? fd_trigger::edge : fd_trigger::level; }
+    fd_events interest() noexcept {
+        std::lock_guard g(lock_);
+        return interest_.load(std::memory_order_relaxed);
+    }
+
+private:
+    ~fd_watch_object() override = default;
+
+    int apply_locked(fd_events interest) noexcept {
+        if (stopped_) return -1;
+        interest_.store(interest, std::memory_order_relaxed);
+        const std::uint32_t bits = epoll_bits(interest) | EPOLLERR | EPOLLHUP;
+        if (interest == fd_events::none) {
+            if (in_epoll_) remove_locked();
+            return 0;
+        }
+        epoll_event ev{};
+        ev.events = bits | (edge_ ? EPOLLET : 0u);
+        ev.data.u64 = key_;
+        if (::epoll_ctl(loop_->epoll_fd(), in_epoll_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd_, &ev) != 0) {
+            const int err = errno;
+            if (in_epoll_) remove_locked();
+            return err;
+        }
+        if (!in_epoll_) loop_->count_fd(+1);
+        in_epoll_ = true;
+        return 0;
+    }
+
+    void remove_locked() noexcept {
+        epoll_event ev{};
+        ::epoll_ctl(loop_->epoll_fd(), EPOLL_CTL_DEL, fd_, &ev);  // fails only for an fd closed too early
+        in_epoll_ = false;
+        loop_->count_fd(-1);
+    }
+
+    event_loop* const loop_;
+    const int fd_;
+    const bool edge_;
+    std::atomic<std::uint32_t> refs_{1};
+    std::atomic<std::uint64_t> epoch_{0};
+    std::atomic<fd_events> interest_{fd_events::none};
+    std::mutex lock_;
+    bool in_epoll_ = false;  // under lock_
+    bool stopped_ = false;   // under lock_
+};
+
+std::string errno_text(int err) { return std::string(std::strerror(err)); }
+
+}  // namespace
+
+handle_target* add_fd_watch(const context_ref& s, std::string_view name, int fd, fd_events interest,
+                            fd_trigger trigger, handler fn) {
+    const std::shared_ptr<env_core> keep = live_env(s, name, "an fd watcher");
+    if (fd < 0) throw usage_error(who(s, name) + ": watch of a negative fd (" + std::to_string(fd) + ")");
+    context_core& c = *s.core;
+    event_loop* loop = c.bound.queue ? c.bound.queue->loop() : nullptr;
+    if (!c.bound.queue)
+        throw binding_error(who(s, name) + " is not bound to a dispatcher yet: it cannot watch fd " +
+                            std::to_string(fd) + " (an agent watches from on_start() on)");
+    if (!loop) {
+        const auto& d = c.binder->target();
+        throw binding_error(who(s, name) + " is bound to dispatcher '" + d.name() + "' (" + d.kind() +
+                            "), not to an event_loop_pool: it cannot watch fd " + std::to_string(fd));
+    }
+    auto* o = new fd_watch_object(s, std::move(fn), loop, fd, trigger == fd_trigger::edge);  // the list's reference
+    o->add_ref();  // the handle's, before it is listed (see add_timer)
+    try {
+        o->key_ = loop->add_source(o);
+    } catch (...) {
+        o->release();
+        o->release();
+        throw;
+    }
+    try {
+        list_object(c, o, who(s, name));
+    } catch (...) {
+        loop->remove_source(o->key_);  // never in the epoll set: no event carries its key
+        o->release();
+        o->release();
+        throw;
+    }
+    const int err = o->set_interest(interest);
+    if (err > 0) {
+        destroy_object(o);
+        o->release();
+        throw error(who(s, name) + ": cannot watch fd " + std::to_string(fd) + ": " + errno_text(err));
+    }
+    return o;
+}
+
+namespace {
+// Raises binding_error unless `to` may watch fds (a live context pinned to a loop).
+void check_on_loop(const context_ref& to, std::string_view name, int fd) {
+    if (!to) throw session_destroyed_error("move_to: the target session handle is empty");
+    const std::shared_ptr<env_core> keep = live_env(to, name, "an fd watcher");
+    const context_core& c = *to.core;
+    if (!c.bound.queue || !c.bound.queue->loop())
+        throw binding_error(who(to, name) + " is not bound to an event_loop_pool: fd " + std::to_string(fd) +
+                            " cannot move to it");
+}
+}  // namespace
+
+handle_target* move_fd_watch(handle_target* t, const session& target) {
+    auto* o = static_cast<fd_watch_object*>(static_cast<event_object*>(t));
+    const context_ref& to = ref_of(target);
+    const std::string to_name = target.name();
+    if (current_context() == o->owner.core)
+        throw usage_error(o->display_name() + ": move_to from its own context (the running callback cannot move)");
+    check_on_loop(to, to_name, o->fd());
+    shutdown_object(o);  // no callback of it runs from here on, anywhere
+    handler fn;
+    {
+        // Listed, no retire is queued for it: its callback is not destroyed meanwhile.
+        std::lock_guard g(o->owner.core->lock);
+        if (o->listed) fn = std::move(o->fn);
+    }
+    if (!fn) throw session_destroyed_error(o->display_name() + " has ended: nothing to move");
+    return add_fd_watch(to, to_name, o->fd(), o->interest(), o->trigger(), std::move(fn));
+}
+
+bool set_fd_interest(handle_target* t, fd_events interest) {
+    auto* o = static_cast<fd_watch_object*>(static_cast<event_object*>(t));
+    const int err = o->set_interest(interest);
+    if (err > 0)
+        throw error(o->display_name() + ": cannot change the interest in fd " + std::to_string(o->fd()) + ": " +
+                    errno_text(err));
+    return err == 0;
 }
 
 namespace {

@@ -93,6 +93,14 @@ public:
     [[nodiscard]] inbox_handle add_inbox(F&& f, P&& pred)
         requires delivery_predicate<const std::decay_t<P>, Msg>;
 
+    /// An fd watcher on the agent's context, with session::watch's semantics (docs/event-loops.md):
+    /// the agent's cooperation must bind it to an event_loop_pool. From on_start() on (its own
+    /// context), or from any thread once its registration returned; before the agent is bound
+    /// (its constructor, configure()) it raises binding_error naming the agent. Its
+    /// cooperation's deregistration destroys it with the agent, like add_timer's.
+    template <class F>
+    [[nodiscard]] fd_watch_handle watch(int fd, fd_events interest, F&& f, fd_trigger trigger = fd_trigger::level);
+
     /// The path of the innermost state the agent is in, from the top level down
     /// ("working.busy.writing"; "default" for the default state). Any thread: a snapshot, which
     /// during a change of state shows the state whose enter or exit handler runs.
@@ -220,6 +228,7 @@ private:
     void add_subscription(const mbox& from, message_type type, internal::handler h);
     internal::handle_target* make_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period,
                                         internal::handler fn);
+    internal::handle_target* make_fd_watch(int fd, fd_events interest, fd_trigger trigger, internal::handler fn);
     internal::handle_target* make_inbox(message_type type, internal::handler fn, mbox& address,
                                         std::shared_ptr<const internal::filter_predicate> filter = {});
     internal::handle_target* make_chain_subscription(const mchain& from, internal::mchain_handlers hs);
@@ -294,6 +303,13 @@ bool agent::drop_delivery_filter(const mbox& from) {
 template <class F>
 event_handle agent::add_timer(std::chrono::nanoseconds delay, std::chrono::nanoseconds period, F&& f) {
     return event_handle(make_timer(delay, period, internal::timer_callback(std::forward<F>(f))));
+}
+
+template <class F>
+fd_watch_handle agent::watch(int fd, fd_events interest, F&& f, fd_trigger trigger) {
+    static_assert(std::is_invocable_r_v<fd_events, std::decay_t<F>&, fd_events>,
+                  "watch: the callback takes fd_events (what is ready) and returns fd_events (the next interest)");
+    return fd_watch_handle(make_fd_watch(fd, interest, trigger, internal::watch_callback(std::forward<F>(f))));
 }
 
 template <class Msg, class F>

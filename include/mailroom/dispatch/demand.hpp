@@ -24,9 +24,14 @@ struct demand : mpsc_node {
 /// never allocates. Queue objects are type-stable: they live until the environment's core is
 /// freed, so a stale sender may still push into one safely (the demand then finds its target
 /// gone and counts itself lost).
+class event_loop;
+
 class event_queue {
 public:
     virtual void push(demand* d) noexcept = 0;
+    /// The event loop this queue is, or null: how the session layer finds the loop a context
+    /// was pinned to (for its fd watchers). Not on a hot path.
+    virtual event_loop* loop() noexcept { return nullptr; }
 
 protected:
     ~event_queue() = default;

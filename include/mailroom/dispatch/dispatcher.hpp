@@ -3,7 +3,7 @@
 /// where a cooperation's agents run. What every kind shares: the generic handle, the binder,
 /// statistics and the host a kind's factory adds a dispatcher to. Each kind has a header of its
 /// own with its params, its typed handle and its factory (one_thread.hpp, active_obj.hpp,
-/// active_group.hpp, thread_pool.hpp).
+/// active_group.hpp, thread_pool.hpp, event_loop_pool.hpp).
 
 #include <mailroom/core/message.hpp>
 #include <mailroom/export.hpp>
@@ -113,7 +113,8 @@ public:
 
     /// Empty for an empty handle.
     std::string_view name() const noexcept;
-    /// "one_thread", "active_obj", "active_group", "thread_pool"; empty for an empty handle.
+    /// "one_thread", "active_obj", "active_group", "thread_pool", "event_loop_pool"; empty for an
+    /// empty handle.
     std::string_view kind() const noexcept;
 
     /// A binder with the kind's default binding: the one worker (one_thread), a worker of its

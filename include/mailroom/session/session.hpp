@@ -10,6 +10,7 @@
 #include <mailroom/mbox/mchain.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/session/detail/handler.hpp>
+#include <mailroom/session/fd_watch.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/export.hpp>
@@ -210,6 +211,18 @@ public:
     /// messages.
     template <class Msg, class F, class Reaction>
     [[nodiscard]] event_handle subscribe(const mbox& from, F&& f, limit_bounds bounds, Reaction reaction);
+
+    /// An fd watcher: `f(fd_events ready)` runs on the session's context (its event loop's
+    /// thread) when `fd` is ready for part of `interest`, and returns the next interest (none
+    /// takes the fd out of the loop's epoll set until set_interest asks again). `trigger`: level
+    /// or edge (fd_trigger). The session must be bound to an event_loop_pool; otherwise
+    /// binding_error naming the session and its dispatcher. Raises session_destroyed_error on a
+    /// destroyed session, usage_error for a negative fd, mailroom::error naming the session and
+    /// the fd when epoll refuses it (a regular file, an fd already watched by this loop, a
+    /// closed fd). The session does not own the fd: shut the watcher down before closing it.
+    /// Any thread. See docs/event-loops.md.
+    template <class F>
+    [[nodiscard]] fd_watch_handle watch(int fd, fd_events interest, F&& f, fd_trigger trigger = fd_trigger::level);
 
     /// Destroys the session and every event object it owns (see the class comment). Any
     /// thread, including its own callbacks; a no-op when already destroyed.

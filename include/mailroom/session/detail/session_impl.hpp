@@ -74,6 +74,19 @@ MAILROOM_EXPORT void set_post_call_hook(void (*hook)(void*), void* arg) noexcept
 /// Returns the timer (the handle's reference).
 MAILROOM_EXPORT handle_target* add_timer(const context_ref& s, std::string_view name, std::chrono::nanoseconds delay,
                                          std::chrono::nanoseconds period, handler fn);
+/// Returns the fd watcher (the handle's reference); `fn` is a watch_callback.
+MAILROOM_EXPORT handle_target* add_fd_watch(const context_ref& s, std::string_view name, int fd, fd_events interest,
+                                            fd_trigger trigger, handler fn);
+/// A watcher's callback: `f(ready)` returns the next interest. The handler is given the
+/// fd_call (as the envelope pointer every handler takes).
+template <class F>
+handler watch_callback(F&& f) {
+    return handler([fn = std::decay_t<F>(std::forward<F>(f))](envelope* e) mutable {
+        auto* call = reinterpret_cast<fd_call*>(e);
+        call->next = fn(call->ready);
+    });
+}
+
 /// What an inbox stops together with its callbacks (a named object's registry entry).
 class inbox_stop_hook {
 public:
@@ -148,6 +161,20 @@ template <class F>
 bool session::post(F&& f) {
     if (!ref_) return false;
     return internal::post_to(ref_.core, ref_.gen, internal::make_posted_call(std::forward<F>(f)));
+}
+
+inline void fd_watch_handle::move_to(const session& target) {
+    if (!target_) return;
+    *this = fd_watch_handle(internal::move_fd_watch(target_, target));
+}
+
+template <class F>
+fd_watch_handle session::watch(int fd, fd_events interest, F&& f, fd_trigger trigger) {
+    static_assert(std::is_invocable_r_v<fd_events, std::decay_t<F>&, fd_events>,
+                  "watch: the callback takes fd_events (what is ready) and returns fd_events (the next interest)");
+    if (!ref_) throw session_destroyed_error("watch: the session handle is empty");
+    return fd_watch_handle(
+        internal::add_fd_watch(ref_, name_, fd, interest, trigger, internal::watch_callback(std::forward<F>(f))));
 }
 
 template <class F>

@@ -1,0 +1,122 @@
+#pragma once
+// One loop thread of an event_loop_pool: a worker_mailbox drained like a worker's, and an epoll
+// set holding the loop's eventfd (how a writer wakes a loop parked in epoll_wait) and the fds
+// of the watchers of the contexts pinned to it.
+//
+// Sources. An fd is registered with epoll under a key, not under its number: the index of a
+// slot in the loop's table and the slot's generation. Freeing a slot moves its generation on,
+// so an event harvested for a source that was removed since (its fd closed, its number perhaps
+// reused by a new watcher) finds another generation and is dropped. Slots live in chunks that
+// never move: any thread may take one (under a lock) while the loop reads others without one;
+// a slot is freed on the loop thread between two batches of events (or with the loop joined),
+// so the source a matching generation names is alive while the loop calls it.
+
+#include <mailroom/dispatch/demand.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/event_loop_pool.hpp>
+#include <mailroom/dispatch/heartbeat.hpp>
+#include <mailroom/export.hpp>
+#include <mailroom/queue/worker_mailbox.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace mailroom::internal {
+
+/// What a loop calls back when an fd it watches is ready. Loop thread only.
+class fd_source {
+public:
+    /// `events`: the epoll flags that are ready (EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, ...).
+    virtual void on_ready(std::uint32_t events) noexcept = 0;
+
+protected:
+    ~fd_source() = default;
+};
+
+class MAILROOM_EXPORT event_loop final : public event_queue {
+public:
+    /// Creates the epoll set and the eventfd; raises mailroom::error when the kernel refuses.
+    event_loop(std::chrono::nanoseconds spin, std::size_t index);
+    ~event_loop();
+    event_loop(const event_loop&) = delete;
+    event_loop& operator=(const event_loop&) = delete;
+
+    void push(demand* d) noexcept override { mailbox_.push(d); }
+    event_loop* loop() noexcept override { return this; }
+
+    void start(const std::string& thread_name, const dispatcher_impl* owner);
+    /// Queues a stop behind everything queued so far. Any thread.
+    void request_stop() noexcept;
+    /// Joins the thread; never from the loop itself.
+    void join() noexcept;
+    /// With the thread joined: drains what is left, discarding it.
+    void discard_all() noexcept;
+
+    /// The loop running on this thread, or null.
+    static event_loop* current() noexcept;
+    bool on_loop_thread() const noexcept { return current() == this; }
+
+    /// Any thread. Registers `src`; returns the key its epoll registrations carry. Raises
+    /// mailroom::error when the loop has 2^20 sources.
+    std::uint64_t add_source(fd_source* src);
+    /// The loop thread, outside a batch of events (a demand), or any thread once the loop was
+    /// joined; also any thread for a key never registered with epoll. Forgets the source of
+    /// `key`: events still harvested for it are dropped.
+    void remove_source(std::uint64_t key) noexcept;
+    /// The epoll set (epoll_ctl is safe from any thread).
+    int epoll_fd() const noexcept { return epoll_; }
+    /// Counts fds added to or removed from the epoll set (+1 / -1). Any thread.
+    void count_fd(int delta) noexcept { fds_.fetch_add(delta, std::memory_order_relaxed); }
+
+    std::size_t index() const noexcept { return index_; }
+    std::atomic<std::size_t> contexts{0};
+
+    worker_stats stats() const noexcept;
+    event_loop_pool::loop_stats loop_stats() const noexcept;
+
+private:
+    struct stop_demand : demand {
+        event_loop* owner = nullptr;
+    };
+    struct slot {
+        std::atomic<fd_source*> src{nullptr};
+        std::atomic<std::uint32_t> gen{1};
+    };
+    static constexpr unsigned chunk_bits = 10;
+    static constexpr std::size_t chunk_size = std::size_t{1} << chunk_bits;
+    static constexpr std::size_t max_chunks = 1024;
+    slot* find_slot(std::uint32_t i) const noexcept {
+        slot* chunk = chunks_[i >> chunk_bits].load(std::memory_order_acquire);
+        return chunk ? &chunk[i & (chunk_size - 1)] : nullptr;
+    }
+    static void on_stop(demand* d, demand_mode) noexcept;
+    void run() noexcept;
+    bool drain() noexcept;
+    void dispatch(const void* events, int n) noexcept;
+
+    worker_mailbox mailbox_;
+    heartbeat heartbeat_;
+    stop_demand stop_;
+    std::size_t index_;
+    int epoll_ = -1;
+    int wake_ = -1;
+    bool running_ = false;
+    std::atomic<slot*> chunks_[max_chunks] = {};  // published once each; [0][0] is the eventfd's
+    std::mutex slots_lock_;                       // taking and freeing slots
+    std::uint32_t next_slot_ = 1;                 // under slots_lock_
+    std::vector<std::uint32_t> free_;             // under slots_lock_
+    std::atomic<std::int64_t> fds_{0};
+    std::atomic<std::uint64_t> callbacks_{0}, cycles_{0}, busy_ns_{0}, max_cycle_ns_{0};
+    std::thread thread_;
+};
+
+/// The event_loop_pool kind's internal factory, for tests that run it without an environment.
+MAILROOM_EXPORT std::shared_ptr<dispatcher_impl> make_event_loop_pool(std::string name,
+                                                                      const event_loop_pool::params& p);
+
+}  // namespace mailroom::internal
