@@ -237,11 +237,14 @@ public:
         ++pending_;
         ++posted_;
         grow_locked();
-        // A spinning thread takes a job without a wake-up (it watches wake_seq_, and looks under
-        // m_ once it stops, so a post it misses while stopping is still seen): a sleeper is
-        // woken only for the jobs that outnumber the spinners.
+        // A thread that is neither running a job nor asleep (spinning, back from a job, just
+        // started) looks at the backlog under m_ before it sleeps, and takes a job: a sleeper
+        // is woken only for the jobs that outnumber those. A spinner watches wake_seq_, so it
+        // comes back for the job at once rather than at the end of its spin.
         if (spinners_ > 0) wake_seq_.store(wake_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        if (idle_ > spinners_ && active_ < p_.desired && pending_ > spinners_) {
+        const std::size_t sleepers = idle_ - spinners_;
+        const std::size_t seeking = threads_ - active_ - sleepers;
+        if (sleepers > 0 && active_ < p_.desired && pending_ > seeking) {
             ++wakeups_;
             cv_.notify_one();
         }
