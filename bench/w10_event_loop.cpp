@@ -115,6 +115,6 @@ int main(int argc, char** argv) {
         bench::check(st.bad.load() == 0, workload, std::to_string(st.bad.load()) + " messages came back wrong");
         return static_cast<double>(total) / (static_cast<double>(t1 - t0) / 1e9);
     });
-    bench::report(workload, std::to_string(total) + " round trips", s, "round trips/s");
+    bench::report(workload, std::to_string(total) + " round trips", s, "round_trips_per_s");
     return 0;
 }

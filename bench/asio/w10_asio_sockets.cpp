@@ -106,6 +106,6 @@ int main(int argc, char** argv) {
         bench::check(bad.load() == 0, workload, std::to_string(bad.load()) + " messages came back wrong");
         return static_cast<double>(total) / (static_cast<double>(t1 - t0) / 1e9);
     });
-    bench::report(workload, std::to_string(total) + " round trips", s, "round trips/s", {}, "asio");
+    bench::report(workload, std::to_string(total) + " round trips", s, "round_trips_per_s", {}, "asio");
     return 0;
 }

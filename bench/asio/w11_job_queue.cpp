@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
             bench::check(done == jobs, workload, "not every completion came back");
             return static_cast<double>(t1 - t0) / static_cast<double>(jobs);
         });
-        bench::report(workload, "ns per empty job, Asio thread_pool(2) + strand", s, "ns/job",
+        bench::report(workload, "ns per empty job, Asio thread_pool(2) + strand", s, "ns_per_job",
                       "part=a jobs=" + std::to_string(jobs), "asio");
     } else if (part == "b") {
         const std::uint64_t jobs = o.scaled(2000, 20);

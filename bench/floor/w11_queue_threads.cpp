@@ -53,6 +53,6 @@ int main(int argc, char** argv) {
         worker.join();
         return static_cast<double>(t1 - t0) / static_cast<double>(jobs);
     });
-    bench::report(workload, "ns per empty job through two lock-free queues and two threads", s, "ns/job",
+    bench::report(workload, "ns per empty job through two lock-free queues and two threads", s, "ns_per_job",
                   "part=a jobs=" + std::to_string(jobs), "floor");
 }

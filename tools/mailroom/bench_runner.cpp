@@ -1,12 +1,13 @@
 // `mailroom bench`: the benchmark runner.
 //
 // It finds the benchmark executables (bench_wN_* for mailroom, bench_caf_wN_* for CAF,
-// bench_sobjectizer_wN_* for SObjectizer, bench_floor_wN_* for the floor), runs each workload's
-// systems interleaved (mailroom, caf, sobjectizer, floor, mailroom, ...) in fresh processes with
+// bench_sobjectizer_wN_* for SObjectizer, bench_asio_wN_* for Asio, bench_floor_wN_* for the
+// floor), runs each workload's systems interleaved (mailroom, caf, sobjectizer, asio, floor,
+// mailroom, ...) in fresh processes with
 // `--reps 1`, waiting before each run for a quiet machine, and parses the RESULT line each
 // program ends with:
 //   RESULT workload=W1 system=mailroom value=312 unit=ns_per_round_trip [key=value ...]
-// It then prints medians, min and max, the ratios to CAF, to SObjectizer and to the floor (>1:
+// It then prints medians, min and max, the ratios to CAF, SObjectizer, Asio and the floor (>1:
 // mailroom is better) and the DESIGN.md target, and writes JSON (--json) and an SVG chart (--chart).
 // bench/README.md documents the options, the JSON schema and how to read the ratios.
 
@@ -76,9 +77,9 @@ constexpr std::array<workload_info, 13> workloads{{
     {"W9", "ZeroMQ tcp loopback, 2 processes", "ZeroMQ loopback", "M_msgs_per_s", "M msg/s", true, 0,
      ">= 0.8 x raw ZeroMQ", false},
     {"W10", "event loop, 1,000 socketpairs on 2 loops", "event loop", "round_trips_per_s", "round trips/s", true, 0,
-     ">= 0.9 x raw epoll", false},
+     ">= 0.9 x raw epoll", true},
     {"W11", "job queue, 1M empty jobs, completion on the session", "job queue", "ns_per_job", "ns/job", false, 0,
-     "<= 2 x floor", false},
+     "<= 2 x floor", true},
     {"W12", "mchain, 2 producers x 5M, capacity 1,024", "mchain 2 x 5M", "M_msgs_per_s", "M msg/s", true, 0,
      "> SObjectizer, >= 0.5 x floor", true},
     {"W13", "fan-in 2 x 5M, drop limit of 1,000", "fan-in, drop limit", "M_msgs_per_s_offered", "M msg/s offered", true, 0,
@@ -86,8 +87,12 @@ constexpr std::array<workload_info, 13> workloads{{
 }};
 
 // In the order they run and are shown; every one but mailroom is a peer, compared with mailroom.
-constexpr std::array<const char*, 4> systems{"mailroom", "caf", "sobjectizer", "floor"};
-constexpr std::array<const char*, 3> peers{"caf", "sobjectizer", "floor"};
+constexpr std::array<const char*, 5> systems{"mailroom", "caf", "sobjectizer", "asio", "floor"};
+constexpr std::array<const char*, 4> peers{"caf", "sobjectizer", "asio", "floor"};
+
+// Workloads that --quick runs at a tenth of its scale: their full size takes seconds even at 0.1,
+// and --quick checks their results, not their figures.
+constexpr std::array<const char*, 2> quick_tiny{"W10", "W11"};
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -99,17 +104,18 @@ struct options {
     double scale = 1.0;
     bool quick = false;
     std::string json_path, chart_path;
-    std::vector<std::string> systems{"mailroom", "caf", "sobjectizer", "floor"};
+    std::vector<std::string> systems{"mailroom", "caf", "sobjectizer", "asio", "floor"};
     double quiet_idle = 0.75;  // fraction of all CPUs idle over 200 ms that counts as quiet
     double quiet_wait_s = 10;  // at most this long waiting for it, per run
     double timeout_s = 900;    // per run
     bool verbose = false;
+    bool quick_tiny = false;  // --quick without --scale: the quick_tiny workloads at scale / 10
 };
 
 void print_usage(std::FILE* f) {
     std::fprintf(f,
                  "usage: mailroom bench [W1 W2 ...] [options]\n"
-                 "  Runs the benchmark suite: each workload for mailroom, CAF, SObjectizer and the floor,\n"
+                 "  Runs the benchmark suite: each workload for mailroom, CAF, SObjectizer, Asio and the floor,\n"
                  "  interleaved, and prints medians, min/max, ratios (>1: mailroom better) and the DESIGN.md\n"
                  "  targets.\n"
                  "options:\n"
@@ -117,8 +123,9 @@ void print_usage(std::FILE* f) {
                  "                      <exe dir>/../../bench, <exe dir>/../bench, <exe dir>/bench, ./bench)\n"
                  "  --reps N            repetitions of each system, in fresh processes (default 3)\n"
                  "  --scale F           size factor passed to every program (default 1)\n"
-                 "  --quick             --scale 0.1 --reps 1 and short quiet waits: the suite in under a minute\n"
-                 "  --systems LIST      comma-separated subset of mailroom,caf,sobjectizer,floor\n"
+                 "  --quick             --scale 0.1 (0.01 for W10, W11) --reps 1 and short quiet waits: the suite\n"
+                 "                      in about a minute, its results checked, its figures not worth reading\n"
+                 "  --systems LIST      comma-separated subset of mailroom,caf,sobjectizer,asio,floor\n"
                  "  --json PATH         write the results as JSON (schema: bench/README.md)\n"
                  "  --chart PATH        write an SVG chart\n"
                  "  --quiet-idle F      idle CPU fraction that counts as a quiet machine (default 0.75)\n"
@@ -182,7 +189,7 @@ std::optional<options> parse_options(int argc, char** argv) {
             std::stringstream ss(*v);
             for (std::string s; std::getline(ss, s, ',');) {
                 if (std::find(systems.begin(), systems.end(), s) == systems.end()) {
-                    std::fprintf(stderr, "mailroom bench: unknown system '%s' (mailroom, caf, sobjectizer, floor)\n",
+                    std::fprintf(stderr, "mailroom bench: unknown system '%s' (mailroom, caf, sobjectizer, asio, floor)\n",
                                  s.c_str());
                     return std::nullopt;
                 }
@@ -212,7 +219,10 @@ std::optional<options> parse_options(int argc, char** argv) {
         }
     }
     if (o.quick) {
-        if (!scale_set) o.scale = 0.1;
+        if (!scale_set) {
+            o.scale = 0.1;
+            o.quick_tiny = true;
+        }
         if (!reps_set) o.reps = 1;
         if (!wait_set) o.quiet_wait_s = 0.6;
     }
@@ -243,7 +253,7 @@ bool is_executable_file(const std::string& p) {
 }
 
 // Reads `dir`: bench_w<N>_<name> (mailroom), bench_<peer>_w<N>_<name> for each peer (caf,
-// sobjectizer, floor).
+// sobjectizer, asio, floor).
 found_programs scan(const std::string& dir) {
     found_programs f;
     f.dir = dir;
@@ -399,7 +409,9 @@ void run_program(const options& o, const std::string& path, run_record& r, const
         return;
     }
     char scale[32];
-    std::snprintf(scale, sizeof scale, "%g", o.scale);
+    const bool tiny = o.quick_tiny && std::find_if(quick_tiny.begin(), quick_tiny.end(),
+                                                   [&](const char* id) { return r.workload == id; }) != quick_tiny.end();
+    std::snprintf(scale, sizeof scale, "%g", tiny ? o.scale / 10 : o.scale);
     std::fflush(nullptr);
     const pid_t pid = ::fork();
     if (pid < 0) {
@@ -647,10 +659,11 @@ struct run_context {
 };
 
 void print_table(const run_context& c) {
-    std::printf("\nmailroom bench: %d rep%s per system (fresh process each, systems interleaved), scale %g, %u CPUs\n",
-                c.o.reps, c.o.reps == 1 ? "" : "s", c.o.scale, std::thread::hardware_concurrency());
+    std::printf("\nmailroom bench: %d rep%s per system (fresh process each, systems interleaved), scale %g%s, %u CPUs\n",
+                c.o.reps, c.o.reps == 1 ? "" : "s", c.o.scale, c.o.quick_tiny ? " (W10, W11: a tenth of it)" : "",
+                std::thread::hardware_concurrency());
     std::printf("programs: %s\n", c.bench_dir.c_str());
-    std::printf("values: median (min..max). Ratios vs CAF, vs SObjectizer (sobj) and vs the floor: >1 means\n"
+    std::printf("values: median (min..max). Ratios vs CAF, vs SObjectizer (sobj), vs Asio and vs the floor: >1 means\n"
                 "mailroom is better (faster, more throughput or fewer bytes); the floor is the best possible,\n"
                 "so vs floor is <= 1.\n\n");
     // The cells first, then each column as wide as its widest cell: a missing peer or a long
@@ -882,14 +895,15 @@ void write_chart(const run_context& c, const std::string& path) {
     const double plot_w = W - left - right, plot_h = H - top - bottom;
     auto y_of = [&](double rel) { return top + plot_h * (dhi - std::log10(rel)) / (dhi - dlo); };
     const std::map<std::string, std::string> colour{
-        {"mailroom", "#2a7ab9"}, {"caf", "#e08a2c"}, {"sobjectizer", "#3a9a4a"}, {"floor", "#7f7f7f"}};
+        {"mailroom", "#2a7ab9"}, {"caf", "#e08a2c"}, {"sobjectizer", "#3a9a4a"}, {"asio", "#8e5ab5"},
+        {"floor", "#7f7f7f"}};
 
     std::ostringstream s;
     s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
       << " " << H << "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
     s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
     s << "<text x=\"" << left << "\" y=\"30\" font-size=\"20\" font-weight=\"bold\">mailroom bench: mailroom, CAF, "
-         "SObjectizer and the floor against the DESIGN.md targets</text>\n";
+         "SObjectizer, Asio and the floor against the DESIGN.md targets</text>\n";
     char sub[256];
     std::snprintf(sub, sizeof sub, "%s, %s, %u CPUs, scale %g, %d rep%s; medians, whiskers min..max", c.started.c_str(),
                   host_name().c_str(), std::thread::hardware_concurrency(), c.o.scale, c.o.reps, c.o.reps == 1 ? "" : "s");

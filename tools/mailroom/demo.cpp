@@ -4,7 +4,10 @@
 // requesters ask the named objects "pricer" and "risk" while a third thread registers and
 // unregisters "risk", a slow tape records quotes behind a drop limit, a circuit breaker (a state
 // machine with a time limit) trips and recovers, a plain thread feeds an mchain that a session
-// drains, and a reporter prints a live progress line. At the end the environment's
+// drains, a plain thread writes lines into socketpairs that fd watchers on an event loop pool
+// read and publish, an agent keeps a job queue busy with blocking work while turning its knobs,
+// one deliberately slow handler is reported by the watchdog with its stack, and a reporter
+// prints a live progress line. At the end the environment's
 // own statistics must show that nothing leaked, every message is accounted for and every
 // request reached a final state.
 
@@ -12,6 +15,7 @@
 
 #include "demo_agents.hpp"
 #include "demo_flow.hpp"
+#include "demo_io.hpp"
 #include "demo_metrics.hpp"
 #include "demo_named.hpp"
 #include "demo_report.hpp"
@@ -223,6 +227,7 @@ int run(const demo_options& options) {
     flow_demo flow(env, pool, quotes, metrics);  // its chain's thread on a thread of its own
     const mbox feed_mbox = register_feed(env, pool, quotes, options.subscribers, metrics);
     named_traffic requests(env, pool, quotes, metrics);  // on a thread of its own
+    io_demo io(env, pool);                               // its writer on a thread of its own
     register_reporter(env, feed_mbox, requests.control(), options.seconds, printer, metrics);
 
     const std::int64_t started = now_ns();
@@ -233,12 +238,14 @@ int run(const demo_options& options) {
     sessions.join();
     requests.join();
     flow.join();
+    io.join();
 
     run_summary summary;
     summary.seconds = static_cast<double>(joined - started) / 1e9;
     summary.steady_subscribers = options.subscribers;
     summary.pool_threads = pool_threads;
     summary.ticks = flow.chain_stats();
+    summary.io = io.report();
     const std::int64_t stop_requested = metrics.stop_requested_ns.load();
     summary.shutdown_ns = stop_requested > 0 ? joined - stop_requested : 0;
     const demo_stats final_stats = snapshot_stats(env);

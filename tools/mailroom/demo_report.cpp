@@ -147,7 +147,31 @@ std::vector<check> evaluate(const run_summary& run, const demo_stats& s, const d
                                issued == s.requests_posted && m.requests_seen_replied.load() == s.requests_replied &&
                                m.requests_seen_rejected.load() == s.requests_rejected &&
                                m.requests_seen_abandoned.load() == s.requests_abandoned;
-    return {
+    const io_report& io = run.io;
+    const job_queue::stats& jq = io.jobs;
+    const std::uint64_t jobs_seen = io.jobs_seen_succeeded + io.jobs_seen_cancelled + io.jobs_seen_other;
+    std::vector<check> io_checks{
+        {"every line the watchers read came from the writer, in order per socketpair, published and handled "
+         "at most once (" +
+             format_count(io.lines_read) + " read by " + format_count(io.fd_callbacks) + " fd callbacks)",
+         io.lines_read > 0 && io.fd_callbacks > 0 && io.lines_out_of_order == 0 && io.lines_read <= io.lines_written &&
+             io.lines_handled <= io.lines_read},
+        {"jobs posted = completed + cancelled + expired + discarded (" + format_count(jq.posted) + "), none failed",
+         jq.posted == jq.completed + jq.cancelled + jq.expired + jq.discarded && jq.failed == 0 && jq.running == 0},
+        {"the archiver's posts and refusals match the queue's, each completion came back to it once or was "
+         "counted dropped",
+         io.jobs_posted_seen == jq.posted && io.jobs_refused_seen == jq.refused && io.jobs_seen_other == 0 &&
+             jobs_seen + jq.completions_dropped <= jq.posted && io.jobs_seen_cancelled <= jq.cancelled},
+        {"the knobs moved while jobs ran (desired changed " + format_count(io.desired_changes) +
+             " times), a full backlog refused (" + format_count(jq.refused) + "), queued jobs were cancelled (" +
+             format_count(jq.cancelled) + ")",
+         io.desired_changes > 0 && jq.refused > 0 && jq.cancelled > 0 && jq.cancelled <= io.jobs_cancel_asked},
+        {"the watchdog reported the slow handler while it ran, naming " + std::string(io.stall_context.empty() ? "it" : io.stall_context) +
+             ", with its stack (" + std::to_string(io.stall_frames) + " frames)",
+         io.slow_handler_ran && io.stalls_reported > 0 && io.stall_context.find("slow-desk") != std::string::npos &&
+             io.stall_frames > 0},
+    };
+    std::vector<check> checks{
         {"every agent created was destroyed (" + format_count(s.agents_created) + ")",
          s.agents_created == s.agents_destroyed},
         {"every cooperation registered was deregistered (" + format_count(s.coops_registered) + ")",
@@ -193,6 +217,8 @@ std::vector<check> evaluate(const run_summary& run, const demo_stats& s, const d
         {"no handler threw", s.handler_exceptions == 0},
         {"no timer left pending", s.timers_pending == 0},
     };
+    checks.insert(checks.end(), io_checks.begin(), io_checks.end());
+    return checks;
 }
 
 namespace {
@@ -236,6 +262,52 @@ void print_flow(const run_summary& run, const demo_metrics& m) {
     row("", "ticks read", format_count(m.ticks_read.load()), "by a subscribed session, no polling");
     row("", "ticks dropped (full)", format_count(run.ticks.dropped_newest));
     row("", "ticks discarded at stop", format_count(run.ticks.discarded));
+}
+
+void print_io(const run_summary& run) {
+    const io_report& io = run.io;
+    const job_queue::stats& jq = io.jobs;
+    row("event loops", "loops / fds watched", std::to_string(io.loops) + " / " + std::to_string(io.fds_watched),
+        "socketpairs written by a plain thread");
+    row("", "fd callbacks", format_count(io.fd_callbacks), "readiness callbacks on the loops");
+    row("", "longest loop cycle", format_duration_ns(io.max_cycle_ns));
+    row("", "lines written", format_count(io.lines_written), "a line per pair each millisecond");
+    row("", "lines read", format_count(io.lines_read), "each published on the topic \"lines\"");
+    row("", "lines handled", format_count(io.lines_handled), "by an agent checking their order");
+    row("", "lines out of order", format_count(io.lines_out_of_order), "must be 0");
+    row("job queue", "posted", format_count(jq.posted), "blocking work (2 ms) from the archiver agent");
+    row("", "run", format_count(jq.completed), (format_count(jq.failed) + " failed").c_str());
+    row("", "refused", format_count(jq.refused), "its backlog of 16 was full");
+    row("", "cancelled", format_count(jq.cancelled),
+        (format_count(io.jobs_cancel_asked) + " asked; the others had started").c_str());
+    row("", "discarded at stop", format_count(jq.discarded));
+    row("", "completions back", format_count(io.jobs_seen_succeeded + io.jobs_seen_cancelled + io.jobs_seen_other),
+        (format_count(jq.completions_dropped) + " dropped: the archiver had gone").c_str());
+    row("", "desired", std::to_string(io.desired_low) + ".." + std::to_string(io.desired_high),
+        ("changed " + format_count(io.desired_changes) + " times while jobs ran; max " + std::to_string(jq.max)).c_str());
+    row("", "threads started / exited", format_count(jq.threads_started) + " / " + format_count(jq.threads_exited),
+        "above the floor of 1 they exit after 200 ms idle");
+    row("", "wait max / run max", format_duration_ns(static_cast<std::uint64_t>(jq.wait_max.count())) + " / " +
+                                        format_duration_ns(static_cast<std::uint64_t>(jq.run_max.count())));
+    row("", "wake-ups / spin takes", format_count(jq.wakeups) + " / " + format_count(jq.spin_takes),
+        "a post a spinning thread takes needs no wake-up");
+    row("watchdog", "stalls reported", format_count(io.stalls_reported),
+        ("slow-desk: a " + std::to_string(slow_handler_time.count()) + " ms handler, timeout " +
+         std::to_string(slow_desk_timeout.count()) + " ms; " + format_count(io.stalls_resumed) + " resumed")
+            .c_str());
+    if (!io.first_stall.empty()) {
+        // The first report as the watchdog wrote it, its stack cut short.
+        std::size_t start = 0, lines = 0;
+        while (start < io.first_stall.size() && lines < 8) {
+            const std::size_t nl = std::min(io.first_stall.find('\n', start), io.first_stall.size());
+            std::printf("      | %s\n", io.first_stall.substr(start, nl - start).c_str());
+            start = nl + 1;
+            ++lines;
+        }
+        if (start < io.first_stall.size()) std::printf("      | ...\n");
+    } else if (!io.stall_stack_note.empty()) {
+        std::printf("      | (no stack: %s)\n", io.stall_stack_note.c_str());
+    }
 }
 
 void print_timers(const demo_stats& s, const demo_metrics& m) {
@@ -325,6 +397,7 @@ bool print_report(const run_summary& run, const demo_stats& s, const demo_metric
     print_named(run, s, m);
     print_quotes(run, m);
     print_flow(run, m);
+    print_io(run);
     row("shutdown", "stop() to joined", format_duration_ns(static_cast<std::uint64_t>(run.shutdown_ns)),
         "cooperations deregistered, threads joined");
     std::printf("\n");

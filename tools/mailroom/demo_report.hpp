@@ -1,6 +1,7 @@
 #pragma once
 // What `mailroom demo` prints: the live progress line, and the shutdown report with its checks.
 
+#include "demo_io.hpp"
 #include "demo_metrics.hpp"
 
 #include <mailroom/agent/coop.hpp>
@@ -72,6 +73,8 @@ struct run_summary {
     std::int64_t shutdown_ns = 0;
     /// The chain a plain thread fed (demo_flow.hpp), after the environment stopped.
     mchain_stats ticks{};
+    /// The event loops, the job queue and the watchdog (demo_io.hpp), after join.
+    io_report io{};
 };
 
 /// The checks a clean run passes, from the environment's final statistics (after join) and the

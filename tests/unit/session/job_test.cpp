@@ -279,6 +279,70 @@ TEST(job_queue, idle_threads_exit_down_to_the_floor) {
     EXPECT_EQ(q.job_stats().threads, 1u);
 }
 
+TEST(job_queue, a_job_posted_while_a_thread_spins_is_taken_without_waking_a_sleeper) {
+    // A spin as long as the test: the thread that finished a job is still looking for the next
+    // when the test posts it, so no post has to wake anyone.
+    environment env;
+    auto q = job_queue::make_job_queue(env, "spin", {.floor = 1, .desired = 1, .max = 1, .idle_time = patience,
+                                                      .spin = patience});
+    auto first = post_job(q, [] {});
+    ASSERT_TRUE(first.wait_for(patience));
+    const auto before = q.job_stats();
+    for (int i = 0; i < 50; ++i) {
+        auto j = post_job(q, [] {});
+        ASSERT_TRUE(j.wait_for(patience)) << i;
+    }
+    const auto after = q.job_stats();
+    EXPECT_EQ(after.completed, 51u);
+    EXPECT_EQ(after.wakeups, before.wakeups) << "a post woke a sleeping thread while one was spinning";
+    EXPECT_EQ(after.threads, 1u);
+}
+
+TEST(job_queue, spin_zero_sleeps_at_once_and_every_post_wakes_the_sleeping_thread) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "nospin", {.floor = 1, .desired = 1, .max = 1, .idle_time = patience,
+                                                        .spin = std::chrono::nanoseconds(0)});
+    for (int i = 0; i < 20; ++i) {
+        // idle_threads counts the thread once it waits for work (under the queue's lock): with
+        // no spin it is asleep, and the post must wake it.
+        ASSERT_TRUE(eventually([&] { return q.job_stats().idle_threads == 1; })) << i;
+        auto j = post_job(q, [] {});
+        ASSERT_TRUE(j.wait_for(patience)) << i;
+    }
+    const auto st = q.job_stats();
+    EXPECT_EQ(st.completed, 20u);
+    EXPECT_EQ(st.wakeups, 20u);
+    EXPECT_EQ(st.spin_takes, 0u);
+}
+
+TEST(job_queue, a_spinning_thread_above_the_floor_still_exits_after_its_idle_time) {
+    // The spin asked for is far longer than the idle time: the idle time wins.
+    environment env;
+    auto q = job_queue::make_job_queue(env, "spin_exit", {.floor = 0, .desired = 2, .idle_time = 30ms,
+                                                           .spin = std::chrono::hours(1)});
+    auto j = post_job(q, [] {});
+    ASSERT_TRUE(j.wait_for(patience));
+    ASSERT_TRUE(eventually([&] { return q.job_stats().threads == 0; })) << q.job_stats().threads;
+    EXPECT_EQ(q.job_stats().threads_exited, 1u);
+}
+
+TEST(job_queue, a_burst_posted_while_one_thread_spins_still_runs_desired_jobs_at_once) {
+    // One thread spins after the first job, three sleep: the spinner takes one job of the
+    // burst, and the others must still wake the sleepers.
+    environment env;
+    auto q = job_queue::make_job_queue(env, "burst", {.floor = 4, .desired = 4, .max = 4, .idle_time = patience,
+                                                       .spin = patience});
+    auto first = post_job(q, [] {});
+    ASSERT_TRUE(first.wait_for(patience));
+    gate g;
+    std::vector<job<bool>> js;
+    for (int i = 0; i < 4; ++i) js.push_back(post_job(q, [&] { return g.wait(); }));
+    EXPECT_TRUE(eventually([&] { return q.job_stats().running == 4; })) << q.job_stats().running;
+    g.open();
+    for (auto& j : js) EXPECT_TRUE(j.wait_for(patience));
+    EXPECT_TRUE(q.drain(patience));
+}
+
 TEST(job_queue, try_post_on_a_full_backlog_is_refused_and_counted) {
     environment env;
     auto q = job_queue::make_job_queue(env, "full", {.desired = 1, .backlog = 2});
