@@ -33,10 +33,11 @@ namespace mailroom::internal {
 /// What a loop calls back when an fd it watches is ready. Loop thread only.
 class fd_source {
 public:
-    /// The fd watched, for the watchdog's report of a callback that stalls.
+    /// The fd watched, for the watchdog's report of a callback that stalls ("fd 7 callback");
+    /// -1 when the source does not say (the report then says "fd callback").
     const int watched_fd;
 
-    explicit fd_source(int fd) noexcept : watched_fd(fd) {}
+    explicit fd_source(int fd = -1) noexcept : watched_fd(fd) {}
     /// `events`: the epoll flags that are ready (EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, ...).
     virtual void on_ready(std::uint32_t events) noexcept = 0;
 
