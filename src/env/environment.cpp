@@ -419,7 +419,7 @@ void env_core::watch_stalls(std::stop_token stop) {
         bool reported;
         bool seen;
         bool job;                   // named at the first report, with context and type
-        bool past_deadline;
+        bool past_deadline;         // the (first) report is a job's deadline's, not the timeout's
         std::string context, type;
     };
     struct pending {
@@ -507,20 +507,21 @@ void env_core::watch_stalls(std::stop_token stop) {
                         it->extended = ext;
                         it->counted_from = now;
                         it->next_report = now + timeout;
+                        if (!it->reported) it->past_deadline = false;
                     }
                     // A job's own deadline comes first when it is nearer than the timeout
-                    // (extend_deadline() moves the timeout, not the deadline the queue set).
+                    // (extend_deadline() moves the timeout, not the deadline the queue set);
+                    // past_deadline says, until the first report, that the report due is the
+                    // deadline's.
                     const std::int64_t job_deadline = b.deadline_ns.load(std::memory_order_relaxed);
-                    bool by_deadline = false;
                     if (!it->reported && job_deadline > 0 && job_deadline < it->next_report) {
                         it->next_report = std::max(job_deadline, it->counted_from + tick);
-                        by_deadline = true;
+                        it->past_deadline = true;
                     }
                     if (now < it->next_report) return;
                     const std::int64_t ran = now - it->started;
                     if (!it->reported) {
                         it->job = describe_worker(*d, b, it->context, it->type);
-                        it->past_deadline = by_deadline;
                         it->reported = true;
                         stalls_reported_.fetch_add(1, std::memory_order_relaxed);
                         stalled_now_.fetch_add(1, std::memory_order_relaxed);
