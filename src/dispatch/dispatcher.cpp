@@ -88,29 +88,34 @@ void dispatcher_impl::detach_worker(heartbeat& beat) const noexcept {
     std::erase_if(watched_, [&](const watched_worker& w) { return w.beat == &beat; });
 }
 
+dispatcher_impl::running_detail dispatcher_impl::describe_worker(const heartbeat&) const { return {}; }
+
 void dispatcher_impl::check_accepting() const {
     if (!accepting())
         throw binding_error("dispatcher '" + name_ + "' (" + kind_ +
                             ") is shut down: nothing can be bound to it any more");
 }
 
-worker::worker(std::chrono::nanoseconds spin) noexcept : mailbox_(spin) {
+worker_thread::worker_thread(std::chrono::nanoseconds spin) noexcept : mailbox_(spin) {
     stop_.owner = this;
     stop_.execute = &on_stop;
 }
 
-worker::~worker() {
+worker_thread::~worker_thread() {
     if (thread_.joinable()) fatal("worker destroyed with its thread still running");
     discard_all();
 }
 
-void worker::start(const std::string& thread_name, const dispatcher_impl* owner) {
+void worker_thread::start(const std::string& thread_name, const dispatcher_impl* owner, std::size_t index) {
     finished_.store(false, std::memory_order_relaxed);
     running_ = true;
-    thread_ = std::thread([this, owner] {
+    thread_ = std::thread([this, owner, index] {
         set_current_dispatcher(owner);
-        if (owner) owner->attach_worker(heartbeat_);
+        tls_heartbeat = &heartbeat_;
+        // Listed before the first demand runs, so that the watchdog sees every one of them.
+        if (owner) owner->attach_worker(heartbeat_, index);
         run();
+        finished_.store(true, std::memory_order_release);
         if (owner) owner->detach_worker(heartbeat_);
     });
     // Thread names are at most 15 characters; they help in gdb, top and the watchdog's reports.
@@ -118,42 +123,38 @@ void worker::start(const std::string& thread_name, const dispatcher_impl* owner)
     ::pthread_setname_np(thread_.native_handle(), n.c_str());
 }
 
-void worker::on_stop(demand* d, demand_mode) noexcept { static_cast<stop_demand*>(d)->owner->running_ = false; }
+void worker_thread::on_stop(demand* d, demand_mode) noexcept {
+    static_cast<stop_demand*>(d)->owner->running_ = false;
+}
 
-void worker::request_stop() noexcept { mailbox_.push(&stop_); }
+void worker_thread::request_stop() noexcept { mailbox_.push(&stop_); }
 
-void worker::join() noexcept {
+void worker_thread::join() noexcept {
     if (thread_.joinable()) thread_.join();
 }
 
-void worker::run() noexcept {
-    tls_heartbeat = &heartbeat_;
-    while (running_) {
-        // Drain in a batch: every demand already queued runs before the worker considers waiting.
-        spin_backoff backoff;
-        while (mailbox_.maybe_nonempty()) {
-            mpsc_node* n = mailbox_.pop();
-            if (!n) {
-                // A push is mid-way: its link appears within a few instructions, unless the
-                // producer was preempted between its exchange and its link; then the core is
-                // better given to it than spun on.
-                backoff.pause();
-                continue;
-            }
-            backoff.reset();
-            auto* d = static_cast<demand*>(n);
-            heartbeat_.begin();
-            d->execute(d, demand_mode::run);
-            heartbeat_.end();
-            if (!running_) break;
+bool worker_thread::drain() noexcept {
+    spin_backoff backoff;
+    while (mailbox_.maybe_nonempty()) {
+        mpsc_node* n = mailbox_.pop();
+        if (!n) {
+            // A push is mid-way: its link appears within a few instructions, unless the
+            // producer was preempted between its exchange and its link; then the core is
+            // better given to it than spun on.
+            backoff.pause();
+            continue;
         }
-        if (!running_) break;
-        mailbox_.wait();
+        backoff.reset();
+        auto* d = static_cast<demand*>(n);
+        heartbeat_.begin();
+        d->execute(d, demand_mode::run);
+        heartbeat_.end();
+        if (!running_) return false;
     }
-    finished_.store(true, std::memory_order_release);
+    return running_;
 }
 
-void worker::discard_all() noexcept {
+void worker_thread::discard_all() noexcept {
     spin_backoff backoff;
     while (mailbox_.maybe_nonempty()) {
         mpsc_node* n = mailbox_.pop();
@@ -166,7 +167,7 @@ void worker::discard_all() noexcept {
     }
 }
 
-worker_stats worker::stats() const noexcept {
+worker_stats worker_thread::stats() const noexcept {
     worker_stats s = read_heartbeat(heartbeat_);
     s.parks = mailbox_.parks();
     return s;
@@ -213,6 +214,6 @@ void dispatcher::shutdown() noexcept {
     if (impl_) impl_->shutdown();
 }
 
-dispatcher_stats dispatcher::stats() const { return internal::checked(impl_).stats(); }
+dispatcher_stats dispatcher::stats() const { return internal::checked(impl_).snapshot(); }
 
 }  // namespace mailroom

@@ -10,7 +10,9 @@
 #include <mailroom/export.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -88,6 +90,19 @@ public:
     virtual void discard_queued() noexcept = 0;
 
     virtual dispatcher_stats stats() const = 0;
+    /// stats() with the watchdog's counts: what dispatcher::stats() and the environment give.
+    dispatcher_stats snapshot() const {
+        dispatcher_stats s = stats();
+        s.stalls_reported = stalls_reported.load(std::memory_order_relaxed);
+        const auto now = stalled_now.load(std::memory_order_relaxed);
+        s.stalled_now = now > 0 ? static_cast<std::size_t>(now) : 0;
+        s.longest_stall = std::chrono::nanoseconds(longest_stall_ns.load(std::memory_order_relaxed));
+        return s;
+    }
+    /// The watchdog's counts, written by the environment's watcher only; any thread reads.
+    mutable std::atomic<std::uint64_t> stalls_reported{0};
+    mutable std::atomic<std::int64_t> stalled_now{0};
+    mutable std::atomic<std::int64_t> longest_stall_ns{0};
 
     /// The run-time watchdog's settings; set by the kind before the dispatcher is published,
     /// read by the environment's watcher.
@@ -107,6 +122,23 @@ public:
     void attach_worker(heartbeat& beat, std::size_t index = static_cast<std::size_t>(-1)) const noexcept;
     /// Called by each worker thread before it ends (the heartbeat stays valid until then).
     void detach_worker(heartbeat& beat) const noexcept;
+    /// What a kind knows of the demand a worker runs beyond its heartbeat's context and type,
+    /// for the watchdog's and the teardown watch's reports.
+    struct running_detail {
+        /// Replaces the message type when not empty ("fd 7 callback", "job 'resize'").
+        std::string what;
+        /// The worker is a job queue's: blocking is what it is for, and the context is a job.
+        bool job = false;
+        std::uint64_t job_id = 0;
+        /// The context that posted the job, as a heartbeat's context word (kind << shift | id);
+        /// 0: posted from a thread that runs no session or agent.
+        std::uint64_t poster = 0;
+    };
+    /// Describes what the worker with heartbeat `beat` runs now. Called by the environment's
+    /// watchers with the worker listed (inside visit_workers), never on the hot path; the
+    /// default knows nothing more.
+    virtual running_detail describe_worker(const heartbeat& beat) const;
+
     /// Calls `f(watched_worker&)` for each live worker thread, holding them alive (a worker
     /// that ends waits in detach_worker). The environment's watcher only.
     template <class F>

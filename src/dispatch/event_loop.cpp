@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <algorithm>
 #include <cstring>
+#include <typeinfo>
 
 namespace mailroom::internal {
 
@@ -24,9 +25,7 @@ constexpr int max_events = 64;
 std::uint64_t key_of(std::uint32_t index, std::uint32_t gen) noexcept { return std::uint64_t{gen} << 32 | index; }
 }  // namespace
 
-event_loop::event_loop(std::chrono::nanoseconds spin, std::size_t index) : mailbox_(spin), index_(index) {
-    stop_.owner = this;
-    stop_.execute = &on_stop;
+event_loop::event_loop(std::chrono::nanoseconds spin, std::size_t index) : worker_thread(spin), index_(index) {
     epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epoll_ < 0) throw error(std::string("event loop: epoll_create1 failed: ") + std::strerror(errno));
     wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -47,7 +46,7 @@ event_loop::event_loop(std::chrono::nanoseconds spin, std::size_t index) : mailb
 }
 
 event_loop::~event_loop() {
-    if (thread_.joinable()) fatal("event loop destroyed with its thread still running");
+    if (joinable()) fatal("event loop destroyed with its thread still running");
     discard_all();
     ::close(wake_);
     ::close(epoll_);
@@ -55,37 +54,6 @@ event_loop::~event_loop() {
 }
 
 event_loop* event_loop::current() noexcept { return tls_loop; }
-
-void event_loop::start(const std::string& thread_name, const dispatcher_impl* owner) {
-    running_ = true;
-    thread_ = std::thread([this, owner] {
-        set_current_dispatcher(owner);
-        run();
-    });
-    std::string n = thread_name.substr(0, 15);
-    ::pthread_setname_np(thread_.native_handle(), n.c_str());
-}
-
-void event_loop::on_stop(demand* d, demand_mode) noexcept { static_cast<stop_demand*>(d)->owner->running_ = false; }
-
-void event_loop::request_stop() noexcept { mailbox_.push(&stop_); }
-
-void event_loop::join() noexcept {
-    if (thread_.joinable()) thread_.join();
-}
-
-void event_loop::discard_all() noexcept {
-    spin_backoff backoff;
-    while (mailbox_.maybe_nonempty()) {
-        mpsc_node* n = mailbox_.pop();
-        if (!n) {
-            backoff.pause();
-            continue;
-        }
-        auto* d = static_cast<demand*>(n);
-        if (d != &stop_) d->execute(d, demand_mode::discard);
-    }
-}
 
 std::uint64_t event_loop::add_source(fd_source* src) {
     std::lock_guard g(slots_lock_);
@@ -117,25 +85,6 @@ void event_loop::remove_source(std::uint64_t key) noexcept {
     free_.push_back(i);  // capacity reserved by add_source()
 }
 
-// Runs every demand queued now; false once a stop was run.
-bool event_loop::drain() noexcept {
-    spin_backoff backoff;
-    while (mailbox_.maybe_nonempty()) {
-        mpsc_node* n = mailbox_.pop();
-        if (!n) {
-            backoff.pause();
-            continue;
-        }
-        backoff.reset();
-        auto* d = static_cast<demand*>(n);
-        heartbeat_.begin();
-        d->execute(d, demand_mode::run);
-        heartbeat_.end();
-        if (!running_) return false;
-    }
-    return true;
-}
-
 void event_loop::dispatch(const void* raw, int n) noexcept {
     const auto* events = static_cast<const epoll_event*>(raw);
     for (int k = 0; k < n; ++k) {
@@ -151,6 +100,9 @@ void event_loop::dispatch(const void* raw, int n) noexcept {
         if (!s || s->gen.load(std::memory_order_acquire) != static_cast<std::uint32_t>(key >> 32)) continue;
         fd_source* src = s->src.load(std::memory_order_acquire);
         if (!src) continue;
+        // The fd is published for the watchdog's report ("fd 7 callback"): one relaxed store,
+        // read only while the heartbeat's type says an fd callback runs.
+        running_fd_.store(src->watched_fd, std::memory_order_relaxed);
         heartbeat_.begin();
         src->on_ready(events[k].events);
         heartbeat_.end();
@@ -159,11 +111,10 @@ void event_loop::dispatch(const void* raw, int n) noexcept {
 }
 
 void event_loop::run() noexcept {
-    tls_heartbeat = &heartbeat_;
     tls_loop = this;
     epoll_event events[max_events];
     const std::int64_t spin_ns = mailbox_.spin().count();
-    while (running_) {
+    for (;;) {
         const std::int64_t start = now_ns();
         if (!drain()) break;
         // Ready fds, without sleeping: a busy loop alternates between its queue and its fds.
@@ -174,7 +125,7 @@ void event_loop::run() noexcept {
         busy_ns_.fetch_add(static_cast<std::uint64_t>(took), std::memory_order_relaxed);
         if (static_cast<std::uint64_t>(took) > max_cycle_ns_.load(std::memory_order_relaxed))
             max_cycle_ns_.store(static_cast<std::uint64_t>(took), std::memory_order_relaxed);
-        if (!running_) break;
+        if (!running()) break;
         if (n > 0 || mailbox_.maybe_nonempty()) continue;
         // Idle: spin on the queue for about what a wake-up costs, then sleep in epoll_wait with
         // `parked` announced, so that a writer signals the eventfd only then.
@@ -199,12 +150,6 @@ void event_loop::run() noexcept {
     }
 }
 
-worker_stats event_loop::stats() const noexcept {
-    worker_stats s = read_heartbeat(heartbeat_);
-    s.parks = mailbox_.parks();
-    return s;
-}
-
 event_loop_pool::loop_stats event_loop::loop_stats() const noexcept {
     event_loop_pool::loop_stats s;
     s.contexts = contexts.load(std::memory_order_relaxed);
@@ -221,11 +166,12 @@ class event_loop_pool_dispatcher final : public dispatcher_impl {
 public:
     event_loop_pool_dispatcher(std::string name, const event_loop_pool::params& p)
         : dispatcher_impl(std::move(name), std::string(event_loop_pool::handle::kind_name)) {
+        set_watchdog(p.watchdog);
         std::size_t n = p.threads ? p.threads : std::max(1u, std::thread::hardware_concurrency());
         for (std::size_t i = 0; i < n; ++i) loops_.push_back(std::make_unique<event_loop>(p.spin, i));
         for (std::size_t i = 0; i < n; ++i) {
             try {
-                loops_[i]->start(this->name() + "/" + std::to_string(i), this);
+                loops_[i]->start(this->name() + "/" + std::to_string(i), this, i);
             } catch (...) {
                 for (std::size_t k = 0; k < i; ++k) {
                     loops_[k]->request_stop();
@@ -270,6 +216,19 @@ public:
             s.workers.push_back(l->stats());
         }
         return s;
+    }
+
+    // An fd callback is named by its fd: the heartbeat's type says only "fd callback".
+    running_detail describe_worker(const heartbeat& beat) const override {
+        running_detail out;
+        for (auto& l : loops_)
+            if (&l->beat() == &beat) {
+                const int fd = l->running_fd();
+                const std::type_info* t = beat.type.load(std::memory_order_relaxed);
+                if (fd >= 0 && t && *t == typeid(fd_callback_tag))
+                    out.what = "fd " + std::to_string(fd) + " callback";
+            }
+        return out;
     }
 
     std::vector<event_loop_pool::loop_stats> loops() const {

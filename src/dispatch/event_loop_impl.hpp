@@ -1,7 +1,8 @@
 #pragma once
-// One loop thread of an event_loop_pool: a worker_mailbox drained like a worker's, and an epoll
-// set holding the loop's eventfd (how a writer wakes a loop parked in epoll_wait) and the fds
-// of the watchers of the contexts pinned to it.
+// One loop thread of an event_loop_pool: a worker thread (worker.hpp: its start, heartbeat,
+// watchdog listing, drain and stop are every worker's) whose idle wait is epoll_wait over a set
+// holding the loop's eventfd (how a writer wakes a loop parked there) and the fds of the
+// watchers of the contexts pinned to it.
 //
 // Sources. An fd is registered with epoll under a key, not under its number: the index of a
 // slot in the loop's table and the slot's generation. Freeing a slot moves its generation on,
@@ -15,6 +16,7 @@
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 #include <mailroom/dispatch/event_loop_pool.hpp>
 #include <mailroom/dispatch/heartbeat.hpp>
+#include <mailroom/dispatch/worker.hpp>
 #include <mailroom/export.hpp>
 #include <mailroom/queue/worker_mailbox.hpp>
 
@@ -31,6 +33,11 @@ namespace mailroom::internal {
 /// What a loop calls back when an fd it watches is ready. Loop thread only.
 class fd_source {
 public:
+    /// The fd watched, for the watchdog's report of a callback that stalls ("fd 7 callback");
+    /// -1 when the source does not say (the report then says "fd callback").
+    const int watched_fd;
+
+    explicit fd_source(int fd = -1) noexcept : watched_fd(fd) {}
     /// `events`: the epoll flags that are ready (EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, ...).
     virtual void on_ready(std::uint32_t events) noexcept = 0;
 
@@ -38,7 +45,7 @@ protected:
     ~fd_source() = default;
 };
 
-class MAILROOM_EXPORT event_loop final : public event_queue {
+class MAILROOM_EXPORT event_loop final : public worker_thread {
 public:
     /// Creates the epoll set and the eventfd; raises mailroom::error when the kernel refuses.
     event_loop(std::chrono::nanoseconds spin, std::size_t index);
@@ -46,16 +53,8 @@ public:
     event_loop(const event_loop&) = delete;
     event_loop& operator=(const event_loop&) = delete;
 
-    void push(demand* d) noexcept override { mailbox_.push(d); }
     event_loop* loop() noexcept override { return this; }
-
-    void start(const std::string& thread_name, const dispatcher_impl* owner);
-    /// Queues a stop behind everything queued so far. Any thread.
-    void request_stop() noexcept;
-    /// Joins the thread; never from the loop itself.
-    void join() noexcept;
-    /// With the thread joined: drains what is left, discarding it.
-    void discard_all() noexcept;
+    // start(name, owner, index), request_stop(), join(), discard_all(), stats(): a worker's.
 
     /// The loop running on this thread, or null.
     static event_loop* current() noexcept;
@@ -76,13 +75,12 @@ public:
     std::size_t index() const noexcept { return index_; }
     std::atomic<std::size_t> contexts{0};
 
-    worker_stats stats() const noexcept;
     event_loop_pool::loop_stats loop_stats() const noexcept;
+    /// The fd of the last fd callback started (-1 before any): the one running while the
+    /// heartbeat's type says an fd callback runs. For the watchdog (a relaxed load, any thread).
+    int running_fd() const noexcept { return running_fd_.load(std::memory_order_relaxed); }
 
 private:
-    struct stop_demand : demand {
-        event_loop* owner = nullptr;
-    };
     struct slot {
         std::atomic<fd_source*> src{nullptr};
         std::atomic<std::uint32_t> gen{1};
@@ -94,25 +92,19 @@ private:
         slot* chunk = chunks_[i >> chunk_bits].load(std::memory_order_acquire);
         return chunk ? &chunk[i & (chunk_size - 1)] : nullptr;
     }
-    static void on_stop(demand* d, demand_mode) noexcept;
-    void run() noexcept;
-    bool drain() noexcept;
+    void run() noexcept override;
     void dispatch(const void* events, int n) noexcept;
 
-    worker_mailbox mailbox_;
-    heartbeat heartbeat_;
-    stop_demand stop_;
     std::size_t index_;
     int epoll_ = -1;
     int wake_ = -1;
-    bool running_ = false;
+    std::atomic<int> running_fd_{-1};  // the loop thread writes it before each fd callback
     std::atomic<slot*> chunks_[max_chunks] = {};  // published once each; [0][0] is the eventfd's
     std::mutex slots_lock_;                       // taking and freeing slots
     std::uint32_t next_slot_ = 1;                 // under slots_lock_
     std::vector<std::uint32_t> free_;             // under slots_lock_
     std::atomic<std::int64_t> fds_{0};
     std::atomic<std::uint64_t> callbacks_{0}, cycles_{0}, busy_ns_{0}, max_cycle_ns_{0};
-    std::thread thread_;
 };
 
 /// The event_loop_pool kind's internal factory, for tests that run it without an environment.

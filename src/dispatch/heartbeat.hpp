@@ -58,6 +58,9 @@ struct heartbeat {
     /// Bumped by extend_deadline() in a handler: the watchdog counts its timeout from the last
     /// change it saw. Off the hot path (only a handler that asks writes it).
     std::atomic<std::uint64_t> extended{0};
+    /// A job's deadline while it runs, in now_ns() terms (0: none): the watchdog reports a job
+    /// that runs past it. Written by job queue threads only (off the hot path).
+    std::atomic<std::int64_t> deadline_ns{0};
     /// For the watchdog's stack capture; untouched by the hot path.
     stack_slot stack;
 

@@ -47,6 +47,11 @@ struct job_tag {};
 const running_kind job_kind = register_running_kind("job");
 }  // namespace
 
+std::string job_core::name() const {
+    if (!name_.empty()) return name_;
+    return work_type_ ? readable_name(message_type(*work_type_)) : std::string();
+}
+
 bool job_core::move(job_state from, job_state to) noexcept {
     std::lock_guard g(lock_);
     if (state() != from) return false;
@@ -92,6 +97,7 @@ public:
     job_queue_impl(std::string name, const job_queue::params& p)
         : dispatcher_impl(std::move(name), std::string(job_queue::handle::kind_name)), p_(p) {
         check_knobs(p.min, p.floor, p.desired, p.max);
+        set_watchdog(p.watchdog);
     }
 
     ~job_queue_impl() override { join(); }
@@ -151,6 +157,22 @@ public:
         for (const auto& r : recs_)
             if (!r.done) s.workers.push_back(read_heartbeat(r.beat));
         return s;
+    }
+
+    // A job is named by its label and its poster; the heartbeat shows only its id. The job a
+    // thread runs is held (r.current, under m_) until the thread let go of it.
+    running_detail describe_worker(const heartbeat& beat) const override {
+        running_detail out;
+        out.job = true;
+        std::lock_guard g(m_);
+        for (const auto& r : recs_)
+            if (&r.beat == &beat && r.current) {
+                out.job_id = r.current->id_;
+                out.poster = r.current->poster_context_;
+                const std::string n = r.current->name();
+                out.what = n.empty() ? "job #" + std::to_string(out.job_id) : "job '" + n + "'";
+            }
+        return out;
     }
 
     job_queue::stats job_stats() const {
@@ -374,6 +396,9 @@ private:
     void loop(thread_rec& r) noexcept {
         tls_heartbeat = &r.beat;
         set_current_dispatcher(this);
+        // Listed with the watchdog before the first job (never under m_: the watcher takes m_
+        // inside the listing's lock, in describe_worker).
+        attach_worker(r.beat);
         std::vector<job_core*> dead;
         // Spin only after a job: a thread that has been idle for a whole idle time (a floor
         // thread) sleeps at once.
@@ -401,10 +426,17 @@ private:
                 const auto started = clock::now();
                 const auto waited = started - j->queued_at_;
                 l.unlock();
+                // A job past its deadline while it runs is reported by the watchdog.
+                r.beat.deadline_ns.store(j->deadline_ == clock::time_point::max()
+                                             ? 0
+                                             : std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                   j->deadline_.time_since_epoch()).count(),
+                                         std::memory_order_relaxed);
                 r.beat.begin();
                 note_running(job_kind, j->id_, &typeid(job_tag));
                 const job_state outcome = j->run(j->stop_.get_token());
                 r.beat.end();
+                r.beat.deadline_ns.store(0, std::memory_order_relaxed);
                 const auto finished = clock::now();
                 l.lock();
                 r.current = nullptr;
@@ -441,6 +473,11 @@ private:
         }
         --threads_;
         ++threads_exited_;
+        // Unlisted before the record may be joined and freed (grow_locked joins it once done),
+        // outside m_ (see attach_worker above).
+        l.unlock();
+        detach_worker(r.beat);
+        l.lock();
         r.done = true;
     }
 

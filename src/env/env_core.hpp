@@ -251,7 +251,8 @@ private:
     /// Watches the workers while join() waits; see teardown_watch in environment.cpp.
     void watch_teardown(std::stop_token stop, std::int64_t started_ns);
     teardown_report join_once();
-    void report_overrun(const dispatcher_stats& d, std::size_t index, const worker_stats& w, std::int64_t ns);
+    void report_overrun(const std::string& dispatcher, std::size_t index, std::string context, std::string type,
+                        std::int64_t ns, bool stall_reported);
 
     std::mutex join_lock_;
     bool joined_ = false;
@@ -269,6 +270,15 @@ private:
     /// Names what a busy worker runs: its context (through the extensions' describe) and its
     /// message type.
     void describe_running(const worker_stats& w, std::string& context, std::string& type) const;
+    /// Names what worker `beat` of `d` runs, with what its kind adds (an fd, a job's name and
+    /// poster); true for a job. With the worker listed (inside visit_workers).
+    bool describe_worker(const dispatcher_impl& d, const heartbeat& beat, std::string& context,
+                         std::string& type) const;
+    /// True while the watchdog has reported the demand `handled` of `beat` and it still runs
+    /// (as of the watchdog's last sample): the teardown watch says it once, as that stall.
+    bool stall_reported(const heartbeat* beat, std::uint64_t handled) const;
+    mutable std::mutex stalled_lock_;
+    std::vector<std::pair<const heartbeat*, std::uint64_t>> stalled_;  // under stalled_lock_
     std::atomic<std::uint64_t> stalls_reported_{0};
     std::atomic<std::uint64_t> stalled_now_{0};
     std::atomic<std::int64_t> longest_stall_ns_{0};

@@ -217,18 +217,29 @@ void env_core::stop() noexcept {
 // with the same demand (its `handled` count has not moved) for longer than the deadline is
 // reported: which dispatcher and worker, which agent or session (the upper layer published its
 // id), which message type, and for how long. Nothing on the hot path changes: the heartbeat's
-// relaxed stores are all it reads.
+// relaxed stores are all it reads. It sees the workers the watchdog sees (the listing of
+// attach_worker), under the same indices and in the same words; a demand whose stall the
+// run-time watchdog has reported already is said once, as that stall, and left to the
+// watchdog's own reports after that: one stream of reports per stall.
 
 void env_core::watch_teardown(std::stop_token stop, std::int64_t started_ns) {
     const std::int64_t deadline = options_.teardown_deadline.count();
     const std::chrono::nanoseconds tick(std::clamp<std::int64_t>(deadline / 4, 1'000'000, 100'000'000));
     struct watched {
-        const dispatcher_impl* d;
-        std::size_t index;
+        const heartbeat* beat;
+        int thread_id;
         std::uint64_t handled;
         std::int64_t since;        // the last check before it was seen busy with this demand
         std::int64_t next_report;  // deadline, then 2x, 4x, ...
         bool seen;
+        bool as_stall;             // said once as the watchdog's stall: not repeated
+    };
+    struct due {
+        std::string dispatcher;
+        std::size_t index;
+        std::string context, type;
+        std::int64_t ns;
+        bool stall_reported;
     };
     std::vector<watched> busy;
     std::mutex m;
@@ -241,47 +252,66 @@ void env_core::watch_teardown(std::stop_token stop, std::int64_t started_ns) {
         }
         if (stop.stop_requested()) break;
         const std::int64_t now = now_ns();
-        for (auto& w : busy) w.seen = false;
-        for (auto& d : dispatchers()) {
-            dispatcher_stats st = d->stats();
-            for (std::size_t i = 0; i < st.workers.size(); ++i) {
-                const worker_stats& ws = st.workers[i];
-                if (!ws.busy) continue;
-                auto it = std::find_if(busy.begin(), busy.end(),
-                                       [&](const watched& w) { return w.d == d.get() && w.index == i; });
-                // A demand started after the last check (or before the teardown began).
-                const watched fresh{d.get(), i, ws.handled, last_check, last_check + deadline, true};
-                if (it == busy.end()) {
-                    busy.push_back(fresh);
-                    it = busy.end() - 1;
-                } else if (it->handled != ws.handled) {
-                    *it = fresh;
-                }
-                it->seen = true;
-                if (now >= it->next_report) {
-                    report_overrun(st, i, ws, now - it->since);
+        std::vector<due> out;
+        try {
+            for (auto& w : busy) w.seen = false;
+            for (auto& d : dispatchers()) {
+                d->visit_workers([&](dispatcher_impl::watched_worker& ww) {
+                    const heartbeat& b = *ww.beat;
+                    if (b.busy.load(std::memory_order_relaxed) == 0) return;
+                    const std::uint64_t handled = b.handled.load(std::memory_order_relaxed);
+                    auto it = std::find_if(busy.begin(), busy.end(), [&](const watched& w) {
+                        return w.beat == &b && w.thread_id == ww.thread_id;
+                    });
+                    // A demand started after the last check (or before the teardown began).
+                    const watched fresh{&b, ww.thread_id, handled, last_check, last_check + deadline, true, false};
+                    if (it == busy.end()) {
+                        busy.push_back(fresh);
+                        it = busy.end() - 1;
+                    } else if (it->handled != handled) {
+                        *it = fresh;
+                    }
+                    it->seen = true;
+                    if (now < it->next_report || it->as_stall) return;
                     it->next_report = it->since + 2 * (it->next_report - it->since);
-                }
+                    due o{d->name(), ww.index, {}, {}, now - it->since, stall_reported(&b, handled)};
+                    it->as_stall = o.stall_reported;
+                    describe_worker(*d, b, o.context, o.type);
+                    out.push_back(std::move(o));
+                });
             }
+            std::erase_if(busy, [](const watched& w) { return !w.seen; });
+        } catch (...) {
+            log("teardown watch: a check ran out of memory; the watch carries on");
         }
-        std::erase_if(busy, [](const watched& w) { return !w.seen; });
+        // Outside the listings' locks: on_overrun is the user's.
+        for (auto& o : out) report_overrun(o.dispatcher, o.index, std::move(o.context), std::move(o.type), o.ns,
+                                           o.stall_reported);
         last_check = now;
     }
 }
 
-void env_core::report_overrun(const dispatcher_stats& d, std::size_t index, const worker_stats& w, std::int64_t ns) {
+void env_core::report_overrun(const std::string& dispatcher, std::size_t index, std::string context, std::string type,
+                              std::int64_t ns, bool stall_reported) {
     handler_overrun o;
     std::string text;
     try {
-        o.dispatcher = d.name;
+        o.dispatcher = dispatcher;
         o.worker = index;
         o.running_for = std::chrono::nanoseconds(ns);
-        describe_running(w, o.context, o.message_type);
+        o.context = std::move(context);
+        o.message_type = std::move(type);
+        o.stall_reported = stall_reported;
         char secs[32];
         std::snprintf(secs, sizeof secs, "%.2f s", static_cast<double>(ns) / 1e9);
-        text = "teardown has waited " + std::string(secs) + " for a handler that has not returned: dispatcher '" +
-               o.dispatcher + "' worker " + std::to_string(index) + " is running " + o.context;
-        if (!o.message_type.empty()) text += " on " + o.message_type;
+        std::string what = o.context + (o.message_type.empty() ? "" : " on " + o.message_type);
+        if (stall_reported)
+            text = "teardown has waited " + std::string(secs) + " for dispatcher '" + o.dispatcher + "' worker " +
+                   std::to_string(index) + ", held by the stall the watchdog reported (" + what +
+                   "); its further reports are the watchdog's";
+        else
+            text = "teardown has waited " + std::string(secs) + " for a handler that has not returned: dispatcher '" +
+                   o.dispatcher + "' worker " + std::to_string(index) + " is running " + what;
         text += options_.on_teardown_overrun == overrun_policy::abort ? " (policy: abort)"
                                                                       : " (policy: report_and_wait)";
         o.text = text;
@@ -320,8 +350,40 @@ void env_core::describe_running(const worker_stats& w, std::string& context, std
     if (const std::type_info* t = w.running_type.info()) {
         if (*t == typeid(timer_callback_tag)) type = "timer callback";
         else if (*t == typeid(posted_call_tag)) type = "posted call";
+        else if (*t == typeid(fd_callback_tag)) type = "fd callback";
         else type = readable_name(w.running_type);
     }
+}
+
+bool env_core::describe_worker(const dispatcher_impl& d, const heartbeat& beat, std::string& context,
+                               std::string& type) const {
+    const dispatcher_impl::running_detail detail = d.describe_worker(beat);
+    if (detail.job) {
+        // A job: what the queue knows (its label, its poster) rather than the heartbeat's id.
+        std::string poster, ignored;
+        if (detail.poster) {
+            worker_stats p;
+            p.running_kind = running_kind_name(static_cast<running_kind>(detail.poster >> running_kind_shift));
+            p.running_id = detail.poster & running_id_mask;
+            describe_running(p, poster, ignored);
+        }
+        if (detail.job_id == 0) {
+            context = "a job that ended meanwhile";
+            return true;
+        }
+        context = "job #" + std::to_string(detail.job_id) +
+                  (poster.empty() ? " posted from a thread that runs no session or agent" : " posted by " + poster);
+        type = detail.what;
+        return true;
+    }
+    describe_running(read_heartbeat(beat), context, type);
+    if (!detail.what.empty()) type = detail.what;
+    return false;
+}
+
+bool env_core::stall_reported(const heartbeat* beat, std::uint64_t handled) const {
+    std::lock_guard g(stalled_lock_);
+    return std::find(stalled_.begin(), stalled_.end(), std::make_pair(beat, handled)) != stalled_.end();
 }
 
 // ---- the run-time watchdog ----
@@ -353,14 +415,24 @@ void env_core::watch_stalls(std::stop_token stop) {
         std::uint64_t extended;
         std::int64_t started;       // the last sample before it was seen busy with this demand
         std::int64_t counted_from;  // started, or the sample that saw extend_deadline()
-        std::int64_t next_report;   // counted_from + timeout, then 2x, 4x, ...
+        std::int64_t next_report;   // counted_from + timeout (or a job's deadline), then 2x, 4x, ...
         bool reported;
         bool seen;
-        std::string context, type;  // named at the first report
+        bool job;                   // named at the first report, with context and type
+        bool past_deadline;         // the (first) report is a job's deadline's, not the timeout's
+        std::string context, type;
     };
     struct pending {
         std::shared_ptr<dispatcher_impl> d;
         stall_report r;
+    };
+    // The longest stall, for the environment and for the stalled one's dispatcher (this thread
+    // is their only writer).
+    auto note_longest = [this](const dispatcher_impl& d, std::int64_t ran) {
+        if (ran > longest_stall_ns_.load(std::memory_order_relaxed))
+            longest_stall_ns_.store(ran, std::memory_order_relaxed);
+        if (ran > d.longest_stall_ns.load(std::memory_order_relaxed))
+            d.longest_stall_ns.store(ran, std::memory_order_relaxed);
     };
     std::vector<watched> list;
     std::mutex m;
@@ -388,16 +460,21 @@ void env_core::watch_stalls(std::stop_token stop) {
                 r.thread_id = w.thread_id;
                 r.context = w.context;
                 r.message_type = w.type;
+                r.job = w.job;
+                r.past_deadline = w.past_deadline;
                 r.running_for = std::chrono::nanoseconds(now - w.started);
                 r.timeout = w.d->watchdog().timeout;
                 r.resumed = true;
-                r.text = "watchdog: environment '" + r.environment + "', dispatcher '" + r.dispatcher + "' worker " +
-                         std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) + ") resumed: " +
-                         r.context + (r.message_type.empty() ? "" : " on " + r.message_type) + " ran for about " +
-                         seconds_text(now - w.started) + " in all (timeout " + seconds_text(r.timeout.count()) + ")";
+                r.text = "watchdog: environment '" + r.environment + "', " + (w.job ? "job queue '" : "dispatcher '") +
+                         r.dispatcher + (w.job ? "' thread " : "' worker ") + std::to_string(r.worker) + " (thread " +
+                         std::to_string(r.thread_id) + ") resumed: " +
+                         (w.job ? r.message_type + " (" + r.context + ")"
+                                : r.context + (r.message_type.empty() ? "" : " on " + r.message_type)) +
+                         " ran for about " + seconds_text(now - w.started) + " in all (timeout " +
+                         seconds_text(r.timeout.count()) + ")";
                 stalled_now_.fetch_sub(1, std::memory_order_relaxed);
-                if (now - w.started > longest_stall_ns_.load(std::memory_order_relaxed))
-                    longest_stall_ns_.store(now - w.started, std::memory_order_relaxed);
+                w.d->stalled_now.fetch_sub(1, std::memory_order_relaxed);
+                note_longest(*w.d, now - w.started);
                 out.push_back({w.d, std::move(r)});
             };
             for (auto& w : list) w.seen = false;
@@ -408,7 +485,11 @@ void env_core::watch_stalls(std::stop_token stop) {
                     heartbeat& b = *ww.beat;
                     const bool busy = b.busy.load(std::memory_order_relaxed) != 0;
                     const std::uint64_t handled = b.handled.load(std::memory_order_relaxed);
-                    auto it = std::find_if(list.begin(), list.end(), [&](const watched& w) { return w.beat == &b; });
+                    // By heartbeat and thread: a job queue's thread record may be freed and
+                    // its address reused by a later thread between two samples.
+                    auto it = std::find_if(list.begin(), list.end(), [&](const watched& w) {
+                        return w.beat == &b && w.thread_id == ww.thread_id;
+                    });
                     if (it != list.end() && (it->handled != handled || !busy)) {
                         if (it->reported) resumed(*it);
                         list.erase(it);
@@ -418,7 +499,7 @@ void env_core::watch_stalls(std::stop_token stop) {
                     const std::uint64_t ext = b.extended.load(std::memory_order_relaxed);
                     if (it == list.end()) {
                         list.push_back({d, &b, ww.index, ww.thread_id, handled, ext, last_check, last_check,
-                                        last_check + timeout, false, true, {}, {}});
+                                        last_check + timeout, false, true, false, false, {}, {}});
                         it = list.end() - 1;
                     }
                     it->seen = true;
@@ -426,17 +507,28 @@ void env_core::watch_stalls(std::stop_token stop) {
                         it->extended = ext;
                         it->counted_from = now;
                         it->next_report = now + timeout;
+                        if (!it->reported) it->past_deadline = false;
+                    }
+                    // A job's own deadline comes first when it is nearer than the timeout
+                    // (extend_deadline() moves the timeout, not the deadline the queue set);
+                    // past_deadline says, until the first report, that the report due is the
+                    // deadline's.
+                    const std::int64_t job_deadline = b.deadline_ns.load(std::memory_order_relaxed);
+                    if (!it->reported && job_deadline > 0 && job_deadline < it->next_report) {
+                        it->next_report = std::max(job_deadline, it->counted_from + tick);
+                        it->past_deadline = true;
                     }
                     if (now < it->next_report) return;
                     const std::int64_t ran = now - it->started;
                     if (!it->reported) {
-                        describe_running(read_heartbeat(b), it->context, it->type);
+                        it->job = describe_worker(*d, b, it->context, it->type);
                         it->reported = true;
                         stalls_reported_.fetch_add(1, std::memory_order_relaxed);
                         stalled_now_.fetch_add(1, std::memory_order_relaxed);
+                        d->stalls_reported.fetch_add(1, std::memory_order_relaxed);
+                        d->stalled_now.fetch_add(1, std::memory_order_relaxed);
                     }
-                    if (ran > longest_stall_ns_.load(std::memory_order_relaxed))
-                        longest_stall_ns_.store(ran, std::memory_order_relaxed);
+                    note_longest(*d, ran);
                     it->next_report = it->counted_from + 2 * (it->next_report - it->counted_from);
                     stall_report r;
                     r.environment = options_.name;
@@ -445,18 +537,32 @@ void env_core::watch_stalls(std::stop_token stop) {
                     r.thread_id = ww.thread_id;
                     r.context = it->context;
                     r.message_type = it->type;
+                    r.job = it->job;
+                    r.past_deadline = it->past_deadline;
                     r.running_for = std::chrono::nanoseconds(ran);
                     r.timeout = std::chrono::nanoseconds(timeout);
                     const auto wait = std::chrono::nanoseconds(std::clamp<std::int64_t>(timeout, 20'000'000, 200'000'000));
                     captured_stack st = capture_stack(b, ww.thread_id, options_.watchdog_signal, wait);
                     r.stack = std::move(st.frames);
                     r.stack_note = std::move(st.note);
-                    r.text = "watchdog: environment '" + r.environment + "', dispatcher '" + r.dispatcher + "' worker " +
-                             std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) + "): " + r.context +
-                             (r.message_type.empty() ? "" : " on " + r.message_type) + " has been running for " +
-                             seconds_text(ran) + ", past the dispatcher's timeout of " + seconds_text(timeout) +
-                             ". Work that must block belongs in a job queue; a handler that runs long on purpose "
-                             "calls mailroom::extend_deadline() as it makes progress.";
+                    if (r.job) {
+                        r.text = "watchdog: environment '" + r.environment + "', job queue '" + r.dispatcher +
+                                 "' thread " + std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) +
+                                 "): " + r.message_type + " (" + r.context + ") has been running for " +
+                                 seconds_text(ran) +
+                                 (r.past_deadline ? ", past its deadline (job_queue::params::deadline)"
+                                                  : ", past the job queue's timeout of " + seconds_text(timeout)) +
+                                 ". It runs on a job queue, where blocking work belongs; a job that runs long on "
+                                 "purpose calls mailroom::extend_deadline() as it makes progress.";
+                    } else {
+                        r.text = "watchdog: environment '" + r.environment + "', dispatcher '" + r.dispatcher +
+                                 "' worker " + std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) +
+                                 "): " + r.context + (r.message_type.empty() ? "" : " on " + r.message_type) +
+                                 " has been running for " + seconds_text(ran) + ", past the dispatcher's timeout of " +
+                                 seconds_text(timeout) +
+                                 ". Work that must block belongs in a job queue; a handler that runs long on purpose "
+                                 "calls mailroom::extend_deadline() as it makes progress.";
+                    }
                     if (r.stack.empty()) {
                         r.text += "\n  " + r.stack_note;
                     } else {
@@ -471,6 +577,11 @@ void env_core::watch_stalls(std::stop_token stop) {
             for (auto& w : list)
                 if (!w.seen && w.reported) resumed(w);
             std::erase_if(list, [](const watched& w) { return !w.seen; });
+            // What the teardown watch asks (stall_reported): the demands reported and running.
+            std::lock_guard g(stalled_lock_);
+            stalled_.clear();
+            for (auto& w : list)
+                if (w.reported) stalled_.emplace_back(w.beat, w.handled);
         } catch (...) {
             log("watchdog: a sample ran out of memory; the watchdog carries on");
         }
@@ -735,7 +846,7 @@ environment_stats environment::stats() const { return core_->stats(); }
 
 std::vector<dispatcher_stats> environment::dispatcher_stats_all() const {
     std::vector<dispatcher_stats> out;
-    for (auto& d : core_->dispatchers()) out.push_back(d->stats());
+    for (auto& d : core_->dispatchers()) out.push_back(d->snapshot());
     return out;
 }
 

@@ -6,6 +6,7 @@
 #include <mailroom/dispatch/dispatcher_impl.hpp>
 
 #include <mailroom/session/context.hpp>
+#include <mailroom/session/event_object.hpp>
 
 namespace mailroom::internal {
 
@@ -78,6 +79,11 @@ void job_check_wait(const job_core* j) {
 }
 
 std::uint64_t job_poster() noexcept { return reinterpret_cast<std::uintptr_t>(current_context()); }
+
+std::uint64_t job_poster_context() noexcept {
+    const context_core* c = current_context();
+    return c ? std::uint64_t{running_kind_of(*c)} << running_kind_shift | (c->id & running_id_mask) : 0;
+}
 
 void job_throw(const job_core* j) {
     if (!j) throw usage_error("job: the handle is empty");

@@ -630,7 +630,7 @@ fd_events ready_of(std::uint32_t b) noexcept {
 class fd_watch_object final : public event_object, public fd_source {
 public:
     fd_watch_object(context_ref s, handler f, event_loop* loop, int fd, bool edge) noexcept
-        : event_object(std::move(s), kind::fd_watch, std::move(f)), loop_(loop), fd_(fd), edge_(edge) {}
+        : event_object(std::move(s), kind::fd_watch, std::move(f)), fd_source(fd), loop_(loop), fd_(fd), edge_(edge) {}
 
     void add_ref() noexcept override { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept override {

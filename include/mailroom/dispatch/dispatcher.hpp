@@ -55,6 +55,12 @@ struct dispatcher_stats {
     std::size_t bound_contexts = 0;
     std::size_t queue_depth = 0;  ///< demands queued and not yet started, approximately
     std::vector<worker_stats> workers;
+    /// The run-time watchdog's counts for this dispatcher (docs/watchdog.md), as
+    /// environment_stats has them for all: stalls reported (each once), those still running,
+    /// and the longest a reported one ran (so far, for one still running).
+    std::uint64_t stalls_reported = 0;
+    std::size_t stalled_now = 0;
+    std::chrono::nanoseconds longest_stall{};
 };
 
 /// Says on which dispatcher (and which worker or group) an agent runs. Held by the cooperation

@@ -5,6 +5,7 @@
 /// See docs/event-loops.md.
 
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/watchdog.hpp>
 #include <mailroom/export.hpp>
 
 #include <chrono>
@@ -22,6 +23,9 @@ struct params {
     std::size_t threads = 1;
     /// Bounded spin on the loop's mailbox before a loop sleeps in epoll_wait.
     std::chrono::nanoseconds spin = default_worker_spin;
+    /// The run-time watchdog: how long a message handler, posted call, timer callback or fd
+    /// callback may run on a loop before it is reported, and what follows.
+    watchdog_params watchdog{};
 };
 
 /// Counters of one loop thread (besides its worker_stats in dispatcher_stats::workers).

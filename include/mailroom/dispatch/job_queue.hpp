@@ -8,6 +8,7 @@
 #include <mailroom/core/clock.hpp>
 #include <mailroom/core/error.hpp>
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/watchdog.hpp>
 #include <mailroom/export.hpp>
 
 #include <atomic>
@@ -21,6 +22,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <typeinfo>
 
 namespace mailroom {
 
@@ -72,12 +74,16 @@ struct params {
     /// Within one poster's sub-queue; posters are always served round-robin.
     job_queue::order order = order::fifo;
     /// A job not started within this time of its posting is dropped (expired); one that runs
-    /// past it is counted overran and shows in its thread's heartbeat. Zero: no deadline.
+    /// past it is counted overran and reported by the watchdog while it runs (when the
+    /// watchdog is on). Zero: no deadline.
     std::chrono::nanoseconds deadline{0};
     /// How long a thread that ran out of jobs spins, looking for the next one, before it sleeps
     /// (one thread at a time; never past `idle_time`): a post that a spinning thread sees needs
     /// no wake-up, which costs tens of microseconds. Zero: it sleeps at once.
     std::chrono::nanoseconds spin = default_worker_spin;
+    /// The run-time watchdog: how long one job may run before it is reported (with its name,
+    /// its poster and its thread's stack), and what follows. As for every dispatcher.
+    watchdog_params watchdog{};
 };
 
 /// A snapshot of a job queue. Readable at any time, also after its environment stopped.
@@ -170,6 +176,17 @@ public:
     /// Before it started: it never runs, true. Running: requests stop through its stop_token,
     /// false. Any thread.
     bool cancel() noexcept;
+    /// Names the job for the watchdog's reports: `name`, or when it is empty the readable
+    /// `work_type` (the callable's); `poster` is the posting context as a heartbeat's context
+    /// word (0: none). Before the job is posted.
+    void label(std::string name, const std::type_info* work_type, std::uint64_t poster) noexcept {
+        name_ = std::move(name);
+        work_type_ = work_type;
+        poster_context_ = poster;
+    }
+    /// What the watchdog calls the job (see label()); "" for an unlabelled one.
+    std::string name() const;
+
     /// Blocks until final or `timeout` passed (a futex wait); true when final.
     bool wait_for(std::chrono::nanoseconds timeout) const noexcept;
     /// Runs `fn(this, arg)` once the job is final: at once (on this thread) when it is, else
@@ -202,6 +219,9 @@ private:
     clock::time_point queued_at_{};
     clock::time_point deadline_ = clock::time_point::max();
     std::string queue_name_;
+    std::string name_;                          // label(): empty unless given
+    const std::type_info* work_type_ = nullptr;  // label()
+    std::uint64_t poster_context_ = 0;          // label()
     std::shared_ptr<job_queue_impl> queue_;  // set once, by submit_job(): cancel() tells it
     mutable std::mutex lock_;                // guards the state's moves and the continuation
     mutable std::condition_variable done_;   // wait_for() sleeps on it

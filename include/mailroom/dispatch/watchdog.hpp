@@ -19,14 +19,21 @@ enum class stall_action : unsigned char {
     abort,     ///< log the first report, then abort the process (for a supervisor to restart it)
 };
 
-/// A handler that runs (or ran) past its dispatcher's timeout.
+/// A handler, fd callback or job that runs (or ran) past its dispatcher's timeout (or a job
+/// past its deadline).
 struct stall_report {
     std::string environment;                 ///< the environment's name
-    std::string dispatcher;                  ///< the dispatcher's name
-    std::size_t worker = 0;                  ///< the worker's index in the dispatcher
+    std::string dispatcher;                  ///< the dispatcher's (or job queue's) name
+    std::size_t worker = 0;                  ///< the worker's index in the dispatcher (a job queue's threads: in start order)
     int thread_id = 0;                       ///< the worker's kernel thread id
-    std::string context;                     ///< "agent 'name' of cooperation 'coop'", "session 'name'", or "unknown ..."
-    std::string message_type;                ///< readable; "timer callback", "posted call", or "" when unknown
+    /// "agent 'name' of cooperation 'coop'", "session 'name'", "unknown ..."; for a job "job #12
+    /// posted by session 'name'" (or "... posted from a thread that runs no session or agent").
+    std::string context;
+    /// Readable; "timer callback", "posted call", "fd 7 callback" (an fd watcher's on an event
+    /// loop), "job 'name'" (job_options::name, else the callable's type), or "" when unknown.
+    std::string message_type;
+    bool job = false;                        ///< a job on a job queue (where blocking work belongs)
+    bool past_deadline = false;              ///< a job reported because it runs past its deadline (job_queue::params::deadline)
     std::chrono::nanoseconds running_for{};  ///< so far (or in all, when resumed), measured by the watcher
     std::chrono::nanoseconds timeout{};      ///< the dispatcher's timeout
     bool resumed = false;                    ///< false: still running; true: the worker went on (the last report)

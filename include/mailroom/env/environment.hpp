@@ -46,6 +46,9 @@ struct handler_overrun {
     std::string context;                ///< "agent 'name' of cooperation 'coop'", "session 'name'", or "unknown"
     std::string message_type;           ///< readable; "timer callback", "posted call", or "" when unknown
     std::chrono::nanoseconds running_for{};  ///< at least this long (measured by the watcher)
+    /// The run-time watchdog had reported this handler's stall: the text refers to it, and the
+    /// teardown watch does not repeat it (the watchdog's reports go on).
+    bool stall_reported = false;
     std::string text;                   ///< the line that was logged
 };
 

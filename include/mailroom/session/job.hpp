@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 
 namespace mailroom {
@@ -99,6 +100,9 @@ MAILROOM_EXPORT void job_resume_here(job_home* j, std::coroutine_handle<> h);
 MAILROOM_EXPORT void job_check_wait(const job_core* j);
 /// The poster's fair sub-queue: the running context, or 0 on other threads.
 MAILROOM_EXPORT std::uint64_t job_poster() noexcept;
+/// The running session or agent as a heartbeat names it (for the watchdog's report of a job it
+/// posted), or 0 on other threads.
+MAILROOM_EXPORT std::uint64_t job_poster_context() noexcept;
 /// Raises job_failed_error or rethrows the job's exception; usage_error when not final.
 [[noreturn]] MAILROOM_EXPORT void job_throw(const job_core* j);
 
@@ -208,12 +212,21 @@ private:
     internal::job_with<R>* j_ = nullptr;
 };
 
+/// How a job is posted: post_job()'s optional argument before the work.
+struct job_options {
+    /// What the watchdog's reports call the job while it runs past the queue's timeout or its
+    /// deadline ("job 'resize'"). Empty: the callable's type, readable (a lambda shows where it
+    /// was written). Costs nothing when empty; a name beyond the small-string size allocates.
+    std::string name{};
+};
+
 namespace internal {
 template <class F, class R = job_result_t<std::decay_t<F>>>
-job<R> make_job(const job_queue::handle& q, F&& work, bool try_only) {
+job<R> make_job(const job_queue::handle& q, F&& work, bool try_only, job_options&& opts = {}) {
     auto* j = new job_of<R, std::decay_t<F>>(std::decay_t<F>(std::forward<F>(work)));
     job<R> h(j);
     j->home = current_context_ref();
+    j->label(std::move(opts.name), &typeid(std::decay_t<F>), job_poster_context());
     if (!submit_job(q, j, job_poster(), try_only)) return {};
     return h;
 }
@@ -230,11 +243,24 @@ auto post_job(const job_queue::handle& q, F&& work) {
     return internal::make_job(q, std::forward<F>(work), false);
 }
 
+/// post_job() with options: `post_job(q, {.name = "resize"}, work)` names the job in the
+/// watchdog's reports.
+template <class F>
+auto post_job(const job_queue::handle& q, job_options opts, F&& work) {
+    return internal::make_job(q, std::forward<F>(work), false, std::move(opts));
+}
+
 /// post_job() that returns an empty job instead of raising when the backlog is full (counted
 /// refused).
 template <class F>
 auto try_post_job(const job_queue::handle& q, F&& work) {
     return internal::make_job(q, std::forward<F>(work), true);
+}
+
+/// try_post_job() with options (see post_job).
+template <class F>
+auto try_post_job(const job_queue::handle& q, job_options opts, F&& work) {
+    return internal::make_job(q, std::forward<F>(work), true, std::move(opts));
 }
 
 }  // namespace mailroom

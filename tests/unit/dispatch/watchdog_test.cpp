@@ -2,19 +2,31 @@
 
 #include <mailroom/agent/agent.hpp>
 #include <mailroom/agent/coop.hpp>
+#include <mailroom/core/handle_access.hpp>
+#include <mailroom/dispatch/dispatcher_impl.hpp>
+#include <mailroom/dispatch/event_loop_pool.hpp>
+#include <mailroom/dispatch/job_queue.hpp>
 #include <mailroom/dispatch/one_thread.hpp>
 #include <mailroom/dispatch/thread_pool.hpp>
 #include <mailroom/env/environment.hpp>
+#include <mailroom/session/fd_watch.hpp>
+#include <mailroom/session/job.hpp>
 #include <mailroom/session/session.hpp>
 
 #include <gtest/gtest.h>
 
+#include "test_support.hpp"
+
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -62,6 +74,19 @@ struct collector {
     std::size_t count() {
         std::lock_guard g(m);
         return reports.size();
+    }
+    /// Waits (bounded) for the first report, notes whether the stalled work had not
+    /// `returned` by then, and lets it go (`release`) either way. False when none came.
+    bool first_then_release(std::atomic<bool>& release, const std::atomic<bool>& returned, stall_report& first,
+                            bool& still_running) {
+        const bool reported = wait_until([](auto& rs) { return !rs.empty(); });
+        still_running = !returned.load();
+        if (reported) {
+            std::lock_guard g(m);
+            first = reports.front();
+        }
+        release = true;
+        return reported;
     }
 };
 
@@ -325,6 +350,261 @@ TEST(watchdog, a_worker_that_does_not_answer_the_signal_in_time_is_reported_with
     EXPECT_TRUE(r.stack.empty());
     EXPECT_NE(r.stack_note.find("did not answer signal"), std::string::npos) << r.stack_note;
     EXPECT_NE(r.text.find("did not answer signal"), std::string::npos) << r.text;
+}
+
+// ---- event loops and job queues ----
+
+// A connected pair of non-blocking stream sockets, closed at the end of the scope.
+struct socket_pair {
+    int fd[2] = {-1, -1};
+    socket_pair() {
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fd) != 0) ADD_FAILURE() << "socketpair";
+    }
+    ~socket_pair() {
+        for (int f : fd)
+            if (f >= 0) ::close(f);
+    }
+};
+
+// The worker threads a dispatcher has listed with the watchdog now.
+std::size_t listed_workers(const dispatcher& d) {
+    std::size_t n = 0;
+    internal::checked(internal::impl_of(d)).visit_workers([&](auto&) { ++n; });
+    return n;
+}
+
+using test::eventually;
+
+TEST(watchdog, stalled_fd_callback_on_an_event_loop_is_reported_while_running_with_its_fd_and_stack) {
+    collector c;
+    environment env({.name = "loops"});
+    // A timeout that leaves a loaded machine time to run the stack signal's handler (the
+    // watcher waits for the stack as long as the timeout, up to 200 ms).
+    auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 2, .watchdog = c.params(200ms)});
+    session s(env, {.name = "reader", .bind = pool.bind_loop(1)});
+    socket_pair p;
+    std::atomic<bool> release{false}, returned{false};
+    auto w = s.watch(p.fd[0], fd_events::read, [&](fd_events) {
+        char buf[16];
+        [[maybe_unused]] auto n = ::read(p.fd[0], buf, sizeof buf);
+        watchdog_test_distinctive_blocking_wait(release, 10s);
+        returned = true;
+        return fd_events::read;
+    });
+    ASSERT_TRUE(w);
+    ASSERT_EQ(::write(p.fd[1], "x", 1), 1);
+    stall_report first;
+    bool still_running = false;
+    ASSERT_TRUE(c.first_then_release(release, returned, first, still_running)) << "no report in 10 s";
+    EXPECT_TRUE(still_running) << "reported only after the callback returned";
+    EXPECT_FALSE(first.resumed);
+    EXPECT_FALSE(first.job);
+    EXPECT_EQ(first.dispatcher, "ev");
+    EXPECT_EQ(first.worker, 1u);
+    EXPECT_NE(first.context.find("session 'reader'"), std::string::npos) << first.context;
+    EXPECT_EQ(first.message_type, "fd " + std::to_string(p.fd[0]) + " callback");
+    EXPECT_TRUE(stack_has(first, "watchdog_test_distinctive_blocking_wait")) << first.text;
+    EXPECT_NE(first.text.find("belongs in a job queue"), std::string::npos) << first.text;
+    ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; })) << "no resumed report";
+    w.shutdown();
+}
+
+TEST(watchdog, stalled_message_handler_on_an_event_loop_is_reported_like_on_any_dispatcher) {
+    collector c;
+    environment env({.name = "loops"});
+    auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 1, .watchdog = c.params(200ms)});
+    std::atomic<bool> release{false};
+    coop co(env, {.name = "feeders", .bind = pool.bind()});
+    mbox to = co.make_agent<blocking_agent>(release).direct_mbox();
+    register_coop(std::move(co));
+    send<slow_quote>(to, 7);
+    const bool reported = c.wait_until([](auto& rs) { return !rs.empty(); });
+    release = true;
+    ASSERT_TRUE(reported) << "no report in 10 s";
+    ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; })) << "no resumed report";
+    std::lock_guard g(c.m);
+    const stall_report& r = c.reports.front();
+    EXPECT_EQ(r.dispatcher, "ev");
+    EXPECT_EQ(r.worker, 0u);
+    EXPECT_NE(r.context.find("feeders"), std::string::npos) << r.context;
+    EXPECT_NE(r.message_type.find("slow_quote"), std::string::npos) << r.message_type;
+    EXPECT_TRUE(stack_has(r, "watchdog_test_distinctive_blocking_wait")) << r.text;
+}
+
+TEST(watchdog, stalled_job_is_reported_with_its_name_queue_thread_and_poster_while_running) {
+    collector c;
+    environment env({.name = "jobs"});
+    auto q = job_queue::make_job_queue(env, "blocking", {.desired = 2, .watchdog = c.params(200ms)});
+    session s(env, {.name = "poster"});
+    std::atomic<bool> release{false}, returned{false};
+    std::promise<job<void>> posted;
+    auto f = posted.get_future();
+    ASSERT_TRUE(s.post([&] {
+        posted.set_value(post_job(q, {.name = "resize images"}, [&] {
+            watchdog_test_distinctive_blocking_wait(release, 10s);
+            returned = true;
+        }));
+    }));
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    const job<void> j = f.get();
+    stall_report first;
+    bool still_running = false;
+    ASSERT_TRUE(c.first_then_release(release, returned, first, still_running)) << "no report in 10 s";
+    EXPECT_TRUE(still_running) << "reported only after the job returned";
+    EXPECT_TRUE(first.job);
+    EXPECT_FALSE(first.past_deadline);
+    EXPECT_EQ(first.dispatcher, "blocking");
+    EXPECT_NE(first.thread_id, 0);
+    EXPECT_EQ(first.message_type, "job 'resize images'");
+    EXPECT_NE(first.context.find("job #" + std::to_string(j.id())), std::string::npos) << first.context;
+    EXPECT_NE(first.context.find("posted by session 'poster'"), std::string::npos) << first.context;
+    EXPECT_TRUE(stack_has(first, "watchdog_test_distinctive_blocking_wait")) << first.text;
+    EXPECT_NE(first.text.find("job queue 'blocking'"), std::string::npos) << first.text;
+    EXPECT_NE(first.text.find("runs on a job queue"), std::string::npos) << first.text;
+    EXPECT_EQ(first.text.find("belongs in a job queue"), std::string::npos) << first.text;
+    ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; })) << "no resumed report";
+    EXPECT_TRUE(q.drain(10s));
+}
+
+TEST(watchdog, unnamed_job_posted_from_a_plain_thread_is_named_by_its_callable) {
+    collector c;
+    environment env({.name = "jobs"});
+    auto q = job_queue::make_job_queue(env, "blocking", {.watchdog = c.params(50ms)});
+    std::atomic<bool> release{false};
+    auto j = post_job(q, [&] { watchdog_test_distinctive_blocking_wait(release, 10s); });
+    const bool reported = c.wait_until([](auto& rs) { return !rs.empty(); });
+    release = true;
+    ASSERT_TRUE(reported) << "no report in 10 s";
+    EXPECT_TRUE(j.wait_for(10s));
+    std::lock_guard g(c.m);
+    const stall_report& r = c.reports.front();
+    // The lambda's type names the test that wrote it.
+    EXPECT_EQ(r.message_type.rfind("job '", 0), 0u) << r.message_type;
+    EXPECT_NE(r.message_type.find("unnamed_job_posted_from_a_plain_thread"), std::string::npos) << r.message_type;
+    EXPECT_NE(r.context.find("posted from a thread that runs no session or agent"), std::string::npos) << r.context;
+}
+
+TEST(watchdog, job_running_past_its_deadline_is_reported_before_the_queue_timeout) {
+    collector c;
+    environment env({.name = "jobs"});
+    // A thread waiting already (floor 1), and a deadline with room for a loaded machine to
+    // start the job before it (a job that starts past its deadline expires instead).
+    auto q = job_queue::make_job_queue(env, "deadlines",
+                                       {.floor = 1, .deadline = 400ms, .watchdog = c.params(30s)});
+    std::atomic<bool> release{false};
+    auto j = post_job(q, {.name = "slow write"}, [&] { watchdog_test_distinctive_blocking_wait(release, 10s); });
+    const bool reported = c.wait_until([](auto& rs) { return !rs.empty(); });
+    release = true;
+    ASSERT_NE(j.state(), job_state::expired) << "the machine did not start the job within its deadline";
+    ASSERT_TRUE(reported) << "no report in 10 s, though the job ran past its 400 ms deadline";
+    EXPECT_TRUE(j.wait_for(10s));
+    std::lock_guard g(c.m);
+    const stall_report& r = c.reports.front();
+    EXPECT_TRUE(r.past_deadline);
+    EXPECT_LT(r.running_for, 10s);  // by the deadline, long before the 30 s timeout
+    EXPECT_EQ(r.message_type, "job 'slow write'");
+    EXPECT_NE(r.text.find("past its deadline"), std::string::npos) << r.text;
+}
+
+TEST(watchdog, job_thread_is_listed_while_alive_and_unlisted_once_it_exited_idle) {
+    collector c;
+    environment env({.name = "jobs"});
+    auto q = job_queue::make_job_queue(env, "elastic",
+                                       {.floor = 0, .desired = 1, .idle_time = 20ms, .watchdog = c.params(50ms)});
+    std::atomic<bool> release{false};
+    auto quick = post_job(q, [&] {
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        while (!release.load() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+    });
+    ASSERT_TRUE(eventually([&] { return quick.state() == job_state::running; }));
+    EXPECT_EQ(listed_workers(q), 1u) << "a running job thread is not watched";
+    release = true;
+    ASSERT_TRUE(quick.wait_for(10s));
+    ASSERT_TRUE(eventually([&] { return q.job_stats().threads_exited == 1; })) << "the idle thread did not exit";
+    ASSERT_TRUE(eventually([&] { return listed_workers(q) == 0; })) << "an exited job thread is still listed";
+    // The next stall is on a thread of its own, reported once; the gone one is not sampled.
+    std::atomic<bool> release2{false};
+    auto stuck = post_job(q, {.name = "second"}, [&] { watchdog_test_distinctive_blocking_wait(release2, 10s); });
+    const bool reported = c.wait_until([](auto& rs) { return !rs.empty(); });
+    release2 = true;
+    ASSERT_TRUE(reported);
+    ASSERT_TRUE(stuck.wait_for(10s));
+    ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; }));
+    std::lock_guard g(c.m);
+    EXPECT_EQ(c.reports.front().message_type, "job 'second'");
+    EXPECT_EQ(std::count_if(c.reports.begin(), c.reports.end(), [](auto& r) { return !r.resumed && r.running_for < 50ms; }),
+              0);
+}
+
+TEST(watchdog, stalls_on_loops_and_job_queues_are_counted_in_the_environment_and_per_dispatcher) {
+    collector c;
+    environment env({.name = "counted"});
+    auto pool = event_loop_pool::make_dispatcher(env, "ev", {.watchdog = c.params(40ms)});
+    auto q = job_queue::make_job_queue(env, "jobs", {.watchdog = c.params(40ms)});
+    session s(env, {.name = "looped", .bind = pool.bind()});
+    std::atomic<bool> release{false};
+    ASSERT_TRUE(s.post([&] { watchdog_test_distinctive_blocking_wait(release, 10s); }));
+    auto j = post_job(q, {.name = "blocker"}, [&] { watchdog_test_distinctive_blocking_wait(release, 10s); });
+    const bool both = c.wait_until([](auto& rs) {
+        bool loop = false, job = false;
+        for (auto& r : rs) (r.job ? job : loop) = true;
+        return loop && job;
+    });
+    const environment_stats during = env.stats();
+    const dispatcher_stats pool_during = pool.stats(), q_during = q.stats();
+    release = true;
+    ASSERT_TRUE(both) << "the loop's and the job's stalls were not both reported in 10 s";
+    EXPECT_EQ(during.stalls_reported, 2u);
+    EXPECT_EQ(during.stalled_now, 2u);
+    EXPECT_GE(during.longest_stall, 40ms);
+    EXPECT_EQ(pool_during.stalls_reported, 1u);
+    EXPECT_EQ(pool_during.stalled_now, 1u);
+    EXPECT_GE(pool_during.longest_stall, 40ms);
+    EXPECT_EQ(q_during.stalls_reported, 1u);
+    EXPECT_EQ(q_during.stalled_now, 1u);
+    ASSERT_TRUE(j.wait_for(10s));
+    ASSERT_TRUE(eventually([&] { return env.stats().stalled_now == 0; }));
+    EXPECT_EQ(env.stats().stalls_reported, 2u);
+    EXPECT_EQ(q.stats().stalled_now, 0u);
+    EXPECT_EQ(q.stats().stalls_reported, 1u);
+    bool in_all = false;
+    for (auto& d : env.dispatcher_stats_all())
+        if (d.name == "ev") in_all = d.stalls_reported == 1;
+    EXPECT_TRUE(in_all);
+}
+
+TEST(watchdog, handler_still_stalled_at_teardown_is_said_once_by_the_teardown_watch_as_the_reported_stall) {
+    collector c;
+    std::mutex om;
+    std::vector<handler_overrun> overruns;
+    std::atomic<bool> release{false};
+    std::thread releaser;
+    {
+        environment_options o;  // filled field by field: GCC 12 warns falsely on the designated form
+        o.name = "teardown";
+        o.teardown_deadline = 60ms;
+        o.on_overrun = [&](const handler_overrun& h) {
+            std::lock_guard g(om);
+            overruns.push_back(h);
+        };
+        environment env(std::move(o));
+        auto disp = one_thread::make_dispatcher(env, "slow", {.watchdog = c.params(30ms)});
+        session s(env, {.name = "stuck", .bind = disp.bind()});
+        ASSERT_TRUE(s.post([&] { watchdog_test_distinctive_blocking_wait(release, 10s); }));
+        ASSERT_TRUE(c.wait_until([](auto& rs) { return !rs.empty(); })) << "no stall report in 10 s";
+        s.detach();  // the environment's teardown is what waits for the handler
+        // The teardown waits for the handler past 60 ms, 120 ms, 240 ms and 480 ms.
+        releaser = std::thread([&] {
+            std::this_thread::sleep_for(700ms);
+            release = true;
+        });
+    }
+    releaser.join();
+    std::lock_guard g(om);
+    ASSERT_EQ(overruns.size(), 1u) << "the teardown repeated a stall the watchdog reports";
+    EXPECT_TRUE(overruns.front().stall_reported);
+    EXPECT_NE(overruns.front().text.find("the stall the watchdog reported"), std::string::npos) << overruns.front().text;
+    EXPECT_NE(overruns.front().text.find("session 'stuck'"), std::string::npos) << overruns.front().text;
 }
 
 TEST(watchdog_death, abort_action_ends_the_process_after_logging_the_report) {
