@@ -120,6 +120,20 @@ std::string over_text(const limit_table& t, const limit_slot& s, std::uint64_t w
 timer_send_scope::timer_send_scope() noexcept { tls_timer_send = true; }
 timer_send_scope::~timer_send_scope() { tls_timer_send = false; }
 
+namespace {
+
+// The execute function of a demand counted by a limit: gives back its count, then runs it as
+// any other (the receiver's run_message), so that the execute path of a demand without a limit
+// pays nothing for limits. Run once on every path, so the count never leaks: its handling
+// begins, or it is discarded, refused or finds its receiver gone.
+void execute_limited(demand* base, demand_mode mode) noexcept {
+    auto* d = static_cast<message_demand*>(base);
+    limit_release(*d);
+    d->target->run_message(base, mode);
+}
+
+}  // namespace
+
 accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_entry* timer, thread_counters& c) {
     std::uint8_t index = 0;
     limit_slot* sp = nullptr;
@@ -130,6 +144,7 @@ accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_
     }
     if (w == limit_slot::none) {
         message_demand* d = message_demand::make(r.to, r.gen, r.key, e, timer, r.kind);
+        d->limit_slot = 0;
         thread_counters::bump(c.sent);
         r.to->push(d);
         return accept_result::queued;
@@ -148,6 +163,7 @@ accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_
             throw;
         }
         d->limit_slot = static_cast<std::uint8_t>(index + 1);
+        d->execute = &execute_limited;
         thread_counters::bump(c.sent);
         r.to->push(d);
         return accept_result::queued;

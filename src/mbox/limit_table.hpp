@@ -9,7 +9,8 @@
 // slot's counts (two relaxed fetch_adds) and, when that is over the bound, takes them back and
 // applies the reaction. The demand remembers its slot (a byte in its padding), and gives back
 // what it took when its handling begins or when it is refused, discarded or finds its receiver
-// gone (limit_release, at the top of the one execute path): every path, so counts never leak.
+// gone (limit_release, from the execute function a limited demand gets, before the one execute
+// path runs it): every path, so counts never leak, and a demand without a limit pays nothing.
 //
 // Lifetime. The table is made once per record and kept until the record is freed (records are
 // type-stable), so a demand of an ended life still finds its slot, and a stale sender that read

@@ -116,7 +116,9 @@ struct message_demand final : demand {
     receiver* target;
     std::uint32_t gen;
     delivery_kind kind;  // how it counts when it finds no handler or no receiver
-    std::uint8_t limit_slot;  // 1 + the slot of target->limits that counted it; 0: none (in padding)
+    // 1 + the slot of target->limits that counted it (in padding). Set only by a limit, which
+    // then makes `execute` give the count back first (limit_table.cpp): make() leaves it.
+    std::uint8_t limit_slot;
     std::uint64_t key;   // what the receiver's table maps to a handler (an mbox id, or an object's)
     envelope* msg;
     timer_entry* timer;  // holds a reference when set
@@ -128,7 +130,6 @@ struct message_demand final : demand {
         d->target = target;
         d->gen = gen;
         d->kind = kind;
-        d->limit_slot = 0;
         d->key = key;
         d->msg = msg;
         d->timer = timer;
@@ -168,7 +169,8 @@ struct object_link {
 accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_entry* timer, thread_counters& c);
 
 /// Gives back what a limited demand took from its slot: when its handling begins, or when it is
-/// refused, discarded or finds its receiver gone. The context's thread (or the discarding one).
+/// refused, discarded or finds its receiver gone (the demand's execute function does it first).
+/// The context's thread (or the discarding one).
 void limit_release(const message_demand& d) noexcept;
 
 /// Any thread, inside the sender's send_scope. Queues `e` along `r` (and `o`, when it leads to
