@@ -303,6 +303,8 @@ bool declare_limit(receiver& r, std::uint32_t gen, message_type t, std::uint64_t
             if (!adding) return true;
             table = new limit_table(r.env);
             r.limits.store(table, std::memory_order_release);  // inactive until set() succeeded
+            // After the table: a send that finds the bit finds the table (accept_slow).
+            r.start.fetch_or(receiver::start_limited, std::memory_order_release);
         }
         old = table->set(t, key, std::move(spec), owner);
         // Counting starts with the first limit of the life; a removal leaves it on (the slots

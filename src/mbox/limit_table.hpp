@@ -1,10 +1,12 @@
 #pragma once
 // Message limits: a side table of a receiver, made when its first limit is declared.
 //
-// Cost. A receiver that never had a limit has a null `receiver::limits`, tested once per send
-// next to the generation (same cache line): no atomic read-modify-write, no allocation, no lock.
-// A record recycled from a life with limits keeps its table (inactive): its sends pay a call
-// and one more load. With
+// Cost. A receiver that never had a limit has a null `receiver::limits` and no start_limited bit
+// in its start byte, which every send tests anyway: no test of its own, no atomic
+// read-modify-write, no allocation, no lock; its demands run with the context's own execute
+// function (a limited one gets one that gives its count back first). A record recycled from a
+// life with limits keeps its table (inactive) and the bit: its sends pay a call and one more
+// load. With
 // limits, a send finds its type's slot (a scan of at most `capacity` type pointers), adds to the
 // slot's counts (two relaxed fetch_adds) and, when that is over the bound, takes them back and
 // applies the reaction. The demand remembers its slot (a byte in its padding), and gives back

@@ -22,7 +22,7 @@ context_core*& current_context() noexcept {
 
 bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept {
     std::lock_guard g(pending_lock);
-    if (start.load(std::memory_order_relaxed) != start_open || id != wanted) return false;
+    if (start_state(std::memory_order_relaxed) != start_open || id != wanted) return false;
     try {
         out = describe();
         if (ops->where) out += ops->where(*this);
