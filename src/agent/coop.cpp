@@ -122,7 +122,7 @@ context_core* agent_runtime::make_agent_context(coop_impl& c, std::shared_ptr<bi
         arena.recycle(core);
         throw;
     }
-    core->start.store(context_core::start_closed, std::memory_order_release);
+    core->close_start();
     return core;
 }
 

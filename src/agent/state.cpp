@@ -107,7 +107,7 @@ void agent_states::dispatch(state_slot& slot, envelope* e) {
         }
     }
     if (!a || a->reaction == state_reaction::suppress) {
-        handler_declined = true;  // counted ignored, as a message nobody subscribed to
+        core.decline();  // counted ignored, as a message nobody subscribed to
         return;
     }
     if (a->reaction == state_reaction::switch_to) {

@@ -120,6 +120,20 @@ std::string over_text(const limit_table& t, const limit_slot& s, std::uint64_t w
 timer_send_scope::timer_send_scope() noexcept { tls_timer_send = true; }
 timer_send_scope::~timer_send_scope() { tls_timer_send = false; }
 
+namespace {
+
+// The execute function of a demand counted by a limit: gives back its count, then runs it as
+// any other (the receiver's run_message), so that the execute path of a demand without a limit
+// pays nothing for limits. Run once on every path, so the count never leaks: its handling
+// begins, or it is discarded, refused or finds its receiver gone.
+void execute_limited(demand* base, demand_mode mode) noexcept {
+    auto* d = static_cast<message_demand*>(base);
+    limit_release(*d);
+    d->target->run_message(base, mode);
+}
+
+}  // namespace
+
 accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_entry* timer, thread_counters& c) {
     std::uint8_t index = 0;
     limit_slot* sp = nullptr;
@@ -130,6 +144,7 @@ accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_
     }
     if (w == limit_slot::none) {
         message_demand* d = message_demand::make(r.to, r.gen, r.key, e, timer, r.kind);
+        d->limit_slot = 0;
         thread_counters::bump(c.sent);
         r.to->push(d);
         return accept_result::queued;
@@ -148,6 +163,7 @@ accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_
             throw;
         }
         d->limit_slot = static_cast<std::uint8_t>(index + 1);
+        d->execute = &execute_limited;
         thread_counters::bump(c.sent);
         r.to->push(d);
         return accept_result::queued;
@@ -287,6 +303,8 @@ bool declare_limit(receiver& r, std::uint32_t gen, message_type t, std::uint64_t
             if (!adding) return true;
             table = new limit_table(r.env);
             r.limits.store(table, std::memory_order_release);  // inactive until set() succeeded
+            // After the table: a send that finds the bit finds the table (accept_slow).
+            r.start.fetch_or(receiver::start_limited, std::memory_order_release);
         }
         old = table->set(t, key, std::move(spec), owner);
         // Counting starts with the first limit of the life; a removal leaves it on (the slots

@@ -1,15 +1,18 @@
 #pragma once
 // Message limits: a side table of a receiver, made when its first limit is declared.
 //
-// Cost. A receiver that never had a limit has a null `receiver::limits`, tested once per send
-// next to the generation (same cache line): no atomic read-modify-write, no allocation, no lock.
-// A record recycled from a life with limits keeps its table (inactive): its sends pay a call
-// and one more load. With
+// Cost. A receiver that never had a limit has a null `receiver::limits` and no start_limited bit
+// in its start byte, which every send tests anyway: no test of its own, no atomic
+// read-modify-write, no allocation, no lock; its demands run with the context's own execute
+// function (a limited one gets one that gives its count back first). A record recycled from a
+// life with limits keeps its table (inactive) and the bit: its sends pay a call and one more
+// load. With
 // limits, a send finds its type's slot (a scan of at most `capacity` type pointers), adds to the
 // slot's counts (two relaxed fetch_adds) and, when that is over the bound, takes them back and
 // applies the reaction. The demand remembers its slot (a byte in its padding), and gives back
 // what it took when its handling begins or when it is refused, discarded or finds its receiver
-// gone (limit_release, at the top of the one execute path): every path, so counts never leak.
+// gone (limit_release, from the execute function a limited demand gets, before the one execute
+// path runs it): every path, so counts never leak, and a demand without a limit pays nothing.
 //
 // Lifetime. The table is made once per record and kept until the record is freed (records are
 // type-stable), so a demand of an ended life still finds its slot, and a stale sender that read

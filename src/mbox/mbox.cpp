@@ -26,6 +26,7 @@ direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, const char* wh
 
 direct_mbox::direct_mbox(std::shared_ptr<env_core> env, route to, object_link link, std::string describe)
     : mbox_impl(std::move(env), mbox_kind::direct), to_(to),
+      extras_(true),
       object_(std::make_unique<const object_part>(object_part{std::move(link), std::move(describe)})) {}
 
 direct_mbox::~direct_mbox() {
@@ -41,6 +42,7 @@ filter_slot& direct_mbox::filters(const std::string& owner) {
         return *f;
     }
     filters_.store(made, std::memory_order_release);
+    extras_.store(true, std::memory_order_release);  // after: a send that sees it finds the filters
     return *made;
 }
 
@@ -49,6 +51,7 @@ void direct_mbox::adopt_filters(filter_ref s) noexcept {
     if (!f) return;
     f->add_ref();  // the mbox's own; `s` drops the one it brought
     filters_.store(f, std::memory_order_release);
+    extras_.store(true, std::memory_order_release);
 }
 
 void direct_mbox::close_filters() noexcept {
@@ -66,18 +69,22 @@ void direct_mbox::deliver(envelope* e, timer_entry* timer) {
     thread_counters& counters = env.counters();
     send_scope sending(counters);  // from before the check: join() waits for it (env_core.hpp)
     if (!env.open()) env.check_open("sending through", name());  // the name is built only to raise
-    // The one test a send pays when no filter was ever set on this mbox.
-    if (filter_slot* f = filters_.load(std::memory_order_acquire)) [[unlikely]] {
-        if (!f->accepts(e, *this, counters)) {
-            // Refused before anything was queued: counted sent, then ignored and filtered (the
-            // receiver did not want it: not a loss).
-            thread_counters::bump(counters.sent);
-            thread_counters::bump(counters.ignored);
-            thread_counters::bump(counters.filtered);
-            return;
+    // The one test a send through a plain direct mbox pays for filters and event objects.
+    const object_link* link = nullptr;
+    if (extras_.load(std::memory_order_acquire)) [[unlikely]] {
+        if (filter_slot* f = filters_.load(std::memory_order_acquire)) {
+            if (!f->accepts(e, *this, counters)) {
+                // Refused before anything was queued: counted sent, then ignored and filtered
+                // (the receiver did not want it: not a loss).
+                thread_counters::bump(counters.sent);
+                thread_counters::bump(counters.ignored);
+                thread_counters::bump(counters.filtered);
+                return;
+            }
         }
+        if (object_) link = &object_->link;
     }
-    const accept_result r = accept(to_, object_ ? &object_->link : nullptr, e, timer, counters);
+    const accept_result r = accept(to_, link, e, timer, counters);
     if (r == accept_result::queued) [[likely]] {
         ref.release();
         return;

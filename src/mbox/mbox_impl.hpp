@@ -77,6 +77,9 @@ private:
     };
 
     route to_;
+    // Set when the mbox leads to an event object (`object_`) or got delivery filters: the send
+    // path of a plain direct mbox tests this one byte (next to the route it reads) for both.
+    std::atomic<bool> extras_{false};
     const char* what_ = nullptr;
     std::uint64_t what_id_ = 0;
     std::unique_ptr<const object_part> object_;  // an event object's mbox only

@@ -5,14 +5,14 @@
 namespace mailroom::internal {
 
 bool receiver::push_unless_finished(demand* d) noexcept {
-    if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
+    if (start_state() == start_open) [[likely]] {
         queue.load(std::memory_order_acquire)->push(d);
         return true;
     }
     std::uint8_t s;
     {
         std::lock_guard g(pending_lock);
-        s = start.load(std::memory_order_acquire);
+        s = start_state();
         if (s == start_closed) {
             d->next.store(nullptr, std::memory_order_relaxed);
             if (pending_tail)
@@ -42,7 +42,7 @@ void receiver::open(demand* first) noexcept {
         d = next;
     }
     pending_head = pending_tail = nullptr;
-    start.store(start_open, std::memory_order_release);
+    start.store(start_open | (start.load(std::memory_order_relaxed) & start_limited), std::memory_order_release);
 }
 
 void receiver::finish_life() noexcept {
@@ -50,7 +50,8 @@ void receiver::finish_life() noexcept {
     demand* list = nullptr;
     {
         std::lock_guard g(pending_lock);
-        start.store(start_finished, std::memory_order_release);
+        start.store(start_finished | (start.load(std::memory_order_relaxed) & start_limited),
+                    std::memory_order_release);
         list = std::exchange(pending_head, nullptr);
         pending_tail = nullptr;
     }
@@ -59,6 +60,15 @@ void receiver::finish_life() noexcept {
         list->execute(list, demand_mode::run);  // the generation moved on before: counted lost
         list = next;
     }
+}
+
+accept_result accept_slow(const route& r, envelope* e, timer_entry* timer, thread_counters& c) {
+    receiver& to = *r.to;
+    if (limit_table* t = to.limits.load(std::memory_order_acquire)) return accept_limited(*t, r, e, timer, c);
+    message_demand* d = message_demand::make(&to, r.gen, r.key, e, timer, r.kind);
+    thread_counters::bump(c.sent);
+    to.push_slow(d);
+    return accept_result::queued;
 }
 
 }  // namespace mailroom::internal

@@ -63,11 +63,25 @@ public:
     static constexpr std::uint8_t start_closed = 0;    // before start: demands wait in `pending`
     static constexpr std::uint8_t start_open = 1;      // running: demands go straight to the queue
     static constexpr std::uint8_t start_finished = 2;  // gone: demands are run at once (and count themselves lost)
+    // Or'ed into `start` (under pending_lock) when the record gets its limit table, and kept as
+    // long as the table (until the record is freed): a send tests `start` anyway, and one that
+    // finds anything but a bare start_open leaves the inline path (accept_slow), so that a
+    // receiver without limits pays no test of its own for them.
+    static constexpr std::uint8_t start_limited = 4;
+    static constexpr std::uint8_t start_state_mask = 3;
+
+    /// Where the life is: start_closed, start_open or start_finished. Any thread.
+    std::uint8_t start_state(std::memory_order o = std::memory_order_acquire) const noexcept {
+        return start.load(o) & start_state_mask;
+    }
+    /// A new life of the record: closed until its start (the limits bit stays with the table).
+    /// Before the record is shared with the new life's users.
+    void close_start() noexcept { start.fetch_and(start_limited, std::memory_order_release); }
 
     /// Any thread. Queues `d` (or holds it until start, or runs it at once when finished: it
     /// then finds a newer generation and counts itself).
     void push(demand* d) noexcept {
-        if (start.load(std::memory_order_acquire) == start_open) [[likely]] {
+        if (start_state() == start_open) [[likely]] {
             queue.load(std::memory_order_acquire)->push(d);
             return;
         }
@@ -85,12 +99,12 @@ public:
 
     // Read by any thread.
     std::atomic<std::uint32_t> gen{1};
-    std::atomic<std::uint8_t> start{start_closed};
+    std::atomic<std::uint8_t> start{start_closed};  // a start_* state, with start_limited or'ed in
     spin_mutex pending_lock;  // the pre-start list (and, above, the name): never on the running path
     // The message limits, made (under pending_lock) by the first limit declared in any life of
     // the record and kept until the record is freed: a demand counted by it names its slot and
-    // may run after the life ended (limit_table.hpp). Next to `gen`, which every send loads, so
-    // that a receiver that never had a limit pays one test of a word already in cache.
+    // may run after the life ended (limit_table.hpp). A send reads it only when `start` has
+    // start_limited, which is set after it.
     std::atomic<limit_table*> limits{nullptr};
     std::atomic<event_queue*> queue{nullptr};
     context_gate gate;
@@ -116,7 +130,9 @@ struct message_demand final : demand {
     receiver* target;
     std::uint32_t gen;
     delivery_kind kind;  // how it counts when it finds no handler or no receiver
-    std::uint8_t limit_slot;  // 1 + the slot of target->limits that counted it; 0: none (in padding)
+    // 1 + the slot of target->limits that counted it (in padding). Set only by a limit, which
+    // then makes `execute` give the count back first (limit_table.cpp): make() leaves it.
+    std::uint8_t limit_slot;
     std::uint64_t key;   // what the receiver's table maps to a handler (an mbox id, or an object's)
     envelope* msg;
     timer_entry* timer;  // holds a reference when set
@@ -128,7 +144,6 @@ struct message_demand final : demand {
         d->target = target;
         d->gen = gen;
         d->kind = kind;
-        d->limit_slot = 0;
         d->key = key;
         d->msg = msg;
         d->timer = timer;
@@ -167,8 +182,13 @@ struct object_link {
 /// it, or applies the limit's reaction (diverted).
 accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_entry* timer, thread_counters& c);
 
+/// accept() past the generation check for a receiver whose `start` is not a bare start_open:
+/// one with limits (accept_limited), or one not started yet or finished (receiver::push_slow).
+accept_result accept_slow(const route& r, envelope* e, timer_entry* timer, thread_counters& c);
+
 /// Gives back what a limited demand took from its slot: when its handling begins, or when it is
-/// refused, discarded or finds its receiver gone. The context's thread (or the discarding one).
+/// refused, discarded or finds its receiver gone (the demand's execute function does it first).
+/// The context's thread (or the discarding one).
 void limit_release(const message_demand& d) noexcept;
 
 /// Any thread, inside the sender's send_scope. Queues `e` along `r` (and `o`, when it leads to
@@ -186,12 +206,13 @@ inline accept_result accept(const route& r, const object_link* o, envelope* e, t
     }
     if (to.gen.load(std::memory_order_acquire) != r.gen) [[unlikely]]
         return accept_result::gone;
-    // The one test a send pays for limits when it has none (the word shares gen's cache line).
-    if (limit_table* t = to.limits.load(std::memory_order_acquire)) [[unlikely]]
-        return accept_limited(*t, r, e, timer, c);
+    // The test push() would make, made before the demand: a receiver with limits (or not open)
+    // fails it, so that limits cost a send without them no test of its own.
+    if (to.start.load(std::memory_order_acquire) != receiver::start_open) [[unlikely]]
+        return accept_slow(r, e, timer, c);
     message_demand* d = message_demand::make(&to, r.gen, r.key, e, timer, r.kind);
     thread_counters::bump(c.sent);
-    to.push(d);
+    to.queue.load(std::memory_order_acquire)->push(d);
     return accept_result::queued;
 }
 

@@ -15,8 +15,6 @@ void execute_post(demand* base, demand_mode mode) noexcept;
 
 }  // namespace
 
-MAILROOM_FAST_TLS thread_local bool handler_declined = false;
-
 context_core*& current_context() noexcept {
     MAILROOM_FAST_TLS thread_local context_core* c = nullptr;
     return c;
@@ -24,7 +22,7 @@ context_core*& current_context() noexcept {
 
 bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept {
     std::lock_guard g(pending_lock);
-    if (start.load(std::memory_order_relaxed) != start_open || id != wanted) return false;
+    if (start_state(std::memory_order_relaxed) != start_open || id != wanted) return false;
     try {
         out = describe();
         if (ops->where) out += ops->where(*this);
@@ -59,7 +57,7 @@ table_entry context_core::take_entry(std::uint64_t mbox_id, message_type type) n
                 out.source = std::move(it->source);
                 it->obj = nullptr;
                 it->mbox_id = 0;
-                has_removed = true;
+                after_call |= after_removed;
                 return out;
             }
             table_entry out = std::move(*it);
@@ -70,11 +68,10 @@ table_entry context_core::take_entry(std::uint64_t mbox_id, message_type type) n
 }
 
 void context_core::settle() noexcept {
-    if (has_removed) {
+    if (after_call & after_removed)
         table.erase(std::remove_if(table.begin(), table.end(), [](const table_entry& e) { return e.mbox_id == 0; }),
                     table.end());
-        has_removed = false;
-    }
+    after_call = 0;
     if (added) {
         for (auto& e : *added) {
             try {
@@ -124,7 +121,7 @@ void context_arena::recycle(context_core* c) noexcept {
     }
     c->added.reset();
     c->dispatching = false;
-    c->has_removed = false;
+    c->after_call = 0;
     c->dead = false;
     c->objects = nullptr;
     c->binder.reset();
@@ -196,9 +193,20 @@ const char* policy_name(exception_policy p) noexcept {
         default: fatal(text.c_str());
     }
 }
-}  // namespace
+// Called from inside the catch of a callback that threw: names what it threw (rethrown here to
+// read it) and hands it to on_failure(). Out of line and cold: the path of a callback that
+// returns normally builds no string and pays nothing for it.
+[[gnu::noinline, gnu::cold]] void on_thrown(context_core& c, const char* what, message_type type) noexcept {
+    std::string text;  // the exception's what(), which must outlive the catch
+    const char* failure = call_catching([] { throw; }, text);
+    on_failure(c, what, type, failure);
+}
 
-bool run_guarded(context_core& c, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+// run_guarded()'s body, inlined where the callback is known (execute_message calls the handler
+// directly): on the path of a callback that returns, two thread-locals are set and restored, the
+// heartbeat notes it, and nothing else happens.
+template <class F>
+[[gnu::always_inline]] inline bool guarded(context_core& c, const char* what, message_type type, F&& f) noexcept {
     context_core*& cur = current_context();
     context_core* prev = cur;
     env_core*& cur_env = current_env();
@@ -206,14 +214,23 @@ bool run_guarded(context_core& c, const char* what, message_type type, void (*fn
     cur = &c;
     cur_env = c.env;
     note_running(running_kind_of(c), c.id, type.info() ? type.info() : &typeid(posted_call_tag));
-    std::string text;  // only for an exception's what(), which must outlive the catch
-    const char* failure = call_catching([&] { fn(arg); }, text);
+    try {
+        f();
+    } catch (...) {
+        cur = prev;
+        cur_env = prev_env;
+        on_thrown(c, what, type);
+        return false;
+    }
     cur = prev;
     cur_env = prev_env;
-    if (!failure) [[likely]]
-        return true;
-    on_failure(c, what, type, failure);
-    return false;
+    return true;
+}
+
+}  // namespace
+
+bool run_guarded(context_core& c, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+    return guarded(c, what, type, [&] { fn(arg); });
 }
 
 run_outcome run_callback(context_core& c, std::uint32_t g, const void* tag, const context_gate::flag& shut,
@@ -243,10 +260,8 @@ void execute_message(demand* base, demand_mode mode) noexcept {
     auto* d = static_cast<message_demand*>(base);
     auto* c = static_cast<context_core*>(d->target);
     thread_counters& counters = c->env->counters();
-    // Taken out of its message limit's count as its handling begins, or as it is discarded,
-    // refused or finds its receiver gone: every path below, so the count never leaks.
-    if (d->limit_slot) [[unlikely]]
-        limit_release(*d);
+    // A demand counted by a message limit came through execute_limited() (limit_table.cpp),
+    // which gave back its count first: this path pays nothing for limits.
     if (mode == demand_mode::discard) [[unlikely]] {
         thread_counters::bump(counters.discarded);
         d->free();
@@ -273,24 +288,29 @@ void execute_message(demand* base, demand_mode mode) noexcept {
         return;
     }
     event_object* o = e->obj;
-    handler_call call{o ? &o->fn : &e->fn, d->msg};
-    run_outcome r;
-    if (!o && c->kind == context_kind::agent) [[likely]]  // an agent's own handler: not gated
-        r = run_checked(*c, false, c, c->own_shut, "handler", d->msg->type(), &call_handler, &call);
-    else
-        r = run_checked(*c, true, o ? static_cast<const void*>(o) : c, o ? o->shut : c->own_shut,
-                        o ? o->kind_name() : "handler", d->msg->type(), &call_handler, &call);
-    if (r == run_outcome::ran) [[likely]] {
-        if (!handler_declined) [[likely]] {
-            thread_counters::bump(counters.delivered);
-        } else {
-            handler_declined = false;
-            thread_counters::bump(counters.ignored);
+    if (!o && c->kind == context_kind::agent) [[likely]] {
+        // An agent's own handler: not gated (nothing waits for it from another thread), called
+        // directly. What it left to do (a table change, a decline by its state) costs one test.
+        c->dispatching = true;
+        guarded(*c, "handler", d->msg->type(), [&] { const_cast<handler&>(e->fn)(d->msg); });
+        c->dispatching = false;
+        bool declined = false;
+        if (c->after_call) [[unlikely]] {
+            declined = c->after_call & context_core::after_declined;
+            c->settle();
         }
-        if (o) thread_counters::bump(counters.callbacks_run);
+        thread_counters::bump(declined ? counters.ignored : counters.delivered);
     } else {
-        if (o) thread_counters::bump(counters.callbacks_refused);
-        thread_counters::bump(d->kind == delivery_kind::fanout ? counters.ignored : counters.lost);
+        handler_call call{o ? &o->fn : &e->fn, d->msg};
+        const run_outcome r = run_checked(*c, true, o ? static_cast<const void*>(o) : c, o ? o->shut : c->own_shut,
+                                          o ? o->kind_name() : "handler", d->msg->type(), &call_handler, &call);
+        if (r == run_outcome::ran) [[likely]] {
+            thread_counters::bump(counters.delivered);
+            if (o) thread_counters::bump(counters.callbacks_run);
+        } else {
+            if (o) thread_counters::bump(counters.callbacks_refused);
+            thread_counters::bump(d->kind == delivery_kind::fanout ? counters.ignored : counters.lost);
+        }
     }
     if (d->timer) d->timer->end_delivery();
     d->free();

@@ -111,14 +111,19 @@ public:
     /// (mbox_id 0) and swept by settle(), and the returned entry carries no handler (the
     /// running one may be it: it is destroyed with the slot).
     table_entry take_entry(std::uint64_t mbox_id, message_type type) noexcept;
-    /// After a handler returns: applies what it added and removed.
+    /// After a handler returns: applies what it added and removed (and forgets a decline).
     void settle() noexcept;
     /// Where an entry added now goes: the table, or (while a handler runs) the added list.
     std::vector<table_entry>& list_for_adding() {
         if (!dispatching) return table;
         if (!added) added = std::make_unique<std::vector<table_entry>>();
+        after_call |= after_added;
         return *added;
     }
+    /// Called by an agent's handler that did not handle its message after all (its state has
+    /// no handler for the message, or suppresses it): execute_message then counts the message
+    /// ignored, not delivered. The context's own thread, inside the handler.
+    void decline() noexcept { after_call |= after_declined; }
 
     /// "agent 'x'" or "session 'y'".
     std::string describe() const {
@@ -162,7 +167,11 @@ public:
     context_kind kind = context_kind::session;            // constant for the life
     std::atomic<bool> direct_made{false};                 // any thread: `direct` is set (agents make it on first use)
     bool dispatching = false;                             // the context's own thread
-    bool has_removed = false;                             // the context's own thread
+    // What a callback left to do once it returns, so that the path after a callback tests one
+    // byte (the context's own thread): entries it removed (swept) or added (moved into the
+    // table), a message it declined (counted ignored).
+    static constexpr std::uint8_t after_removed = 1, after_added = 2, after_declined = 4;
+    std::uint8_t after_call = 0;
     spin_mutex lock;                                      // guards `objects`, `retiring` and `dead`
     bool dead = false;                                    // under `lock`
     bool registered = false;                              // under the owner layer's registry lock
@@ -243,16 +252,10 @@ inline run_outcome run_checked(context_core& c, bool gated, const void* tag, con
     run_guarded(c, what, type, fn, arg);
     c.dispatching = false;
     if (gated) c.gate.leave();
-    if (c.has_removed || c.added) [[unlikely]]
+    if (c.after_call) [[unlikely]]
         c.settle();
     return run_outcome::ran;
 }
-
-/// Set by an agent's handler that did not handle its message after all (its state has no
-/// handler for the message, or suppresses it): execute_message then counts the message ignored,
-/// not delivered, and clears it. The running thread's own; a thread-local, so that contexts
-/// without states pay no byte for it and one load per message.
-MAILROOM_FAST_TLS extern thread_local bool handler_declined;
 
 /// Executes a message_demand for a context (the receiver's run_message).
 void execute_message(demand* base, demand_mode mode) noexcept;

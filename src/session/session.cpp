@@ -1066,7 +1066,7 @@ session::session(environment& env, session_options options) {
                                                                 : std::move(options.name));
     c->name.swap(n);
     c->gate.reopen();
-    c->start.store(context_core::start_closed, std::memory_order_relaxed);
+    c->close_start();
     const std::uint32_t gen = c->gen.load(std::memory_order_relaxed);
     auto give_back = [&] {
         c->finish_life();

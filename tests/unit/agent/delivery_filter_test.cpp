@@ -133,6 +133,33 @@ TEST(delivery_filter, agent_filter_on_its_direct_mbox_refuses_only_its_type) {
     expect_books_balance(s);
 }
 
+TEST(delivery_filter, a_filter_set_on_a_direct_mbox_after_traffic_started_refuses_the_next_send) {
+    // The send path of a direct mbox tests one flag for filters and event objects: setting the
+    // first filter of an mbox that already carried messages must raise it.
+    environment env;
+    std::atomic<int> quotes{0};
+    std::atomic<probe*> agent{nullptr};
+    witness w;
+    mbox self = test::add_probe(env, [&](probe& p) {
+        p.subscribe(p.direct_mbox(), [&](const quote&) { ++quotes; });
+        agent = &p;
+    });
+    for (int i = 0; i < 4; ++i) send<quote>(self, i);  // unfiltered: all four delivered
+    ASSERT_TRUE(test::eventually([&] { return quotes == 4; }));
+    // From this thread (not the agent's), while the mbox is in use.
+    agent.load()->set_delivery_filter(self, above(5, w));
+    send<quote>(self, 1);  // refused
+    send<quote>(self, 9);  // accepted
+    EXPECT_EQ(w.calls, 2);
+    ASSERT_TRUE(test::eventually([&] { return quotes == 5; }));
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    auto s = env.stats();
+    EXPECT_EQ(quotes, 5);
+    EXPECT_EQ(s.messages_filtered, 1u);
+    expect_books_balance(s);
+}
+
 TEST(delivery_filter, replacing_a_filter_applies_to_the_next_send_and_destroys_the_old_predicate) {
     environment env;
     mbox topic = make_mpmc_mbox(env);

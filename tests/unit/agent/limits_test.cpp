@@ -312,6 +312,35 @@ TEST(limits, a_redirect_loop_between_two_agents_over_their_limits_ends_at_depth_
     expect_books_balance(env.stats());
 }
 
+TEST(limits, limit_declared_after_traffic_started_is_honoured_by_the_next_send) {
+    // A send tests the receiver's start byte, in which the first limit of the record raises a
+    // bit: declared while messages flow, from another thread, it must take the next send.
+    blocker b;
+    environment env;
+    blocker::guard unblock{b};
+    std::atomic<int> handled{0};
+    probe* agent = nullptr;
+    mbox m = test::add_probe(env, [&](probe& p) {
+        agent = &p;
+        b.subscribe(p);
+        p.subscribe(p.direct_mbox(), [&](const ping&) { ++handled; });
+    });
+    for (int i = 0; i < 3; ++i) send<ping>(m, i);  // no limit yet
+    ASSERT_TRUE(test::eventually([&] { return handled.load() == 3; }));
+    ASSERT_TRUE(b.engage(m));
+    std::thread([&] { agent->limit<ping>(2, limit_drop); }).join();
+    for (int i = 0; i < 5; ++i) send<ping>(m, i);  // 2 queued, 3 dropped
+    auto s = *stats_for(limit_stats_of(*agent), message_type_of<ping>());
+    EXPECT_EQ(s.queued, 2u);
+    EXPECT_EQ(s.dropped, 3u);
+    b.release();
+    ASSERT_TRUE(test::eventually([&] { return handled.load() == 5; }));
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    EXPECT_EQ(env.stats().messages_dropped, 3u);
+    expect_books_balance(env.stats());
+}
+
 TEST(limits, limit_changed_at_run_time_from_another_thread_applies_to_the_next_send) {
     blocker b;
     environment env;

@@ -526,6 +526,40 @@ TEST(state, plain_subscriptions_belong_to_the_default_state_and_are_ignored_in_o
     expect_books_balance(env);
 }
 
+TEST(state, a_declined_message_is_counted_ignored_once_and_the_messages_after_it_count_as_they_should) {
+    // What a handler leaves for after it returns (a decline, an added subscription) is one byte
+    // of the context, tested once per message: it must be set by each decline, cleared after
+    // it, and must not mix with a subscription added by the next handler.
+    environment env;
+    state *a = nullptr, *b = nullptr;
+    auto& m = add_machine(env, [&](machine& x) {
+        a = &x.top("a");
+        b = &x.top("b");
+        a->event(x.direct_mbox(), [&x, a](const ping& p) {
+            x.log.push_back("ping " + std::to_string(p.n));
+            if (p.n == 2)  // a new (mbox, type) from inside a handler: added after it returns
+                a->event(x.direct_mbox(), [&x](const pong& q) { x.log.push_back("pong " + std::to_string(q.n)); });
+        });
+        x.change_state(*b);
+    });
+    m.take_log();
+    const auto ignored0 = env.stats().messages_ignored;
+    send<ping>(m.direct_mbox(), 1);  // no handler in 'b': declined
+    m.run([&] { m.change_state(*a); });
+    send<ping>(m.direct_mbox(), 2);  // handled; subscribes pong
+    send<pong>(m.direct_mbox(), 3);  // handled by what ping 2 added
+    m.run([&] { m.change_state(*b); });
+    send<pong>(m.direct_mbox(), 4);  // declined
+    send<ping>(m.direct_mbox(), 5);  // declined
+    m.run([&] { m.change_state(*a); });
+    send<ping>(m.direct_mbox(), 6);  // handled
+    EXPECT_EQ(m.take_log(), (log_t{"-b", "+a", "ping 2", "pong 3", "-a", "+b", "-b", "+a", "ping 6"}));
+    EXPECT_EQ(env.stats().messages_ignored - ignored0, 3u) << "declined three times, each counted once";
+    env.stop();
+    ASSERT_TRUE(test::join_within(env));
+    expect_books_balance(env);
+}
+
 TEST(state, a_handler_that_unsubscribes_itself_in_its_state_runs_to_its_end_and_the_next_message_is_ignored) {
     environment env;
     state* s = nullptr;
