@@ -23,6 +23,10 @@ namespace {
 
 int kernel_thread_id() { return static_cast<int>(::syscall(SYS_gettid)); }
 
+long long ms(std::chrono::nanoseconds d) {
+    return static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+}
+
 // Waits up to two seconds for `done()`: an example must never hang.
 template <class Pred>
 bool eventually(Pred done) {
@@ -150,15 +154,15 @@ int main() {
               "after the timeout had passed");
     }
     const mailroom::environment_stats during = env.stats();
-    std::printf("the handler blocked %lld ms\n", static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(l.blocked_for.load()).count()));
-    std::printf("stalls reported %llu, stalled now %llu, longest %lld ms\n",
-                static_cast<unsigned long long>(during.stalls_reported), static_cast<unsigned long long>(during.stalled_now),
-                static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(during.longest_stall).count()));
+    std::printf("the handler blocked %lld ms; stalls reported %llu, stalled now %llu, longest %lld ms\n",
+                ms(l.blocked_for.load()), static_cast<unsigned long long>(during.stalls_reported),
+                static_cast<unsigned long long>(during.stalled_now), ms(during.longest_stall));
     {
         std::lock_guard g(log.m);
-        for (const auto& r : log.reports)
-            std::printf("  report: %s after %lld ms\n", r.resumed ? "resumed" : "running",
-                        static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(r.running_for).count()));
+        for (std::size_t i = 0; i < log.reports.size(); ++i)
+            std::printf("  report: %s for %lld ms (the handler %s)\n",
+                        log.reports[i].resumed ? "resumed, ran" : "still running", ms(log.reports[i].running_for),
+                        log.handler_still_running[i] ? "was still blocking" : "had returned");
     }
     check(during.stalls_reported == 1 && during.stalled_now == 0, "one stall counted, none stalled now");
     check(during.longest_stall >= first_running_for, "the longest stall is at least what the first report said");
