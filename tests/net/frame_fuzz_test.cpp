@@ -8,6 +8,8 @@
 
 #include <mailroom/net/frame.hpp>
 
+#include "fuzz_types.hpp"
+
 #include <gtest/gtest.h>
 
 #include <array>
@@ -24,15 +26,8 @@ using namespace mailroom::internal;
 
 namespace {
 
-struct quote {
-    std::string symbol;
-    double price = 0;
-    std::vector<std::int64_t> sizes;
-    std::map<std::string, std::string> tags;
-    MSGPACK_DEFINE(symbol, price, sizes, tags)
-};
-
-struct blob final : net::raw_bytes {};
+using quote = test::fuzz_quote;
+using blob = test::fuzz_blob;
 
 std::uint64_t env_or(const char* name, std::uint64_t fallback) {
     const char* v = std::getenv(name);

@@ -7,31 +7,23 @@
 
 #include <mailroom/net/frame.hpp>
 
+#include "../fuzz_types.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <map>
-#include <string>
-#include <vector>
 
 namespace {
 
-struct quote {
-    std::string symbol;
-    double price = 0;
-    std::vector<std::int64_t> sizes;
-    std::map<std::string, std::string> tags;
-    MSGPACK_DEFINE(symbol, price, sizes, tags)
-};
-
-struct blob final : mailroom::net::raw_bytes {};
+using mailroom::test::fuzz_blob;
+using mailroom::test::fuzz_quote;
 
 struct state {
     mailroom::net::type_registry registry;
     mailroom::internal::frame_decoder decoder;
     state() {
-        mailroom::net::register_type<quote>(registry, "fuzz.quote");
-        mailroom::net::register_type<blob>(registry, "fuzz.blob");
+        mailroom::net::register_type<fuzz_quote>(registry, "fuzz.quote");
+        mailroom::net::register_type<fuzz_blob>(registry, "fuzz.blob");
     }
 };
 
