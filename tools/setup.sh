@@ -14,8 +14,10 @@ jobs=${MAILROOM_JOBS:-2}
 root=${MAILROOM_BUILD_ROOT:-$here/build}
 
 # Debian packages the build needs; only the missing ones are installed.
+# libzmq3-dev, cppzmq-dev and libmsgpack-cxx-dev build the net layer (mailroom::net).
 # libcaf-dev, libconcurrentqueue-dev and libasio-dev are only for the comparison benchmarks.
 packages=(g++ cmake make pkg-config libgtest-dev libgmock-dev libbenchmark-dev liburcu-dev libunwind-dev
+          libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
           libcaf-dev libconcurrentqueue-dev libasio-dev)
 
 install_missing() {

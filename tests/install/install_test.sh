@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs mailroom from the build tree <build> into a scratch prefix, then builds and runs a
-# consumer three ways: find_package, pkg-config, and add_subdirectory of the source tree.
+# consumer three ways: find_package, pkg-config, and add_subdirectory of the source tree (and,
+# when the net layer is built, a consumer of mailroom::net through find_package and add_subdirectory).
 set -euo pipefail
 src=$1 build=$2 scratch=$3
 rm -rf "$scratch" && mkdir -p "$scratch"
@@ -9,6 +10,7 @@ cmake --install "$build" --prefix "$scratch/prefix" >/dev/null
 cmake -S "$src/tests/install/consumer" -B "$scratch/find" -DCMAKE_PREFIX_PATH="$scratch/prefix" >/dev/null
 cmake --build "$scratch/find" >/dev/null
 "$scratch/find/consumer"
+if [[ -x "$scratch/find/net_consumer" ]]; then "$scratch/find/net_consumer"; fi
 
 libdir=$(ls -d "$scratch"/prefix/lib*/pkgconfig | head -n 1)
 flags=$(PKG_CONFIG_PATH="$libdir" pkg-config --cflags --libs mailroom)
@@ -19,3 +21,4 @@ c++ "$src/tests/install/consumer/main.cpp" -o "$scratch/pc_consumer" $flags
 cmake -S "$src/tests/install/consumer" -B "$scratch/sub" -DMAILROOM_SOURCE_DIR="$src" >/dev/null
 cmake --build "$scratch/sub" -j 2 >/dev/null
 "$scratch/sub/consumer"
+if [[ -x "$scratch/sub/net_consumer" ]]; then "$scratch/sub/net_consumer"; fi
