@@ -788,7 +788,8 @@ receive_result run_select(const receive_params& p, select_case* cs, std::size_t 
                 r.status = receive_status::extracted_n;
                 return r;
             }
-            empty_deadline = deadline_after(now_ns(), p.empty_timeout_value());
+            // Without an empty_timeout there is no deadline to move: no clock read per message.
+            if (empty_deadline != never) empty_deadline = deadline_after(now_ns(), p.empty_timeout_value());
             continue;
         }
         if (all_done) {
