@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include "mchain_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -17,27 +19,8 @@
 
 using namespace mailroom;
 using namespace std::chrono_literals;
-
-namespace {
-
-void expect_balanced(environment& env) {
-    const environment_stats s = env.stats();
-    EXPECT_EQ(s.messages_sent, s.messages_delivered + s.messages_lost + s.messages_ignored + s.messages_discarded +
-                                   s.messages_cancelled + s.messages_dropped)
-        << "sent " << s.messages_sent << " delivered " << s.messages_delivered << " lost " << s.messages_lost
-        << " ignored " << s.messages_ignored << " discarded " << s.messages_discarded;
-}
-
-template <class T>
-T get_bounded(std::future<T>& f, std::chrono::seconds limit = 60s) {
-    if (f.wait_for(limit) != std::future_status::ready) {
-        ADD_FAILURE() << "a thread did not return within " << limit.count() << " s";
-        std::abort();  // it cannot be joined: end the run loudly rather than hang the suite
-    }
-    return f.get();
-}
-
-}  // namespace
+using mailroom::test::expect_balanced;
+using mailroom::test::get_bounded;
 
 TEST(mchain_stress, producers_waiting_for_room_and_receivers_in_select_lose_nothing) {
     environment env;

@@ -88,7 +88,7 @@ struct mchain_stats {
     std::size_t size = 0;              ///< messages in it now
     std::size_t receivers_waiting = 0; ///< threads parked now waiting for a message (receive, select)
     std::size_t senders_waiting = 0;   ///< threads parked now waiting for room (send, send_case)
-    std::size_t high_water = 0;        ///< the most it ever held at once
+    std::size_t high_water = 0;        ///< the most it ever held at once (sampled on a preallocated chain: docs/mchains.md)
 };
 
 /// A handle to an mchain: cheap to copy, usable from any thread. The chain lives while a

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "mchain_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -16,41 +18,14 @@
 
 using namespace mailroom;
 using namespace std::chrono_literals;
+using mailroom::test::bounded;
+using mailroom::test::expect_balanced;
+using mailroom::test::get_bounded;
+using mailroom::test::tracked;
 
 namespace {
 
 struct tick final : signal {};
-
-// Counts its live instances: a message that is dropped must be destroyed, not leaked.
-struct tracked {
-    static inline std::atomic<int> live{0};
-    int v = 0;
-    explicit tracked(int x) : v(x) { ++live; }
-    tracked(const tracked& o) : v(o.v) { ++live; }
-    tracked(tracked&& o) noexcept : v(o.v) { ++live; }
-    ~tracked() { --live; }
-};
-
-// The books of guarantee 6 balance, also while messages wait in a chain (it is counted at its outcome).
-void expect_balanced(environment& env) {
-    const environment_stats s = env.stats();
-    EXPECT_EQ(s.messages_sent, s.messages_delivered + s.messages_lost + s.messages_ignored + s.messages_discarded +
-                                   s.messages_cancelled + s.messages_dropped)
-        << "sent " << s.messages_sent << " delivered " << s.messages_delivered << " lost " << s.messages_lost
-        << " ignored " << s.messages_ignored << " discarded " << s.messages_discarded << " cancelled "
-        << s.messages_cancelled << " dropped " << s.messages_dropped;
-}
-
-// Runs `f` on a thread and fails (instead of hanging the suite) if it has not returned in time.
-template <class F>
-auto bounded(F f, std::chrono::seconds limit = 10s) {
-    auto fut = std::async(std::launch::async, std::move(f));
-    if (fut.wait_for(limit) != std::future_status::ready) {
-        ADD_FAILURE() << "did not return within " << limit.count() << " s";
-        std::abort();  // a blocked thread cannot be joined: end the test run loudly
-    }
-    return fut.get();
-}
 
 }  // namespace
 
