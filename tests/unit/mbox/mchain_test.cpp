@@ -196,6 +196,7 @@ TEST(mchain, total_time_bounds_the_call_while_messages_keep_coming) {
     environment env;
     mchain ch = make_mchain(env);
     std::atomic<bool> done{false};
+    send<int>(ch, 1);  // one waits already: the call handles something however late the feeder runs
     std::thread feeder([&] {
         while (!done) {
             send<int>(ch, 1);
