@@ -243,6 +243,63 @@ TEST(watchdog, a_handler_under_its_timeout_is_never_reported) {
     for (auto& l : logged) EXPECT_EQ(l.find("watchdog"), std::string::npos) << l;
 }
 
+TEST(watchdog, a_watcher_held_past_the_timeout_does_not_report_a_handler_that_started_just_before_it_looked) {
+    // The watcher's delay made explicit: its thread is held in the on_stall callback of another
+    // dispatcher's stall for longer than the watched dispatcher's timeout (as a watcher starved
+    // of the CPU would be), and a handler starts on the watched dispatcher just before the
+    // watcher is let go. The handler runs well under its timeout: no report may name it.
+    constexpr auto timeout = 300ms;
+    std::mutex m;
+    std::condition_variable cv;
+    bool held = false, let_go = false;  // under m
+    collector c;                        // the watched dispatcher's reports
+    environment env({.name = "late"});
+    watchdog_params holder{.timeout = 30ms, .action = stall_action::callback, .on_stall = [&](const stall_report& r) {
+                               if (r.resumed) return;
+                               std::unique_lock g(m);
+                               if (held) return;  // only the first report holds the watcher
+                               held = true;
+                               cv.notify_all();
+                               cv.wait_for(g, 10s, [&] { return let_go; });
+                           }};
+    auto stuck = one_thread::make_dispatcher(env, "stuck", {.watchdog = holder});
+    auto watched = one_thread::make_dispatcher(env, "watched", {.watchdog = c.params(timeout)});
+    session blocker(env, {.name = "blocker", .bind = stuck.bind()});
+    session quick(env, {.name = "quick", .bind = watched.bind()});
+    std::atomic<bool> release{false};
+    ASSERT_TRUE(blocker.post([&] { watchdog_test_distinctive_blocking_wait(release, 10s); }));
+    bool was_held;
+    {
+        std::unique_lock g(m);
+        was_held = cv.wait_for(g, 10s, [&] { return held; });
+    }
+    if (!was_held) release = true;
+    ASSERT_TRUE(was_held) << "the blocked handler was not reported in 10 s";
+    // The watcher's last sample is now further back than the watched timeout.
+    std::this_thread::sleep_for(timeout + 100ms);
+    std::atomic<bool> started{false}, done{false};
+    std::atomic<std::int64_t> ran_ns{0};
+    ASSERT_TRUE(quick.post([&] {
+        const auto t0 = std::chrono::steady_clock::now();
+        started = true;
+        std::this_thread::sleep_for(100ms);  // a third of its timeout, long enough to be sampled
+        ran_ns = std::chrono::nanoseconds(std::chrono::steady_clock::now() - t0).count();
+        done = true;
+    }));
+    for (int i = 0; i < 10000 && !started.load(); ++i) std::this_thread::sleep_for(1ms);
+    {
+        std::lock_guard g(m);
+        let_go = true;
+        cv.notify_all();
+    }
+    for (int i = 0; i < 10000 && !done.load(); ++i) std::this_thread::sleep_for(1ms);
+    release = true;
+    ASSERT_TRUE(done.load());
+    ASSERT_LT(std::chrono::nanoseconds(ran_ns.load()), timeout) << "the handler itself was held past its timeout";
+    std::lock_guard g(c.m);
+    EXPECT_TRUE(c.reports.empty()) << c.reports.front().text;
+}
+
 TEST(watchdog, report_action_logs_the_report_with_its_stack_through_the_environment_log) {
     std::mutex lm;
     std::condition_variable cv;
@@ -255,7 +312,9 @@ TEST(watchdog, report_action_logs_the_report_with_its_stack_through_the_environm
         cv.notify_all();
     };
     environment env(std::move(o));
-    auto disp = thread_pool::make_dispatcher(env, "pool", {.threads = 1, .watchdog = {.timeout = 30ms}});
+    // A timeout that leaves a loaded machine time to run the stack signal's handler (the
+    // watcher waits for the stack as long as the timeout, up to 200 ms).
+    auto disp = thread_pool::make_dispatcher(env, "pool", {.threads = 1, .watchdog = {.timeout = 200ms}});
     session s(env, {.name = "stuck", .bind = disp.bind()});
     std::atomic<bool> release{false};
     ASSERT_TRUE(s.post([&] { watchdog_test_distinctive_blocking_wait(release, 10s); }));
