@@ -391,11 +391,16 @@ bool env_core::stall_reported(const heartbeat* beat, std::uint64_t handled) cons
 // One thread per environment samples the heartbeats of every worker of its dispatchers, a few
 // times per the shortest timeout (a quarter of it, between 1 ms and 100 ms). A worker seen busy
 // with the same demand (`handled` has not moved) past its dispatcher's timeout is reported while
-// it still runs, again at 2x, 4x, ... the timeout, and once more when it moves on. The start of a
-// demand is the last sample before it was first seen busy: the hot path publishes no time, only
-// the relaxed stores it always made. A handler's extend_deadline() moves `extended`; the timeout
-// then counts from the sample that saw it move. The stack is asked of the stalled thread by a
-// signal (stack_capture.hpp) while the worker is held listed, so it cannot end meanwhile.
+// it still runs, again at 2x, 4x, ... the timeout, and once more when it moves on. The hot path
+// publishes no time, only the relaxed stores it always made, so the watcher times a demand from
+// the moment it first saw it busy (read after the heartbeat): a lower bound of how long it has
+// run. Never from the sample before: that sample may be long past when this one comes late (the
+// watcher starved of the CPU, or held in an on_stall callback or a stack wait), and a handler
+// that started just now would be reported as having run that long. A handler's extend_deadline()
+// moves `extended`; the timeout then counts from the moment the watcher saw it move, likewise.
+// A report thus comes at most one sample (plus the watcher's own delay) after the timeout, and
+// never before it. The stack is asked of the stalled thread by a signal (stack_capture.hpp) while
+// the worker is held listed, so it cannot end meanwhile.
 
 namespace {
 std::string seconds_text(std::int64_t ns) {
@@ -413,8 +418,8 @@ void env_core::watch_stalls(std::stop_token stop) {
         int thread_id;
         std::uint64_t handled;
         std::uint64_t extended;
-        std::int64_t started;       // the last sample before it was seen busy with this demand
-        std::int64_t counted_from;  // started, or the sample that saw extend_deadline()
+        std::int64_t started;       // when the watcher first saw it busy with this demand
+        std::int64_t counted_from;  // started, or when the watcher saw extend_deadline()
         std::int64_t next_report;   // counted_from + timeout (or a job's deadline), then 2x, 4x, ...
         bool reported;
         bool seen;
@@ -437,7 +442,6 @@ void env_core::watch_stalls(std::stop_token stop) {
     std::vector<watched> list;
     std::mutex m;
     std::condition_variable_any cv;
-    std::int64_t last_check = now_ns();
     while (!stop.stop_requested()) {
         auto ds = dispatchers();
         std::int64_t tick = 100'000'000;
@@ -497,16 +501,23 @@ void env_core::watch_stalls(std::stop_token stop) {
                     }
                     if (!busy) return;
                     const std::uint64_t ext = b.extended.load(std::memory_order_relaxed);
-                    if (it == list.end()) {
-                        list.push_back({d, &b, ww.index, ww.thread_id, handled, ext, last_check, last_check,
-                                        last_check + timeout, false, true, false, false, {}, {}});
+                    // The clock read after the heartbeat's (the fence keeps the loads above
+                    // before it): the demand, or its extension, was under way by then. `now`,
+                    // read before them, is what the timeout is compared with: both bound the
+                    // time it has run from below.
+                    std::atomic_thread_fence(std::memory_order_acquire);
+                    const bool fresh = it == list.end();
+                    const std::int64_t at = fresh || it->extended != ext ? now_ns() : now;
+                    if (fresh) {
+                        list.push_back({d, &b, ww.index, ww.thread_id, handled, ext, at, at, at + timeout, false,
+                                        true, false, false, {}, {}});
                         it = list.end() - 1;
                     }
                     it->seen = true;
                     if (it->extended != ext) {
                         it->extended = ext;
-                        it->counted_from = now;
-                        it->next_report = now + timeout;
+                        it->counted_from = at;
+                        it->next_report = at + timeout;
                         if (!it->reported) it->past_deadline = false;
                     }
                     // A job's own deadline comes first when it is nearer than the timeout
@@ -585,7 +596,6 @@ void env_core::watch_stalls(std::stop_token stop) {
         } catch (...) {
             log("watchdog: a sample ran out of memory; the watchdog carries on");
         }
-        last_check = now;
         for (auto& p : out) {
             const watchdog_params& wp = p.d->watchdog();
             switch (wp.action) {
