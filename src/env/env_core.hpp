@@ -10,6 +10,7 @@
 #include <mailroom/export.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <stop_token>
@@ -282,6 +283,12 @@ private:
     std::atomic<std::uint64_t> stalls_reported_{0};
     std::atomic<std::uint64_t> stalled_now_{0};
     std::atomic<std::int64_t> longest_stall_ns_{0};
+    // The watchdog's wait: add_dispatcher() moves watch_epoch_ and wakes it, so a dispatcher
+    // made while it waits a long tick (100 ms with no short timeout yet) is sampled at once,
+    // with the tick of its own timeout, and its first demands are timed from their start.
+    std::mutex watch_lock_;
+    std::condition_variable_any watch_cv_;
+    std::uint64_t watch_epoch_ = 0;  // under watch_lock_
     // Last: stopped and joined before any member it reads is destroyed.
     std::jthread stall_watch_;
 };

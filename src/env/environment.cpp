@@ -184,6 +184,12 @@ std::shared_ptr<dispatcher_impl> env_core::add_dispatcher(std::shared_ptr<dispat
                                        name() + "'");
         }
     dispatchers_.push_back(d);
+    g.unlock();
+    {
+        std::lock_guard w(watch_lock_);
+        ++watch_epoch_;
+    }
+    watch_cv_.notify_all();
     return d;
 }
 
@@ -440,8 +446,6 @@ void env_core::watch_stalls(std::stop_token stop) {
             d.longest_stall_ns.store(ran, std::memory_order_relaxed);
     };
     std::vector<watched> list;
-    std::mutex m;
-    std::condition_variable_any cv;
     while (!stop.stop_requested()) {
         auto ds = dispatchers();
         std::int64_t tick = 100'000'000;
@@ -449,10 +453,12 @@ void env_core::watch_stalls(std::stop_token stop) {
             if (std::int64_t t = d->watchdog().timeout.count(); t > 0) tick = std::min(tick, t / 4);
         tick = std::max<std::int64_t>(tick, 1'000'000);
         {
-            std::unique_lock g(m);
-            cv.wait_for(g, stop, std::chrono::nanoseconds(tick), [] { return false; });
+            std::unique_lock g(watch_lock_);
+            const std::uint64_t seen = watch_epoch_;
+            watch_cv_.wait_for(g, stop, std::chrono::nanoseconds(tick), [&] { return watch_epoch_ != seen; });
         }
         if (stop.stop_requested()) break;
+        ds = dispatchers();  // one added during the wait is sampled now
         const std::int64_t now = now_ns();
         std::vector<pending> out;
         try {
