@@ -140,15 +140,16 @@ push_result peer_queue::refuse_closed() noexcept {
 push_result peer_queue::push(outgoing_ptr& m) {
     if (!m) throw usage_error("peer queue '" + peer_ + "': push of an empty message");
     const std::uint64_t size = m->size_;
-    if (size > options_.max_bytes) {
-        too_large_.fetch_add(1, std::memory_order_relaxed);
-        return push_result::too_large;
-    }
     std::uint64_t before = 0;
     switch (reserve(size, before)) {
         case reservation::made: return link(m, before);
         case reservation::closed: return refuse_closed();
         case reservation::full: break;
+    }
+    // Checked only when full (a message over max_bytes never fits): no reaction can help it.
+    if (size > options_.max_bytes) {
+        too_large_.fetch_add(1, std::memory_order_relaxed);
+        return push_result::too_large;
     }
     switch (options_.reaction) {
         case overflow_reaction::drop: dropped_.fetch_add(1, std::memory_order_relaxed); return push_result::dropped;

@@ -167,6 +167,8 @@ TEST(peer_queue, a_message_over_the_byte_limit_alone_is_refused_as_too_large_wit
     EXPECT_TRUE(m);
     EXPECT_EQ(q.stats().too_large, 1u);
     EXPECT_EQ(q.stats().blocked, 0u);
+    q.close([](outgoing_ptr) {});
+    EXPECT_EQ(q.push(m), push_result::closed) << "a closed queue says closed, whatever the message";
 }
 
 TEST(peer_queue, close_hands_back_everything_queued_in_order_and_refuses_later_pushes) {
