@@ -232,6 +232,26 @@ void frame_writer::write(const frame& f) {
     end_frame(at);
 }
 
+void frame_writer::write_encoded(std::span<const std::byte> encoded) {
+    std::uint32_t body = 0;
+    for (std::size_t i = 0; i < 4 && encoded.size() >= frame_header_bytes; ++i)
+        body |= std::to_integer<std::uint32_t>(encoded[8 + i]) << (8 * i);
+    if (encoded.size() < frame_header_bytes || encoded[0] != magic0 || encoded[1] != magic1 ||
+        body != encoded.size() - frame_header_bytes)
+        throw usage_error("frame writer: " + std::to_string(encoded.size()) + " bytes are not one whole frame");
+    const auto kind = static_cast<frame_kind>(std::to_integer<std::uint8_t>(encoded[3]));
+    if (kind == frame_kind::batch) throw usage_error("frame writer: a BATCH is written with begin_batch()");
+    if (encoded.size() > limits_.max_frame_bytes)
+        throw usage_error("frame writer: frame of " + std::to_string(encoded.size()) + " bytes is over the limit of " +
+                          std::to_string(limits_.max_frame_bytes));
+    if (batch_at_ != SIZE_MAX) {
+        if (kind == frame_kind::hello) throw usage_error("frame writer: a HELLO cannot go inside a BATCH");
+        put<std::uint32_t>(out_, static_cast<std::uint32_t>(encoded.size()));
+        ++batch_count_;
+    }
+    out_.insert(out_.end(), encoded.begin(), encoded.end());
+}
+
 void frame_writer::begin_batch() {
     if (batch_at_ != SIZE_MAX) throw usage_error("frame writer: a BATCH cannot go inside a BATCH");
     batch_at_ = out_.size();

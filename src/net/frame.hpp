@@ -127,6 +127,11 @@ public:
         write_with(g, [&](net::byte_buffer& out) { e->encode(&value, out); });
     }
 
+    /// Appends a whole frame another writer encoded (header included), unchanged: how a queue
+    /// of encoded frames is packed into a BATCH. usage_error if it is not one whole frame, or
+    /// if it is a HELLO inside a BATCH or a BATCH.
+    void write_encoded(std::span<const std::byte> encoded);
+
     /// Starts a BATCH: the frames written until end_batch() go inside it.
     void begin_batch();
     /// Closes the BATCH begun last (usage_error if it holds no frame).

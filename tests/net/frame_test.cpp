@@ -299,3 +299,33 @@ TEST(frame, writer_refuses_fields_over_the_limits_naming_them) {
     EXPECT_THROW(small.write({.kind = frame_kind::send, .target = "t", .payload = bytes_of(std::string(100, 'p'))}),
                  usage_error);
 }
+
+TEST(frame, write_encoded_packs_whole_frames_into_a_batch_and_refuses_anything_else) {
+    const net::byte_buffer hb = one(frame{.kind = frame_kind::heartbeat, .sequence = 5});
+    const net::byte_buffer rj = one(frame{.kind = frame_kind::reject, .request_id = 9, .text = "no"});
+    net::byte_buffer out;
+    frame_writer w(out);
+    w.write_encoded(hb);  // outside a BATCH: the frame as it is
+    EXPECT_EQ(out, hb);
+    out.clear();
+    w.begin_batch();
+    w.write_encoded(hb);
+    w.write_encoded(rj);
+    w.end_batch();
+    frame_decoder d;
+    ASSERT_EQ(d.decode(out), frame_error::none) << d.detail();
+    ASSERT_EQ(d.frames().size(), 2u);
+    EXPECT_EQ(d.frames()[0].sequence, 5u);
+    EXPECT_EQ(d.frames()[1].request_id, 9u);
+
+    net::byte_buffer cut(hb.begin(), hb.end() - 1);
+    EXPECT_THROW(w.write_encoded(cut), usage_error);
+    net::byte_buffer hello = one(frame{.kind = frame_kind::hello, .node = "n"});
+    out.clear();
+    w.begin_batch();
+    EXPECT_THROW(w.write_encoded(hello), usage_error);
+    EXPECT_THROW(w.write_encoded(out), usage_error);  // a BATCH in the making is not one whole frame
+    w.write_encoded(hb);
+    w.end_batch();
+    EXPECT_THROW(w.write_encoded(out), usage_error);  // nor is a BATCH written into another frame
+}
