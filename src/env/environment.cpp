@@ -803,7 +803,18 @@ environment_stats env_core::stats() const {
     s.stalls_reported = stalls_reported_.load(std::memory_order_relaxed);
     s.stalled_now = stalled_now_.load(std::memory_order_relaxed);
     s.longest_stall = std::chrono::nanoseconds(longest_stall_ns_.load(std::memory_order_relaxed));
-    for (auto& d : dispatchers()) s.queue_depth += d->stats().queue_depth;
+    for (auto& d : dispatchers()) {
+        dispatcher_figures f;
+        static_cast<dispatcher_stats&>(f) = d->snapshot();
+        s.queue_depth += f.queue_depth;
+        // The kinds' own figures through their public handles: what their threads publish
+        // anyway (a loop's counters, a job queue's books), nothing added on their hot paths.
+        if (f.kind == event_loop_pool::handle::kind_name)
+            f.loops = dispatcher_cast<event_loop_pool::handle>(dispatcher(d)).loops();
+        else if (f.kind == job_queue::handle::kind_name)
+            f.jobs = dispatcher_cast<job_queue::handle>(dispatcher(d)).job_stats();
+        s.dispatchers.push_back(std::move(f));
+    }
     return s;
 }
 
