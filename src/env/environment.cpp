@@ -4,6 +4,8 @@
 #include <mailroom/dispatch/stack_capture.hpp>
 #include <mailroom/env/env_core.hpp>
 
+#include "report_text.hpp"
+
 #include <pthread.h>
 
 #include <algorithm>
@@ -243,6 +245,8 @@ void env_core::watch_teardown(std::stop_token stop, std::int64_t started_ns) {
     struct due {
         std::string dispatcher;
         std::size_t index;
+        int thread_id;
+        bool job;
         std::string context, type;
         std::int64_t ns;
         bool stall_reported;
@@ -280,9 +284,9 @@ void env_core::watch_teardown(std::stop_token stop, std::int64_t started_ns) {
                     it->seen = true;
                     if (now < it->next_report || it->as_stall) return;
                     it->next_report = it->since + 2 * (it->next_report - it->since);
-                    due o{d->name(), ww.index, {}, {}, now - it->since, stall_reported(&b, handled)};
+                    due o{d->name(), ww.index, ww.thread_id, false, {}, {}, now - it->since, stall_reported(&b, handled)};
                     it->as_stall = o.stall_reported;
-                    describe_worker(*d, b, o.context, o.type);
+                    o.job = describe_worker(*d, b, o.context, o.type);
                     out.push_back(std::move(o));
                 });
             }
@@ -291,35 +295,23 @@ void env_core::watch_teardown(std::stop_token stop, std::int64_t started_ns) {
             log("teardown watch: a check ran out of memory; the watch carries on");
         }
         // Outside the listings' locks: on_overrun is the user's.
-        for (auto& o : out) report_overrun(o.dispatcher, o.index, std::move(o.context), std::move(o.type), o.ns,
-                                           o.stall_reported);
+        for (auto& o : out)
+            report_overrun({o.dispatcher, o.index, o.thread_id, o.job, o.context, o.type}, o.ns, o.stall_reported);
         last_check = now;
     }
 }
 
-void env_core::report_overrun(const std::string& dispatcher, std::size_t index, std::string context, std::string type,
-                              std::int64_t ns, bool stall_reported) {
+void env_core::report_overrun(const running_facts& f, std::int64_t ns, bool stall_reported) {
     handler_overrun o;
     std::string text;
     try {
-        o.dispatcher = dispatcher;
-        o.worker = index;
+        o.dispatcher = f.dispatcher;
+        o.worker = f.worker;
         o.running_for = std::chrono::nanoseconds(ns);
-        o.context = std::move(context);
-        o.message_type = std::move(type);
+        o.context = f.context;
+        o.message_type = f.type;
         o.stall_reported = stall_reported;
-        char secs[32];
-        std::snprintf(secs, sizeof secs, "%.2f s", static_cast<double>(ns) / 1e9);
-        std::string what = o.context + (o.message_type.empty() ? "" : " on " + o.message_type);
-        if (stall_reported)
-            text = "teardown has waited " + std::string(secs) + " for dispatcher '" + o.dispatcher + "' worker " +
-                   std::to_string(index) + ", held by the stall the watchdog reported (" + what +
-                   "); its further reports are the watchdog's";
-        else
-            text = "teardown has waited " + std::string(secs) + " for a handler that has not returned: dispatcher '" +
-                   o.dispatcher + "' worker " + std::to_string(index) + " is running " + what;
-        text += options_.on_teardown_overrun == overrun_policy::abort ? " (policy: abort)"
-                                                                      : " (policy: report_and_wait)";
+        text = overrun_text(f, ns, stall_reported, options_.on_teardown_overrun);
         o.text = text;
     } catch (...) {
         text = "teardown has waited past its deadline for a handler (the report ran out of memory)";
@@ -409,10 +401,8 @@ bool env_core::stall_reported(const heartbeat* beat, std::uint64_t handled) cons
 // the worker is held listed, so it cannot end meanwhile.
 
 namespace {
-std::string seconds_text(std::int64_t ns) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3f s", static_cast<double>(ns) / 1e9);
-    return buf;
+running_facts facts_of(const stall_report& r) {
+    return {r.dispatcher, r.worker, r.thread_id, r.job, r.context, r.message_type};
 }
 }  // namespace
 
@@ -475,13 +465,7 @@ void env_core::watch_stalls(std::stop_token stop) {
                 r.running_for = std::chrono::nanoseconds(now - w.started);
                 r.timeout = w.d->watchdog().timeout;
                 r.resumed = true;
-                r.text = "watchdog: environment '" + r.environment + "', " + (w.job ? "job queue '" : "dispatcher '") +
-                         r.dispatcher + (w.job ? "' thread " : "' worker ") + std::to_string(r.worker) + " (thread " +
-                         std::to_string(r.thread_id) + ") resumed: " +
-                         (w.job ? r.message_type + " (" + r.context + ")"
-                                : r.context + (r.message_type.empty() ? "" : " on " + r.message_type)) +
-                         " ran for about " + seconds_text(now - w.started) + " in all (timeout " +
-                         seconds_text(r.timeout.count()) + ")";
+                r.text = resumed_text(r.environment, facts_of(r), now - w.started, r.timeout.count());
                 stalled_now_.fetch_sub(1, std::memory_order_relaxed);
                 w.d->stalled_now.fetch_sub(1, std::memory_order_relaxed);
                 note_longest(*w.d, now - w.started);
@@ -562,31 +546,8 @@ void env_core::watch_stalls(std::stop_token stop) {
                     captured_stack st = capture_stack(b, ww.thread_id, options_.watchdog_signal, wait);
                     r.stack = std::move(st.frames);
                     r.stack_note = std::move(st.note);
-                    if (r.job) {
-                        r.text = "watchdog: environment '" + r.environment + "', job queue '" + r.dispatcher +
-                                 "' thread " + std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) +
-                                 "): " + r.message_type + " (" + r.context + ") has been running for " +
-                                 seconds_text(ran) +
-                                 (r.past_deadline ? ", past its deadline (job_queue::params::deadline)"
-                                                  : ", past the job queue's timeout of " + seconds_text(timeout)) +
-                                 ". It runs on a job queue, where blocking work belongs; a job that runs long on "
-                                 "purpose calls mailroom::extend_deadline() as it makes progress.";
-                    } else {
-                        r.text = "watchdog: environment '" + r.environment + "', dispatcher '" + r.dispatcher +
-                                 "' worker " + std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) +
-                                 "): " + r.context + (r.message_type.empty() ? "" : " on " + r.message_type) +
-                                 " has been running for " + seconds_text(ran) + ", past the dispatcher's timeout of " +
-                                 seconds_text(timeout) +
-                                 ". Work that must block belongs in a job queue; a handler that runs long on purpose "
-                                 "calls mailroom::extend_deadline() as it makes progress.";
-                    }
-                    if (r.stack.empty()) {
-                        r.text += "\n  " + r.stack_note;
-                    } else {
-                        r.text += "\n  stack of the stalled thread:";
-                        for (std::size_t i = 0; i < r.stack.size(); ++i)
-                            r.text += "\n    #" + std::to_string(i) + " " + r.stack[i];
-                    }
+                    r.text = stall_text(r.environment, facts_of(r), ran, timeout, r.past_deadline, r.stack,
+                                        r.stack_note);
                     out.push_back({d, std::move(r)});
                 });
             }
