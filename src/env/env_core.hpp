@@ -252,7 +252,7 @@ private:
     std::vector<std::pair<std::thread::id, std::unique_ptr<thread_counters>>> counters_;
 
     /// Watches the workers while join() waits; see teardown_watch in environment.cpp.
-    void watch_teardown(std::stop_token stop, std::int64_t started_ns);
+    void watch_teardown(std::stop_token stop);
     teardown_report join_once();
     void report_overrun(const running_facts& f, std::int64_t ns, bool stall_reported);
 
