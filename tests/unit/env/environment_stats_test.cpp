@@ -43,7 +43,7 @@ struct gate {
 
 using test::eventually;
 
-/// The snapshot's entry of the dispatcher named `name`, or null.
+/// The snapshot's entry of the dispatcher named `name`, or null; valid while `s` lives.
 const dispatcher_figures* find(const environment_stats& s, std::string_view name) {
     for (auto& d : s.dispatchers)
         if (d.name == name) return &d;
@@ -51,6 +51,7 @@ const dispatcher_figures* find(const environment_stats& s, std::string_view name
 }
 
 TEST(environment_stats, snapshot_shows_the_fds_each_loop_watches_and_a_job_queues_knobs_and_backlog) {
+    gate g;  // outlives the environment: its threads are joined before it goes
     environment env({.name = "figures"});
     auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 2});
     auto q = job_queue::make_job_queue(env, "jobs", {.floor = 1, .desired = 1, .max = 8});
@@ -70,7 +71,6 @@ TEST(environment_stats, snapshot_shows_the_fds_each_loop_watches_and_a_job_queue
     ASSERT_EQ(::write(fds[0][1], "x", 1), 1);
     ASSERT_TRUE(eventually([&] { return calls.load() >= 1; }));
 
-    gate g;
     auto blocker = post_job(q, [&] { return g.wait(); });
     ASSERT_TRUE(eventually([&] { return q.job_stats().running == 1; }));
     auto a = post_job(q, [] {});
@@ -78,7 +78,8 @@ TEST(environment_stats, snapshot_shows_the_fds_each_loop_watches_and_a_job_queue
 
     // The loop counts its callback after it returns: wait for the count, not only the call.
     ASSERT_TRUE(eventually([&] {
-        const auto* ev = find(env.stats(), "ev");
+        const environment_stats now = env.stats();
+        const auto* ev = find(now, "ev");
         return ev && ev->loops.size() == 2 && ev->loops[1].fd_callbacks >= 1;
     }));
     const environment_stats st = env.stats();
@@ -131,9 +132,9 @@ TEST(environment_stats, snapshot_shows_the_fds_each_loop_watches_and_a_job_queue
 }
 
 TEST(environment_stats, snapshot_counts_jobs_cancelled_refused_and_timed_out) {
+    gate g;  // outlives the environment: its threads are joined before it goes
     environment env({.name = "outcomes"});
     auto q = job_queue::make_job_queue(env, "q", {.desired = 1, .backlog = 2, .deadline = 40ms});
-    gate g;
     auto blocker = post_job(q, [&] { return g.wait(); });
     ASSERT_TRUE(eventually([&] { return q.job_stats().running == 1; }));
     std::atomic<bool> ran{false};
@@ -168,6 +169,7 @@ TEST(environment_stats, snapshot_counts_jobs_cancelled_refused_and_timed_out) {
 }
 
 TEST(environment_stats, the_watchdogs_stalls_appear_on_the_stalled_dispatchers_entry_only) {
+    gate g;  // outlives the environment: its threads are joined before it goes
     environment env({.name = "stalls"});
     std::mutex m;
     std::condition_variable cv;
@@ -181,7 +183,6 @@ TEST(environment_stats, the_watchdogs_stalls_appear_on_the_stalled_dispatchers_e
     auto slow = one_thread::make_dispatcher(env, "slow", {.watchdog = wp});
     auto calm = one_thread::make_dispatcher(env, "calm", {.watchdog = wp});
     session stuck(env, {.name = "stuck", .bind = slow.bind()});
-    gate g;
     ASSERT_TRUE(stuck.post([&] { g.wait(); }));
     {
         std::unique_lock l(m);
@@ -202,7 +203,10 @@ TEST(environment_stats, the_watchdogs_stalls_appear_on_the_stalled_dispatchers_e
     EXPECT_EQ(c->longest_stall, 0ns);
     EXPECT_EQ(during.stalls_reported, 1u);
     g.open();
-    ASSERT_TRUE(eventually([&] { return find(env.stats(), "slow")->stalled_now == 0; }));
+    ASSERT_TRUE(eventually([&] {
+        const environment_stats now = env.stats();
+        return find(now, "slow")->stalled_now == 0;
+    }));
     const environment_stats after = env.stats();
     EXPECT_EQ(find(after, "slow")->stalls_reported, 1u);
     EXPECT_GE(find(after, "slow")->longest_stall, find(during, "slow")->longest_stall);
