@@ -382,8 +382,8 @@ bool env_core::stall_reported(const heartbeat* beat, std::uint64_t handled) cons
 // in an on_stall callback or a stack wait) never reports a handler under its timeout. A handler's
 // extend_deadline() moves `extended`; the timeout then counts from the moment the watcher saw it
 // move, likewise. A report thus comes at most one sample (plus the watcher's own delay) after the
-// timeout, and never before it. The stack is asked of the stalled thread by a signal (stack_capture.hpp) while
-// the worker is held listed, so it cannot end meanwhile.
+// timeout, and never before it. The stack is asked of the stalled thread by a signal
+// (stack_capture.hpp) while the worker is held listed, so it cannot end meanwhile.
 
 namespace {
 running_facts facts_of(const stall_report& r) {

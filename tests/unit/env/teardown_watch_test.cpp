@@ -106,7 +106,8 @@ TEST(teardown_watch, a_late_look_does_not_report_a_handler_that_started_just_bef
     session holder(env, {.name = "holder"});
     ASSERT_TRUE(holder.post([&] { test::eventually([&] { return release_holder.load(); }, patience); }));
     holder.detach();  // the teardown is what waits for it
-    auto first = post_job(q, {.name = "first"}, [&] { test::eventually([&] { return release_first.load(); }, patience); });
+    auto first = post_job(q, {.name = "first"},
+                          [&] { test::eventually([&] { return release_first.load(); }, patience); });
     auto quick = post_job(q, {.name = "quick"}, [&] {
         const auto t0 = std::chrono::steady_clock::now();
         quick_started = true;
@@ -147,7 +148,8 @@ TEST(teardown_watch, a_late_look_does_not_report_a_handler_that_started_just_bef
     const bool done = test::eventually([&] { return quick_done.load(); }, patience);
     finish();
     ASSERT_TRUE(started && done) << "the quick job did not run";
-    ASSERT_LT(std::chrono::nanoseconds(quick_ran_ns.load()), deadline) << "the quick job itself was held past the deadline";
+    ASSERT_LT(std::chrono::nanoseconds(quick_ran_ns.load()), deadline)
+        << "the quick job itself was held past the deadline";
     for (const handler_overrun& h : r.overruns) EXPECT_NE(h.message_type, "job 'quick'") << h.text;
     std::lock_guard g(m);
     EXPECT_EQ(seen.size(), r.overruns.size());
