@@ -115,7 +115,6 @@ public:
 
     void join() noexcept override {
         std::vector<job_core*> dropped;
-        std::list<thread_rec> recs;
         {
             std::lock_guard g(m_);
             if (!stopping_) {
@@ -134,15 +133,19 @@ public:
                 wake_seq_.store(wake_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
                 cv_.notify_all();
             }
-            recs.splice(recs.end(), recs_);
+            // Out of recs_ (which posts and idle threads reap) into joining_, where the
+            // teardown watch still finds a running job's name in describe_worker().
+            joining_.splice(joining_.end(), recs_);
         }
         for (job_core* j : dropped) {
             if (j->state() == job_state::discarded) j->complete();
             j->release();
         }
         // Running jobs saw their stop_token; their threads leave once they return.
-        for (auto& r : recs)
+        for (auto& r : joining_)
             if (r.thread.joinable()) r.thread.join();
+        std::lock_guard g(m_);
+        joining_.clear();
     }
 
     void discard_queued() noexcept override {}
@@ -165,13 +168,14 @@ public:
         running_detail out;
         out.job = true;
         std::lock_guard g(m_);
-        for (const auto& r : recs_)
-            if (&r.beat == &beat && r.current) {
-                out.job_id = r.current->id_;
-                out.poster = r.current->poster_context_;
-                const std::string n = r.current->name();
-                out.what = n.empty() ? "job #" + std::to_string(out.job_id) : "job '" + n + "'";
-            }
+        for (const auto* recs : {&recs_, &joining_})
+            for (const auto& r : *recs)
+                if (&r.beat == &beat && r.current) {
+                    out.job_id = r.current->id_;
+                    out.poster = r.current->poster_context_;
+                    const std::string n = r.current->name();
+                    out.what = n.empty() ? "job #" + std::to_string(out.job_id) : "job '" + n + "'";
+                }
         return out;
     }
 
@@ -489,6 +493,7 @@ private:
     std::unordered_map<std::uint64_t, std::deque<job_core*>> subs_;  // a poster's queued jobs
     std::deque<std::uint64_t> ring_;                                 // posters with queued jobs, in turn
     std::list<thread_rec> recs_;                                     // stable addresses: heartbeats
+    std::list<thread_rec> joining_;  // under m_: recs_ as join() took them, until it joined them
     std::size_t pending_ = 0, threads_ = 0, idle_ = 0, active_ = 0;
     std::size_t spinners_ = 0;  // of the idle_, those spinning (at most one)
     // Moved (under m_) by a post while a thread spins and by the shutdown; the spinner reads it

@@ -20,6 +20,8 @@
 
 namespace mailroom::internal {
 
+struct running_facts;  // report_text.hpp
+
 /// Counters one thread writes for one environment: single writer, so an increment is a plain
 /// load and store, never a locked instruction on the hot path.
 struct thread_counters {
@@ -250,10 +252,9 @@ private:
     std::vector<std::pair<std::thread::id, std::unique_ptr<thread_counters>>> counters_;
 
     /// Watches the workers while join() waits; see teardown_watch in environment.cpp.
-    void watch_teardown(std::stop_token stop, std::int64_t started_ns);
+    void watch_teardown(std::stop_token stop);
     teardown_report join_once();
-    void report_overrun(const std::string& dispatcher, std::size_t index, std::string context, std::string type,
-                        std::int64_t ns, bool stall_reported);
+    void report_overrun(const running_facts& f, std::int64_t ns, bool stall_reported);
 
     std::mutex join_lock_;
     bool joined_ = false;

@@ -4,6 +4,9 @@
 #include <mailroom/dispatch/stack_capture.hpp>
 #include <mailroom/env/env_core.hpp>
 
+#include "busy_sampler.hpp"
+#include "report_text.hpp"
+
 #include <pthread.h>
 
 #include <algorithm>
@@ -219,107 +222,83 @@ void env_core::stop() noexcept {
 // ---- the teardown watch ----
 //
 // While join() waits (for cooperations to finish, sessions to retire, workers to exit), a
-// thread of its own looks at every worker's heartbeat a few times per deadline. A worker busy
-// with the same demand (its `handled` count has not moved) for longer than the deadline is
-// reported: which dispatcher and worker, which agent or session (the upper layer published its
-// id), which message type, and for how long. Nothing on the hot path changes: the heartbeat's
-// relaxed stores are all it reads. It sees the workers the watchdog sees (the listing of
-// attach_worker), under the same indices and in the same words; a demand whose stall the
-// run-time watchdog has reported already is said once, as that stall, and left to the
-// watchdog's own reports after that: one stream of reports per stall.
+// thread of its own looks at every worker's heartbeat as the teardown begins and then a few
+// times per deadline. A worker busy with the same demand (its `handled` count has not moved) for
+// longer than the deadline is reported: which dispatcher and worker, which agent or session (the
+// upper layer published its id), which message type, and for how long. It times a demand as the
+// watchdog does, with the same sampler (busy_sampler.hpp): from when it first saw it busy, so a
+// late look never reports a handler under the deadline, nor as having run longer than it has.
+// Nothing on the hot path changes: the heartbeat's relaxed stores are all it reads. It sees the
+// workers the watchdog sees (the listing of attach_worker), under the same indices and in the
+// same words; a demand whose stall the run-time watchdog has reported already is said once, as
+// that stall, and left to the watchdog's own reports after that: one stream of reports per stall.
 
-void env_core::watch_teardown(std::stop_token stop, std::int64_t started_ns) {
+void env_core::watch_teardown(std::stop_token stop) {
     const std::int64_t deadline = options_.teardown_deadline.count();
     const std::chrono::nanoseconds tick(std::clamp<std::int64_t>(deadline / 4, 1'000'000, 100'000'000));
-    struct watched {
-        const heartbeat* beat;
-        int thread_id;
-        std::uint64_t handled;
-        std::int64_t since;        // the last check before it was seen busy with this demand
-        std::int64_t next_report;  // deadline, then 2x, 4x, ...
-        bool seen;
-        bool as_stall;             // said once as the watchdog's stall: not repeated
+    struct overrun_watch {
+        std::int64_t next_report = 0;  // first_seen + deadline, then 2x, 4x, ...
+        bool as_stall = false;         // said once as the watchdog's stall: not repeated
     };
     struct due {
         std::string dispatcher;
         std::size_t index;
+        int thread_id;
+        bool job;
         std::string context, type;
         std::int64_t ns;
         bool stall_reported;
     };
-    std::vector<watched> busy;
+    busy_sampler<overrun_watch> busy;
+    const auto nothing = [](const busy_sampler<overrun_watch>::entry&) {};
     std::mutex m;
     std::condition_variable_any cv;
-    std::int64_t last_check = started_ns;
-    while (!stop.stop_requested()) {
-        {
+    // The first look at once: a handler running as the teardown begins is timed from then.
+    for (bool first = true; !stop.stop_requested(); first = false) {
+        if (!first) {
             std::unique_lock g(m);
             cv.wait_for(g, stop, tick, [] { return false; });
+            if (stop.stop_requested()) break;
         }
-        if (stop.stop_requested()) break;
         const std::int64_t now = now_ns();
         std::vector<due> out;
         try {
-            for (auto& w : busy) w.seen = false;
+            busy.begin_sample();
             for (auto& d : dispatchers()) {
                 d->visit_workers([&](dispatcher_impl::watched_worker& ww) {
-                    const heartbeat& b = *ww.beat;
-                    if (b.busy.load(std::memory_order_relaxed) == 0) return;
-                    const std::uint64_t handled = b.handled.load(std::memory_order_relaxed);
-                    auto it = std::find_if(busy.begin(), busy.end(), [&](const watched& w) {
-                        return w.beat == &b && w.thread_id == ww.thread_id;
-                    });
-                    // A demand started after the last check (or before the teardown began).
-                    const watched fresh{&b, ww.thread_id, handled, last_check, last_check + deadline, true, false};
-                    if (it == busy.end()) {
-                        busy.push_back(fresh);
-                        it = busy.end() - 1;
-                    } else if (it->handled != handled) {
-                        *it = fresh;
-                    }
-                    it->seen = true;
-                    if (now < it->next_report || it->as_stall) return;
-                    it->next_report = it->since + 2 * (it->next_report - it->since);
-                    due o{d->name(), ww.index, {}, {}, now - it->since, stall_reported(&b, handled)};
-                    it->as_stall = o.stall_reported;
-                    describe_worker(*d, b, o.context, o.type);
+                    auto* w = busy.look(ww, now, nothing);
+                    if (!w) return;
+                    if (w->fresh) w->next_report = w->first_seen + deadline;
+                    if (now < w->next_report || w->as_stall) return;
+                    w->next_report = w->first_seen + 2 * (w->next_report - w->first_seen);
+                    due o{d->name(), ww.index, ww.thread_id, false, {}, {}, now - w->first_seen,
+                          stall_reported(ww.beat, w->handled)};
+                    w->as_stall = o.stall_reported;
+                    o.job = describe_worker(*d, *ww.beat, o.context, o.type);
                     out.push_back(std::move(o));
                 });
             }
-            std::erase_if(busy, [](const watched& w) { return !w.seen; });
+            busy.end_sample(nothing);
         } catch (...) {
             log("teardown watch: a check ran out of memory; the watch carries on");
         }
         // Outside the listings' locks: on_overrun is the user's.
-        for (auto& o : out) report_overrun(o.dispatcher, o.index, std::move(o.context), std::move(o.type), o.ns,
-                                           o.stall_reported);
-        last_check = now;
+        for (auto& o : out)
+            report_overrun({o.dispatcher, o.index, o.thread_id, o.job, o.context, o.type}, o.ns, o.stall_reported);
     }
 }
 
-void env_core::report_overrun(const std::string& dispatcher, std::size_t index, std::string context, std::string type,
-                              std::int64_t ns, bool stall_reported) {
+void env_core::report_overrun(const running_facts& f, std::int64_t ns, bool stall_reported) {
     handler_overrun o;
     std::string text;
     try {
-        o.dispatcher = dispatcher;
-        o.worker = index;
+        o.dispatcher = f.dispatcher;
+        o.worker = f.worker;
         o.running_for = std::chrono::nanoseconds(ns);
-        o.context = std::move(context);
-        o.message_type = std::move(type);
+        o.context = f.context;
+        o.message_type = f.type;
         o.stall_reported = stall_reported;
-        char secs[32];
-        std::snprintf(secs, sizeof secs, "%.2f s", static_cast<double>(ns) / 1e9);
-        std::string what = o.context + (o.message_type.empty() ? "" : " on " + o.message_type);
-        if (stall_reported)
-            text = "teardown has waited " + std::string(secs) + " for dispatcher '" + o.dispatcher + "' worker " +
-                   std::to_string(index) + ", held by the stall the watchdog reported (" + what +
-                   "); its further reports are the watchdog's";
-        else
-            text = "teardown has waited " + std::string(secs) + " for a handler that has not returned: dispatcher '" +
-                   o.dispatcher + "' worker " + std::to_string(index) + " is running " + what;
-        text += options_.on_teardown_overrun == overrun_policy::abort ? " (policy: abort)"
-                                                                      : " (policy: report_and_wait)";
+        text = overrun_text(f, ns, stall_reported, options_.on_teardown_overrun);
         o.text = text;
     } catch (...) {
         text = "teardown has waited past its deadline for a handler (the report ran out of memory)";
@@ -397,42 +376,32 @@ bool env_core::stall_reported(const heartbeat* beat, std::uint64_t handled) cons
 // One thread per environment samples the heartbeats of every worker of its dispatchers, a few
 // times per the shortest timeout (a quarter of it, between 1 ms and 100 ms). A worker seen busy
 // with the same demand (`handled` has not moved) past its dispatcher's timeout is reported while
-// it still runs, again at 2x, 4x, ... the timeout, and once more when it moves on. The hot path
-// publishes no time, only the relaxed stores it always made, so the watcher times a demand from
-// the moment it first saw it busy (read after the heartbeat): a lower bound of how long it has
-// run. Never from the sample before: that sample may be long past when this one comes late (the
-// watcher starved of the CPU, or held in an on_stall callback or a stack wait), and a handler
-// that started just now would be reported as having run that long. A handler's extend_deadline()
-// moves `extended`; the timeout then counts from the moment the watcher saw it move, likewise.
-// A report thus comes at most one sample (plus the watcher's own delay) after the timeout, and
-// never before it. The stack is asked of the stalled thread by a signal (stack_capture.hpp) while
-// the worker is held listed, so it cannot end meanwhile.
+// it still runs, again at 2x, 4x, ... the timeout, and once more when it moves on. It times a
+// demand from the moment it first saw it busy (busy_sampler.hpp, shared with the teardown watch):
+// a lower bound of how long it has run, so a late sample (the watcher starved of the CPU, or held
+// in an on_stall callback or a stack wait) never reports a handler under its timeout. A handler's
+// extend_deadline() moves `extended`; the timeout then counts from the moment the watcher saw it
+// move, likewise. A report thus comes at most one sample (plus the watcher's own delay) after the
+// timeout, and never before it. The stack is asked of the stalled thread by a signal
+// (stack_capture.hpp) while the worker is held listed, so it cannot end meanwhile.
 
 namespace {
-std::string seconds_text(std::int64_t ns) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3f s", static_cast<double>(ns) / 1e9);
-    return buf;
+running_facts facts_of(const stall_report& r) {
+    return {r.dispatcher, r.worker, r.thread_id, r.job, r.context, r.message_type};
 }
 }  // namespace
 
 void env_core::watch_stalls(std::stop_token stop) {
-    struct watched {
+    struct stall_watch {
         std::shared_ptr<dispatcher_impl> d;
-        const heartbeat* beat;
-        std::size_t index;
-        int thread_id;
-        std::uint64_t handled;
-        std::uint64_t extended;
-        std::int64_t started;       // when the watcher first saw it busy with this demand
-        std::int64_t counted_from;  // started, or when the watcher saw extend_deadline()
-        std::int64_t next_report;   // counted_from + timeout (or a job's deadline), then 2x, 4x, ...
-        bool reported;
-        bool seen;
-        bool job;                   // named at the first report, with context and type
-        bool past_deadline;         // the (first) report is a job's deadline's, not the timeout's
+        std::size_t index = 0;
+        std::int64_t next_report = 0;  // extended_at + timeout (or a job's deadline), then 2x, 4x, ...
+        bool reported = false;
+        bool job = false;              // named at the first report, with context and type
+        bool past_deadline = false;    // the (first) report is a job's deadline's, not the timeout's
         std::string context, type;
     };
+    using watched = busy_sampler<stall_watch>::entry;
     struct pending {
         std::shared_ptr<dispatcher_impl> d;
         stall_report r;
@@ -445,7 +414,7 @@ void env_core::watch_stalls(std::stop_token stop) {
         if (ran > d.longest_stall_ns.load(std::memory_order_relaxed))
             d.longest_stall_ns.store(ran, std::memory_order_relaxed);
     };
-    std::vector<watched> list;
+    busy_sampler<stall_watch> busy;
     while (!stop.stop_requested()) {
         auto ds = dispatchers();
         std::int64_t tick = 100'000'000;
@@ -472,58 +441,33 @@ void env_core::watch_stalls(std::stop_token stop) {
                 r.message_type = w.type;
                 r.job = w.job;
                 r.past_deadline = w.past_deadline;
-                r.running_for = std::chrono::nanoseconds(now - w.started);
+                r.running_for = std::chrono::nanoseconds(now - w.first_seen);
                 r.timeout = w.d->watchdog().timeout;
                 r.resumed = true;
-                r.text = "watchdog: environment '" + r.environment + "', " + (w.job ? "job queue '" : "dispatcher '") +
-                         r.dispatcher + (w.job ? "' thread " : "' worker ") + std::to_string(r.worker) + " (thread " +
-                         std::to_string(r.thread_id) + ") resumed: " +
-                         (w.job ? r.message_type + " (" + r.context + ")"
-                                : r.context + (r.message_type.empty() ? "" : " on " + r.message_type)) +
-                         " ran for about " + seconds_text(now - w.started) + " in all (timeout " +
-                         seconds_text(r.timeout.count()) + ")";
+                r.text = resumed_text(r.environment, facts_of(r), now - w.first_seen, r.timeout.count());
                 stalled_now_.fetch_sub(1, std::memory_order_relaxed);
                 w.d->stalled_now.fetch_sub(1, std::memory_order_relaxed);
-                note_longest(*w.d, now - w.started);
+                note_longest(*w.d, now - w.first_seen);
                 out.push_back({w.d, std::move(r)});
             };
-            for (auto& w : list) w.seen = false;
+            auto ended = [&](const watched& w) {
+                if (w.reported) resumed(w);
+            };
+            busy.begin_sample();
             for (auto& d : ds) {
                 const std::int64_t timeout = d->watchdog().timeout.count();
                 if (timeout <= 0) continue;
                 d->visit_workers([&](dispatcher_impl::watched_worker& ww) {
                     heartbeat& b = *ww.beat;
-                    const bool busy = b.busy.load(std::memory_order_relaxed) != 0;
-                    const std::uint64_t handled = b.handled.load(std::memory_order_relaxed);
-                    // By heartbeat and thread: a job queue's thread record may be freed and
-                    // its address reused by a later thread between two samples.
-                    auto it = std::find_if(list.begin(), list.end(), [&](const watched& w) {
-                        return w.beat == &b && w.thread_id == ww.thread_id;
-                    });
-                    if (it != list.end() && (it->handled != handled || !busy)) {
-                        if (it->reported) resumed(*it);
-                        list.erase(it);
-                        it = list.end();
+                    watched* it = busy.look(ww, now, ended);
+                    if (!it) return;
+                    if (it->fresh) {
+                        it->d = d;
+                        it->index = ww.index;
+                        it->next_report = it->first_seen + timeout;
                     }
-                    if (!busy) return;
-                    const std::uint64_t ext = b.extended.load(std::memory_order_relaxed);
-                    // The clock read after the heartbeat's (the fence keeps the loads above
-                    // before it): the demand, or its extension, was under way by then. `now`,
-                    // read before them, is what the timeout is compared with: both bound the
-                    // time it has run from below.
-                    std::atomic_thread_fence(std::memory_order_acquire);
-                    const bool fresh = it == list.end();
-                    const std::int64_t at = fresh || it->extended != ext ? now_ns() : now;
-                    if (fresh) {
-                        list.push_back({d, &b, ww.index, ww.thread_id, handled, ext, at, at, at + timeout, false,
-                                        true, false, false, {}, {}});
-                        it = list.end() - 1;
-                    }
-                    it->seen = true;
-                    if (it->extended != ext) {
-                        it->extended = ext;
-                        it->counted_from = at;
-                        it->next_report = at + timeout;
+                    if (it->extended_now) {
+                        it->next_report = it->extended_at + timeout;
                         if (!it->reported) it->past_deadline = false;
                     }
                     // A job's own deadline comes first when it is nearer than the timeout
@@ -532,11 +476,11 @@ void env_core::watch_stalls(std::stop_token stop) {
                     // deadline's.
                     const std::int64_t job_deadline = b.deadline_ns.load(std::memory_order_relaxed);
                     if (!it->reported && job_deadline > 0 && job_deadline < it->next_report) {
-                        it->next_report = std::max(job_deadline, it->counted_from + tick);
+                        it->next_report = std::max(job_deadline, it->extended_at + tick);
                         it->past_deadline = true;
                     }
                     if (now < it->next_report) return;
-                    const std::int64_t ran = now - it->started;
+                    const std::int64_t ran = now - it->first_seen;
                     if (!it->reported) {
                         it->job = describe_worker(*d, b, it->context, it->type);
                         it->reported = true;
@@ -546,7 +490,7 @@ void env_core::watch_stalls(std::stop_token stop) {
                         d->stalled_now.fetch_add(1, std::memory_order_relaxed);
                     }
                     note_longest(*d, ran);
-                    it->next_report = it->counted_from + 2 * (it->next_report - it->counted_from);
+                    it->next_report = it->extended_at + 2 * (it->next_report - it->extended_at);
                     stall_report r;
                     r.environment = options_.name;
                     r.dispatcher = d->name();
@@ -562,42 +506,17 @@ void env_core::watch_stalls(std::stop_token stop) {
                     captured_stack st = capture_stack(b, ww.thread_id, options_.watchdog_signal, wait);
                     r.stack = std::move(st.frames);
                     r.stack_note = std::move(st.note);
-                    if (r.job) {
-                        r.text = "watchdog: environment '" + r.environment + "', job queue '" + r.dispatcher +
-                                 "' thread " + std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) +
-                                 "): " + r.message_type + " (" + r.context + ") has been running for " +
-                                 seconds_text(ran) +
-                                 (r.past_deadline ? ", past its deadline (job_queue::params::deadline)"
-                                                  : ", past the job queue's timeout of " + seconds_text(timeout)) +
-                                 ". It runs on a job queue, where blocking work belongs; a job that runs long on "
-                                 "purpose calls mailroom::extend_deadline() as it makes progress.";
-                    } else {
-                        r.text = "watchdog: environment '" + r.environment + "', dispatcher '" + r.dispatcher +
-                                 "' worker " + std::to_string(r.worker) + " (thread " + std::to_string(r.thread_id) +
-                                 "): " + r.context + (r.message_type.empty() ? "" : " on " + r.message_type) +
-                                 " has been running for " + seconds_text(ran) + ", past the dispatcher's timeout of " +
-                                 seconds_text(timeout) +
-                                 ". Work that must block belongs in a job queue; a handler that runs long on purpose "
-                                 "calls mailroom::extend_deadline() as it makes progress.";
-                    }
-                    if (r.stack.empty()) {
-                        r.text += "\n  " + r.stack_note;
-                    } else {
-                        r.text += "\n  stack of the stalled thread:";
-                        for (std::size_t i = 0; i < r.stack.size(); ++i)
-                            r.text += "\n    #" + std::to_string(i) + " " + r.stack[i];
-                    }
+                    r.text = stall_text(r.environment, facts_of(r), ran, timeout, r.past_deadline, r.stack,
+                                        r.stack_note);
                     out.push_back({d, std::move(r)});
                 });
             }
             // A worker that ended (its thread joined) while reported: it went on, then away.
-            for (auto& w : list)
-                if (!w.seen && w.reported) resumed(w);
-            std::erase_if(list, [](const watched& w) { return !w.seen; });
+            busy.end_sample(ended);
             // What the teardown watch asks (stall_reported): the demands reported and running.
             std::lock_guard g(stalled_lock_);
             stalled_.clear();
-            for (auto& w : list)
+            for (auto& w : busy.entries())
                 if (w.reported) stalled_.emplace_back(w.beat, w.handled);
         } catch (...) {
             log("watchdog: a sample ran out of memory; the watchdog carries on");
@@ -670,9 +589,9 @@ teardown_report env_core::join_once() {
     const std::int64_t started = now_ns();
     std::jthread watcher;
     if (options_.teardown_deadline.count() > 0)
-        watcher = std::jthread([this, started](std::stop_token st) {
+        watcher = std::jthread([this](std::stop_token st) {
             env_scope scope(this);  // a join() from on_overrun would wait for this thread
-            watch_teardown(st, started);
+            watch_teardown(st);
         });
     std::vector<env_extension*> exts;
     {
@@ -803,7 +722,18 @@ environment_stats env_core::stats() const {
     s.stalls_reported = stalls_reported_.load(std::memory_order_relaxed);
     s.stalled_now = stalled_now_.load(std::memory_order_relaxed);
     s.longest_stall = std::chrono::nanoseconds(longest_stall_ns_.load(std::memory_order_relaxed));
-    for (auto& d : dispatchers()) s.queue_depth += d->stats().queue_depth;
+    for (auto& d : dispatchers()) {
+        dispatcher_figures f;
+        static_cast<dispatcher_stats&>(f) = d->snapshot();
+        s.queue_depth += f.queue_depth;
+        // The kinds' own figures through their public handles: what their threads publish
+        // anyway (a loop's counters, a job queue's books), nothing added on their hot paths.
+        if (f.kind == event_loop_pool::handle::kind_name)
+            f.loops = dispatcher_cast<event_loop_pool::handle>(dispatcher(d)).loops();
+        else if (f.kind == job_queue::handle::kind_name)
+            f.jobs = dispatcher_cast<job_queue::handle>(dispatcher(d)).job_stats();
+        s.dispatchers.push_back(std::move(f));
+    }
     return s;
 }
 

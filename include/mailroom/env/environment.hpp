@@ -3,6 +3,8 @@
 /// named mboxes. Several independent environments may live in one process.
 
 #include <mailroom/dispatch/dispatcher.hpp>
+#include <mailroom/dispatch/event_loop_pool.hpp>
+#include <mailroom/dispatch/job_queue.hpp>
 #include <mailroom/dispatch/one_thread.hpp>
 #include <mailroom/export.hpp>
 
@@ -11,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -93,6 +96,20 @@ struct environment_options {
     int watchdog_signal = SIGURG;
 };
 
+/// One dispatcher in the environment's snapshot: what `dispatcher::stats()` says of every kind
+/// (threads, bound contexts, queue depth, each worker, the run-time watchdog's stalls) and the
+/// figures of its kind, read from what its threads already publish (docs/env.md, "Statistics").
+struct dispatcher_figures : dispatcher_stats {
+    /// An event_loop_pool's loops, one entry per loop thread, as `event_loop_pool::handle::loops()`
+    /// gives them: contexts pinned, fds watched now, fd callbacks run, cycles, their summed and
+    /// longest time. Empty for the other kinds.
+    std::vector<event_loop_pool::loop_stats> loops;
+    /// A job queue's snapshot, as `job_queue::handle::job_stats()` gives it: its concurrency
+    /// knobs, threads, backlog, jobs by outcome (completed, failed, cancelled, refused, expired,
+    /// overran, discarded), wait and run time (sums and maxima). Empty for the other kinds.
+    std::optional<job_queue::stats> jobs;
+};
+
 /// Counters of an environment: its messages, timers and queues; a consistent-enough snapshot
 /// taken from any thread. Every message counted sent has one outcome: sent = delivered + lost +
 /// ignored + discarded + cancelled + dropped once nothing is in flight. The layers above keep
@@ -125,6 +142,10 @@ struct environment_stats {
     std::uint64_t stalls_reported = 0;      ///< handlers the run-time watchdog reported (each stall once, however often repeated)
     std::uint64_t stalled_now = 0;          ///< of those, the ones still running
     std::chrono::nanoseconds longest_stall{};  ///< the longest a reported handler ran (so far, for one still running)
+    /// Every dispatcher of the environment, the default one first, then in the order they were
+    /// added: each with its kind's figures (loops, a job queue's) and its share of the
+    /// watchdog's stalls. Read one dispatcher after another, each consistent enough on its own.
+    std::vector<dispatcher_figures> dispatchers;
 };
 
 /// Owns everything that runs in it. Starts on construction. `stop()` from any thread begins an
@@ -176,7 +197,10 @@ public:
     /// handle, and raises dispatcher_kind_error when the dispatcher is of another kind.
     dispatcher find_dispatcher(std::string_view name) const;
 
+    /// A snapshot of the environment's counters and of every dispatcher's figures
+    /// (environment_stats::dispatchers). Any thread, any time, also after join().
     environment_stats stats() const;
+    /// Every dispatcher's `dispatcher::stats()`, without the kinds' figures. Any thread.
     std::vector<dispatcher_stats> dispatcher_stats_all() const;
 
 private:
