@@ -150,9 +150,10 @@ parsed_key_file read_key_file(const fs::path& file, bool secret) {
 }
 
 // Writes `text` to a new file beside `target` with `mode` (created with it, so that it is never
-// readable by others, whatever the umask), then renames it over `target`: a reader sees the old
-// file or the new one, never half of one.
-void write_whole(const fs::path& target, const std::string& text, mode_t mode) {
+// readable by others, whatever the umask), then puts it in place whole: renamed over `target`
+// when replacing is allowed (a reader sees the old file or the new one, never half of one), or
+// linked as `target`, which fails if a file appeared there since it was checked.
+void write_whole(const fs::path& target, const std::string& text, mode_t mode, bool replace) {
     fs::path tmp = target;
     tmp += ".tmp-" + std::to_string(::getpid());
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
@@ -182,6 +183,18 @@ void write_whole(const fs::path& target, const std::string& text, mode_t mode) {
         int e = errno;
         ::unlink(tmp.c_str());
         fail(target, key_file_problem::io, "cannot be closed: " + errno_text(e));
+    }
+    if (!replace) {
+        int rc = ::link(tmp.c_str(), target.c_str());
+        int e = errno;
+        // A file system without hard links falls back to the rename (the caller checked that
+        // the target was absent a moment ago).
+        if (rc == 0 || (e != EPERM && e != EOPNOTSUPP && e != ENOSYS)) {
+            ::unlink(tmp.c_str());
+            if (rc == 0) return;
+            if (e == EEXIST) fail(target, key_file_problem::exists, "exists; refusing to overwrite it");
+            fail(target, key_file_problem::io, "cannot be put in place: " + errno_text(e));
+        }
     }
     if (::rename(tmp.c_str(), target.c_str()) != 0) {
         int e = errno;
@@ -301,12 +314,12 @@ void write_key_files(const curve_keypair& keys, std::string_view name, const std
                 std::string(secret_marker) + "\n" + who +
                     "# Z85, 40 characters. Keep this file private (mode 0600); never copy it to another node.\n" +
                     keys.secret_key + "\n",
-                0600);
+                0600, options.overwrite);
     write_whole(public_file,
                 std::string(public_marker) + "\n" + who +
                     "# Z85, 40 characters. Put a copy in the allow-list directory of the nodes this node may reach.\n" +
                     keys.public_key + "\n",
-                0644);
+                0644, options.overwrite);
 }
 
 std::string read_public_key_file(const std::filesystem::path& file) {

@@ -248,7 +248,11 @@ std::size_t zap_handler::allow_directory(const std::filesystem::path& dir) {
     for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
         if (entry.path().extension() != ".pub") continue;
         std::string name = entry.path().stem().string();
-        check_node_name(name);
+        try {
+            check_node_name(name);
+        } catch (const invalid_name_error& e) {
+            throw invalid_name_error("allow-list file '" + entry.path().string() + "': " + e.what());
+        }
         found.emplace_back(read_public_key_file(entry.path()), std::move(name));
     }
     if (ec)
