@@ -664,3 +664,29 @@ TEST(security, malformed_zap_requests_are_refused_counted_and_the_handler_carrie
     EXPECT_EQ(reply[5], "alice");
     EXPECT_EQ(zap.stats().allowed_curve, 1u);
 }
+
+TEST(security, null_access_local_lets_in_loopback_and_unix_peers_only_and_any_lets_in_all) {
+    struct expectation {
+        const char* address;
+        bool local;
+    };
+    const std::vector<expectation> addresses = {
+        {"127.0.0.1", true},  {"127.9.8.7", true},      {"::1", true},           {"::ffff:127.0.0.1", true},
+        {"", true},           {":1000:1000:4242", true}, {"10.0.0.1", false},    {"::ffff:10.0.0.1", false},
+        {"2001:db8::1", false}, {"127.0.0.1.example", false}, {"1127.0.0.1", false},
+    };
+    for (null_access access : {null_access::local, null_access::any}) {
+        zmq_ctx ctx;
+        zap_handler zap(ctx.ctx, {.null = access, .log = [](std::string_view) {}});
+        zap_driver driver(zap);
+        zmq_sock raw(ctx.ctx, ZMQ_DEALER);
+        ASSERT_EQ(zmq_connect(raw.s, "inproc://zeromq.zap.01"), 0);
+        for (const auto& a : addresses) {
+            SCOPED_TRACE(std::string(access == null_access::local ? "local: " : "any: ") + a.address);
+            send_all(raw.s, {"", "1.0", "1", "mailroom", a.address, "", "NULL"});
+            auto reply = recv_all(raw.s, 5000ms);
+            ASSERT_EQ(reply.size(), 7u);
+            EXPECT_EQ(reply[3], (access == null_access::any || a.local) ? "200" : "400");
+        }
+    }
+}
