@@ -47,7 +47,7 @@ for f in "$secret" "$public"; do
 done
 head -1 "$secret" | grep -q "^# mailroom curve secret key$" || fail "the secret file's header is not the secret marker"
 head -1 "$public" | grep -q "^# mailroom curve public key$" || fail "the public file's header is not the public marker"
-grep -q "public key of node 'alpha': $(key_line "$public")" "$scratch/out" || fail "the printed public key is not the file's"
+grep -qF "public key of node 'alpha': $(key_line "$public")" "$scratch/out" || fail "the printed public key is not the file's"
 [ "$(key_line "$secret")" != "$(key_line "$public")" ] || fail "the secret and public keys are the same"
 
 before=$(cat "$secret" "$public" | md5sum)
