@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `mailroom node keygen`: writes NAME.key (0600) and NAME.pub (0644), each one Z85 key line under
+# a comment header; refuses to overwrite without --force; bad arguments exit 2; `mailroom node`
+# without keygen says the runner is not built yet and exits 2.
+# Usage: node_keygen_test.sh <path of the mailroom tool> <scratch directory>
+set -u
+tool=$1
+scratch=$2
+rm -rf "$scratch"
+mkdir -p "$scratch"
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+expect_exit() {  # expect_exit CODE DESCRIPTION -- command...
+    local want=$1 what=$2
+    shift 3
+    "$@" >"$scratch/out" 2>"$scratch/err"
+    local got=$?
+    [ "$got" -eq "$want" ] || fail "$what: exit $got, expected $want (stderr: $(cat "$scratch/err"))"
+}
+
+key_line() { grep -v '^#' "$1" | grep -v '^[[:space:]]*$'; }
+
+expect_exit 2 "node without keygen" -- "$tool" node
+grep -q "not built yet" "$scratch/err" || fail "node without keygen does not say the runner is not built yet"
+expect_exit 0 "node --help" -- "$tool" node --help
+grep -q "keygen" "$scratch/out" || fail "node --help does not describe keygen"
+grep -q "not built yet" "$scratch/out" || fail "node --help does not say the runner is not built yet"
+expect_exit 2 "keygen without --name" -- "$tool" node keygen --out "$scratch/keys"
+expect_exit 2 "keygen without --out" -- "$tool" node keygen --name alpha
+expect_exit 2 "keygen with an unknown flag" -- "$tool" node keygen --out "$scratch/keys" --name alpha --bogus
+expect_exit 2 "keygen with a bad node name" -- "$tool" node keygen --out "$scratch/keys" --name a/b
+[ ! -e "$scratch/keys/a/b.key" ] || fail "a bad name wrote a file"
+
+expect_exit 0 "keygen" -- "$tool" node keygen --out "$scratch/keys" --name alpha
+secret="$scratch/keys/alpha.key"
+public="$scratch/keys/alpha.pub"
+[ -f "$secret" ] || fail "no $secret"
+[ -f "$public" ] || fail "no $public"
+[ "$(stat -c %a "$secret")" = 600 ] || fail "secret key mode $(stat -c %a "$secret"), expected 600"
+[ "$(stat -c %a "$public")" = 644 ] || fail "public key mode $(stat -c %a "$public"), expected 644"
+[ "$(stat -c %a "$scratch/keys")" = 700 ] || fail "made directory mode $(stat -c %a "$scratch/keys"), expected 700"
+for f in "$secret" "$public"; do
+    [ "$(key_line "$f" | wc -l)" -eq 1 ] || fail "$f: not exactly one key line"
+    key_line "$f" | grep -Eq '^[]0-9a-zA-Z.:+=^!/*?&<>()[{}@%$#-]{40}$' || fail "$f: the key line is not 40 Z85 characters"
+    [ "$(key_line "$f" | tr -d '\n' | wc -c)" -eq 40 ] || fail "$f: the key is not 40 characters"
+done
+head -1 "$secret" | grep -q "^# mailroom curve secret key$" || fail "the secret file's header is not the secret marker"
+head -1 "$public" | grep -q "^# mailroom curve public key$" || fail "the public file's header is not the public marker"
+grep -qF "public key of node 'alpha': $(key_line "$public")" "$scratch/out" || fail "the printed public key is not the file's"
+[ "$(key_line "$secret")" != "$(key_line "$public")" ] || fail "the secret and public keys are the same"
+
+before=$(cat "$secret" "$public" | md5sum)
+expect_exit 1 "keygen over existing files" -- "$tool" node keygen --out "$scratch/keys" --name alpha
+grep -q "exists" "$scratch/err" || fail "refusing to overwrite does not say the file exists"
+[ "$(cat "$secret" "$public" | md5sum)" = "$before" ] || fail "a refused keygen changed the files"
+expect_exit 0 "keygen --force" -- "$tool" node keygen --out "$scratch/keys" --name alpha --force
+[ "$(cat "$secret" "$public" | md5sum)" != "$before" ] || fail "keygen --force did not replace the files"
+[ "$(stat -c %a "$secret")" = 600 ] || fail "replaced secret key mode $(stat -c %a "$secret")"
+
+if [ "$fails" -ne 0 ]; then
+    echo "$fails check(s) failed"
+    exit 1
+fi
+rm -rf "$scratch"
+echo "node keygen: all checks passed"
