@@ -84,6 +84,17 @@ std::shared_ptr<void> process_context() {
     return c;
 }
 
+// A name a peer sent: what check_name accepts (not `*`: the local `*` is reached through the
+// names no object has), so that a hostile name is refused before it reaches the registry.
+bool valid_target(std::string_view name) noexcept {
+    try {
+        check_name(name);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
 bool matches(std::string_view pattern, std::string_view name) noexcept {
     // '*' matches any run of characters; iterative with one backtrack point.
     std::size_t p = 0, n = 0, star = std::string_view::npos, mark = 0;
@@ -1066,7 +1077,7 @@ void node_core::on_request(peer& p, const frame& f) {
         if (!send_to_peer(p, out_.data(), out_.size())) bump(n_.answers_lost);
     };
     const std::string target(f.target);
-    if (!exported(target))
+    if (!valid_target(target) || !exported(target))
         return reject(reject_reason::no_such_object, "node '" + name_ + "' does not export '" + target + "'");
     if (p.served >= options_.max_served_per_peer)
         return reject(reject_reason::peer_limits, "node '" + name_ + "' is serving " + std::to_string(p.served) +
@@ -1096,7 +1107,7 @@ void node_core::on_request(peer& p, const frame& f) {
 void node_core::on_send(peer& p, const frame& f) {
     bump(n_.sends_served);
     const std::string target(f.target);
-    if (!exported(target)) {
+    if (!valid_target(target) || !exported(target)) {
         bump(n_.served_refused);
         log("one-way message from peer '" + p.name + "' to '" + target + "' refused: not exported");
         return;

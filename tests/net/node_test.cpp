@@ -448,6 +448,43 @@ TEST(node, malformed_frames_from_a_raw_socket_are_rejected_counted_logged_and_th
     EXPECT_EQ(s.hello_refused, 2u);
     EXPECT_TRUE(f.server_log.has("rejected a message from a connection from 127.0.0.1")) << "no log line";
     EXPECT_TRUE(f.server_log.has("refused the HELLO of 'raw' from 127.0.0.1"));
+    // A peer that said HELLO and then asks for a name no object may have: refused and answered,
+    // even by a node that exports everything.
+    f.server->export_all();
+    {
+        net::byte_buffer hello, req;
+        internal::frame h;
+        h.kind = internal::frame_kind::hello;
+        h.node = "rawpeer";
+        h.protocol_version = 1;
+        internal::frame_writer(hello).write(h);
+        internal::frame q;
+        q.kind = internal::frame_kind::request;
+        q.request_id = 77;
+        q.target = "no good";
+        internal::frame_writer(req).write(q, *types(), add_req{1, 2});
+        zmq_send(raw, hello.data(), hello.size(), 0);
+        zmq_send(raw, req.data(), req.size(), 0);
+        bool got_reject = false;
+        internal::frame_decoder dec;
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        while (!got_reject && std::chrono::steady_clock::now() < until) {
+            zmq_pollitem_t item{raw, 0, ZMQ_POLLIN, 0};
+            if (zmq_poll(&item, 1, 100) <= 0) continue;
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            ASSERT_GE(zmq_msg_recv(&m, raw, 0), 0);
+            if (dec.decode({static_cast<const std::byte*>(zmq_msg_data(&m)), zmq_msg_size(&m)}) ==
+                internal::frame_error::none)
+                for (auto& fr : dec.frames())
+                    if (fr.kind == internal::frame_kind::reject && fr.request_id == 77) {
+                        got_reject = true;
+                        EXPECT_EQ(fr.reason, internal::reject_reason::no_such_object);
+                    }
+            zmq_msg_close(&m);
+        }
+        EXPECT_TRUE(got_reject) << "no REJECT for a request to an invalid name";
+    }
     zmq_close(raw);
     zmq_ctx_term(ctx);
     // The node and its peer carry on.
