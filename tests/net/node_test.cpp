@@ -11,6 +11,7 @@
 #include <zmq.h>
 
 #include <atomic>
+#include <cstdio>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -356,7 +357,12 @@ TEST(node, a_peer_destroyed_mid_stream_abandons_every_request_in_flight_then_rec
     net::node again(*f->server_env, "server", fast());
     again.export_all();
     ASSERT_EQ(again.listen(f->endpoint), f->endpoint);
-    EXPECT_TRUE(events.wait(net::peer_state::up, "server", 2));
+    const bool back = events.wait(net::peer_state::up, "server", 2, 30s);
+    EXPECT_TRUE(back);
+    if (!back) {
+        std::lock_guard g(f->client_log.m);
+        for (auto& l : f->client_log.lines) std::fprintf(stderr, "client log: %s\n", l.c_str());
+    }
     EXPECT_EQ(settle(waiting), request_state::replied) << waiting.reason();
     EXPECT_EQ(waiting.reply().sum, 21);
     auto r = request<add_rep>(*f->client_env, "server/calc", add_req{3, 4}, {.timeout = 10s});
