@@ -24,6 +24,7 @@
 #include <mailroom/session/context.hpp>
 #include <mailroom/session/event_object.hpp>
 #include <mailroom/named/name_table.hpp>
+#include <mailroom/named/remote_router.hpp>
 #include <mailroom/core/handle_access.hpp>
 
 #include <climits>
@@ -176,6 +177,12 @@ public:
     std::atomic<std::uint64_t> registered{0}, unregistered{0}, messages{0}, rejected_sends{0}, requests{0},
         replied{0}, rejected{0}, abandoned{0}, orphaned{0};
 
+    // The remote router (remote_router.hpp). Read only when a name missed every local object
+    // and has a '/': the flag keeps the local miss path free of the lock.
+    std::atomic<bool> has_router{false};
+    std::mutex router_lock;
+    std::shared_ptr<remote_router> router;  // guarded by router_lock
+
 private:
     static constexpr int key = 0;  // the extension's key: its address
 };
@@ -243,6 +250,7 @@ public:
     named_registry* reg;
     std::uint64_t id;
     message_type reply_type;
+    std::int64_t timeout_ns = 0;
     envelope* reply = nullptr;  // written before the final state is stored
     std::string reason;         // the same
 
@@ -480,6 +488,7 @@ void named_registry::abandon_open_requests() noexcept {
 request_core* new_request(environment& env, message_type reply_type, std::chrono::nanoseconds timeout) {
     auto& reg = named_registry::of(*internal::core_of(env));
     auto* r = new request_core(internal::core_of(env), &reg, reply_type);
+    r->timeout_ns = timeout.count() > 0 ? timeout.count() : 0;
     reg.requests.fetch_add(1, std::memory_order_release);
     if (timeout.count() > 0) {
         auto* t = new timeout_entry(r, timeout.count());
@@ -643,8 +652,12 @@ struct named_delivery {
     }
 };
 
-void send_named(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
-                std::string reply_to) {
+namespace {
+
+// One path for request(), send_to() and a router's local deliveries. `local_only` never asks
+// the router and never throws for an outcome (the result says it).
+local_send send_core(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
+                     std::string reply_to, bool wait_for_peer, bool local_only) {
     envelope_ref b(body);
     auto& core = *internal::core_of(env);
     auto& reg = named_registry::of(core);
@@ -663,7 +676,7 @@ void send_named(environment& env, std::string_view name, envelope* body, request
     if (!core.open()) {
         std::string why = "environment '" + core.name() + "' is stopped";
         fail(request_state::abandoned, why);
-        if (r) return;
+        if (r || local_only) return local_send::stopped;
         throw environment_stopped_error("sending to '" + std::string(name) + "': " + why);
     }
     envelope* d = make_envelope<named_delivery>();  // a fresh one, not yet shared: no race
@@ -685,7 +698,37 @@ void send_named(environment& env, std::string_view name, envelope* body, request
     };
     bool sent;
     try {
-        sent = reg.table.read(name, to) || reg.table.read("*", to);
+        sent = reg.table.read(name, to);
+        // No local object of that name: a node's name (`node/object`) goes to the router, if
+        // one is installed and takes it, before the local `*` may.
+        if (!sent && !local_only && reg.has_router.load(std::memory_order_acquire) &&
+            name.find('/') != std::string_view::npos) {
+            std::shared_ptr<remote_router> router;
+            {
+                std::lock_guard g(reg.router_lock);
+                router = reg.router;
+            }
+            if (router) {
+                envelope_ref rb(std::exchange(nd.body, nullptr));
+                request_core* rr = std::exchange(nd.req, nullptr);
+                bool taken = false;
+                try {
+                    taken = router->route(name, rb, rr, nd.hdr, wait_for_peer);
+                } catch (...) {
+                    nd.body = rb.release();
+                    nd.req = rr;
+                    throw;
+                }
+                if (taken) {
+                    d->release();
+                    if (keep) keep->release();
+                    return local_send::delivered;
+                }
+                nd.body = rb.release();
+                nd.req = rr;
+            }
+        }
+        if (!sent) sent = reg.table.read("*", to);
     } catch (...) {
         if (d) d->release();
         if (keep) keep->release();
@@ -698,19 +741,65 @@ void send_named(environment& env, std::string_view name, envelope* body, request
         } else {
             reg.messages.fetch_add(1, std::memory_order_release);
         }
-        return;
+        return local_send::delivered;
     }
     std::string why = "no object named '" + std::string(name) + "' in environment '" + core.name() + "' (and no '*')";
     if (keep) {
         keep->finish(request_state::rejected, nullptr, why);
         keep->release();
         d->release();
-        return;
+        return local_send::no_such_object;
     }
     d->release();
     reg.rejected_sends.fetch_add(1, std::memory_order_release);
+    if (local_only) return local_send::no_such_object;
     throw no_such_object_error("sending to '" + std::string(name) + "': " + why);
 }
+
+}  // namespace
+
+void send_named(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
+                std::string reply_to, bool wait_for_peer) {
+    send_core(env, name, body, r, std::move(source), std::move(reply_to), wait_for_peer, false);
+}
+
+local_send send_named_local(environment& env, std::string_view name, envelope* body, request_core* r,
+                            std::string source, std::string reply_to) {
+    return send_core(env, name, body, r, std::move(source), std::move(reply_to), false, true);
+}
+
+// ---- the remote router ----
+
+remote_router::~remote_router() = default;
+
+void set_remote_router(env_core& env, std::shared_ptr<remote_router> router) {
+    auto& reg = named_registry::of(env);
+    std::lock_guard g(reg.router_lock);
+    if (reg.router) throw usage_error("environment '" + env.name() + "' has a node already (one node per environment)");
+    reg.router = std::move(router);
+    reg.has_router.store(true, std::memory_order_release);
+}
+
+void clear_remote_router(env_core& env, const remote_router* router) noexcept {
+    auto* found = named_registry::find(env);  // made by set_remote_router if a router was ever set
+    if (!found) return;
+    auto& reg = const_cast<named_registry&>(*found);
+    std::shared_ptr<remote_router> gone;  // released outside the lock
+    std::lock_guard g(reg.router_lock);
+    if (reg.router.get() != router) return;
+    gone = std::move(reg.router);
+    reg.has_router.store(false, std::memory_order_release);
+}
+
+bool request_finish(request_core* r, request_state final, envelope* body, std::string why) noexcept {
+    return r->finish(final, body, std::move(why));
+}
+void request_mark_transmitted(request_core* r) noexcept { r->mark_transmitted(); }
+message_type request_reply_type(const request_core* r) noexcept { return r->reply_type; }
+std::chrono::nanoseconds request_timeout(const request_core* r) noexcept {
+    return std::chrono::nanoseconds(r->timeout_ns);
+}
+void request_count_orphan(request_core* r) noexcept { r->reg->orphaned.fetch_add(1, std::memory_order_release); }
 
 // ---- registration ----
 
@@ -833,7 +922,8 @@ void incoming::reply_envelope(internal::envelope* e) {
         throw usage_error("reply to request #" + std::to_string(d_->hdr.id) + " to '" + d_->hdr.destination +
                           "': answered already");
     internal::request_core* r = std::exchange(d_->req, nullptr);
-    if (e->type() != r->reply_type) {
+    // A request made by a remote router takes any type: its requester checks on its node.
+    if (r->reply_type != message_type{} && e->type() != r->reply_type) {
         std::string why = "the handler of '" + d_->hdr.destination + "' replied with a " + readable_name(e->type()) +
                           " where a " + readable_name(r->reply_type) + " was expected";
         if (!r->finish(request_state::rejected, nullptr, why)) d_->reg->orphaned.fetch_add(1, std::memory_order_release);

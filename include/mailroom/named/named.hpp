@@ -106,7 +106,7 @@ MAILROOM_EXPORT void request_then(request_core* r, const context_ref& s, handler
 MAILROOM_EXPORT void request_resume_here(request_core* r, std::coroutine_handle<> h);
 /// Sends a request or one-way message; takes `body` over.
 MAILROOM_EXPORT void send_named(environment& env, std::string_view name, envelope* body, request_core* r,
-                                std::string source, std::string reply_to);
+                                std::string source, std::string reply_to, bool wait_for_peer = false);
 }  // namespace internal
 
 /// Options of a send or request to a named object. Views, copied by the call: the options are
@@ -120,6 +120,10 @@ struct send_options {
     std::string_view reply_to{};
     /// Requests only: abandoned when no answer came within this time (zero: no limit).
     std::chrono::nanoseconds timeout{0};
+    /// Requests to another node's object (`node/object`, docs/nodes.md) whose peer is down:
+    /// false (the default) abandons them at once; true lets them wait for the peer to come
+    /// back, bounded by `timeout` (without a timeout they fail fast all the same).
+    bool wait_for_peer = false;
 };
 
 /// A message to a named object, as its handler sees it. Move it out of the handler (into a
@@ -320,7 +324,7 @@ template <class R, class Msg>
     outgoing<R> out(r);
     internal::request_add_ref(r);  // the delivery's
     internal::send_named(env, name, internal::make_envelope<std::decay_t<Msg>>(std::forward<Msg>(msg)), r,
-                         std::string(options.source), std::string(options.reply_to));
+                         std::string(options.source), std::string(options.reply_to), options.wait_for_peer);
     return out;
 }
 

@@ -158,6 +158,8 @@ struct type_entry {
     message_type type;      ///< the C++ type, for lookups inside this process only
     /// Appends the encoding of the `T` at `value` to `out`.
     void (*encode)(const void* value, byte_buffer& out) = nullptr;
+    /// Appends the encoding of the `T` an envelope of the type carries (what a node sends).
+    void (*encode_envelope)(const internal::envelope* e, byte_buffer& out) = nullptr;
     /// Decodes `in` into a new message envelope of the type (never throws; `out` is set only on ok).
     decode_result (*decode)(std::span<const std::byte> in, const decode_limits& limits,
                             internal::envelope_ref& out) = nullptr;

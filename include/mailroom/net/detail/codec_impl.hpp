@@ -17,6 +17,16 @@ void erased_encode(const void* value, byte_buffer& out) {
 }
 
 template <class T>
+void erased_encode_envelope(const internal::envelope* e, byte_buffer& out) {
+    if constexpr (is_signal_v<T>) {
+        (void)e;
+        (void)out;  // a signal's envelope is shared and carries nothing
+    } else {
+        codec<T>::encode(internal::payload_of<T>(const_cast<internal::envelope*>(e)), out);
+    }
+}
+
+template <class T>
 decode_result erased_decode(std::span<const std::byte> in, const decode_limits& limits,
                             internal::envelope_ref& out) {
     if constexpr (is_signal_v<T>) {
@@ -50,6 +60,7 @@ wire_id register_type(type_registry& registry, std::string_view name, wire_id id
     e.name = std::string(name);
     e.type = message_type_of<T>();
     e.encode = &detail::erased_encode<T>;
+    e.encode_envelope = &detail::erased_encode_envelope<T>;
     e.decode = &detail::erased_decode<T>;
     registry.add(std::move(e));
     return id;

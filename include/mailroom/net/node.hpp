@@ -1,0 +1,198 @@
+#pragma once
+/// A node: an environment's face to the network over ZeroMQ. It listens on endpoints and
+/// connects to other nodes, knows its peers by their node names (HELLO), watches them with
+/// heartbeats and a phi-accrual failure detector, reconnects with back-off, and carries
+/// `request<R>(env, "node/object", ...)` and `send_to(env, "node/object", ...)` to the named
+/// objects another node exports, with the five request states across the wire. One I/O thread
+/// per node owns every socket. See docs/nodes.md.
+
+#include <mailroom/core/error.hpp>
+#include <mailroom/env/environment.hpp>
+#include <mailroom/mbox/event_handle.hpp>
+#include <mailroom/mbox/mbox.hpp>
+#include <mailroom/named/named.hpp>
+#include <mailroom/net/codec.hpp>
+#include <mailroom/net_export.hpp>
+#include <mailroom/session/session.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mailroom::net {
+
+/// A one-way message to `node/object` could not go: the peer is down or the node is stopped.
+/// (A request is never raised for: it is abandoned with the reason.)
+class MAILROOM_NET_EXPORT peer_unavailable_error final : public error {
+public:
+    using error::error;
+};
+
+/// listen() or connect() failed (a bad endpoint, an address in use), or the node is stopped.
+class MAILROOM_NET_EXPORT endpoint_error final : public error {
+public:
+    using error::error;
+};
+
+/// What a node's socket is for, when the socket-options hook is called.
+enum class socket_role : std::uint8_t {
+    listening,   ///< the ROUTER that accepts other nodes (before each bind)
+    connecting,  ///< a DEALER that dials one node (before its connect)
+};
+
+struct node_options {
+    /// The message types this node sends and receives (required). Shared, read-only from now on.
+    std::shared_ptr<const type_registry> types{};
+    /// Application heartbeats to every peer; also the ZMTP heartbeat interval.
+    std::chrono::milliseconds heartbeat_interval{1000};
+    /// phi at which a silent peer is suspected (the failure detector's threshold).
+    double suspect_phi = 10.0;
+    /// Lateness of a heartbeat the detector tolerates before phi rises.
+    std::chrono::milliseconds acceptable_heartbeat_pause{3000};
+    /// The floor of the heartbeat intervals' standard deviation in the detector.
+    std::chrono::milliseconds min_std_deviation{100};
+    /// How long a peer stays suspected before it is declared down (its requests abandoned).
+    std::chrono::milliseconds down_after{2000};
+    /// How long a connection waits for the other node's HELLO before it dials again.
+    std::chrono::milliseconds hello_timeout{2000};
+    /// Reconnect back-off: from this (doubling, with full jitter) ...
+    std::chrono::milliseconds reconnect_min{100};
+    /// ... up to this.
+    std::chrono::milliseconds reconnect_max{10'000};
+    /// The largest ZeroMQ message accepted (ZMQ_MAXMSGSIZE); a larger one drops the connection.
+    std::int64_t max_message_bytes = (16 << 20) + 4096;
+    /// How long closing a socket may wait to flush what it holds (ZMQ_LINGER).
+    std::chrono::milliseconds linger{200};
+    /// Requests from one peer being served at once; one more is rejected (peer limits).
+    std::uint32_t max_served_per_peer = 65'536;
+    /// Called on the I/O thread with each new socket (a `void*` ZeroMQ socket) before it binds
+    /// or connects, and the endpoint: where security sets CURVE options. What it throws fails
+    /// that listen() or connect() (or that reconnect attempt, logged).
+    std::function<void(void* socket, socket_role role, std::string_view endpoint)> socket_options{};
+};
+
+/// A peer's state, as the failure detector sees it.
+enum class peer_state : std::uint8_t {
+    up,       ///< HELLO exchanged, heartbeats arriving
+    suspect,  ///< silent past the detector's threshold
+    down,     ///< suspected for down_after (or gone): its requests were abandoned
+};
+MAILROOM_NET_EXPORT const char* to_string(peer_state s) noexcept;
+
+/// A peer event, delivered to the sessions that subscribe_peers(): `state` is what the peer
+/// became (up: peer_up, suspect: peer_suspect, down: peer_down).
+struct peer_event {
+    peer_state state = peer_state::up;
+    std::string peer;     ///< the peer's node name
+    std::string address;  ///< where it connected from or was dialled at ("" when unknown)
+};
+
+/// A peer as the node knows it now.
+struct peer_info {
+    std::string name;
+    peer_state state = peer_state::up;
+    std::string address;
+};
+
+/// Frames of each kind.
+struct frame_counts {
+    std::uint64_t hello = 0, heartbeat = 0, request = 0, send = 0, reply = 0, reject = 0, batch = 0;
+};
+
+/// What a node counted since it was made. Any thread.
+struct node_stats {
+    frame_counts frames_in{};
+    frame_counts frames_out{};
+    std::uint64_t bytes_in = 0;
+    std::uint64_t bytes_out = 0;
+    /// ZeroMQ messages refused by the decoder, and per reason.
+    std::uint64_t frames_rejected = 0;
+    std::uint64_t rejected_truncated = 0, rejected_oversized = 0, rejected_unknown_kind = 0,
+                  rejected_unknown_version = 0, rejected_bad_magic = 0, rejected_trailing_bytes = 0,
+                  rejected_malformed = 0, rejected_undecodable_payload = 0;
+    /// Frames other than HELLO from a connection that has not said HELLO (dropped).
+    std::uint64_t frames_from_unknown = 0;
+    std::uint64_t hello_refused = 0;  ///< wrong version, duplicate or own name
+    std::uint64_t peers_up = 0, peers_suspect = 0, peers_down = 0;  ///< events
+    /// Requests to other nodes: handed to the node, and how the node finished them (timeouts
+    /// and cancels finish a request elsewhere: named_stats has every final state).
+    std::uint64_t requests_out = 0, requests_replied = 0, requests_rejected = 0, requests_abandoned = 0;
+    /// Of requests_rejected, by the remote reason.
+    std::uint64_t rejected_no_such_object = 0, rejected_handler = 0, rejected_undecodable_type = 0,
+                  rejected_peer_limits = 0;
+    std::uint64_t replies_orphaned = 0;  ///< answers to a request already final or unknown
+    std::uint64_t sends_out = 0;         ///< one-way messages handed to a peer's socket
+    std::uint64_t sends_lost = 0;        ///< one-way messages dropped: peer lost, unreachable, node stopped
+    std::uint64_t requests_served = 0;   ///< requests from peers given to local objects (or refused)
+    std::uint64_t sends_served = 0;      ///< one-way messages from peers given to local objects
+    std::uint64_t served_refused = 0;    ///< of those, refused (not exported, no object, undecodable, limits)
+    std::uint64_t answers_lost = 0;      ///< replies and rejects for a peer that went away first
+    std::uint64_t unreachable = 0;       ///< sends the socket refused (EHOSTUNREACH, a full pipe)
+};
+
+namespace internal_node {
+class node_core;
+}
+
+/// A node of environment `env`, named `name` (a named object's name without '/'). One node per
+/// environment. Stops (bounded: it joins its I/O thread, abandoning whatever is in flight with
+/// the reason "node stopped") when destroyed, when stop() is called, or when its environment
+/// stops, whichever comes first. Any thread may call any member.
+class MAILROOM_NET_EXPORT node {
+public:
+    node() noexcept;
+    /// Raises invalid_name_error for a bad name, usage_error without options.types or when
+    /// `env` has a node, environment_stopped_error when it is stopping.
+    node(environment& env, std::string name, node_options options);
+    node(node&&) noexcept;
+    node& operator=(node&&) noexcept;
+    ~node();
+
+    explicit operator bool() const noexcept { return core_ != nullptr; }
+    const std::string& name() const noexcept;
+
+    /// Binds `endpoint` (`tcp://host:port`, port 0 or `*` for any free one, `ipc://`,
+    /// `inproc://`) and returns the endpoint bound (the port chosen). Blocks until the I/O
+    /// thread did it (bounded). Raises endpoint_error naming the node and the endpoint.
+    std::string listen(std::string_view endpoint);
+    /// The endpoints bound so far.
+    std::vector<std::string> endpoints() const;
+    /// Dials `endpoint` and keeps dialling (with back-off) while it is down; the peer is known
+    /// once its HELLO came (peer_up). Raises endpoint_error for a malformed endpoint.
+    void connect(std::string_view endpoint);
+
+    /// Serves the local named objects whose names match `pattern` (`*` matches any run of
+    /// characters: "pricing/*"; "*" alone exports everything) to other nodes. Cumulative.
+    void export_objects(std::string pattern);
+    /// Serves every local named object (and the local `*`) to other nodes.
+    void export_all() { export_objects("*"); }
+
+    /// Peer events (peer_event: up, suspect, down) as callbacks `f(const peer_event&)` on
+    /// session `s`; the handle has every event object's guarantees (docs/lifetimes.md).
+    template <class F>
+    [[nodiscard]] event_handle subscribe_peers(session& s, F&& f) {
+        return s.subscribe<peer_event>(peer_events(), std::forward<F>(f));
+    }
+    /// The publish-subscribe mbox the node publishes peer_events to (agents subscribe here).
+    mbox peer_events() const;
+
+    /// Blocks until `peer` is up or `timeout` passed; true when up. Not on a worker thread of
+    /// the environment in a callback (it would block it): there, subscribe_peers().
+    bool wait_for_peer(std::string_view peer, std::chrono::nanoseconds timeout) const;
+    /// The peers known now.
+    std::vector<peer_info> peers() const;
+    node_stats stats() const;
+
+    /// Stops the node: bounded (the I/O thread is joined); requests in flight are abandoned
+    /// ("node '<name>' stopped"), one-way messages not yet sent are counted lost. Idempotent.
+    void stop() noexcept;
+
+private:
+    std::shared_ptr<internal_node::node_core> core_;
+};
+
+}  // namespace mailroom::net

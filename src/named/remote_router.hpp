@@ -1,0 +1,64 @@
+#pragma once
+// The named layer's extension point for the layer above it (net): a per-environment remote
+// router that request() and send_to() consult when a name matches no local object, before the
+// local `*`. The named layer knows nothing of nodes or peers: it hands the router the name, the
+// message and the request, and the router says whether it took them. Also the few operations
+// on a request that a router needs (finish it with a remote answer, mark it handed to the wire),
+// and a delivery to local objects only, for what arrives from elsewhere.
+
+#include <mailroom/named/named.hpp>
+#include <mailroom/env/env_core.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace mailroom::internal {
+
+/// Takes sends and requests to names that no local object has. Installed per environment.
+class MAILROOM_EXPORT remote_router {
+public:
+    virtual ~remote_router();
+    /// `name` matched no local object (called on the sender's thread, any thread, never under a
+    /// lock of the named layer). Returns false when the name is not the router's: `body` and
+    /// `r` stay the caller's, which goes on to the local `*` or says no such object. Returns
+    /// true when it took both (`body`'s reference and the caller's reference to `r`, which it
+    /// finishes). For a one-way message (`r` null) it may raise an error for the sender (the
+    /// message is then dropped, counted by the router).
+    virtual bool route(std::string_view name, envelope_ref& body, request_core* r, const message_header& header,
+                       bool wait_for_peer) = 0;
+};
+
+/// Installs `router` as `env`'s remote router; usage_error naming the environment when it has
+/// one. Any thread.
+MAILROOM_EXPORT void set_remote_router(env_core& env, std::shared_ptr<remote_router> router);
+/// Removes `router` if it is the one installed. A send inside its route() at that moment holds
+/// it (shared) until it returns: the router must answer such a late call itself (its node is
+/// stopped).
+MAILROOM_EXPORT void clear_remote_router(env_core& env, const remote_router* router) noexcept;
+
+/// Finishes `r` (replied with `body`, taken over; rejected or abandoned with `why`). False when
+/// it was final already (`body` is released). Any thread.
+MAILROOM_EXPORT bool request_finish(request_core* r, request_state final, envelope* body, std::string why) noexcept;
+/// posted -> transmitted (no effect once it moved on).
+MAILROOM_EXPORT void request_mark_transmitted(request_core* r) noexcept;
+/// The reply type its requester expects (empty for a request made by a router: any type).
+MAILROOM_EXPORT message_type request_reply_type(const request_core* r) noexcept;
+/// Its timeout as given (zero: none).
+MAILROOM_EXPORT std::chrono::nanoseconds request_timeout(const request_core* r) noexcept;
+/// Counts an answer that came for `r` after it was final (named_stats::replies_orphaned).
+MAILROOM_EXPORT void request_count_orphan(request_core* r) noexcept;
+
+/// What a delivery to local objects only did.
+enum class local_send : std::uint8_t { delivered, no_such_object, stopped };
+
+/// Delivers to the local object `name` (or the local `*`), never to the router: for what
+/// arrives from another node. Takes `body` and the caller's reference to `r` (a request that
+/// finds nothing is rejected, one to a stopped environment abandoned). Never throws for an
+/// outcome; `name` must be valid.
+MAILROOM_EXPORT local_send send_named_local(environment& env, std::string_view name, envelope* body, request_core* r,
+                                            std::string source, std::string reply_to);
+
+}  // namespace mailroom::internal

@@ -1,0 +1,1346 @@
+// The node: one I/O thread per node owns every ZeroMQ socket (Debian's libzmq 4.3.4 has no
+// thread-safe socket); other threads hand it frames through a mutex-guarded queue and wake it
+// with an eventfd that zmq_poll watches beside the sockets.
+//
+// Socket shape: one ROUTER for everything that connects to this node (bound to each listen()
+// endpoint; ZMQ_ROUTER_MANDATORY, so a frame for a peer that is gone fails with EHOSTUNREACH,
+// counted, instead of vanishing), and one DEALER per connect(). A peer is one connection: the
+// dialling side sends HELLO on its DEALER, the listening side answers with its own HELLO on
+// the ROUTER (to the routing id the first one came from), and both directions of that pair
+// then carry every frame between the two nodes. A peer is known by its node name.
+//
+// Peers are watched with application HEARTBEATs (each feeds that peer's phi-accrual detector)
+// beside ZMTP's heartbeats (which drop a dead TCP connection inside libzmq but tell nobody:
+// no draft API, no disconnect message). Suspected (phi over the threshold) for down_after, a
+// peer is down: every request in flight to it is abandoned ("peer 'x' lost"), the dialling side
+// closes its DEALER and dials again after the back-off, and a new HELLO brings the peer up.
+//
+// Requests across the wire: request<R>(env, "b/calc", ...) misses every local name; the named
+// layer's remote router (this node) takes it, encodes the frame on the caller's thread and
+// queues it (posted); the I/O thread hands it to the socket (transmitted) and lists it under
+// its peer until a REPLY or REJECT comes (replied / rejected with the remote reason), or the
+// peer is lost or the node stops (abandoned). Served requests are local requests made by the
+// node (any reply type) whose continuation queues the answer back to the peer.
+
+#include <mailroom/net/node.hpp>
+
+#include <mailroom/core/handle_access.hpp>
+#include <mailroom/env/env_core.hpp>
+#include <mailroom/named/remote_router.hpp>
+#include <mailroom/net/failure_detector.hpp>
+#include <mailroom/net/frame.hpp>
+
+#include <zmq.h>
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <future>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+namespace mailroom::net {
+
+const char* to_string(peer_state s) noexcept {
+    switch (s) {
+        case peer_state::up: return "up";
+        case peer_state::suspect: return "suspect";
+        case peer_state::down: return "down";
+    }
+    return "?";
+}
+
+namespace internal_node {
+
+using internal::envelope_ref;
+using internal::frame;
+using internal::frame_kind;
+using internal::reject_reason;
+using internal::request_core;
+using clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+// One ZeroMQ context for every node of the process, so that inproc:// reaches between them;
+// terminated when the last node let go of it.
+std::shared_ptr<void> process_context() {
+    static std::mutex lock;
+    static std::weak_ptr<void> shared;
+    std::lock_guard g(lock);
+    if (auto c = shared.lock()) return c;
+    void* ctx = zmq_ctx_new();
+    if (!ctx) throw error(std::string("node: zmq_ctx_new failed: ") + zmq_strerror(zmq_errno()));
+    std::shared_ptr<void> c(ctx, [](void* p) { zmq_ctx_term(p); });
+    shared = c;
+    return c;
+}
+
+// A name a peer sent: what check_name accepts (not `*`: the local `*` is reached through the
+// names no object has), so that a hostile name is refused before it reaches the registry.
+bool valid_target(std::string_view name) noexcept {
+    try {
+        check_name(name);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+bool matches(std::string_view pattern, std::string_view name) noexcept {
+    // '*' matches any run of characters; iterative with one backtrack point.
+    std::size_t p = 0, n = 0, star = std::string_view::npos, mark = 0;
+    while (n < name.size()) {
+        if (p < pattern.size() && pattern[p] == '*') {
+            star = p++;
+            mark = n;
+        } else if (p < pattern.size() && pattern[p] == name[n]) {
+            ++p;
+            ++n;
+        } else if (star != std::string_view::npos) {
+            p = star + 1;
+            n = ++mark;
+        } else {
+            return false;
+        }
+    }
+    while (p < pattern.size() && pattern[p] == '*') ++p;
+    return p == pattern.size();
+}
+
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
+
+}  // namespace
+
+/// The node's counters: written by any thread (relaxed), read by stats().
+struct counters {
+    std::atomic<std::uint64_t> in[8]{}, out[8]{};
+    std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0}, frames_from_unknown{0}, hello_refused{0}, peers_up{0},
+        peers_suspect{0}, peers_down{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
+        requests_abandoned{0}, rej_reason[5]{}, replies_orphaned{0}, sends_out{0}, sends_lost{0},
+        requests_served{0}, sends_served{0}, served_refused{0}, answers_lost{0}, unreachable{0};
+};
+
+/// Work handed to the I/O thread.
+struct command {
+    enum kind_t : std::uint8_t { frame_out, answer, listen, connect } kind = frame_out;
+    std::string peer;               // frame_out, answer: the peer's name
+    std::vector<std::byte> bytes;   // frame_out, answer: a whole frame
+    request_core* req = nullptr;    // frame_out of a REQUEST: a reference
+    std::uint64_t req_id = 0;
+    std::uint64_t incarnation = 0;  // answer: the peer's incarnation that asked
+    bool wait_for_peer = false;
+    std::string endpoint;           // listen, connect
+    std::shared_ptr<std::promise<std::string>> done;  // listen, connect
+};
+
+/// What the callers' threads may see of a peer (the I/O thread keeps the rest).
+struct peer_view {
+    peer_state state = peer_state::up;
+    std::string address;
+    std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
+};
+
+struct connection;
+
+/// A peer, on the I/O thread only.
+struct peer {
+    std::string name;
+    std::string address;
+    std::uint64_t incarnation = 0;
+    std::string rid;              // its routing id on the ROUTER, when it dialled us
+    connection* conn = nullptr;   // the DEALER, when we dialled it
+    peer_state state = peer_state::up;
+    internal::phi_accrual_detector detector;
+    clock::time_point suspect_since{};
+    std::uint64_t hb_seq = 0;
+    std::uint32_t served = 0;
+    struct flight {
+        request_core* req;  // a reference
+        bool final_seen = false;
+    };
+    std::unordered_map<std::uint64_t, flight> inflight;
+    std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
+
+    peer(internal::phi_accrual_options o) : detector(o) {}
+};
+
+/// A connect(): one DEALER, redialled after the back-off while its peer is down.
+struct connection {
+    std::string endpoint;
+    void* socket = nullptr;
+    enum { waiting_hello, up, backoff } state = backoff;
+    clock::time_point deadline{};  // waiting_hello: the HELLO's; backoff: the next attempt
+    internal::reconnect_backoff backoff_delay;
+    peer* p = nullptr;
+    connection(std::string e, internal::backoff_options o, std::function<std::uint64_t()> rnd)
+        : endpoint(std::move(e)), backoff_delay(o, std::move(rnd)) {}
+};
+
+class node_core;
+
+/// Stops the environment's nodes in its teardown, before the cooperations finish: nothing from
+/// the network reaches an object while the environment tears down.
+class node_extension final : public internal::env_extension {
+public:
+    static constexpr int phase = 50;
+    int teardown_phase() const noexcept override { return phase; }
+    void begin_stop() noexcept override;
+    void wait_stopped() noexcept override;
+    void add(const std::shared_ptr<node_core>& n) {
+        std::lock_guard g(lock);
+        nodes.push_back(n);
+    }
+    static node_extension& of(internal::env_core& e) {
+        return e.extension<node_extension>(&key, [] { return std::make_unique<node_extension>(); });
+    }
+
+private:
+    std::vector<std::shared_ptr<node_core>> live();
+    static constexpr int key = 0;
+    std::mutex lock;
+    std::vector<std::weak_ptr<node_core>> nodes;
+};
+
+class node_core final : public internal::remote_router, public std::enable_shared_from_this<node_core> {
+public:
+    node_core(environment& env, std::string name, node_options options)
+        : env_(env), core_(internal::core_of(env)), name_(std::move(name)), options_(std::move(options)) {}
+    ~node_core() override;
+
+    void start();
+    void stop() noexcept;
+
+    std::string listen(std::string_view endpoint) { return ask(command::listen, endpoint); }
+    void connect(std::string_view endpoint) { ask(command::connect, endpoint); }
+    void export_objects(std::string pattern) {
+        std::lock_guard g(exports_lock_);
+        exports_.push_back(std::move(pattern));
+    }
+    bool exported(std::string_view name) {
+        std::lock_guard g(exports_lock_);
+        for (auto& p : exports_)
+            if (matches(p, name)) return true;
+        return false;
+    }
+    std::vector<std::string> endpoints() const {
+        std::lock_guard g(view_lock_);
+        return endpoints_;
+    }
+    std::vector<peer_info> peers() const {
+        std::lock_guard g(view_lock_);
+        std::vector<peer_info> v;
+        for (auto& [n, p] : views_) v.push_back({n, p.state, p.address});
+        return v;
+    }
+    bool wait_for_peer(std::string_view peer, std::chrono::nanoseconds timeout) const {
+        std::unique_lock g(view_lock_);
+        return view_changed_.wait_for(g, timeout, [&] {
+            auto it = views_.find(std::string(peer));
+            return it != views_.end() && it->second.state == peer_state::up;
+        });
+    }
+    node_stats stats() const;
+
+    bool route(std::string_view name, envelope_ref& body, request_core* r, const message_header& header,
+               bool wait_for_peer) override;
+
+    const std::string& name() const noexcept { return name_; }
+    mbox events_;
+
+private:
+    friend class node_extension;
+    // ---- any thread ----
+    bool push(command&& c);  // false once the node stopped (c untouched then)
+    std::string ask(command::kind_t kind, std::string_view endpoint);
+    void log(const std::string& text) const noexcept {
+        try {
+            core_->log("node '" + name_ + "': " + text);
+        } catch (...) {
+        }
+    }
+    static void answered(void* arg) noexcept;  // a served request is final
+
+    // ---- the I/O thread ----
+    void run() noexcept;
+    void handle(command& c);
+    void on_message(void* socket, connection* conn);
+    void on_frame(peer& p, const frame& f);
+    void on_hello(const frame& f, void* socket, connection* conn, const std::string& rid, const std::string& addr);
+    void on_request(peer& p, const frame& f);
+    void on_send(peer& p, const frame& f);
+    void on_answer(peer& p, const frame& f);
+    bool send_to_peer(peer& p, const std::byte* data, std::size_t n);
+    bool send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n);
+    void send_hello(void* socket, const std::string* rid);
+    void tick(clock::time_point now);
+    void peer_now(peer& p, peer_state s);
+    void drop_peer(peer& p, const std::string& why);
+    void dial(connection& c);
+    void publish(peer_state s, const std::string& peer, const std::string& address) noexcept;
+    void update_view(const peer& p, bool erase = false);
+    void finish_all(const std::string& why) noexcept;
+    void abandon(request_core* r, const std::string& why) noexcept;  // takes the reference
+    void lose(command& c, const std::string& why) noexcept;          // a frame_out that cannot go
+    void* new_socket(int type, socket_role role, std::string_view endpoint);
+    internal::phi_accrual_options detector_options() const {
+        internal::phi_accrual_options o;
+        o.threshold = options_.suspect_phi;
+        o.acceptable_heartbeat_pause = options_.acceptable_heartbeat_pause;
+        o.min_std_deviation = options_.min_std_deviation;
+        o.first_heartbeat_estimate = options_.heartbeat_interval;
+        return o;
+    }
+
+    environment& env_;
+    std::shared_ptr<internal::env_core> core_;
+    std::string name_;
+    node_options options_;
+    std::shared_ptr<void> ctx_;
+    int wake_fd_ = -1;
+
+    // The queue of work for the I/O thread.
+    std::mutex queue_lock_;
+    std::vector<command> queue_;
+    bool stopped_ = false;  // guarded by queue_lock_: no more work is taken
+
+    std::mutex join_lock_;
+    std::thread io_;
+    std::atomic<bool> stop_requested_{false};
+
+    mutable std::mutex view_lock_;
+    mutable std::condition_variable view_changed_;
+    std::map<std::string, peer_view, std::less<>> views_;
+    std::vector<std::string> endpoints_;
+
+    std::mutex exports_lock_;
+    std::vector<std::string> exports_;
+
+    counters n_;
+    std::array<std::atomic<std::uint64_t>, internal::frame_error_count> rejected_{};
+
+    // The I/O thread's own.
+    void* router_ = nullptr;
+    std::vector<std::unique_ptr<connection>> conns_;
+    std::map<std::string, std::unique_ptr<peer>, std::less<>> peers_;
+    std::unordered_map<std::string, peer*> by_rid_;
+    std::unordered_map<std::string, std::vector<command>> waiting_;  // requests waiting for their peer
+    internal::frame_decoder decoder_;
+    net::byte_buffer out_;
+    std::uint64_t incarnations_ = 0;
+    std::mt19937_64 random_{std::random_device{}()};
+    clock::time_point next_heartbeat_{};
+    std::uint32_t ticks_ = 0;
+};
+
+// ---- the extension ----
+
+std::vector<std::shared_ptr<node_core>> node_extension::live() {
+    std::lock_guard g(lock);
+    std::vector<std::shared_ptr<node_core>> v;
+    for (auto& w : nodes)
+        if (auto n = w.lock()) v.push_back(std::move(n));
+    return v;
+}
+
+void node_extension::begin_stop() noexcept {
+    try {
+        for (auto& n : live()) {
+            std::lock_guard g(n->queue_lock_);
+            n->stop_requested_.store(true, std::memory_order_release);
+            std::uint64_t one = 1;
+            if (n->wake_fd_ >= 0) (void)!::write(n->wake_fd_, &one, sizeof one);
+        }
+    } catch (...) {
+    }
+}
+
+void node_extension::wait_stopped() noexcept {
+    try {
+        for (auto& n : live()) n->stop();
+    } catch (...) {
+    }
+}
+
+// ---- life ----
+
+node_core::~node_core() {
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void node_core::start() {
+    if (!options_.types) throw usage_error("node '" + name_ + "': node_options::types is required (the message types it carries)");
+    core_->check_not_stopping("making node", name_);
+    ctx_ = process_context();
+    wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) throw error("node '" + name_ + "': eventfd failed: " + std::strerror(errno));
+    events_ = make_mpmc_mbox(env_);
+    internal::set_remote_router(*core_, shared_from_this());
+    try {
+        node_extension::of(*core_).add(shared_from_this());
+        io_ = std::thread([this] { run(); });
+    } catch (...) {
+        internal::clear_remote_router(*core_, this);
+        throw;
+    }
+}
+
+void node_core::stop() noexcept {
+    {
+        std::lock_guard g(queue_lock_);
+        stop_requested_.store(true, std::memory_order_release);
+    }
+    std::uint64_t one = 1;
+    if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof one);
+    {
+        std::lock_guard g(join_lock_);
+        if (io_.joinable()) {
+            if (io_.get_id() == std::this_thread::get_id()) {
+                io_.detach();  // the node's own thread let go of the last handle: it is on its way out
+            } else {
+                io_.join();
+            }
+        }
+    }
+    internal::clear_remote_router(*core_, this);
+}
+
+bool node_core::push(command&& c) {
+    bool was_empty;
+    {
+        std::lock_guard g(queue_lock_);
+        if (stopped_ || stop_requested_.load(std::memory_order_relaxed)) return false;
+        was_empty = queue_.empty();
+        queue_.push_back(std::move(c));
+    }
+    if (was_empty) {
+        std::uint64_t one = 1;
+        (void)!::write(wake_fd_, &one, sizeof one);
+    }
+    return true;
+}
+
+// listen() and connect(): done on the I/O thread (which owns the sockets), waited for here.
+std::string node_core::ask(command::kind_t kind, std::string_view endpoint) {
+    const std::string what = std::string(kind == command::listen ? "listen on '" : "connect to '") +
+                             std::string(endpoint) + "'";
+    command c;
+    c.kind = kind;
+    c.endpoint.assign(endpoint);
+    c.done = std::make_shared<std::promise<std::string>>();
+    auto f = c.done->get_future();
+    if (!push(std::move(c))) throw endpoint_error("node '" + name_ + "': " + what + ": the node is stopped");
+    if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+        throw endpoint_error("node '" + name_ + "': " + what + ": no answer from the I/O thread in 10 s");
+    return f.get();
+}
+
+node_stats node_core::stats() const {
+    node_stats s;
+    auto fc = [](const std::atomic<std::uint64_t>* a) {
+        auto l = [&](frame_kind k) { return a[static_cast<int>(k)].load(std::memory_order_relaxed); };
+        frame_counts c;
+        c.hello = l(frame_kind::hello);
+        c.heartbeat = l(frame_kind::heartbeat);
+        c.request = l(frame_kind::request);
+        c.send = l(frame_kind::send);
+        c.reply = l(frame_kind::reply);
+        c.reject = l(frame_kind::reject);
+        c.batch = l(frame_kind::batch);
+        return c;
+    };
+    auto ld = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+    s.frames_in = fc(n_.in);
+    s.frames_out = fc(n_.out);
+    s.bytes_in = ld(n_.bytes_in);
+    s.bytes_out = ld(n_.bytes_out);
+    using fe = internal::frame_error;
+    auto rj = [&](fe e) { return ld(rejected_[static_cast<std::size_t>(e)]); };
+    s.rejected_truncated = rj(fe::truncated);
+    s.rejected_oversized = rj(fe::oversized);
+    s.rejected_unknown_kind = rj(fe::unknown_kind);
+    s.rejected_unknown_version = rj(fe::unknown_version);
+    s.rejected_bad_magic = rj(fe::bad_magic);
+    s.rejected_trailing_bytes = rj(fe::trailing_bytes);
+    s.rejected_malformed = rj(fe::malformed);
+    s.rejected_undecodable_payload = rj(fe::undecodable_payload);
+    s.frames_rejected = s.rejected_truncated + s.rejected_oversized + s.rejected_unknown_kind +
+                        s.rejected_unknown_version + s.rejected_bad_magic + s.rejected_trailing_bytes +
+                        s.rejected_malformed + s.rejected_undecodable_payload;
+    s.frames_from_unknown = ld(n_.frames_from_unknown);
+    s.hello_refused = ld(n_.hello_refused);
+    s.peers_up = ld(n_.peers_up);
+    s.peers_suspect = ld(n_.peers_suspect);
+    s.peers_down = ld(n_.peers_down);
+    s.requests_out = ld(n_.requests_out);
+    s.requests_replied = ld(n_.requests_replied);
+    s.requests_rejected = ld(n_.requests_rejected);
+    s.requests_abandoned = ld(n_.requests_abandoned);
+    s.rejected_no_such_object = ld(n_.rej_reason[1]);
+    s.rejected_handler = ld(n_.rej_reason[2]);
+    s.rejected_undecodable_type = ld(n_.rej_reason[3]);
+    s.rejected_peer_limits = ld(n_.rej_reason[4]);
+    s.replies_orphaned = ld(n_.replies_orphaned);
+    s.sends_out = ld(n_.sends_out);
+    s.sends_lost = ld(n_.sends_lost);
+    s.requests_served = ld(n_.requests_served);
+    s.sends_served = ld(n_.sends_served);
+    s.served_refused = ld(n_.served_refused);
+    s.answers_lost = ld(n_.answers_lost);
+    s.unreachable = ld(n_.unreachable);
+    return s;
+}
+
+// ---- the remote router: callers' threads ----
+
+bool node_core::route(std::string_view name, envelope_ref& body, request_core* r, const message_header& header,
+                      bool wait_for_peer) {
+    const std::size_t slash = name.find('/');
+    const std::string_view peer_name = name.substr(0, slash);
+    const std::string_view target = name.substr(slash + 1);
+    peer_view view;
+    {
+        std::lock_guard g(view_lock_);
+        auto it = views_.find(peer_name);
+        if (it == views_.end()) return false;  // not a peer this node knows: the local `*` may have it
+        view = it->second;
+    }
+    auto refuse = [&](request_state st, reject_reason why_code, const std::string& why) -> bool {
+        if (r) {
+            if (internal::request_finish(r, st, nullptr, why)) {
+                if (st == request_state::rejected) {
+                    bump(n_.requests_rejected);
+                    bump(n_.rej_reason[static_cast<int>(why_code)]);
+                } else {
+                    bump(n_.requests_abandoned);
+                }
+            }
+            internal::request_release(r);
+            return true;
+        }
+        bump(n_.sends_lost);
+        if (why_code == reject_reason::undecodable_type) throw usage_error("sending to '" + std::string(name) + "': " + why);
+        throw peer_unavailable_error("sending to '" + std::string(name) + "': " + why);
+    };
+    const net::type_entry* te = options_.types->find(body.get()->type());
+    if (!te)
+        return refuse(request_state::rejected, reject_reason::undecodable_type,
+                      "node '" + name_ + "': the type " + readable_name(body.get()->type()) +
+                          " is not registered in its type_registry");
+    if (view.types) {
+        auto t = view.types->find(te->id);
+        if (t == view.types->end() || t->second != te->name)
+            return refuse(request_state::rejected, reject_reason::undecodable_type,
+                          "peer '" + std::string(peer_name) + "' does not know the type '" + te->name + "'");
+    }
+    if (view.state == peer_state::down && !(wait_for_peer && r && internal::request_timeout(r).count() > 0))
+        return refuse(request_state::abandoned, reject_reason::peer_limits,
+                      "peer '" + std::string(peer_name) + "' is down");
+    command c;
+    c.peer.assign(peer_name);
+    c.wait_for_peer = wait_for_peer;
+    try {
+        internal::frame_writer w(c.bytes);
+        frame f;
+        f.source = header.source;
+        f.target = target;
+        if (r) {
+            f.kind = frame_kind::request;
+            f.request_id = internal::request_id(r);
+            const auto ms = std::chrono::ceil<std::chrono::milliseconds>(internal::request_timeout(r)).count();
+            f.timeout_ms = static_cast<std::uint32_t>(std::min<std::int64_t>(ms, UINT32_MAX));
+        } else {
+            f.kind = frame_kind::send;
+            f.reply_to = header.reply_to;
+        }
+        f.type = te->id;
+        // The payload is encoded in place by the type's codec: the frame is whole when queued.
+        net::byte_buffer payload;
+        te->encode_envelope(body.get(), payload);
+        f.payload = payload;
+        w.write(f);
+    } catch (const std::exception& e) {
+        if (r) return refuse(request_state::rejected, reject_reason::undecodable_type,
+                             std::string("node '") + name_ + "': encoding failed: " + e.what());
+        throw;
+    }
+    body = envelope_ref();
+    c.req = r;
+    c.req_id = r ? internal::request_id(r) : 0;
+    if (!push(std::move(c))) return refuse(request_state::abandoned, reject_reason::peer_limits,
+                                           "node '" + name_ + "' is stopped");
+    if (r) bump(n_.requests_out);
+    return true;
+}
+
+// A served request is final (on whichever thread finished it): its answer goes back to the
+// peer that asked, through the I/O thread.
+struct served {
+    std::shared_ptr<node_core> node;
+    request_core* req;  // a reference
+    std::string peer;
+    std::uint64_t incarnation;
+    std::uint64_t remote_id;
+    internal::local_send outcome;
+};
+
+void node_core::answered(void* arg) noexcept {
+    std::unique_ptr<served> s(static_cast<served*>(arg));
+    node_core& n = *s->node;
+    command c;
+    c.kind = command::answer;
+    c.incarnation = s->incarnation;
+    try {
+        c.peer = s->peer;
+        internal::frame_writer w(c.bytes);
+        frame f;
+        f.request_id = s->remote_id;
+        const request_state st = internal::request_get_state(s->req);
+        bool replied = false;
+        if (st == request_state::replied) {
+            internal::envelope* e = internal::request_reply(s->req);
+            const net::type_entry* te = n.options_.types->find(e->type());
+            if (te) {
+                net::byte_buffer payload;
+                te->encode_envelope(e, payload);
+                f.kind = frame_kind::reply;
+                f.type = te->id;
+                f.payload = payload;
+                w.write(f);
+                replied = true;
+            } else {
+                f.kind = frame_kind::reject;
+                f.reason = reject_reason::undecodable_type;
+                f.text = "the reply type is not registered on node '" + n.name_ + "'";
+            }
+        } else {
+            f.kind = frame_kind::reject;
+            f.reason = s->outcome == internal::local_send::no_such_object ? reject_reason::no_such_object
+                                                                          : reject_reason::handler_rejected;
+        }
+        std::string text;
+        if (!replied) {
+            if (f.text.empty()) {
+                text = internal::request_reason(s->req);
+                if (st == request_state::abandoned) text = "abandoned on node '" + n.name_ + "': " + text;
+                if (text.size() > 1024) text.resize(1024);
+                f.text = text;
+            }
+            w.write(f);
+        }
+    } catch (...) {
+        c.bytes.clear();
+    }
+    internal::request_release(s->req);
+    if (c.bytes.empty() || !n.push(std::move(c))) bump(n.n_.answers_lost);
+}
+
+// ---- the I/O thread ----
+
+void* node_core::new_socket(int type, socket_role role, std::string_view endpoint) {
+    void* s = zmq_socket(ctx_.get(), type);
+    if (!s) throw endpoint_error("node '" + name_ + "': zmq_socket failed: " + zmq_strerror(zmq_errno()));
+    auto set_int = [&](int opt, int v) { zmq_setsockopt(s, opt, &v, sizeof v); };
+    try {
+        set_int(ZMQ_LINGER, static_cast<int>(options_.linger.count()));
+        std::int64_t max = options_.max_message_bytes;
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max, sizeof max);
+        const int ivl = static_cast<int>(std::max<std::int64_t>(options_.heartbeat_interval.count(), 1));
+        set_int(ZMQ_HEARTBEAT_IVL, ivl);
+        set_int(ZMQ_HEARTBEAT_TIMEOUT, ivl * 5);
+        set_int(ZMQ_HEARTBEAT_TTL, std::min(((ivl * 5 + 99) / 100) * 100, 6'553'500));
+        if (type == ZMQ_ROUTER) set_int(ZMQ_ROUTER_MANDATORY, 1);
+        if (options_.socket_options) options_.socket_options(s, role, endpoint);
+    } catch (...) {
+        zmq_close(s);
+        throw;
+    }
+    return s;
+}
+
+void node_core::run() noexcept {
+    std::vector<zmq_pollitem_t> items;
+    std::vector<connection*> item_conn;
+    std::vector<command> work;
+    next_heartbeat_ = clock::now();
+    const auto tick_every = std::clamp<std::chrono::milliseconds>(options_.heartbeat_interval / 4,
+                                                                  std::chrono::milliseconds(1),
+                                                                  std::chrono::milliseconds(50));
+    while (!stop_requested_.load(std::memory_order_acquire)) {
+        items.clear();
+        item_conn.clear();
+        items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
+        item_conn.push_back(nullptr);
+        if (router_) {
+            items.push_back({router_, 0, ZMQ_POLLIN, 0});
+            item_conn.push_back(nullptr);
+        }
+        for (auto& c : conns_)
+            if (c->socket) {
+                items.push_back({c->socket, 0, ZMQ_POLLIN, 0});
+                item_conn.push_back(c.get());
+            }
+        const int rc = zmq_poll(items.data(), static_cast<int>(items.size()), tick_every.count());
+        if (rc < 0 && zmq_errno() != EINTR) {
+            log(std::string("zmq_poll failed: ") + zmq_strerror(zmq_errno()));
+            break;
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            std::uint64_t v;
+            (void)!::read(wake_fd_, &v, sizeof v);
+        }
+        {
+            std::lock_guard g(queue_lock_);
+            work.swap(queue_);
+        }
+        for (auto& c : work) {
+            try {
+                handle(c);
+            } catch (const std::exception& e) {
+                log(std::string("handling work: ") + e.what());
+            } catch (...) {
+            }
+        }
+        work.clear();
+        for (std::size_t i = 1; i < items.size(); ++i)
+            if (items[i].revents & ZMQ_POLLIN) {
+                // A bounded number per turn, so that one busy peer does not starve the others.
+                for (int k = 0; k < 256; ++k) {
+                    int events = 0;
+                    std::size_t len = sizeof events;
+                    if (zmq_getsockopt(items[i].socket, ZMQ_EVENTS, &events, &len) != 0 || !(events & ZMQ_POLLIN))
+                        break;
+                    on_message(items[i].socket, item_conn[i]);
+                    // on_message may close a connection's socket (a refused HELLO)
+                    if (item_conn[i] && item_conn[i]->socket != items[i].socket) break;
+                }
+            }
+        tick(clock::now());
+    }
+    // Stopped: nothing more is taken, and everything in flight is abandoned with the reason.
+    {
+        std::lock_guard g(queue_lock_);
+        stopped_ = true;
+        work.swap(queue_);
+    }
+    const std::string why = "node '" + name_ + "' stopped";
+    for (auto& c : work) {
+        if (c.kind == command::frame_out) {
+            lose(c, why);
+        } else if (c.kind == command::answer) {
+            bump(n_.answers_lost);
+        } else if (c.done) {
+            try {
+                c.done->set_exception(std::make_exception_ptr(endpoint_error(why)));
+            } catch (...) {
+            }
+        }
+    }
+    finish_all(why);
+    for (auto& c : conns_)
+        if (c->socket) zmq_close(std::exchange(c->socket, nullptr));
+    if (router_) zmq_close(std::exchange(router_, nullptr));
+}
+
+void node_core::abandon(request_core* r, const std::string& why) noexcept {
+    if (internal::request_finish(r, request_state::abandoned, nullptr, why)) bump(n_.requests_abandoned);
+    internal::request_release(r);
+}
+
+void node_core::lose(command& c, const std::string& why) noexcept {
+    if (c.req)
+        abandon(std::exchange(c.req, nullptr), why);
+    else
+        bump(n_.sends_lost);
+}
+
+void node_core::finish_all(const std::string& why) noexcept {
+    for (auto& [peer_name, cmds] : waiting_)
+        for (auto& c : cmds) lose(c, why);
+    waiting_.clear();
+    for (auto& [pn, p] : peers_) {
+        for (auto& [id, fl] : p->inflight) abandon(fl.req, why);
+        p->inflight.clear();
+    }
+    {
+        std::lock_guard g(view_lock_);
+        for (auto& [n, v] : views_) v.state = peer_state::down;
+    }
+    view_changed_.notify_all();
+}
+
+void node_core::handle(command& c) {
+    switch (c.kind) {
+        case command::listen: {
+            try {
+                if (!router_) router_ = new_socket(ZMQ_ROUTER, socket_role::listening, c.endpoint);
+                else if (options_.socket_options) options_.socket_options(router_, socket_role::listening, c.endpoint);
+                if (zmq_bind(router_, c.endpoint.c_str()) != 0)
+                    throw endpoint_error("node '" + name_ + "': listen on '" + c.endpoint +
+                                         "': " + zmq_strerror(zmq_errno()));
+                char last[512];
+                std::size_t len = sizeof last;
+                std::string bound = c.endpoint;
+                if (zmq_getsockopt(router_, ZMQ_LAST_ENDPOINT, last, &len) == 0 && len > 1) bound.assign(last, len - 1);
+                {
+                    std::lock_guard g(view_lock_);
+                    endpoints_.push_back(bound);
+                }
+                c.done->set_value(bound);
+            } catch (...) {
+                c.done->set_exception(std::current_exception());
+            }
+            return;
+        }
+        case command::connect: {
+            try {
+                auto conn = std::make_unique<connection>(
+                    c.endpoint,
+                    internal::backoff_options{options_.reconnect_min, options_.reconnect_max, 2.0},
+                    [this] { return random_(); });
+                dial(*conn);
+                if (!conn->socket)
+                    throw endpoint_error("node '" + name_ + "': connect to '" + c.endpoint + "': " +
+                                         zmq_strerror(zmq_errno()));
+                conns_.push_back(std::move(conn));
+                c.done->set_value(c.endpoint);
+            } catch (...) {
+                c.done->set_exception(std::current_exception());
+            }
+            return;
+        }
+        case command::answer: {
+            auto it = peers_.find(c.peer);
+            if (it == peers_.end() || it->second->incarnation != c.incarnation || it->second->state == peer_state::down) {
+                bump(n_.answers_lost);
+                return;
+            }
+            peer& p = *it->second;
+            if (p.served) --p.served;
+            if (!send_to_peer(p, c.bytes.data(), c.bytes.size())) bump(n_.answers_lost);
+            return;
+        }
+        case command::frame_out: {
+            if (c.req && internal::request_get_state(c.req) >= request_state::replied) {
+                internal::request_release(c.req);  // timed out or cancelled while queued
+                return;
+            }
+            auto it = peers_.find(c.peer);
+            peer* p = it == peers_.end() ? nullptr : it->second.get();
+            if (!p || p->state == peer_state::down) {
+                if (c.req && c.wait_for_peer) {
+                    waiting_[c.peer].push_back(std::move(c));
+                    return;
+                }
+                return lose(c, "peer '" + c.peer + "' is down");
+            }
+            if (!send_to_peer(*p, c.bytes.data(), c.bytes.size())) {
+                return lose(c, "peer '" + c.peer + "' could not take it (unreachable or its pipe full)");
+            }
+            if (c.req) {
+                internal::request_mark_transmitted(c.req);
+                p->inflight.emplace(c.req_id, peer::flight{std::exchange(c.req, nullptr)});
+            } else {
+                bump(n_.sends_out);
+            }
+            return;
+        }
+    }
+}
+
+bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n) {
+    if (rid && zmq_send(socket, rid->data(), rid->size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        bump(n_.unreachable);
+        return false;
+    }
+    if (zmq_send(socket, data, n, ZMQ_DONTWAIT) < 0) {
+        bump(n_.unreachable);
+        return false;
+    }
+    bump(n_.bytes_out, n);
+    if (n >= internal::frame_header_bytes) {
+        const auto k = static_cast<std::uint8_t>(data[3]);
+        if (k < 8) bump(n_.out[k]);
+    }
+    return true;
+}
+
+bool node_core::send_to_peer(peer& p, const std::byte* data, std::size_t n) {
+    if (p.conn) return p.conn->socket && send_raw(p.conn->socket, nullptr, data, n);
+    return router_ && send_raw(router_, &p.rid, data, n);
+}
+
+void node_core::send_hello(void* socket, const std::string* rid) {
+    std::vector<internal::hello_type> types;
+    for (const net::type_entry* e : options_.types->entries()) types.push_back({e->id, e->name});
+    frame f;
+    f.kind = frame_kind::hello;
+    f.node = name_;
+    f.protocol_version = internal::frame_version;
+    f.types = types;
+    out_.clear();
+    internal::frame_writer(out_).write(f);
+    send_raw(socket, rid, out_.data(), out_.size());
+}
+
+void node_core::dial(connection& c) {
+    if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
+    void* s = nullptr;
+    try {
+        s = new_socket(ZMQ_DEALER, socket_role::connecting, c.endpoint);
+    } catch (const std::exception& e) {
+        log(std::string("dialling '") + c.endpoint + "': " + e.what());
+    }
+    if (s && zmq_connect(s, c.endpoint.c_str()) != 0) {
+        log("dialling '" + c.endpoint + "': " + zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        s = nullptr;
+    }
+    c.p = nullptr;
+    if (!s) {
+        c.state = connection::backoff;
+        c.deadline = clock::now() + c.backoff_delay.next();
+        return;
+    }
+    c.socket = s;
+    c.state = connection::waiting_hello;
+    c.deadline = clock::now() + options_.hello_timeout;
+    send_hello(s, nullptr);  // queued by the DEALER until the connection is made
+}
+
+void node_core::on_message(void* socket, connection* conn) {
+    std::string rid;
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (!conn) {
+        // ROUTER: [routing id][frame]
+        if (zmq_msg_recv(&msg, socket, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&msg);
+            return;
+        }
+        rid.assign(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+        if (!zmq_msg_more(&msg)) {
+            zmq_msg_close(&msg);
+            return;
+        }
+    }
+    if (zmq_msg_recv(&msg, socket, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg);
+        return;
+    }
+    // Anything after: not ours. Drained and counted as one malformed message.
+    bool extra = false;
+    while (zmq_msg_more(&msg)) {
+        zmq_msg_t more;
+        zmq_msg_init(&more);
+        zmq_msg_recv(&more, socket, ZMQ_DONTWAIT);
+        extra = true;
+        const bool again = zmq_msg_more(&more);
+        zmq_msg_close(&more);
+        if (!again) break;
+    }
+    std::string address;
+    if (const char* a = zmq_msg_gets(&msg, "Peer-Address")) address = a;
+    const auto* data = static_cast<const std::byte*>(zmq_msg_data(&msg));
+    const std::size_t size = zmq_msg_size(&msg);
+    bump(n_.bytes_in, size);
+    peer* p = nullptr;
+    if (conn) {
+        p = conn->p;
+    } else if (auto it = by_rid_.find(rid); it != by_rid_.end()) {
+        p = it->second;
+    }
+    const std::string who = p ? "peer '" + p->name + "'" : "a connection" + (address.empty() ? std::string() : " from " + address);
+    internal::frame_error fe = extra ? internal::frame_error::malformed : decoder_.decode({data, size});
+    if (fe != internal::frame_error::none) {
+        bump(rejected_[static_cast<std::size_t>(fe)]);
+        log("rejected a message from " + who + " (" + std::to_string(size) + " bytes): " + internal::to_string(fe) +
+            (extra ? ": more than one part" : ": " + decoder_.detail()));
+        zmq_msg_close(&msg);
+        return;
+    }
+    if (size >= internal::frame_header_bytes && static_cast<std::uint8_t>(data[3]) == static_cast<std::uint8_t>(frame_kind::batch))
+        bump(n_.in[static_cast<int>(frame_kind::batch)]);
+    for (const frame& f : decoder_.frames()) {
+        bump(n_.in[static_cast<int>(f.kind)]);
+        if (f.kind == frame_kind::hello) {
+            on_hello(f, socket, conn, rid, address);
+            if (conn) p = conn->p;
+            else if (auto it = by_rid_.find(rid); it != by_rid_.end()) p = it->second;
+            continue;
+        }
+        if (!p || p->state == peer_state::down) {
+            bump(n_.frames_from_unknown);
+            continue;
+        }
+        try {
+            on_frame(*p, f);
+        } catch (const std::exception& e) {
+            log("handling a " + std::string(internal::to_string(f.kind)) + " from peer '" + p->name + "': " + e.what());
+        }
+    }
+    zmq_msg_close(&msg);
+}
+
+void node_core::on_hello(const frame& f, void* socket, connection* conn, const std::string& rid,
+                         const std::string& addr) {
+    const std::string name(f.node);
+    const std::string where = addr.empty() ? (conn ? conn->endpoint : std::string("an unknown address")) : addr;
+    auto refuse = [&](const std::string& why) {
+        bump(n_.hello_refused);
+        log("refused the HELLO of '" + name + "' from " + where + ": " + why);
+        if (conn) {
+            // Dial again later: the duplicate may be a stale entry the other side will drop.
+            zmq_close(std::exchange(conn->socket, nullptr));
+            conn->state = connection::backoff;
+            conn->deadline = clock::now() + conn->backoff_delay.next();
+        }
+    };
+    if (f.protocol_version < internal::frame_version) return refuse("protocol version " + std::to_string(f.protocol_version) + ", this node speaks 1");
+    try {
+        check_name(name);
+        if (name.find('/') != std::string::npos) throw invalid_name_error("a node name has no '/'");
+    } catch (const std::exception& e) {
+        return refuse(e.what());
+    }
+    if (name == name_) return refuse("that is this node's own name");
+    if (conn && conn->state != connection::waiting_hello) {
+        if (conn->p && conn->p->name == name) return;  // a repeated HELLO on a live connection
+        return refuse("a second HELLO on a connection to '" + (conn->p ? conn->p->name : std::string("?")) + "'");
+    }
+    auto it = peers_.find(name);
+    if (it != peers_.end()) {
+        peer& old = *it->second;
+        if (!conn && old.rid == rid && old.state != peer_state::down) return;  // repeated
+        if (old.state == peer_state::up) return refuse("a peer of that name is up (from " + old.address + ")");
+        if (old.state != peer_state::down) drop_peer(old, "peer '" + name + "' lost (it came back on a new connection)");
+    }
+    auto p = std::make_unique<peer>(detector_options());
+    p->name = name;
+    p->address = where;
+    p->incarnation = ++incarnations_;
+    auto types = std::make_shared<std::unordered_map<wire_id, std::string>>();
+    for (auto& t : f.types) (*types)[t.id] = std::string(t.name);
+    p->types = std::move(types);
+    p->detector.heartbeat();  // the HELLO is the first sign of life
+    if (conn) {
+        p->conn = conn;
+        conn->p = p.get();
+        conn->state = connection::up;
+        conn->backoff_delay.reset();
+    } else {
+        p->rid = rid;
+        by_rid_[rid] = p.get();
+        send_hello(socket, &rid);
+    }
+    peer& ref = *p;
+    peers_[name] = std::move(p);
+    peer_now(ref, peer_state::up);
+    // Requests that waited for this peer go now.
+    if (auto w = waiting_.find(name); w != waiting_.end()) {
+        std::vector<command> cmds = std::move(w->second);
+        waiting_.erase(w);
+        for (auto& c : cmds) handle(c);
+    }
+}
+
+void node_core::on_frame(peer& p, const frame& f) {
+    switch (f.kind) {
+        case frame_kind::heartbeat: p.detector.heartbeat(); return;
+        case frame_kind::request: on_request(p, f); return;
+        case frame_kind::send: on_send(p, f); return;
+        case frame_kind::reply:
+        case frame_kind::reject: on_answer(p, f); return;
+        default: return;
+    }
+}
+
+void node_core::on_request(peer& p, const frame& f) {
+    bump(n_.requests_served);
+    auto reject = [&](reject_reason why, const std::string& text) {
+        bump(n_.served_refused);
+        frame r;
+        r.kind = frame_kind::reject;
+        r.request_id = f.request_id;
+        r.reason = why;
+        r.text = text.size() > 1024 ? std::string_view(text).substr(0, 1024) : std::string_view(text);
+        out_.clear();
+        internal::frame_writer(out_).write(r);
+        if (!send_to_peer(p, out_.data(), out_.size())) bump(n_.answers_lost);
+    };
+    const std::string target(f.target);
+    if (!valid_target(target) || !exported(target))
+        return reject(reject_reason::no_such_object, "node '" + name_ + "' does not export '" + target + "'");
+    if (p.served >= options_.max_served_per_peer)
+        return reject(reject_reason::peer_limits, "node '" + name_ + "' is serving " + std::to_string(p.served) +
+                                                      " requests of peer '" + p.name + "' (its limit)");
+    envelope_ref body;
+    net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body);
+    if (!d) {
+        bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
+        log("request from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
+        return reject(reject_reason::undecodable_type, "node '" + name_ + "' could not decode it: " + d.reason);
+    }
+    // The requester's own timer decides when its request timed out; this copy's runs longer
+    // (twice, at least a second more), so that it only frees what a lost requester left here
+    // and never answers first with an abandonment of its own.
+    const auto timeout = f.timeout_ms ? std::chrono::milliseconds(f.timeout_ms) +
+                                            std::max<std::chrono::milliseconds>(std::chrono::milliseconds(f.timeout_ms), 1s)
+                                      : std::chrono::milliseconds(0);
+    request_core* r = internal::new_request(env_, message_type{}, timeout);
+    internal::request_add_ref(r);  // the delivery's
+    const internal::local_send out = internal::send_named_local(env_, target, body.release(), r,
+                                                                p.name + "/" + std::string(f.source), {});
+    ++p.served;
+    auto* s = new served{shared_from_this(), r, p.name, p.incarnation, f.request_id, out};
+    internal::request_continue(r, &node_core::answered, s);
+}
+
+void node_core::on_send(peer& p, const frame& f) {
+    bump(n_.sends_served);
+    const std::string target(f.target);
+    if (!valid_target(target) || !exported(target)) {
+        bump(n_.served_refused);
+        log("one-way message from peer '" + p.name + "' to '" + target + "' refused: not exported");
+        return;
+    }
+    envelope_ref body;
+    net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body);
+    if (!d) {
+        bump(n_.served_refused);
+        bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
+        log("one-way message from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
+        return;
+    }
+    if (internal::send_named_local(env_, target, body.release(), nullptr, p.name + "/" + std::string(f.source),
+                                   std::string(f.reply_to)) != internal::local_send::delivered) {
+        bump(n_.served_refused);
+        log("one-way message from peer '" + p.name + "' to '" + target + "': no such object");
+    }
+}
+
+void node_core::on_answer(peer& p, const frame& f) {
+    auto it = p.inflight.find(f.request_id);
+    if (it == p.inflight.end()) {
+        bump(n_.replies_orphaned);
+        return;
+    }
+    request_core* r = it->second.req;
+    p.inflight.erase(it);
+    bool won;
+    if (f.kind == frame_kind::reply) {
+        envelope_ref body;
+        net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body);
+        const message_type want = internal::request_reply_type(r);
+        if (!d) {
+            won = internal::request_finish(r, request_state::rejected, nullptr,
+                                           "the reply of peer '" + p.name + "' did not decode: " + d.reason);
+            if (won) {
+                bump(n_.requests_rejected);
+                bump(n_.rej_reason[static_cast<int>(reject_reason::undecodable_type)]);
+            }
+        } else if (want != message_type{} && body.get()->type() != want) {
+            won = internal::request_finish(r, request_state::rejected, nullptr,
+                                           "peer '" + p.name + "' replied with a " + readable_name(body.get()->type()) +
+                                               " where a " + readable_name(want) + " was expected");
+            if (won) {
+                bump(n_.requests_rejected);
+                bump(n_.rej_reason[static_cast<int>(reject_reason::undecodable_type)]);
+            }
+        } else {
+            won = internal::request_finish(r, request_state::replied, body.release(), {});
+            if (won) bump(n_.requests_replied);
+        }
+    } else {
+        won = internal::request_finish(r, request_state::rejected, nullptr,
+                                       "rejected by node '" + p.name + "' (" + internal::to_string(f.reason) +
+                                           "): " + std::string(f.text));
+        if (won) {
+            bump(n_.requests_rejected);
+            bump(n_.rej_reason[static_cast<int>(f.reason)]);
+        }
+    }
+    if (!won) {
+        internal::request_count_orphan(r);
+        bump(n_.replies_orphaned);
+    }
+    internal::request_release(r);
+}
+
+void node_core::publish(peer_state s, const std::string& peer_name, const std::string& address) noexcept {
+    try {
+        send<peer_event>(events_, peer_event{s, peer_name, address});
+    } catch (...) {
+        // the environment is stopping: nobody is left to tell
+    }
+}
+
+void node_core::update_view(const peer& p, bool erase) {
+    {
+        std::lock_guard g(view_lock_);
+        if (erase) {
+            views_.erase(p.name);
+        } else {
+            auto& v = views_[p.name];
+            v.state = p.state;
+            v.address = p.address;
+            v.types = p.types;
+        }
+    }
+    view_changed_.notify_all();
+}
+
+void node_core::peer_now(peer& p, peer_state s) {
+    p.state = s;
+    update_view(p);
+    switch (s) {
+        case peer_state::up: bump(n_.peers_up); break;
+        case peer_state::suspect: bump(n_.peers_suspect); break;
+        case peer_state::down: bump(n_.peers_down); break;
+    }
+    publish(s, p.name, p.address);
+}
+
+void node_core::drop_peer(peer& p, const std::string& why) {
+    for (auto& [id, fl] : p.inflight) abandon(fl.req, why);
+    p.inflight.clear();
+    peer_now(p, peer_state::down);
+    if (p.conn) {
+        connection& c = *p.conn;
+        c.p = nullptr;
+        if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
+        c.state = connection::backoff;
+        c.deadline = clock::now() + c.backoff_delay.next();
+    } else {
+        by_rid_.erase(p.rid);
+    }
+    // Kept in the table as down (a name requests can fail fast on) until it comes back.
+    p.conn = nullptr;
+    p.rid.clear();
+    p.served = 0;
+}
+
+void node_core::tick(clock::time_point now) {
+    ++ticks_;
+    const bool beat = now >= next_heartbeat_;
+    if (beat) next_heartbeat_ = now + options_.heartbeat_interval;
+    for (auto& [pn, pp] : peers_) {
+        peer& p = *pp;
+        if (p.state == peer_state::down) continue;
+        if (beat) {
+            frame f;
+            f.kind = frame_kind::heartbeat;
+            f.sequence = ++p.hb_seq;
+            out_.clear();
+            internal::frame_writer(out_).write(f);
+            send_to_peer(p, out_.data(), out_.size());
+        }
+        const bool ok = p.detector.available();
+        if (p.state == peer_state::up && !ok) {
+            p.suspect_since = now;
+            peer_now(p, peer_state::suspect);
+        } else if (p.state == peer_state::suspect && ok) {
+            peer_now(p, peer_state::up);
+        } else if (p.state == peer_state::suspect && now - p.suspect_since >= options_.down_after) {
+            log("peer '" + p.name + "' is down (silent; phi " + std::to_string(p.detector.phi()) + ")");
+            drop_peer(p, "peer '" + p.name + "' lost");
+        }
+        // Requests that became final while in flight (timed out, cancelled) are let go after
+        // a sweep period, so that a late answer still finds them and is counted orphaned.
+        if ((ticks_ & 255) == 0) {
+            for (auto it = p.inflight.begin(); it != p.inflight.end();) {
+                if (internal::request_get_state(it->second.req) >= request_state::replied) {
+                    if (it->second.final_seen) {
+                        internal::request_release(it->second.req);
+                        it = p.inflight.erase(it);
+                        continue;
+                    }
+                    it->second.final_seen = true;
+                }
+                ++it;
+            }
+        }
+    }
+    for (auto& c : conns_) {
+        if (c->state == connection::waiting_hello && now >= c->deadline) {
+            zmq_close(std::exchange(c->socket, nullptr));
+            c->state = connection::backoff;
+            c->deadline = now + c->backoff_delay.next();
+        } else if (c->state == connection::backoff && now >= c->deadline) {
+            dial(*c);
+        }
+    }
+    // Requests waiting for a peer that timed out meanwhile are let go.
+    if ((ticks_ & 15) == 0)
+        for (auto& [pn, cmds] : waiting_)
+            std::erase_if(cmds, [](command& c) {
+                if (internal::request_get_state(c.req) < request_state::replied) return false;
+                internal::request_release(c.req);
+                return true;
+            });
+}
+
+}  // namespace internal_node
+
+// ---- the handle ----
+
+node::node() noexcept = default;
+node::node(node&&) noexcept = default;
+node& node::operator=(node&& o) noexcept {
+    if (this != &o) {
+        stop();
+        core_ = std::move(o.core_);
+    }
+    return *this;
+}
+node::~node() { stop(); }
+
+node::node(environment& env, std::string name, node_options options) {
+    check_name(name);
+    if (name.find('/') != std::string::npos)
+        throw invalid_name_error("invalid node name '" + name + "': a node name has no '/' (it prefixes object names)");
+    core_ = std::make_shared<internal_node::node_core>(env, std::move(name), std::move(options));
+    core_->start();
+}
+
+const std::string& node::name() const noexcept {
+    static const std::string none;
+    return core_ ? core_->name() : none;
+}
+
+std::string node::listen(std::string_view endpoint) {
+    if (!core_) throw usage_error("node: listen() on an empty handle");
+    return core_->listen(endpoint);
+}
+std::vector<std::string> node::endpoints() const { return core_ ? core_->endpoints() : std::vector<std::string>{}; }
+void node::connect(std::string_view endpoint) {
+    if (!core_) throw usage_error("node: connect() on an empty handle");
+    core_->connect(endpoint);
+}
+void node::export_objects(std::string pattern) {
+    if (!core_) throw usage_error("node: export_objects() on an empty handle");
+    if (pattern.empty()) throw usage_error("node '" + core_->name() + "': an empty export pattern");
+    core_->export_objects(std::move(pattern));
+}
+mbox node::peer_events() const {
+    if (!core_) throw usage_error("node: peer_events() on an empty handle");
+    return core_->events_;
+}
+bool node::wait_for_peer(std::string_view peer, std::chrono::nanoseconds timeout) const {
+    return core_ && core_->wait_for_peer(peer, timeout);
+}
+std::vector<peer_info> node::peers() const { return core_ ? core_->peers() : std::vector<peer_info>{}; }
+node_stats node::stats() const { return core_ ? core_->stats() : node_stats{}; }
+void node::stop() noexcept {
+    if (core_) core_->stop();
+}
+
+}  // namespace mailroom::net

@@ -1,0 +1,554 @@
+// Nodes in one process, over tcp loopback (port 0) and inproc: HELLO and peer events, requests
+// and one-way messages across, every reject reason, abandonment (timeout, peer lost, node or
+// environment stopped), reconnection, unregistering an exported object while requests fly,
+// malformed input from a raw ZeroMQ socket, and the books on both sides. Every wait is bounded.
+
+#include <mailroom/net/node.hpp>
+
+#include <mailroom/net/frame.hpp>
+
+#include <gtest/gtest.h>
+#include <zmq.h>
+
+#include <atomic>
+#include <cstdio>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace mailroom;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct add_req {
+    int a = 0, b = 0;
+    MSGPACK_DEFINE(a, b)
+};
+struct add_rep {
+    int sum = 0;
+    MSGPACK_DEFINE(sum)
+};
+struct note {
+    std::string text;
+    MSGPACK_DEFINE(text)
+};
+struct client_only {  // registered on the client alone
+    int x = 0;
+    MSGPACK_DEFINE(x)
+};
+
+std::shared_ptr<const net::type_registry> types(bool with_client_only = false) {
+    auto r = std::make_shared<net::type_registry>();
+    net::register_type<add_req>(*r, "test.add_req");
+    net::register_type<add_rep>(*r, "test.add_rep");
+    net::register_type<note>(*r, "test.note");
+    if (with_client_only) net::register_type<client_only>(*r, "test.client_only");
+    return r;
+}
+
+// Fast detection for tests: suspected after roughly 0.3-0.5 s of silence, down 0.2 s later.
+net::node_options fast(bool with_client_only = false) {
+    net::node_options o;
+    o.types = types(with_client_only);
+    o.heartbeat_interval = 30ms;
+    o.acceptable_heartbeat_pause = 200ms;
+    o.min_std_deviation = 30ms;
+    o.down_after = 200ms;
+    o.hello_timeout = 500ms;
+    o.reconnect_min = 20ms;
+    o.reconnect_max = 200ms;
+    o.linger = 0ms;
+    return o;
+}
+
+// A log that tests can search.
+struct log_sink {
+    std::mutex m;
+    std::vector<std::string> lines;
+    std::function<void(std::string_view)> fn() {
+        return [this](std::string_view s) {
+            std::lock_guard g(m);
+            lines.emplace_back(s);
+        };
+    }
+    bool has(const std::string& part) {
+        std::lock_guard g(m);
+        for (auto& l : lines)
+            if (l.find(part) != std::string::npos) return true;
+        return false;
+    }
+};
+
+// Peer events as a session saw them.
+struct event_log {
+    std::mutex m;
+    std::condition_variable cv;
+    std::vector<net::peer_event> v;
+    void add(const net::peer_event& e) {
+        {
+            std::lock_guard g(m);
+            v.push_back(e);
+        }
+        cv.notify_all();
+    }
+    std::size_t count(net::peer_state s, const std::string& peer) {
+        std::size_t n = 0;
+        for (auto& e : v)
+            if (e.state == s && e.peer == peer) ++n;
+        return n;
+    }
+    bool wait(net::peer_state s, const std::string& peer, std::size_t nth = 1, std::chrono::milliseconds t = 10s) {
+        std::unique_lock g(m);
+        return cv.wait_for(g, t, [&] { return count(s, peer) >= nth; });
+    }
+};
+
+// Two environments, a server node exporting "calc" (and "sink"), a client node dialling it.
+struct pair_fixture {
+    log_sink server_log, client_log;
+    std::unique_ptr<environment> server_env, client_env;
+    std::unique_ptr<session> server_s;
+    named_handle calc, sink;
+    std::atomic<int> notes{0};
+    // "hold" keeps what it receives, unanswered, until a test answers or drops it.
+    std::mutex held_m;
+    std::vector<incoming> held;
+    named_handle hold;
+    std::unique_ptr<net::node> server, client;
+    std::string endpoint;
+
+    explicit pair_fixture(const std::string& listen_on, net::node_options server_opts = fast(),
+                          net::node_options client_opts = fast(true)) {
+        server_env = std::make_unique<environment>(environment_options{.name = "server-env", .log = server_log.fn()});
+        client_env = std::make_unique<environment>(environment_options{.name = "client-env", .log = client_log.fn()});
+        server_s = std::make_unique<session>(*server_env, session_options{.name = "calc-session"});
+        calc = register_named(*server_s, "calc", [](incoming& in) {
+            const auto& q = in.as<add_req>();
+            if (q.a < 0) return in.reject("negative numbers are not served");
+            in.reply<add_rep>(add_rep{q.a + q.b});
+        });
+        sink = register_named(*server_s, "sink", [this](incoming& in) {
+            if (in.is<note>()) notes.fetch_add(1);
+        });
+        hold = register_named(*server_s, "hold", [this](incoming& in) {
+            std::lock_guard g(held_m);
+            held.push_back(std::move(in));
+        });
+        server = std::make_unique<net::node>(*server_env, "server", std::move(server_opts));
+        server->export_objects("calc");
+        server->export_objects("sink");
+        server->export_objects("hold");
+        endpoint = server->listen(listen_on);
+        client = std::make_unique<net::node>(*client_env, "client", std::move(client_opts));
+        client->connect(endpoint);
+    }
+
+    bool up() { return client->wait_for_peer("server", 10s) && server->wait_for_peer("client", 10s); }
+    std::size_t held_count() {
+        std::lock_guard g(held_m);
+        return held.size();
+    }
+};
+
+// Counters are bumped after the request they count is final: read them once they got there.
+template <class F>
+bool eventually(F&& pred, std::chrono::milliseconds t = 10s) {
+    const auto until = std::chrono::steady_clock::now() + t;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() >= until) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+template <class R>
+request_state settle(outgoing<R>& r, std::chrono::milliseconds t = 10s) {
+    EXPECT_TRUE(r.wait_for(t)) << "request #" << r.id() << " did not settle in " << t.count() << " ms";
+    return r.state();
+}
+
+}  // namespace
+
+TEST(node, listen_on_port_zero_reports_the_bound_port_and_hello_brings_peer_up_on_both_sides) {
+    environment server_env(environment_options{.name = "s"});
+    environment client_env(environment_options{.name = "c"});
+    event_log server_events, client_events;
+    session ss(server_env), cs(client_env);
+    net::node server(server_env, "alpha", fast());
+    net::node client(client_env, "beta", fast());
+    auto h1 = server.subscribe_peers(ss, [&](const net::peer_event& e) { server_events.add(e); });
+    auto h2 = client.subscribe_peers(cs, [&](const net::peer_event& e) { client_events.add(e); });
+    const std::string ep = server.listen("tcp://127.0.0.1:0");
+    ASSERT_EQ(ep.rfind("tcp://127.0.0.1:", 0), 0u) << ep;
+    EXPECT_NE(ep, "tcp://127.0.0.1:0");
+    EXPECT_NE(std::stoi(ep.substr(ep.rfind(':') + 1)), 0);
+    ASSERT_EQ(server.endpoints(), std::vector<std::string>{ep});
+    client.connect(ep);
+    EXPECT_TRUE(client_events.wait(net::peer_state::up, "alpha"));
+    EXPECT_TRUE(server_events.wait(net::peer_state::up, "beta"));
+    auto peers = client.peers();
+    ASSERT_EQ(peers.size(), 1u);
+    EXPECT_EQ(peers[0].name, "alpha");
+    EXPECT_EQ(peers[0].state, net::peer_state::up);
+    EXPECT_GE(server.stats().frames_in.hello, 1u);
+    EXPECT_GE(client.stats().frames_in.hello, 1u);
+}
+
+TEST(node, a_node_name_is_checked_like_a_named_objects_and_has_no_slash) {
+    environment env;
+    EXPECT_THROW(net::node(env, "a/b", fast()), invalid_name_error);
+    EXPECT_THROW(net::node(env, "", fast()), invalid_name_error);
+    EXPECT_THROW(net::node(env, "bad name", fast()), invalid_name_error);
+    EXPECT_THROW(net::node(env, "ok", net::node_options{}), usage_error);  // no types
+    net::node n(env, "one", fast());
+    EXPECT_THROW(net::node(env, "two", fast()), usage_error);  // one node per environment
+    EXPECT_THROW(n.listen("nonsense://x"), net::endpoint_error);
+}
+
+class node_over : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(node_over, request_and_send_round_trip_as_locally_with_wait_then_and_future) {
+    std::string ep = GetParam();
+    if (ep == "inproc") ep = "inproc://node-test-round-trip";
+    pair_fixture f(ep);
+    ASSERT_TRUE(f.up());
+    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{2, 3}, {.timeout = 10s});
+    ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+    EXPECT_EQ(r.reply().sum, 5);
+
+    // then() on a session of the requester, and a future
+    session cs(*f.client_env);
+    std::promise<int> got;
+    auto r2 = request<add_rep>(*f.client_env, "server/calc", add_req{40, 2}, {.timeout = 10s});
+    r2.then(cs, [&](const outgoing<add_rep>& o) { got.set_value(o.reply().sum); });
+    auto fut_then = got.get_future();
+    ASSERT_EQ(fut_then.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(fut_then.get(), 42);
+    auto fut = request<add_rep>(*f.client_env, "server/calc", add_req{1, 1}, {.timeout = 10s}).future();
+    ASSERT_EQ(fut.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(fut.get().sum, 2);
+
+    for (int i = 0; i < 10; ++i) send_to(*f.client_env, "server/sink", note{"n" + std::to_string(i)});
+    EXPECT_TRUE(eventually([&] { return f.notes.load() == 10; })) << f.notes.load() << " notes";
+    EXPECT_TRUE(eventually([&] { return f.client->stats().requests_replied == 3; }));
+    auto cs_ = f.client->stats();
+    EXPECT_EQ(cs_.requests_out, 3u);
+    EXPECT_EQ(cs_.requests_replied, 3u);
+    EXPECT_EQ(cs_.sends_out, 10u);
+    EXPECT_EQ(f.server->stats().requests_served, 3u);
+    EXPECT_EQ(f.server->stats().sends_served, 10u);
+    EXPECT_GT(cs_.bytes_out, 0u);
+    EXPECT_GE(cs_.frames_out.request, 3u);
+    EXPECT_GE(cs_.frames_in.reply, 3u);
+}
+
+INSTANTIATE_TEST_SUITE_P(transports, node_over, ::testing::Values("tcp://127.0.0.1:0", "inproc"));
+
+TEST(node, each_reject_reason_reaches_the_requester_with_the_remote_reason) {
+    auto so = fast();
+    so.max_served_per_peer = 1;
+    pair_fixture f("tcp://127.0.0.1:0", std::move(so));
+    // A held request (moved out of its handler) keeps one request of the client served.
+    auto hidden = register_named(*f.server_s, "hidden", [](incoming& in) { in.reply<add_rep>(add_rep{0}); });
+    f.server->export_objects("missing*");
+    ASSERT_TRUE(f.up());
+
+    auto not_exported = request<add_rep>(*f.client_env, "server/hidden", add_req{}, {.timeout = 10s});
+    EXPECT_EQ(settle(not_exported), request_state::rejected);
+    EXPECT_NE(not_exported.reason().find("no such object"), std::string::npos) << not_exported.reason();
+    EXPECT_NE(not_exported.reason().find("does not export 'hidden'"), std::string::npos) << not_exported.reason();
+
+    auto missing = request<add_rep>(*f.client_env, "server/missing-one", add_req{}, {.timeout = 10s});
+    EXPECT_EQ(settle(missing), request_state::rejected);
+    EXPECT_NE(missing.reason().find("no such object"), std::string::npos) << missing.reason();
+
+    auto refused = request<add_rep>(*f.client_env, "server/calc", add_req{-1, 0}, {.timeout = 10s});
+    EXPECT_EQ(settle(refused), request_state::rejected);
+    EXPECT_NE(refused.reason().find("handler rejected"), std::string::npos) << refused.reason();
+    EXPECT_NE(refused.reason().find("negative numbers are not served"), std::string::npos) << refused.reason();
+
+    auto unknown = request<add_rep>(*f.client_env, "server/calc", client_only{1}, {.timeout = 10s});
+    EXPECT_EQ(settle(unknown), request_state::rejected);
+    EXPECT_NE(unknown.reason().find("does not know the type 'test.client_only'"), std::string::npos) << unknown.reason();
+
+    auto first = request<add_rep>(*f.client_env, "server/hold", add_req{}, {.timeout = 10s});
+    ASSERT_TRUE(eventually([&] { return f.held_count() > 0; })) << "the held request never arrived";
+    auto over = request<add_rep>(*f.client_env, "server/calc", add_req{1, 2}, {.timeout = 10s});
+    EXPECT_EQ(settle(over), request_state::rejected);
+    EXPECT_NE(over.reason().find("peer limits"), std::string::npos) << over.reason();
+    {
+        std::lock_guard g(f.held_m);
+        f.held.front().reply<add_rep>(add_rep{7});
+    }
+    EXPECT_EQ(settle(first), request_state::replied);
+    EXPECT_EQ(first.reply().sum, 7);
+    // A reply of the wrong type is refused on the requester's side, saying both types.
+    auto wrong = request<note>(*f.client_env, "server/calc", add_req{1, 2}, {.timeout = 10s});
+    EXPECT_EQ(settle(wrong), request_state::rejected);
+    EXPECT_NE(wrong.reason().find("where a"), std::string::npos) << wrong.reason();
+
+    EXPECT_TRUE(eventually([&] { return f.client->stats().requests_rejected == 6; }));
+    auto s = f.client->stats();
+    EXPECT_EQ(s.rejected_no_such_object, 2u);
+    EXPECT_EQ(s.rejected_handler, 1u);
+    EXPECT_EQ(s.rejected_undecodable_type, 2u);
+    EXPECT_EQ(s.rejected_peer_limits, 1u);
+    // A one-way message of a type the peer does not know is the sender's error, said at once.
+    EXPECT_THROW(send_to(*f.client_env, "server/sink", client_only{1}), usage_error);
+}
+
+TEST(node, a_request_that_times_out_is_abandoned_and_its_late_reply_counted_orphaned) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    ASSERT_TRUE(f.up());
+    auto r = request<add_rep>(*f.client_env, "server/hold", add_req{}, {.timeout = 100ms});
+    EXPECT_EQ(settle(r), request_state::abandoned);
+    EXPECT_NE(r.reason().find("timed out"), std::string::npos) << r.reason();
+    ASSERT_TRUE(eventually([&] { return f.held_count() > 0; })) << "the request never arrived";
+    {
+        std::lock_guard g(f.held_m);
+        // The server's own copy runs longer than the requester's timeout: it is still open.
+        ASSERT_FALSE(f.held.front().answered());
+        f.held.front().reply<add_rep>(add_rep{1});
+        f.held.clear();
+    }
+    // The late reply finds the request final.
+    EXPECT_TRUE(eventually([&] { return f.client->stats().replies_orphaned == 1; }));
+    EXPECT_EQ(named_stats_of(*f.client_env).replies_orphaned, 1u);
+}
+
+TEST(node, a_peer_destroyed_mid_stream_abandons_every_request_in_flight_then_reconnects) {
+    auto f = std::make_unique<pair_fixture>("tcp://127.0.0.1:0");
+    event_log events;
+    session cs(*f->client_env);
+    auto sub = f->client->subscribe_peers(cs, [&](const net::peer_event& e) { events.add(e); });
+    ASSERT_TRUE(f->up());
+    std::vector<outgoing<add_rep>> flying;
+    for (int i = 0; i < 20; ++i) flying.push_back(request<add_rep>(*f->client_env, "server/hold", add_req{i, 0}));
+    ASSERT_TRUE(eventually([&] { return f->held_count() == 20; })) << "the requests never all arrived";
+    for (auto& r : flying) EXPECT_EQ(r.state(), request_state::transmitted);
+    const auto killed = std::chrono::steady_clock::now();
+    f->server.reset();  // the server node goes: no goodbye, only silence
+    for (auto& r : flying) {
+        EXPECT_EQ(settle(r), request_state::abandoned);
+        EXPECT_NE(r.reason().find("peer 'server' lost"), std::string::npos) << r.reason();
+    }
+    const auto detected = std::chrono::steady_clock::now() - killed;
+    EXPECT_LT(detected, 5s) << "detection took " << std::chrono::duration_cast<std::chrono::milliseconds>(detected).count() << " ms";
+    EXPECT_TRUE(events.wait(net::peer_state::down, "server"));
+    EXPECT_TRUE(eventually([&] { return f->client->stats().requests_abandoned == 20; }));
+
+    // A request now fails fast; one that may wait for the peer waits, bounded by its timeout.
+    auto fast_fail = request<add_rep>(*f->client_env, "server/calc", add_req{1, 1});
+    EXPECT_EQ(settle(fast_fail), request_state::abandoned);
+    EXPECT_NE(fast_fail.reason().find("is down"), std::string::npos) << fast_fail.reason();
+    auto waiting = request<add_rep>(*f->client_env, "server/calc", add_req{20, 1}, {.timeout = 20s, .wait_for_peer = true});
+    EXPECT_THROW(send_to(*f->client_env, "server/sink", note{"x"}), net::peer_unavailable_error);
+
+    // The same node name comes back on the same endpoint: redialled, HELLO, peer_up, replies.
+    {
+        std::lock_guard g(f->held_m);
+        f->held.clear();
+    }
+    net::node again(*f->server_env, "server", fast());
+    again.export_all();
+    ASSERT_EQ(again.listen(f->endpoint), f->endpoint);
+    const bool back = events.wait(net::peer_state::up, "server", 2, 30s);
+    EXPECT_TRUE(back);
+    if (!back) {
+        std::lock_guard g(f->client_log.m);
+        for (auto& l : f->client_log.lines) std::fprintf(stderr, "client log: %s\n", l.c_str());
+    }
+    EXPECT_EQ(settle(waiting), request_state::replied) << waiting.reason();
+    EXPECT_EQ(waiting.reply().sum, 21);
+    auto r = request<add_rep>(*f->client_env, "server/calc", add_req{3, 4}, {.timeout = 10s});
+    ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+    EXPECT_EQ(r.reply().sum, 7);
+}
+
+TEST(node, an_exported_object_unregistered_while_requests_fly_is_not_called_after_shutdown_returns) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::atomic<bool> shut{false};
+    std::atomic<int> after{0}, handled{0};
+    auto obj = register_named(*f.server_s, "busy", [&](incoming& in) {
+        if (shut.load()) after.fetch_add(1);
+        handled.fetch_add(1);
+        in.reply<add_rep>(add_rep{1});
+    });
+    f.server->export_objects("busy");
+    ASSERT_TRUE(f.up());
+    std::atomic<bool> go{true};
+    std::vector<outgoing<add_rep>> sent;
+    std::mutex sent_m;
+    std::thread fire([&] {
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        while (go.load() && std::chrono::steady_clock::now() < until) {
+            auto r = request<add_rep>(*f.client_env, "server/busy", add_req{}, {.timeout = 10s});
+            std::lock_guard g(sent_m);
+            sent.push_back(std::move(r));
+            if (sent.size() > 5000) break;
+            std::this_thread::sleep_for(100us);
+        }
+    });
+    ASSERT_TRUE(eventually([&] { return handled.load() >= 20; }));
+    obj.shutdown();
+    shut.store(true);
+    std::this_thread::sleep_for(50ms);  // requests keep flying at the unregistered name
+    go.store(false);
+    fire.join();
+    EXPECT_EQ(after.load(), 0);
+    auto later = request<add_rep>(*f.client_env, "server/busy", add_req{}, {.timeout = 10s});
+    EXPECT_EQ(settle(later), request_state::rejected);
+    EXPECT_NE(later.reason().find("no such object"), std::string::npos) << later.reason();
+    std::lock_guard g(sent_m);
+    for (auto& r : sent) {
+        const auto st = settle(r);
+        EXPECT_TRUE(st == request_state::replied || st == request_state::rejected || st == request_state::abandoned);
+    }
+}
+
+TEST(node, malformed_frames_from_a_raw_socket_are_rejected_counted_logged_and_the_node_carries_on) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    ASSERT_TRUE(f.up());
+    void* ctx = zmq_ctx_new();
+    void* raw = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    ASSERT_EQ(zmq_connect(raw, f.endpoint.c_str()), 0);
+    const char garbage[] = "not a frame at all";
+    zmq_send(raw, garbage, sizeof garbage, 0);
+    const unsigned char truncated[] = {'m', 'r', 1, 3, 0, 0, 0, 0, 200, 0, 0, 0, 1, 2};
+    zmq_send(raw, truncated, sizeof truncated, 0);
+    // A well-formed HEARTBEAT from a connection that never said HELLO.
+    {
+        net::byte_buffer b;
+        internal::frame hb;
+        hb.kind = internal::frame_kind::heartbeat;
+        hb.sequence = 1;
+        internal::frame_writer(b).write(hb);
+        zmq_send(raw, b.data(), b.size(), 0);
+    }
+    // A HELLO of a protocol version it does not speak, and one under the server's own name.
+    for (auto [who, version] : {std::pair<const char*, int>{"raw", 0}, {"server", 1}}) {
+        net::byte_buffer b;
+        internal::frame h;
+        h.kind = internal::frame_kind::hello;
+        h.node = who;
+        h.protocol_version = static_cast<std::uint8_t>(version);
+        internal::frame_writer(b).write(h);
+        zmq_send(raw, b.data(), b.size(), 0);
+    }
+    EXPECT_TRUE(eventually([&] {
+        auto s = f.server->stats();
+        return s.frames_rejected >= 2 && s.hello_refused >= 2 && s.frames_from_unknown >= 1;
+    }));
+    auto s = f.server->stats();
+    EXPECT_EQ(s.frames_rejected, 2u);
+    EXPECT_EQ(s.rejected_bad_magic, 1u);
+    EXPECT_EQ(s.rejected_truncated, 1u);
+    EXPECT_EQ(s.frames_from_unknown, 1u);
+    EXPECT_EQ(s.hello_refused, 2u);
+    EXPECT_TRUE(f.server_log.has("rejected a message from a connection from 127.0.0.1")) << "no log line";
+    EXPECT_TRUE(f.server_log.has("refused the HELLO of 'raw' from 127.0.0.1"));
+    // A peer that said HELLO and then asks for a name no object may have: refused and answered,
+    // even by a node that exports everything.
+    f.server->export_all();
+    {
+        net::byte_buffer hello, req;
+        internal::frame h;
+        h.kind = internal::frame_kind::hello;
+        h.node = "rawpeer";
+        h.protocol_version = 1;
+        internal::frame_writer(hello).write(h);
+        internal::frame q;
+        q.kind = internal::frame_kind::request;
+        q.request_id = 77;
+        q.target = "no good";
+        internal::frame_writer(req).write(q, *types(), add_req{1, 2});
+        zmq_send(raw, hello.data(), hello.size(), 0);
+        zmq_send(raw, req.data(), req.size(), 0);
+        bool got_reject = false;
+        internal::frame_decoder dec;
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        while (!got_reject && std::chrono::steady_clock::now() < until) {
+            zmq_pollitem_t item{raw, 0, ZMQ_POLLIN, 0};
+            if (zmq_poll(&item, 1, 100) <= 0) continue;
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            ASSERT_GE(zmq_msg_recv(&m, raw, 0), 0);
+            if (dec.decode({static_cast<const std::byte*>(zmq_msg_data(&m)), zmq_msg_size(&m)}) ==
+                internal::frame_error::none)
+                for (auto& fr : dec.frames())
+                    if (fr.kind == internal::frame_kind::reject && fr.request_id == 77) {
+                        got_reject = true;
+                        EXPECT_EQ(fr.reason, internal::reject_reason::no_such_object);
+                    }
+            zmq_msg_close(&m);
+        }
+        EXPECT_TRUE(got_reject) << "no REJECT for a request to an invalid name";
+    }
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    // The node and its peer carry on.
+    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{5, 5}, {.timeout = 10s});
+    ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+    EXPECT_EQ(r.reply().sum, 10);
+}
+
+TEST(node, a_second_node_under_a_name_that_is_up_is_refused) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    ASSERT_TRUE(f.up());
+    environment other_env(environment_options{.name = "impostor-env"});
+    net::node impostor(other_env, "client", fast());
+    impostor.connect(f.endpoint);
+    EXPECT_TRUE(eventually([&] { return f.server->stats().hello_refused >= 1; }));
+    EXPECT_TRUE(f.server_log.has("refused the HELLO of 'client'"));
+    EXPECT_FALSE(impostor.wait_for_peer("server", 0ms));
+    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{1, 2}, {.timeout = 10s});
+    EXPECT_EQ(settle(r), request_state::replied) << r.reason();
+}
+
+TEST(node, an_environment_that_stops_stops_its_node_and_the_books_balance_on_both_sides) {
+    auto f = std::make_unique<pair_fixture>("tcp://127.0.0.1:0");
+    ASSERT_TRUE(f->up());
+    for (int i = 0; i < 5; ++i) {
+        auto r = request<add_rep>(*f->client_env, "server/calc", add_req{i, i}, {.timeout = 10s});
+        EXPECT_EQ(settle(r), request_state::replied);
+    }
+    auto pending = request<add_rep>(*f->client_env, "server/hold", add_req{});
+    EXPECT_TRUE(eventually([&] { return pending.state() == request_state::transmitted; }));
+    // The client's environment goes first, its node handle still alive: the node stops with it.
+    f->client_env->stop();
+    f->client_env->join();
+    EXPECT_EQ(settle(pending), request_state::abandoned);
+    EXPECT_NE(pending.reason().find("node 'client' stopped"), std::string::npos) << pending.reason();
+    auto c = named_stats_of(*f->client_env);
+    EXPECT_EQ(c.requests_posted, c.requests_replied + c.requests_rejected + c.requests_abandoned);
+    EXPECT_EQ(c.requests_replied, 5u);
+    f->client.reset();  // after its environment: harmless
+    {
+        std::lock_guard g(f->held_m);
+        f->held.clear();  // the server's copy is abandoned; its answer has nobody to go to
+    }
+    f->server.reset();
+    auto server_env = std::move(f->server_env);
+    f->calc.destroy();
+    f->sink.destroy();
+    f->hold.destroy();
+    f->server_s.reset();
+    server_env->stop();
+    server_env->join();
+    auto s = named_stats_of(*server_env);
+    EXPECT_EQ(s.requests_posted, s.requests_replied + s.requests_rejected + s.requests_abandoned);
+    EXPECT_EQ(s.requests_replied, 5u);
+    for (environment* e : {server_env.get(), f->client_env.get()}) {
+        auto st = e->stats();
+        EXPECT_EQ(st.messages_sent, st.messages_delivered + st.messages_lost + st.messages_ignored +
+                                        st.messages_discarded + st.messages_cancelled + st.messages_dropped)
+            << e->name();
+    }
+}
