@@ -15,8 +15,11 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -275,6 +278,67 @@ TEST_F(loops, a_peer_that_closes_is_reported_as_readable_and_hung_up) {
     p.close(1);
     ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
     EXPECT_TRUE(any_of(f.get(), fd_events::hangup));
+}
+
+// The loop runs an fd callback inline (run_object_callback): a throw is caught, logged and
+// counted under the session's policy, and the loop and the session carry on. The callback
+// returned no interest: its fd leaves the set, as with `none`, until set_interest asks again.
+TEST(fd_watch, an_fd_callback_that_throws_is_logged_and_counted_and_its_fd_rests_until_set_interest) {
+    std::mutex log_lock;
+    std::vector<std::string> logged;
+    environment env({.name = "fd", .log = [&](std::string_view line) {
+                         std::lock_guard g(log_lock);
+                         logged.emplace_back(line);
+                     }});
+    auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 1});
+    session s(env, {.name = "reader", .bind = pool.bind()});
+    socket_pair p;
+    std::atomic<int> calls{0};
+    auto w = s.watch(p.fd[0], fd_events::read, [&](fd_events) -> fd_events {
+        socket_pair::drain(p.fd[0]);
+        if (calls.fetch_add(1) == 0) throw std::runtime_error("fd boom");
+        return fd_events::read;
+    });
+    p.send(1);
+    ASSERT_TRUE(eventually([&] { return env.stats().handler_exceptions == 1; })) << "the throw was not counted";
+    {
+        std::lock_guard g(log_lock);
+        ASSERT_EQ(logged.size(), 1u);
+        EXPECT_NE(logged[0].find("session 'reader'"), std::string::npos) << logged[0];
+        EXPECT_NE(logged[0].find("fd boom"), std::string::npos) << logged[0];
+    }
+    int posted = 0;
+    on_context(s, [&] { ++posted; });  // the session runs on
+    EXPECT_EQ(posted, 1);
+    EXPECT_EQ(pool.loops()[0].fds_watched, 0u);
+    p.send(1);
+    on_context(s, [] {});
+    EXPECT_EQ(calls.load(), 1);
+    EXPECT_TRUE(w.set_interest(fd_events::read));
+    ASSERT_TRUE(eventually([&] { return calls.load() == 2; })) << "the watcher was not called again";
+    EXPECT_EQ(env.stats().handler_exceptions, 1u);
+    w.shutdown();
+}
+
+// The loop counts its fd callbacks once per batch: the count still says every one that ran.
+TEST_F(loops, loop_stats_count_every_fd_callback_run_and_none_refused) {
+    session s(env, {.name = "s", .bind = pool.bind_loop(0)});
+    socket_pair p;
+    std::atomic<int> calls{0};
+    auto w = s.watch(p.fd[0], fd_events::read, [&](fd_events) {
+        socket_pair::drain(p.fd[0]);
+        calls.fetch_add(1);
+        return fd_events::read;
+    });
+    constexpr int rounds = 20;
+    for (int i = 1; i <= rounds; ++i) {
+        p.send(1);
+        ASSERT_TRUE(eventually([&] { return calls.load() == i; })) << "no callback for send " << i;
+    }
+    EXPECT_TRUE(eventually([&] { return pool.loops()[0].fd_callbacks == rounds; }))
+        << pool.loops()[0].fd_callbacks << " fd callbacks counted for " << rounds;
+    w.shutdown();
+    EXPECT_EQ(pool.loops()[0].fd_callbacks, static_cast<std::uint64_t>(calls.load()));
 }
 
 TEST(fd_watch, watching_from_a_session_not_bound_to_an_event_loop_raises_binding_error_naming_it) {
