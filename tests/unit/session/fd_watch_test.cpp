@@ -320,6 +320,32 @@ TEST(fd_watch, an_fd_callback_that_throws_is_logged_and_counted_and_its_fd_rests
     w.shutdown();
 }
 
+// An idle loop spins on its mailbox for params::spin before it sleeps in epoll_wait, and looks
+// at its fds while it spins: readiness that comes meanwhile is called back at once, not when
+// the spin ends (here 3 s).
+TEST(fd_watch, readiness_that_comes_while_the_loop_spins_idle_is_called_back_before_the_spin_ends) {
+    environment env({.name = "fd"});
+    auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 1, .spin = 3s});
+    session s(env, {.name = "s", .bind = pool.bind()});
+    socket_pair p;
+    std::atomic<std::int64_t> called_at{0};
+    auto w = s.watch(p.fd[0], fd_events::read, [&](fd_events) {
+        socket_pair::drain(p.fd[0]);
+        called_at.store(std::chrono::steady_clock::now().time_since_epoch().count());
+        return fd_events::read;
+    });
+    on_context(s, [] {});  // the loop ran all it had: it spins idle from here on
+    std::this_thread::sleep_for(20ms);
+    const auto sent = std::chrono::steady_clock::now().time_since_epoch().count();
+    p.send(1);
+    ASSERT_TRUE(eventually([&] { return called_at.load() != 0; })) << "no callback within 10 s";
+    const auto waited = std::chrono::nanoseconds(called_at.load() - sent);
+    EXPECT_LT(waited, 1s) << "the readiness waited "
+                          << std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()
+                          << " ms for the loop's spin to end";
+    w.shutdown();
+}
+
 // The loop counts its fd callbacks once per batch: the count still says every one that ran.
 TEST_F(loops, loop_stats_count_every_fd_callback_run_and_none_refused) {
     session s(env, {.name = "s", .bind = pool.bind_loop(0)});
