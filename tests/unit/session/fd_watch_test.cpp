@@ -9,22 +9,23 @@
 
 #include <gtest/gtest.h>
 
+#include "test_support.hpp"
+
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <future>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
-#include <vector>
 
 namespace {
 
 using namespace mailroom;
 using namespace std::chrono_literals;
+using test::eventually;
 
 // A connected pair of non-blocking stream sockets, closed at the end of the scope.
 struct socket_pair {
@@ -53,16 +54,6 @@ struct socket_pair {
     }
 };
 
-// Waits (bounded) until `pred()` holds; false after 10 s.
-template <class P>
-bool eventually(P pred) {
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > until) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
 
 // Runs `f` on the session's context and waits (bounded) for it.
 template <class F>
@@ -284,12 +275,8 @@ TEST_F(loops, a_peer_that_closes_is_reported_as_readable_and_hung_up) {
 // counted under the session's policy, and the loop and the session carry on. The callback
 // returned no interest: its fd leaves the set, as with `none`, until set_interest asks again.
 TEST(fd_watch, an_fd_callback_that_throws_is_logged_and_counted_and_its_fd_rests_until_set_interest) {
-    std::mutex log_lock;
-    std::vector<std::string> logged;
-    environment env({.name = "fd", .log = [&](std::string_view line) {
-                         std::lock_guard g(log_lock);
-                         logged.emplace_back(line);
-                     }});
+    test::log_lines logged;
+    environment env({.name = "fd", .log = logged.sink()});
     auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 1});
     session s(env, {.name = "reader", .bind = pool.bind()});
     socket_pair p;
@@ -302,10 +289,10 @@ TEST(fd_watch, an_fd_callback_that_throws_is_logged_and_counted_and_its_fd_rests
     p.send(1);
     ASSERT_TRUE(eventually([&] { return env.stats().handler_exceptions == 1; })) << "the throw was not counted";
     {
-        std::lock_guard g(log_lock);
-        ASSERT_EQ(logged.size(), 1u);
-        EXPECT_NE(logged[0].find("session 'reader'"), std::string::npos) << logged[0];
-        EXPECT_NE(logged[0].find("fd boom"), std::string::npos) << logged[0];
+        std::lock_guard g(logged.m);
+        ASSERT_EQ(logged.items.size(), 1u);
+        EXPECT_NE(logged.items[0].find("session 'reader'"), std::string::npos) << logged.items[0];
+        EXPECT_NE(logged.items[0].find("fd boom"), std::string::npos) << logged.items[0];
     }
     int posted = 0;
     on_context(s, [&] { ++posted; });  // the session runs on
