@@ -306,9 +306,12 @@ private:
 };
 
 /// The environment whose handler this thread is running, if any (set by the agent layer).
-/// Inline over an initial-exec thread-local: every callback sets and restores it.
+MAILROOM_EXPORT env_core*& current_env() noexcept;
+/// What current_env() refers to, for the one hot path that sets and restores it around every
+/// callback (the session layer's guarded run), which names it instead of calling. Named, never
+/// bound to a reference there: GCC 12's UBSan null check of a reference to an initial-exec
+/// thread-local reads flags that a `lea` did not set, and reports a null pointer that is not.
 MAILROOM_FAST_TLS extern MAILROOM_EXPORT constinit thread_local env_core* tls_current_env;
-inline env_core*& current_env() noexcept { return tls_current_env; }
 
 /// Sets current_env() for a scope: around a callback of the environment that runs on a thread
 /// that is not one of its workers (on_registered, on_deregistered, an agent's destructor), so

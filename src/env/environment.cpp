@@ -75,6 +75,8 @@ std::string env_extension::describe(std::string_view, std::uint64_t) const { ret
 MAILROOM_FAST_TLS constinit thread_local counters_cache tls_counters;
 MAILROOM_FAST_TLS constinit thread_local env_core* tls_current_env = nullptr;
 
+env_core*& current_env() noexcept { return tls_current_env; }
+
 env_core::env_core(environment_options options)
     : options_(std::move(options)), id_(next_env_id.fetch_add(1, std::memory_order_relaxed)),
       timers_(options_.timer_tick) {

@@ -17,6 +17,8 @@ void execute_post(demand* base, demand_mode mode) noexcept;
 
 MAILROOM_FAST_TLS constinit thread_local context_core* tls_current_context = nullptr;
 
+context_core*& current_context() noexcept { return tls_current_context; }
+
 bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept {
     std::lock_guard g(pending_lock);
     if (start_state(std::memory_order_relaxed) != start_open || id != wanted) return false;

@@ -229,9 +229,10 @@ private:
 };
 
 /// The context whose callback this thread is running (or whose configure() it runs), or null.
-/// Inline over an initial-exec thread-local: every callback sets and restores it.
+context_core*& current_context() noexcept;
+/// What current_context() refers to, named (never bound to a reference) by the guarded run that
+/// sets and restores it around every callback (see tls_current_env).
 MAILROOM_FAST_TLS extern MAILROOM_EXPORT constinit thread_local context_core* tls_current_context;
-inline context_core*& current_context() noexcept { return tls_current_context; }
 
 /// Runs `fn(arg)` as a callback of `c` under its exception policy, with current_context() and
 /// current_env() set; returns false if it threw (logged, counted, the policy applied).

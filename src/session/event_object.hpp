@@ -125,23 +125,22 @@ inline running_kind running_kind_of(const context_core& c) noexcept {
 /// thread-locals are set and restored, the heartbeat notes it, and nothing else happens.
 template <class F>
 [[gnu::always_inline]] inline bool guarded(context_core& c, const char* what, message_type type, F&& f) noexcept {
-    context_core*& cur = current_context();
-    context_core* prev = cur;
-    env_core*& cur_env = current_env();
-    env_core* prev_env = cur_env;
-    cur = &c;
-    cur_env = c.env;
+    // current_context() and current_env(), by name (see tls_current_env).
+    context_core* const prev = tls_current_context;
+    env_core* const prev_env = tls_current_env;
+    tls_current_context = &c;
+    tls_current_env = c.env;
     note_running(running_kind_of(c), c.id, type.info() ? type.info() : &typeid(posted_call_tag));
     try {
         f();
     } catch (...) {
-        cur = prev;
-        cur_env = prev_env;
+        tls_current_context = prev;
+        tls_current_env = prev_env;
         on_thrown(c, what, type);
         return false;
     }
-    cur = prev;
-    cur_env = prev_env;
+    tls_current_context = prev;
+    tls_current_env = prev_env;
     return true;
 }
 
