@@ -5,6 +5,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -17,26 +19,10 @@ namespace {
 struct reading {
     int number;
 };
-
-// Waits up to two seconds for `done()`: an example must never hang.
-template <class Pred>
-bool eventually(Pred done) {
-    const auto deadline = std::chrono::steady_clock::now() + 2s;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
-
 }  // namespace
 
 int main() {
-    bool ok = true;
-    auto check = [&](bool good, const char* what) {
-        std::printf("%-58s %s\n", what, good ? "yes" : "NO");
-        ok = ok && good;
-    };
+    example::checks check(58);
 
     mailroom::environment env;
     {
@@ -59,7 +45,7 @@ int main() {
         // Anyone may send to an inbox's address, from any thread.
         for (int i = 1; i <= 10; ++i) mailroom::send<reading>(inbox.address(), i);
 
-        check(eventually([&] { return posted == 1 && one_shot == 1 && readings == 10 && ticks >= 5; }),
+        check(example::eventually([&] { return posted == 1 && one_shot == 1 && readings == 10 && ticks >= 5; }),
               "posted call, one-shot, 10 readings and 5 ticks arrived");
 
         // main() is not the session's thread, so shutdown() waits for a tick that is running
@@ -97,5 +83,5 @@ int main() {
                 static_cast<unsigned long long>(st.timers_skipped));
     check(st_session.sessions_created == 1 && st_session.sessions_destroyed == 1, "one session, destroyed");
     check(st_session.event_objects_created == 3 && st_session.event_objects_destroyed == 3, "three event objects, all destroyed");
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

@@ -6,6 +6,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <future>
@@ -23,11 +25,7 @@ struct divide {
     int a, b;
 };
 
-bool ok = true;  // written by the client's coroutine, then by main() once it has the result
-void check(bool good, const char* what) {
-    std::printf("  %-52s %s\n", what, good ? "yes" : "NO");
-    ok = ok && good;
-}
+example::checks check(52, "  ");  // used by the client's coroutine, then by main() once it has the result
 
 void show(const char* question, const mailroom::outgoing<int>& r) {
     if (r.state() == mailroom::request_state::replied)
@@ -142,5 +140,5 @@ int main() {
     check(s_named.requests_posted == 6 && s_named.requests_replied == 2 && s_named.requests_rejected == 3 && s_named.requests_abandoned == 1,
           "six requests, each in a final state");
     check(s_named.replies_orphaned == 1, "the late answer was counted orphaned");
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

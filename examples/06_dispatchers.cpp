@@ -17,6 +17,8 @@
 #include <mailroom/env/environment.hpp>
 #include <mailroom/session/session.hpp>
 
+#include "example_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -66,26 +68,10 @@ private:
     thread_book& book_;
 };
 
-// Waits up to two seconds for `done()`: an example must never hang.
-template <class Pred>
-bool eventually(Pred done) {
-    const auto deadline = std::chrono::steady_clock::now() + 2s;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
-
-bool ok = true;
-void check(bool good, const char* what) {
-    std::printf("  %-60s %s\n", what, good ? "yes" : "NO");
-    ok = ok && good;
-}
-
 }  // namespace
 
 int main() {
+    example::checks check(60, "  ");
     thread_book book;
     book.record("main");
 
@@ -118,7 +104,7 @@ int main() {
     open("single-2", single.bind());
     open("default", {});  // no binder: the environment's default dispatcher (a one_thread)
 
-    if (!eventually([&] { return book.entries() == 12; })) {
+    if (!example::eventually([&] { return book.entries() == 12; })) {
         std::printf("not every agent and session ran\n");
         return 1;
     }
@@ -160,7 +146,7 @@ int main() {
     });
     p1.join();
     p2.join();
-    check(eventually([&] { return done.load() == 2 * per_thread; }), "every posted call ran");
+    check(example::eventually([&] { return done.load() == 2 * per_thread; }), "every posted call ran");
     check(overlaps.load() == 0 && shared_total == 2 * per_thread, "one_thread: no two callbacks overlapped");
 
     // A dispatcher is found by name; dispatcher_cast gives back its typed handle.
@@ -172,5 +158,5 @@ int main() {
 
     env.stop();
     env.join();
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

@@ -10,6 +10,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -127,11 +129,7 @@ int main() {
     const mailroom::teardown_report report = env.join();  // returns once the teardown completed
     producer.join();
 
-    bool ok = true;
-    auto check = [&](bool good, const char* what) {
-        std::printf("  %-62s %s\n", what, good ? "yes" : "NO");
-        ok = ok && good;
-    };
+    example::checks check(62, "  ");
     const auto s = env.stats();
     const auto s_agent = mailroom::agent_stats_of(env);
     const auto s_session = mailroom::session_stats_of(env);
@@ -162,5 +160,5 @@ int main() {
               s_session.event_objects_created == s_session.event_objects_destroyed,
           "every agent, session and event object is gone");
     check(!monitor, "the session handle says its session is gone");
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

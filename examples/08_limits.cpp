@@ -4,6 +4,8 @@
 // consumer's limit statistics. See docs/limits-and-filters.md.
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -34,11 +36,6 @@ protected:
         });
     }
 };
-
-int check(bool ok, const char* what) {
-    std::printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-    return ok ? 0 : 1;
-}
 
 }  // namespace
 
@@ -75,12 +72,12 @@ int main() {
                 u(s.messages_sent), u(s.messages_delivered), u(s.messages_lost), u(s.messages_ignored),
                 u(s.messages_discarded), u(s.messages_cancelled), u(s.messages_dropped));
 
-    int failed = 0;
-    failed += check(s.messages_dropped > 0, "the producer outran the consumer, and the limit dropped the excess");
-    failed += check(s.messages_sent == static_cast<std::uint64_t>(sent), "every quote was counted sent");
-    failed += check(s.messages_sent == s.messages_delivered + s.messages_lost + s.messages_ignored +
-                                           s.messages_discarded + s.messages_cancelled + s.messages_dropped,
-                    "the books balance");
-    failed += check(waiting <= 100, "no more than the limit's worth waited in the consumer's queue");
-    return failed ? 1 : 0;
+    example::checks check(68);
+    check(s.messages_dropped > 0, "the producer outran the consumer, and the limit dropped the excess");
+    check(s.messages_sent == static_cast<std::uint64_t>(sent), "every quote was counted sent");
+    check(s.messages_sent == s.messages_delivered + s.messages_lost + s.messages_ignored + s.messages_discarded +
+              s.messages_cancelled + s.messages_dropped,
+          "the books balance");
+    check(waiting <= 100, "no more than the limit's worth waited in the consumer's queue");
+    return check.exit_code();
 }

@@ -5,6 +5,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -20,26 +22,10 @@ struct reading {
     double value;
 };
 struct shutdown_request final : mailroom::signal {};
-
-// Waits up to two seconds for `done()`: an example must never hang.
-template <class Pred>
-bool eventually(Pred done) {
-    const auto deadline = std::chrono::steady_clock::now() + 2s;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
-
 }  // namespace
 
 int main() {
-    bool ok = true;
-    auto check = [&](bool good, const char* what) {
-        std::printf("%-62s %s\n", what, good ? "yes" : "NO");
-        ok = ok && good;
-    };
+    example::checks check(62);
 
     mailroom::environment env;
 
@@ -77,7 +63,7 @@ int main() {
         for (int i = 0; i < 100; ++i) mailroom::send<std::string>(jobs, "job " + std::to_string(i));
     });
     client.join();
-    check(eventually([&] { return done.load() == 100; }), "the session handled 100 jobs from the chain");
+    check(example::eventually([&] { return done.load() == 100; }), "the session handled 100 jobs from the chain");
     sub.shutdown();  // from here no handler of it runs; what it did not take stays in the chain
 
     // 3. select() over both chains, with a closer that closes them however this scope is left.
@@ -102,5 +88,5 @@ int main() {
     check(st.messages_sent == st.messages_delivered + st.messages_lost + st.messages_ignored +
                                   st.messages_discarded + st.messages_cancelled,
           "the books balance: every message has an outcome");
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

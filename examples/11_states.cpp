@@ -5,6 +5,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -51,26 +53,10 @@ private:
     }
     void on_start() override { change_state(closed_); }
 };
-
-// Waits up to two seconds for `done()`: an example must never hang.
-template <class Pred>
-bool eventually(Pred done) {
-    const auto deadline = std::chrono::steady_clock::now() + 2s;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
-
 }  // namespace
 
 int main() {
-    bool ok = true;
-    auto check = [&](bool good, const char* what) {
-        std::printf("%-58s %s\n", what, good ? "yes" : "NO");
-        ok = ok && good;
-    };
+    example::checks check(58);
 
     mailroom::environment env;
     mailroom::coop c(env);
@@ -78,15 +64,15 @@ int main() {
     const mailroom::mbox to = d.direct_mbox();
     mailroom::register_coop(std::move(c));
 
-    check(eventually([&] { return d.current_state_path() == "closed.unlocked"; }), "starts closed and unlocked");
+    check(example::eventually([&] { return d.current_state_path() == "closed.unlocked"; }), "starts closed and unlocked");
     mailroom::send<lock_door>(to);
     mailroom::send<open_door>(to);  // locked: ignored
     mailroom::send<knock>(to);      // handled by `closed` in its sub-state `locked`
-    check(eventually([&] { return d.knocks.load() == 1; }), "a knock is heard in closed.locked");
+    check(example::eventually([&] { return d.knocks.load() == 1; }), "a knock is heard in closed.locked");
     check(d.current_state_path() == "closed.locked", "an open request leaves a locked door locked");
     mailroom::send<unlock_door>(to);
     mailroom::send<open_door>(to);
-    check(eventually([&] { return d.closings.load() == 1; }), "the open door closes itself after its time limit");
+    check(example::eventually([&] { return d.closings.load() == 1; }), "the open door closes itself after its time limit");
     check(d.current_state_path() == "closed.unlocked", "and closes back into the sub-state it left (history)");
 
     env.stop();
@@ -96,5 +82,5 @@ int main() {
     check(s.messages_sent == s.messages_delivered + s.messages_lost + s.messages_ignored + s.messages_discarded +
                                  s.messages_cancelled,
           "the books balance");
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

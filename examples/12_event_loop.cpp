@@ -8,6 +8,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,17 +25,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Waits up to two seconds for `done()`: an example must never hang.
-template <class Pred>
-bool eventually(Pred done) {
-    const auto deadline = std::chrono::steady_clock::now() + 2s;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
-
 // Writes `line` and a newline; false (errno set) when the socket refused it.
 bool write_line(int fd, const std::string& line) {
     const std::string text = line + "\n";
@@ -44,11 +35,7 @@ bool write_line(int fd, const std::string& line) {
 }  // namespace
 
 int main() {
-    bool ok = true;
-    auto check = [&](bool good, const char* what) {
-        std::printf("%-64s %s\n", what, good ? "yes" : "NO");
-        ok = ok && good;
-    };
+    example::checks check(64);
 
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0) {
@@ -100,8 +87,8 @@ int main() {
                 if (!write_line(writer, "quote " + std::to_string(i))) std::printf("write: %s\n", std::strerror(errno));
         });
         peer.join();
-        check(eventually([&] { return lines.load() == 5; }), "the callback read the five lines the peer wrote");
-        check(eventually([&] { return timer_thread.load() != std::thread::id{}; }), "the session's timer fired");
+        check(example::eventually([&] { return lines.load() == 5; }), "the callback read the five lines the peer wrote");
+        check(example::eventually([&] { return timer_thread.load() != std::thread::id{}; }), "the session's timer fired");
         check(watch_thread.load() == timer_thread.load(), "the fd callback and the timer ran on the same loop thread");
         check(watch_thread.load() != std::this_thread::get_id(), "which is not main()'s thread");
 
@@ -113,7 +100,7 @@ int main() {
         check(lines.load() == 5 && callbacks.load() == callbacks_before, "with no interest the new line is not read");
         // ... until the interest is back.
         check(w.set_interest(mailroom::fd_events::read), "set_interest(read) from main()");
-        check(eventually([&] { return lines.load() == 6; }), "with the interest back the line is read");
+        check(example::eventually([&] { return lines.load() == 6; }), "with the interest back the line is read");
 
         // shutdown() from a thread other than the session's: once it returns, the callback is not
         // running and never will again, and the fd is out of the epoll set, so it may be closed
@@ -140,7 +127,7 @@ int main() {
             return mailroom::fd_events::read;
         });
         check(write_line(fds2[1], "hello"), "a peer writes to the new socket");
-        check(eventually([&] { return new_reads.load() == 1; }), "the new watcher reads it");
+        check(example::eventually([&] { return new_reads.load() == 1; }), "the new watcher reads it");
         check(lines.load() == lines_at_shutdown && callbacks.load() == callbacks_at_shutdown,
               "no callback of the old watcher after its shutdown() returned");
         w2.shutdown();
@@ -168,5 +155,5 @@ int main() {
 
     env.stop();
     env.join();
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

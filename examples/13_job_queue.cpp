@@ -7,6 +7,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -19,17 +21,6 @@
 using namespace std::chrono_literals;
 
 namespace {
-
-// Waits up to two seconds for `done()`: an example must never hang.
-template <class Pred>
-bool eventually(Pred done) {
-    const auto deadline = std::chrono::steady_clock::now() + 2s;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
 
 // Blocking work: sleeps in short steps for `how_long`, or until stop is requested or `release`
 // is set. Returns how many steps it slept.
@@ -52,11 +43,7 @@ mailroom::task checksum(mailroom::job_queue::handle q, std::promise<int>* out) {
 }  // namespace
 
 int main() {
-    bool ok = true;
-    auto check = [&](bool good, const char* what) {
-        std::printf("%-64s %s\n", what, good ? "yes" : "NO");
-        ok = ok && good;
-    };
+    example::checks check(64);
 
     // What the completions tell; written on the session only (then() runs there, one at a
     // time), read by main() once `all_done` is ready.
@@ -92,7 +79,7 @@ int main() {
             first = mailroom::post_job(disk, [&](std::stop_token st) { return sleepy_work(st, 2000ms, &release_first); });
             first.then(record("first"));
         });
-        check(eventually([&] { return disk.job_stats().running == 1; }), "the first job runs");
+        check(example::eventually([&] { return disk.job_stats().running == 1; }), "the first job runs");
 
         // 2. Two more wait behind it (the backlog holds two), a third is refused, and one of
         //    those waiting is cancelled: it never runs, but its completion still comes.
@@ -112,7 +99,7 @@ int main() {
 
         // 3. More concurrency while the second waits: it starts at once, next to the first.
         disk.set_desired(2);
-        check(eventually([&] { return disk.job_stats().running == 2; }), "raising desired starts the waiting job");
+        check(example::eventually([&] { return disk.job_stats().running == 2; }), "raising desired starts the waiting job");
         release_first = true;
 
         auto done = all_done.get_future();
@@ -146,5 +133,5 @@ int main() {
 
     env.stop();
     env.join();
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

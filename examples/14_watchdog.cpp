@@ -6,6 +6,8 @@
 
 #include <mailroom/mailroom.hpp>
 
+#include "example_support.hpp"
+
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -25,17 +27,6 @@ int kernel_thread_id() { return static_cast<int>(::syscall(SYS_gettid)); }
 
 long long ms(std::chrono::nanoseconds d) {
     return static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
-}
-
-// Waits up to two seconds for `done()`: an example must never hang.
-template <class Pred>
-bool eventually(Pred done) {
-    const auto deadline = std::chrono::steady_clock::now() + 2s;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
 }
 
 struct load_file {
@@ -98,11 +89,7 @@ private:
 }  // namespace
 
 int main() {
-    bool ok = true;
-    auto check = [&](bool good, const char* what) {
-        std::printf("%-70s %s\n", what, good ? "yes" : "NO");
-        ok = ok && good;
-    };
+    example::checks check(70);
 
     stall_log log;
     std::atomic<loader*> the_loader{nullptr};  // the agent, while it lives; the callback reads it
@@ -129,9 +116,9 @@ int main() {
 
     // 1. The blocking handler: reported at 50 ms, while it still blocks.
     mailroom::send<load_file>(to, "quotes.csv");
-    check(eventually([&] { return l.loaded.load() > 0; }), "the blocking handler finished");
+    check(example::eventually([&] { return l.loaded.load() > 0; }), "the blocking handler finished");
     // Its last report (resumed) comes within a sample of the worker moving on.
-    check(eventually([&] {
+    check(example::eventually([&] {
               std::lock_guard g(log.m);
               return !log.reports.empty() && log.reports.back().resumed;
           }),
@@ -175,7 +162,7 @@ int main() {
     }
     mailroom::send<load_file_in_background>(to, "quotes.csv");
     mailroom::send<load_file_in_background>(to, "trades.csv");
-    check(eventually([&] { return l.loaded_in_background.load() == 2; }), "both loads came back on the agent");
+    check(example::eventually([&] { return l.loaded_in_background.load() == 2; }), "both loads came back on the agent");
     {
         std::lock_guard g(log.m);
         check(log.reports.size() == reports_before, "no report for work done on the job queue");
@@ -185,5 +172,5 @@ int main() {
     the_loader = nullptr;  // the agent goes with the environment's teardown
     env.stop();
     env.join();
-    return ok ? 0 : 1;
+    return check.exit_code();
 }

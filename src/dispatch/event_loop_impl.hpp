@@ -104,6 +104,7 @@ private:
     std::uint32_t next_slot_ = 1;                 // under slots_lock_
     std::vector<std::uint32_t> free_;             // under slots_lock_
     std::atomic<std::int64_t> fds_{0};
+    // Written by the loop thread only (a load and a store), read by stats() on any thread.
     std::atomic<std::uint64_t> callbacks_{0}, cycles_{0}, busy_ns_{0}, max_cycle_ns_{0};
 };
 

@@ -47,6 +47,13 @@ struct thread_counters {
     }
 };
 
+/// The counters block of the environment this thread counted in last (env_core::counters()).
+struct counters_cache {
+    std::uint64_t env_id = 0;
+    thread_counters* block = nullptr;
+};
+MAILROOM_FAST_TLS extern MAILROOM_EXPORT constinit thread_local counters_cache tls_counters;
+
 /// A single-writer count of scopes this thread has open, which another thread waits to see at
 /// zero: the writer's half of the asymmetric Dekker pair of send_scope and entry_scope.
 class in_flight_mark {
@@ -159,8 +166,13 @@ public:
 
     timer_service& timers() noexcept { return timers_; }
 
-    /// This thread's counters for this environment.
-    thread_counters& counters() noexcept;
+    /// This thread's counters for this environment. Inline: a thread-local compare on the
+    /// path of every callback; the first use on a thread takes the lock (counters_slow()).
+    thread_counters& counters() noexcept {
+        if (tls_counters.env_id == id_) [[likely]]
+            return *tls_counters.block;
+        return counters_slow();
+    }
 
     /// Logs through options().log or to stderr. Any thread.
     void log(std::string_view text) const noexcept;
@@ -296,6 +308,11 @@ private:
 
 /// The environment whose handler this thread is running, if any (set by the agent layer).
 MAILROOM_EXPORT env_core*& current_env() noexcept;
+/// What current_env() refers to, for the one hot path that sets and restores it around every
+/// callback (the session layer's guarded run), which names it instead of calling. Named, never
+/// bound to a reference there: GCC 12's UBSan null check of a reference to an initial-exec
+/// thread-local reads flags that a `lea` did not set, and reports a null pointer that is not.
+MAILROOM_FAST_TLS extern MAILROOM_EXPORT constinit thread_local env_core* tls_current_env;
 
 /// Sets current_env() for a scope: around a callback of the environment that runs on a thread
 /// that is not one of its workers (on_registered, on_deregistered, an agent's destructor), so

@@ -19,11 +19,6 @@ namespace internal {
 namespace {
 std::atomic<std::uint64_t> next_env_id{1};
 
-struct counters_cache {
-    std::uint64_t env_id = 0;
-    thread_counters* block = nullptr;
-};
-MAILROOM_FAST_TLS thread_local counters_cache tls_counters;
 
 // entry_scope's slots: a list that only grows, each slot owned by one live thread at a time.
 std::atomic<entry_slot*> entry_slots{nullptr};
@@ -80,10 +75,10 @@ env_extension::~env_extension() = default;
 
 std::string env_extension::describe(std::string_view, std::uint64_t) const { return {}; }
 
-env_core*& current_env() noexcept {
-    MAILROOM_FAST_TLS thread_local env_core* env = nullptr;
-    return env;
-}
+MAILROOM_FAST_TLS constinit thread_local counters_cache tls_counters;
+MAILROOM_FAST_TLS constinit thread_local env_core* tls_current_env = nullptr;
+
+env_core*& current_env() noexcept { return tls_current_env; }
 
 env_core::env_core(environment_options options)
     : options_(std::move(options)), id_(next_env_id.fetch_add(1, std::memory_order_relaxed)),
@@ -130,11 +125,6 @@ void env_core::check_not_stopping(const char* what, std::string_view object) con
     if (stopping())
         throw environment_stopped_error(std::string(what) + " '" + std::string(object) + "': environment '" +
                                         name() + "' is stopping");
-}
-
-thread_counters& env_core::counters() noexcept {
-    if (tls_counters.env_id == id_) return *tls_counters.block;
-    return counters_slow();
 }
 
 thread_counters& env_core::counters_slow() noexcept {

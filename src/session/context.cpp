@@ -15,10 +15,9 @@ void execute_post(demand* base, demand_mode mode) noexcept;
 
 }  // namespace
 
-context_core*& current_context() noexcept {
-    MAILROOM_FAST_TLS thread_local context_core* c = nullptr;
-    return c;
-}
+MAILROOM_FAST_TLS constinit thread_local context_core* tls_current_context = nullptr;
+
+context_core*& current_context() noexcept { return tls_current_context; }
 
 bool context_core::describe_if(std::uint64_t wanted, std::string& out) noexcept {
     std::lock_guard g(pending_lock);
@@ -193,41 +192,13 @@ const char* policy_name(exception_policy p) noexcept {
         default: fatal(text.c_str());
     }
 }
-// Called from inside the catch of a callback that threw: names what it threw (rethrown here to
-// read it) and hands it to on_failure(). Out of line and cold: the path of a callback that
-// returns normally builds no string and pays nothing for it.
-[[gnu::noinline, gnu::cold]] void on_thrown(context_core& c, const char* what, message_type type) noexcept {
+}  // namespace
+
+void on_thrown(context_core& c, const char* what, message_type type) noexcept {
     std::string text;  // the exception's what(), which must outlive the catch
     const char* failure = call_catching([] { throw; }, text);
     on_failure(c, what, type, failure);
 }
-
-// run_guarded()'s body, inlined where the callback is known (execute_message calls the handler
-// directly): on the path of a callback that returns, two thread-locals are set and restored, the
-// heartbeat notes it, and nothing else happens.
-template <class F>
-[[gnu::always_inline]] inline bool guarded(context_core& c, const char* what, message_type type, F&& f) noexcept {
-    context_core*& cur = current_context();
-    context_core* prev = cur;
-    env_core*& cur_env = current_env();
-    env_core* prev_env = cur_env;
-    cur = &c;
-    cur_env = c.env;
-    note_running(running_kind_of(c), c.id, type.info() ? type.info() : &typeid(posted_call_tag));
-    try {
-        f();
-    } catch (...) {
-        cur = prev;
-        cur_env = prev_env;
-        on_thrown(c, what, type);
-        return false;
-    }
-    cur = prev;
-    cur_env = prev_env;
-    return true;
-}
-
-}  // namespace
 
 bool run_guarded(context_core& c, const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
     return guarded(c, what, type, [&] { fn(arg); });

@@ -230,6 +230,9 @@ private:
 
 /// The context whose callback this thread is running (or whose configure() it runs), or null.
 context_core*& current_context() noexcept;
+/// What current_context() refers to, named (never bound to a reference) by the guarded run that
+/// sets and restores it around every callback (see tls_current_env).
+MAILROOM_FAST_TLS extern MAILROOM_EXPORT constinit thread_local context_core* tls_current_context;
 
 /// Runs `fn(arg)` as a callback of `c` under its exception policy, with current_context() and
 /// current_env() set; returns false if it threw (logged, counted, the policy applied).
@@ -241,20 +244,29 @@ bool run_guarded(context_core& c, const char* what, message_type type, void (*fn
 run_outcome run_callback(context_core& c, std::uint32_t gen, const void* tag, const context_gate::flag& shut,
                          const char* what, message_type type, void (*fn)(void*), void* arg) noexcept;
 
-/// run_callback() once the caller checked the life: `gated` is false only for an agent's own
-/// callbacks, which nothing waits for from another thread.
-inline run_outcome run_checked(context_core& c, bool gated, const void* tag, const context_gate::flag& shut,
-                               const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+/// run_checked()'s steps around `run` (which calls the callback under run_guarded() or guarded()):
+/// the gate, the dispatching flag, the settling of the table. Inlined into each caller, so
+/// that a caller that knows its callback (an fd watcher's) calls it without a function pointer.
+template <class Run>
+[[gnu::always_inline]] inline run_outcome run_checked_with(context_core& c, bool gated, const void* tag,
+                                                           const context_gate::flag& shut, Run&& run) noexcept {
     // The hot path: enter() is two plain stores and two loads (see context_gate).
     if (gated && !c.gate.enter(tag, shut)) [[unlikely]]
         return run_outcome::refused;
     c.dispatching = true;
-    run_guarded(c, what, type, fn, arg);
+    run();
     c.dispatching = false;
     if (gated) c.gate.leave();
     if (c.after_call) [[unlikely]]
         c.settle();
     return run_outcome::ran;
+}
+
+/// run_callback() once the caller checked the life: `gated` is false only for an agent's own
+/// callbacks, which nothing waits for from another thread.
+inline run_outcome run_checked(context_core& c, bool gated, const void* tag, const context_gate::flag& shut,
+                               const char* what, message_type type, void (*fn)(void*), void* arg) noexcept {
+    return run_checked_with(c, gated, tag, shut, [&] { run_guarded(c, what, type, fn, arg); });
 }
 
 /// Executes a message_demand for a context (the receiver's run_message).

@@ -115,6 +115,49 @@ inline running_kind running_kind_of(const context_core& c) noexcept {
     return c.kind == context_kind::agent ? agent_running_kind : session_running_kind;
 }
 
+/// Called from inside the catch of a callback that threw: names what it threw (rethrown to read
+/// it), logs it, counts it and applies the context's policy. Out of line and cold: the path of a
+/// callback that returns normally builds no string and pays nothing for it.
+[[gnu::noinline, gnu::cold]] void on_thrown(context_core& c, const char* what, message_type type) noexcept;
+
+/// run_guarded()'s body, inlined where the callback is known (execute_message calls the handler
+/// directly, an fd watcher its callback): on the path of a callback that returns, two
+/// thread-locals are set and restored, the heartbeat notes it, and nothing else happens.
+template <class F>
+[[gnu::always_inline]] inline bool guarded(context_core& c, const char* what, message_type type, F&& f) noexcept {
+    // current_context() and current_env(), by name (see tls_current_env).
+    context_core* const prev = tls_current_context;
+    env_core* const prev_env = tls_current_env;
+    tls_current_context = &c;
+    tls_current_env = c.env;
+    note_running(running_kind_of(c), c.id, type.info() ? type.info() : &typeid(posted_call_tag));
+    try {
+        f();
+    } catch (...) {
+        tls_current_context = prev;
+        tls_current_env = prev_env;
+        on_thrown(c, what, type);
+        return false;
+    }
+    tls_current_context = prev;
+    tls_current_env = prev_env;
+    return true;
+}
+
+/// run_callback() for a callback of the event object `o` of the life `gen` of `c`, with the
+/// callback known: the same steps (the life, the gate, the guarded run, the settling), inlined
+/// into a caller that runs once per event (an fd watcher's readiness), so that the callback is
+/// reached without a call through a function pointer. The context's own thread.
+template <class F>
+[[gnu::always_inline]] inline run_outcome run_object_callback(context_core& c, std::uint32_t gen,
+                                                              const event_object* o,
+                                                              const context_gate::flag& shut, const char* what,
+                                                              message_type type, F&& f) noexcept {
+    if (c.gen.load(std::memory_order_acquire) != gen) [[unlikely]]
+        return run_outcome::gone;
+    return run_checked_with(c, true, o, shut, [&] { guarded(c, what, type, f); });
+}
+
 /// Shuts the object down (the guarantee-2 wait unless on its own context); true if this call did.
 bool shutdown_object(event_object* o) noexcept;
 /// Shuts it down and queues its retire on its context (once).

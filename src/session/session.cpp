@@ -649,32 +649,25 @@ public:
 
     // The loop thread.
     void on_ready(std::uint32_t events) noexcept override {
-        struct call_args {
-            fd_watch_object* self;
-            fd_call call;
-        } args{this, {ready_of(events), fd_events::none}};
+        fd_call call{ready_of(events), fd_events::none};
         const std::uint64_t epoch = epoch_.load(std::memory_order_acquire);
         context_core& c = *owner.core;
         thread_counters& counters = c.env->counters();
-        const run_outcome r = run_callback(
-            c, owner.gen, static_cast<event_object*>(this), shut, "fd watcher callback",
-            message_type_of<fd_callback_tag>(),
-            [](void* p) {
-                auto* a = static_cast<call_args*>(p);
-                a->self->fn(reinterpret_cast<envelope*>(&a->call));
-            },
-            &args);
+        // Inlined (run_object_callback): a readiness costs no call but the callback's own.
+        const run_outcome r = run_object_callback(c, owner.gen, this, shut, "fd watcher callback",
+                                                  message_type_of<fd_callback_tag>(),
+                                                  [&] { fn(reinterpret_cast<envelope*>(&call)); });
         if (r != run_outcome::ran) {
             thread_counters::bump(counters.callbacks_refused);
             return;
         }
         thread_counters::bump(counters.callbacks_run);
         // The common case (the same interest, no set_interest meanwhile) takes no lock.
-        if (epoch_.load(std::memory_order_acquire) == epoch && args.call.next == interest_.load(std::memory_order_relaxed))
+        if (epoch_.load(std::memory_order_acquire) == epoch && call.next == interest_.load(std::memory_order_relaxed))
             return;
         std::lock_guard g(lock_);
         if (epoch_.load(std::memory_order_relaxed) != epoch) return;  // a newer set_interest wins
-        apply_locked(args.call.next);  // a failure leaves the fd out of the set (it was closed)
+        apply_locked(call.next);  // a failure leaves the fd out of the set (it was closed)
     }
 
     // Any thread: 0 on success, else the errno of epoll_ctl; -1 when shut down.

@@ -82,10 +82,22 @@ const limit_stats* stats_for(const std::vector<limit_stats>& v, message_type t) 
     return nullptr;
 }
 
-TEST(limits, drop_reaction_drops_and_counts_what_exceeds_the_limit) {
+/// What the tests here start from: an environment, and a blocker (declared around it so that
+/// it is released, even by a failed assertion, before the environment's teardown waits for the
+/// handler it holds).
+struct limits : ::testing::Test {
     blocker b;
     environment env;
     blocker::guard unblock{b};
+
+    /// Stops the environment and joins it; false if it did not end within the bound.
+    bool stop_in_time() {
+        env.stop();
+        return test::join_within(env);
+    }
+};
+
+TEST_F(limits, drop_reaction_drops_and_counts_what_exceeds_the_limit) {
     std::atomic<int> handled{0};
     probe* agent = nullptr;
     mbox m = test::add_probe(env, [&](probe& p) {
@@ -108,18 +120,14 @@ TEST(limits, drop_reaction_drops_and_counts_what_exceeds_the_limit) {
     ASSERT_TRUE(test::eventually([&] { return handled.load() == 3; }));
     // Each message left the count as its handling began: the limit takes 3 again.
     ASSERT_TRUE(test::eventually([&] { return stats_for(limit_stats_of(*agent), message_type_of<ping>())->queued == 0; }));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     auto st = env.stats();
     EXPECT_EQ(st.messages_dropped, 7u);
     EXPECT_EQ(st.messages_lost, 0u);
     expect_books_balance(st);
 }
 
-TEST(limits, limiting_one_type_leaves_the_others_unlimited) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, limiting_one_type_leaves_the_others_unlimited) {
     std::atomic<int> pings{0}, pongs{0};
     mbox m = test::add_probe(env, [&](probe& p) {
         p.limit<ping>(2, limit_drop);
@@ -134,16 +142,12 @@ TEST(limits, limiting_one_type_leaves_the_others_unlimited) {
     }
     b.release();
     ASSERT_TRUE(test::eventually([&] { return pings.load() == 2 && pongs.load() == 20; }));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     EXPECT_EQ(env.stats().messages_dropped, 18u);
     expect_books_balance(env.stats());
 }
 
-TEST(limits, default_limit_covers_unlisted_types_together_and_a_listed_type_keeps_its_own) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, default_limit_covers_unlisted_types_together_and_a_listed_type_keeps_its_own) {
     std::atomic<int> pings{0}, pongs{0}, ticks{0};
     probe* agent = nullptr;
     mbox m = test::add_probe(env, [&](probe& p) {
@@ -174,16 +178,12 @@ TEST(limits, default_limit_covers_unlisted_types_together_and_a_listed_type_keep
     agent->remove_limit<ping>();
     ASSERT_TRUE(test::eventually([&] { return stats_for(limit_stats_of(*agent), message_type_of<any_other_message>())->queued == 0; }));
     EXPECT_EQ(limit_stats_of(*agent).size(), 1u);
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     EXPECT_EQ(env.stats().messages_dropped, 22u);
     expect_books_balance(env.stats());
 }
 
-TEST(limits, bytes_limit_bounds_what_the_queued_messages_weigh) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, bytes_limit_bounds_what_the_queued_messages_weigh) {
     std::atomic<int> handled{0};
     probe* agent = nullptr;
     mbox m = test::add_probe(env, [&](probe& p) {
@@ -202,15 +202,11 @@ TEST(limits, bytes_limit_bounds_what_the_queued_messages_weigh) {
     EXPECT_EQ(s->dropped, 7u);
     b.release();
     ASSERT_TRUE(test::eventually([&] { return handled.load() == 3; }));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     expect_books_balance(env.stats());
 }
 
-TEST(limits, redirect_reaction_sends_the_rest_on_to_another_mbox) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, redirect_reaction_sends_the_rest_on_to_another_mbox) {
     std::atomic<int> first{0}, second{0}, sum{0};
     auto own = active_obj::make_dispatcher(env, "own");
     mbox spare = test::add_probe(
@@ -236,8 +232,7 @@ TEST(limits, redirect_reaction_sends_the_rest_on_to_another_mbox) {
     EXPECT_EQ(stats_for(limit_stats_of(*agent), message_type_of<ping>())->redirected, 8u);
     b.release();
     ASSERT_TRUE(test::eventually([&] { return first.load() == 2; }));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     auto st = env.stats();
     EXPECT_EQ(st.messages_redirected, 8u);
     EXPECT_EQ(st.messages_dropped, 0u);
@@ -245,10 +240,7 @@ TEST(limits, redirect_reaction_sends_the_rest_on_to_another_mbox) {
     expect_books_balance(st);
 }
 
-TEST(limits, transform_reaction_sends_another_message_instead) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, transform_reaction_sends_another_message_instead) {
     std::atomic<int> overflows{0}, sum{0}, pings{0};
     auto own = active_obj::make_dispatcher(env, "own");
     mbox spare = test::add_probe(
@@ -280,16 +272,14 @@ TEST(limits, transform_reaction_sends_another_message_instead) {
     EXPECT_EQ(s->dropped, 4u);
     b.release();
     ASSERT_TRUE(test::eventually([&] { return pings.load() == 2; }));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     auto st = env.stats();
     EXPECT_EQ(st.messages_transformed, 4u);
     EXPECT_EQ(st.messages_dropped, 4u);
     expect_books_balance(st);
 }
 
-TEST(limits, a_redirect_loop_between_two_agents_over_their_limits_ends_at_depth_32_with_a_counted_drop) {
-    environment env;
+TEST_F(limits, a_redirect_loop_between_two_agents_over_their_limits_ends_at_depth_32_with_a_counted_drop) {
     mbox a_box = make_mpmc_mbox(env);  // the loop goes through a topic each agent listens to
     mbox b_box = make_mpmc_mbox(env);
     std::atomic<int> handled{0};
@@ -306,18 +296,14 @@ TEST(limits, a_redirect_loop_between_two_agents_over_their_limits_ends_at_depth_
     EXPECT_EQ(st.messages_redirected, 32u);
     EXPECT_EQ(st.messages_dropped, 1u);
     EXPECT_EQ(st.messages_sent, 1u);
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     EXPECT_EQ(handled.load(), 0);
     expect_books_balance(env.stats());
 }
 
-TEST(limits, limit_declared_after_traffic_started_is_honoured_by_the_next_send) {
+TEST_F(limits, limit_declared_after_traffic_started_is_honoured_by_the_next_send) {
     // A send tests the receiver's start byte, in which the first limit of the record raises a
     // bit: declared while messages flow, from another thread, it must take the next send.
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
     std::atomic<int> handled{0};
     probe* agent = nullptr;
     mbox m = test::add_probe(env, [&](probe& p) {
@@ -335,16 +321,12 @@ TEST(limits, limit_declared_after_traffic_started_is_honoured_by_the_next_send) 
     EXPECT_EQ(s.dropped, 3u);
     b.release();
     ASSERT_TRUE(test::eventually([&] { return handled.load() == 5; }));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     EXPECT_EQ(env.stats().messages_dropped, 3u);
     expect_books_balance(env.stats());
 }
 
-TEST(limits, limit_changed_at_run_time_from_another_thread_applies_to_the_next_send) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, limit_changed_at_run_time_from_another_thread_applies_to_the_next_send) {
     std::atomic<int> handled{0};
     probe* agent = nullptr;
     mbox m = test::add_probe(env, [&](probe& p) {
@@ -366,14 +348,12 @@ TEST(limits, limit_changed_at_run_time_from_another_thread_applies_to_the_next_s
     EXPECT_TRUE(limit_stats_of(*agent).empty());
     b.release();
     ASSERT_TRUE(test::eventually([&] { return handled.load() == 9; }));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     EXPECT_EQ(env.stats().messages_dropped, 6u);
     expect_books_balance(env.stats());
 }
 
-TEST(limits, a_change_of_reaction_racing_sends_loses_no_message) {
-    environment env;
+TEST_F(limits, a_change_of_reaction_racing_sends_loses_no_message) {
     std::atomic<int> here{0}, there{0};
     mbox spare = test::add_probe(env, [&](probe& p) { p.subscribe(p.direct_mbox(), [&](const ping&) { ++there; }); });
     probe* agent = nullptr;
@@ -402,15 +382,11 @@ TEST(limits, a_change_of_reaction_racing_sends_loses_no_message) {
     }));
     auto s = env.stats();
     EXPECT_EQ(s.messages_redirected, static_cast<std::uint64_t>(there.load()));
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     expect_books_balance(env.stats());
 }
 
-TEST(limits, timer_messages_over_their_limit_are_dropped_and_counted_never_aborting) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, timer_messages_over_their_limit_are_dropped_and_counted_never_aborting) {
     std::atomic<int> ticks{0};
     probe* agent = nullptr;
     mbox m = test::add_probe(env, [&](probe& p) {
@@ -429,16 +405,14 @@ TEST(limits, timer_messages_over_their_limit_are_dropped_and_counted_never_abort
     }));
     t.shutdown();
     b.release();
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     auto st = env.stats();
     EXPECT_GE(st.messages_dropped, 10u);
     EXPECT_EQ(st.limit_aborts, 0u);
     expect_books_balance(st);
 }
 
-TEST(limits, a_session_limit_bounds_its_inboxes) {
-    environment env;
+TEST_F(limits, a_session_limit_bounds_its_inboxes) {
     std::atomic<bool> holding{false}, released{false};
     std::atomic<int> handled{0};
     session s(env, {.name = "slow"});
@@ -457,13 +431,11 @@ TEST(limits, a_session_limit_bounds_its_inboxes) {
     ASSERT_TRUE(test::eventually([&] { return handled.load() == 2; }));
     s.destroy();
     EXPECT_THROW(s.limit<ping>(2, limit_drop), session_destroyed_error);
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     expect_books_balance(env.stats());
 }
 
-TEST(limits, an_inbox_made_with_a_limit_has_its_own_count_beside_the_session_limit) {
-    environment env;
+TEST_F(limits, an_inbox_made_with_a_limit_has_its_own_count_beside_the_session_limit) {
     std::atomic<bool> holding{false}, released{false};
     std::atomic<int> limited{0}, other{0};
     session s(env, {.name = "desk"});
@@ -488,14 +460,12 @@ TEST(limits, an_inbox_made_with_a_limit_has_its_own_count_beside_the_session_lim
     released = true;
     ASSERT_TRUE(test::eventually([&] { return limited.load() == 2 && other.load() == 5; }));
     s.destroy();
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     EXPECT_EQ(env.stats().messages_dropped, 13u);
     expect_books_balance(env.stats());
 }
 
-TEST(limits, a_session_subscription_made_with_a_limit_drops_publications_over_it) {
-    environment env;
+TEST_F(limits, a_session_subscription_made_with_a_limit_drops_publications_over_it) {
     std::atomic<bool> holding{false}, released{false};
     std::atomic<int> handled{0};
     mbox topic = make_mpmc_mbox(env);
@@ -514,16 +484,12 @@ TEST(limits, a_session_subscription_made_with_a_limit_drops_publications_over_it
     released = true;
     ASSERT_TRUE(test::eventually([&] { return handled.load() == 3; }));
     s.destroy();
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     EXPECT_EQ(env.stats().messages_dropped, 7u);
     expect_books_balance(env.stats());
 }
 
-TEST(limits, counts_are_given_back_by_messages_that_find_no_handler) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, counts_are_given_back_by_messages_that_find_no_handler) {
     probe* agent = nullptr;
     std::atomic<int> handled{0};
     mbox m = test::add_probe(env, [&](probe& p) {
@@ -541,15 +507,11 @@ TEST(limits, counts_are_given_back_by_messages_that_find_no_handler) {
     // Ignored, yet given back: the limit takes 5 again.
     EXPECT_EQ(stats_for(limit_stats_of(*agent), message_type_of<ping>())->queued, 0u);
     EXPECT_EQ(handled.load(), 0);
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
     expect_books_balance(env.stats());
 }
 
-TEST(limits, counts_are_given_back_by_messages_still_queued_when_the_agent_goes_at_teardown) {
-    blocker b;
-    environment env;
-    blocker::guard unblock{b};
+TEST_F(limits, counts_are_given_back_by_messages_still_queued_when_the_agent_goes_at_teardown) {
     probe* agent = nullptr;
     mbox m = test::add_probe(env, [&](probe& p) {
         agent = &p;
@@ -575,8 +537,7 @@ TEST(limits, counts_are_given_back_by_messages_still_queued_when_the_agent_goes_
     expect_books_balance(env.stats());
 }
 
-TEST(limits, redirect_to_an_empty_handle_or_a_32nd_type_is_refused_naming_the_agent) {
-    environment env;
+TEST_F(limits, redirect_to_an_empty_handle_or_a_32nd_type_is_refused_naming_the_agent) {
     std::atomic<bool> checked{false};
     test::add_probe(env, [&](probe& p) {
         p.set_name("picky");
@@ -589,8 +550,7 @@ TEST(limits, redirect_to_an_empty_handle_or_a_32nd_type_is_refused_naming_the_ag
         checked = true;
     });
     EXPECT_TRUE(checked.load());
-    env.stop();
-    ASSERT_TRUE(test::join_within(env));
+    ASSERT_TRUE(stop_in_time());
 }
 
 TEST(limits_death, abort_reaction_aborts_naming_the_agent_and_the_type) {

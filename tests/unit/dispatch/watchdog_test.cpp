@@ -50,30 +50,10 @@ namespace {
 
 using namespace mailroom;
 
-// Reports handed to a stall_action::callback, with the thread each came on.
-struct collector {
-    std::mutex m;
-    std::condition_variable cv;
-    std::vector<stall_report> reports;
-    std::vector<std::thread::id> threads;
-
+// Stall reports handed to a stall_action::callback, with the thread each came on.
+struct stall_collector : test::collector<stall_report> {
     watchdog_params params(std::chrono::nanoseconds timeout) {
-        return {.timeout = timeout, .action = stall_action::callback, .on_stall = [this](const stall_report& r) {
-                    std::lock_guard g(m);
-                    reports.push_back(r);
-                    threads.push_back(std::this_thread::get_id());
-                    cv.notify_all();
-                }};
-    }
-    /// Waits (bounded) until `pred(reports)` holds.
-    template <class P>
-    bool wait_until(P pred, std::chrono::seconds limit = 10s) {
-        std::unique_lock g(m);
-        return cv.wait_for(g, limit, [&] { return pred(reports); });
-    }
-    std::size_t count() {
-        std::lock_guard g(m);
-        return reports.size();
+        return {.timeout = timeout, .action = stall_action::callback, .on_stall = adder()};
     }
     /// Waits (bounded) for the first report, notes whether the stalled work had not
     /// `returned` by then, and lets it go (`release`) either way. False when none came.
@@ -83,7 +63,7 @@ struct collector {
         still_running = !returned.load();
         if (reported) {
             std::lock_guard g(m);
-            first = reports.front();
+            first = items.front();
         }
         release = true;
         return reported;
@@ -99,7 +79,7 @@ bool stack_has(const stall_report& r, const std::string& name) {
 std::string stack_text(const stall_report& r) { return r.text; }
 
 TEST(watchdog, handler_blocked_past_its_timeout_is_reported_with_its_stack_while_blocked_and_its_resumption_after) {
-    collector c;
+    stall_collector c;
     environment env({.name = "watched"});
     auto disp = one_thread::make_dispatcher(env, "slow", {.watchdog = c.params(40ms)});
     session s(env, {.name = "stuck", .bind = disp.bind()});
@@ -114,7 +94,7 @@ TEST(watchdog, handler_blocked_past_its_timeout_is_reported_with_its_stack_while
     stall_report first;
     {
         std::lock_guard g(c.m);
-        first = c.reports.front();
+        first = c.items.front();
         EXPECT_NE(c.threads.front(), worker_thread.load()) << "the callback ran on the stalled thread";
     }
     EXPECT_FALSE(returned.load()) << "reported only after the handler returned";
@@ -145,8 +125,8 @@ TEST(watchdog, handler_blocked_past_its_timeout_is_reported_with_its_stack_while
     stall_report last;
     {
         std::lock_guard g(c.m);
-        last = c.reports.back();
-        EXPECT_EQ(std::count_if(c.reports.begin(), c.reports.end(), [](auto& r) { return r.resumed; }), 1);
+        last = c.items.back();
+        EXPECT_EQ(std::count_if(c.items.begin(), c.items.end(), [](auto& r) { return r.resumed; }), 1);
     }
     EXPECT_TRUE(returned.load());
     EXPECT_GE(last.running_for, 120ms);
@@ -164,7 +144,7 @@ TEST(watchdog, handler_blocked_past_its_timeout_is_reported_with_its_stack_while
 }
 
 TEST(watchdog, a_stall_is_reported_again_at_twice_and_four_times_the_timeout) {
-    collector c;
+    stall_collector c;
     environment env({.name = "repeats"});
     auto disp = one_thread::make_dispatcher(env, "slow", {.watchdog = c.params(30ms)});
     session s(env, {.name = "stuck", .bind = disp.bind()});
@@ -176,13 +156,13 @@ TEST(watchdog, a_stall_is_reported_again_at_twice_and_four_times_the_timeout) {
     ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; }));
     std::lock_guard g(c.m);
     for (std::size_t i = 0; i < 3; ++i) {
-        EXPECT_FALSE(c.reports[i].resumed);
-        EXPECT_GE(c.reports[i].running_for, 30ms * (1 << i)) << "report " << i;
+        EXPECT_FALSE(c.items[i].resumed);
+        EXPECT_GE(c.items[i].running_for, 30ms * (1 << i)) << "report " << i;
     }
 }
 
 TEST(watchdog, extend_deadline_keeps_a_handler_that_makes_progress_unreported) {
-    collector c;
+    stall_collector c;
     environment env({.name = "extends"});
     // A timeout with room for a loaded machine. A machine that still starves the handler of
     // the CPU for a whole timeout between two of its calls makes a report true: the handler
@@ -215,7 +195,7 @@ TEST(watchdog, extend_deadline_keeps_a_handler_that_makes_progress_unreported) {
     }
     {
         std::lock_guard g(c.m);
-        c.reports.clear();
+        c.items.clear();
     }
     // The same handler without the calls is reported: the watchdog was watching.
     std::atomic<bool> release{false};
@@ -226,15 +206,11 @@ TEST(watchdog, extend_deadline_keeps_a_handler_that_makes_progress_unreported) {
 }
 
 TEST(watchdog, a_handler_under_its_timeout_is_never_reported) {
-    collector c;
-    std::vector<std::string> logged;
-    std::mutex lm;
+    stall_collector c;
+    test::log_lines logged;
     environment_options o;  // filled field by field: GCC 12 warns falsely on the designated form
     o.name = "quick";
-    o.log = [&](std::string_view t) {
-        std::lock_guard g(lm);
-        logged.emplace_back(t);
-    };
+    o.log = logged.sink();
     environment env(std::move(o));
     auto disp = thread_pool::make_dispatcher(env, "pool", {.threads = 2, .watchdog = c.params(150ms)});
     session a(env, {.name = "a", .bind = disp.bind()});
@@ -261,11 +237,11 @@ TEST(watchdog, a_handler_under_its_timeout_is_never_reported) {
     if (longest < 150ms) {
         EXPECT_EQ(c.count(), 0u) << "longest handler " << longest.count() << " ns";
         EXPECT_EQ(env.stats().stalls_reported, 0u);
-        std::lock_guard g(lm);
-        for (auto& l : logged) EXPECT_EQ(l.find("watchdog"), std::string::npos) << l;
+        std::lock_guard g(logged.m);
+        for (auto& l : logged.items) EXPECT_EQ(l.find("watchdog"), std::string::npos) << l;
     }
     std::lock_guard g(c.m);
-    for (auto& r : c.reports) {
+    for (auto& r : c.items) {
         if (!r.resumed) {  // a resumption's "in all" counts to a later sample
             EXPECT_LE(r.running_for, longest) << r.text;
         }
@@ -281,7 +257,7 @@ TEST(watchdog, a_watcher_held_past_the_timeout_does_not_report_a_handler_that_st
     std::mutex m;
     std::condition_variable cv;
     bool held = false, let_go = false;  // under m
-    collector c;                        // the watched dispatcher's reports
+    stall_collector c;                  // the watched dispatcher's reports
     environment env({.name = "late"});
     watchdog_params holder{.timeout = 30ms, .action = stall_action::callback, .on_stall = [&](const stall_report& r) {
                                if (r.resumed) return;
@@ -329,9 +305,9 @@ TEST(watchdog, a_watcher_held_past_the_timeout_does_not_report_a_handler_that_st
     const std::chrono::nanoseconds ran(ran_ns.load());
     std::lock_guard g(c.m);
     if (ran < timeout) {
-        EXPECT_TRUE(c.reports.empty()) << c.reports.front().text;
+        EXPECT_TRUE(c.items.empty()) << c.items.front().text;
     }
-    for (auto& r : c.reports) {
+    for (auto& r : c.items) {
         if (!r.resumed) {  // a resumption's "in all" counts to a later sample
             EXPECT_LE(r.running_for, ran) << r.text;
         }
@@ -339,7 +315,7 @@ TEST(watchdog, a_watcher_held_past_the_timeout_does_not_report_a_handler_that_st
 }
 
 TEST(watchdog, a_dispatcher_made_while_the_watcher_waits_is_sampled_at_once_and_its_stall_timed_from_its_start) {
-    collector c;
+    stall_collector c;
     environment_options o;
     o.name = "late";
     environment env(std::move(o));
@@ -357,7 +333,7 @@ TEST(watchdog, a_dispatcher_made_while_the_watcher_waits_is_sampled_at_once_and_
     stall_report last;
     {
         std::lock_guard g(c.m);
-        last = c.reports.back();
+        last = c.items.back();
     }
     // A sample is 10 ms here; 60 ms leaves room for a late watcher. Sampled only after its
     // long tick, the stall was timed from about 100 ms after the handler began.
@@ -365,16 +341,10 @@ TEST(watchdog, a_dispatcher_made_while_the_watcher_waits_is_sampled_at_once_and_
 }
 
 TEST(watchdog, report_action_logs_the_report_with_its_stack_through_the_environment_log) {
-    std::mutex lm;
-    std::condition_variable cv;
-    std::vector<std::string> logged;
+    test::log_lines logged;
     environment_options o;  // filled field by field: GCC 12 warns falsely on the designated form
     o.name = "logs";
-    o.log = [&](std::string_view t) {
-        std::lock_guard g(lm);
-        logged.emplace_back(t);
-        cv.notify_all();
-    };
+    o.log = logged.sink();
     environment env(std::move(o));
     // A timeout that leaves a loaded machine time to run the stack signal's handler (the
     // watcher waits for the stack as long as the timeout, up to 200 ms).
@@ -382,25 +352,19 @@ TEST(watchdog, report_action_logs_the_report_with_its_stack_through_the_environm
     session s(env, {.name = "stuck", .bind = disp.bind()});
     std::atomic<bool> release{false};
     ASSERT_TRUE(s.post([&] { watchdog_test_distinctive_blocking_wait(release, 10s); }));
-    auto has = [&](const char* what) {
-        for (auto& l : logged)
-            if (l.find(what) != std::string::npos) return true;
-        return false;
-    };
-    std::unique_lock g(lm);
-    const bool first = cv.wait_for(g, 10s, [&] { return has("past the dispatcher's timeout"); });
+    const bool first = logged.wait_for("past the dispatcher's timeout");
     // A machine that starves the stalled thread longer than the stack wait gets a report that
     // says so; the repeats at 2x, 4x ... the timeout ask again.
-    const bool stack = first && cv.wait_for(g, 10s, [&] { return has("watchdog_test_distinctive_blocking_wait"); });
+    const bool stack = first && logged.wait_for("watchdog_test_distinctive_blocking_wait");
     release = true;
     ASSERT_TRUE(first);
     EXPECT_TRUE(stack);
-    EXPECT_TRUE(has("dispatcher 'pool' worker 0"));
-    EXPECT_TRUE(cv.wait_for(g, 10s, [&] { return has("resumed"); }));
+    EXPECT_TRUE(logged.has("dispatcher 'pool' worker 0"));
+    EXPECT_TRUE(logged.wait_for("resumed"));
 }
 
 TEST(watchdog, without_a_stack_signal_the_report_says_why_it_has_no_stack) {
-    collector c;
+    stall_collector c;
     environment env({.name = "nostack", .watchdog_signal = 0});
     auto disp = one_thread::make_dispatcher(env, "slow", {.watchdog = c.params(30ms)});
     session s(env, {.name = "stuck", .bind = disp.bind()});
@@ -410,8 +374,8 @@ TEST(watchdog, without_a_stack_signal_the_report_says_why_it_has_no_stack) {
     release = true;
     ASSERT_TRUE(reported);
     std::lock_guard g(c.m);
-    EXPECT_TRUE(c.reports.front().stack.empty());
-    EXPECT_NE(c.reports.front().stack_note.find("no stack"), std::string::npos) << c.reports.front().stack_note;
+    EXPECT_TRUE(c.items.front().stack.empty());
+    EXPECT_NE(c.items.front().stack_note.find("no stack"), std::string::npos) << c.items.front().stack_note;
 }
 
 struct slow_quote {
@@ -432,7 +396,7 @@ private:
 };
 
 TEST(watchdog, a_stalled_agent_is_named_with_its_cooperation_and_the_message_type_it_handles) {
-    collector c;
+    stall_collector c;
     environment env({.name = "agents"});
     auto disp = one_thread::make_dispatcher(env, "slow", {.watchdog = c.params(30ms)});
     std::atomic<bool> release{false};
@@ -444,7 +408,7 @@ TEST(watchdog, a_stalled_agent_is_named_with_its_cooperation_and_the_message_typ
     release = true;
     ASSERT_TRUE(reported);
     std::lock_guard g(c.m);
-    const stall_report& r = c.reports.front();
+    const stall_report& r = c.items.front();
     EXPECT_NE(r.context.find("agent"), std::string::npos) << r.context;
     EXPECT_NE(r.context.find("feeders"), std::string::npos) << r.context;
     EXPECT_NE(r.message_type.find("slow_quote"), std::string::npos) << r.message_type;
@@ -452,7 +416,7 @@ TEST(watchdog, a_stalled_agent_is_named_with_its_cooperation_and_the_message_typ
 }
 
 TEST(watchdog, a_worker_that_does_not_answer_the_signal_in_time_is_reported_without_a_stack_saying_so) {
-    collector c;
+    stall_collector c;
     environment env({.name = "deaf"});
     auto disp = one_thread::make_dispatcher(env, "slow", {.watchdog = c.params(30ms)});
     session s(env, {.name = "masked", .bind = disp.bind()});
@@ -472,7 +436,7 @@ TEST(watchdog, a_worker_that_does_not_answer_the_signal_in_time_is_reported_with
     ASSERT_TRUE(reported);
     ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; }));
     std::lock_guard g(c.m);
-    const stall_report& r = c.reports.front();
+    const stall_report& r = c.items.front();
     EXPECT_TRUE(r.stack.empty());
     EXPECT_NE(r.stack_note.find("did not answer signal"), std::string::npos) << r.stack_note;
     EXPECT_NE(r.text.find("did not answer signal"), std::string::npos) << r.text;
@@ -502,7 +466,7 @@ std::size_t listed_workers(const dispatcher& d) {
 using test::eventually;
 
 TEST(watchdog, stalled_fd_callback_on_an_event_loop_is_reported_while_running_with_its_fd_and_stack) {
-    collector c;
+    stall_collector c;
     environment env({.name = "loops"});
     // A timeout that leaves a loaded machine time to run the stack signal's handler (the
     // watcher waits for the stack as long as the timeout, up to 200 ms).
@@ -536,7 +500,7 @@ TEST(watchdog, stalled_fd_callback_on_an_event_loop_is_reported_while_running_wi
 }
 
 TEST(watchdog, stalled_message_handler_on_an_event_loop_is_reported_like_on_any_dispatcher) {
-    collector c;
+    stall_collector c;
     environment env({.name = "loops"});
     auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 1, .watchdog = c.params(200ms)});
     std::atomic<bool> release{false};
@@ -549,7 +513,7 @@ TEST(watchdog, stalled_message_handler_on_an_event_loop_is_reported_like_on_any_
     ASSERT_TRUE(reported) << "no report in 10 s";
     ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; })) << "no resumed report";
     std::lock_guard g(c.m);
-    const stall_report& r = c.reports.front();
+    const stall_report& r = c.items.front();
     EXPECT_EQ(r.dispatcher, "ev");
     EXPECT_EQ(r.worker, 0u);
     EXPECT_NE(r.context.find("feeders"), std::string::npos) << r.context;
@@ -558,7 +522,7 @@ TEST(watchdog, stalled_message_handler_on_an_event_loop_is_reported_like_on_any_
 }
 
 TEST(watchdog, stalled_job_is_reported_with_its_name_queue_thread_and_poster_while_running) {
-    collector c;
+    stall_collector c;
     environment env({.name = "jobs"});
     auto q = job_queue::make_job_queue(env, "blocking", {.desired = 2, .watchdog = c.params(200ms)});
     session s(env, {.name = "poster"});
@@ -593,7 +557,7 @@ TEST(watchdog, stalled_job_is_reported_with_its_name_queue_thread_and_poster_whi
 }
 
 TEST(watchdog, unnamed_job_posted_from_a_plain_thread_is_named_by_its_callable) {
-    collector c;
+    stall_collector c;
     environment env({.name = "jobs"});
     auto q = job_queue::make_job_queue(env, "blocking", {.watchdog = c.params(50ms)});
     std::atomic<bool> release{false};
@@ -603,7 +567,7 @@ TEST(watchdog, unnamed_job_posted_from_a_plain_thread_is_named_by_its_callable) 
     ASSERT_TRUE(reported) << "no report in 10 s";
     EXPECT_TRUE(j.wait_for(10s));
     std::lock_guard g(c.m);
-    const stall_report& r = c.reports.front();
+    const stall_report& r = c.items.front();
     // The lambda's type names the test that wrote it.
     EXPECT_EQ(r.message_type.rfind("job '", 0), 0u) << r.message_type;
     EXPECT_NE(r.message_type.find("unnamed_job_posted_from_a_plain_thread"), std::string::npos) << r.message_type;
@@ -611,7 +575,7 @@ TEST(watchdog, unnamed_job_posted_from_a_plain_thread_is_named_by_its_callable) 
 }
 
 TEST(watchdog, job_running_past_its_deadline_is_reported_before_the_queue_timeout) {
-    collector c;
+    stall_collector c;
     environment env({.name = "jobs"});
     // A thread waiting already (floor 1), and a deadline with room for a loaded machine to
     // start the job before it (a job that starts past its deadline expires instead).
@@ -625,7 +589,7 @@ TEST(watchdog, job_running_past_its_deadline_is_reported_before_the_queue_timeou
     ASSERT_TRUE(reported) << "no report in 10 s, though the job ran past its 400 ms deadline";
     EXPECT_TRUE(j.wait_for(10s));
     std::lock_guard g(c.m);
-    const stall_report& r = c.reports.front();
+    const stall_report& r = c.items.front();
     EXPECT_TRUE(r.past_deadline);
     EXPECT_LT(r.running_for, 10s);  // by the deadline, long before the 30 s timeout
     EXPECT_EQ(r.message_type, "job 'slow write'");
@@ -633,7 +597,7 @@ TEST(watchdog, job_running_past_its_deadline_is_reported_before_the_queue_timeou
 }
 
 TEST(watchdog, job_thread_is_listed_while_alive_and_unlisted_once_it_exited_idle) {
-    collector c;
+    stall_collector c;
     environment env({.name = "jobs"});
     auto q = job_queue::make_job_queue(env, "elastic",
                                        {.floor = 0, .desired = 1, .idle_time = 20ms, .watchdog = c.params(50ms)});
@@ -657,13 +621,13 @@ TEST(watchdog, job_thread_is_listed_while_alive_and_unlisted_once_it_exited_idle
     ASSERT_TRUE(stuck.wait_for(10s));
     ASSERT_TRUE(c.wait_until([](auto& rs) { return rs.back().resumed; }));
     std::lock_guard g(c.m);
-    EXPECT_EQ(c.reports.front().message_type, "job 'second'");
-    EXPECT_EQ(std::count_if(c.reports.begin(), c.reports.end(), [](auto& r) { return !r.resumed && r.running_for < 50ms; }),
+    EXPECT_EQ(c.items.front().message_type, "job 'second'");
+    EXPECT_EQ(std::count_if(c.items.begin(), c.items.end(), [](auto& r) { return !r.resumed && r.running_for < 50ms; }),
               0);
 }
 
 TEST(watchdog, stalls_on_loops_and_job_queues_are_counted_in_the_environment_and_per_dispatcher) {
-    collector c;
+    stall_collector c;
     environment env({.name = "counted"});
     auto pool = event_loop_pool::make_dispatcher(env, "ev", {.watchdog = c.params(40ms)});
     auto q = job_queue::make_job_queue(env, "jobs", {.watchdog = c.params(40ms)});
@@ -700,19 +664,15 @@ TEST(watchdog, stalls_on_loops_and_job_queues_are_counted_in_the_environment_and
 }
 
 TEST(watchdog, handler_still_stalled_at_teardown_is_said_once_by_the_teardown_watch_as_the_reported_stall) {
-    collector c;
-    std::mutex om;
-    std::vector<handler_overrun> overruns;
+    stall_collector c;
+    test::collector<handler_overrun> overruns;
     std::atomic<bool> release{false};
     std::thread releaser;
     {
         environment_options o;  // filled field by field: GCC 12 warns falsely on the designated form
         o.name = "teardown";
         o.teardown_deadline = 60ms;
-        o.on_overrun = [&](const handler_overrun& h) {
-            std::lock_guard g(om);
-            overruns.push_back(h);
-        };
+        o.on_overrun = overruns.adder();
         environment env(std::move(o));
         auto disp = one_thread::make_dispatcher(env, "slow", {.watchdog = c.params(30ms)});
         session s(env, {.name = "stuck", .bind = disp.bind()});
@@ -726,11 +686,12 @@ TEST(watchdog, handler_still_stalled_at_teardown_is_said_once_by_the_teardown_wa
         });
     }
     releaser.join();
-    std::lock_guard g(om);
-    ASSERT_EQ(overruns.size(), 1u) << "the teardown repeated a stall the watchdog reports";
-    EXPECT_TRUE(overruns.front().stall_reported);
-    EXPECT_NE(overruns.front().text.find("the stall the watchdog reported"), std::string::npos) << overruns.front().text;
-    EXPECT_NE(overruns.front().text.find("session 'stuck'"), std::string::npos) << overruns.front().text;
+    std::lock_guard g(overruns.m);
+    ASSERT_EQ(overruns.items.size(), 1u) << "the teardown repeated a stall the watchdog reports";
+    const handler_overrun& h = overruns.items.front();
+    EXPECT_TRUE(h.stall_reported);
+    EXPECT_NE(h.text.find("the stall the watchdog reported"), std::string::npos) << h.text;
+    EXPECT_NE(h.text.find("session 'stuck'"), std::string::npos) << h.text;
 }
 
 TEST(watchdog_death, abort_action_ends_the_process_after_logging_the_report) {

@@ -584,29 +584,9 @@ TEST(named, a_coroutine_whose_session_is_destroyed_is_destroyed_unresumed) {
 // ---- edges: continuations that throw, waits that cannot progress, names that outlive or
 // ---- precede their owners, requests held outside a stopping environment ----
 
-namespace {
-// Collects what an environment logs (any thread).
-struct log_sink {
-    std::mutex mu;
-    std::vector<std::string> lines;
-    std::function<void(std::string_view)> fn() {
-        return [this](std::string_view t) {
-            std::lock_guard g(mu);
-            lines.emplace_back(t);
-        };
-    }
-    bool has(std::string_view part) {
-        std::lock_guard g(mu);
-        for (auto& l : lines)
-            if (l.find(part) != std::string::npos) return true;
-        return false;
-    }
-};
-}  // namespace
-
 TEST(named, then_continuation_that_throws_is_counted_and_session_carries_on) {
-    log_sink log;
-    environment env({.log = log.fn()});
+    test::log_lines log;
+    environment env({.log = log.sink()});
     session server(env), client(env, {.name = "client"});
     auto h = adder(server, "calc");
     auto r = request<int>(env, "calc", add{1, 2});
@@ -816,8 +796,8 @@ task throw_at_once() {
 }  // namespace
 
 TEST(named, an_exception_escaping_a_task_is_counted_and_logged) {
-    log_sink log;
-    environment env({.log = log.fn()});
+    test::log_lines log;
+    environment env({.log = log.sink()});
     session server(env), client(env, {.name = "client"});
     auto h = adder(server, "calc");
     client.post([&] {

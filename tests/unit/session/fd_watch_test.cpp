@@ -9,12 +9,15 @@
 
 #include <gtest/gtest.h>
 
+#include "test_support.hpp"
+
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -22,6 +25,7 @@ namespace {
 
 using namespace mailroom;
 using namespace std::chrono_literals;
+using test::eventually;
 
 // A connected pair of non-blocking stream sockets, closed at the end of the scope.
 struct socket_pair {
@@ -50,16 +54,6 @@ struct socket_pair {
     }
 };
 
-// Waits (bounded) until `pred()` holds; false after 10 s.
-template <class P>
-bool eventually(P pred) {
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > until) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
 
 // Runs `f` on the session's context and waits (bounded) for it.
 template <class F>
@@ -275,6 +269,89 @@ TEST_F(loops, a_peer_that_closes_is_reported_as_readable_and_hung_up) {
     p.close(1);
     ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
     EXPECT_TRUE(any_of(f.get(), fd_events::hangup));
+}
+
+// The loop runs an fd callback inline (run_object_callback): a throw is caught, logged and
+// counted under the session's policy, and the loop and the session carry on. The callback
+// returned no interest: its fd leaves the set, as with `none`, until set_interest asks again.
+TEST(fd_watch, an_fd_callback_that_throws_is_logged_and_counted_and_its_fd_rests_until_set_interest) {
+    test::log_lines logged;
+    environment env({.name = "fd", .log = logged.sink()});
+    auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 1});
+    session s(env, {.name = "reader", .bind = pool.bind()});
+    socket_pair p;
+    std::atomic<int> calls{0};
+    auto w = s.watch(p.fd[0], fd_events::read, [&](fd_events) -> fd_events {
+        socket_pair::drain(p.fd[0]);
+        if (calls.fetch_add(1) == 0) throw std::runtime_error("fd boom");
+        return fd_events::read;
+    });
+    p.send(1);
+    ASSERT_TRUE(eventually([&] { return env.stats().handler_exceptions == 1; })) << "the throw was not counted";
+    {
+        std::lock_guard g(logged.m);
+        ASSERT_EQ(logged.items.size(), 1u);
+        EXPECT_NE(logged.items[0].find("session 'reader'"), std::string::npos) << logged.items[0];
+        EXPECT_NE(logged.items[0].find("fd boom"), std::string::npos) << logged.items[0];
+    }
+    int posted = 0;
+    on_context(s, [&] { ++posted; });  // the session runs on
+    EXPECT_EQ(posted, 1);
+    EXPECT_EQ(pool.loops()[0].fds_watched, 0u);
+    p.send(1);
+    on_context(s, [] {});
+    EXPECT_EQ(calls.load(), 1);
+    EXPECT_TRUE(w.set_interest(fd_events::read));
+    ASSERT_TRUE(eventually([&] { return calls.load() == 2; })) << "the watcher was not called again";
+    EXPECT_EQ(env.stats().handler_exceptions, 1u);
+    w.shutdown();
+}
+
+// An idle loop spins on its mailbox for params::spin before it sleeps in epoll_wait, and looks
+// at its fds while it spins: readiness that comes meanwhile is called back at once, not when
+// the spin ends (here 3 s).
+TEST(fd_watch, readiness_that_comes_while_the_loop_spins_idle_is_called_back_before_the_spin_ends) {
+    environment env({.name = "fd"});
+    auto pool = event_loop_pool::make_dispatcher(env, "ev", {.threads = 1, .spin = 3s});
+    session s(env, {.name = "s", .bind = pool.bind()});
+    socket_pair p;
+    std::atomic<std::int64_t> called_at{0};
+    auto w = s.watch(p.fd[0], fd_events::read, [&](fd_events) {
+        socket_pair::drain(p.fd[0]);
+        called_at.store(std::chrono::steady_clock::now().time_since_epoch().count());
+        return fd_events::read;
+    });
+    on_context(s, [] {});  // the loop ran all it had: it spins idle from here on
+    std::this_thread::sleep_for(20ms);
+    const auto sent = std::chrono::steady_clock::now().time_since_epoch().count();
+    p.send(1);
+    ASSERT_TRUE(eventually([&] { return called_at.load() != 0; })) << "no callback within 10 s";
+    const auto waited = std::chrono::nanoseconds(called_at.load() - sent);
+    EXPECT_LT(waited, 1s) << "the readiness waited "
+                          << std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()
+                          << " ms for the loop's spin to end";
+    w.shutdown();
+}
+
+// The loop counts its fd callbacks once per batch: the count still says every one that ran.
+TEST_F(loops, loop_stats_count_every_fd_callback_run_and_none_refused) {
+    session s(env, {.name = "s", .bind = pool.bind_loop(0)});
+    socket_pair p;
+    std::atomic<int> calls{0};
+    auto w = s.watch(p.fd[0], fd_events::read, [&](fd_events) {
+        socket_pair::drain(p.fd[0]);
+        calls.fetch_add(1);
+        return fd_events::read;
+    });
+    constexpr int rounds = 20;
+    for (int i = 1; i <= rounds; ++i) {
+        p.send(1);
+        ASSERT_TRUE(eventually([&] { return calls.load() == i; })) << "no callback for send " << i;
+    }
+    EXPECT_TRUE(eventually([&] { return pool.loops()[0].fd_callbacks == rounds; }))
+        << pool.loops()[0].fd_callbacks << " fd callbacks counted for " << rounds;
+    w.shutdown();
+    EXPECT_EQ(pool.loops()[0].fd_callbacks, static_cast<std::uint64_t>(calls.load()));
 }
 
 TEST(fd_watch, watching_from_a_session_not_bound_to_an_event_loop_raises_binding_error_naming_it) {
