@@ -1,12 +1,15 @@
 // job_queue: threads of its own for blocking work, started on demand between the knobs, with
 // fair sub-queues per poster, a bounded backlog, deadlines and a counted teardown.
 //
-// Threads: one mutex (m_) guards the backlog, the knobs, the thread records and the counters;
-// a job's own lock_ guards its state's moves (taken inside m_ when both are). Continuations
-// run outside both. Job threads sleep on one condition variable (never a sleep loop); the
-// queue is for work that blocks for milliseconds, so a lock per job costs nothing that shows.
-// What does show is a wake-up (tens of microseconds here): a thread that ran out of jobs spins
-// a little first (one at a time), and a post that a spinner will see wakes nobody.
+// Threads: one mutex (m_) guards the backlog, the knobs, the thread records and the counters.
+// A job has no lock: its state moves by compare-and-swap on one word that also carries the
+// hand-over of its continuation and its waiters' flag (job_queue.hpp), and a move made under
+// m_ is told (waiters woken, continuation run) after m_ is released. Job threads sleep on one
+// condition variable (never a sleep loop). Per job, a post takes m_ once and allocates nothing
+// here (the sub-queues are intrusive lists); a thread takes m_ once per job, to account the
+// job it finished and pick the next. What shows most is a wake-up (tens of microseconds
+// here): a thread that ran out of jobs spins a little first (one at a time), and a post that a
+// spinner will see wakes nobody.
 
 #include <mailroom/dispatch/job_queue.hpp>
 
@@ -17,7 +20,7 @@
 #include <pthread.h>
 
 #include <algorithm>
-#include <deque>
+#include <climits>
 #include <list>
 #include <thread>
 #include <unordered_map>
@@ -53,43 +56,56 @@ std::string job_core::name() const {
 }
 
 bool job_core::move(job_state from, job_state to) noexcept {
-    std::lock_guard g(lock_);
-    if (state() != from) return false;
-    state_.store(static_cast<std::uint8_t>(to), std::memory_order_release);
+    std::uint32_t w = word_.load(std::memory_order_relaxed);
+    do {
+        if ((w & state_mask) != static_cast<std::uint32_t>(from)) return false;
+        // acq_rel: the move to a final state publishes the result (release) and, when the
+        // continuation was ready, reads what continue_with() wrote (acquire).
+    } while (!word_.compare_exchange_weak(w, (w & ~state_mask) | static_cast<std::uint32_t>(to),
+                                          std::memory_order_acq_rel, std::memory_order_relaxed));
+    if (to >= job_state::succeeded) run_cont_ = (w & cont_ready) != 0;
     return true;
 }
 
 void job_core::complete() noexcept {
-    void (*fn)(job_core*, void*) noexcept = nullptr;
-    void* arg = nullptr;
-    {
-        std::lock_guard g(lock_);
-        fn = std::exchange(cont_, nullptr);
-        arg = cont_arg_;
-        done_.notify_all();
-    }
-    if (fn) fn(this, arg);
+    // Waiters set their flag before they sleep and look at the state after: one that set it
+    // before the move to final is woken here; one after sees the final state and never sleeps.
+    if (word_.load(std::memory_order_relaxed) & has_waiters) futex_wake(word_, INT32_MAX);
+    if (std::exchange(run_cont_, false)) cont_(this, cont_arg_);
 }
 
 bool job_core::wait_for(std::chrono::nanoseconds timeout) const noexcept {
-    std::unique_lock l(lock_);
-    return done_.wait_for(l, timeout, [&] { return is_final(); });
+    const auto until = clock::now() + timeout;
+    auto& w = const_cast<std::atomic<std::uint32_t>&>(word_);
+    for (;;) {
+        std::uint32_t seen = w.load(std::memory_order_acquire);
+        if ((seen & state_mask) >= static_cast<std::uint32_t>(job_state::succeeded)) return true;
+        if (!(seen & has_waiters)) {
+            if (!w.compare_exchange_weak(seen, seen | has_waiters, std::memory_order_acquire,
+                                         std::memory_order_relaxed))
+                continue;
+            seen |= has_waiters;
+        }
+        const auto left = until - clock::now();
+        if (left.count() <= 0) return false;
+        futex_wait(w, seen, std::chrono::duration_cast<std::chrono::nanoseconds>(left).count());
+    }
 }
 
-void job_core::continue_with(void (*fn)(job_core*, void*) noexcept, void* arg) {
-    {
-        std::lock_guard g(lock_);
-        if (has_cont_)
-            throw usage_error("job #" + std::to_string(id_) + " of job queue '" + queue_name_ +
-                              "': it already has a completion (then or co_await: one of them, once)");
-        has_cont_ = true;
-        if (!is_final()) {
-            cont_ = fn;
-            cont_arg_ = arg;
-            return;
-        }
-    }
-    fn(this, arg);
+void job_core::claim_continuation() {
+    if (word_.fetch_or(cont_claimed, std::memory_order_relaxed) & cont_claimed)
+        throw usage_error("job #" + std::to_string(id_) + " of job queue '" + queue_name() +
+                          "': it already has a completion (then or co_await: one of them, once)");
+}
+
+void job_core::continue_with(void (*fn)(job_core*, void*) noexcept, void* arg) noexcept {
+    cont_ = fn;
+    cont_arg_ = arg;
+    // Whichever comes second runs the continuation: this thread, when the job was final before
+    // the continuation was ready; the thread that moves it to final otherwise (move() saw
+    // cont_ready and reads cont_ after the acquire of its exchange).
+    const std::uint32_t w = word_.fetch_or(cont_ready, std::memory_order_acq_rel);
+    if ((w & state_mask) >= static_cast<std::uint32_t>(job_state::succeeded)) fn(this, arg);
 }
 
 class job_queue_impl final : public dispatcher_impl {
@@ -121,12 +137,15 @@ public:
             if (!stopping_) {
                 stopping_ = true;
                 for (auto& [key, q] : subs_)
-                    for (job_core* j : q) {
+                    for (job_core* j = q.head; j;) {
+                        job_core* next = std::exchange(j->next_, nullptr);
                         if (j->move(job_state::queued, job_state::discarded)) ++discarded_;
                         dropped.push_back(j);
+                        j = next;
                     }
                 subs_.clear();
-                ring_.clear();
+                ring_head_ = ring_tail_ = nullptr;
+                last_ = nullptr;
                 pending_ = 0;
                 drained_.notify_all();
                 for (auto& r : recs_)
@@ -236,6 +255,7 @@ public:
     }
 
     bool submit(job_core* j, std::uint64_t poster, bool try_only) {
+        const auto now = clock::now();  // outside the lock: the threads wait for it
         std::lock_guard g(m_);
         if (stopping_) {
             ++refused_;
@@ -249,13 +269,22 @@ public:
                                        " jobs): job #" + std::to_string(j->id_) + " refused");
         }
         j->queue_ = std::static_pointer_cast<job_queue_impl>(shared_from_this());
-        j->queued_at_ = clock::now();
-        if (p_.deadline.count() > 0) j->deadline_ = j->queued_at_ + p_.deadline;
+        j->queued_at_ = now;
+        if (p_.deadline.count() > 0) j->deadline_ = now + p_.deadline;
         j->add_ref();  // the backlog's
-        auto [it, fresh] = subs_.try_emplace(poster);
-        if (it->second.empty()) ring_.push_back(poster);
-        (void)fresh;
-        it->second.push_back(j);
+        poster_queue& q = sub_queue_locked(poster);
+        // An intrusive list: a post allocates nothing here. fifo takes from the head and
+        // appends; lifo takes from the head and pushes there.
+        if (!q.head) {
+            q.head = q.tail = j;
+            enter_ring_locked(q);
+        } else if (p_.order == job_queue::order::fifo) {
+            q.tail->next_ = j;
+            q.tail = j;
+        } else {
+            j->next_ = q.head;
+            q.head = j;
+        }
         ++pending_;
         ++posted_;
         grow_locked();
@@ -285,6 +314,14 @@ public:
     std::atomic<std::uint64_t> completions_dropped_{0};  // any thread
 
 private:
+    /// One poster's queued jobs, linked through job_core::next_ (no allocation per post).
+    struct poster_queue {
+        std::uint64_t key = 0;
+        job_core* head = nullptr;
+        job_core* tail = nullptr;  // fifo only
+        poster_queue* ring_next = nullptr;
+    };
+
     struct thread_rec {
         heartbeat beat;
         std::thread thread;
@@ -331,28 +368,44 @@ private:
         ::pthread_setname_np(r.thread.native_handle(), n.c_str());
     }
 
+    /// The sub-queue of `poster`, made when it has none. The last one used is kept at hand, so
+    /// that a poster posting in a row finds it without a lookup.
+    poster_queue& sub_queue_locked(std::uint64_t poster) {
+        if (last_ && last_->key == poster) return *last_;
+        poster_queue* prev = last_;
+        auto [it, fresh] = subs_.try_emplace(poster);
+        it->second.key = poster;
+        last_ = &it->second;
+        // Only the kept one and those with jobs queued stay: an empty one that is no longer
+        // kept goes (a map's nodes do not move, so last_ stays valid).
+        if (prev && !prev->head) subs_.erase(prev->key);
+        return *last_;
+    }
+
+    /// `q` got its first job: it joins the end of the turn.
+    void enter_ring_locked(poster_queue& q) noexcept {
+        q.ring_next = nullptr;
+        if (ring_tail_)
+            ring_tail_->ring_next = &q;
+        else
+            ring_head_ = &q;
+        ring_tail_ = &q;
+    }
+
     /// The next job to run, moved to running (null when the backlog held only dead ones);
-    /// jobs past their deadline go to `expired`.
-    job_core* pick_locked(std::vector<job_core*>& expired) {
-        const auto now = clock::now();
-        while (!ring_.empty()) {
-            const std::uint64_t key = ring_.front();
-            ring_.pop_front();
-            auto it = subs_.find(key);
-            auto& q = it->second;
-            job_core* j = nullptr;
-            if (p_.order == job_queue::order::fifo) {
-                j = q.front();
-                q.pop_front();
-            } else {
-                j = q.back();
-                q.pop_back();
-            }
-            // Round-robin: a poster with more queued goes to the back of the ring.
-            if (q.empty())
-                subs_.erase(it);
-            else
-                ring_.push_back(key);
+    /// jobs past their deadline (at `now`) go to `expired`.
+    job_core* pick_locked(std::vector<job_core*>& expired, clock::time_point now) {
+        while (poster_queue* q = ring_head_) {
+            ring_head_ = q->ring_next;
+            if (!ring_head_) ring_tail_ = nullptr;
+            job_core* j = q->head;
+            q->head = std::exchange(j->next_, nullptr);
+            // Round-robin: a poster with more queued goes to the back of the turn; an empty
+            // sub-queue goes, unless it is the one kept at hand.
+            if (q->head)
+                enter_ring_locked(*q);
+            else if (q != last_)
+                subs_.erase(q->key);
             if (j->deadline_ < now && j->move(job_state::queued, job_state::expired)) {
                 --pending_;
                 ++expired_;
@@ -403,29 +456,46 @@ private:
         // Spin only after a job: a thread that has been idle for a whole idle time (a floor
         // thread) sleeps at once.
         bool may_spin = false;
+        // The job this thread finished last, told (its waiters, its continuation) once m_ is
+        // released: its books and the pick of the next job share one hold of m_.
+        job_core* done = nullptr;
+        // The clock read that ended the last job also starts the next one (and judges the
+        // deadlines of the jobs picked meanwhile): one read per job, outside m_.
+        clock::time_point now = clock::now();
         std::unique_lock l(m_);
         for (;;) {
-            if (stopping_) break;
-            if (active_ < p_.desired && pending_ > 0) {
-                job_core* j = pick_locked(dead);
-                if (!dead.empty()) {
-                    l.unlock();
-                    for (job_core* d : dead) {
-                        if (d->state() == job_state::expired) d->complete();
-                        d->release();
-                    }
-                    dead.clear();
-                    l.lock();
+            job_core* j = nullptr;
+            if (!stopping_ && active_ < p_.desired && pending_ > 0) {
+                j = pick_locked(dead, now);
+                if (j) {
+                    ++active_;
+                    r.current = j;
+                } else if (pending_ == 0 && active_ == 0) {
+                    drained_.notify_all();
                 }
+            }
+            if (done || !dead.empty()) {
+                l.unlock();
+                if (done) {
+                    done->complete();
+                    std::exchange(done, nullptr)->release();
+                }
+                for (job_core* d : dead) {
+                    if (d->state() == job_state::expired) d->complete();
+                    d->release();
+                }
+                dead.clear();
                 if (!j) {
-                    if (pending_ == 0 && active_ == 0) drained_.notify_all();
+                    // Look again: a post may have come meanwhile.
+                    l.lock();
                     continue;
                 }
-                ++active_;
-                r.current = j;
-                const auto started = clock::now();
-                const auto waited = started - j->queued_at_;
+            } else if (j) {
                 l.unlock();
+            }
+            if (j) {
+                // (A job posted after that read starts at its posting, not before.)
+                const auto started = std::max(now, j->queued_at_);
                 // A job past its deadline while it runs is reported by the watchdog.
                 r.beat.deadline_ns.store(j->deadline_ == clock::time_point::max()
                                              ? 0
@@ -437,7 +507,7 @@ private:
                 const job_state outcome = j->run(j->stop_.get_token());
                 r.beat.end();
                 r.beat.deadline_ns.store(0, std::memory_order_relaxed);
-                const auto finished = clock::now();
+                const auto finished = now = clock::now();
                 l.lock();
                 r.current = nullptr;
                 --active_;
@@ -445,20 +515,18 @@ private:
                 if (outcome == job_state::failed) ++failed_;
                 if (finished > j->deadline_) ++overran_;
                 const auto ran = std::chrono::duration_cast<std::chrono::nanoseconds>(finished - started);
-                const auto w = std::chrono::duration_cast<std::chrono::nanoseconds>(waited);
+                const auto w = std::chrono::duration_cast<std::chrono::nanoseconds>(started - j->queued_at_);
                 wait_total_ += w;
                 wait_max_ = std::max(wait_max_, w);
                 run_total_ += ran;
                 run_max_ = std::max(run_max_, ran);
                 j->move(job_state::running, outcome);
                 if (pending_ == 0 && active_ == 0) drained_.notify_all();
-                l.unlock();
-                j->complete();
-                j->release();
-                l.lock();
+                done = j;
                 may_spin = true;
                 continue;
             }
+            if (stopping_) break;
             ++idle_;
             const auto until = clock::now() + p_.idle_time;
             // One spinner at a time is enough to take the next post; more would only take the
@@ -470,6 +538,7 @@ private:
             --idle_;
             may_spin = woken;
             if (!woken && threads_ > p_.floor) break;
+            now = clock::now();
         }
         --threads_;
         ++threads_exited_;
@@ -486,8 +555,10 @@ private:
     std::condition_variable drained_;  // drain() waits for nothing queued or running
     job_queue::params p_;
     bool stopping_ = false;
-    std::unordered_map<std::uint64_t, std::deque<job_core*>> subs_;  // a poster's queued jobs
-    std::deque<std::uint64_t> ring_;                                 // posters with queued jobs, in turn
+    std::unordered_map<std::uint64_t, poster_queue> subs_;  // a poster's queued jobs
+    poster_queue* ring_head_ = nullptr;  // posters with jobs queued, in turn (through ring_next)
+    poster_queue* ring_tail_ = nullptr;
+    poster_queue* last_ = nullptr;  // the sub-queue posted to last (kept even when empty)
     std::list<thread_rec> recs_;                                     // stable addresses: heartbeats
     std::size_t pending_ = 0, threads_ = 0, idle_ = 0, active_ = 0;
     std::size_t spinners_ = 0;  // of the idle_, those spinning (at most one)
@@ -499,6 +570,11 @@ private:
                   wakeups_ = 0, spin_takes_ = 0;
     std::chrono::nanoseconds wait_total_{0}, wait_max_{0}, run_total_{0}, run_max_{0};
 };
+
+const std::string& job_core::queue_name() const noexcept {
+    static const std::string none;
+    return queue_ ? queue_->name() : none;
+}
 
 bool job_core::cancel() noexcept {
     // queue_ is set before the job is handed to anyone, and never changes after.
@@ -533,7 +609,6 @@ void job_completion_dropped(const job_core* j) noexcept {
 bool submit_job(const job_queue::handle& q, job_core* j, std::uint64_t poster, bool try_only) {
     job_queue_impl& impl = queue_of(q);
     j->id_ = next_job_id.fetch_add(1, std::memory_order_relaxed);
-    j->queue_name_ = impl.name();
     return impl.submit(j, poster, try_only);
 }
 

@@ -12,11 +12,6 @@ namespace mailroom::internal {
 
 namespace {
 
-struct job_cont {
-    context_ref where;
-    posted_call* p;
-};
-
 /// Resumes a coroutine on its context; destroys it unresumed when dropped (the context went).
 struct job_resumer {
     std::coroutine_handle<> h;
@@ -39,21 +34,21 @@ void job_then(job_home* j, const context_ref& where, posted_call* p) {
         throw usage_error(describe(j) +
                           ": then() without a session needs a job posted from a session's callback or an agent's "
                           "handler; this one was posted from another thread");
-    auto* c = new job_cont{where, p};
-    try {
-        j->continue_with(
-            [](job_core* done, void* arg) noexcept {
-                auto* c = static_cast<job_cont*>(arg);
-                // A completion refused later (its context destroyed with it queued) is counted
-                // refused by the session layer; one that finds the context gone now, here.
-                if (!post_to(c->where.core, c->where.gen, c->p)) job_completion_dropped(done);
-                delete c;
-            },
-            c);
-    } catch (...) {
-        delete c;
-        throw;
-    }
+    j->claim_continuation();
+    // The completion is kept in the job (no record of its own): written after the claim and
+    // before continue_with() publishes it. A completion on the posting context (the usual case)
+    // takes no second reference to its arena.
+    if (where.core != j->home.core || where.gen != j->home.gen) j->other = where;
+    j->completion = p;
+    j->continue_with(
+        [](job_core* done, void*) noexcept {
+            auto* j = static_cast<job_home*>(done);
+            const context_ref& to = j->other ? j->other : j->home;
+            // A completion refused later (its context destroyed with it queued) is counted
+            // refused by the session layer; one that finds the context gone now, here.
+            if (!post_to(to.core, to.gen, std::exchange(j->completion, nullptr))) job_completion_dropped(done);
+        },
+        nullptr);
 }
 
 void job_resume_here(job_home* j, std::coroutine_handle<> h) {
