@@ -292,10 +292,13 @@ public:
         // started) looks at the backlog under m_ before it sleeps, and takes a job: a sleeper
         // is woken only for the jobs that outnumber those. A spinner watches wake_seq_, so it
         // comes back for the job at once rather than at the end of its spin.
+        // A sleeper woken already and not yet back under m_ is about to look too: woken again
+        // for each post meanwhile, it would cost every one of them a system call.
         if (spinners_ > 0) wake_seq_.store(wake_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        const std::size_t sleepers = idle_ - spinners_;
+        const std::size_t sleepers = idle_ - spinners_ - waking_;
         const std::size_t seeking = threads_ - active_ - sleepers;
         if (sleepers > 0 && active_ < p_.desired && pending_ > seeking) {
+            ++waking_;
             ++wakeups_;
             cv_.notify_one();
         }
@@ -533,8 +536,15 @@ private:
             // CPU the posters need.
             bool woken = may_spin && spinners_ == 0 && p_.spin.count() > 0 && active_ < p_.desired &&
                          spin_locked(l, until);
-            if (!woken)
-                woken = cv_.wait_until(l, until, [&] { return stopping_ || (active_ < p_.desired && pending_ > 0); });
+            while (!woken) {
+                const bool timed_out = cv_.wait_until(l, until) == std::cv_status::timeout;
+                // Back under m_, woken by a post (or by a broadcast, a time-out, spuriously): no
+                // longer one that a post need not wake. A few too few leave a post waking one
+                // more than it needs; never too many, so no post fails to wake a sleeper it needs.
+                if (waking_ > 0) --waking_;
+                woken = stopping_ || (active_ < p_.desired && pending_ > 0);
+                if (timed_out) break;
+            }
             --idle_;
             may_spin = woken;
             if (!woken && threads_ > p_.floor) break;
@@ -562,6 +572,7 @@ private:
     std::list<thread_rec> recs_;                                     // stable addresses: heartbeats
     std::size_t pending_ = 0, threads_ = 0, idle_ = 0, active_ = 0;
     std::size_t spinners_ = 0;  // of the idle_, those spinning (at most one)
+    std::size_t waking_ = 0;    // of the idle_ asleep, those a post woke that are not back yet
     // Moved (under m_) by a post while a thread spins and by the shutdown; the spinner reads it
     // without m_. Its own cache line: the spinner's reads do not contend with m_'s writes.
     alignas(64) std::atomic<std::uint32_t> wake_seq_{0};

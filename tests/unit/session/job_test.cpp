@@ -9,10 +9,15 @@
 
 #include <gtest/gtest.h>
 
+#include <sched.h>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <memory>
@@ -695,6 +700,56 @@ TEST(job_queue, posters_take_turns_while_their_sub_queues_empty_at_different_tim
     g.open();
     ASSERT_TRUE(log.wait());
     EXPECT_EQ(log.seen, "bab");
+}
+
+/// Makes the threads of this process named `comm` run only when their CPU has nothing else to
+/// run (SCHED_IDLE); how many it found.
+int make_idle_priority(const std::string& comm) {
+    int found = 0;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream f(task.path() / "comm");
+        std::string name;
+        std::getline(f, name);
+        if (name != comm) continue;
+        sched_param p{};
+        if (::sched_setscheduler(std::stoi(task.path().filename().string()), SCHED_IDLE, &p) == 0) ++found;
+    }
+    return found;
+}
+
+TEST(job_queue, a_burst_of_posts_wakes_each_sleeping_thread_once) {
+    // Both threads sleep; a burst of posts must wake each of them once. A thread that was woken
+    // and has not run yet is coming for a job: waking it again for every post meanwhile costs
+    // the poster a system call each (it did: every post of W11 woke a thread). The queue's
+    // threads share the test's one CPU at idle priority, so the woken threads run only once
+    // the burst is over: the posts see them woken, not yet running.
+    cpu_set_t before;
+    ASSERT_EQ(::sched_getaffinity(0, sizeof before, &before), 0);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(std::max(::sched_getcpu(), 0), &one);
+    ASSERT_EQ(::sched_setaffinity(0, sizeof one, &one), 0);
+    constexpr int rounds = 4;
+    std::vector<std::uint64_t> woken;
+    {
+        environment env;  // its threads start on the one CPU
+        auto q = job_queue::make_job_queue(env, "burst", {.floor = 2, .desired = 2, .max = 2, .idle_time = patience,
+                                                           .spin = std::chrono::nanoseconds(0)});
+        EXPECT_EQ(make_idle_priority("burst#job"), 2);
+        for (int r = 0; r < rounds; ++r) {
+            EXPECT_TRUE(eventually([&] { return q.job_stats().idle_threads == 2; }));
+            const auto before_round = q.job_stats().wakeups;
+            gate g;
+            std::vector<job<bool>> js;
+            for (int i = 0; i < 200; ++i) js.push_back(post_job(q, [&] { return g.wait(); }));
+            EXPECT_TRUE(eventually([&] { return q.job_stats().running == 2; }));
+            woken.push_back(q.job_stats().wakeups - before_round);
+            g.open();
+            for (auto& j : js) EXPECT_TRUE(j.wait_for(patience));
+        }
+    }
+    ASSERT_EQ(::sched_setaffinity(0, sizeof before, &before), 0);
+    EXPECT_EQ(woken, std::vector<std::uint64_t>(rounds, 2)) << "posts woke threads that were woken already";
 }
 
 }  // namespace
