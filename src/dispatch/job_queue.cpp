@@ -255,7 +255,12 @@ public:
     }
 
     bool submit(job_core* j, std::uint64_t poster, bool try_only) {
-        const auto now = clock::now();  // outside the lock: the threads wait for it
+        // What needs no lock is done before it: the threads wait for m_. (A refused job keeps
+        // its queue, which names it in its errors.)
+        const auto now = clock::now();
+        j->queue_ = std::static_pointer_cast<job_queue_impl>(shared_from_this());
+        j->queued_at_ = now;
+        if (p_.deadline.count() > 0) j->deadline_ = now + p_.deadline;  // set once, at construction
         std::lock_guard g(m_);
         if (stopping_) {
             ++refused_;
@@ -268,9 +273,6 @@ public:
             throw job_queue_full_error("job queue '" + name() + "': backlog full (" + std::to_string(p_.backlog) +
                                        " jobs): job #" + std::to_string(j->id_) + " refused");
         }
-        j->queue_ = std::static_pointer_cast<job_queue_impl>(shared_from_this());
-        j->queued_at_ = now;
-        if (p_.deadline.count() > 0) j->deadline_ = now + p_.deadline;
         j->add_ref();  // the backlog's
         poster_queue& q = sub_queue_locked(poster);
         // An intrusive list: a post allocates nothing here. fifo takes from the head and

@@ -73,11 +73,14 @@ void job_check_wait(const job_core* j) {
                           ": waiting would block a dispatcher's or a job queue's thread; use then() or co_await there");
 }
 
-std::uint64_t job_poster() noexcept { return reinterpret_cast<std::uintptr_t>(current_context()); }
-
-std::uint64_t job_poster_context() noexcept {
-    const context_core* c = current_context();
-    return c ? std::uint64_t{running_kind_of(*c)} << running_kind_shift | (c->id & running_id_mask) : 0;
+bool job_post_here(const job_queue::handle& q, job_home* j, std::string&& name, const std::type_info* work_type,
+                   bool try_only) {
+    j->home = current_context_ref();
+    const context_core* c = j->home.core;
+    const std::uint64_t poster_context =
+        c ? std::uint64_t{running_kind_of(*c)} << running_kind_shift | (c->id & running_id_mask) : 0;
+    j->label(std::move(name), work_type, poster_context);
+    return submit_job(q, j, reinterpret_cast<std::uintptr_t>(c), try_only);
 }
 
 void job_throw(const job_core* j) {

@@ -122,11 +122,12 @@ MAILROOM_EXPORT void job_resume_here(job_home* j, std::coroutine_handle<> h);
 /// Raises usage_error naming the job when waiting would block a dispatcher's (or a job
 /// queue's) thread.
 MAILROOM_EXPORT void job_check_wait(const job_core* j);
-/// The poster's fair sub-queue: the running context, or 0 on other threads.
-MAILROOM_EXPORT std::uint64_t job_poster() noexcept;
-/// The running session or agent as a heartbeat names it (for the watchdog's report of a job it
-/// posted), or 0 on other threads.
-MAILROOM_EXPORT std::uint64_t job_poster_context() noexcept;
+/// Posts `j` to `q` from this thread: its home is the session or agent whose callback runs
+/// now (none on other threads), which also keys its fair sub-queue and names it to the
+/// watchdog, with `name` and `work_type` (label()). One look at the running context for all
+/// of it. Returns false, or raises, as submit_job().
+MAILROOM_EXPORT bool job_post_here(const job_queue::handle& q, job_home* j, std::string&& name,
+                                   const std::type_info* work_type, bool try_only);
 /// Raises job_failed_error or rethrows the job's exception; usage_error when not final.
 [[noreturn]] MAILROOM_EXPORT void job_throw(const job_core* j);
 
@@ -249,9 +250,7 @@ template <class F, class R = job_result_t<std::decay_t<F>>>
 job<R> make_job(const job_queue::handle& q, F&& work, bool try_only, job_options&& opts = {}) {
     auto* j = job_of<R, std::decay_t<F>>::make(std::decay_t<F>(std::forward<F>(work)));
     job<R> h(j);
-    j->home = current_context_ref();
-    j->label(std::move(opts.name), &typeid(std::decay_t<F>), job_poster_context());
-    if (!submit_job(q, j, job_poster(), try_only)) return {};
+    if (!job_post_here(q, j, std::move(opts.name), &typeid(std::decay_t<F>), try_only)) return {};
     return h;
 }
 }  // namespace internal
