@@ -5,11 +5,13 @@
 // A job has no lock: its state moves by compare-and-swap on one word that also carries the
 // hand-over of its continuation and its waiters' flag (job_queue.hpp), and a move made under
 // m_ is told (waiters woken, continuation run) after m_ is released. Job threads sleep on one
-// condition variable (never a sleep loop). Per job, a post takes m_ once and allocates nothing
-// here (the sub-queues are intrusive lists); a thread takes m_ once per job, to account the
-// job it finished and pick the next. What shows most is a wake-up (tens of microseconds
-// here): a thread that ran out of jobs spins a little first (one at a time), and a post that a
-// spinner will see wakes nobody.
+// condition variable (never a sleep loop). Per job, a post allocates nothing here (the
+// sub-queues are intrusive lists) and, with an unbounded backlog and every thread it may need
+// awake, takes no lock: it pushes the job on the intake, which a thread moves to the
+// sub-queues under m_ when it looks for work (refresh_path_locked() says when a post must take
+// m_ instead). A thread takes m_ once per job, to account the job it finished and pick the
+// next. What shows most is a wake-up (tens of microseconds here): a thread that ran out of
+// jobs spins a little first (one at a time), and a post that a spinner will see wakes nobody.
 
 #include <mailroom/dispatch/job_queue.hpp>
 
@@ -136,6 +138,11 @@ public:
             std::lock_guard g(m_);
             if (!stopping_) {
                 stopping_ = true;
+                refresh_path_locked();
+                // Posts that come after this find the intake closed and are refused; those
+                // before it are discarded with the rest.
+                take_intake_locked(intake_.exchange(intake_closed(), std::memory_order_acq_rel));
+                dropped.swap(intake_dropped_);
                 for (auto& [key, q] : subs_)
                     for (job_core* j = q.head; j;) {
                         job_core* next = std::exchange(j->next_, nullptr);
@@ -172,6 +179,7 @@ public:
         s.kind = kind();
         std::lock_guard g(m_);
         s.threads = threads_;
+        const_cast<job_queue_impl*>(this)->take_intake_locked();  // what was posted is queued
         s.queue_depth = pending_;
         for (const auto& r : recs_)
             if (!r.done) s.workers.push_back(read_heartbeat(r.beat));
@@ -196,6 +204,7 @@ public:
 
     job_queue::stats job_stats() const {
         std::lock_guard g(m_);
+        const_cast<job_queue_impl*>(this)->take_intake_locked();  // what was posted is counted
         job_queue::stats s;
         s.name = name();
         s.min = p_.min;
@@ -228,7 +237,10 @@ public:
 
     bool drain(std::chrono::nanoseconds timeout) {
         std::unique_lock l(m_);
-        auto idle = [&] { return pending_ == 0 && active_ == 0; };
+        auto idle = [&] {
+            take_intake_locked();
+            return pending_ == 0 && active_ == 0;
+        };
         if (idle() || timeout.count() <= 0) return idle();
         if (current_dispatcher())
             throw usage_error("job queue '" + name() +
@@ -241,6 +253,7 @@ public:
         check_knobs(p_.min, p_.floor, n, p_.max);
         p_.desired = n;
         grow_locked();
+        refresh_path_locked();
         cv_.notify_all();
     }
 
@@ -260,51 +273,88 @@ public:
         const auto now = clock::now();
         j->queue_ = std::static_pointer_cast<job_queue_impl>(shared_from_this());
         j->queued_at_ = now;
+        j->poster_ = poster;
         if (p_.deadline.count() > 0) j->deadline_ = now + p_.deadline;  // set once, at construction
-        std::lock_guard g(m_);
-        if (stopping_) {
-            ++refused_;
-            throw environment_stopped_error("job queue '" + name() + "' is shut down: job #" +
-                                            std::to_string(j->id_) + " refused");
+        if (p_.backlog == 0) {  // set once, at construction
+            // No bound to check: the job goes on the intake without m_. The first thread that
+            // looks for work under m_ moves it to its poster's sub-queue.
+            j->add_ref();  // the backlog's
+            job_core* head = intake_.load(std::memory_order_relaxed);
+            do {
+                if (head == intake_closed()) {
+                    j->release();
+                    std::lock_guard g(m_);
+                    refused_locked(j);
+                }
+                j->next_ = head;
+            } while (!intake_.compare_exchange_weak(head, j, std::memory_order_seq_cst, std::memory_order_relaxed));
+            // The other half of a sleeper's check (refresh_path_locked, then the intake): with
+            // every thread awake and enough of them, one of them will find the job; otherwise
+            // the post looks under m_ whom to wake (or whom to start).
+            if (fast_.load(std::memory_order_seq_cst)) return true;
+            std::lock_guard g(m_);
+            if (!stopping_) {
+                take_intake_locked();
+                grow_locked();
+                wake_locked();
+            }
+            return true;
         }
-        if (p_.backlog != 0 && pending_ >= p_.backlog) {
+        std::lock_guard g(m_);
+        if (stopping_) refused_locked(j);
+        take_intake_locked();  // a poster's earlier jobs stay ahead of this one
+        if (pending_ >= p_.backlog) {
             ++refused_;
             if (try_only) return false;
             throw job_queue_full_error("job queue '" + name() + "': backlog full (" + std::to_string(p_.backlog) +
                                        " jobs): job #" + std::to_string(j->id_) + " refused");
         }
         j->add_ref();  // the backlog's
-        poster_queue& q = sub_queue_locked(poster);
-        // An intrusive list: a post allocates nothing here. fifo takes from the head and
-        // appends; lifo takes from the head and pushes there.
-        if (!q.head) {
-            q.head = q.tail = j;
-            enter_ring_locked(q);
-        } else if (p_.order == job_queue::order::fifo) {
-            q.tail->next_ = j;
-            q.tail = j;
-        } else {
-            j->next_ = q.head;
-            q.head = j;
-        }
-        ++pending_;
-        ++posted_;
+        queue_locked(j);
         grow_locked();
-        // A thread that is neither running a job nor asleep (spinning, back from a job, just
-        // started) looks at the backlog under m_ before it sleeps, and takes a job: a sleeper
-        // is woken only for the jobs that outnumber those. A spinner watches wake_seq_, so it
-        // comes back for the job at once rather than at the end of its spin.
-        // A sleeper woken already and not yet back under m_ is about to look too: woken again
-        // for each post meanwhile, it would cost every one of them a system call.
-        if (spinners_ > 0) wake_seq_.store(wake_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        const std::size_t sleepers = idle_ - spinners_ - waking_;
-        const std::size_t seeking = threads_ - active_ - sleepers;
-        if (sleepers > 0 && active_ < p_.desired && pending_ > seeking) {
-            ++waking_;
-            ++wakeups_;
-            cv_.notify_one();
-        }
+        wake_locked();
         return true;
+    }
+
+    /// Takes what the intake holds (or `list`, taken from it already) into the sub-queues, in
+    /// the order it was posted, `for_self` by a job thread looking for work. Under m_.
+    void take_intake_locked(job_core* list = nullptr, bool for_self = false) noexcept {
+        if (!list) {
+            // seq_cst: a thread about to sleep loads it after its refresh_path_locked() store.
+            if (stopping_ || !intake_.load(std::memory_order_seq_cst)) return;
+            list = intake_.exchange(nullptr, std::memory_order_acquire);
+        }
+        // The intake is a stack: the newest first. Reversed, the oldest goes first.
+        job_core* oldest = nullptr;
+        while (list && list != intake_closed()) {
+            job_core* next = list->next_;
+            list->next_ = oldest;
+            oldest = list;
+            list = next;
+        }
+        const bool took = oldest != nullptr;
+        while (oldest) {
+            job_core* j = oldest;
+            oldest = std::exchange(j->next_, nullptr);
+            if (stopping_) {
+                // Closed at the teardown: discarded with the rest (join tells it).
+                ++posted_;
+                if (j->move(job_state::queued, job_state::discarded)) ++discarded_;
+                intake_dropped_.push_back(j);
+                continue;
+            }
+            queue_locked(j);
+        }
+        // Whoever took them tells the threads as a post under m_ would: a spinner watches the
+        // intake, which is empty now. A job thread that takes them for itself is counted idle
+        // (it must not wake a sleeper for itself), and no sleeper can be owed: a post that left
+        // its job on the intake saw every thread awake, and a thread that sleeps after it looks
+        // at the intake first. It tells a spinner of the jobs beyond its own.
+        if (!took || stopping_) return;
+        if (!for_self)
+            wake_locked();
+        else if (spinners_ > 0 && pending_ > 1)
+            wake_seq_.store(wake_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
 
     /// A queued job was cancelled (its state moved already, under m_).
@@ -346,6 +396,7 @@ private:
     /// threads that exited.
     void grow_locked() {
         if (stopping_) return;
+        take_intake_locked();  // the jobs posted without m_ count too
         for (auto it = recs_.begin(); it != recs_.end();) {
             if (it->done) {
                 // It left its loop and only returns now: the join is short.
@@ -369,8 +420,65 @@ private:
         }
         ++threads_;
         ++threads_started_;
+        refresh_path_locked();
         std::string n = name().substr(0, 11) + "#job";
         ::pthread_setname_np(r.thread.native_handle(), n.c_str());
+    }
+
+    static job_core* intake_closed() noexcept { return reinterpret_cast<job_core*>(std::uintptr_t{1}); }
+
+    /// Raises environment_stopped_error for `j`, counted refused. Under m_.
+    [[noreturn]] void refused_locked(const job_core* j) {
+        ++refused_;
+        throw environment_stopped_error("job queue '" + name() + "' is shut down: job #" + std::to_string(j->id_) +
+                                        " refused");
+    }
+
+    /// Appends `j` (its backlog reference taken) to its poster's sub-queue. Under m_.
+    void queue_locked(job_core* j) {
+        poster_queue& q = sub_queue_locked(j->poster_);
+        // An intrusive list: a post allocates nothing here. fifo takes from the head and
+        // appends; lifo takes from the head and pushes there.
+        if (!q.head) {
+            q.head = q.tail = j;
+            enter_ring_locked(q);
+        } else if (p_.order == job_queue::order::fifo) {
+            q.tail->next_ = j;
+            q.tail = j;
+        } else {
+            j->next_ = q.head;
+            q.head = j;
+        }
+        ++pending_;
+        ++posted_;
+    }
+
+    /// After jobs were queued: wakes a sleeper for those that outnumber the threads awake.
+    /// Under m_.
+    void wake_locked() noexcept {
+        // A thread that is neither running a job nor asleep (spinning, back from a job, just
+        // started) looks at the backlog under m_ before it sleeps, and takes a job: a sleeper
+        // is woken only for the jobs that outnumber those. A spinner watches wake_seq_ (and
+        // the intake), so it comes back for the job at once rather than at the end of its spin.
+        // A sleeper woken already and not yet back under m_ is about to look too: woken again
+        // for each post meanwhile, it would cost every one of them a system call.
+        if (spinners_ > 0) wake_seq_.store(wake_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        const std::size_t sleepers = idle_ - spinners_ - waking_;
+        const std::size_t seeking = threads_ - active_ - sleepers;
+        if (sleepers > 0 && active_ < p_.desired && pending_ > seeking) {
+            ++waking_;
+            ++wakeups_;
+            cv_.notify_one();
+            refresh_path_locked();
+        }
+    }
+
+    /// Whether a post may leave its job on the intake without m_: every thread that may be
+    /// needed is alive and none sleeps unwoken, so one of them will look at the intake before
+    /// it sleeps. Under m_, after any change of those counts; seq_cst, against the intake.
+    void refresh_path_locked() noexcept {
+        const bool fast = !stopping_ && threads_ >= p_.desired && idle_ == spinners_ + waking_;
+        if (fast_.load(std::memory_order_relaxed) != fast) fast_.store(fast, std::memory_order_seq_cst);
     }
 
     /// The sub-queue of `poster`, made when it has none. The last one used is kept at hand, so
@@ -395,6 +503,12 @@ private:
         else
             ring_head_ = &q;
         ring_tail_ = &q;
+    }
+
+    /// Whether this thread may start a job now (the intake taken first). Under m_.
+    bool has_work_locked() noexcept {
+        take_intake_locked(nullptr, true);
+        return active_ < p_.desired && pending_ > 0;
     }
 
     /// The next job to run, moved to running (null when the backlog held only dead ones);
@@ -437,14 +551,14 @@ private:
         const auto end = p_.spin < until - now ? now + p_.spin : until;
         l.unlock();
         for (unsigned i = 1;; ++i) {
-            if (wake_seq_.load(std::memory_order_relaxed) != seen) break;
+            if (wake_seq_.load(std::memory_order_relaxed) != seen || intake_.load(std::memory_order_relaxed)) break;
             cpu_relax();
             if ((i & 15) == 0 && clock::now() >= end) break;  // the clock every few iterations only
         }
         l.lock();
         --spinners_;
         if (stopping_) return true;
-        if (active_ < p_.desired && pending_ > 0) {
+        if (has_work_locked()) {
             ++spin_takes_;
             return true;
         }
@@ -470,7 +584,7 @@ private:
         std::unique_lock l(m_);
         for (;;) {
             job_core* j = nullptr;
-            if (!stopping_ && active_ < p_.desired && pending_ > 0) {
+            if (!stopping_ && has_work_locked()) {
                 j = pick_locked(dead, now);
                 if (j) {
                     ++active_;
@@ -538,22 +652,32 @@ private:
             // CPU the posters need.
             bool woken = may_spin && spinners_ == 0 && p_.spin.count() > 0 && active_ < p_.desired &&
                          spin_locked(l, until);
+            if (!woken) {
+                // About to sleep: posts must take m_ from now on (and wake it), and what they
+                // left on the intake before they could see that is looked at first.
+                refresh_path_locked();
+                woken = stopping_ || has_work_locked();
+            }
             while (!woken) {
                 const bool timed_out = cv_.wait_until(l, until) == std::cv_status::timeout;
                 // Back under m_, woken by a post (or by a broadcast, a time-out, spuriously): no
                 // longer one that a post need not wake. A few too few leave a post waking one
                 // more than it needs; never too many, so no post fails to wake a sleeper it needs.
                 if (waking_ > 0) --waking_;
-                woken = stopping_ || (active_ < p_.desired && pending_ > 0);
+                // A sleeper again unless it finds work: posts must see that before it looks.
+                refresh_path_locked();
+                woken = stopping_ || has_work_locked();
                 if (timed_out) break;
             }
             --idle_;
+            refresh_path_locked();
             may_spin = woken;
             if (!woken && threads_ > p_.floor) break;
             now = clock::now();
         }
         --threads_;
         ++threads_exited_;
+        refresh_path_locked();
         // Unlisted before the record may be joined and freed (grow_locked joins it once done),
         // outside m_ (see attach_worker above).
         l.unlock();
@@ -575,9 +699,15 @@ private:
     std::size_t pending_ = 0, threads_ = 0, idle_ = 0, active_ = 0;
     std::size_t spinners_ = 0;  // of the idle_, those spinning (at most one)
     std::size_t waking_ = 0;    // of the idle_ asleep, those a post woke that are not back yet
+    std::vector<job_core*> intake_dropped_;  // taken from the closed intake: join() tells them
     // Moved (under m_) by a post while a thread spins and by the shutdown; the spinner reads it
     // without m_. Its own cache line: the spinner's reads do not contend with m_'s writes.
     alignas(64) std::atomic<std::uint32_t> wake_seq_{0};
+    // Jobs posted without m_ (an unbounded backlog), newest first, linked through next_; closed
+    // (intake_closed()) by the teardown. Its own cache line, with the flag that allows it: the
+    // posters write them, the threads read them.
+    alignas(64) std::atomic<job_core*> intake_{nullptr};
+    std::atomic<bool> fast_{false};  // refresh_path_locked()
     std::uint64_t posted_ = 0, refused_ = 0, completed_ = 0, failed_ = 0, cancelled_ = 0, expired_ = 0,
                   overran_ = 0, discarded_ = 0, threads_started_ = 0, threads_exited_ = 0,
                   wakeups_ = 0, spin_takes_ = 0;
@@ -595,6 +725,7 @@ bool job_core::cancel() noexcept {
         bool cancelled = false;
         {
             std::lock_guard g(q->lock());
+            q->take_intake_locked();  // a job on the intake is counted queued once in its sub-queue
             if (move(job_state::queued, job_state::cancelled)) {
                 q->cancelled_locked();
                 cancelled = true;

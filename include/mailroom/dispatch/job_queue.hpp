@@ -236,7 +236,8 @@ private:
     // Set by the move to a final state (the thread that made it reads it in complete()): the
     // continuation was ready then, so that thread runs it.
     bool run_cont_ = false;
-    job_core* next_ = nullptr;  // the queue's: its poster's sub-queue, under the queue's lock
+    job_core* next_ = nullptr;  // the queue's: its intake, then its poster's sub-queue (under the queue's lock)
+    std::uint64_t poster_ = 0;  // the queue's: which sub-queue the job goes to
     std::stop_source stop_{std::nostopstate};
     std::exception_ptr error_;
     std::uint64_t id_ = 0;

@@ -752,4 +752,60 @@ TEST(job_queue, a_burst_of_posts_wakes_each_sleeping_thread_once) {
     EXPECT_EQ(woken, std::vector<std::uint64_t>(rounds, 2)) << "posts woke threads that were woken already";
 }
 
+TEST(job_queue, a_job_posted_as_its_only_thread_goes_to_sleep_still_runs) {
+    // Each completion posts the next job while the one thread that ran the last one goes to
+    // sleep (no spin): a post that takes no lock must never leave its job unseen by it. A job
+    // left behind would wait for the thread's idle time, which is the test's patience.
+    environment env;
+    auto q = job_queue::make_job_queue(env, "pingpong", {.floor = 1, .desired = 1, .max = 1, .idle_time = patience,
+                                                          .spin = std::chrono::nanoseconds(0)});
+    session s(env, {.name = "home"});
+    constexpr int jobs = 20000;
+    int done = 0;
+    std::promise<void> finished;
+    std::function<void()> post_one = [&] {
+        post_job(q, [] {}).then([&](const job<void>&) {
+            if (++done == jobs)
+                finished.set_value();
+            else
+                post_one();
+        });
+    };
+    s.post([&] { post_one(); });
+    ASSERT_EQ(finished.get_future().wait_for(patience), std::future_status::ready) << "stuck after " << done;
+    EXPECT_EQ(q.job_stats().completed, static_cast<std::uint64_t>(jobs));
+}
+
+TEST(job_queue, jobs_posted_while_every_thread_is_busy_are_counted_queued_and_discarded_at_teardown) {
+    // With every thread busy, a post leaves its job for the threads to take when they look;
+    // until then it is still queued: counted in the backlog, cancellable, and discarded (and
+    // told) at the teardown.
+    auto env = std::make_unique<environment>();
+    auto q = job_queue::make_job_queue(*env, "busy", {.floor = 1, .desired = 1, .max = 1, .idle_time = patience});
+    std::atomic<bool> started{false};
+    auto running = post_job(q, [&](std::stop_token st) {
+        started = true;
+        const auto until = std::chrono::steady_clock::now() + patience;
+        while (!st.stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    });
+    ASSERT_TRUE(eventually([&] { return started.load(); }));
+    std::atomic<int> ran{0};
+    std::vector<job<void>> queued;
+    for (int i = 0; i < 10; ++i) queued.push_back(post_job(q, [&] { ++ran; }));
+    EXPECT_EQ(q.job_stats().backlog, 10u);
+    EXPECT_EQ(q.job_stats().posted, 11u);
+    EXPECT_TRUE(queued[3].cancel());
+    EXPECT_EQ(queued[3].state(), job_state::cancelled);
+    EXPECT_EQ(q.job_stats().backlog, 9u);
+    env.reset();
+    EXPECT_EQ(ran.load(), 0);
+    for (int i = 0; i < 10; ++i)
+        EXPECT_EQ(queued[i].state(), i == 3 ? job_state::cancelled : job_state::discarded) << i;
+    const auto st = q.job_stats();
+    EXPECT_EQ(st.discarded, 9u);
+    EXPECT_EQ(st.cancelled, 1u);
+    EXPECT_EQ(st.posted, st.completed + st.cancelled + st.expired + st.discarded + st.running + st.backlog);
+    EXPECT_THROW((void)post_job(q, [] {}), environment_stopped_error);
+}
+
 }  // namespace
