@@ -12,11 +12,6 @@ namespace mailroom::internal {
 
 namespace {
 
-struct job_cont {
-    context_ref where;
-    posted_call* p;
-};
-
 /// Resumes a coroutine on its context; destroys it unresumed when dropped (the context went).
 struct job_resumer {
     std::coroutine_handle<> h;
@@ -39,21 +34,21 @@ void job_then(job_home* j, const context_ref& where, posted_call* p) {
         throw usage_error(describe(j) +
                           ": then() without a session needs a job posted from a session's callback or an agent's "
                           "handler; this one was posted from another thread");
-    auto* c = new job_cont{where, p};
-    try {
-        j->continue_with(
-            [](job_core* done, void* arg) noexcept {
-                auto* c = static_cast<job_cont*>(arg);
-                // A completion refused later (its context destroyed with it queued) is counted
-                // refused by the session layer; one that finds the context gone now, here.
-                if (!post_to(c->where.core, c->where.gen, c->p)) job_completion_dropped(done);
-                delete c;
-            },
-            c);
-    } catch (...) {
-        delete c;
-        throw;
-    }
+    j->claim_continuation();
+    // The completion is kept in the job (no record of its own): written after the claim and
+    // before continue_with() publishes it. A completion on the posting context (the usual case)
+    // takes no second reference to its arena.
+    if (where.core != j->home.core || where.gen != j->home.gen) j->other = where;
+    j->completion = p;
+    j->continue_with(
+        [](job_core* done, void*) noexcept {
+            auto* j = static_cast<job_home*>(done);
+            const context_ref& to = j->other ? j->other : j->home;
+            // A completion refused later (its context destroyed with it queued) is counted
+            // refused by the session layer; one that finds the context gone now, here.
+            if (!post_to(to.core, to.gen, std::exchange(j->completion, nullptr))) job_completion_dropped(done);
+        },
+        nullptr);
 }
 
 void job_resume_here(job_home* j, std::coroutine_handle<> h) {
@@ -78,11 +73,14 @@ void job_check_wait(const job_core* j) {
                           ": waiting would block a dispatcher's or a job queue's thread; use then() or co_await there");
 }
 
-std::uint64_t job_poster() noexcept { return reinterpret_cast<std::uintptr_t>(current_context()); }
-
-std::uint64_t job_poster_context() noexcept {
-    const context_core* c = current_context();
-    return c ? std::uint64_t{running_kind_of(*c)} << running_kind_shift | (c->id & running_id_mask) : 0;
+bool job_post_here(const job_queue::handle& q, job_home* j, std::string&& name, const std::type_info* work_type,
+                   bool try_only) {
+    j->home = current_context_ref();
+    const context_core* c = j->home.core;
+    const std::uint64_t poster_context =
+        c ? std::uint64_t{running_kind_of(*c)} << running_kind_shift | (c->id & running_id_mask) : 0;
+    j->label(std::move(name), work_type, poster_context);
+    return submit_job(q, j, reinterpret_cast<std::uintptr_t>(c), try_only);
 }
 
 void job_throw(const job_core* j) {

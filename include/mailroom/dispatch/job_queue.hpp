@@ -154,6 +154,12 @@ class job_queue_impl;
 
 /// One job, type-erased: what the queue runs and the completion path waits on. Reference
 /// counted (the queue, the handles and a pending completion each hold one).
+///
+/// Its state, the continuation's hand-over and the waiters share one atomic word, so that
+/// posting, running and completing a job take no lock of the job's own: a state moves by a
+/// compare-and-swap, and whichever of the finishing thread and the thread that sets the
+/// continuation comes second runs it (see continue_with). A derived class owns the memory
+/// (destroy()): the session layer builds jobs in the recycling pool.
 class MAILROOM_EXPORT job_core {
 public:
     job_core() noexcept = default;
@@ -162,14 +168,14 @@ public:
 
     void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy();
     }
 
-    job_state state() const noexcept { return static_cast<job_state>(state_.load(std::memory_order_acquire)); }
+    job_state state() const noexcept { return static_cast<job_state>(word_.load(std::memory_order_acquire) & state_mask); }
     bool is_final() const noexcept { return state() >= job_state::succeeded; }
     std::uint64_t id() const noexcept { return id_; }
     /// The queue's name ("" before the job was posted).
-    const std::string& queue_name() const noexcept { return queue_name_; }
+    const std::string& queue_name() const noexcept;
     /// What the job threw (failed only).
     const std::exception_ptr& exception() const noexcept { return error_; }
 
@@ -189,14 +195,20 @@ public:
 
     /// Blocks until final or `timeout` passed (a futex wait); true when final.
     bool wait_for(std::chrono::nanoseconds timeout) const noexcept;
-    /// Runs `fn(this, arg)` once the job is final: at once (on this thread) when it is, else
-    /// on the thread that finishes it. One continuation per job (usage_error otherwise).
-    void continue_with(void (*fn)(job_core*, void*) noexcept, void* arg);
+    /// Takes the job's one continuation: usage_error naming the job when it has one already
+    /// (then continue_with(); what the continuation needs may be set in between).
+    void claim_continuation();
+    /// After claim_continuation(): runs `fn(this, arg)` once the job is final, at once (on this
+    /// thread) when it is, else on the thread that finishes it.
+    void continue_with(void (*fn)(job_core*, void*) noexcept, void* arg) noexcept;
 
 protected:
     virtual ~job_core() = default;
     /// The work threw `e` (on the job thread, before the job is final).
     void fail(std::exception_ptr e) noexcept { error_ = std::move(e); }
+    /// Gives the job a stop state of its own: for work that takes a std::stop_token (others get
+    /// an empty token and cost no allocation for it). In the constructor.
+    void make_stoppable() { stop_ = std::stop_source(); }
 
 private:
     friend class job_queue_impl;
@@ -204,30 +216,39 @@ private:
     friend bool submit_job(const job_queue::handle& q, job_core* j, std::uint64_t poster, bool try_only);
     /// Runs the work on a job thread; returns succeeded, or failed with error_ set.
     virtual job_state run(std::stop_token st) noexcept = 0;
+    /// Destroys the job and frees its memory (the last reference went).
+    virtual void destroy() noexcept = 0;
     /// Moves the job from `from` to `to`; false when it was elsewhere. A move to a final state
-    /// is followed by complete(), outside the queue's lock.
+    /// is followed by complete() on the same thread, outside the queue's lock.
     bool move(job_state from, job_state to) noexcept;
-    /// Runs the continuation of a final job (once) and wakes its waiters.
+    /// Runs the continuation of a final job (when the move to final found it set) and wakes
+    /// its waiters.
     void complete() noexcept;
 
+    // word_: the state in the low byte, and the flags below.
+    static constexpr std::uint32_t state_mask = 0xff;
+    static constexpr std::uint32_t cont_claimed = 1u << 8;  // claim_continuation() (one per job)
+    static constexpr std::uint32_t cont_ready = 1u << 9;    // cont_ and cont_arg_ are written
+    static constexpr std::uint32_t has_waiters = 1u << 10;  // a wait_for() sleeps on the word
+
     std::atomic<std::uint32_t> refs_{1};
-    std::atomic<std::uint8_t> state_{0};
-    std::stop_source stop_;
+    std::atomic<std::uint32_t> word_{0};
+    // Set by the move to a final state (the thread that made it reads it in complete()): the
+    // continuation was ready then, so that thread runs it.
+    bool run_cont_ = false;
+    job_core* next_ = nullptr;  // the queue's: its intake, then its poster's sub-queue (under the queue's lock)
+    std::uint64_t poster_ = 0;  // the queue's: which sub-queue the job goes to
+    std::stop_source stop_{std::nostopstate};
     std::exception_ptr error_;
     std::uint64_t id_ = 0;
-    std::uint64_t poster_ = 0;
     clock::time_point queued_at_{};
     clock::time_point deadline_ = clock::time_point::max();
-    std::string queue_name_;
     std::string name_;                          // label(): empty unless given
     const std::type_info* work_type_ = nullptr;  // label()
     std::uint64_t poster_context_ = 0;          // label()
     std::shared_ptr<job_queue_impl> queue_;  // set once, by submit_job(): cancel() tells it
-    mutable std::mutex lock_;                // guards the state's moves and the continuation
-    mutable std::condition_variable done_;   // wait_for() sleeps on it
     void (*cont_)(job_core*, void*) noexcept = nullptr;
     void* cont_arg_ = nullptr;
-    bool has_cont_ = false;
 };
 
 /// Counts a completion of `j` that found its session or agent gone (job_stats). Any thread.

@@ -5,6 +5,7 @@
 /// guarantees it never runs and its completion says cancelled. See docs/job-queues.md.
 
 #include <mailroom/core/error.hpp>
+#include <mailroom/core/pool.hpp>
 #include <mailroom/dispatch/job_queue.hpp>
 #include <mailroom/env/environment.hpp>
 #include <mailroom/session/session.hpp>
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -43,9 +45,13 @@ inline job_queue::handle find_job_queue(const environment& env, std::string_view
 
 namespace internal {
 
-/// What the completion path needs of a job, whatever its result: the context that posted it.
+/// What the completion path needs of a job, whatever its result: the context that posted it,
+/// and the completion (then, co_await) with where it runs, kept in the job itself so that
+/// setting it allocates nothing beyond the posted call.
 struct job_home : job_core {
-    context_ref home;  // empty when posted from a thread that runs no session or agent
+    context_ref home;   // empty when posted from a thread that runs no session or agent
+    context_ref other;  // where the completion runs when that is not `home` (then(session, f))
+    posted_call* completion = nullptr;
 };
 
 template <class R>
@@ -63,9 +69,27 @@ using job_result_t = typename std::conditional_t<std::is_invocable_v<F&, std::st
 template <class R, class F>
 class job_of final : public job_with<R> {
 public:
-    explicit job_of(F&& f) : fn_(std::move(f)) {}
+    explicit job_of(F&& f) : fn_(std::move(f)) {
+        if constexpr (std::is_invocable_v<F&, std::stop_token>) this->make_stoppable();
+    }
+
+    /// A job in a block of the recycling pool (one per post, reused in steady state).
+    static job_of* make(F&& f) {
+        void* block = pool_allocate(sizeof(job_of));
+        try {
+            return new (block) job_of(std::move(f));
+        } catch (...) {
+            pool_free(block, sizeof(job_of));
+            throw;
+        }
+    }
 
 private:
+    ~job_of() override = default;
+    void destroy() noexcept override {
+        this->~job_of();
+        pool_free(this, sizeof(job_of));
+    }
     job_state run(std::stop_token st) noexcept override {
         try {
             if constexpr (std::is_void_v<R>) {
@@ -98,11 +122,12 @@ MAILROOM_EXPORT void job_resume_here(job_home* j, std::coroutine_handle<> h);
 /// Raises usage_error naming the job when waiting would block a dispatcher's (or a job
 /// queue's) thread.
 MAILROOM_EXPORT void job_check_wait(const job_core* j);
-/// The poster's fair sub-queue: the running context, or 0 on other threads.
-MAILROOM_EXPORT std::uint64_t job_poster() noexcept;
-/// The running session or agent as a heartbeat names it (for the watchdog's report of a job it
-/// posted), or 0 on other threads.
-MAILROOM_EXPORT std::uint64_t job_poster_context() noexcept;
+/// Posts `j` to `q` from this thread: its home is the session or agent whose callback runs
+/// now (none on other threads), which also keys its fair sub-queue and names it to the
+/// watchdog, with `name` and `work_type` (label()). One look at the running context for all
+/// of it. Returns false, or raises, as submit_job().
+MAILROOM_EXPORT bool job_post_here(const job_queue::handle& q, job_home* j, std::string&& name,
+                                   const std::type_info* work_type, bool try_only);
 /// Raises job_failed_error or rethrows the job's exception; usage_error when not final.
 [[noreturn]] MAILROOM_EXPORT void job_throw(const job_core* j);
 
@@ -223,11 +248,9 @@ struct job_options {
 namespace internal {
 template <class F, class R = job_result_t<std::decay_t<F>>>
 job<R> make_job(const job_queue::handle& q, F&& work, bool try_only, job_options&& opts = {}) {
-    auto* j = new job_of<R, std::decay_t<F>>(std::decay_t<F>(std::forward<F>(work)));
+    auto* j = job_of<R, std::decay_t<F>>::make(std::decay_t<F>(std::forward<F>(work)));
     job<R> h(j);
-    j->home = current_context_ref();
-    j->label(std::move(opts.name), &typeid(std::decay_t<F>), job_poster_context());
-    if (!submit_job(q, j, job_poster(), try_only)) return {};
+    if (!job_post_here(q, j, std::move(opts.name), &typeid(std::decay_t<F>), try_only)) return {};
     return h;
 }
 }  // namespace internal
