@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `mailroom node keygen`: writes NAME.key (0600) and NAME.pub (0644), each one Z85 key line under
 # a comment header; refuses to overwrite without --force; bad arguments exit 2; `mailroom node`
-# without keygen says the runner is not built yet and exits 2.
+# without --name says it is needed and exits 2; --help describes the runner and keygen.
 # Usage: node_keygen_test.sh <path of the mailroom tool> <scratch directory>
 set -u
 tool=$1
@@ -21,11 +21,12 @@ expect_exit() {  # expect_exit CODE DESCRIPTION -- command...
 
 key_line() { grep -v '^#' "$1" | grep -v '^[[:space:]]*$'; }
 
-expect_exit 2 "node without keygen" -- "$tool" node
-grep -q "not built yet" "$scratch/err" || fail "node without keygen does not say the runner is not built yet"
+expect_exit 2 "node without --name" -- "$tool" node
+grep -q -- "--name NAME is needed" "$scratch/err" || fail "node without --name does not say --name is needed"
+expect_exit 2 "node with an unknown service" -- "$tool" node --name a --serve bogus
 expect_exit 0 "node --help" -- "$tool" node --help
 grep -q "keygen" "$scratch/out" || fail "node --help does not describe keygen"
-grep -q "not built yet" "$scratch/out" || fail "node --help does not say the runner is not built yet"
+grep -q -- "--serve" "$scratch/out" || fail "node --help does not describe the runner"
 expect_exit 2 "keygen without --name" -- "$tool" node keygen --out "$scratch/keys"
 expect_exit 2 "keygen without --out" -- "$tool" node keygen --name alpha
 expect_exit 2 "keygen with an unknown flag" -- "$tool" node keygen --out "$scratch/keys" --name alpha --bogus

@@ -1,4 +1,4 @@
-// The mailroom command: demo, bench and node (node keygen; later the node runner and stats).
+// The mailroom command: demo, bench and node (the node runner and node keygen).
 
 #include "bench_runner.hpp"
 #include "demo.hpp"
@@ -12,8 +12,8 @@ int main(int argc, char** argv) {
     if (argc < 2 || std::strcmp(argv[1], "help") == 0 || std::strcmp(argv[1], "--help") == 0) {
         std::printf("usage: mailroom demo [--seconds N] [--subscribers N] [--quiet]\n"
                     "       mailroom bench [W1 W2 ...] [--quick] [--reps N] [--scale F] [--json PATH] [--chart PATH]\n"
+                    "       mailroom node --name NAME [--listen EP]... [--connect EP]... [--serve echo|pricing]... [--for S]\n"
                     "       mailroom node keygen --out DIR --name NAME [--force]\n"
-                    "       mailroom node            (the node runner: not built yet; exits 2)\n"
                     "       mailroom demo --help | mailroom bench --help | mailroom node --help\n");
         return argc < 2 ? 2 : 0;
     }

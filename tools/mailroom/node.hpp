@@ -1,6 +1,6 @@
 #pragma once
-// `mailroom node`: a networked node's command. `node keygen` writes a CURVE key pair; the node
-// runner itself is not built yet.
+// `mailroom node`: runs a networked node (docs/nodes.md, "Running a node from the command
+// line"); `node keygen` writes a CURVE key pair.
 
 namespace mailroom::tool {
 

@@ -1,0 +1,240 @@
+// Nodes in two processes: `mailroom node --serve pricing --serve echo` in a child process (the
+// runner built as net_node_child, see support/node_child.cpp), a requesting node in the test
+// process, over tcp://127.0.0.1 with the port the child chose. Requests are replied; a child
+// killed with requests in flight has every one abandoned within the detection time and is seen
+// down; restarted on the same port it is up again and serves; stopped (SIGSTOP) it is
+// suspected, then down, its requests abandoned or waiting as their options say, and after
+// SIGCONT it is up again. The test node's detection is short; every wait is bounded.
+
+#include <mailroom/net/node.hpp>
+
+#include "support/process.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace mailroom;
+using namespace std::chrono_literals;
+
+namespace {
+
+// The wire types of `mailroom node`'s built-in services, registered under the same names as
+// there (docs/nodes.md, "Running a node from the command line").
+struct text_message {
+    std::string text;
+    MSGPACK_DEFINE(text)
+};
+struct quote_request {
+    std::string symbol;
+    MSGPACK_DEFINE(symbol)
+};
+struct quote_reply {
+    std::string symbol;
+    double price = 0;
+    MSGPACK_DEFINE(symbol, price)
+};
+
+// Suspected after roughly 0.3-0.5 s of silence, down 0.2 s later.
+net::node_options fast() {
+    auto r = std::make_shared<net::type_registry>();
+    net::register_type<text_message>(*r, "mailroom.text");
+    net::register_type<quote_request>(*r, "mailroom.quote_request");
+    net::register_type<quote_reply>(*r, "mailroom.quote");
+    net::node_options o;
+    o.types = r;
+    o.heartbeat_interval = 30ms;
+    o.acceptable_heartbeat_pause = 200ms;
+    o.min_std_deviation = 30ms;
+    o.down_after = 200ms;
+    o.hello_timeout = 500ms;
+    o.reconnect_min = 20ms;
+    o.reconnect_max = 200ms;
+    o.linger = 0ms;
+    return o;
+}
+
+// Detection time of fast(): suspected after at most ~0.5 s, down 0.2 s later. The bounds below
+// are generous multiples of it, for loaded machines and sanitizer builds.
+constexpr auto detection_bound = 10s;
+
+struct event_log {
+    std::mutex m;
+    std::condition_variable cv;
+    std::vector<net::peer_event> v;
+    void add(const net::peer_event& e) {
+        {
+            std::lock_guard g(m);
+            v.push_back(e);
+        }
+        cv.notify_all();
+    }
+    std::size_t count_locked(net::peer_state s) const {
+        std::size_t n = 0;
+        for (auto& e : v)
+            if (e.state == s && e.peer == "server") ++n;
+        return n;
+    }
+    std::size_t count(net::peer_state s) {
+        std::lock_guard g(m);
+        return count_locked(s);
+    }
+    bool wait(net::peer_state s, std::size_t nth, std::chrono::milliseconds t = detection_bound) {
+        std::unique_lock g(m);
+        return cv.wait_for(g, t, [&] { return count_locked(s) >= nth; });
+    }
+};
+
+// The serving child, on `listen` (port 0 the first time, the same port on a restart).
+test::child_process start_server(const std::string& listen, std::string& endpoint) {
+    auto child = test::child_process::spawn({MAILROOM_NODE_CHILD, "--name", "server", "--listen", listen, "--serve",
+                                             "pricing", "--serve", "echo", "--heartbeat", "100"});
+    const std::string ready = child.wait_for_line("READY ", 30s);
+    endpoint = ready.substr(6);
+    return child;
+}
+
+// A requesting node in this process, dialling the child.
+struct client_side {
+    environment env{environment_options{.name = "client-env", .log = [](std::string_view) {}}};
+    session s{env, session_options{.name = "peer-watch"}};
+    event_log events;
+    net::node node{env, "client", fast()};
+    event_handle sub = node.subscribe_peers(s, [this](const net::peer_event& e) { events.add(e); });
+
+    auto quote(const std::string& symbol, send_options o = {.timeout = 10s}) {
+        return request<quote_reply>(env, "server/pricing/quote", quote_request{symbol}, o);
+    }
+};
+
+template <class R>
+request_state settle(outgoing<R>& r, std::chrono::milliseconds t = 15s) {
+    EXPECT_TRUE(r.wait_for(t)) << "request #" << r.id() << " did not settle in " << t.count() << " ms";
+    return r.state();
+}
+
+}  // namespace
+
+TEST(node_process, a_node_in_a_child_process_replies_to_requests_over_tcp_loopback) {
+    std::string ep;
+    auto server = start_server("tcp://127.0.0.1:0", ep);
+    ASSERT_EQ(ep.rfind("tcp://127.0.0.1:", 0), 0u) << ep;
+    ASSERT_NE(ep, "tcp://127.0.0.1:0");
+    client_side c;
+    c.node.connect(ep);
+    ASSERT_TRUE(c.node.wait_for_peer("server", 30s)) << "the child never came up";
+
+    std::vector<outgoing<quote_reply>> quotes;
+    for (int i = 0; i < 50; ++i) quotes.push_back(c.quote("SYM" + std::to_string(i % 5)));
+    for (int i = 0; i < 50; ++i) {
+        ASSERT_EQ(settle(quotes[i]), request_state::replied) << quotes[i].reason();
+        EXPECT_EQ(quotes[i].reply().symbol, "SYM" + std::to_string(i % 5));
+        EXPECT_GT(quotes[i].reply().price, 0.0);
+    }
+    // The same symbol gets the same price.
+    EXPECT_EQ(quotes[0].reply().price, quotes[5].reply().price);
+    auto echo = request<text_message>(c.env, "server/echo", text_message{"hello"}, {.timeout = 10s});
+    ASSERT_EQ(settle(echo), request_state::replied) << echo.reason();
+    EXPECT_EQ(echo.reply().text, "hello");
+    auto empty = c.quote("");
+    EXPECT_EQ(settle(empty), request_state::rejected);
+    EXPECT_NE(empty.reason().find("no symbol"), std::string::npos) << empty.reason();
+    auto missing = request<text_message>(c.env, "server/nothing", text_message{"x"}, {.timeout = 10s});
+    EXPECT_EQ(settle(missing), request_state::rejected);
+    EXPECT_NE(missing.reason().find("no such object"), std::string::npos) << missing.reason();
+
+    // SIGTERM stops the child cleanly: it exits 0 after printing its figures and the books.
+    server.signal(SIGTERM);
+    const std::string stopping = server.wait_for_line("stopping on SIGTERM", 30s);
+    const std::string figures = server.wait_for_line("node server:", 30s);
+    EXPECT_NE(figures.find("served 53 requests"), std::string::npos) << figures;
+    const std::string books = server.wait_for_line("books:", 30s);
+    EXPECT_NE(books.find("(balanced)"), std::string::npos) << books;
+    const auto st = server.wait(30s);
+    EXPECT_TRUE(st.exited && st.code == 0) << st.describe();
+}
+
+TEST(node_process, a_killed_child_has_every_request_in_flight_abandoned_and_a_restarted_one_serves_again) {
+    std::string ep;
+    auto server = start_server("tcp://127.0.0.1:0", ep);
+    client_side c;
+    c.node.connect(ep);
+    ASSERT_TRUE(c.node.wait_for_peer("server", 30s)) << "the child never came up";
+    auto first = c.quote("ACME");
+    ASSERT_EQ(settle(first), request_state::replied) << first.reason();
+
+    // Stopped, the child reads nothing: requests sent now stay in flight (transmitted) until
+    // it is killed, and the node can only learn of that from the silence.
+    server.stop();
+    std::vector<outgoing<quote_reply>> flying;
+    for (int i = 0; i < 20; ++i) flying.push_back(c.quote("K" + std::to_string(i), {.timeout = 60s}));
+    const auto killed_at = std::chrono::steady_clock::now();
+    server.kill();
+    const auto st = server.wait(30s);
+    EXPECT_FALSE(st.exited) << st.describe();
+    for (auto& r : flying) {
+        ASSERT_EQ(settle(r, detection_bound), request_state::abandoned) << r.reason();
+        EXPECT_NE(r.reason().find("peer 'server' lost"), std::string::npos) << r.reason();
+    }
+    // Abandoned by the detector, well before the requests' own 60 s timeout.
+    EXPECT_LT(std::chrono::steady_clock::now() - killed_at, detection_bound);
+    EXPECT_TRUE(c.events.wait(net::peer_state::down, 1)) << "the peer was never seen down";
+    auto while_down = c.quote("DOWN");
+    EXPECT_EQ(settle(while_down), request_state::abandoned);
+    EXPECT_NE(while_down.reason().find("is down"), std::string::npos) << while_down.reason();
+
+    // Restarted on the same port: the node dials it again, the peer comes up, requests serve.
+    const std::string port = ep.substr(ep.rfind(':') + 1);
+    std::string ep2;
+    auto again = start_server("tcp://127.0.0.1:" + port, ep2);
+    EXPECT_EQ(ep2, ep);
+    ASSERT_TRUE(c.events.wait(net::peer_state::up, 2, 30s)) << "the restarted child never came up";
+    auto after = c.quote("ACME");
+    ASSERT_EQ(settle(after), request_state::replied) << after.reason();
+    EXPECT_EQ(after.reply().price, first.reply().price);
+    // The node counts a request after it is final: read the counters once they got there.
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (c.node.stats().requests_replied < 2 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(1ms);
+    auto s = c.node.stats();
+    EXPECT_GE(s.requests_abandoned, 21u);
+    EXPECT_EQ(s.requests_replied, 2u);
+}
+
+TEST(node_process, a_stopped_child_is_suspected_then_down_and_up_again_after_sigcont) {
+    std::string ep;
+    auto server = start_server("tcp://127.0.0.1:0", ep);
+    client_side c;
+    c.node.connect(ep);
+    ASSERT_TRUE(c.node.wait_for_peer("server", 30s)) << "the child never came up";
+
+    server.stop();
+    // In flight when the child stopped: abandoned once it is down, whatever their timeout.
+    auto in_flight = c.quote("STOPPED", {.timeout = 60s});
+    EXPECT_TRUE(c.events.wait(net::peer_state::suspect, 1)) << "the stopped peer was never suspected";
+    EXPECT_TRUE(c.events.wait(net::peer_state::down, 1)) << "the stopped peer was never seen down";
+    EXPECT_EQ(settle(in_flight, detection_bound), request_state::abandoned) << in_flight.reason();
+    EXPECT_NE(in_flight.reason().find("peer 'server' lost"), std::string::npos) << in_flight.reason();
+
+    // While it is down: a request that fails fast (the default) is abandoned at once; one that
+    // may wait for the peer waits, bounded by its timeout.
+    auto fails_fast = c.quote("FAST");
+    EXPECT_EQ(settle(fails_fast), request_state::abandoned);
+    EXPECT_NE(fails_fast.reason().find("is down"), std::string::npos) << fails_fast.reason();
+    auto waits = c.quote("WAIT", {.timeout = 30s, .wait_for_peer = true});
+    EXPECT_FALSE(waits.wait_for(200ms)) << "a request waiting for the peer ended early: " << waits.reason();
+
+    server.resume();
+    ASSERT_TRUE(c.events.wait(net::peer_state::up, 2, 30s)) << "the resumed child never came up again";
+    ASSERT_EQ(settle(waits, 30s), request_state::replied) << waits.reason();
+    EXPECT_EQ(waits.reply().symbol, "WAIT");
+    auto after = c.quote("AFTER");
+    ASSERT_EQ(settle(after), request_state::replied) << after.reason();
+}
