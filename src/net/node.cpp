@@ -1,6 +1,9 @@
 // The node: one I/O thread per node owns every ZeroMQ socket (Debian's libzmq 4.3.4 has no
-// thread-safe socket); other threads hand it frames through a mutex-guarded queue and wake it
-// with an eventfd that zmq_poll watches beside the sockets.
+// thread-safe socket). Requests and one-way messages to a peer go through that peer's send
+// queue (peer_queue: bounded, lock-free for the sender, drained into BATCH frames); other work
+// (listen, connect, answers to served requests, requests waiting for a peer) goes through a
+// mutex-guarded command queue. Both wake the I/O thread with an eventfd that zmq_poll watches
+// beside the sockets; a send queue wakes it only when it was empty (queued_wake).
 //
 // Socket shape: one ROUTER for everything that connects to this node (bound to each listen()
 // endpoint; ZMQ_ROUTER_MANDATORY, so a frame for a peer that is gone fails with EHOSTUNREACH,
@@ -29,6 +32,8 @@
 #include <mailroom/named/remote_router.hpp>
 #include <mailroom/net/failure_detector.hpp>
 #include <mailroom/net/frame.hpp>
+#include <mailroom/net/node_test_access.hpp>
+#include <mailroom/net/peer_queue.hpp>
 
 #include <zmq.h>
 
@@ -126,7 +131,8 @@ struct counters {
     std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0}, frames_from_unknown{0}, hello_refused{0}, peers_up{0},
         peers_suspect{0}, peers_down{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
         requests_abandoned{0}, rej_reason[5]{}, replies_orphaned{0}, sends_out{0}, sends_lost{0},
-        requests_served{0}, sends_served{0}, served_refused{0}, answers_lost{0}, unreachable{0};
+        requests_served{0}, sends_served{0}, served_refused{0}, answers_lost{0}, unreachable{0}, sends_dropped{0},
+        requests_refused_by_queue{0}, frames_handed_back{0};
 };
 
 /// Work handed to the I/O thread.
@@ -147,6 +153,7 @@ struct peer_view {
     peer_state state = peer_state::up;
     std::string address;
     std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
+    std::shared_ptr<internal::peer_queue> queue;  // its send queue (closed once it is lost)
 };
 
 struct connection;
@@ -169,6 +176,9 @@ struct peer {
     };
     std::unordered_map<std::uint64_t, flight> inflight;
     std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
+    // Its send queue: callers push (through peer_view), this thread drains. A new one per
+    // incarnation; closed (everything handed back) when the peer is lost or the node stops.
+    std::shared_ptr<internal::peer_queue> queue;
 
     peer(internal::phi_accrual_options o) : detector(o) {}
 };
@@ -258,6 +268,7 @@ public:
 
 private:
     friend class node_extension;
+    friend struct test_access;
     // ---- any thread ----
     bool push(command&& c);  // false once the node stopped (c untouched then)
     std::string ask(command::kind_t kind, std::string_view endpoint);
@@ -290,7 +301,22 @@ private:
     void finish_all(const std::string& why) noexcept;
     void abandon(request_core* r, const std::string& why) noexcept;  // takes the reference
     void lose(command& c, const std::string& why) noexcept;          // a frame_out that cannot go
+    bool flush(peer& p);                                             // drains p's send queue; true: more
+    void give_back(internal::outgoing_ptr m, const std::string& why) noexcept;  // a frame that did not go
+    void close_queue(peer& p, const std::string& why) noexcept;
+    bool refused_by_queue(internal::push_result pr, internal::outgoing_ptr& m, request_core* r,
+                          std::string_view name, const std::string& peer_name);
     void* new_socket(int type, socket_role role, std::string_view endpoint);
+    internal::peer_queue_options queue_options() const {
+        internal::peer_queue_options o;
+        o.max_messages = options_.send_queue_messages;
+        o.max_bytes = options_.send_queue_bytes;
+        o.reaction = options_.send_reaction == send_overflow::drop    ? internal::overflow_reaction::drop
+                     : options_.send_reaction == send_overflow::block ? internal::overflow_reaction::block
+                                                                      : internal::overflow_reaction::reject;
+        o.block_timeout = options_.send_block_timeout;
+        return o;
+    }
     internal::phi_accrual_options detector_options() const {
         internal::phi_accrual_options o;
         o.threshold = options_.suspect_phi;
@@ -324,6 +350,10 @@ private:
     std::mutex exports_lock_;
     std::vector<std::string> exports_;
 
+    // Test hook: while set, the I/O thread leaves the send queues undrained (a peer that does
+    // not drain, deterministically).
+    std::atomic<bool> sends_paused_{false};
+
     counters n_;
     std::array<std::atomic<std::uint64_t>, internal::frame_error_count> rejected_{};
 
@@ -335,6 +365,7 @@ private:
     std::unordered_map<std::string, std::vector<command>> waiting_;  // requests waiting for their peer
     internal::frame_decoder decoder_;
     net::byte_buffer out_;
+    internal::peer_batch batch_;  // reused by every drain
     std::uint64_t incarnations_ = 0;
     std::mt19937_64 random_{std::random_device{}()};
     clock::time_point next_heartbeat_{};
@@ -379,6 +410,7 @@ node_core::~node_core() {
 void node_core::start() {
     if (!options_.types) throw usage_error("node '" + name_ + "': node_options::types is required (the message types it carries)");
     core_->check_not_stopping("making node", name_);
+    { internal::peer_queue probe(name_ + "/*", queue_options()); }  // usage_error on limits out of range
     ctx_ = process_context();
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw error("node '" + name_ + "': eventfd failed: " + std::strerror(errno));
@@ -496,6 +528,9 @@ node_stats node_core::stats() const {
     s.served_refused = ld(n_.served_refused);
     s.answers_lost = ld(n_.answers_lost);
     s.unreachable = ld(n_.unreachable);
+    s.sends_dropped = ld(n_.sends_dropped);
+    s.requests_refused_by_queue = ld(n_.requests_refused_by_queue);
+    s.frames_handed_back = ld(n_.frames_handed_back);
     return s;
 }
 
@@ -541,14 +576,17 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
             return refuse(request_state::rejected, reject_reason::undecodable_type,
                           "peer '" + std::string(peer_name) + "' does not know the type '" + te->name + "'");
     }
+    if (stop_requested_.load(std::memory_order_acquire))
+        return refuse(request_state::abandoned, reject_reason::peer_limits, "node '" + name_ + "' stopped");
     if (view.state == peer_state::down && !(wait_for_peer && r && internal::request_timeout(r).count() > 0))
         return refuse(request_state::abandoned, reject_reason::peer_limits,
                       "peer '" + std::string(peer_name) + "' is down");
-    command c;
-    c.peer.assign(peer_name);
-    c.wait_for_peer = wait_for_peer;
+    // Encoded on the caller's thread into a buffer that keeps its capacity; the send queue's
+    // message (one block) takes a copy.
+    thread_local net::byte_buffer encoded;
+    encoded.clear();
     try {
-        internal::frame_writer w(c.bytes);
+        internal::frame_writer w(encoded);
         frame f;
         f.source = header.source;
         f.target = target;
@@ -572,6 +610,28 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
                              std::string("node '") + name_ + "': encoding failed: " + e.what());
         throw;
     }
+    if (view.queue && view.state != peer_state::down) {
+        // The peer's send queue: its tag is the request (the queue holds the caller's
+        // reference), so that a frame handed back tells which requester to answer.
+        internal::outgoing_ptr m =
+            internal::outgoing::make(encoded, r ? reinterpret_cast<std::uintptr_t>(r) : std::uint64_t{0});
+        body = envelope_ref();
+        const internal::push_result pr = view.queue->push(m);
+        if (internal::accepted(pr)) {
+            if (r) bump(n_.requests_out);
+            if (pr == internal::push_result::queued_wake) {
+                std::uint64_t one = 1;
+                (void)!::write(wake_fd_, &one, sizeof one);
+            }
+            return true;
+        }
+        return refused_by_queue(pr, m, r, name, std::string(peer_name));
+    }
+    // A down peer that a request waits for: through the command queue to the I/O thread.
+    command c;
+    c.peer.assign(peer_name);
+    c.wait_for_peer = wait_for_peer;
+    c.bytes.assign(encoded.begin(), encoded.end());
     body = envelope_ref();
     c.req = r;
     c.req_id = r ? internal::request_id(r) : 0;
@@ -579,6 +639,47 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
                                            "node '" + name_ + "' is stopped");
     if (r) bump(n_.requests_out);
     return true;
+}
+
+// A send queue refused a frame (callers' threads): the requester is told, a one-way message is
+// counted and its sender told by the reaction (docs/nodes.md, "Sending: bounds and batching").
+bool node_core::refused_by_queue(internal::push_result pr, internal::outgoing_ptr& m, request_core* r,
+                                 std::string_view name, const std::string& peer_name) {
+    using internal::push_result;
+    m.reset();  // its tag is `r`, whose reference is still the caller's: told below
+    if (pr == push_result::closed) {
+        const std::string why = stop_requested_.load(std::memory_order_acquire)
+                                    ? "node '" + name_ + "' stopped"
+                                    : "peer '" + peer_name + "' lost";
+        if (r) {
+            abandon(r, why);
+            return true;
+        }
+        bump(n_.sends_lost);
+        throw peer_unavailable_error("sending to '" + std::string(name) + "': " + why);
+    }
+    std::string why;
+    if (pr == push_result::too_large) {
+        why = "peer '" + peer_name + "': the frame is over its send queue's byte limit (" +
+              std::to_string(options_.send_queue_bytes) + " bytes)";
+    } else {
+        why = "peer '" + peer_name + "': its send queue is full (at most " + std::to_string(options_.send_queue_messages) +
+              " messages and " + std::to_string(options_.send_queue_bytes) + " bytes; " +
+              (pr == push_result::timed_out ? "no room after " + std::to_string(options_.send_block_timeout.count()) + " ms"
+                                            : std::string(internal::to_string(pr))) + ")";
+    }
+    if (r) {
+        if (internal::request_finish(r, request_state::rejected, nullptr, "peer limits: " + why)) {
+            bump(n_.requests_rejected);
+            bump(n_.rej_reason[static_cast<int>(reject_reason::peer_limits)]);
+            bump(n_.requests_refused_by_queue);
+        }
+        internal::request_release(r);
+        return true;
+    }
+    bump(n_.sends_dropped);
+    if (options_.send_reaction == send_overflow::drop) return true;  // counted, not raised
+    throw peer_limits_error("node '" + name_ + "': sending to '" + std::string(name) + "': " + why);
 }
 
 // A served request is final (on whichever thread finished it): its answer goes back to the
@@ -674,6 +775,7 @@ void node_core::run() noexcept {
     const auto tick_every = std::clamp<std::chrono::milliseconds>(options_.heartbeat_interval / 4,
                                                                   std::chrono::milliseconds(1),
                                                                   std::chrono::milliseconds(50));
+    bool more = false;  // a send queue still holds frames: poll without sleeping
     while (!stop_requested_.load(std::memory_order_acquire)) {
         items.clear();
         item_conn.clear();
@@ -688,7 +790,7 @@ void node_core::run() noexcept {
                 items.push_back({c->socket, 0, ZMQ_POLLIN, 0});
                 item_conn.push_back(c.get());
             }
-        const int rc = zmq_poll(items.data(), static_cast<int>(items.size()), tick_every.count());
+        const int rc = zmq_poll(items.data(), static_cast<int>(items.size()), more ? 0 : tick_every.count());
         if (rc < 0 && zmq_errno() != EINTR) {
             log(std::string("zmq_poll failed: ") + zmq_strerror(zmq_errno()));
             break;
@@ -723,6 +825,12 @@ void node_core::run() noexcept {
                     if (item_conn[i] && item_conn[i]->socket != items[i].socket) break;
                 }
             }
+        // The send queues' contract: drain, and drain again before sleeping while one still
+        // holds frames (a sender may be between its reservation and linking its message).
+        more = false;
+        if (!sends_paused_.load(std::memory_order_relaxed))
+            for (auto& [pn, pp] : peers_)
+                if (pp->queue && pp->state != peer_state::down && flush(*pp)) more = true;
         tick(clock::now());
     }
     // Stopped: nothing more is taken, and everything in flight is abandoned with the reason.
@@ -744,6 +852,7 @@ void node_core::run() noexcept {
             }
         }
     }
+    for (auto& [pn, pp] : peers_) close_queue(*pp, why);
     finish_all(why);
     for (auto& c : conns_)
         if (c->socket) zmq_close(std::exchange(c->socket, nullptr));
@@ -760,6 +869,51 @@ void node_core::lose(command& c, const std::string& why) noexcept {
         abandon(std::exchange(c.req, nullptr), why);
     else
         bump(n_.sends_lost);
+}
+
+void node_core::give_back(internal::outgoing_ptr m, const std::string& why) noexcept {
+    bump(n_.frames_handed_back);
+    if (m->tag())
+        abandon(reinterpret_cast<request_core*>(static_cast<std::uintptr_t>(m->tag())), why);
+    else
+        bump(n_.sends_lost);
+}
+
+void node_core::close_queue(peer& p, const std::string& why) noexcept {
+    if (p.queue) p.queue->close([&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
+}
+
+bool node_core::flush(peer& p) {
+    internal::peer_queue& q = *p.queue;
+    // A bounded number of ZeroMQ messages per turn, so that one busy peer does not starve the rest.
+    for (int k = 0; k < 64; ++k) {
+        if (!q.drain(batch_)) break;
+        const auto bytes = batch_.bytes();
+        if (!send_to_peer(p, bytes.data(), bytes.size())) {
+            // EHOSTUNREACH (ROUTER_MANDATORY: the peer's connection is gone) or a full pipe:
+            // every frame of it goes back to its sender's requester (counted unreachable).
+            const std::string why = "peer '" + p.name + "' unreachable (its socket refused the frame)";
+            q.hand_back(batch_, [&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
+            continue;
+        }
+        const bool packed = batch_.is_batch();
+        batch_.for_each([&](const internal::outgoing& m) {
+            if (packed) bump(n_.out[static_cast<int>(m.kind())]);  // a lone frame was counted by send_raw
+            if (!m.tag()) {
+                bump(n_.sends_out);
+                return;
+            }
+            auto* r = reinterpret_cast<request_core*>(static_cast<std::uintptr_t>(m.tag()));
+            if (internal::request_get_state(r) >= request_state::replied) {
+                internal::request_release(r);  // timed out or cancelled while queued: a late answer is orphaned
+                return;
+            }
+            internal::request_mark_transmitted(r);
+            p.inflight.emplace(internal::request_id(r), peer::flight{r});
+        });
+        q.sent(batch_);
+    }
+    return q.queued() != 0;
 }
 
 void node_core::finish_all(const std::string& why) noexcept {
@@ -1030,6 +1184,7 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
     auto types = std::make_shared<std::unordered_map<wire_id, std::string>>();
     for (auto& t : f.types) (*types)[t.id] = std::string(t.name);
     p->types = std::move(types);
+    p->queue = std::make_shared<internal::peer_queue>(name, queue_options());
     p->detector.heartbeat();  // the HELLO is the first sign of life
     if (conn) {
         p->conn = conn;
@@ -1193,6 +1348,7 @@ void node_core::update_view(const peer& p, bool erase) {
             v.state = p.state;
             v.address = p.address;
             v.types = p.types;
+            v.queue = p.queue;
         }
     }
     view_changed_.notify_all();
@@ -1210,6 +1366,7 @@ void node_core::peer_now(peer& p, peer_state s) {
 }
 
 void node_core::drop_peer(peer& p, const std::string& why) {
+    close_queue(p, why);
     for (auto& [id, fl] : p.inflight) abandon(fl.req, why);
     p.inflight.clear();
     peer_now(p, peer_state::down);
@@ -1286,6 +1443,12 @@ void node_core::tick(clock::time_point now) {
                 internal::request_release(c.req);
                 return true;
             });
+}
+
+void test_access::pause_sends(const node& n, bool paused) {
+    n.core_->sends_paused_.store(paused, std::memory_order_relaxed);
+    std::uint64_t one = 1;
+    (void)!::write(n.core_->wake_fd_, &one, sizeof one);
 }
 
 }  // namespace internal_node

@@ -6,6 +6,7 @@
 #include <mailroom/net/node.hpp>
 
 #include <mailroom/net/frame.hpp>
+#include <mailroom/net/node_test_access.hpp>
 
 #include <gtest/gtest.h>
 #include <zmq.h>
@@ -551,4 +552,147 @@ TEST(node, an_environment_that_stops_stops_its_node_and_the_books_balance_on_bot
                                         st.messages_discarded + st.messages_cancelled + st.messages_dropped)
             << e->name();
     }
+}
+
+// ---- sending: each peer's send queue (bounds, reactions, batching, hand-back) ----
+
+namespace {
+
+net::node_options queue_limited(net::send_overflow reaction, std::size_t messages,
+                                std::chrono::milliseconds block = 100ms) {
+    net::node_options o = fast(true);
+    o.send_queue_messages = messages;
+    o.send_reaction = reaction;
+    o.send_block_timeout = block;
+    return o;
+}
+
+// A client whose send queue to "server" holds `n` requests that the I/O thread leaves undrained.
+std::vector<outgoing<add_rep>> queue_requests(pair_fixture& f, int n) {
+    std::vector<outgoing<add_rep>> v;
+    for (int i = 0; i < n; ++i) v.push_back(request<add_rep>(*f.client_env, "server/calc", add_req{i, 1}, {.timeout = 20s}));
+    return v;
+}
+
+}  // namespace
+
+TEST(node_send_queue, reject_reaction_rejects_a_request_with_peer_limits_and_raises_for_a_one_way_send) {
+    pair_fixture f("tcp://127.0.0.1:0", fast(), queue_limited(net::send_overflow::reject, 2));
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::pause_sends(*f.client, true);
+    auto queued = queue_requests(f, 2);
+    auto refused = request<add_rep>(*f.client_env, "server/calc", add_req{1, 1}, {.timeout = 20s});
+    ASSERT_TRUE(refused.wait_for(1s)) << "a refused request must be final at once";
+    EXPECT_EQ(refused.state(), request_state::rejected);
+    EXPECT_NE(refused.reason().find("peer limits"), std::string::npos) << refused.reason();
+    EXPECT_NE(refused.reason().find("'server'"), std::string::npos) << refused.reason();
+    EXPECT_THROW(send_to(*f.client_env, "server/sink", note{"x"}), net::peer_limits_error);
+    auto s = f.client->stats();
+    EXPECT_EQ(s.requests_refused_by_queue, 1u);
+    EXPECT_EQ(s.rejected_peer_limits, 1u);
+    EXPECT_EQ(s.sends_dropped, 1u);
+    net::internal_node::test_access::pause_sends(*f.client, false);
+    for (auto& r : queued) EXPECT_EQ(settle(r), request_state::replied) << r.reason();
+}
+
+TEST(node_send_queue, drop_reaction_counts_a_one_way_send_dropped_without_raising_and_rejects_a_request) {
+    pair_fixture f("tcp://127.0.0.1:0", fast(), queue_limited(net::send_overflow::drop, 2));
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::pause_sends(*f.client, true);
+    for (int i = 0; i < 5; ++i) EXPECT_NO_THROW(send_to(*f.client_env, "server/sink", note{"n"}));
+    auto refused = request<add_rep>(*f.client_env, "server/calc", add_req{1, 1}, {.timeout = 20s});
+    ASSERT_TRUE(refused.wait_for(1s));
+    EXPECT_EQ(refused.state(), request_state::rejected);
+    EXPECT_NE(refused.reason().find("peer limits"), std::string::npos) << refused.reason();
+    EXPECT_EQ(f.client->stats().sends_dropped, 3u);
+    net::internal_node::test_access::pause_sends(*f.client, false);
+    EXPECT_TRUE(eventually([&] { return f.notes.load() == 2; })) << f.notes.load();
+    EXPECT_EQ(f.client->stats().sends_out, 2u);
+}
+
+TEST(node_send_queue, block_reaction_waits_for_room_up_to_its_timeout_then_refuses) {
+    pair_fixture f("tcp://127.0.0.1:0", fast(), queue_limited(net::send_overflow::block, 1, 100ms));
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::pause_sends(*f.client, true);
+    auto queued = queue_requests(f, 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto refused = request<add_rep>(*f.client_env, "server/calc", add_req{1, 1}, {.timeout = 20s});
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, 90ms) << "the sender must have waited for room";
+    ASSERT_TRUE(refused.wait_for(1s));
+    EXPECT_EQ(refused.state(), request_state::rejected);
+    EXPECT_NE(refused.reason().find("peer limits"), std::string::npos) << refused.reason();
+    EXPECT_THROW(send_to(*f.client_env, "server/sink", note{"x"}), net::peer_limits_error);
+    EXPECT_EQ(f.client->stats().requests_refused_by_queue, 1u);
+    EXPECT_EQ(f.client->stats().sends_dropped, 1u);
+    net::internal_node::test_access::pause_sends(*f.client, false);
+    EXPECT_EQ(settle(queued[0]), request_state::replied) << queued[0].reason();
+}
+
+TEST(node_send_queue, many_small_sends_queued_for_a_busy_peer_go_in_batch_frames) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::pause_sends(*f.client, true);
+    for (int i = 0; i < 200; ++i) send_to(*f.client_env, "server/sink", note{std::to_string(i)});
+    auto queued = queue_requests(f, 20);
+    net::internal_node::test_access::pause_sends(*f.client, false);
+    EXPECT_TRUE(eventually([&] { return f.notes.load() == 200; })) << f.notes.load();
+    for (auto& r : queued) EXPECT_EQ(settle(r), request_state::replied) << r.reason();
+    const auto s = f.client->stats();
+    EXPECT_GT(s.frames_out.batch, 0u);
+    EXPECT_EQ(s.frames_out.send, 200u);
+    EXPECT_EQ(s.frames_out.request, 20u);
+    EXPECT_EQ(s.sends_out, 200u);
+    EXPECT_GT(f.server->stats().frames_in.batch, 0u);
+}
+
+TEST(node_send_queue, queued_requests_are_abandoned_peer_lost_when_the_peers_node_is_destroyed) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::pause_sends(*f.client, true);
+    auto queued = queue_requests(f, 3);
+    send_to(*f.client_env, "server/sink", note{"lost"});
+    f.server.reset();
+    for (auto& r : queued) {
+        EXPECT_EQ(settle(r), request_state::abandoned);
+        EXPECT_NE(r.reason().find("peer 'server' lost"), std::string::npos) << r.reason();
+    }
+    // The last frame handed back is the one-way message, counted after the requests settled.
+    EXPECT_TRUE(eventually([&] {
+        const auto s = f.client->stats();
+        return s.frames_handed_back == 4 && s.sends_lost == 1 && s.requests_abandoned == 3;
+    })) << "handed back " << f.client->stats().frames_handed_back << ", sends lost " << f.client->stats().sends_lost
+        << ", requests abandoned " << f.client->stats().requests_abandoned;
+}
+
+TEST(node_send_queue, queued_requests_are_abandoned_node_stopped_when_the_node_stops) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::pause_sends(*f.client, true);
+    auto queued = queue_requests(f, 3);
+    f.client->stop();
+    for (auto& r : queued) {
+        EXPECT_EQ(settle(r), request_state::abandoned);
+        EXPECT_NE(r.reason().find("node 'client' stopped"), std::string::npos) << r.reason();
+    }
+    EXPECT_EQ(f.client->stats().frames_handed_back, 3u);
+}
+
+TEST(node_send_queue, a_frame_the_router_cannot_route_is_handed_back_and_its_requester_told) {
+    // The server keeps its peer "up" for long (slow detection) while the client is gone, so its
+    // queued request meets ROUTER_MANDATORY's EHOSTUNREACH rather than a down peer.
+    net::node_options slow = fast();
+    slow.acceptable_heartbeat_pause = 30s;
+    slow.down_after = 30s;
+    pair_fixture f("tcp://127.0.0.1:0", slow);
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::pause_sends(*f.server, true);
+    auto r = request<add_rep>(*f.server_env, "client/anything", add_req{1, 1}, {.timeout = 20s});
+    const auto before = f.server->stats().unreachable;
+    f.client.reset();
+    // The server's heartbeats (sent beside the queue) fail once the ROUTER dropped the route.
+    ASSERT_TRUE(eventually([&] { return f.server->stats().unreachable > before; }));
+    net::internal_node::test_access::pause_sends(*f.server, false);
+    EXPECT_EQ(settle(r), request_state::abandoned);
+    EXPECT_NE(r.reason().find("unreachable"), std::string::npos) << r.reason();
+    EXPECT_EQ(f.server->stats().frames_handed_back, 1u);
 }

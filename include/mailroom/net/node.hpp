@@ -32,6 +32,14 @@ public:
     using error::error;
 };
 
+/// A one-way message to `node/object` was refused by the peer's send queue (full, reaction
+/// reject, or block and still full after block_timeout). With reaction drop no error is raised:
+/// the message is counted (node_stats::sends_dropped).
+class MAILROOM_NET_EXPORT peer_limits_error final : public error {
+public:
+    using error::error;
+};
+
 /// listen() or connect() failed (a bad endpoint, an address in use), or the node is stopped.
 class MAILROOM_NET_EXPORT endpoint_error final : public error {
 public:
@@ -42,6 +50,13 @@ public:
 enum class socket_role : std::uint8_t {
     listening,   ///< the ROUTER that accepts other nodes (before each bind)
     connecting,  ///< a DEALER that dials one node (before its connect)
+};
+
+/// What a peer's full send queue does with one more message (see node_options::send_*).
+enum class send_overflow : std::uint8_t {
+    drop,    ///< refused at once: a request is rejected ("peer limits"), a one-way message counted dropped
+    reject,  ///< refused at once: a request is rejected ("peer limits"), a one-way send raises peer_limits_error
+    block,   ///< the sender waits for room up to send_block_timeout, then is refused as by reject
 };
 
 struct node_options {
@@ -69,6 +84,14 @@ struct node_options {
     std::chrono::milliseconds linger{200};
     /// Requests from one peer being served at once; one more is rejected (peer limits).
     std::uint32_t max_served_per_peer = 65'536;
+    /// Each peer's send queue: frames (requests, one-way messages) queued for its socket at most ...
+    std::size_t send_queue_messages = 100'000;
+    /// ... and their bytes at most (a single frame over this is refused whatever the reaction).
+    std::size_t send_queue_bytes = std::size_t{256} << 20;
+    /// What a full send queue does with one more frame.
+    send_overflow send_reaction = send_overflow::reject;
+    /// send_overflow::block: the longest a sender waits for room (then it is refused).
+    std::chrono::milliseconds send_block_timeout{1000};
     /// Called on the I/O thread with each new socket (a `void*` ZeroMQ socket) before it binds
     /// or connects, and the endpoint: where security sets CURVE options. What it throws fails
     /// that listen() or connect() (or that reconnect attempt, logged).
@@ -132,10 +155,20 @@ struct node_stats {
     std::uint64_t served_refused = 0;    ///< of those, refused (not exported, no object, undecodable, limits)
     std::uint64_t answers_lost = 0;      ///< replies and rejects for a peer that went away first
     std::uint64_t unreachable = 0;       ///< sends the socket refused (EHOSTUNREACH, a full pipe)
+    /// One-way messages refused by a peer's full send queue (any reaction; with reject and
+    /// block the sender also got peer_limits_error).
+    std::uint64_t sends_dropped = 0;
+    /// Requests refused by a peer's full send queue (rejected "peer limits"; also counted in
+    /// requests_rejected and rejected_peer_limits).
+    std::uint64_t requests_refused_by_queue = 0;
+    /// Frames handed back from a send queue unsent (peer lost, node stopped, socket refused):
+    /// each request abandoned, each one-way message counted in sends_lost.
+    std::uint64_t frames_handed_back = 0;
 };
 
 namespace internal_node {
 class node_core;
+struct test_access;
 }
 
 /// A node of environment `env`, named `name` (a named object's name without '/'). One node per
@@ -192,6 +225,7 @@ public:
     void stop() noexcept;
 
 private:
+    friend struct internal_node::test_access;
     std::shared_ptr<internal_node::node_core> core_;
 };
 
