@@ -119,7 +119,7 @@ private:
     static void destroy(envelope* e) noexcept {
         auto* self = static_cast<typed_envelope*>(e);
         self->~typed_envelope();
-        pool_free(self, sizeof(typed_envelope));
+        pool_free_for<typed_envelope>(self);
     }
 
     T value_;
@@ -141,11 +141,11 @@ envelope* make_envelope(Args&&... args) {
         static_assert(sizeof...(Args) == 0, "a signal carries no payload");
         return signal_envelope<T>();
     } else {
-        void* block = pool_allocate(sizeof(typed_envelope<T>));
+        void* block = pool_allocate_for<typed_envelope<T>>();
         try {
             return new (block) typed_envelope<T>(std::forward<Args>(args)...);
         } catch (...) {
-            pool_free(block, sizeof(typed_envelope<T>));
+            pool_free_for<typed_envelope<T>>(block);
             throw;
         }
     }

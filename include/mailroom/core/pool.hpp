@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <new>
 
 namespace mailroom::internal {
 
@@ -18,6 +19,26 @@ MAILROOM_EXPORT void* pool_allocate(std::size_t size);
 
 /// Returns a block obtained from pool_allocate with the same `size`, from any thread.
 MAILROOM_EXPORT void pool_free(void* block, std::size_t size) noexcept;
+
+/// pool_allocate for a block that holds a `T`. A type aligned beyond what the pool gives
+/// (`alignas` over alignof(std::max_align_t), such as a cache-line aligned message) is not
+/// recycled: it comes from the aligned operator new. Free it with pool_free_for<T>.
+template <class T>
+void* pool_allocate_for() {
+    if constexpr (alignof(T) > alignof(std::max_align_t))
+        return ::operator new(sizeof(T), std::align_val_t{alignof(T)});
+    else
+        return pool_allocate(sizeof(T));
+}
+
+/// Returns a block obtained from pool_allocate_for<T>, from any thread.
+template <class T>
+void pool_free_for(void* block) noexcept {
+    if constexpr (alignof(T) > alignof(std::max_align_t))
+        ::operator delete(block, std::align_val_t{alignof(T)});
+    else
+        pool_free(block, sizeof(T));
+}
 
 /// Blocks the calling thread holds in its cache plus those in the shared depot (for tests and stats).
 MAILROOM_EXPORT std::size_t pool_cached_blocks() noexcept;

@@ -75,11 +75,11 @@ public:
 
     /// A job in a block of the recycling pool (one per post, reused in steady state).
     static job_of* make(F&& f) {
-        void* block = pool_allocate(sizeof(job_of));
+        void* block = pool_allocate_for<job_of>();
         try {
             return new (block) job_of(std::move(f));
         } catch (...) {
-            pool_free(block, sizeof(job_of));
+            pool_free_for<job_of>(block);
             throw;
         }
     }
@@ -88,7 +88,7 @@ private:
     ~job_of() override = default;
     void destroy() noexcept override {
         this->~job_of();
-        pool_free(this, sizeof(job_of));
+        pool_free_for<job_of>(this);
     }
     job_state run(std::stop_token st) noexcept override {
         try {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <random>
 #include <string>
@@ -139,6 +140,33 @@ TEST(session, inbox_delivers_by_value_by_const_ref_and_move_only) {
     auto st = mailroom::test::all_stats_of(env);
     EXPECT_EQ(st.messages_ignored, 1u);
     EXPECT_EQ(st.messages_delivered, 30u);
+}
+
+// A message or a posted callable aligned beyond what the block pool gives (a cache-line aligned
+// struct) gets its alignment: each lives in its own block, so a misaligned one shows in a few.
+struct alignas(64) wide {
+    int n = 0;
+};
+
+TEST(session, over_aligned_messages_and_posted_calls_keep_their_alignment) {
+    mailroom::environment env;
+    mailroom::session s(env);
+    std::atomic<int> got{0}, misaligned{0};
+    auto in = s.add_inbox<wide>([&](const wide& w) {
+        if (reinterpret_cast<std::uintptr_t>(&w) % alignof(wide) != 0) misaligned.fetch_add(1);
+        got.fetch_add(w.n);
+    });
+    constexpr int rounds = 32;
+    for (int i = 1; i <= rounds; ++i) {
+        mailroom::send<wide>(in.address(), wide{i});
+        wide captured{i};
+        ASSERT_TRUE(s.post([&, captured] {
+            if (reinterpret_cast<std::uintptr_t>(&captured) % alignof(wide) != 0) misaligned.fetch_add(1);
+            got.fetch_add(captured.n);
+        }));
+    }
+    ASSERT_TRUE(eventually([&] { return got.load() == rounds * (rounds + 1); }));
+    EXPECT_EQ(misaligned.load(), 0);
 }
 
 TEST(session, delayed_send_to_an_inbox_respects_its_timer) {

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -112,6 +113,31 @@ TEST(job_queue, job_result_and_exception_reach_the_handle) {
     EXPECT_EQ(bad.state(), job_state::failed);
     EXPECT_THROW((void)bad.get(), std::runtime_error);
     EXPECT_EQ(q.job_stats().failed, 1u);
+}
+
+// A job whose work or result is aligned beyond what the block pool gives keeps its alignment.
+struct alignas(64) wide_result {
+    int n = 0;
+};
+
+TEST(job_queue, over_aligned_work_and_results_keep_their_alignment) {
+    environment env;
+    auto q = job_queue::make_job_queue(env, "q", {.desired = 2});
+    std::atomic<int> misaligned{0};
+    std::vector<job<wide_result>> js;
+    for (int i = 0; i < 32; ++i) {
+        wide_result captured{i};
+        js.push_back(post_job(q, [&misaligned, captured] {
+            if (reinterpret_cast<std::uintptr_t>(&captured) % alignof(wide_result) != 0) misaligned.fetch_add(1);
+            return captured;
+        }));
+    }
+    for (int i = 0; i < 32; ++i) {
+        ASSERT_TRUE(js[i].wait_for(patience));
+        EXPECT_EQ(js[i].get().n, i);
+        if (reinterpret_cast<std::uintptr_t>(&js[i].get()) % alignof(wide_result) != 0) misaligned.fetch_add(1);
+    }
+    EXPECT_EQ(misaligned.load(), 0);
 }
 
 TEST(job_queue, job_cancelled_before_start_never_runs_and_reports_cancelled) {

@@ -33,7 +33,7 @@ struct posted_call_of final : posted_call {
         drop = [](posted_call* p) noexcept {
             auto* self = static_cast<posted_call_of*>(p);
             self->~posted_call_of();
-            pool_free(self, sizeof(posted_call_of));
+            pool_free_for<posted_call_of>(self);
         };
     }
     F fn;
@@ -44,11 +44,11 @@ template <class F>
 posted_call* make_posted_call(F&& f) {
     using Fn = std::decay_t<F>;
     using call_t = posted_call_of<Fn>;
-    void* block = pool_allocate(sizeof(call_t));
+    void* block = pool_allocate_for<call_t>();
     try {
         return new (block) call_t(Fn(std::forward<F>(f)));
     } catch (...) {
-        pool_free(block, sizeof(call_t));
+        pool_free_for<call_t>(block);
         throw;
     }
 }
