@@ -295,7 +295,9 @@ private:
     void tick(clock::time_point now);
     void peer_now(peer& p, peer_state s);
     void drop_peer(peer& p, const std::string& why);
-    void dial(connection& c);
+    // The first dial (from connect()) throws what failed, the socket-options hook's own
+    // exception included; a redial logs it and backs off.
+    void dial(connection& c, bool first = false);
     void publish(peer_state s, const std::string& peer, const std::string& address) noexcept;
     void update_view(const peer& p, bool erase = false);
     void finish_all(const std::string& why) noexcept;
@@ -960,10 +962,7 @@ void node_core::handle(command& c) {
                     c.endpoint,
                     internal::backoff_options{options_.reconnect_min, options_.reconnect_max, 2.0},
                     [this] { return random_(); });
-                dial(*conn);
-                if (!conn->socket)
-                    throw endpoint_error("node '" + name_ + "': connect to '" + c.endpoint + "': " +
-                                         zmq_strerror(zmq_errno()));
+                dial(*conn, true);
                 conns_.push_back(std::move(conn));
                 c.done->set_value(c.endpoint);
             } catch (...) {
@@ -1045,18 +1044,21 @@ void node_core::send_hello(void* socket, const std::string* rid) {
     send_raw(socket, rid, out_.data(), out_.size());
 }
 
-void node_core::dial(connection& c) {
+void node_core::dial(connection& c, bool first) {
     if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
     void* s = nullptr;
     try {
         s = new_socket(ZMQ_DEALER, socket_role::connecting, c.endpoint);
     } catch (const std::exception& e) {
+        if (first) throw;
         log(std::string("dialling '") + c.endpoint + "': " + e.what());
     }
     if (s && zmq_connect(s, c.endpoint.c_str()) != 0) {
-        log("dialling '" + c.endpoint + "': " + zmq_strerror(zmq_errno()));
+        const std::string why = zmq_strerror(zmq_errno());
         zmq_close(s);
         s = nullptr;
+        if (first) throw endpoint_error("node '" + name_ + "': connect to '" + c.endpoint + "': " + why);
+        log("dialling '" + c.endpoint + "': " + why);
     }
     c.p = nullptr;
     if (!s) {

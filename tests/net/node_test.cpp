@@ -211,6 +211,36 @@ TEST(node, a_node_name_is_checked_like_a_named_objects_and_has_no_slash) {
     EXPECT_THROW(n.listen("nonsense://x"), net::endpoint_error);
 }
 
+// The socket-options hook is where security sets its options: what it throws is what listen()
+// and connect() throw, so a bad key is reported as itself (before, connect() raised an
+// endpoint_error with an unrelated ZeroMQ errno text).
+struct hook_refused : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+TEST(node, what_the_socket_options_hook_throws_fails_listen_and_connect_as_itself) {
+    environment env;
+    net::node_options o = fast();
+    o.socket_options = [](void*, net::socket_role role, std::string_view ep) {
+        throw hook_refused(std::string(role == net::socket_role::listening ? "listen " : "connect ") +
+                           std::string(ep));
+    };
+    net::node n(env, "hooked", o);
+    try {
+        (void)n.listen("tcp://127.0.0.1:0");
+        ADD_FAILURE() << "listen() did not throw";
+    } catch (const hook_refused& e) {
+        EXPECT_NE(std::string(e.what()).find("listen"), std::string::npos);
+    }
+    try {
+        n.connect("tcp://127.0.0.1:9");
+        ADD_FAILURE() << "connect() did not throw";
+    } catch (const hook_refused& e) {
+        EXPECT_NE(std::string(e.what()).find("connect tcp://127.0.0.1:9"), std::string::npos);
+    }
+    EXPECT_TRUE(n.peers().empty());
+}
+
 class node_over : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(node_over, request_and_send_round_trip_as_locally_with_wait_then_and_future) {
