@@ -24,6 +24,16 @@
 namespace mailroom::internal {
 namespace {
 
+/// Gives a block back to operator delete, with its size where the compiler has sized
+/// deallocation (g++; clang before 19 only with -fsized-deallocation).
+inline void delete_block(void* block, [[maybe_unused]] std::size_t size) noexcept {
+#if defined(__cpp_sized_deallocation)
+    ::operator delete(block, size);
+#else
+    ::operator delete(block);
+#endif
+}
+
 // Size classes 32, 64, 128, 256, 512. Each class keeps a thread-local free list; when a thread's
 // list grows past two batches (the consumer side of a producer/consumer pair), one batch moves to
 // a shared depot, from which an empty thread-local list refills a whole batch under one lock.
@@ -126,7 +136,7 @@ struct depot {
     static void release(batch& b, std::size_t c) noexcept {
         while (b.head) {
             free_block* n = b.head->next;
-            ::operator delete(b.head, class_bytes(c));
+            delete_block(b.head, class_bytes(c));
             b.head = n;
         }
         b.count = 0;
@@ -385,7 +395,7 @@ namespace {
 
 [[gnu::noinline]] void free_slow(free_block* b, std::size_t c) noexcept {
     if (!cache_usable()) {
-        ::operator delete(b, class_bytes(c));
+        delete_block(b, class_bytes(c));
         return;
     }
     batch& list = cache.lists[c];
@@ -438,10 +448,10 @@ void* pool_allocate(std::size_t size) {
 
 void pool_free(void* block, std::size_t size) noexcept {
 #ifdef MAILROOM_NO_POOL
-    ::operator delete(block, size);
+    delete_block(block, size);
 #else
     if (size > pool_max_block) [[unlikely]] {
-        ::operator delete(block, size);
+        delete_block(block, size);
         return;
     }
     const std::size_t c = class_of(size);
