@@ -463,8 +463,10 @@ void node_core::start() {
             security_.emplace(so);  // reads the key now: a bad file fails the node, not a later listen
         } else {
             if (!so.allow_list_dir.empty())
-                throw security_error("an allow-list directory ('" + so.allow_list_dir.string() +
-                                     "') but no secret key: give security.secret_key_file or secret_key");
+                throw security_error("an allow-list directory ('" + so.allow_list_dir.string() + "') " +
+                                     (so.mode == security_mode::null
+                                          ? std::string("with security mode null, which lets no CURVE node in")
+                                          : std::string("but no secret key: give security.secret_key_file or secret_key")));
             security_options null_options = so;
             null_options.mode = security_mode::null;
             security_.emplace(std::move(null_options));
