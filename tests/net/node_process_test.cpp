@@ -351,10 +351,15 @@ TEST(node_process, a_child_the_serving_node_does_not_allow_is_refused_counted_an
     EXPECT_EQ(ns.peers_up, 0u);
     EXPECT_EQ(ns.requests_served, 0u);
     EXPECT_EQ(ns.frames_in.hello, 0u);
-    std::lock_guard g(log_m);
-    bool named = false;
-    for (auto& l : log_lines)
-        if (l.find("is not in the allow-list") != std::string::npos && l.find("127.0.0.1") != std::string::npos)
-            named = true;
-    EXPECT_TRUE(named) << "no ZAP refusal logged with the peer's address";
+    // The refusal is counted, then logged: wait (bounded) for the line.
+    auto named = [&] {
+        std::lock_guard g(log_m);
+        for (auto& l : log_lines)
+            if (l.find("is not in the allow-list") != std::string::npos && l.find("127.0.0.1") != std::string::npos)
+                return true;
+        return false;
+    };
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (!named() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
+    EXPECT_TRUE(named()) << "no ZAP refusal logged with the peer's address";
 }
