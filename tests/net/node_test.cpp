@@ -941,6 +941,12 @@ TEST(node_security, endpoints_and_settings_the_security_refuses_raise_security_e
     net::node_options missing = fast();
     missing.security.secret_key_file = "/nonexistent/mailroom-node.key";
     EXPECT_THROW(net::node(env3, "missing", missing), net::key_file_error);
+    // A key, but an allow-list directory that is not there: refused when the node is made (its
+    // ZAP handler and context, already made, are let go).
+    net::node_options no_dir = with_key(fast(), net::curve_keypair::generate());
+    no_dir.security.allow_list_dir = "/nonexistent/mailroom-allow";
+    EXPECT_THROW(net::node(env3, "no-dir", no_dir), net::key_file_error);
+    EXPECT_NO_THROW(net::node(env3, "fine", with_key(fast(), net::curve_keypair::generate())));
 }
 
 TEST(node_security, a_client_dialling_with_a_wrong_server_key_is_refused_in_the_handshake) {
