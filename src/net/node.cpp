@@ -24,6 +24,16 @@
 // its peer until a REPLY or REJECT comes (replied / rejected with the remote reason), or the
 // peer is lost or the node stops (abandoned). Served requests are local requests made by the
 // node (any reply type) whose continuation queues the answer back to the peer.
+//
+// Security: a node with a secret key speaks CURVE on every socket and has a ZeroMQ context of
+// its own, because the ZAP handler is one per context (inproc://zeromq.zap.01) and answers for
+// this node's allow-list alone. The handler is bound before the first listen, driven from the
+// poll loop below and closed after the sockets. The ROUTER asks it about every connection; the
+// name a key is allowed under comes with each message as its User-Id, and a HELLO that gives
+// another name is refused. A node without keys speaks NULL on the process-wide context (so that
+// inproc:// reaches between such nodes) and only on local endpoints unless told otherwise.
+// Handshakes that fail before ZAP is asked (a NULL client to a CURVE node) are counted from a
+// socket monitor on the ROUTER and on each DEALER.
 
 #include <mailroom/net/node.hpp>
 
@@ -45,6 +55,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <future>
+#include <optional>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -128,6 +139,8 @@ void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch
 /// The node's counters: written by any thread (relaxed), read by stats().
 struct counters {
     std::atomic<std::uint64_t> in[8]{}, out[8]{};
+    std::atomic<std::uint64_t> hello_refused_wrong_node{0}, handshake_failed_mechanism{0}, handshake_failed_protocol{0},
+        handshake_failed_auth{0}, handshake_failed_other{0};
     std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0}, frames_from_unknown{0}, hello_refused{0}, peers_up{0},
         peers_suspect{0}, peers_down{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
         requests_abandoned{0}, rej_reason[5]{}, replies_orphaned{0}, sends_out{0}, sends_lost{0},
@@ -145,6 +158,8 @@ struct command {
     std::uint64_t incarnation = 0;  // answer: the peer's incarnation that asked
     bool wait_for_peer = false;
     std::string endpoint;           // listen, connect
+    std::string server_key;         // connect (CURVE): the server's public key
+    std::string expected_peer;      // connect: the name its HELLO must give ("" any)
     std::shared_ptr<std::promise<std::string>> done;  // listen, connect
 };
 
@@ -186,7 +201,10 @@ struct peer {
 /// A connect(): one DEALER, redialled after the back-off while its peer is down.
 struct connection {
     std::string endpoint;
+    std::string server_key;     // CURVE: the server's public key
+    std::string expected_peer;  // the name its HELLO must give ("" any)
     void* socket = nullptr;
+    void* monitor = nullptr;  // the PAIR that reads the DEALER's handshake events
     enum { waiting_hello, up, backoff } state = backoff;
     clock::time_point deadline{};  // waiting_hello: the HELLO's; backoff: the next attempt
     internal::reconnect_backoff backoff_delay;
@@ -230,7 +248,12 @@ public:
     void stop() noexcept;
 
     std::string listen(std::string_view endpoint) { return ask(command::listen, endpoint); }
-    void connect(std::string_view endpoint) { ask(command::connect, endpoint); }
+    void check_listen(std::string_view endpoint) const {
+        check_endpoint("listen on '" + std::string(endpoint) + "'", endpoint);
+    }
+    void connect(std::string_view endpoint, const connect_options& o);
+    void allow(std::string_view public_key, std::string_view node_name);
+    const std::string& public_key() const noexcept { return security_ ? security_->public_key() : no_key_; }
     void export_objects(std::string pattern) {
         std::lock_guard g(exports_lock_);
         exports_.push_back(std::move(pattern));
@@ -271,7 +294,10 @@ private:
     friend struct test_access;
     // ---- any thread ----
     bool push(command&& c);  // false once the node stopped (c untouched then)
-    std::string ask(command::kind_t kind, std::string_view endpoint);
+    std::string ask(command::kind_t kind, std::string_view endpoint, std::string server_key = {},
+                    std::string expected_peer = {});
+    // Raises security_error naming the node and the endpoint when the settings refuse it.
+    void check_endpoint(std::string_view what, std::string_view endpoint) const;
     void log(const std::string& text) const noexcept {
         try {
             core_->log("node '" + name_ + "': " + text);
@@ -285,7 +311,8 @@ private:
     void handle(command& c);
     void on_message(void* socket, connection* conn);
     void on_frame(peer& p, const frame& f);
-    void on_hello(const frame& f, void* socket, connection* conn, const std::string& rid, const std::string& addr);
+    void on_hello(const frame& f, void* socket, connection* conn, const std::string& rid, const std::string& addr,
+                  const char* user_id);
     void on_request(peer& p, const frame& f);
     void on_send(peer& p, const frame& f);
     void on_answer(peer& p, const frame& f);
@@ -308,7 +335,10 @@ private:
     void close_queue(peer& p, const std::string& why) noexcept;
     bool refused_by_queue(internal::push_result pr, internal::outgoing_ptr& m, request_core* r,
                           std::string_view name, const std::string& peer_name);
-    void* new_socket(int type, socket_role role, std::string_view endpoint);
+    void* new_socket(int type, socket_role role, std::string_view endpoint, const std::string& server_key = {});
+    void* new_monitor(void* socket, std::string_view endpoint) noexcept;  // nullptr when it cannot be had
+    void on_monitor(void* monitor, const std::string& where);
+    void close_dealer(connection& c) noexcept;
     internal::peer_queue_options queue_options() const {
         internal::peer_queue_options o;
         o.max_messages = options_.send_queue_messages;
@@ -334,6 +364,17 @@ private:
     node_options options_;
     std::shared_ptr<void> ctx_;
     int wake_fd_ = -1;
+    // Security, fixed at start(): the endpoint policy and this node's keys (CURVE when curve_).
+    std::optional<endpoint_security> security_;
+    bool curve_ = false;
+    static inline const std::string no_key_{};
+    // The ZAP handler (CURVE only): made in start(), driven by the I/O thread, closed after its
+    // sockets; after it is gone, stats() reports its last counters. Declared after ctx_, which
+    // it must not outlive.
+    mutable std::mutex zap_lock_;
+    std::unique_ptr<zap_handler> zap_;
+    zap_stats zap_final_{};
+    std::map<std::string, std::string, std::less<>> allowed_in_code_;  // node name -> last key (zap_lock_)
 
     // The queue of work for the I/O thread.
     std::mutex queue_lock_;
@@ -361,6 +402,8 @@ private:
 
     // The I/O thread's own.
     void* router_ = nullptr;
+    void* router_monitor_ = nullptr;
+    std::uint64_t monitors_ = 0;
     std::vector<std::unique_ptr<connection>> conns_;
     std::map<std::string, std::unique_ptr<peer>, std::less<>> peers_;
     std::unordered_map<std::string, peer*> by_rid_;
@@ -413,7 +456,35 @@ void node_core::start() {
     if (!options_.types) throw usage_error("node '" + name_ + "': node_options::types is required (the message types it carries)");
     core_->check_not_stopping("making node", name_);
     { internal::peer_queue probe(name_ + "/*", queue_options()); }  // usage_error on limits out of range
-    ctx_ = process_context();
+    const security_options& so = options_.security;
+    curve_ = so.mode == security_mode::curve && (!so.secret_key_file.empty() || !so.secret_key.empty());
+    try {
+        if (curve_) {
+            security_.emplace(so);  // reads the key now: a bad file fails the node, not a later listen
+        } else {
+            if (!so.allow_list_dir.empty())
+                throw security_error("an allow-list directory ('" + so.allow_list_dir.string() + "') " +
+                                     (so.mode == security_mode::null
+                                          ? std::string("with security mode null, which lets no CURVE node in")
+                                          : std::string("but no secret key: give security.secret_key_file or secret_key")));
+            security_options null_options = so;
+            null_options.mode = security_mode::null;
+            security_.emplace(std::move(null_options));
+        }
+    } catch (const security_error& e) {
+        throw security_error("node '" + name_ + "': " + e.what());
+    }
+    if (curve_) {
+        void* ctx = zmq_ctx_new();
+        if (!ctx) throw error(std::string("node '") + name_ + "': zmq_ctx_new failed: " + zmq_strerror(zmq_errno()));
+        ctx_ = std::shared_ptr<void>(ctx, [](void* p) { zmq_ctx_term(p); });
+        zap_options z = security_->zap();
+        z.log = [this](std::string_view line) { log(std::string(line)); };
+        zap_ = std::make_unique<zap_handler>(ctx, std::move(z));
+        if (!so.allow_list_dir.empty()) zap_->allow_directory(so.allow_list_dir);
+    } else {
+        ctx_ = process_context();
+    }
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw error("node '" + name_ + "': eventfd failed: " + std::strerror(errno));
     events_ = make_mpmc_mbox(env_);
@@ -462,13 +533,87 @@ bool node_core::push(command&& c) {
     return true;
 }
 
+void node_core::check_endpoint(std::string_view what, std::string_view endpoint) const {
+    // No transport, or one libzmq has never had: not an endpoint at all, which zmq_bind or
+    // zmq_connect reports (endpoint_error), whatever the security.
+    const std::size_t sep = endpoint.find("://");
+    if (sep == std::string_view::npos) return;
+    static constexpr std::string_view transports[] = {"tcp", "ipc", "inproc", "pgm", "epgm", "tipc",
+                                                       "vmci", "udp", "norm", "ws", "wss"};
+    if (std::find(std::begin(transports), std::end(transports), endpoint.substr(0, sep)) == std::end(transports))
+        return;
+    try {
+        security_->check(endpoint);
+    } catch (const security_error& e) {
+        std::string why = e.what();
+        if (!curve_ && classify_endpoint(endpoint) == endpoint_reach::remote)
+            why = "endpoint '" + std::string(endpoint) +
+                  "' is remote, and this node has no keys: set security.secret_key_file (CURVE), or "
+                  "security.allow_null_remote to accept no authentication and no encryption there";
+        throw security_error("node '" + name_ + "': " + std::string(what) + ": " + why);
+    }
+}
+
+void node_core::connect(std::string_view endpoint, const connect_options& o) {
+    const std::string what = "connect to '" + std::string(endpoint) + "'";
+    check_endpoint(what, endpoint);
+    std::string key = o.server_public_key;
+    std::string expected = o.peer;
+    if (!expected.empty()) check_node_name(expected);
+    auto fail = [&](const std::string& why) { throw security_error("node '" + name_ + "': " + what + ": " + why); };
+    if (!curve_) {
+        if (!key.empty()) fail("a server key is given, but this node has no keys (security.secret_key_file)");
+        ask(command::connect, endpoint, {}, std::move(expected));
+        return;
+    }
+    if (key.empty() && !expected.empty()) {
+        const auto& dir = options_.security.allow_list_dir;
+        std::error_code ec;
+        if (!dir.empty() && std::filesystem::exists(dir / (expected + ".pub"), ec)) {
+            key = read_public_key_file(dir / (expected + ".pub"));
+        } else {
+            std::lock_guard g(zap_lock_);
+            if (auto it = allowed_in_code_.find(expected); it != allowed_in_code_.end()) key = it->second;
+        }
+        if (key.empty())
+            fail("no public key of node '" + expected + "' (no " + expected +
+                 ".pub in the allow-list directory, none allowed in code)");
+    }
+    if (key.empty())
+        fail("CURVE needs the server's public key: connect_options::server_public_key, or "
+             "connect_options::peer naming a node whose key this node allows");
+    if (!is_z85_key(key))
+        fail("the server's public key is not a Z85 CURVE key (" + std::to_string(key.size()) + " characters)");
+    std::optional<std::string> allowed;
+    {
+        std::lock_guard g(zap_lock_);
+        if (zap_) allowed = zap_->allowed_name(key);
+    }
+    if (allowed && !expected.empty() && *allowed != expected)
+        fail("the server's key is allowed as node '" + *allowed + "', not as '" + expected + "'");
+    if (allowed) expected = *allowed;
+    ask(command::connect, endpoint, std::move(key), std::move(expected));
+}
+
+void node_core::allow(std::string_view public_key, std::string_view node_name) {
+    if (!curve_)
+        throw security_error("node '" + name_ + "': allow('" + std::string(node_name) +
+                             "'): this node has no keys (security.secret_key_file), so it lets no CURVE node in");
+    std::lock_guard g(zap_lock_);
+    if (zap_) zap_->allow(public_key, node_name);
+    allowed_in_code_[std::string(node_name)] = std::string(public_key);
+}
+
 // listen() and connect(): done on the I/O thread (which owns the sockets), waited for here.
-std::string node_core::ask(command::kind_t kind, std::string_view endpoint) {
+std::string node_core::ask(command::kind_t kind, std::string_view endpoint, std::string server_key,
+                           std::string expected_peer) {
     const std::string what = std::string(kind == command::listen ? "listen on '" : "connect to '") +
                              std::string(endpoint) + "'";
     command c;
     c.kind = kind;
     c.endpoint.assign(endpoint);
+    c.server_key = std::move(server_key);
+    c.expected_peer = std::move(expected_peer);
     c.done = std::make_shared<std::promise<std::string>>();
     auto f = c.done->get_future();
     if (!push(std::move(c))) throw endpoint_error("node '" + name_ + "': " + what + ": the node is stopped");
@@ -511,6 +656,15 @@ node_stats node_core::stats() const {
                         s.rejected_malformed + s.rejected_undecodable_payload;
     s.frames_from_unknown = ld(n_.frames_from_unknown);
     s.hello_refused = ld(n_.hello_refused);
+    s.hello_refused_wrong_node = ld(n_.hello_refused_wrong_node);
+    {
+        std::lock_guard g(zap_lock_);
+        s.zap = zap_ ? zap_->stats() : zap_final_;
+    }
+    s.handshake_failed_mechanism = ld(n_.handshake_failed_mechanism);
+    s.handshake_failed_protocol = ld(n_.handshake_failed_protocol);
+    s.handshake_failed_auth = ld(n_.handshake_failed_auth);
+    s.handshake_failed_other = ld(n_.handshake_failed_other);
     s.peers_up = ld(n_.peers_up);
     s.peers_suspect = ld(n_.peers_suspect);
     s.peers_down = ld(n_.peers_down);
@@ -748,7 +902,81 @@ void node_core::answered(void* arg) noexcept {
 
 // ---- the I/O thread ----
 
-void* node_core::new_socket(int type, socket_role role, std::string_view endpoint) {
+void* node_core::new_monitor(void* socket, std::string_view endpoint) noexcept {
+    const std::string at = "inproc://mailroom.node-monitor." + std::to_string(reinterpret_cast<std::uintptr_t>(this)) +
+                           "." + std::to_string(++monitors_);
+    if (zmq_socket_monitor(socket, at.c_str(),
+                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
+        log("no handshake monitor for '" + std::string(endpoint) + "': " + zmq_strerror(zmq_errno()));
+        return nullptr;
+    }
+    void* m = zmq_socket(ctx_.get(), ZMQ_PAIR);
+    if (!m) return nullptr;
+    int zero = 0;
+    zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof zero);
+    if (zmq_connect(m, at.c_str()) != 0) {
+        zmq_close(m);
+        return nullptr;
+    }
+    return m;
+}
+
+// A monitor's events: [uint16 event, uint32 value][the endpoint]. libzmq names the socket's
+// endpoint, not the peer's address (a failed handshake has no other): `where` says which.
+void node_core::on_monitor(void* monitor, const std::string& where) {
+    for (int k = 0; k < 256; ++k) {
+        zmq_msg_t head;
+        zmq_msg_init(&head);
+        if (zmq_msg_recv(&head, monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&head);
+            return;
+        }
+        std::uint16_t event = 0;
+        std::uint32_t value = 0;
+        const bool whole = zmq_msg_size(&head) == 6;
+        if (whole) {
+            std::memcpy(&event, zmq_msg_data(&head), 2);
+            std::memcpy(&value, static_cast<const char*>(zmq_msg_data(&head)) + 2, 4);
+        }
+        std::string endpoint;
+        while (zmq_msg_more(&head)) {
+            zmq_msg_close(&head);
+            zmq_msg_init(&head);
+            if (zmq_msg_recv(&head, monitor, ZMQ_DONTWAIT) < 0) break;
+            endpoint.assign(static_cast<const char*>(zmq_msg_data(&head)), zmq_msg_size(&head));
+        }
+        zmq_msg_close(&head);
+        if (!whole) continue;
+        std::string why;
+        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+            bump(n_.handshake_failed_mechanism);
+            why = std::string("the peer's security mechanism is not this node's (") + (curve_ ? "CURVE" : "NULL") + ")";
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+            bump(n_.handshake_failed_protocol);
+            char code[16];
+            std::snprintf(code, sizeof code, "0x%08x", static_cast<unsigned>(value));
+            why = std::string("protocol error ") + code + " (for CURVE: a wrong server key, or a broken handshake)";
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+            bump(n_.handshake_failed_auth);
+            why = "refused by ZAP (status " + std::to_string(value) + ")";
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+            bump(n_.handshake_failed_other);
+            why = std::string("no detail (") + zmq_strerror(static_cast<int>(value)) + ")";
+        } else {
+            continue;
+        }
+        log("a connection " + where + (endpoint.empty() ? std::string() : " (" + endpoint + ")") +
+            " failed its handshake: " + why);
+    }
+}
+
+void node_core::close_dealer(connection& c) noexcept {
+    if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
+    if (c.monitor) zmq_close(std::exchange(c.monitor, nullptr));
+}
+
+void* node_core::new_socket(int type, socket_role role, std::string_view endpoint, const std::string& server_key) {
     void* s = zmq_socket(ctx_.get(), type);
     if (!s) throw endpoint_error("node '" + name_ + "': zmq_socket failed: " + zmq_strerror(zmq_errno()));
     auto set_int = [&](int opt, int v) { zmq_setsockopt(s, opt, &v, sizeof v); };
@@ -761,6 +989,13 @@ void* node_core::new_socket(int type, socket_role role, std::string_view endpoin
         set_int(ZMQ_HEARTBEAT_TIMEOUT, ivl * 5);
         set_int(ZMQ_HEARTBEAT_TTL, std::min(((ivl * 5 + 99) / 100) * 100, 6'553'500));
         if (type == ZMQ_ROUTER) set_int(ZMQ_ROUTER_MANDATORY, 1);
+        // Security first, so that the hook sees (and may add to) what security set.
+        if (curve_) {
+            if (role == socket_role::listening)
+                security_->apply_server(s, endpoint);
+            else
+                security_->apply_client(s, endpoint, server_key);
+        }
         if (options_.socket_options) options_.socket_options(s, role, endpoint);
     } catch (...) {
         zmq_close(s);
@@ -792,6 +1027,22 @@ void node_core::run() noexcept {
                 items.push_back({c->socket, 0, ZMQ_POLLIN, 0});
                 item_conn.push_back(c.get());
             }
+        // Then the ZAP handler and the handshake monitors (item_conn: the DEALER's, if any).
+        const std::size_t data_end = items.size();
+        if (zap_) {
+            items.push_back({zap_->socket(), 0, ZMQ_POLLIN, 0});
+            item_conn.push_back(nullptr);
+        }
+        const std::size_t monitors_begin = items.size();
+        if (router_monitor_) {
+            items.push_back({router_monitor_, 0, ZMQ_POLLIN, 0});
+            item_conn.push_back(nullptr);
+        }
+        for (auto& c : conns_)
+            if (c->monitor) {
+                items.push_back({c->monitor, 0, ZMQ_POLLIN, 0});
+                item_conn.push_back(c.get());
+            }
         const int rc = zmq_poll(items.data(), static_cast<int>(items.size()), more ? 0 : tick_every.count());
         if (rc < 0 && zmq_errno() != EINTR) {
             log(std::string("zmq_poll failed: ") + zmq_strerror(zmq_errno()));
@@ -814,7 +1065,15 @@ void node_core::run() noexcept {
             }
         }
         work.clear();
-        for (std::size_t i = 1; i < items.size(); ++i)
+        // ZAP first: a handshake waits for its answer.
+        if (zap_ && data_end < items.size() && (items[data_end].revents & ZMQ_POLLIN)) zap_->handle();
+        for (std::size_t i = monitors_begin; i < items.size(); ++i)
+            if (items[i].revents & ZMQ_POLLIN) {
+                // A DEALER redialled by the work above closed its monitor: not read then.
+                if (item_conn[i] ? item_conn[i]->monitor != items[i].socket : router_monitor_ != items[i].socket) continue;
+                on_monitor(items[i].socket, item_conn[i] ? "to '" + item_conn[i]->endpoint + "'" : std::string("accepted"));
+            }
+        for (std::size_t i = 1; i < data_end; ++i)
             if (items[i].revents & ZMQ_POLLIN) {
                 // A bounded number per turn, so that one busy peer does not starve the others.
                 for (int k = 0; k < 256; ++k) {
@@ -856,9 +1115,17 @@ void node_core::run() noexcept {
     }
     for (auto& [pn, pp] : peers_) close_queue(*pp, why);
     finish_all(why);
-    for (auto& c : conns_)
-        if (c->socket) zmq_close(std::exchange(c->socket, nullptr));
+    for (auto& c : conns_) close_dealer(*c);
     if (router_) zmq_close(std::exchange(router_, nullptr));
+    if (router_monitor_) zmq_close(std::exchange(router_monitor_, nullptr));
+    {
+        // After the sockets it guards, before the context (docs/net.md, "Security").
+        std::lock_guard g(zap_lock_);
+        if (zap_) {
+            zap_final_ = zap_->stats();
+            zap_.reset();
+        }
+    }
 }
 
 void node_core::abandon(request_core* r, const std::string& why) noexcept {
@@ -937,8 +1204,13 @@ void node_core::handle(command& c) {
     switch (c.kind) {
         case command::listen: {
             try {
-                if (!router_) router_ = new_socket(ZMQ_ROUTER, socket_role::listening, c.endpoint);
-                else if (options_.socket_options) options_.socket_options(router_, socket_role::listening, c.endpoint);
+                if (!router_) {
+                    router_ = new_socket(ZMQ_ROUTER, socket_role::listening, c.endpoint);
+                    router_monitor_ = new_monitor(router_, c.endpoint);
+                } else {
+                    if (curve_) security_->apply_server(router_, c.endpoint);
+                    if (options_.socket_options) options_.socket_options(router_, socket_role::listening, c.endpoint);
+                }
                 if (zmq_bind(router_, c.endpoint.c_str()) != 0)
                     throw endpoint_error("node '" + name_ + "': listen on '" + c.endpoint +
                                          "': " + zmq_strerror(zmq_errno()));
@@ -962,6 +1234,8 @@ void node_core::handle(command& c) {
                     c.endpoint,
                     internal::backoff_options{options_.reconnect_min, options_.reconnect_max, 2.0},
                     [this] { return random_(); });
+                conn->server_key = std::move(c.server_key);
+                conn->expected_peer = std::move(c.expected_peer);
                 dial(*conn, true);
                 conns_.push_back(std::move(conn));
                 c.done->set_value(c.endpoint);
@@ -1045,17 +1319,20 @@ void node_core::send_hello(void* socket, const std::string* rid) {
 }
 
 void node_core::dial(connection& c, bool first) {
-    if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
+    close_dealer(c);
     void* s = nullptr;
     try {
-        s = new_socket(ZMQ_DEALER, socket_role::connecting, c.endpoint);
+        s = new_socket(ZMQ_DEALER, socket_role::connecting, c.endpoint, c.server_key);
     } catch (const std::exception& e) {
         if (first) throw;
         log(std::string("dialling '") + c.endpoint + "': " + e.what());
     }
+    // The monitor before the connect, so that no handshake event comes before it listens.
+    void* m = s ? new_monitor(s, c.endpoint) : nullptr;
     if (s && zmq_connect(s, c.endpoint.c_str()) != 0) {
         const std::string why = zmq_strerror(zmq_errno());
         zmq_close(s);
+        if (m) zmq_close(m);
         s = nullptr;
         if (first) throw endpoint_error("node '" + name_ + "': connect to '" + c.endpoint + "': " + why);
         log("dialling '" + c.endpoint + "': " + why);
@@ -1067,6 +1344,7 @@ void node_core::dial(connection& c, bool first) {
         return;
     }
     c.socket = s;
+    c.monitor = m;
     c.state = connection::waiting_hello;
     c.deadline = clock::now() + options_.hello_timeout;
     send_hello(s, nullptr);  // queued by the DEALER until the connection is made
@@ -1105,6 +1383,8 @@ void node_core::on_message(void* socket, connection* conn) {
     }
     std::string address;
     if (const char* a = zmq_msg_gets(&msg, "Peer-Address")) address = a;
+    // The node name the ZAP handler let this connection in as (CURVE, the ROUTER's side).
+    const char* user_id = !conn && curve_ ? zmq_msg_gets(&msg, "User-Id") : nullptr;
     const auto* data = static_cast<const std::byte*>(zmq_msg_data(&msg));
     const std::size_t size = zmq_msg_size(&msg);
     bump(n_.bytes_in, size);
@@ -1128,7 +1408,7 @@ void node_core::on_message(void* socket, connection* conn) {
     for (const frame& f : decoder_.frames()) {
         bump(n_.in[static_cast<int>(f.kind)]);
         if (f.kind == frame_kind::hello) {
-            on_hello(f, socket, conn, rid, address);
+            on_hello(f, socket, conn, rid, address, user_id);
             if (conn) p = conn->p;
             else if (auto it = by_rid_.find(rid); it != by_rid_.end()) p = it->second;
             continue;
@@ -1147,7 +1427,7 @@ void node_core::on_message(void* socket, connection* conn) {
 }
 
 void node_core::on_hello(const frame& f, void* socket, connection* conn, const std::string& rid,
-                         const std::string& addr) {
+                         const std::string& addr, const char* user_id) {
     const std::string name(f.node);
     const std::string where = addr.empty() ? (conn ? conn->endpoint : std::string("an unknown address")) : addr;
     auto refuse = [&](const std::string& why) {
@@ -1155,7 +1435,7 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
         log("refused the HELLO of '" + name + "' from " + where + ": " + why);
         if (conn) {
             // Dial again later: the duplicate may be a stale entry the other side will drop.
-            zmq_close(std::exchange(conn->socket, nullptr));
+            close_dealer(*conn);
             conn->state = connection::backoff;
             conn->deadline = clock::now() + conn->backoff_delay.next();
         }
@@ -1168,6 +1448,16 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
         return refuse(e.what());
     }
     if (name == name_) return refuse("that is this node's own name");
+    // A peer may not pretend to be another node: the name its key is allowed under (CURVE), or
+    // the one expected where this node dialled, is the only one it may give.
+    if (!conn && curve_ && (user_id == nullptr || name != user_id)) {
+        bump(n_.hello_refused_wrong_node);
+        return refuse(std::string("its key is allowed as node '") + (user_id ? user_id : "?") + "', not as '" + name + "'");
+    }
+    if (conn && !conn->expected_peer.empty() && name != conn->expected_peer) {
+        bump(n_.hello_refused_wrong_node);
+        return refuse("node '" + conn->expected_peer + "' was expected at '" + conn->endpoint + "'");
+    }
     if (conn && conn->state != connection::waiting_hello) {
         if (conn->p && conn->p->name == name) return;  // a repeated HELLO on a live connection
         return refuse("a second HELLO on a connection to '" + (conn->p ? conn->p->name : std::string("?")) + "'");
@@ -1375,7 +1665,7 @@ void node_core::drop_peer(peer& p, const std::string& why) {
     if (p.conn) {
         connection& c = *p.conn;
         c.p = nullptr;
-        if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
+        close_dealer(c);
         c.state = connection::backoff;
         c.deadline = clock::now() + c.backoff_delay.next();
     } else {
@@ -1430,7 +1720,7 @@ void node_core::tick(clock::time_point now) {
     }
     for (auto& c : conns_) {
         if (c->state == connection::waiting_hello && now >= c->deadline) {
-            zmq_close(std::exchange(c->socket, nullptr));
+            close_dealer(*c);
             c->state = connection::backoff;
             c->deadline = now + c->backoff_delay.next();
         } else if (c->state == connection::backoff && now >= c->deadline) {
@@ -1483,12 +1773,21 @@ const std::string& node::name() const noexcept {
 
 std::string node::listen(std::string_view endpoint) {
     if (!core_) throw usage_error("node: listen() on an empty handle");
+    core_->check_listen(endpoint);
     return core_->listen(endpoint);
 }
 std::vector<std::string> node::endpoints() const { return core_ ? core_->endpoints() : std::vector<std::string>{}; }
-void node::connect(std::string_view endpoint) {
+void node::connect(std::string_view endpoint, const connect_options& options) {
     if (!core_) throw usage_error("node: connect() on an empty handle");
-    core_->connect(endpoint);
+    core_->connect(endpoint, options);
+}
+void node::allow(std::string_view public_key, std::string_view node_name) {
+    if (!core_) throw usage_error("node: allow() on an empty handle");
+    core_->allow(public_key, node_name);
+}
+const std::string& node::public_key() const noexcept {
+    static const std::string none;
+    return core_ ? core_->public_key() : none;
 }
 void node::export_objects(std::string pattern) {
     if (!core_) throw usage_error("node: export_objects() on an empty handle");

@@ -370,9 +370,12 @@ endpoint_security::endpoint_security(security_options options) : options_(std::m
     if (options_.zap_domain.empty()) throw security_error("security options: the ZAP domain is empty");
     if (options_.mode == security_mode::curve) {
         if (!curve_available()) throw security_error("security options: CURVE asked for, but this libzmq is built without it");
-        if (options_.secret_key_file.empty())
-            throw security_error("security options: CURVE needs this node's secret key file (secret_key_file)");
-        keys_ = read_secret_key_file(options_.secret_key_file);
+        if (options_.secret_key_file.empty() && options_.secret_key.empty())
+            throw security_error("security options: CURVE needs this node's secret key (secret_key_file or secret_key)");
+        if (!options_.secret_key_file.empty() && !options_.secret_key.empty())
+            throw security_error("security options: both secret_key_file and secret_key are given; give one");
+        keys_ = options_.secret_key.empty() ? read_secret_key_file(options_.secret_key_file)
+                                            : curve_keypair::from_secret(options_.secret_key);
     }
 }
 

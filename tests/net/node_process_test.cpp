@@ -4,7 +4,9 @@
 // killed with requests in flight has every one abandoned within the detection time and is seen
 // down; restarted on the same port it is up again and serves; stopped (SIGSTOP) it is
 // suspected, then down, its requests abandoned or waiting as their options say, and after
-// SIGCONT it is up again. The test node's detection is short; every wait is bounded.
+// SIGCONT it is up again. With keys, a CURVE pair across processes replies, and a child that
+// the serving node does not allow (an unknown key, or no keys at all) is refused, counted there,
+// and sends nothing. The test node's detection is short; every wait is bounded.
 
 #include <mailroom/net/node.hpp>
 
@@ -12,8 +14,11 @@
 
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <csignal>
 #include <memory>
 #include <mutex>
@@ -237,4 +242,125 @@ TEST(node_process, a_stopped_child_is_suspected_then_down_and_up_again_after_sig
     EXPECT_EQ(waits.reply().symbol, "WAIT");
     auto after = c.quote("AFTER");
     ASSERT_EQ(settle(after), request_state::replied) << after.reason();
+}
+
+// ---- security across processes ----------------------------------------------------------------
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct temp_dir {
+    fs::path path;
+    temp_dir() {
+        std::string tmpl = (fs::temp_directory_path() / "mailroom-nodeproc-XXXXXX").string();
+        char* made = ::mkdtemp(tmpl.data());
+        if (made == nullptr) throw std::runtime_error("mkdtemp failed");
+        path = made;
+    }
+    ~temp_dir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+// Key pairs for `names` as `mailroom node keygen` writes them: DIR/NAME.key and DIR/NAME.pub.
+void keygen(const temp_dir& dir, std::initializer_list<const char*> names) {
+    for (const char* n : names)
+        net::write_key_files(net::curve_keypair::generate(), n, dir / (std::string(n) + ".key"),
+                             dir / (std::string(n) + ".pub"));
+}
+
+}  // namespace
+
+TEST(node_process, a_curve_pair_across_processes_replies) {
+    temp_dir keys, server_allow;
+    keygen(keys, {"server", "client"});
+    fs::copy_file(keys / "client.pub", server_allow / "client.pub");
+    auto server = test::child_process::spawn({MAILROOM_NODE_CHILD, "--name", "server", "--listen", "tcp://127.0.0.1:0",
+                                              "--serve", "pricing", "--heartbeat", "100", "--secret-key",
+                                              keys / "server.key", "--allow-dir", server_allow.path.string()});
+    const std::string ep = server.wait_for_line("READY ", 30s).substr(6);
+    net::node_options o = fast();
+    o.security.secret_key_file = keys / "client.key";
+    o.security.allow_list_dir = keys.path;  // holds server.pub: found by the server's name
+    environment env{environment_options{.name = "client-env", .log = [](std::string_view) {}}};
+    net::node node{env, "client", o};
+    node.connect(ep, {.peer = "server"});
+    ASSERT_TRUE(node.wait_for_peer("server", 30s)) << "the child never came up";
+    std::vector<outgoing<quote_reply>> quotes;
+    for (int i = 0; i < 20; ++i)
+        quotes.push_back(request<quote_reply>(env, "server/pricing/quote", quote_request{"S" + std::to_string(i)},
+                                              {.timeout = 10s}));
+    for (auto& q : quotes) ASSERT_EQ(settle(q), request_state::replied) << q.reason();
+    server.signal(SIGTERM);
+    const std::string sec = server.wait_for_line("security server:", 30s);
+    EXPECT_NE(sec.find("CURVE, public key"), std::string::npos) << sec;
+    EXPECT_NE(sec.find("refused: unknown key 0"), std::string::npos) << sec;
+    EXPECT_EQ(sec.find("allowed 0,"), std::string::npos) << sec;
+    const auto st = server.wait(30s);
+    EXPECT_TRUE(st.exited && st.code == 0) << st.describe();
+}
+
+TEST(node_process, a_child_the_serving_node_does_not_allow_is_refused_counted_and_replied_nothing) {
+    // This process serves with CURVE and allows no one; one child dials with a key of its own
+    // (refused by ZAP), another with no keys at all (refused in the handshake).
+    temp_dir keys;
+    keygen(keys, {"server", "intruder"});
+    net::node_options o = fast();
+    o.security.secret_key_file = keys / "server.key";
+    std::mutex log_m;
+    std::vector<std::string> log_lines;
+    environment env{environment_options{.name = "server-env", .log = [&](std::string_view l) {
+                                            std::lock_guard g(log_m);
+                                            log_lines.emplace_back(l);
+                                        }}};
+    session s{env, session_options{.name = "echo"}};
+    auto echo = register_named(s, "echo", [](incoming& in) { in.reply<text_message>(in.as<text_message>()); });
+    net::node node{env, "server", o};
+    node.export_all();
+    const std::string ep = node.listen("tcp://127.0.0.1:0");
+    const std::string count = "5", timeout = "2000";
+    auto intruder = test::child_process::spawn({MAILROOM_NODE_CHILD, "--name", "intruder", "--connect", ep,
+                                                "--request", "echo", "--count", count, "--timeout", timeout,
+                                                "--heartbeat", "100", "--secret-key", keys / "intruder.key",
+                                                "--server-key", keys / "server.pub"});
+    auto open = test::child_process::spawn({MAILROOM_NODE_CHILD, "--name", "open", "--connect", ep, "--request",
+                                            "echo", "--count", count, "--timeout", timeout, "--heartbeat", "100"});
+    // Each child waits for a peer as long as its --timeout, gives up ("no peer came up", exit
+    // 1) and sends nothing. (How many refusals a child itself counted depends on how far its
+    // handshakes got before it stopped: tests/net/node_test.cpp checks the dialling side.)
+    for (auto* child : {&intruder, &open}) {
+        (void)child->wait_for_line("no peer came up", 30s);
+        (void)child->wait_for_line("security ", 30s);
+        const auto st = child->wait(30s);
+        EXPECT_TRUE(st.exited && st.code == 1) << st.describe();
+    }
+    // Counted here, on the serving side: the key refused by ZAP; the child without keys in the
+    // handshake (as a mechanism mismatch when this side read its greeting first, else as a
+    // failure without detail: it hung up on seeing CURVE).
+    auto refused_both = [&] {
+        const net::node_stats n = node.stats();
+        return n.zap.refused_unknown_key >= 1 && n.handshake_failed_mechanism + n.handshake_failed_other >= 1;
+    };
+    const auto counted_by = std::chrono::steady_clock::now() + 10s;
+    while (!refused_both() && std::chrono::steady_clock::now() < counted_by) std::this_thread::sleep_for(5ms);
+    EXPECT_TRUE(refused_both());
+    const net::node_stats ns = node.stats();
+    EXPECT_EQ(ns.zap.allowed_curve, 0u);
+    EXPECT_EQ(ns.peers_up, 0u);
+    EXPECT_EQ(ns.requests_served, 0u);
+    EXPECT_EQ(ns.frames_in.hello, 0u);
+    // The refusal is counted, then logged: wait (bounded) for the line.
+    auto named = [&] {
+        std::lock_guard g(log_m);
+        for (auto& l : log_lines)
+            if (l.find("is not in the allow-list") != std::string::npos && l.find("127.0.0.1") != std::string::npos)
+                return true;
+        return false;
+    };
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (!named() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
+    EXPECT_TRUE(named()) << "no ZAP refusal logged with the peer's address";
 }

@@ -380,6 +380,22 @@ TEST(security, curve_options_need_a_readable_secret_key_file) {
     EXPECT_EQ(sec.zap().null, null_access::refuse);
 }
 
+TEST(security, curve_options_take_the_secret_key_in_code_instead_of_a_file_but_not_both) {
+    temp_dir dir;
+    const curve_keypair keys = curve_keypair::generate();
+    endpoint_security sec({.mode = security_mode::curve, .secret_key = keys.secret_key});
+    EXPECT_EQ(sec.public_key(), keys.public_key);
+    EXPECT_THROW(endpoint_security({.mode = security_mode::curve, .secret_key = "not a key"}), security_error);
+    make_node_keys(dir, "srv");
+    try {
+        endpoint_security({.mode = security_mode::curve, .secret_key_file = dir / "srv.key", .secret_key = keys.secret_key});
+        ADD_FAILURE() << "both a secret key file and a secret key were taken";
+    } catch (const security_error& e) {
+        EXPECT_NE(std::string(e.what()).find("both"), std::string::npos) << e.what();
+        EXPECT_EQ(std::string(e.what()).find(keys.secret_key), std::string::npos) << "the message shows the secret";
+    }
+}
+
 TEST(security, apply_server_and_apply_client_set_the_curve_options) {
     temp_dir dir;
     curve_keypair srv = make_node_keys(dir, "srv");

@@ -1,7 +1,8 @@
 // `mailroom node --name N [--listen EP]... [--connect EP]... [--serve echo|pricing]...`: runs a
 // node in an environment until SIGINT/SIGTERM or --for, serving the built-in objects, logging
 // its peers, and printing its figures and the books at the end; with --request it is a client
-// that sends --count requests and says how each ended. `mailroom node keygen --out DIR --name
+// that sends --count requests and says how each ended. With --secret-key (and --allow-dir,
+// --server-key) it speaks CURVE; --allow-null-remote lets a node without keys use remote endpoints. `mailroom node keygen --out DIR --name
 // NAME [--force]`: a node's CURVE key pair as key files (NAME.key, the secret, mode 0600;
 // NAME.pub, the public key, mode 0644). See docs/nodes.md.
 
@@ -42,6 +43,7 @@ void print_usage(std::FILE* out) {
     std::fprintf(out,
                  "usage: mailroom node --name NAME [--listen EP]... [--connect EP]... [--serve echo|pricing]...\n"
                  "                     [--for SECONDS] [--heartbeat MS]\n"
+                 "                     [--secret-key FILE [--allow-dir DIR] [--server-key FILE]] [--allow-null-remote]\n"
                  "       mailroom node --name NAME --connect EP --request OBJECT [--count N] [--timeout MS]\n"
                  "       mailroom node keygen --out DIR --name NAME [--force]\n"
                  "\n"
@@ -58,6 +60,12 @@ void print_usage(std::FILE* out) {
                  "  --request OBJ   client: send --count requests (default 1) to OBJ on the first\n"
                  "                  peer up, each with --timeout MS (default 5000), print how many\n"
                  "                  ended replied, rejected and abandoned; exit 1 unless all replied\n"
+                 "Security (without --secret-key: no authentication nor encryption, local endpoints only):\n"
+                 "  --secret-key FILE  this node's secret key (NAME.key of keygen): CURVE on every endpoint\n"
+                 "  --allow-dir DIR    let in the nodes whose NAME.pub is in DIR, each as node NAME\n"
+                 "  --server-key FILE  the public key (NAME.pub) of the node(s) --connect dials\n"
+                 "  --allow-null-remote  without keys, allow remote endpoints anyway (anyone who reaches\n"
+                 "                  the port gets in, and everything crosses the network in clear)\n"
                  "On stopping it prints the node's figures and the environment's books.\n"
                  "Exit codes: 0 done, 1 failed (a listen, a request), 2 bad arguments.\n"
                  "\n"
@@ -180,6 +188,8 @@ struct runner_args {
     long count = 1;
     long timeout_ms = 5000;
     long heartbeat_ms = 1000;
+    std::string secret_key, allow_dir, server_key;
+    bool allow_null_remote = false;
 };
 
 bool parse_number(const char* s, double& out) {
@@ -237,6 +247,17 @@ int parse_runner(int argc, char** argv, runner_args& a) {
         } else if (arg == "--timeout") {
             if (!number(d)) return 2;
             a.timeout_ms = static_cast<long>(d);
+        } else if (arg == "--secret-key") {
+            if (!value()) return 2;
+            a.secret_key = v;
+        } else if (arg == "--allow-dir") {
+            if (!value()) return 2;
+            a.allow_dir = v;
+        } else if (arg == "--server-key") {
+            if (!value()) return 2;
+            a.server_key = v;
+        } else if (arg == "--allow-null-remote") {
+            a.allow_null_remote = true;
         } else if (arg == "--heartbeat") {
             if (!number(d) || d < 1) {
                 std::fprintf(stderr, "mailroom node: --heartbeat wants milliseconds >= 1\n");
@@ -250,6 +271,15 @@ int parse_runner(int argc, char** argv, runner_args& a) {
     }
     if (a.name.empty()) {
         std::fprintf(stderr, "mailroom node: --name NAME is needed (try: mailroom node --help)\n");
+        return 2;
+    }
+    if (a.secret_key.empty() && (!a.allow_dir.empty() || !a.server_key.empty())) {
+        std::fprintf(stderr, "mailroom node: --allow-dir and --server-key need --secret-key FILE\n");
+        return 2;
+    }
+    if (!a.secret_key.empty() && !a.connect.empty() && a.server_key.empty()) {
+        std::fprintf(stderr, "mailroom node: with --secret-key, --connect needs --server-key FILE (the public key "
+                             "of the node it dials)\n");
         return 2;
     }
     if (!a.request_object.empty() && a.connect.empty()) {
@@ -281,6 +311,13 @@ void print_report(const net::node& n, const environment& env) {
         ", peers up " + std::to_string(s.peers_up) + " suspect " + std::to_string(s.peers_suspect) + " down " +
         std::to_string(s.peers_down) + ", bytes in " + std::to_string(s.bytes_in) + " out " +
         std::to_string(s.bytes_out));
+    say("security " + n.name() + ": " + (n.public_key().empty() ? "none (NULL)" : "CURVE, public key " + n.public_key()) +
+        "; allowed " + std::to_string(s.zap.allowed_curve) + ", refused: unknown key " +
+        std::to_string(s.zap.refused_unknown_key) + ", other ZAP " +
+        std::to_string(s.zap.refused() - s.zap.refused_unknown_key) + ", wrong node in HELLO " +
+        std::to_string(s.hello_refused_wrong_node) + ", handshake failed: mechanism " +
+        std::to_string(s.handshake_failed_mechanism) + " protocol " + std::to_string(s.handshake_failed_protocol) +
+        " auth " + std::to_string(s.handshake_failed_auth) + " other " + std::to_string(s.handshake_failed_other));
     say("named: requests posted " + std::to_string(ns.requests_posted) + ", replied " +
         std::to_string(ns.requests_replied) + ", rejected " + std::to_string(ns.requests_rejected) +
         ", abandoned " + std::to_string(ns.requests_abandoned) + ", replies orphaned " +
@@ -317,6 +354,11 @@ int run_runner(const runner_args& a) {
     o.hello_timeout = std::chrono::milliseconds(std::max(200L, a.heartbeat_ms * 2));
     o.reconnect_min = std::chrono::milliseconds(std::max(10L, a.heartbeat_ms / 10));
     o.reconnect_max = std::chrono::milliseconds(std::max(100L, a.heartbeat_ms * 2));
+    o.security.secret_key_file = a.secret_key;
+    o.security.allow_list_dir = a.allow_dir;
+    o.security.allow_null_remote = a.allow_null_remote;
+    net::connect_options dial;
+    if (!a.server_key.empty()) dial.server_public_key = net::read_public_key_file(a.server_key);
     net::node n(env, a.name, std::move(o));
 
     std::mutex first_m;
@@ -350,7 +392,7 @@ int run_runner(const runner_args& a) {
     }
     std::vector<std::string> bound;
     for (const auto& ep : a.listen) bound.push_back(n.listen(ep));
-    for (const auto& ep : a.connect) n.connect(ep);
+    for (const auto& ep : a.connect) n.connect(ep, dial);
     std::string ready = "READY";
     for (const auto& ep : bound) ready += " " + ep;
     say(ready);

@@ -12,6 +12,7 @@
 #include <mailroom/mbox/mbox.hpp>
 #include <mailroom/named/named.hpp>
 #include <mailroom/net/codec.hpp>
+#include <mailroom/net/security.hpp>
 #include <mailroom/net_export.hpp>
 #include <mailroom/session/session.hpp>
 
@@ -92,10 +93,27 @@ struct node_options {
     send_overflow send_reaction = send_overflow::reject;
     /// send_overflow::block: the longest a sender waits for room (then it is refused).
     std::chrono::milliseconds send_block_timeout{1000};
+    /// Security (docs/nodes.md, "Security"). With a secret key (security.secret_key_file or
+    /// secret_key) the node speaks CURVE on every endpoint: it lets in only the nodes whose
+    /// public keys it allows (security.allow_list_dir, node::allow), each under its node name,
+    /// and dials only with the server's public key (connect_options). Without one, it speaks
+    /// NULL (no authentication, no encryption) and only on local endpoints (tcp:// loopback,
+    /// ipc://, inproc://) unless security.allow_null_remote; so does security.mode null.
+    security_options security{};
     /// Called on the I/O thread with each new socket (a `void*` ZeroMQ socket) before it binds
     /// or connects, and the endpoint: where security sets CURVE options. What it throws fails
     /// that listen() or connect() (or that reconnect attempt, logged).
     std::function<void(void* socket, socket_role role, std::string_view endpoint)> socket_options{};
+};
+
+/// How connect() reaches a node that speaks CURVE.
+struct connect_options {
+    /// The server's public key (Z85). When empty, the key of `peer` is used: `NAME.pub` of the
+    /// allow-list directory, else the key last allowed in code under that name (node::allow).
+    std::string server_public_key{};
+    /// The node expected at the endpoint: its HELLO must give this name, or it is refused
+    /// (hello_refused). When empty and the server's key is allowed under a name, that name.
+    std::string peer{};
 };
 
 /// A peer's state, as the failure detector sees it.
@@ -139,7 +157,20 @@ struct node_stats {
                   rejected_malformed = 0, rejected_undecodable_payload = 0;
     /// Frames other than HELLO from a connection that has not said HELLO (dropped).
     std::uint64_t frames_from_unknown = 0;
-    std::uint64_t hello_refused = 0;  ///< wrong version, duplicate or own name
+    std::uint64_t hello_refused = 0;  ///< wrong version, duplicate or own name, wrong node (below)
+    /// Of hello_refused: a name other than the one the peer's key is allowed under (CURVE), or
+    /// than the node expected at a connect() endpoint (connect_options::peer).
+    std::uint64_t hello_refused_wrong_node = 0;
+    /// Connections refused by the node's ZAP handler (CURVE), by reason: a key not allowed, a
+    /// malformed request, ... (zero without keys: a node without keys has no handler).
+    zap_stats zap{};
+    /// Connections whose ZeroMQ handshake failed on one of the node's sockets (seen through a
+    /// socket monitor): the peer's security mechanism is not the node's (a NULL client to a
+    /// CURVE node, which never reaches the ZAP handler); another protocol error (a CURVE client
+    /// with the wrong server key, a broken greeting); refused by a ZAP handler (this node's,
+    /// also in `zap`, or the server's when this node dialled); no detail from libzmq.
+    std::uint64_t handshake_failed_mechanism = 0, handshake_failed_protocol = 0, handshake_failed_auth = 0,
+                  handshake_failed_other = 0;
     std::uint64_t peers_up = 0, peers_suspect = 0, peers_down = 0;  ///< events
     /// Requests to other nodes: handed to the node, and how the node finished them (timeouts
     /// and cancels finish a request elsewhere: named_stats has every final state).
@@ -179,7 +210,9 @@ class MAILROOM_NET_EXPORT node {
 public:
     node() noexcept;
     /// Raises invalid_name_error for a bad name, usage_error without options.types or when
-    /// `env` has a node, environment_stopped_error when it is stopping.
+    /// `env` has a node, environment_stopped_error when it is stopping, key_file_error for a
+    /// secret key file or an allow-list directory that cannot be read, security_error for
+    /// security settings that do not fit together (an allow-list without a secret key).
     node(environment& env, std::string name, node_options options);
     node(node&&) noexcept;
     node& operator=(node&&) noexcept;
@@ -190,13 +223,26 @@ public:
 
     /// Binds `endpoint` (`tcp://host:port`, port 0 or `*` for any free one, `ipc://`,
     /// `inproc://`) and returns the endpoint bound (the port chosen). Blocks until the I/O
-    /// thread did it (bounded). Raises endpoint_error naming the node and the endpoint.
+    /// thread did it (bounded). Raises endpoint_error naming the node and the endpoint, and
+    /// security_error when the security settings refuse it (a remote endpoint without keys,
+    /// unless allow_null_remote).
     std::string listen(std::string_view endpoint);
     /// The endpoints bound so far.
     std::vector<std::string> endpoints() const;
     /// Dials `endpoint` and keeps dialling (with back-off) while it is down; the peer is known
-    /// once its HELLO came (peer_up). Raises endpoint_error for a malformed endpoint.
-    void connect(std::string_view endpoint);
+    /// once its HELLO came (peer_up). Raises endpoint_error for a malformed endpoint, and
+    /// security_error naming the node and the endpoint when the security settings refuse it: a
+    /// remote endpoint without keys (unless allow_null_remote), a CURVE node without the
+    /// server's key (options.server_public_key, or a `peer` whose key it knows), a server key
+    /// on a node without keys.
+    void connect(std::string_view endpoint, const connect_options& options = {});
+
+    /// Lets in the node `node_name` with CURVE public key `public_key` (Z85), beside the
+    /// allow-list directory, and remembers it as that node's key for connect(). Raises
+    /// security_error on a node without keys or for a bad key, invalid_name_error for a bad name.
+    void allow(std::string_view public_key, std::string_view node_name);
+    /// This node's CURVE public key (Z85); empty without keys.
+    const std::string& public_key() const noexcept;
 
     /// Serves the local named objects whose names match `pattern` (`*` matches any run of
     /// characters: "pricing/*"; "*" alone exports everything) to other nodes. Cumulative.

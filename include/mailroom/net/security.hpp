@@ -222,6 +222,9 @@ struct security_options {
     security_mode mode = security_mode::curve;
     /// This node's secret key file (CURVE; its public half is derived from it).
     std::filesystem::path secret_key_file{};
+    /// This node's secret key itself (Z85, 40 characters), for keys held in code rather than in
+    /// a file; give this or secret_key_file, not both.
+    std::string secret_key{};
     /// The public key files (`NAME.pub`) of the nodes allowed in (CURVE servers).
     std::filesystem::path allow_list_dir{};
     /// Allow NULL security on remote endpoints: anyone who reaches the port gets in, and every
@@ -234,8 +237,9 @@ struct security_options {
 /// Security settings made ready for sockets: the key read once, the policy checked per endpoint.
 class MAILROOM_NET_EXPORT endpoint_security final {
 public:
-    /// Reads the secret key file (CURVE), so that a bad file is reported before any socket is
-    /// made. Raises key_file_error, or security_error when CURVE is not available.
+    /// Reads the secret key file or takes secret_key (CURVE), so that a bad key is reported
+    /// before any socket is made. Raises key_file_error, or security_error when CURVE is not
+    /// available, when neither or both are given, or when secret_key is not a Z85 key.
     explicit endpoint_security(security_options options);
 
     /// Raises security_error naming `endpoint` when the options refuse it (NULL security on a
