@@ -550,12 +550,18 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
     const std::size_t slash = name.find('/');
     const std::string_view peer_name = name.substr(0, slash);
     const std::string_view target = name.substr(slash + 1);
-    peer_view view;
+    // What this send needs of the peer's view, copied under the lock (not its address: a string
+    // copy per message).
+    struct {
+        peer_state state;
+        std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
+        std::shared_ptr<internal::peer_queue> queue;
+    } view;
     {
         std::lock_guard g(view_lock_);
         auto it = views_.find(peer_name);
         if (it == views_.end()) return false;  // not a peer this node knows: the local `*` may have it
-        view = it->second;
+        view = {it->second.state, it->second.types, it->second.queue};
     }
     auto refuse = [&](request_state st, reject_reason why_code, const std::string& why) -> bool {
         if (r) {
@@ -610,7 +616,9 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
         }
         f.type = te->id;
         // The payload is encoded in place by the type's codec: the frame is whole when queued.
-        net::byte_buffer payload;
+        // Its buffer, like `encoded`, keeps its capacity from one send to the next.
+        thread_local net::byte_buffer payload;
+        payload.clear();
         te->encode_envelope(body.get(), payload);
         f.payload = payload;
         w.write(f);
