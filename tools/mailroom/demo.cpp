@@ -228,6 +228,10 @@ int run(const demo_options& options) {
     demo_metrics metrics;
     progress_printer printer(metrics, options.quiet);
     environment env(environment_settings());
+    // --nodes: the second process and the node that reaches it, first: if they do not come up,
+    // nothing else was started yet.
+    std::unique_ptr<remote_pricing> remote;
+    if (options.nodes) remote = std::make_unique<remote_pricing>(env, "/proc/self/exe");
 
     auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = pool_threads, .order = thread_pool::fifo::agent});
     auto quotes = make_named_mbox(env, "quotes");
@@ -236,9 +240,6 @@ int run(const demo_options& options) {
     const coop_handle churn_parent = register_churn_parent(env, metrics);
     flow_demo flow(env, pool, quotes, metrics);  // its chain's thread on a thread of its own
     const mbox feed_mbox = register_feed(env, pool, quotes, options.subscribers, metrics);
-    // --nodes: the second process and the node that reaches it, before the requesters start.
-    std::unique_ptr<remote_pricing> remote;
-    if (options.nodes) remote = std::make_unique<remote_pricing>(env, "/proc/self/exe");
     named_traffic requests(env, pool, quotes, metrics,
                            remote ? remote->target() : std::string());  // on a thread of its own
     io_demo io(env, pool);                               // its writer on a thread of its own
