@@ -30,7 +30,12 @@ public:
     /// "READY ..." line; returns what follows "READY ". Fails `workload` otherwise.
     std::string spawn_self(const char* workload, const std::vector<std::string>& args) {
         workload_ = workload;
-        std::vector<std::string> argv{"/proc/self/exe"};
+        // The program's own path, read before the fork: exec'ing "/proc/self/exe" itself would
+        // start valgrind's tool instead under `valgrind --trace-children=yes`.
+        std::string self = "/proc/self/exe";
+        char path[4096];
+        if (const ssize_t len = ::readlink("/proc/self/exe", path, sizeof path - 1); len > 0) self.assign(path, len);
+        std::vector<std::string> argv{self};
         argv.insert(argv.end(), args.begin(), args.end());
         std::vector<char*> cargv;
         for (auto& a : argv) cargv.push_back(a.data());

@@ -24,6 +24,61 @@ const char* to_string(decode_status s) noexcept {
 
 namespace detail {
 
+namespace {
+
+// The limits of one unpack: every element of an array takes at least one byte, every pair of a
+// map two, and a string, binary or extension no more than the payload, so capping the counts
+// by the payload's size bounds what the unpacker reserves by what the peer actually sent
+// (msgpack-c #1013).
+msgpack::unpack_limit limits_for(std::size_t n, const decode_limits& limits) {
+    return msgpack::unpack_limit(std::min(limits.max_array, n), std::min(limits.max_map, n / 2),
+                                 std::min(limits.max_str, n), std::min(limits.max_bin, n),
+                                 std::min(limits.max_ext, n), limits.max_depth);
+}
+
+}  // namespace
+
+decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_limits& limits,
+                                  void (*convert)(const msgpack::object& from, void* to), void* out) {
+    if (in.size() > limits.max_bytes)
+        return decode_result::failure(decode_status::limit_exceeded,
+                                      "payload of " + std::to_string(in.size()) + " bytes over the limit of " +
+                                          std::to_string(limits.max_bytes));
+    if (in.empty()) return decode_result::failure(decode_status::malformed, "empty payload");
+    // Every message a node receives is unpacked here: into a zone of this thread that keeps its
+    // first chunk between messages (cleared after each), instead of a new zone (an 8 KiB
+    // allocation) per message. The object lives only until it is converted.
+    thread_local msgpack::zone zone;
+    struct clear_after {
+        ~clear_after() { zone.clear(); }
+    } clear;
+    const std::size_t n = in.size();
+    std::size_t offset = 0;
+    msgpack::object obj;
+    try {
+        bool referenced = false;
+        obj = msgpack::unpack(zone, reinterpret_cast<const char*>(in.data()), n, offset, referenced, nullptr, nullptr,
+                              limits_for(n, limits));
+    } catch (const msgpack::size_overflow& e) {
+        return decode_result::failure(decode_status::limit_exceeded, e.what());
+    } catch (const msgpack::insufficient_bytes& e) {
+        return decode_result::failure(decode_status::malformed, std::string("cut short: ") + e.what());
+    } catch (const std::bad_alloc&) {
+        return decode_result::failure(decode_status::limit_exceeded, "out of memory while unpacking");
+    } catch (const std::exception& e) {
+        return decode_result::failure(decode_status::malformed, e.what());
+    }
+    if (offset != n)
+        return decode_result::failure(decode_status::trailing_bytes,
+                                      std::to_string(n - offset) + " bytes after the value");
+    try {
+        convert(obj, out);
+    } catch (const std::exception& e) {
+        return decode_result::failure(decode_status::type_mismatch, e.what());
+    }
+    return {};
+}
+
 decode_result msgpack_unpack(std::span<const std::byte> in, const decode_limits& limits,
                              msgpack::object_handle& out) {
     if (in.size() > limits.max_bytes)
@@ -31,16 +86,11 @@ decode_result msgpack_unpack(std::span<const std::byte> in, const decode_limits&
                                       "payload of " + std::to_string(in.size()) + " bytes over the limit of " +
                                           std::to_string(limits.max_bytes));
     if (in.empty()) return decode_result::failure(decode_status::malformed, "empty payload");
-    // Every element of an array takes at least one byte, every pair of a map two, and a string,
-    // binary or extension no more than the payload: capping the counts by the payload's size
-    // bounds what the unpacker reserves by what the peer actually sent (msgpack-c #1013).
     const std::size_t n = in.size();
-    const msgpack::unpack_limit limit(std::min(limits.max_array, n), std::min(limits.max_map, n / 2),
-                                      std::min(limits.max_str, n), std::min(limits.max_bin, n),
-                                      std::min(limits.max_ext, n), limits.max_depth);
     std::size_t offset = 0;
     try {
-        out = msgpack::unpack(reinterpret_cast<const char*>(in.data()), n, offset, nullptr, nullptr, limit);
+        out = msgpack::unpack(reinterpret_cast<const char*>(in.data()), n, offset, nullptr, nullptr,
+                              limits_for(n, limits));
     } catch (const msgpack::size_overflow& e) {
         return decode_result::failure(decode_status::limit_exceeded, e.what());
     } catch (const msgpack::insufficient_bytes& e) {
@@ -130,6 +180,13 @@ const type_entry* type_registry::find(wire_id id) const noexcept {
 
 const type_entry* type_registry::find(message_type type) const noexcept {
     if (!impl_ || !type.info()) return nullptr;
+    // Every message a node sends is looked up here: a registry of a few types is scanned by
+    // type_info address first (one compare each), which saves hashing a mangled type name; the
+    // same type seen through another type_info object (another shared library) falls through
+    // to the map.
+    if (impl_->order.size() <= 16)
+        for (const type_entry* e : impl_->order)
+            if (e->type.info() == type.info()) return e;
     auto it = impl_->by_type.find(std::type_index(*type.info()));
     return it == impl_->by_type.end() ? nullptr : it->second;
 }

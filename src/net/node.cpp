@@ -194,6 +194,12 @@ struct peer {
     // Its send queue: callers push (through peer_view), this thread drains. A new one per
     // incarnation; closed (everything handed back) when the peer is lost or the node stops.
     std::shared_ptr<internal::peer_queue> queue;
+    // What flush() drained from the queue and its socket did not take yet because the pipe was
+    // full (EAGAIN at the high-water mark): sent first, before anything more is drained, once
+    // the socket has room (the I/O thread polls it for POLLOUT meanwhile). One BATCH at most, so
+    // what waits outside the queue's bounds stays bounded; handed back with the queue.
+    internal::peer_batch held;
+    bool pipe_full = false;
 
     peer(internal::phi_accrual_options o) : detector(o) {}
 };
@@ -316,8 +322,10 @@ private:
     void on_request(peer& p, const frame& f);
     void on_send(peer& p, const frame& f);
     void on_answer(peer& p, const frame& f);
-    bool send_to_peer(peer& p, const std::byte* data, std::size_t n);
-    bool send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n);
+    // `full`: when given, a full pipe (EAGAIN) sets it and is not counted unreachable (the
+    // caller keeps the frame and tries again).
+    bool send_to_peer(peer& p, const std::byte* data, std::size_t n, bool* full = nullptr);
+    bool send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n, bool* full = nullptr);
     void send_hello(void* socket, const std::string* rid);
     void tick(clock::time_point now);
     void peer_now(peer& p, peer_state s);
@@ -410,7 +418,6 @@ private:
     std::unordered_map<std::string, std::vector<command>> waiting_;  // requests waiting for their peer
     internal::frame_decoder decoder_;
     net::byte_buffer out_;
-    internal::peer_batch batch_;  // reused by every drain
     std::uint64_t incarnations_ = 0;
     std::mt19937_64 random_{std::random_device{}()};
     clock::time_point next_heartbeat_{};
@@ -697,12 +704,18 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
     const std::size_t slash = name.find('/');
     const std::string_view peer_name = name.substr(0, slash);
     const std::string_view target = name.substr(slash + 1);
-    peer_view view;
+    // What this send needs of the peer's view, copied under the lock (not its address: a string
+    // copy per message).
+    struct {
+        peer_state state;
+        std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
+        std::shared_ptr<internal::peer_queue> queue;
+    } view;
     {
         std::lock_guard g(view_lock_);
         auto it = views_.find(peer_name);
         if (it == views_.end()) return false;  // not a peer this node knows: the local `*` may have it
-        view = it->second;
+        view = {it->second.state, it->second.types, it->second.queue};
     }
     auto refuse = [&](request_state st, reject_reason why_code, const std::string& why) -> bool {
         if (r) {
@@ -757,7 +770,9 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
         }
         f.type = te->id;
         // The payload is encoded in place by the type's codec: the frame is whole when queued.
-        net::byte_buffer payload;
+        // Its buffer, like `encoded`, keeps its capacity from one send to the next.
+        thread_local net::byte_buffer payload;
+        payload.clear();
         te->encode_envelope(body.get(), payload);
         f.payload = payload;
         w.write(f);
@@ -1018,13 +1033,19 @@ void node_core::run() noexcept {
         item_conn.clear();
         items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
         item_conn.push_back(nullptr);
+        // A socket whose pipe to a peer was full is polled for room too (POLLOUT), rather than
+        // tried again in a spin.
+        bool router_full = false;
+        for (auto& [pn, pp] : peers_)
+            if (pp->pipe_full && !pp->conn) router_full = true;
         if (router_) {
-            items.push_back({router_, 0, ZMQ_POLLIN, 0});
+            items.push_back({router_, 0, static_cast<short>(ZMQ_POLLIN | (router_full ? ZMQ_POLLOUT : 0)), 0});
             item_conn.push_back(nullptr);
         }
         for (auto& c : conns_)
             if (c->socket) {
-                items.push_back({c->socket, 0, ZMQ_POLLIN, 0});
+                const bool full = c->p && c->p->pipe_full;
+                items.push_back({c->socket, 0, static_cast<short>(ZMQ_POLLIN | (full ? ZMQ_POLLOUT : 0)), 0});
                 item_conn.push_back(c.get());
             }
         // Then the ZAP handler and the handshake monitors (item_conn: the DEALER's, if any).
@@ -1149,24 +1170,38 @@ void node_core::give_back(internal::outgoing_ptr m, const std::string& why) noex
 }
 
 void node_core::close_queue(peer& p, const std::string& why) noexcept {
-    if (p.queue) p.queue->close([&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
+    if (!p.queue) return;
+    // The held frames are older than the queued ones: handed back first.
+    p.pipe_full = false;
+    if (!p.held.empty()) p.queue->hand_back(p.held, [&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
+    p.queue->close([&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
 }
 
 bool node_core::flush(peer& p) {
     internal::peer_queue& q = *p.queue;
+    internal::peer_batch& batch = p.held;
     // A bounded number of ZeroMQ messages per turn, so that one busy peer does not starve the rest.
     for (int k = 0; k < 64; ++k) {
-        if (!q.drain(batch_)) break;
-        const auto bytes = batch_.bytes();
-        if (!send_to_peer(p, bytes.data(), bytes.size())) {
-            // EHOSTUNREACH (ROUTER_MANDATORY: the peer's connection is gone) or a full pipe:
-            // every frame of it goes back to its sender's requester (counted unreachable).
+        if (batch.empty() && !q.drain(batch)) break;
+        const auto bytes = batch.bytes();
+        bool full = false;
+        if (!send_to_peer(p, bytes.data(), bytes.size(), &full)) {
+            if (full) {
+                // The pipe is at its high-water mark: the receiver is slower than the senders.
+                // Keep the frames and wait for room; the queue fills meanwhile, and its
+                // reaction (drop, reject, block) tells the senders.
+                p.pipe_full = true;
+                return false;
+            }
+            // EHOSTUNREACH (ROUTER_MANDATORY: the peer's connection is gone): every frame of it
+            // goes back to its sender's requester (counted unreachable).
             const std::string why = "peer '" + p.name + "' unreachable (its socket refused the frame)";
-            q.hand_back(batch_, [&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
+            q.hand_back(batch, [&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
             continue;
         }
-        const bool packed = batch_.is_batch();
-        batch_.for_each([&](const internal::outgoing& m) {
+        p.pipe_full = false;
+        const bool packed = batch.is_batch();
+        batch.for_each([&](const internal::outgoing& m) {
             if (packed) bump(n_.out[static_cast<int>(m.kind())]);  // a lone frame was counted by send_raw
             if (!m.tag()) {
                 bump(n_.sends_out);
@@ -1180,7 +1215,7 @@ bool node_core::flush(peer& p) {
             internal::request_mark_transmitted(r);
             p.inflight.emplace(internal::request_id(r), peer::flight{r});
         });
-        q.sent(batch_);
+        q.sent(batch);
     }
     return q.queued() != 0;
 }
@@ -1283,15 +1318,15 @@ void node_core::handle(command& c) {
     }
 }
 
-bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n) {
-    if (rid && zmq_send(socket, rid->data(), rid->size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        bump(n_.unreachable);
+bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n, bool* full) {
+    auto refused = [&] {
+        if (full && zmq_errno() == EAGAIN) *full = true;
+        else bump(n_.unreachable);
         return false;
-    }
-    if (zmq_send(socket, data, n, ZMQ_DONTWAIT) < 0) {
-        bump(n_.unreachable);
-        return false;
-    }
+    };
+    // A ROUTER refuses a full pipe at the routing id (ROUTER_MANDATORY), before any part went.
+    if (rid && zmq_send(socket, rid->data(), rid->size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return refused();
+    if (zmq_send(socket, data, n, ZMQ_DONTWAIT) < 0) return refused();
     bump(n_.bytes_out, n);
     if (n >= internal::frame_header_bytes) {
         const auto k = static_cast<std::uint8_t>(data[3]);
@@ -1300,9 +1335,9 @@ bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* 
     return true;
 }
 
-bool node_core::send_to_peer(peer& p, const std::byte* data, std::size_t n) {
-    if (p.conn) return p.conn->socket && send_raw(p.conn->socket, nullptr, data, n);
-    return router_ && send_raw(router_, &p.rid, data, n);
+bool node_core::send_to_peer(peer& p, const std::byte* data, std::size_t n, bool* full) {
+    if (p.conn) return p.conn->socket && send_raw(p.conn->socket, nullptr, data, n, full);
+    return router_ && send_raw(router_, &p.rid, data, n, full);
 }
 
 void node_core::send_hello(void* socket, const std::string* rid) {

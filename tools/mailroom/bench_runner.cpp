@@ -57,9 +57,21 @@ struct workload_info {
     double target;  // DESIGN.md's mailroom target at scale 1; 0: none that a number can say
     const char* target_text;
     bool available;
+    // The workload's number in the program names and RESULT lines ("W9"), and the part the
+    // program is asked for (`--part a`, checked against the RESULT line's `part=`); nullptr: the
+    // id itself, no part.
+    const char* program = nullptr;
+    const char* part = nullptr;
+    // Peers that have no program for this part (W9c: CAF has no CURVE): shown as n/a, never run.
+    const char* not_available_for = nullptr;
+    // A target relative to the floor in the same run: met when the "vs floor" ratio (>1: mailroom
+    // better) is at least this (W9a: 0.8; W9b: 1 / 1.2). 0: none.
+    double floor_ratio_target = 0;
+
+    const char* program_id() const noexcept { return program ? program : id; }
 };
 
-constexpr std::array<workload_info, 13> workloads{{
+constexpr std::array<workload_info, 15> workloads{{
     {"W1", "ping-pong across two threads", "ping-pong, 2 threads", "ns_per_round_trip", "ns/round trip", false, 250,
      "<= 250", true},
     {"W2", "ping-pong of two agents on one thread", "ping-pong, 1 thread", "ns_per_round_trip", "ns/round trip", false,
@@ -74,8 +86,13 @@ constexpr std::array<workload_info, 13> workloads{{
      true},
     {"W8", "request/reply, named object, 2 threads", "named request", "ns_per_round_trip", "ns/round trip", false,
      400, "<= 400", true},
-    {"W9", "ZeroMQ tcp loopback, 2 processes", "ZeroMQ loopback", "M_msgs_per_s", "M msg/s", true, 0,
-     ">= 0.8 x raw ZeroMQ", false},
+    // W9's three parts are three rows, each a run of the same programs with `--part`.
+    {"W9a", "nodes over tcp loopback, one-way 64 B, pipelined", "nodes, one-way", "M_msgs_per_s", "M msg/s", true, 0,
+     ">= 0.8 x floor", true, "W9", "a", nullptr, 0.8},
+    {"W9b", "nodes over tcp loopback, request/reply", "nodes, round trip", "us_per_round_trip", "us/round trip", false,
+     0, "<= 1.2 x floor", true, "W9", "b", nullptr, 1 / 1.2},
+    {"W9c", "nodes over tcp loopback, one-way 64 B, CURVE", "nodes, CURVE", "M_msgs_per_s", "M msg/s", true, 1,
+     ">= 1", true, "W9", "c", "caf"},
     {"W10", "event loop, 1,000 socketpairs on 2 loops", "event loop", "round_trips_per_s", "round trips/s", true, 0,
      ">= 0.9 x raw epoll", true},
     {"W11", "job queue, 1M empty jobs, completion on the session", "job queue", "ns_per_job", "ns/job", false, 0,
@@ -205,13 +222,18 @@ std::optional<options> parse_options(int argc, char** argv) {
         } else if (a == "--verbose" || a == "-v") {
             o.verbose = true;
         } else if (a.size() >= 2 && (a[0] == 'W' || a[0] == 'w') && std::isdigit(static_cast<unsigned char>(a[1]))) {
+            // "W9" picks its three parts (W9a, W9b, W9c); "W9b" picks one.
             std::string id = "W" + a.substr(1);
-            auto it = std::find_if(workloads.begin(), workloads.end(), [&](auto& w) { return id == w.id; });
-            if (it == workloads.end()) {
-                std::fprintf(stderr, "mailroom bench: unknown workload '%s' (W1..W13)\n", a.c_str());
+            bool any = false;
+            for (const auto& w : workloads)
+                if (id == w.id || (w.program && id == w.program)) {
+                    o.selected.emplace_back(w.id);
+                    any = true;
+                }
+            if (!any) {
+                std::fprintf(stderr, "mailroom bench: unknown workload '%s' (W1..W13; W9a, W9b, W9c)\n", a.c_str());
                 return std::nullopt;
             }
-            o.selected.push_back(id);
         } else {
             std::fprintf(stderr, "mailroom bench: unknown argument '%s'\n", a.c_str());
             print_usage(stderr);
@@ -369,6 +391,7 @@ quiet_state wait_for_quiet(const options& o, const std::function<void(double)>& 
 
 struct run_record {
     std::string workload, system;
+    std::string program, part;  // the RESULT line's workload, and its part ("" for none)
     int rep = 0;
     bool ok = false;
     std::string failure;  // why not ok
@@ -388,7 +411,8 @@ bool parse_result(const std::string& line, run_record& r) {
         const auto eq = tok.find('=');
         if (eq != std::string::npos) kv[tok.substr(0, eq)] = tok.substr(eq + 1);
     }
-    if (!kv.count("value") || kv["workload"] != r.workload || kv["system"] != r.system) return false;
+    if (!kv.count("value") || kv["workload"] != r.program || kv["system"] != r.system) return false;
+    if (!r.part.empty() && kv["part"] != r.part) return false;
     r.value = std::strtod(kv["value"].c_str(), nullptr);
     r.unit = kv["unit"];
     for (auto& [k, v] : kv) {
@@ -426,7 +450,11 @@ void run_program(const options& o, const std::string& path, run_record& r, const
         ::dup2(fd[1], 2);
         ::close(fd[0]);
         ::close(fd[1]);
-        const char* args[] = {path.c_str(), "--scale", scale, "--reps", "1", nullptr};
+        const char* args[] = {path.c_str(), "--scale", scale, "--reps", "1", nullptr, nullptr, nullptr};
+        if (!r.part.empty()) {
+            args[5] = "--part";
+            args[6] = r.part.c_str();
+        }
         ::execv(path.c_str(), const_cast<char* const*>(args));
         std::fprintf(stderr, "exec %s: %s\n", path.c_str(), std::strerror(errno));
         std::_Exit(127);
@@ -713,6 +741,7 @@ void print_table(const run_context& c) {
         out.cells.push_back(target);
         out.cells.push_back(!r.target_met ? "-" : *r.target_met ? "yes" : "no");
         out.note = std::string(w.unit_text) + ", " + (w.higher_better ? "higher" : "lower") + " is better";
+        if (w.not_available_for) out.note += std::string(" (") + w.not_available_for + ": not available for this part)";
         rows.push_back(out);
     }
     std::vector<std::size_t> width(header.size());
@@ -1023,8 +1052,9 @@ int run_bench(int argc, char** argv) {
         workload_summary r;
         r.info = &w;
         r.selected = o.selected.empty() || std::find(o.selected.begin(), o.selected.end(), w.id) != o.selected.end();
-        auto pit = found->path.find(w.id);
+        auto pit = found->path.find(w.program_id());
         for (const auto& sname : o.systems) {
+            if (w.not_available_for && sname == w.not_available_for) continue;
             if (pit != found->path.end() && pit->second.count(sname)) {
                 r.sys[sname].present = true;
                 if (r.selected && w.available) planned += static_cast<std::size_t>(o.reps);
@@ -1039,7 +1069,7 @@ int run_bench(int argc, char** argv) {
         else if (r.selected && w.available && r.mailroom_not_built)
             // Not a failure: the others still run, and mailroom's cell says "not built".
             std::fprintf(stderr, "mailroom bench: %s: no mailroom program (bench_w%s_*) in %s; running the others\n",
-                         w.id, w.id + 1, found->dir.c_str());
+                         w.id, w.program_id() + 1, found->dir.c_str());
         r.target = w.target;
         if (w.target > 0 && o.scale != 1.0 && std::string(w.id) == "W5") {
             // skynet's time grows with the agent count: 10^depth leaves, depth = 6 + round(log10 scale).
@@ -1062,6 +1092,8 @@ int run_bench(int argc, char** argv) {
                 if (sit == r.sys.end() || !sit->second.present) continue;
                 run_record rec;
                 rec.workload = r.info->id;
+                rec.program = r.info->program_id();
+                rec.part = r.info->part ? r.info->part : "";
                 rec.system = sname;
                 rec.rep = rep;
                 char what[96];
@@ -1077,7 +1109,7 @@ int run_bench(int argc, char** argv) {
                     rec.quiet.loadavg = read_loadavg();
                 }
                 bar.status("running");
-                run_program(o, found->path[r.info->id][sname], rec, [&] { bar.tick(); });
+                run_program(o, found->path[r.info->program_id()][sname], rec, [&] { bar.tick(); });
                 ++c.total_runs;
                 auto& s = sit->second;
                 if (!rec.quiet.quiet) {
@@ -1123,6 +1155,8 @@ int run_bench(int argc, char** argv) {
                     if (auto v = ratio(*r.info, m->second, p->second)) r.vs[peer] = *v;
             if (r.target > 0 && !m->second.values.empty())
                 r.target_met = r.info->higher_better ? m->second.median >= r.target : m->second.median <= r.target;
+            else if (r.info->floor_ratio_target > 0 && r.vs.count("floor"))
+                r.target_met = r.vs.at("floor") >= r.info->floor_ratio_target * (1 - 1e-9);
         }
     }
 

@@ -18,6 +18,7 @@
 #include "demo_io.hpp"
 #include "demo_metrics.hpp"
 #include "demo_named.hpp"
+#include "demo_nodes.hpp"
 #include "demo_report.hpp"
 #include "demo_sessions.hpp"
 
@@ -29,6 +30,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -44,6 +46,7 @@ struct demo_options {
     int seconds = 10;
     int subscribers = 64;
     bool quiet = false;
+    bool nodes = false;  // the pricing object in a second process
 };
 
 constexpr std::size_t pool_threads = 2;
@@ -54,13 +57,16 @@ constexpr auto churn_period = 100ms;
 
 void print_usage(std::FILE* to) {
     std::fprintf(to,
-                 "usage: mailroom demo [--seconds N] [--subscribers N] [--quiet]\n"
+                 "usage: mailroom demo [--seconds N] [--subscribers N] [--quiet] [--nodes]\n"
                  "\n"
                  "Runs a quote feed through the whole library and checks the books at the end.\n"
                  "\n"
                  "  --seconds N       how long to run (default 10)\n"
                  "  --subscribers N   steady subscribers of the quote topic (default 64)\n"
                  "  --quiet           no progress line, only the final report\n"
+                 "  --nodes           also ask a pricing object in a second process: the demo starts\n"
+                 "                    'mailroom node --serve pricing' itself and reaches it over tcp\n"
+                 "                    loopback; the report counts those requests on both sides\n"
                  "  --help            this text\n"
                  "\n"
                  "Exit code 0 when every check of the final report passed, 1 otherwise, 2 on bad usage.\n");
@@ -84,6 +90,10 @@ std::variant<demo_options, int> parse_options(int argc, char** argv) {
         }
         if (arg == "--quiet" || arg == "-q") {
             o.quiet = true;
+            continue;
+        }
+        if (arg == "--nodes") {
+            o.nodes = true;
             continue;
         }
         int* target = arg == "--seconds" ? &o.seconds : arg == "--subscribers" ? &o.subscribers : nullptr;
@@ -218,6 +228,10 @@ int run(const demo_options& options) {
     demo_metrics metrics;
     progress_printer printer(metrics, options.quiet);
     environment env(environment_settings());
+    // --nodes: the second process and the node that reaches it, first: if they do not come up,
+    // nothing else was started yet.
+    std::unique_ptr<remote_pricing> remote;
+    if (options.nodes) remote = std::make_unique<remote_pricing>(env, "/proc/self/exe");
 
     auto pool = thread_pool::make_dispatcher(env, "pool", {.threads = pool_threads, .order = thread_pool::fifo::agent});
     auto quotes = make_named_mbox(env, "quotes");
@@ -226,7 +240,8 @@ int run(const demo_options& options) {
     const coop_handle churn_parent = register_churn_parent(env, metrics);
     flow_demo flow(env, pool, quotes, metrics);  // its chain's thread on a thread of its own
     const mbox feed_mbox = register_feed(env, pool, quotes, options.subscribers, metrics);
-    named_traffic requests(env, pool, quotes, metrics);  // on a thread of its own
+    named_traffic requests(env, pool, quotes, metrics,
+                           remote ? remote->target() : std::string());  // on a thread of its own
     io_demo io(env, pool);                               // its writer on a thread of its own
     register_reporter(env, feed_mbox, requests.control(), options.seconds, printer, metrics);
 
@@ -248,6 +263,7 @@ int run(const demo_options& options) {
     summary.io = io.report();
     const std::int64_t stop_requested = metrics.stop_requested_ns.load();
     summary.shutdown_ns = stop_requested > 0 ? joined - stop_requested : 0;
+    if (remote) summary.nodes = remote->finish();
     const demo_stats final_stats = snapshot_stats(env);
     return print_report(summary, final_stats, metrics, evaluate(summary, final_stats, metrics)) ? 0 : 1;
 }

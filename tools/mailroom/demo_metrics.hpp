@@ -152,6 +152,12 @@ struct demo_metrics {
     std::atomic<std::uint64_t> bad_replies{0};
     /// Set once every request issued was seen final, before the environment was asked to stop.
     std::atomic<bool> requests_drained{false};
+    /// `demo --nodes`: of the requests above, those to the pricing object of the second process
+    /// (a node's `pricing/quote`), by the final state the requester saw.
+    std::atomic<std::uint64_t> remote_issued{0};
+    std::atomic<std::uint64_t> remote_replied{0};
+    std::atomic<std::uint64_t> remote_rejected{0};
+    std::atomic<std::uint64_t> remote_abandoned{0};
     std::atomic<std::uint64_t> risk_registrations{0};
     std::atomic<std::uint64_t> risk_shut_down_by_thread{0};   ///< shutdown() from the registering thread
     std::atomic<std::uint64_t> risk_destroyed_by_handler{0};  ///< destroy() inside its own handler

@@ -1,5 +1,9 @@
 #include "demo_named.hpp"
 
+#if MAILROOM_TOOL_WITH_NET
+#include "node_types.hpp"
+#endif
+
 #include <mailroom/core/clock.hpp>
 
 #include <algorithm>
@@ -27,6 +31,9 @@ constexpr auto drain_limit = 10s;
 /// requesters ask at a fixed rate, and a machine slower than that (a sanitizer build) would
 /// otherwise queue requests without bound.
 constexpr std::uint64_t max_in_flight = 256;
+/// A request to the other process's pricing object gives up after this (its node is on
+/// loopback: a reply takes well under a millisecond).
+constexpr auto remote_timeout = 2s;
 
 // ---- messages ----
 
@@ -185,6 +192,31 @@ task check_then_price(environment& env, demo_metrics& m, symbol_id symbol, std::
     check_price(priced, symbol, m);
 }
 
+#if MAILROOM_TOOL_WITH_NET
+/// Asks the pricing object of the node in the second process (`demo --nodes`) and sees the
+/// answer in a callback on session `s`: a known symbol must come back with its price, an
+/// empty one is rejected there ("no symbol").
+void ask_remote_quote(environment& env, session& s, demo_metrics& m, const std::string& target, std::uint64_t pick) {
+    const std::string symbol = pick % 16 == 0 ? std::string() : std::string(symbols[pick % symbols.size()]);
+    tracked_request seen(m, seen_by::then);
+    m.remote_issued.fetch_add(1, std::memory_order_relaxed);
+    auto r = request<quote_reply>(env, target, quote_request{symbol}, send_options{.timeout = remote_timeout});
+    r.then(s, [seen = std::move(seen), &m, symbol](const outgoing<quote_reply>& done) mutable {
+        seen.settle(done);
+        switch (done.state()) {
+            case request_state::replied:
+                m.remote_replied.fetch_add(1, std::memory_order_relaxed);
+                if (symbol.empty() || done.reply().symbol != symbol || done.reply().price != price_of(symbol))
+                    m.bad_replies.fetch_add(1);
+                break;
+            case request_state::rejected: m.remote_rejected.fetch_add(1, std::memory_order_relaxed); break;
+            case request_state::abandoned: m.remote_abandoned.fetch_add(1, std::memory_order_relaxed); break;
+            default: break;  // counted unseen by settle()
+        }
+    });
+}
+#endif
+
 }  // namespace
 
 /// One registration of "risk": its handle, which its own handler and the thread both reach
@@ -205,7 +237,8 @@ struct risk_incarnation {
     }
 };
 
-named_traffic::named_traffic(environment& env, const dispatcher& pool, const mbox& quotes, demo_metrics& metrics)
+named_traffic::named_traffic(environment& env, const dispatcher& pool, const mbox& quotes, demo_metrics& metrics,
+                             std::string remote_quotes)
     : env_(env), metrics_(metrics), pricer_(env, {.name = "pricer", .bind = pool.bind()}),
       // The slow path blocks its thread: a thread of its own, not a pool worker.
       risk_desk_(env, {.name = "risk", .bind = one_thread::make_dispatcher(env, "risk").bind()}),
@@ -237,7 +270,7 @@ named_traffic::named_traffic(environment& env, const dispatcher& pool, const mbo
         requester_timer_[i] = requester_[i].add_timer(
             first, request_period,
             [&env, &m = metrics_, &self = requester_[i], rng = std::uint64_t{0x2545f4914f6cdd1d} * (i + 1),
-             ticks = std::uint64_t{0}]() mutable {
+             ticks = std::uint64_t{0}, remote = remote_quotes]() mutable {
                 if (in_flight(m) > max_in_flight) {
                     m.request_ticks_skipped.fetch_add(1, std::memory_order_relaxed);
                     return;
@@ -251,6 +284,11 @@ named_traffic::named_traffic(environment& env, const dispatcher& pool, const mbo
                 ask_risk(env, self, m, symbol, quantity);
                 if (ticks % 2 == 0) check_then_price(env, m, symbol, quantity, false);
                 if (ticks % slow_every == 0) check_then_price(env, m, symbol, quantity, true);
+#if MAILROOM_TOOL_WITH_NET
+                if (!remote.empty()) ask_remote_quote(env, self, m, remote, next_random(rng));
+#else
+                (void)remote;  // --nodes is refused without the net layer
+#endif
             });
     }
     thread_ = std::thread([this] { run(); });

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 
 namespace mailroom::tool {
@@ -30,7 +31,9 @@ struct risk_incarnation;
 ///   destroy() from inside its own handler, in turn — and registers it again 10..30 ms later,
 ///   so that requests find it, find no object, or go away queued;
 /// - requester sessions on the pool ask both every 2 ms, through then() and mailroom::task
-///   coroutines, and the thread itself asks through future() and wait().
+///   coroutines, and the thread itself asks through future() and wait();
+/// - with `demo --nodes`, each requester tick also asks the pricing object of a node in a
+///   second process for a quote (one in 16 for no symbol, which it rejects), through then().
 ///
 /// On stop_requests the requesters stop asking; once every request the demo issued reached a
 /// final state that its callback, coroutine or waiting thread saw, the thread destroys what it
@@ -38,7 +41,10 @@ struct risk_incarnation;
 /// queued would be dropped unseen.
 class named_traffic {
 public:
-    named_traffic(environment& env, const dispatcher& pool, const mbox& quotes, demo_metrics& metrics);
+    /// `remote_quotes`: "" or the name of a pricing object on another node ("peer/pricing/quote",
+    /// `demo --nodes`), which each requester tick then also asks for a quote.
+    named_traffic(environment& env, const dispatcher& pool, const mbox& quotes, demo_metrics& metrics,
+                  std::string remote_quotes = {});
     named_traffic(const named_traffic&) = delete;
     named_traffic& operator=(const named_traffic&) = delete;
     /// Joins the thread (which ends once stopped, or once the environment is stopping).

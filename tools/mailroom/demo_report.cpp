@@ -218,6 +218,28 @@ std::vector<check> evaluate(const run_summary& run, const demo_stats& s, const d
         {"no timer left pending", s.timers_pending == 0},
     };
     checks.insert(checks.end(), io_checks.begin(), io_checks.end());
+    if (const nodes_report& n = run.nodes; n.enabled) {
+        const std::uint64_t asked = m.remote_issued.load(), replied = m.remote_replied.load(),
+                            rejected = m.remote_rejected.load(), abandoned = m.remote_abandoned.load();
+        // Both sides count the same requests; one abandoned here (timed out) may still have been
+        // served there, so with abandonments the other side may count more, never fewer.
+        const bool same = abandoned == 0 ? n.child_served == asked && n.child_replied == replied &&
+                                               n.child_rejected == rejected && n.child_abandoned == 0
+                                         : n.child_served <= asked && n.child_replied >= replied &&
+                                               n.child_rejected >= rejected;
+        checks.push_back({"every request to " + n.target + " (a second process) was seen final here (" +
+                              format_count(asked) + "), some replied and some rejected there ('no symbol')",
+                          asked > 0 && replied + rejected + abandoned == asked && replied > 0 && rejected > 0});
+        checks.push_back({"the pricing node stopped on SIGTERM, exited 0 and printed balanced books, its requests "
+                          "posted = replied + rejected + abandoned (" +
+                              format_count(n.child_posted) + ")",
+                          n.child_exited_ok && n.child_parsed && n.child_books_balanced &&
+                              n.child_posted == n.child_replied + n.child_rejected + n.child_abandoned});
+        checks.push_back({"both sides counted the same requests: served there " + format_count(n.child_served) +
+                              ", asked here " + format_count(asked) + ", replied and rejected alike; no frame "
+                              "rejected, the peer never down",
+                          n.child_parsed && same && n.frames_rejected == 0 && n.peers_down == 0});
+    }
     return checks;
 }
 
@@ -366,6 +388,23 @@ void print_named(const run_summary& run, const demo_stats& s, const demo_metrics
         "too many in flight: that tick asked nothing");
 }
 
+void print_nodes(const run_summary& run, const demo_metrics& m) {
+    const nodes_report& n = run.nodes;
+    if (!n.enabled) return;
+    auto both = [](std::uint64_t here, std::uint64_t there) { return format_count(here) + " / " + format_count(there); };
+    row("nodes", "asked / served", both(m.remote_issued.load(), n.child_served),
+        ("here / in the second process, " + n.target).c_str());
+    row("", "replied", both(m.remote_replied.load(), n.child_replied));
+    row("", "rejected", both(m.remote_rejected.load(), n.child_rejected), "no symbol: one ask in 16");
+    row("", "abandoned", both(m.remote_abandoned.load(), n.child_abandoned), "timed out (2 s) or the peer lost");
+    row("", "this node's requests out", format_count(n.requests_out),
+        (format_count(n.requests_replied) + " replied, " + format_count(n.requests_rejected) + " rejected, " +
+         format_count(n.requests_abandoned) + " abandoned")
+            .c_str());
+    for (const std::string* line : {&n.child_node_line, &n.child_named_line, &n.child_books_line})
+        std::printf("  %s %s\n", left("", 13).c_str(), line->empty() ? "(a line of its report is missing)" : line->c_str());
+}
+
 void print_quotes(const run_summary& run, const demo_metrics& m) {
     const latency_snapshot latency = m.latency.snapshot();
     const std::uint64_t published = m.quotes_final.load();
@@ -395,6 +434,7 @@ bool print_report(const run_summary& run, const demo_stats& s, const demo_metric
     print_timers(s, m);
     print_sessions(s, m);
     print_named(run, s, m);
+    print_nodes(run, m);
     print_quotes(run, m);
     print_flow(run, m);
     print_io(run);

@@ -3,6 +3,7 @@
 
 #include "demo_io.hpp"
 #include "demo_metrics.hpp"
+#include "demo_nodes.hpp"
 
 #include <mailroom/agent/coop.hpp>
 #include <mailroom/env/environment.hpp>
@@ -75,6 +76,8 @@ struct run_summary {
     mchain_stats ticks{};
     /// The event loops, the job queue and the watchdog (demo_io.hpp), after join.
     io_report io{};
+    /// `--nodes`: both sides of the requests to the second process (enabled false otherwise).
+    nodes_report nodes{};
 };
 
 /// The checks a clean run passes, from the environment's final statistics (after join) and the

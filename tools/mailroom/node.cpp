@@ -33,6 +33,8 @@
 
 #include <pthread.h>
 #include <signal.h>
+
+#include "node_types.hpp"
 #endif
 
 namespace mailroom::tool {
@@ -148,37 +150,6 @@ int keygen(int argc, char** argv) {
 // ---- the node runner -------------------------------------------------------------------------
 
 #if MAILROOM_TOOL_WITH_NET
-
-// The wire types of the built-in services. A program that talks to `mailroom node` registers
-// the same structs under the same names (docs/nodes.md, "Running a node from the command line").
-struct text_message {
-    std::string text;
-    MSGPACK_DEFINE(text)
-};
-struct quote_request {
-    std::string symbol;
-    MSGPACK_DEFINE(symbol)
-};
-struct quote_reply {
-    std::string symbol;
-    double price = 0;
-    MSGPACK_DEFINE(symbol, price)
-};
-
-std::shared_ptr<const net::type_registry> node_types() {
-    auto r = std::make_shared<net::type_registry>();
-    net::register_type<text_message>(*r, "mailroom.text");
-    net::register_type<quote_request>(*r, "mailroom.quote_request");
-    net::register_type<quote_reply>(*r, "mailroom.quote");
-    return r;
-}
-
-// A made-up but stable price: the same symbol always gets the same quote.
-double price_of(const std::string& symbol) {
-    std::uint32_t h = 2166136261u;
-    for (unsigned char c : symbol) h = (h ^ c) * 16777619u;
-    return 10.0 + static_cast<double>(h % 99000) / 100.0;
-}
 
 struct runner_args {
     std::string name;

@@ -100,6 +100,12 @@ namespace detail {
 /// msgpack's default: pack with the type's MSGPACK_DEFINE or adaptor; unpack bounded.
 MAILROOM_NET_EXPORT decode_result msgpack_unpack(std::span<const std::byte> in, const decode_limits& limits,
                                                  msgpack::object_handle& out);
+/// The same, converted at once by `convert(object, out)` (whose exception is a type_mismatch):
+/// the unpacked object lives in a zone of the calling thread that is reused, so decoding a
+/// message allocates only what its `T` needs.
+MAILROOM_NET_EXPORT decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_limits& limits,
+                                                      void (*convert)(const msgpack::object& from, void* to),
+                                                      void* out);
 
 struct buffer_writer {
     byte_buffer& out;
@@ -138,15 +144,8 @@ struct codec {
         } else if constexpr (std::is_base_of_v<raw_bytes, T>) {
             return detail::raw_decode(in, static_cast<raw_bytes&>(out), limits);
         } else {
-            msgpack::object_handle h;
-            decode_result r = detail::msgpack_unpack(in, limits, h);
-            if (!r) return r;
-            try {
-                h.get().convert(out);
-            } catch (const std::exception& e) {
-                return decode_result::failure(decode_status::type_mismatch, e.what());
-            }
-            return r;
+            return detail::msgpack_unpack_into(
+                in, limits, [](const msgpack::object& from, void* to) { from.convert(*static_cast<T*>(to)); }, &out);
         }
     }
 };
