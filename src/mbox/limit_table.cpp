@@ -151,9 +151,29 @@ accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_
     }
     limit_slot& s = *sp;
     const std::uint32_t bytes = e->bytes();
-    const std::uint64_t n = s.queued.fetch_add(1, std::memory_order_relaxed) + 1;
-    const std::uint64_t b = s.queued_bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-    if (n <= limit_slot::messages_of(w) && b <= s.max_bytes.load(std::memory_order_relaxed)) [[likely]] {
+    // The counts go up only while they stay within the limit, so that `queued` never shows
+    // more than the limit to a reader, even for the instant a refused send would otherwise
+    // add itself and take itself out again.
+    const std::uint64_t max_n = limit_slot::messages_of(w);
+    std::uint64_t n = s.queued.load(std::memory_order_relaxed);
+    do {
+        if (n >= max_n) return over_limit(t, s, w, e, c);
+    } while (!s.queued.compare_exchange_weak(n, n + 1, std::memory_order_relaxed, std::memory_order_relaxed));
+    const std::uint64_t max_b = s.max_bytes.load(std::memory_order_relaxed);
+    bool fits = true;
+    if (max_b == ~std::uint64_t{0}) {
+        s.queued_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    } else {
+        std::uint64_t b = s.queued_bytes.load(std::memory_order_relaxed);
+        do {
+            if (b > max_b || bytes > max_b - b) {
+                fits = false;
+                break;
+            }
+        } while (!s.queued_bytes.compare_exchange_weak(b, b + bytes, std::memory_order_relaxed,
+                                                        std::memory_order_relaxed));
+    }
+    if (fits) [[likely]] {
         message_demand* d;
         try {
             d = message_demand::make(r.to, r.gen, r.key, e, timer, r.kind);
@@ -169,7 +189,6 @@ accept_result accept_limited(limit_table& t, const route& r, envelope* e, timer_
         return accept_result::queued;
     }
     s.queued.fetch_sub(1, std::memory_order_relaxed);
-    s.queued_bytes.fetch_sub(bytes, std::memory_order_relaxed);
     return over_limit(t, s, w, e, c);
 }
 

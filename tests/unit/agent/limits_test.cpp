@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <string>
 #include <thread>
@@ -592,6 +593,47 @@ TEST(limits_death, log_then_abort_calls_the_callback_with_the_message_then_abort
             std::this_thread::sleep_for(20s);
         },
         "overloaded by ping 42");
+}
+
+
+TEST_F(limits, a_full_limit_never_shows_more_waiting_than_its_bound_while_sends_are_refused) {
+    // Two threads keep sending to a blocked agent whose limit is full, so that nearly every
+    // send is refused, while this thread reads the limit's count: it must never exceed the
+    // limit, not even for the instant a refused send is being turned away.
+    probe* agent = nullptr;
+    mbox m = test::add_probe(env, [&](probe& p) {
+        agent = &p;
+        p.limit<ping>(4, limit_drop);
+        b.subscribe(p);
+        p.subscribe(p.direct_mbox(), [](const ping&) {});
+    });
+    ASSERT_TRUE(b.engage(m));
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> senders;
+    for (int t = 0; t < 2; ++t)
+        senders.emplace_back([&] {
+            for (int i = 0; i < 2'000'000 && !stop.load(std::memory_order_relaxed); ++i) send<ping>(m, i);
+        });
+    std::uint64_t most = 0, samples = 0;
+    const auto until = std::chrono::steady_clock::now() + 300ms;
+    while (std::chrono::steady_clock::now() < until) {
+        const auto ls = limit_stats_of(*agent);
+        const limit_stats* s = stats_for(ls, message_type_of<ping>());
+        ASSERT_NE(s, nullptr);
+        most = std::max(most, s->queued);
+        ++samples;
+    }
+    stop = true;
+    for (auto& th : senders) th.join();
+    EXPECT_LE(most, 4u) << "over " << samples << " samples";
+    const auto after = limit_stats_of(*agent);
+    const limit_stats* s = stats_for(after, message_type_of<ping>());
+    ASSERT_NE(s, nullptr);
+    EXPECT_EQ(s->queued, 4u);
+    EXPECT_GT(s->dropped, 0u);
+    b.release();
+    ASSERT_TRUE(stop_in_time());
+    expect_books_balance(env.stats());
 }
 
 }  // namespace
