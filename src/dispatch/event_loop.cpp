@@ -180,7 +180,7 @@ void event_loop::run() noexcept {
 event_loop_pool::loop_stats event_loop::loop_stats() const noexcept {
     event_loop_pool::loop_stats s;
     s.contexts = contexts.load(std::memory_order_relaxed);
-    const auto f = fds_.load(std::memory_order_relaxed);
+    const auto f = fds_.load(std::memory_order_acquire);  // after count_fd's release
     s.fds_watched = f > 0 ? static_cast<std::size_t>(f) : 0;
     s.fd_callbacks = callbacks_.load(std::memory_order_relaxed);
     s.cycles = cycles_.load(std::memory_order_relaxed);

@@ -70,7 +70,9 @@ public:
     /// The epoll set (epoll_ctl is safe from any thread).
     int epoll_fd() const noexcept { return epoll_; }
     /// Counts fds added to or removed from the epoll set (+1 / -1). Any thread.
-    void count_fd(int delta) noexcept { fds_.fetch_add(delta, std::memory_order_relaxed); }
+    /// Release: a reader that sees the count drop (loop_stats, acquire) also sees the epoll_ctl
+    /// that took the fd out, so it may close the fd at once.
+    void count_fd(int delta) noexcept { fds_.fetch_add(delta, std::memory_order_release); }
 
     std::size_t index() const noexcept { return index_; }
     std::atomic<std::size_t> contexts{0};
