@@ -226,21 +226,24 @@ TEST(delivery_filter, unsubscribing_ends_the_filter_and_a_new_subscription_start
     mbox topic = make_mpmc_mbox(env);
     witness w;
     std::atomic<int> got{0};
-    std::atomic<bool> ended{false};
+    std::atomic<bool> ended{false}, resubscribed{false};
     struct resubscribe {};
     mbox self = test::add_probe(env, [&](probe& p) {
         p.subscribe(topic, [&](const quote&) { ++got; });
         p.set_delivery_filter(topic, above(1000, w));
-        p.subscribe(p.direct_mbox(), [&p, &topic, &got, &w, &ended](const resubscribe&) {
+        p.subscribe(p.direct_mbox(), [&p, &topic, &got, &w, &ended, &resubscribed](const resubscribe&) {
             p.unsubscribe<quote>(topic);
             // The predicate is gone once unsubscribe returns, not when a sender drops a snapshot.
             ended = w.destroyed.load();
             p.subscribe(topic, [&](const quote&) { ++got; });
+            // Only now may the test publish: a quote sent between the two calls has no subscriber.
+            resubscribed = true;
         });
     });
     send<quote>(topic, 1);  // refused
     send<resubscribe>(self);
-    ASSERT_TRUE(test::wait_set(ended));
+    ASSERT_TRUE(test::wait_set(resubscribed));
+    EXPECT_TRUE(ended) << "the filter outlived unsubscribe";
     send<quote>(topic, 2);  // the new subscription has no filter
     ASSERT_TRUE(test::eventually([&] { return got == 1; }));
     EXPECT_EQ(w.calls, 1);
