@@ -82,7 +82,10 @@ TEST(teardown_watch, a_late_look_does_not_report_a_handler_that_started_just_bef
     // that holds the teardown) for longer than the deadline, as a watch starved of the CPU would
     // be, and a job starts just before the watch is let go. The job runs well under the
     // deadline: no report may name it, nor say it ran longer than it did.
-    constexpr auto deadline = 300ms;
+    // The quick job runs for 40% of the deadline: longer than the watch's tick (a quarter of the
+    // deadline), so it is looked at, and far enough under the deadline that a loaded machine
+    // (a sanitizer build under a parallel ctest) does not stretch its sleep past it.
+    constexpr auto deadline = 1000ms;
     std::mutex m;
     std::condition_variable cv;
     bool held = false, let_go = false;  // under m
@@ -111,7 +114,7 @@ TEST(teardown_watch, a_late_look_does_not_report_a_handler_that_started_just_bef
     auto quick = post_job(q, {.name = "quick"}, [&] {
         const auto t0 = std::chrono::steady_clock::now();
         quick_started = true;
-        std::this_thread::sleep_for(150ms);  // half the deadline: long enough to be looked at
+        std::this_thread::sleep_for(400ms);
         quick_ran_ns = std::chrono::nanoseconds(std::chrono::steady_clock::now() - t0).count();
         quick_done = true;
     });
