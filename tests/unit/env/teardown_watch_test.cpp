@@ -82,10 +82,7 @@ TEST(teardown_watch, a_late_look_does_not_report_a_handler_that_started_just_bef
     // that holds the teardown) for longer than the deadline, as a watch starved of the CPU would
     // be, and a job starts just before the watch is let go. The job runs well under the
     // deadline: no report may name it, nor say it ran longer than it did.
-    // The quick job runs for 40% of the deadline: longer than the watch's tick (a quarter of the
-    // deadline), so it is looked at, and far enough under the deadline that a loaded machine
-    // (a sanitizer build under a parallel ctest) does not stretch its sleep past it.
-    constexpr auto deadline = 1000ms;
+    constexpr auto deadline = 300ms;
     std::mutex m;
     std::condition_variable cv;
     bool held = false, let_go = false;  // under m
@@ -105,20 +102,26 @@ TEST(teardown_watch, a_late_look_does_not_report_a_handler_that_started_just_bef
     environment env(std::move(o));
     auto q = job_queue::make_job_queue(env, "disk", {.desired = 1, .watchdog = {.timeout = 0ns}});
     std::atomic<bool> release_holder{false}, release_first{false}, quick_started{false}, quick_done{false};
+    std::atomic<bool> holder_running{false};
     std::atomic<std::int64_t> quick_ran_ns{0};
     session holder(env, {.name = "holder"});
-    ASSERT_TRUE(holder.post([&] { test::eventually([&] { return release_holder.load(); }, patience); }));
+    ASSERT_TRUE(holder.post([&] {
+        holder_running = true;
+        test::eventually([&] { return release_holder.load(); }, patience);
+    }));
     holder.detach();  // the teardown is what waits for it
     auto first = post_job(q, {.name = "first"},
                           [&] { test::eventually([&] { return release_first.load(); }, patience); });
     auto quick = post_job(q, {.name = "quick"}, [&] {
         const auto t0 = std::chrono::steady_clock::now();
         quick_started = true;
-        std::this_thread::sleep_for(400ms);
+        std::this_thread::sleep_for(150ms);  // half the deadline: long enough to be looked at
         quick_ran_ns = std::chrono::nanoseconds(std::chrono::steady_clock::now() - t0).count();
         quick_done = true;
     });
-    ASSERT_TRUE(test::eventually([&] { return q.job_stats().running == 1; }));
+    // Both under way before the stop: a call still queued when the environment stops is
+    // discarded, never run, and the holder would never be reported.
+    ASSERT_TRUE(test::eventually([&] { return q.job_stats().running == 1 && holder_running.load(); }));
     env.stop();
     teardown_report r;
     std::thread joiner([&] { r = env.join(); });
