@@ -33,25 +33,45 @@ headers_of() {  # the public and internal headers of a layer, as they are includ
     (cd "$src/src/$l" 2>/dev/null && find . -name '*.hpp') || true; } | sed "s|^\./|mailroom/$l/|" | sort
 }
 
+# 1. Each header alone, LAYERING_JOBS compiles at a time (default 2): a file per check, and a
+#    .failed file beside it for each that did not compile, read once all are done.
+own_check() {  # <k> <layer> <view> <header>
+  printf '#include <%s>\nint main() {}\n' "$4" > "$scratch/own.$1.cpp"
+  if ! "$cxx" -std=c++20 -fsyntax-only "${extra[@]}" -I"$3" "$scratch/own.$1.cpp" 2> "$scratch/own.$1.err"; then
+    printf '%s\n%s\n' "$2" "$4" > "$scratch/own.$1.failed"
+  fi
+}
+own_jobs=${LAYERING_JOBS:-2}
+k=0
+for low in "${layers[@]}"; do
+  view=$build/layers/$low
+  [[ -d $view ]] || continue
+  while read -r h; do
+    k=$((k + 1))
+    own_check "$k" "$low" "$view" "$h" &
+    while (($(jobs -rp | wc -l) >= own_jobs)); do wait -n || true; done
+  done < <(headers_of "$low")
+done
+wait
+for f in "$scratch"/own.*.failed; do
+  [[ -e $f ]] || continue
+  { read -r low; read -r h; } < "$f"
+  fail "layer '$low': <$h> does not compile on its own against its layer's headers"
+  head -5 "${f%.failed}.err"
+done
+
 for ((i = 0; i < ${#layers[@]}; i++)); do
   low=${layers[$i]}
   view=$build/layers/$low
   [[ -d $view ]] || { fail "no folder of headers for layer '$low' ($view)"; continue; }
-  # 1. its own headers, each alone
-  while read -r h; do
-    printf '#include <%s>\nint main() {}\n' "$h" > "$scratch/own.cpp"
-    if ! "$cxx" -std=c++20 -fsyntax-only "${extra[@]}" -I"$view" "$scratch/own.cpp" 2> "$scratch/own.err"; then
-      fail "layer '$low': <$h> does not compile on its own against its layer's headers"
-      head -5 "$scratch/own.err"
-    fi
-  done < <(headers_of "$low")
   # 2. every higher layer's headers are out of reach
   for ((j = i + 1; j < ${#layers[@]}; j++)); do
     high=${layers[$j]}
     h=$(headers_of "$high" | head -n 1)
     [[ -n $h ]] || continue
     printf '#include <%s>\nint main() {}\n' "$h" > "$scratch/up.cpp"
-    if "$cxx" -std=c++20 -fsyntax-only "${extra[@]}" -I"$view" "$scratch/up.cpp" 2> "$scratch/up.err"; then
+    # (The preprocessor alone finds, or misses, the header: no need to compile.)
+    if "$cxx" -std=c++20 -E "${extra[@]}" -I"$view" "$scratch/up.cpp" > /dev/null 2> "$scratch/up.err"; then
       fail "layer '$low' can include <$h> of the higher layer '$high'"
     elif ! grep -q "$h: No such file" "$scratch/up.err"; then
       fail "layer '$low' including <$h>: refused, but not for want of the header:"
