@@ -36,29 +36,19 @@ msgpack::unpack_limit limits_for(std::size_t n, const decode_limits& limits) {
                                  std::min(limits.max_ext, n), limits.max_depth);
 }
 
-}  // namespace
-
-decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_limits& limits,
-                                  void (*convert)(const msgpack::object& from, void* to), void* out) {
+// The checks every unpack makes: the payload's size against the limit, then `unpack(data, n,
+// offset, limit)` with msgpack's exceptions mapped to a status, then no bytes after the value.
+template <class Unpack>
+decode_result bounded_unpack(std::span<const std::byte> in, const decode_limits& limits, Unpack&& unpack) {
     if (in.size() > limits.max_bytes)
         return decode_result::failure(decode_status::limit_exceeded,
                                       "payload of " + std::to_string(in.size()) + " bytes over the limit of " +
                                           std::to_string(limits.max_bytes));
     if (in.empty()) return decode_result::failure(decode_status::malformed, "empty payload");
-    // Every message a node receives is unpacked here: into a zone of this thread that keeps its
-    // first chunk between messages (cleared after each), instead of a new zone (an 8 KiB
-    // allocation) per message. The object lives only until it is converted.
-    thread_local msgpack::zone zone;
-    struct clear_after {
-        ~clear_after() { zone.clear(); }
-    } clear;
     const std::size_t n = in.size();
     std::size_t offset = 0;
-    msgpack::object obj;
     try {
-        bool referenced = false;
-        obj = msgpack::unpack(zone, reinterpret_cast<const char*>(in.data()), n, offset, referenced, nullptr, nullptr,
-                              limits_for(n, limits));
+        unpack(reinterpret_cast<const char*>(in.data()), n, offset, limits_for(n, limits));
     } catch (const msgpack::size_overflow& e) {
         return decode_result::failure(decode_status::limit_exceeded, e.what());
     } catch (const msgpack::insufficient_bytes& e) {
@@ -71,6 +61,27 @@ decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_li
     if (offset != n)
         return decode_result::failure(decode_status::trailing_bytes,
                                       std::to_string(n - offset) + " bytes after the value");
+    return {};
+}
+
+}  // namespace
+
+decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_limits& limits,
+                                  void (*convert)(const msgpack::object& from, void* to), void* out) {
+    // Every message a node receives is unpacked here: into a zone of this thread that keeps its
+    // first chunk between messages (cleared after each), instead of a new zone (an 8 KiB
+    // allocation) per message. The object lives only until it is converted.
+    thread_local msgpack::zone zone;
+    struct clear_after {
+        ~clear_after() { zone.clear(); }
+    } clear;
+    msgpack::object obj;
+    decode_result r = bounded_unpack(in, limits, [&](const char* data, std::size_t n, std::size_t& offset,
+                                                     const msgpack::unpack_limit& limit) {
+        bool referenced = false;
+        obj = msgpack::unpack(zone, data, n, offset, referenced, nullptr, nullptr, limit);
+    });
+    if (!r) return r;
     try {
         convert(obj, out);
     } catch (const std::exception& e) {
@@ -81,29 +92,10 @@ decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_li
 
 decode_result msgpack_unpack(std::span<const std::byte> in, const decode_limits& limits,
                              msgpack::object_handle& out) {
-    if (in.size() > limits.max_bytes)
-        return decode_result::failure(decode_status::limit_exceeded,
-                                      "payload of " + std::to_string(in.size()) + " bytes over the limit of " +
-                                          std::to_string(limits.max_bytes));
-    if (in.empty()) return decode_result::failure(decode_status::malformed, "empty payload");
-    const std::size_t n = in.size();
-    std::size_t offset = 0;
-    try {
-        out = msgpack::unpack(reinterpret_cast<const char*>(in.data()), n, offset, nullptr, nullptr,
-                              limits_for(n, limits));
-    } catch (const msgpack::size_overflow& e) {
-        return decode_result::failure(decode_status::limit_exceeded, e.what());
-    } catch (const msgpack::insufficient_bytes& e) {
-        return decode_result::failure(decode_status::malformed, std::string("cut short: ") + e.what());
-    } catch (const std::bad_alloc&) {
-        return decode_result::failure(decode_status::limit_exceeded, "out of memory while unpacking");
-    } catch (const std::exception& e) {
-        return decode_result::failure(decode_status::malformed, e.what());
-    }
-    if (offset != n)
-        return decode_result::failure(decode_status::trailing_bytes,
-                                      std::to_string(n - offset) + " bytes after the value");
-    return {};
+    return bounded_unpack(in, limits, [&](const char* data, std::size_t n, std::size_t& offset,
+                                          const msgpack::unpack_limit& limit) {
+        out = msgpack::unpack(data, n, offset, nullptr, nullptr, limit);
+    });
 }
 
 decode_result raw_decode(std::span<const std::byte> in, raw_bytes& out, const decode_limits& limits) {

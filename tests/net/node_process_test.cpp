@@ -11,6 +11,7 @@
 #include <mailroom/net/node.hpp>
 
 #include "support/process.hpp"
+#include "support/temp_dir.hpp"
 
 #include <gtest/gtest.h>
 
@@ -250,20 +251,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct temp_dir {
-    fs::path path;
-    temp_dir() {
-        std::string tmpl = (fs::temp_directory_path() / "mailroom-nodeproc-XXXXXX").string();
-        char* made = ::mkdtemp(tmpl.data());
-        if (made == nullptr) throw std::runtime_error("mkdtemp failed");
-        path = made;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using test::temp_dir;
 
 // Key pairs for `names` as `mailroom node keygen` writes them: DIR/NAME.key and DIR/NAME.pub.
 void keygen(const temp_dir& dir, std::initializer_list<const char*> names) {

@@ -9,6 +9,8 @@
 #include <mailroom/net/frame.hpp>
 #include <mailroom/net/node_test_access.hpp>
 
+#include "support/temp_dir.hpp"
+
 #include <gtest/gtest.h>
 #include <zmq.h>
 
@@ -743,19 +745,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct temp_dir {
-    fs::path path;
-    temp_dir() {
-        std::string tmpl = (fs::temp_directory_path() / "mailroom-node-XXXXXX").string();
-        char* made = ::mkdtemp(tmpl.data());
-        if (made == nullptr) throw std::runtime_error("mkdtemp failed");
-        path = made;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-};
+using test::temp_dir;
 
 net::node_options with_key(net::node_options o, const net::curve_keypair& k) {
     o.security.secret_key = k.secret_key;

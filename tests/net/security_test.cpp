@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "support/temp_dir.hpp"
+
 #include <zmq.h>
 
 #include <atomic>
@@ -30,21 +32,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A scratch directory, removed with what it holds.
-struct temp_dir {
-    fs::path path;
-    temp_dir() {
-        std::string tmpl = (fs::temp_directory_path() / "mailroom-sec-XXXXXX").string();
-        char* made = ::mkdtemp(tmpl.data());
-        if (made == nullptr) throw std::runtime_error("mkdtemp failed");
-        path = made;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    fs::path operator/(const std::string& name) const { return path / name; }
-};
+using test::temp_dir;
 
 void write_text(const fs::path& p, const std::string& text, mode_t mode = 0644) {
     {
