@@ -4,8 +4,8 @@
 // from a pipe with a bounded wait, and reaps it with a bounded wait (then SIGKILL). The server
 // is in the client's process group, so `mailroom bench`, which kills a program's group on a
 // timeout, leaves no server behind; it also dies with its client (PR_SET_PDEATHSIG).
-//
-// Include after harness.hpp.
+
+#include "harness.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -119,6 +119,20 @@ private:
     int out_ = -1;
     std::string buffer_;
 };
+
+/// W9's sizes for one part, the same for mailroom and its floor: parts a and c are pipelined
+/// one-way messages (M msg/s), part b round trips one at a time (microseconds each).
+struct w9_plan {
+    bool pipelined;
+    std::uint64_t n, warmup;
+    const char* unit;
+};
+inline w9_plan plan_w9(const options& o, const std::string& part) {
+    const bool pipelined = part != "b";
+    return {pipelined, pipelined ? o.scaled(1'000'000, 1000) : o.scaled(20'000, 100),
+            pipelined ? std::uint64_t{10'000} : std::uint64_t{1'000},
+            pipelined ? "M_msgs_per_s" : "us_per_round_trip"};
+}
 
 /// Runs `run(warmup)`, then times `run(n)`: M msg/s when `pipelined` (one-way messages), else
 /// microseconds per round trip.

@@ -223,9 +223,7 @@ int main(int argc, char** argv) {
     try {
         if (o.get("role", "client") == "server") return serve(part, o.get("client-key", ""));
 
-        const bool pipelined = part != "b";
-        const std::uint64_t n = pipelined ? o.scaled(1'000'000, 1000) : o.scaled(20'000, 100);
-        const std::uint64_t warmup = pipelined ? 10'000 : 1'000;
+        const auto [pipelined, n, warmup, unit] = bench::plan_w9(o, part);
         std::printf("W9 mailroom, two nodes over tcp loopback, two processes, %zu-byte payloads: %s, %llu messages "
                     "(+%llu warm-up)\n",
                     message_bytes,
@@ -233,7 +231,6 @@ int main(int argc, char** argv) {
                     : part == "b" ? "(b) request/reply, one at a time"
                                   : "(c) one-way to a named object, pipelined, CURVE",
                     static_cast<unsigned long long>(n), static_cast<unsigned long long>(warmup));
-        const char* unit = pipelined ? "M_msgs_per_s" : "us_per_round_trip";
         auto s = bench::repeat(o, unit, [&] {
             bench::server_process server;
             mailroom::net::curve_keypair keys;

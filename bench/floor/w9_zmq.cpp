@@ -173,9 +173,7 @@ int main(int argc, char** argv) {
     if (part != "a" && part != "b" && part != "c") bench::usage(argv[0], extras);
     if (o.get("role", "client") == "server") return serve(part);
 
-    const bool pipelined = part != "b";
-    const std::uint64_t n = pipelined ? o.scaled(1'000'000, 1000) : o.scaled(20'000, 100);
-    const std::uint64_t warmup = pipelined ? 10'000 : 1'000;
+    const auto [pipelined, n, warmup, unit] = bench::plan_w9(o, part);
     std::printf("W9 floor, raw ZeroMQ DEALER -> ROUTER over tcp loopback, two processes, %zu-byte messages: %s, "
                 "%llu messages (+%llu warm-up)\n",
                 message_bytes,
@@ -183,7 +181,6 @@ int main(int argc, char** argv) {
                 : part == "b" ? "(b) request/reply, one at a time"
                               : "(c) one-way, pipelined, CURVE",
                 static_cast<unsigned long long>(n), static_cast<unsigned long long>(warmup));
-    const char* unit = pipelined ? "M_msgs_per_s" : "us_per_round_trip";
     auto s = bench::repeat(o, unit, [&] {
         bench::server_process server;
         const std::string ready = server.spawn_self(workload, {"--role", "server", "--part", part});
