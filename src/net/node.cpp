@@ -310,6 +310,22 @@ private:
         } catch (...) {
         }
     }
+    // What peers send wrong, logged at most options_.log_lines_per_second of each kind per
+    // second (a flood of bad input must not become a flood of log lines); the rest are counted
+    // and summarised once the second is over (tick(), or the next line of the kind).
+    enum class log_kind : std::uint8_t {
+        rejected_message,    // did not decode
+        refused_hello,       // a HELLO refused
+        refused_connection,  // the ZAP handler, a failed handshake
+        refused_delivery,    // a request or message for a name not exported, absent, undecodable
+        failed_frame,        // handling a frame threw
+        count_
+    };
+    void log(log_kind k, const std::string& text) noexcept;
+    void flush_log_gates(clock::time_point now) noexcept;
+    // Under log_gates_lock_: the summary of gate `k`'s suppressed lines ("" if none), and a new
+    // window from `now`.
+    std::string close_window(std::size_t k, clock::time_point now) noexcept;
     static void answered(void* arg) noexcept;  // a served request is final
 
     // ---- the I/O thread ----
@@ -408,6 +424,18 @@ private:
     counters n_;
     std::array<std::atomic<std::uint64_t>, internal::frame_error_count> rejected_{};
 
+    // The log gates (log(log_kind, ...)): any thread, under their lock.
+    struct log_gate {
+        clock::time_point window_start{};
+        std::uint32_t written = 0;     // in this window
+        std::uint64_t suppressed = 0;  // in this window
+        std::string last;              // the last line suppressed
+    };
+    std::mutex log_gates_lock_;
+    std::array<log_gate, static_cast<std::size_t>(log_kind::count_)> log_gates_{};
+    std::atomic<bool> log_lines_pending_{false};  // a gate holds suppressed lines to summarise
+    std::atomic<std::uint64_t> log_lines_suppressed_{0};
+
     // The I/O thread's own.
     void* router_ = nullptr;
     void* router_monitor_ = nullptr;
@@ -486,7 +514,7 @@ void node_core::start() {
         if (!ctx) throw error(std::string("node '") + name_ + "': zmq_ctx_new failed: " + zmq_strerror(zmq_errno()));
         ctx_ = std::shared_ptr<void>(ctx, [](void* p) { zmq_ctx_term(p); });
         zap_options z = security_->zap();
-        z.log = [this](std::string_view line) { log(std::string(line)); };
+        z.log = [this](std::string_view line) { log(log_kind::refused_connection, std::string(line)); };
         zap_ = std::make_unique<zap_handler>(ctx, std::move(z));
         if (!so.allow_list_dir.empty()) zap_->allow_directory(so.allow_list_dir);
     } else {
@@ -694,6 +722,7 @@ node_stats node_core::stats() const {
     s.sends_dropped = ld(n_.sends_dropped);
     s.requests_refused_by_queue = ld(n_.requests_refused_by_queue);
     s.frames_handed_back = ld(n_.frames_handed_back);
+    s.log_lines_suppressed = log_lines_suppressed_.load(std::memory_order_relaxed);
     return s;
 }
 
@@ -981,7 +1010,7 @@ void node_core::on_monitor(void* monitor, const std::string& where) {
         } else {
             continue;
         }
-        log("a connection " + where + (endpoint.empty() ? std::string() : " (" + endpoint + ")") +
+        log(log_kind::refused_connection, "a connection " + where + (endpoint.empty() ? std::string() : " (" + endpoint + ")") +
             " failed its handshake: " + why);
     }
 }
@@ -1433,7 +1462,7 @@ void node_core::on_message(void* socket, connection* conn) {
     internal::frame_error fe = extra ? internal::frame_error::malformed : decoder_.decode({data, size});
     if (fe != internal::frame_error::none) {
         bump(rejected_[static_cast<std::size_t>(fe)]);
-        log("rejected a message from " + who + " (" + std::to_string(size) + " bytes): " + internal::to_string(fe) +
+        log(log_kind::rejected_message, "rejected a message from " + who + " (" + std::to_string(size) + " bytes): " + internal::to_string(fe) +
             (extra ? ": more than one part" : ": " + decoder_.detail()));
         zmq_msg_close(&msg);
         return;
@@ -1455,7 +1484,7 @@ void node_core::on_message(void* socket, connection* conn) {
         try {
             on_frame(*p, f);
         } catch (const std::exception& e) {
-            log("handling a " + std::string(internal::to_string(f.kind)) + " from peer '" + p->name + "': " + e.what());
+            log(log_kind::failed_frame, "handling a " + std::string(internal::to_string(f.kind)) + " from peer '" + p->name + "': " + e.what());
         }
     }
     zmq_msg_close(&msg);
@@ -1467,7 +1496,7 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
     const std::string where = addr.empty() ? (conn ? conn->endpoint : std::string("an unknown address")) : addr;
     auto refuse = [&](const std::string& why) {
         bump(n_.hello_refused);
-        log("refused the HELLO of '" + name + "' from " + where + ": " + why);
+        log(log_kind::refused_hello, "refused the HELLO of '" + name + "' from " + where + ": " + why);
         if (conn) {
             // Dial again later: the duplicate may be a stale entry the other side will drop.
             close_dealer(*conn);
@@ -1568,7 +1597,7 @@ void node_core::on_request(peer& p, const frame& f) {
     net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body);
     if (!d) {
         bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
-        log("request from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
+        log(log_kind::refused_delivery, "request from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
         return reject(reject_reason::undecodable_type, "node '" + name_ + "' could not decode it: " + d.reason);
     }
     // The requester's own timer decides when its request timed out; this copy's runs longer
@@ -1591,7 +1620,7 @@ void node_core::on_send(peer& p, const frame& f) {
     const std::string target(f.target);
     if (!valid_target(target) || !exported(target)) {
         bump(n_.served_refused);
-        log("one-way message from peer '" + p.name + "' to '" + target + "' refused: not exported");
+        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "' refused: not exported");
         return;
     }
     envelope_ref body;
@@ -1599,13 +1628,13 @@ void node_core::on_send(peer& p, const frame& f) {
     if (!d) {
         bump(n_.served_refused);
         bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
-        log("one-way message from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
+        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
         return;
     }
     if (internal::send_named_local(env_, target, body.release(), nullptr, p.name + "/" + std::string(f.source),
                                    std::string(f.reply_to)) != internal::local_send::delivered) {
         bump(n_.served_refused);
-        log("one-way message from peer '" + p.name + "' to '" + target + "': no such object");
+        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "': no such object");
     }
 }
 
@@ -1712,8 +1741,91 @@ void node_core::drop_peer(peer& p, const std::string& why) {
     p.served = 0;
 }
 
+namespace {
+
+const char* log_kind_text(int k) noexcept {
+    static constexpr const char* names[] = {"rejected messages", "refused HELLOs", "refused connections",
+                                            "refused deliveries", "frames that failed"};
+    return names[k];
+}
+
+}  // namespace
+
+std::string node_core::close_window(std::size_t k, clock::time_point now) noexcept {
+    log_gate& gate = log_gates_[k];
+    std::string summary;
+    if (gate.suppressed > 0) {
+        try {
+            summary = std::to_string(gate.suppressed) + " more log lines of " + log_kind_text(static_cast<int>(k)) +
+                      " were not written (over " + std::to_string(options_.log_lines_per_second) +
+                      " a second; counted in the node's stats); the last: " + gate.last;
+        } catch (...) {
+        }
+    }
+    // A new window from now: the next lines of the kind are written again.
+    gate.window_start = now;
+    gate.written = 0;
+    gate.suppressed = 0;
+    gate.last.clear();
+    return summary;
+}
+
+void node_core::log(log_kind k, const std::string& text) noexcept {
+    const std::uint32_t limit = options_.log_lines_per_second;
+    if (limit == 0) return log(text);
+    std::string summary;
+    bool write = false;
+    {
+        std::lock_guard g(log_gates_lock_);
+        log_gate& gate = log_gates_[static_cast<std::size_t>(k)];
+        const auto now = clock::now();
+        if (now - gate.window_start >= std::chrono::seconds(1)) {
+            summary = close_window(static_cast<std::size_t>(k), now);
+        }
+        if (gate.written < limit) {
+            ++gate.written;
+            write = true;
+        } else {
+            ++gate.suppressed;
+            log_lines_suppressed_.fetch_add(1, std::memory_order_relaxed);
+            log_lines_pending_.store(true, std::memory_order_relaxed);
+            try {
+                gate.last = text;
+            } catch (...) {
+            }
+        }
+    }
+    if (!summary.empty()) log(summary);
+    if (write) log(text);
+}
+
+void node_core::flush_log_gates(clock::time_point now) noexcept {
+    if (!log_lines_pending_.load(std::memory_order_relaxed)) return;
+    std::vector<std::string> summaries;
+    bool pending = false;
+    {
+        std::lock_guard g(log_gates_lock_);
+        for (std::size_t k = 0; k < log_gates_.size(); ++k) {
+            log_gate& gate = log_gates_[k];
+            if (gate.suppressed == 0) continue;
+            if (now - gate.window_start < std::chrono::seconds(1)) {
+                pending = true;
+                continue;
+            }
+            std::string line = close_window(k, now);
+            try {
+                if (!line.empty()) summaries.push_back(std::move(line));
+            } catch (...) {
+            }
+        }
+        log_lines_pending_.store(pending, std::memory_order_relaxed);
+    }
+    for (auto& line : summaries) log(line);
+}
+
 void node_core::tick(clock::time_point now) {
     ++ticks_;
+    flush_log_gates(now);
     const bool beat = now >= next_heartbeat_;
     if (beat) next_heartbeat_ = now + options_.heartbeat_interval;
     for (auto& [pn, pp] : peers_) {

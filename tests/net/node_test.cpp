@@ -16,6 +16,7 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -538,6 +539,71 @@ TEST(node, malformed_frames_from_a_raw_socket_are_rejected_counted_logged_and_th
     auto r = request<add_rep>(*f.client_env, "server/calc", add_req{5, 5}, {.timeout = 10s});
     ASSERT_EQ(settle(r), request_state::replied) << r.reason();
     EXPECT_EQ(r.reply().sum, 10);
+}
+
+// A raw socket that floods the server with `n` messages that do not decode, and the lines of
+// the server's log that say a message was rejected, once every message was counted.
+std::size_t flood_with_garbage(pair_fixture& f, int n) {
+    void* ctx = zmq_ctx_new();
+    void* raw = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    EXPECT_EQ(zmq_connect(raw, f.endpoint.c_str()), 0);
+    const char garbage[] = "not a frame at all";
+    for (int i = 0; i < n; ++i) zmq_send(raw, garbage, sizeof garbage, 0);
+    auto written = [&] {
+        std::lock_guard g(f.server_log.m);
+        return static_cast<std::size_t>(std::count_if(f.server_log.lines.begin(), f.server_log.lines.end(), [](auto& l) {
+            return l.find("rejected a message from") != std::string::npos && l.find("more log lines") == std::string::npos;
+        }));
+    };
+    // The count is bumped before the line is written or suppressed: wait for both.
+    EXPECT_TRUE(eventually([&] {
+        const auto s = f.server->stats();
+        return s.frames_rejected == static_cast<std::uint64_t>(n) &&
+               written() + s.log_lines_suppressed == static_cast<std::uint64_t>(n);
+    })) << f.server->stats().frames_rejected << " rejected, " << written() << " written";
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    return written();
+}
+
+TEST(node, a_flood_of_bad_messages_is_logged_a_few_lines_a_second_with_the_rest_counted_and_summarised) {
+    net::node_options o = fast();
+    o.log_lines_per_second = 5;
+    pair_fixture f("tcp://127.0.0.1:0", o);
+    ASSERT_TRUE(f.up());
+    const std::size_t written = flood_with_garbage(f, 200);
+    // Every message is counted; only a few lines a second are written (200 cross loopback in
+    // far less than a second, but a loaded machine may spread them over a few windows).
+    const std::uint64_t suppressed = f.server->stats().log_lines_suppressed;
+    EXPECT_GE(written, 5u);
+    EXPECT_LE(written, 25u) << "the log was not limited";
+    EXPECT_EQ(written + suppressed, 200u);
+    // Once a window is over, what it suppressed is said in summary lines: together, all of it.
+    auto summarised = [&] {
+        std::lock_guard g(f.server_log.m);
+        std::uint64_t sum = 0;
+        for (auto& l : f.server_log.lines)
+            if (auto at = l.find(" more log lines of rejected messages were not written"); at != std::string::npos) {
+                EXPECT_NE(l.find("the last: rejected a message from"), std::string::npos) << l;
+                sum += std::stoull(l.substr(l.rfind(' ', at - 1) + 1));
+            }
+        return sum;
+    };
+    EXPECT_TRUE(eventually([&] { return summarised() == suppressed; }, 5s)) << summarised() << " of " << suppressed;
+    // The node carries on: a request is served.
+    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{2, 3}, {.timeout = 10s});
+    ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+}
+
+TEST(node, with_no_log_limit_every_bad_message_is_logged) {
+    net::node_options o = fast();
+    o.log_lines_per_second = 0;
+    pair_fixture f("tcp://127.0.0.1:0", o);
+    ASSERT_TRUE(f.up());
+    EXPECT_EQ(flood_with_garbage(f, 50), 50u);
+    EXPECT_EQ(f.server->stats().log_lines_suppressed, 0u);
 }
 
 TEST(node, a_second_node_under_a_name_that_is_up_is_refused) {

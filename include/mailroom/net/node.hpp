@@ -100,6 +100,11 @@ struct node_options {
     /// NULL (no authentication, no encryption) and only on local endpoints (tcp:// loopback,
     /// ipc://, inproc://) unless security.allow_null_remote; so does security.mode null.
     security_options security{};
+    /// Log lines about what peers send wrong (rejected messages, refused HELLOs and connections,
+    /// refused or failing deliveries) are written at most this many per second of each kind; the
+    /// rest are counted (node_stats::log_lines_suppressed, besides their own counters) and said in
+    /// one summary line per kind and second. 0: no limit.
+    std::uint32_t log_lines_per_second = 10;
     /// Called on the I/O thread with each new socket (a `void*` ZeroMQ socket) before it binds
     /// or connects, and the endpoint: where security sets CURVE options. What it throws fails
     /// that listen() or connect() (or that reconnect attempt, logged).
@@ -195,6 +200,8 @@ struct node_stats {
     /// Frames handed back from a send queue unsent (peer lost, node stopped, socket refused):
     /// each request abandoned, each one-way message counted in sends_lost.
     std::uint64_t frames_handed_back = 0;
+    /// Log lines not written, over node_options::log_lines_per_second (each said in a summary).
+    std::uint64_t log_lines_suppressed = 0;
 };
 
 namespace internal_node {
