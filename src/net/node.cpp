@@ -142,7 +142,7 @@ struct counters {
     std::atomic<std::uint64_t> hello_refused_wrong_node{0}, handshake_failed_mechanism{0}, handshake_failed_protocol{0},
         handshake_failed_auth{0}, handshake_failed_other{0};
     std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0}, frames_from_unknown{0}, hello_refused{0}, peers_up{0},
-        peers_suspect{0}, peers_down{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
+        peers_suspect{0}, peers_down{0}, peers_forgotten{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
         requests_abandoned{0}, rej_reason[5]{}, replies_orphaned{0}, sends_out{0}, sends_lost{0},
         requests_served{0}, sends_served{0}, served_refused{0}, answers_lost{0}, unreachable{0}, sends_dropped{0},
         requests_refused_by_queue{0}, frames_handed_back{0};
@@ -183,6 +183,7 @@ struct peer {
     peer_state state = peer_state::up;
     internal::phi_accrual_detector detector;
     clock::time_point suspect_since{};
+    clock::time_point down_since{};  // when it went down (forget_down_peers_after)
     std::uint64_t hb_seq = 0;
     std::uint32_t served = 0;
     struct flight {
@@ -215,6 +216,7 @@ struct connection {
     clock::time_point deadline{};  // waiting_hello: the HELLO's; backoff: the next attempt
     internal::reconnect_backoff backoff_delay;
     peer* p = nullptr;
+    std::string peer_name;  // the name of the last peer that said HELLO on it
     connection(std::string e, internal::backoff_options o, std::function<std::uint64_t()> rnd)
         : endpoint(std::move(e)), backoff_delay(o, std::move(rnd)) {}
 };
@@ -344,6 +346,9 @@ private:
     bool send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n, bool* full = nullptr);
     void send_hello(void* socket, const std::string* rid);
     void tick(clock::time_point now);
+    // Lets go of what only waits for peers that may never come back: requests that waited for
+    // a down peer and became final meanwhile, and the peers forget_down_peers_after allows.
+    void forget_sweep(clock::time_point now);
     void peer_now(peer& p, peer_state s);
     void drop_peer(peer& p, const std::string& why);
     // The first dial (from connect()) throws what failed, the socket-options hook's own
@@ -450,6 +455,7 @@ private:
     std::mt19937_64 random_{std::random_device{}()};
     clock::time_point next_heartbeat_{};
     std::uint32_t ticks_ = 0;
+    clock::time_point next_sweep_{};  // forget_sweep()
 };
 
 // ---- the extension ----
@@ -703,6 +709,7 @@ node_stats node_core::stats() const {
     s.peers_up = ld(n_.peers_up);
     s.peers_suspect = ld(n_.peers_suspect);
     s.peers_down = ld(n_.peers_down);
+    s.peers_forgotten = ld(n_.peers_forgotten);
     s.requests_out = ld(n_.requests_out);
     s.requests_replied = ld(n_.requests_replied);
     s.requests_rejected = ld(n_.requests_rejected);
@@ -1545,6 +1552,7 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
     if (conn) {
         p->conn = conn;
         conn->p = p.get();
+        conn->peer_name = name;
         conn->state = connection::up;
         conn->backoff_delay.reset();
     } else {
@@ -1725,6 +1733,7 @@ void node_core::drop_peer(peer& p, const std::string& why) {
     close_queue(p, why);
     for (auto& [id, fl] : p.inflight) abandon(fl.req, why);
     p.inflight.clear();
+    p.down_since = clock::now();
     peer_now(p, peer_state::down);
     if (p.conn) {
         connection& c = *p.conn;
@@ -1823,9 +1832,39 @@ void node_core::flush_log_gates(clock::time_point now) noexcept {
     for (auto& line : summaries) log(line);
 }
 
+void node_core::forget_sweep(clock::time_point now) {
+    const auto forget = options_.forget_down_peers_after;
+    next_sweep_ = now + (forget.count() > 0 ? std::clamp<std::chrono::nanoseconds>(forget / 4, 10ms, 1s)
+                                            : std::chrono::nanoseconds(1s));
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+        std::erase_if(it->second, [](command& c) {
+            if (internal::request_get_state(c.req) < request_state::replied) return false;
+            internal::request_release(std::exchange(c.req, nullptr));  // timed out or cancelled
+            return true;
+        });
+        it = it->second.empty() ? waiting_.erase(it) : std::next(it);
+    }
+    if (forget.count() <= 0) return;
+    for (auto it = peers_.begin(); it != peers_.end();) {
+        peer& p = *it->second;
+        const bool dialled = std::any_of(conns_.begin(), conns_.end(), [&](const std::unique_ptr<connection>& c) {
+            return c->peer_name == p.name || c->expected_peer == p.name;
+        });
+        if (p.state != peer_state::down || now - p.down_since < forget || dialled || !p.inflight.empty() ||
+            waiting_.count(p.name)) {
+            ++it;
+            continue;
+        }
+        update_view(p, true);
+        bump(n_.peers_forgotten);
+        it = peers_.erase(it);
+    }
+}
+
 void node_core::tick(clock::time_point now) {
     ++ticks_;
     flush_log_gates(now);
+    if (now >= next_sweep_) forget_sweep(now);
     const bool beat = now >= next_heartbeat_;
     if (beat) next_heartbeat_ = now + options_.heartbeat_interval;
     for (auto& [pn, pp] : peers_) {

@@ -597,6 +597,62 @@ TEST(node, a_flood_of_bad_messages_is_logged_a_few_lines_a_second_with_the_rest_
     ASSERT_EQ(settle(r), request_state::replied) << r.reason();
 }
 
+net::peer_state state_of(const net::node& n, const std::string& name, bool& known) {
+    for (auto& p : n.peers())
+        if (p.name == name) {
+            known = true;
+            return p.state;
+        }
+    known = false;
+    return net::peer_state::down;
+}
+
+TEST(node, a_peer_that_dialled_in_and_stays_down_is_forgotten_once_no_request_waits_for_it) {
+    net::node_options so = fast();
+    so.forget_down_peers_after = 300ms;
+    net::node_options co = fast(true);
+    co.forget_down_peers_after = 300ms;
+    pair_fixture f("tcp://127.0.0.1:0", so, co);
+    ASSERT_TRUE(f.up());
+    // The client goes away: the server sees it down.
+    f.client.reset();
+    bool known = false;
+    ASSERT_TRUE(eventually([&] { return state_of(*f.server, "client", known) == net::peer_state::down && known; }));
+    // A request that waits for it keeps it known until it is final (its timeout).
+    auto waiting = request<add_rep>(*f.server_env, "client/calc", add_req{1, 2}, {.timeout = 1500ms, .wait_for_peer = true});
+    std::this_thread::sleep_for(400ms);  // past forget_down_peers_after, while the request waits
+    state_of(*f.server, "client", known);
+    EXPECT_TRUE(known) << "forgotten while a request waited for it";
+    EXPECT_EQ(settle(waiting), request_state::abandoned);
+    // Then it is forgotten: out of peers(), counted, and its name no longer a peer's.
+    EXPECT_TRUE(eventually([&] {
+        state_of(*f.server, "client", known);
+        return !known;
+    }, 5s)) << "still listed";
+    EXPECT_EQ(f.server->stats().peers_forgotten, 1u);
+    auto after = request<add_rep>(*f.server_env, "client/calc", add_req{1, 2}, {.timeout = 2s});
+    EXPECT_EQ(settle(after), request_state::rejected) << after.reason();
+    EXPECT_NE(after.reason().find("no object named 'client/calc'"), std::string::npos) << after.reason();
+}
+
+TEST(node, a_peer_this_node_dials_is_never_forgotten_while_it_is_down) {
+    net::node_options so = fast();
+    net::node_options co = fast(true);
+    co.forget_down_peers_after = 100ms;
+    pair_fixture f("tcp://127.0.0.1:0", so, co);
+    ASSERT_TRUE(f.up());
+    f.server.reset();  // the client dialled it, and keeps dialling
+    bool known = false;
+    ASSERT_TRUE(eventually([&] { return state_of(*f.client, "server", known) == net::peer_state::down && known; }));
+    std::this_thread::sleep_for(500ms);  // well past forget_down_peers_after
+    EXPECT_EQ(state_of(*f.client, "server", known), net::peer_state::down);
+    EXPECT_TRUE(known) << "a peer of a connect() was forgotten";
+    EXPECT_EQ(f.client->stats().peers_forgotten, 0u);
+    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{1, 2}, {.timeout = 2s});
+    EXPECT_EQ(settle(r), request_state::abandoned);
+    EXPECT_NE(r.reason().find("is down"), std::string::npos) << r.reason();
+}
+
 TEST(node, with_no_log_limit_every_bad_message_is_logged) {
     net::node_options o = fast();
     o.log_lines_per_second = 0;

@@ -75,6 +75,11 @@ struct node_options {
     std::chrono::milliseconds down_after{2000};
     /// How long a connection waits for the other node's HELLO before it dials again.
     std::chrono::milliseconds hello_timeout{2000};
+    /// A peer down this long that this node does not dial (it dialled in, and no connect() of
+    /// this node names it) and that no request waits for is forgotten: it leaves peers() and a
+    /// name addressed to it is no longer a peer's (so a node that many short-lived peers dial
+    /// keeps a bounded table). 0: never.
+    std::chrono::milliseconds forget_down_peers_after{std::chrono::minutes(5)};
     /// Reconnect back-off: from this (doubling, with full jitter) ...
     std::chrono::milliseconds reconnect_min{100};
     /// ... up to this.
@@ -177,6 +182,7 @@ struct node_stats {
     std::uint64_t handshake_failed_mechanism = 0, handshake_failed_protocol = 0, handshake_failed_auth = 0,
                   handshake_failed_other = 0;
     std::uint64_t peers_up = 0, peers_suspect = 0, peers_down = 0;  ///< events
+    std::uint64_t peers_forgotten = 0;  ///< down peers dropped from the table (forget_down_peers_after)
     /// Requests to other nodes: handed to the node, and how the node finished them (timeouts
     /// and cancels finish a request elsewhere: named_stats has every final state).
     std::uint64_t requests_out = 0, requests_replied = 0, requests_rejected = 0, requests_abandoned = 0;
