@@ -60,6 +60,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -139,7 +140,7 @@ void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch
 /// The node's counters: written by any thread (relaxed), read by stats().
 struct counters {
     std::atomic<std::uint64_t> in[8]{}, out[8]{};
-    std::atomic<std::uint64_t> hello_refused_wrong_node{0}, handshake_failed_mechanism{0}, handshake_failed_protocol{0},
+    std::atomic<std::uint64_t> hello_refused_wrong_node{0}, hello_refused_revoked{0}, handshake_failed_mechanism{0}, handshake_failed_protocol{0},
         handshake_failed_auth{0}, handshake_failed_other{0};
     std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0}, frames_from_unknown{0}, hello_refused{0}, peers_up{0},
         peers_suspect{0}, peers_down{0}, peers_forgotten{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
@@ -150,8 +151,8 @@ struct counters {
 
 /// Work handed to the I/O thread.
 struct command {
-    enum kind_t : std::uint8_t { frame_out, answer, listen, connect } kind = frame_out;
-    std::string peer;               // frame_out, answer: the peer's name
+    enum kind_t : std::uint8_t { frame_out, answer, listen, connect, revoke } kind = frame_out;
+    std::string peer;               // frame_out, answer, revoke: the peer's name
     std::vector<std::byte> bytes;   // frame_out, answer: a whole frame
     request_core* req = nullptr;    // frame_out of a REQUEST: a reference
     std::uint64_t req_id = 0;
@@ -160,7 +161,7 @@ struct command {
     std::string endpoint;           // listen, connect
     std::string server_key;         // connect (CURVE): the server's public key
     std::string expected_peer;      // connect: the name its HELLO must give ("" any)
-    std::shared_ptr<std::promise<std::string>> done;  // listen, connect
+    std::shared_ptr<std::promise<std::string>> done;  // listen, connect, revoke
 };
 
 /// What the callers' threads may see of a peer (the I/O thread keeps the rest).
@@ -261,6 +262,11 @@ public:
     }
     void connect(std::string_view endpoint, const connect_options& o);
     void allow(std::string_view public_key, std::string_view node_name);
+    void revoke(std::string_view node_name);
+    bool revoked(std::string_view node_name) const {
+        std::lock_guard g(zap_lock_);
+        return revoked_.count(node_name) != 0;
+    }
     const std::string& public_key() const noexcept { return security_ ? security_->public_key() : no_key_; }
     void export_objects(std::string pattern) {
         std::lock_guard g(exports_lock_);
@@ -404,6 +410,7 @@ private:
     std::unique_ptr<zap_handler> zap_;
     zap_stats zap_final_{};
     std::map<std::string, std::string, std::less<>> allowed_in_code_;  // node name -> last key (zap_lock_)
+    std::set<std::string, std::less<>> revoked_;                        // node::revoke, until allowed (zap_lock_)
 
     // The queue of work for the I/O thread.
     std::mutex queue_lock_;
@@ -643,6 +650,29 @@ void node_core::allow(std::string_view public_key, std::string_view node_name) {
     std::lock_guard g(zap_lock_);
     if (zap_) zap_->allow(public_key, node_name);
     allowed_in_code_[std::string(node_name)] = std::string(public_key);
+    if (auto it = revoked_.find(node_name); it != revoked_.end()) revoked_.erase(it);
+}
+
+void node_core::revoke(std::string_view node_name) {
+    if (!curve_)
+        throw security_error("node '" + name_ + "': revoke('" + std::string(node_name) +
+                             "'): this node has no keys (security.secret_key_file), so it lets no CURVE node in");
+    check_node_name(node_name);
+    {
+        std::lock_guard g(zap_lock_);
+        if (zap_) zap_->revoke_node(node_name);
+        allowed_in_code_.erase(std::string(node_name));
+        revoked_.emplace(node_name);
+    }
+    // The peer and the connections to it are the I/O thread's.
+    command c;
+    c.kind = command::revoke;
+    c.peer.assign(node_name);
+    c.done = std::make_shared<std::promise<std::string>>();
+    auto f = c.done->get_future();
+    if (!push(std::move(c))) return;  // stopped: nothing left to drop
+    if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+        throw error("node '" + name_ + "': revoke('" + std::string(node_name) + "'): no answer from the I/O thread in 10 s");
 }
 
 // listen() and connect(): done on the I/O thread (which owns the sockets), waited for here.
@@ -698,6 +728,7 @@ node_stats node_core::stats() const {
     s.frames_from_unknown = ld(n_.frames_from_unknown);
     s.hello_refused = ld(n_.hello_refused);
     s.hello_refused_wrong_node = ld(n_.hello_refused_wrong_node);
+    s.hello_refused_revoked = ld(n_.hello_refused_revoked);
     {
         std::lock_guard g(zap_lock_);
         s.zap = zap_ ? zap_->stats() : zap_final_;
@@ -1273,6 +1304,19 @@ void node_core::finish_all(const std::string& why) noexcept {
 
 void node_core::handle(command& c) {
     switch (c.kind) {
+        case command::revoke: {
+            if (auto it = peers_.find(c.peer); it != peers_.end() && it->second->state != peer_state::down) {
+                log("peer '" + c.peer + "' revoked: dropped");
+                drop_peer(*it->second, "peer '" + c.peer + "' revoked");
+            }
+            std::erase_if(conns_, [&](std::unique_ptr<connection>& k) {
+                if (k->peer_name != c.peer && k->expected_peer != c.peer) return false;
+                close_dealer(*k);
+                return true;
+            });
+            c.done->set_value(c.peer);
+            return;
+        }
         case command::listen: {
             try {
                 if (!router_) {
@@ -1519,6 +1563,10 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
         return refuse(e.what());
     }
     if (name == name_) return refuse("that is this node's own name");
+    if (curve_ && revoked(name)) {
+        bump(n_.hello_refused_revoked);
+        return refuse("node '" + name + "' is revoked");
+    }
     // A peer may not pretend to be another node: the name its key is allowed under (CURVE), or
     // the one expected where this node dialled, is the only one it may give.
     if (!conn && curve_ && (user_id == nullptr || name != user_id)) {
@@ -1970,6 +2018,10 @@ void node::connect(std::string_view endpoint, const connect_options& options) {
 void node::allow(std::string_view public_key, std::string_view node_name) {
     if (!core_) throw usage_error("node: allow() on an empty handle");
     core_->allow(public_key, node_name);
+}
+void node::revoke(std::string_view node_name) {
+    if (!core_) throw usage_error("node: revoke() on an empty handle");
+    core_->revoke(node_name);
 }
 const std::string& node::public_key() const noexcept {
     static const std::string none;

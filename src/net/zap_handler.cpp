@@ -277,6 +277,11 @@ bool zap_handler::revoke(std::string_view public_key) {
     return impl_->allowed.erase(std::string(public_key)) != 0;
 }
 
+std::size_t zap_handler::revoke_node(std::string_view node_name) {
+    std::lock_guard lock(impl_->mutex);
+    return std::erase_if(impl_->allowed, [&](const auto& kv) { return kv.second == node_name; });
+}
+
 std::optional<std::string> zap_handler::allowed_name(std::string_view public_key) const {
     std::lock_guard lock(impl_->mutex);
     auto it = impl_->allowed.find(std::string(public_key));

@@ -1085,6 +1085,94 @@ TEST(node_security, a_client_dialling_with_a_wrong_server_key_is_refused_in_the_
     EXPECT_TRUE(eventually([&] { return f.client->stats().handshake_failed_other >= 1; }));
 }
 
+TEST(node_security, a_revoked_client_is_dropped_at_once_refused_on_redial_and_let_in_again_by_allow) {
+    const auto sk = net::curve_keypair::generate();
+    const auto ck = net::curve_keypair::generate();
+    pair_fixture f("tcp://127.0.0.1:0", with_key(fast(), sk), with_key(fast(true), ck),
+                   {.server_public_key = sk.public_key});
+    f.server->allow(ck.public_key, "client");
+    ASSERT_TRUE(f.up());
+    f.server->revoke("client");
+    // Dropped at once: down when revoke() returns, not when the detector notices.
+    bool known = false;
+    EXPECT_EQ(state_of(*f.server, "client", known), net::peer_state::down);
+    EXPECT_TRUE(known);
+    // The client, no longer heard from the server, loses it and dials again: its key is refused.
+    ASSERT_TRUE(eventually([&] { return f.server->stats().zap.refused_unknown_key >= 1; }))
+        << "the revoked key was not refused on redial";
+    EXPECT_NE(state_of(*f.server, "client", known), net::peer_state::up);
+    EXPECT_FALSE(f.client->wait_for_peer("server", 300ms));
+    // Trusted again: the client's next dial gets in.
+    f.server->allow(ck.public_key, "client");
+    ASSERT_TRUE(f.up()) << "not let in again after allow()";
+    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{2, 3}, {.timeout = 10s});
+    ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+    EXPECT_TRUE(f.server_log.has("peer 'client' revoked"));
+}
+
+TEST(node_security, revoking_the_server_a_node_dials_abandons_its_requests_and_stops_the_dialling) {
+    const auto sk = net::curve_keypair::generate();
+    const auto ck = net::curve_keypair::generate();
+    pair_fixture f("tcp://127.0.0.1:0", with_key(fast(), sk), with_key(fast(true), ck),
+                   {.server_public_key = sk.public_key, .peer = "server"});
+    f.server->allow(ck.public_key, "client");
+    ASSERT_TRUE(f.up());
+    auto held = request<add_rep>(*f.client_env, "server/hold", add_req{}, {.timeout = 10s});
+    ASSERT_TRUE(eventually([&] { return f.held_count() == 1; }));
+    f.client->revoke("server");
+    EXPECT_EQ(settle(held, 2s), request_state::abandoned);
+    EXPECT_NE(held.reason().find("peer 'server' revoked"), std::string::npos) << held.reason();
+    // No more dialling: the server sees it gone and it never comes back.
+    ASSERT_TRUE(eventually([&] {
+        bool known = false;
+        return state_of(*f.server, "client", known) == net::peer_state::down;
+    }));
+    const auto hellos = f.server->stats().frames_in.hello;
+    std::this_thread::sleep_for(500ms);  // several reconnect back-offs (20-200 ms)
+    EXPECT_EQ(f.server->stats().frames_in.hello, hellos) << "the client kept dialling";
+    EXPECT_FALSE(f.client->wait_for_peer("server", 1ms));
+    // Misuse: a node without keys has nobody to revoke.
+    environment plain_env(environment_options{.name = "plain", .log = [](std::string_view) {}});
+    net::node plain(plain_env, "plain", fast());
+    EXPECT_THROW(plain.revoke("server"), net::security_error);
+    EXPECT_THROW(f.client->revoke("bad/name"), invalid_name_error);
+}
+
+TEST(node_security, a_revoked_node_saying_hello_again_on_its_old_connection_is_refused) {
+    // A hostile peer keeps its authenticated connection open and says HELLO again after it was
+    // dropped: the connection's ZAP verdict predates the revocation, the HELLO check does not.
+    const auto sk = net::curve_keypair::generate();
+    const auto ck = net::curve_keypair::generate();
+    log_sink log;
+    environment env(environment_options{.name = "s", .log = log.fn()});
+    net::node server(env, "server", with_key(fast(), sk));
+    server.allow(ck.public_key, "rogue");
+    const std::string ep = server.listen("tcp://127.0.0.1:0");
+    void* ctx = zmq_ctx_new();
+    void* raw = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(raw, ZMQ_CURVE_SERVERKEY, sk.public_key.c_str(), 40);
+    zmq_setsockopt(raw, ZMQ_CURVE_PUBLICKEY, ck.public_key.c_str(), 40);
+    zmq_setsockopt(raw, ZMQ_CURVE_SECRETKEY, ck.secret_key.c_str(), 40);
+    ASSERT_EQ(zmq_connect(raw, ep.c_str()), 0);
+    net::byte_buffer hello;
+    internal::frame h;
+    h.kind = internal::frame_kind::hello;
+    h.node = "rogue";
+    h.protocol_version = 1;
+    internal::frame_writer(hello).write(h);
+    zmq_send(raw, hello.data(), hello.size(), 0);
+    ASSERT_TRUE(server.wait_for_peer("rogue", 10s));
+    server.revoke("rogue");
+    zmq_send(raw, hello.data(), hello.size(), 0);
+    EXPECT_TRUE(eventually([&] { return server.stats().hello_refused_revoked == 1; }));
+    EXPECT_FALSE(server.wait_for_peer("rogue", 200ms));
+    EXPECT_TRUE(eventually([&] { return log.has("refused the HELLO of 'rogue'") && log.has("is revoked"); }));
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+}
+
 TEST(node_send_queue, a_full_pipe_keeps_the_frames_until_the_socket_has_room_and_loses_none) {
     // A high-water mark of one message on the client's socket: the pipe is full whenever the
     // I/O thread is a message ahead of libzmq's, which a burst of sends makes happen at once.

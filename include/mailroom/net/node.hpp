@@ -171,6 +171,8 @@ struct node_stats {
     /// Of hello_refused: a name other than the one the peer's key is allowed under (CURVE), or
     /// than the node expected at a connect() endpoint (connect_options::peer).
     std::uint64_t hello_refused_wrong_node = 0;
+    /// Of hello_refused: a node revoked (node::revoke) and not allowed again.
+    std::uint64_t hello_refused_revoked = 0;
     /// Connections refused by the node's ZAP handler (CURVE), by reason: a key not allowed, a
     /// malformed request, ... (zero without keys: a node without keys has no handler).
     zap_stats zap{};
@@ -254,6 +256,14 @@ public:
     /// allow-list directory, and remembers it as that node's key for connect(). Raises
     /// security_error on a node without keys or for a bad key, invalid_name_error for a bad name.
     void allow(std::string_view public_key, std::string_view node_name);
+    /// Stops trusting the node `node_name` on a running node: every key allowed under that name
+    /// (from the allow-list directory or allow()) is let in no more; if it is a peer now, it is
+    /// dropped at once as down (its requests in flight abandoned, "peer 'x' revoked"); a HELLO
+    /// under that name is refused from then on, even on a connection made before
+    /// (`hello_refused_revoked`); and this node's connect()s to it stop dialling. Returns once
+    /// done. allow() under that name trusts it again (then connect() to dial it). Raises
+    /// security_error on a node without keys, invalid_name_error for a bad name.
+    void revoke(std::string_view node_name);
     /// This node's CURVE public key (Z85); empty without keys.
     const std::string& public_key() const noexcept;
 

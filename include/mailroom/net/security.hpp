@@ -182,6 +182,8 @@ public:
     /// Stops letting `public_key` in (connections already made stay); whether it was allowed.
     /// Any thread.
     bool revoke(std::string_view public_key);
+    /// Stops letting in every key allowed as node `node_name`; how many there were. Any thread.
+    std::size_t revoke_node(std::string_view node_name);
     /// The node name `public_key` is allowed under, if it is. Any thread.
     std::optional<std::string> allowed_name(std::string_view public_key) const;
 
