@@ -57,6 +57,7 @@
 #include <future>
 #include <optional>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <random>
@@ -202,6 +203,11 @@ struct peer {
     // what waits outside the queue's bounds stays bounded; handed back with the queue.
     internal::peer_batch held;
     bool pipe_full = false;
+    // Answers (replies, rejects) and a heartbeat that met the full pipe: sent first, in order,
+    // once it has room (never counted unreachable for that). At most max_served_per_peer
+    // answers wait; one more is lost (answers_lost).
+    std::deque<std::vector<std::byte>> owed_answers;
+    bool owed_heartbeat = false;
 
     peer(internal::phi_accrual_options o) : detector(o) {}
 };
@@ -349,6 +355,11 @@ private:
     // `full`: when given, a full pipe (EAGAIN) sets it and is not counted unreachable (the
     // caller keeps the frame and tries again).
     bool send_to_peer(peer& p, const std::byte* data, std::size_t n, bool* full = nullptr);
+    // An answer to a served request, and a heartbeat: sent now, or owed until the full pipe has
+    // room (then sent first by flush(), via send_owed(): false while the pipe is still full).
+    void answer(peer& p, const std::byte* data, std::size_t n);
+    void heartbeat(peer& p);
+    bool send_owed(peer& p);
     bool send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n, bool* full = nullptr);
     void send_hello(void* socket, const std::string* rid);
     void tick(clock::time_point now);
@@ -1244,9 +1255,68 @@ void node_core::close_queue(peer& p, const std::string& why) noexcept {
     p.queue->close([&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
 }
 
+void node_core::answer(peer& p, const std::byte* data, std::size_t n) {
+    if (p.owed_answers.empty()) {
+        bool full = false;
+        if (send_to_peer(p, data, n, &full)) return;
+        if (!full) {
+            bump(n_.answers_lost);  // unreachable (counted there too)
+            return;
+        }
+        p.pipe_full = true;
+    }
+    if (p.owed_answers.size() >= options_.max_served_per_peer) {
+        bump(n_.answers_lost);
+        return;
+    }
+    try {
+        p.owed_answers.emplace_back(data, data + n);
+    } catch (...) {
+        bump(n_.answers_lost);
+    }
+}
+
+void node_core::heartbeat(peer& p) {
+    frame f;
+    f.kind = frame_kind::heartbeat;
+    f.sequence = ++p.hb_seq;
+    out_.clear();
+    internal::frame_writer(out_).write(f);
+    bool full = false;
+    p.owed_heartbeat = false;
+    if (!send_to_peer(p, out_.data(), out_.size(), &full) && full) {
+        p.owed_heartbeat = true;
+        p.pipe_full = true;
+    }
+}
+
+bool node_core::send_owed(peer& p) {
+    if (p.owed_heartbeat) {
+        heartbeat(p);
+        if (p.owed_heartbeat) return false;
+    }
+    while (!p.owed_answers.empty()) {
+        const auto& b = p.owed_answers.front();
+        bool full = false;
+        if (!send_to_peer(p, b.data(), b.size(), &full)) {
+            if (full) {
+                p.pipe_full = true;
+                return false;
+            }
+            bump(n_.answers_lost, p.owed_answers.size());  // unreachable: none of them can go
+            p.owed_answers.clear();
+            return true;
+        }
+        p.owed_answers.pop_front();
+    }
+    return true;
+}
+
 bool node_core::flush(peer& p) {
     internal::peer_queue& q = *p.queue;
     internal::peer_batch& batch = p.held;
+    // What met the full pipe before goes first.
+    if (!send_owed(p)) return false;
     // A bounded number of ZeroMQ messages per turn, so that one busy peer does not starve the rest.
     for (int k = 0; k < 64; ++k) {
         if (batch.empty() && !q.drain(batch)) break;
@@ -1367,7 +1437,7 @@ void node_core::handle(command& c) {
             }
             peer& p = *it->second;
             if (p.served) --p.served;
-            if (!send_to_peer(p, c.bytes.data(), c.bytes.size())) bump(n_.answers_lost);
+            answer(p, c.bytes.data(), c.bytes.size());
             return;
         }
         case command::frame_out: {
@@ -1641,7 +1711,7 @@ void node_core::on_request(peer& p, const frame& f) {
         r.text = text.size() > 1024 ? std::string_view(text).substr(0, 1024) : std::string_view(text);
         out_.clear();
         internal::frame_writer(out_).write(r);
-        if (!send_to_peer(p, out_.data(), out_.size())) bump(n_.answers_lost);
+        answer(p, out_.data(), out_.size());
     };
     const std::string target(f.target);
     if (!valid_target(target) || !exported(target))
@@ -1779,6 +1849,9 @@ void node_core::peer_now(peer& p, peer_state s) {
 
 void node_core::drop_peer(peer& p, const std::string& why) {
     close_queue(p, why);
+    bump(n_.answers_lost, p.owed_answers.size());
+    p.owed_answers.clear();
+    p.owed_heartbeat = false;
     for (auto& [id, fl] : p.inflight) abandon(fl.req, why);
     p.inflight.clear();
     p.down_since = clock::now();
@@ -1918,14 +1991,7 @@ void node_core::tick(clock::time_point now) {
     for (auto& [pn, pp] : peers_) {
         peer& p = *pp;
         if (p.state == peer_state::down) continue;
-        if (beat) {
-            frame f;
-            f.kind = frame_kind::heartbeat;
-            f.sequence = ++p.hb_seq;
-            out_.clear();
-            internal::frame_writer(out_).write(f);
-            send_to_peer(p, out_.data(), out_.size());
-        }
+        if (beat && !p.owed_heartbeat) heartbeat(p);
         const bool ok = p.detector.available();
         if (p.state == peer_state::up && !ok) {
             p.suspect_since = now;

@@ -1195,8 +1195,42 @@ TEST(node_send_queue, a_full_pipe_keeps_the_frames_until_the_socket_has_room_and
     for (int i = 0; i < n; ++i) send_to(*f.client_env, "server/sink", note{std::string(200, 'x')});
     EXPECT_TRUE(eventually([&] { return f.notes.load() == n; }, 60s)) << f.notes.load() << " of " << n;
     const auto s = f.client->stats();
-    // (`unreachable` may count a heartbeat that met the full pipe: heartbeats do not wait.)
+    // A heartbeat that met the full pipe waited for room too: nothing was refused.
+    EXPECT_EQ(s.unreachable, 0u);
     EXPECT_EQ(s.sends_lost, 0u);
     EXPECT_EQ(s.frames_handed_back, 0u);
     EXPECT_EQ(s.sends_out, static_cast<std::uint64_t>(n));
+}
+
+TEST(node_send_queue, answers_that_meet_a_full_pipe_wait_for_room_and_every_request_is_replied) {
+    // The serving side's socket holds one message: a burst of requests makes its answers meet
+    // a full pipe, and they must wait for room (in order), not be counted lost or unreachable.
+    net::node_options server = fast();
+    server.acceptable_heartbeat_pause = 10s;
+    server.down_after = 10s;
+    server.socket_options = [](void* s, net::socket_role, std::string_view) {
+        const int one = 1;
+        zmq_setsockopt(s, ZMQ_SNDHWM, &one, sizeof one);
+    };
+    net::node_options client = fast(true);
+    client.acceptable_heartbeat_pause = 10s;
+    client.down_after = 10s;
+    pair_fixture f("tcp://127.0.0.1:0", server, client);
+    ASSERT_TRUE(f.up());
+    constexpr int n = 3'000;
+    std::vector<outgoing<add_rep>> rs;
+    rs.reserve(n);
+    for (int i = 0; i < n; ++i) rs.push_back(request<add_rep>(*f.client_env, "server/calc", add_req{i, 1}, {.timeout = 60s}));
+    // And rejects: a name the server does not export is answered the same way.
+    std::vector<outgoing<add_rep>> refused;
+    for (int i = 0; i < 200; ++i)
+        refused.push_back(request<add_rep>(*f.client_env, "server/nothing", add_req{i, 1}, {.timeout = 60s}));
+    for (int i = 0; i < n; ++i) {
+        ASSERT_EQ(settle(rs[i], 60s), request_state::replied) << i << ": " << rs[i].reason();
+        ASSERT_EQ(rs[i].reply().sum, i + 1);
+    }
+    for (auto& r : refused) ASSERT_EQ(settle(r, 60s), request_state::rejected) << r.reason();
+    const auto s = f.server->stats();
+    EXPECT_EQ(s.answers_lost, 0u);
+    EXPECT_EQ(s.unreachable, 0u);
 }
