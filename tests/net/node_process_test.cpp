@@ -352,3 +352,92 @@ TEST(node_process, a_child_the_serving_node_does_not_allow_is_refused_counted_an
     while (!named() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
     EXPECT_TRUE(named()) << "no ZAP refusal logged with the peer's address";
 }
+
+// ---- a mesh of children -----------------------------------------------------------------------
+
+namespace {
+
+// Reads `child`'s lines until one starting with each of `prefixes` came (in any order); the
+// prefixes not seen within `timeout`, empty when all came.
+std::vector<std::string> wait_for_lines(test::child_process& child, std::vector<std::string> prefixes,
+                                        std::chrono::milliseconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (!prefixes.empty()) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        const auto line = child.read_line(left);
+        if (!line) break;
+        std::erase_if(prefixes, [&](const std::string& p) { return line->rfind(p, 0) == 0; });
+    }
+    return prefixes;
+}
+
+std::string joined(const std::vector<std::string>& v) {
+    std::string s;
+    for (auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+}
+
+}  // namespace
+
+TEST(node_process, a_mesh_of_three_children_and_this_node_serves_everywhere_and_outlives_the_loss_of_one) {
+    // a listens; b listens and dials a; c listens and dials a and b: the children are a full
+    // mesh. This node ("hub") dials all three.
+    auto serve = [](const std::string& name, std::vector<std::string> dial, std::string& endpoint) {
+        std::vector<std::string> argv{MAILROOM_NODE_CHILD, "--name", name, "--listen", "tcp://127.0.0.1:0",
+                                      "--serve", "pricing", "--heartbeat", "100"};
+        for (auto& ep : dial) argv.insert(argv.end(), {"--connect", ep});
+        auto child = test::child_process::spawn(argv);
+        endpoint = child.wait_for_line("READY ", 30s).substr(6);
+        return child;
+    };
+    std::string ep_a, ep_b, ep_c;
+    auto a = serve("a", {}, ep_a);
+    auto b = serve("b", {ep_a}, ep_b);
+    auto c = serve("c", {ep_a, ep_b}, ep_c);
+    environment env{environment_options{.name = "hub-env", .log = [](std::string_view) {}}};
+    net::node hub{env, "hub", fast()};
+    for (auto* ep : {&ep_a, &ep_b, &ep_c}) hub.connect(*ep);
+    for (const char* n : {"a", "b", "c"}) ASSERT_TRUE(hub.wait_for_peer(n, 30s)) << "child " << n << " never came up";
+    // Every child sees the other two and the hub.
+    EXPECT_EQ(joined(wait_for_lines(a, {"peer up b ", "peer up c ", "peer up hub "}, 30s)), "");
+    EXPECT_EQ(joined(wait_for_lines(b, {"peer up a ", "peer up c ", "peer up hub "}, 30s)), "");
+    EXPECT_EQ(joined(wait_for_lines(c, {"peer up a ", "peer up b ", "peer up hub "}, 30s)), "");
+
+    auto quotes_to = [&](const std::string& node, int n, std::chrono::milliseconds timeout) {
+        std::vector<outgoing<quote_reply>> v;
+        for (int i = 0; i < n; ++i)
+            v.push_back(request<quote_reply>(env, node + "/pricing/quote", quote_request{"M" + std::to_string(i)},
+                                             {.timeout = timeout}));
+        return v;
+    };
+    for (const char* n : {"a", "b", "c"})
+        for (auto& q : quotes_to(n, 30, 10s)) ASSERT_EQ(settle(q), request_state::replied) << n << ": " << q.reason();
+
+    // b stops reading, requests to it stay in flight, then it is killed: they are abandoned
+    // within the detection time, and a and c see it down.
+    b.stop();
+    auto flying = quotes_to("b", 10, 60s);
+    b.kill();
+    (void)b.wait(30s);
+    for (auto& q : flying) {
+        ASSERT_EQ(settle(q, detection_bound), request_state::abandoned) << q.reason();
+        EXPECT_NE(q.reason().find("peer 'b' lost"), std::string::npos) << q.reason();
+    }
+    EXPECT_EQ(joined(wait_for_lines(a, {"peer down b "}, detection_bound)), "") << "a never saw b down";
+    EXPECT_EQ(joined(wait_for_lines(c, {"peer down b "}, detection_bound)), "") << "c never saw b down";
+    // The rest of the mesh serves on.
+    for (const char* n : {"a", "c"})
+        for (auto& q : quotes_to(n, 30, 10s)) ASSERT_EQ(settle(q), request_state::replied) << n << ": " << q.reason();
+
+    // a and c stop cleanly, each having served its 60 requests, with balanced books.
+    for (auto* child : {&a, &c}) {
+        child->signal(SIGTERM);
+        const std::string figures = child->wait_for_line("node ", 30s);
+        EXPECT_NE(figures.find("served 60 requests"), std::string::npos) << figures;
+        const std::string books = child->wait_for_line("books:", 30s);
+        EXPECT_NE(books.find("(balanced)"), std::string::npos) << books;
+        const auto st = child->wait(30s);
+        EXPECT_TRUE(st.exited && st.code == 0) << st.describe();
+    }
+}
