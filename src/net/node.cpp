@@ -208,6 +208,9 @@ struct peer {
     // answers wait; one more is lost (answers_lost).
     std::deque<std::vector<std::byte>> owed_answers;
     bool owed_heartbeat = false;
+    // Requests that waited for it to come back (wait_for_peer) and met the full pipe: sent
+    // after the owed answers, in order.
+    std::deque<command> owed_frames;
 
     peer(internal::phi_accrual_options o) : detector(o) {}
 };
@@ -360,6 +363,7 @@ private:
     void answer(peer& p, const std::byte* data, std::size_t n);
     void heartbeat(peer& p);
     bool send_owed(peer& p);
+    void sent_frame(peer& p, command& c);  // a frame_out the socket took
     bool send_raw(void* socket, const std::string* rid, const std::byte* data, std::size_t n, bool* full = nullptr);
     void send_hello(void* socket, const std::string* rid);
     void tick(clock::time_point now);
@@ -1305,11 +1309,41 @@ bool node_core::send_owed(peer& p) {
             }
             bump(n_.answers_lost, p.owed_answers.size());  // unreachable: none of them can go
             p.owed_answers.clear();
-            return true;
+            break;
         }
         p.owed_answers.pop_front();
     }
+    while (!p.owed_frames.empty()) {
+        command& c = p.owed_frames.front();
+        if (c.req && internal::request_get_state(c.req) >= request_state::replied) {
+            internal::request_release(std::exchange(c.req, nullptr));  // timed out or cancelled meanwhile
+            p.owed_frames.pop_front();
+            continue;
+        }
+        bool full = false;
+        if (!send_to_peer(p, c.bytes.data(), c.bytes.size(), &full)) {
+            if (full) {
+                p.pipe_full = true;
+                return false;
+            }
+            const std::string why = "peer '" + p.name + "' unreachable (its socket refused the frame)";
+            for (auto& k : p.owed_frames) lose(k, why);
+            p.owed_frames.clear();
+            break;
+        }
+        sent_frame(p, c);
+        p.owed_frames.pop_front();
+    }
     return true;
+}
+
+void node_core::sent_frame(peer& p, command& c) {
+    if (c.req) {
+        internal::request_mark_transmitted(c.req);
+        p.inflight.emplace(c.req_id, peer::flight{std::exchange(c.req, nullptr)});
+    } else {
+        bump(n_.sends_out);
+    }
 }
 
 bool node_core::flush(peer& p) {
@@ -1364,6 +1398,10 @@ void node_core::finish_all(const std::string& why) noexcept {
     for (auto& [pn, p] : peers_) {
         for (auto& [id, fl] : p->inflight) abandon(fl.req, why);
         p->inflight.clear();
+        for (auto& k : p->owed_frames) lose(k, why);
+        p->owed_frames.clear();
+        bump(n_.answers_lost, p->owed_answers.size());
+        p->owed_answers.clear();
     }
     {
         std::lock_guard g(view_lock_);
@@ -1454,15 +1492,13 @@ void node_core::handle(command& c) {
                 }
                 return lose(c, "peer '" + c.peer + "' is down");
             }
-            if (!send_to_peer(*p, c.bytes.data(), c.bytes.size())) {
-                return lose(c, "peer '" + c.peer + "' could not take it (unreachable or its pipe full)");
+            if (p->owed_frames.empty()) {
+                bool full = false;
+                if (send_to_peer(*p, c.bytes.data(), c.bytes.size(), &full)) return sent_frame(*p, c);
+                if (!full) return lose(c, "peer '" + c.peer + "' unreachable (its socket refused the frame)");
+                p->pipe_full = true;
             }
-            if (c.req) {
-                internal::request_mark_transmitted(c.req);
-                p->inflight.emplace(c.req_id, peer::flight{std::exchange(c.req, nullptr)});
-            } else {
-                bump(n_.sends_out);
-            }
+            p->owed_frames.push_back(std::move(c));  // after those before it, once there is room
             return;
         }
     }
@@ -1852,6 +1888,8 @@ void node_core::drop_peer(peer& p, const std::string& why) {
     bump(n_.answers_lost, p.owed_answers.size());
     p.owed_answers.clear();
     p.owed_heartbeat = false;
+    for (auto& k : p.owed_frames) lose(k, why);
+    p.owed_frames.clear();
     for (auto& [id, fl] : p.inflight) abandon(fl.req, why);
     p.inflight.clear();
     p.down_since = clock::now();

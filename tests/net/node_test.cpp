@@ -1194,12 +1194,65 @@ TEST(node_send_queue, a_full_pipe_keeps_the_frames_until_the_socket_has_room_and
     constexpr int n = 5'000;
     for (int i = 0; i < n; ++i) send_to(*f.client_env, "server/sink", note{std::string(200, 'x')});
     EXPECT_TRUE(eventually([&] { return f.notes.load() == n; }, 60s)) << f.notes.load() << " of " << n;
+    // The client counts a batch as sent after its socket took it: the server may have them first.
+    EXPECT_TRUE(eventually([&] { return f.client->stats().sends_out == static_cast<std::uint64_t>(n); }));
     const auto s = f.client->stats();
     // A heartbeat that met the full pipe waited for room too: nothing was refused.
     EXPECT_EQ(s.unreachable, 0u);
     EXPECT_EQ(s.sends_lost, 0u);
     EXPECT_EQ(s.frames_handed_back, 0u);
     EXPECT_EQ(s.sends_out, static_cast<std::uint64_t>(n));
+}
+
+TEST(node_send_queue, requests_that_waited_for_a_peer_and_meet_a_full_pipe_when_it_returns_wait_for_room) {
+    // The client's socket holds one message. Its server goes away; 300 requests wait for it
+    // (wait_for_peer); a new server comes up on the same port, and the burst of waiting
+    // requests meets the full pipe: they must wait for room, not be abandoned.
+    log_sink quiet;
+    auto serving = [&](const std::string& listen, std::string* bound) {
+        struct side {
+            std::unique_ptr<environment> env;
+            std::unique_ptr<session> s;
+            named_handle calc;
+            std::unique_ptr<net::node> node;
+        } x;
+        x.env = std::make_unique<environment>(environment_options{.name = "srv", .log = quiet.fn()});
+        x.s = std::make_unique<session>(*x.env, session_options{.name = "calc-session"});
+        x.calc = register_named(*x.s, "calc", [](incoming& in) {
+            const auto& q = in.as<add_req>();
+            in.reply<add_rep>(add_rep{q.a + q.b});
+        });
+        x.node = std::make_unique<net::node>(*x.env, "server", fast());
+        x.node->export_objects("calc");
+        const std::string ep = x.node->listen(listen);
+        if (bound) *bound = ep;
+        return x;
+    };
+    std::string ep;
+    auto first = serving("tcp://127.0.0.1:0", &ep);
+    net::node_options co = fast(true);
+    co.socket_options = [](void* s, net::socket_role, std::string_view) {
+        const int one = 1;
+        zmq_setsockopt(s, ZMQ_SNDHWM, &one, sizeof one);
+    };
+    environment client_env(environment_options{.name = "cli", .log = quiet.fn()});
+    net::node client(client_env, "client", co);
+    client.connect(ep, {.peer = "server"});
+    ASSERT_TRUE(client.wait_for_peer("server", 10s));
+    first.node.reset();
+    first.env.reset();
+    bool known = false;
+    ASSERT_TRUE(eventually([&] { return state_of(client, "server", known) == net::peer_state::down; }));
+    constexpr int n = 300;
+    std::vector<outgoing<add_rep>> rs;
+    for (int i = 0; i < n; ++i)
+        rs.push_back(request<add_rep>(client_env, "server/calc", add_req{i, 1}, {.timeout = 30s, .wait_for_peer = true}));
+    auto second = serving(ep, nullptr);
+    for (int i = 0; i < n; ++i) {
+        ASSERT_EQ(settle(rs[i], 30s), request_state::replied) << i << ": " << rs[i].reason();
+        ASSERT_EQ(rs[i].reply().sum, i + 1);
+    }
+    EXPECT_EQ(client.stats().unreachable, 0u);
 }
 
 TEST(node_send_queue, answers_that_meet_a_full_pipe_wait_for_room_and_every_request_is_replied) {
