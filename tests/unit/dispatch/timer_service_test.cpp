@@ -327,7 +327,9 @@ TEST(timer_service, a_timer_due_on_a_cascade_boundary_fires_on_its_own_tick) {
     const std::int64_t tick_ns = svc.tick().count();
     const auto round_up = [](std::uint64_t t, std::uint64_t to) { return (t + to - 1) / to * to; };
     const std::uint64_t now_tick = static_cast<std::uint64_t>((now_ns() - svc.origin_ns()) / tick_ns);
-    const std::uint64_t level1 = round_up(now_tick + 2'000, 256);    // about 20 ms ahead: level 1
+    // About 200 ms ahead: still in level 1 for a test thread preempted 150 ms before it arms
+    // (20 ms was not: an entry armed past its due tick fires on a later one).
+    const std::uint64_t level1 = round_up(now_tick + 20'000, 256);
     const std::uint64_t level2 = round_up(now_tick + 70'000, 65'536);  // 0.7 to 1.4 s ahead: level 2
     for (std::uint64_t boundary : {level1, level1 + 256, level1 + 512, level2})
         for (std::uint64_t t : {boundary - 1, boundary, boundary + 1}) {
