@@ -789,7 +789,8 @@ TEST(session, subscription_shutdown_and_destroy_from_its_own_callback) {
     ASSERT_TRUE(wait_set(returned));
     ASSERT_TRUE(eventually([&] { return session_stats_of(env).callbacks_refused >= 3; }));
     EXPECT_EQ(calls.load(), 1);
-    EXPECT_GE(env.stats().messages_ignored, 3u);
+    // A refused delivery is counted refused, then ignored: the third may sit between the two.
+    EXPECT_TRUE(eventually([&] { return env.stats().messages_ignored >= 3; })) << env.stats().messages_ignored;
     // destroy() inside its own callback: what the callback captured lives until it returned,
     // and is destroyed afterwards.
     auto tracker = std::make_shared<int>(0);
