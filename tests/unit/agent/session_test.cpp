@@ -302,8 +302,10 @@ TEST(session, destroy_from_its_own_callback) {
     tracker.reset();
     for (int i = 0; i < 5; ++i) mailroom::send<ping>(in.address(), ping{});
     ASSERT_TRUE(wait_set(done));
-    // The callback (with what it captured) is destroyed on the context, afterwards.
+    // The callback (with what it captured) is destroyed on the context, afterwards; the object
+    // is counted destroyed after that.
     ASSERT_TRUE(eventually([&] { return watch.expired(); }));
+    EXPECT_TRUE(eventually([&] { return session_stats_of(env).event_objects_destroyed >= 1; }));
     std::this_thread::sleep_for(10ms);
     EXPECT_EQ(calls.load(), 1);
     auto st = mailroom::test::all_stats_of(env);
