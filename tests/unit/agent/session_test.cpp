@@ -381,9 +381,12 @@ TEST(session, a_handle_going_out_of_scope_destroys_its_object) {
     mailroom::environment env;
     mailroom::session s(env);
     std::atomic<int> fired{0};
-    { auto t = s.add_timer(20ms, 0ms, [&] { fired.fetch_add(1); }); }
+    // Due in 300 ms: at 20 ms, a test thread preempted that long between arming the timer and
+    // leaving the scope let it fire first.
+    const auto armed = std::chrono::steady_clock::now();
+    { auto t = s.add_timer(300ms, 0ms, [&] { fired.fetch_add(1); }); }
     ASSERT_TRUE(eventually([&] { return session_stats_of(env).event_objects_destroyed == 1; }));
-    std::this_thread::sleep_for(40ms);
+    std::this_thread::sleep_until(armed + 320ms);  // past its due time
     EXPECT_EQ(fired.load(), 0);
 }
 
