@@ -159,9 +159,11 @@ TEST(timer, dropping_the_handle_before_it_fires_cancels) {
     environment env;
     std::atomic<int> got{0};
     mbox m = test::add_probe(env, [&](probe& p) { p.subscribe<tick>(p.direct_mbox(), [&] { ++got; }); });
-    { auto h = send_delayed<tick>(m, 10ms); }
-    auto moved_over = send_delayed<tick>(m, 10ms);
-    moved_over = send_delayed<tick>(m, 10ms);  // the first one is cancelled by the assignment
+    // Due in 300 ms: at 10 ms, a test thread preempted that long between arming a timer and
+    // dropping its handle let it fire (and be handled) first.
+    { auto h = send_delayed<tick>(m, 300ms); }
+    auto moved_over = send_delayed<tick>(m, 300ms);
+    moved_over = send_delayed<tick>(m, 300ms);  // the first one is cancelled by the assignment
     timer_handle taker(std::move(moved_over));
     EXPECT_FALSE(moved_over);
     EXPECT_TRUE(taker);

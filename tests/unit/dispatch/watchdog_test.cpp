@@ -315,29 +315,36 @@ TEST(watchdog, a_watcher_held_past_the_timeout_does_not_report_a_handler_that_st
 }
 
 TEST(watchdog, a_dispatcher_made_while_the_watcher_waits_is_sampled_at_once_and_its_stall_timed_from_its_start) {
-    stall_collector c;
-    environment_options o;
-    o.name = "late";
-    environment env(std::move(o));
-    // The watcher now waits its longest tick (no short timeout yet); the new dispatcher wakes it.
-    std::this_thread::sleep_for(5ms);
-    auto disp = one_thread::make_dispatcher(env, "late", {.watchdog = c.params(40ms)});
-    session s(env, {.name = "slow", .bind = disp.bind()});
-    std::atomic<std::int64_t> ran_ns{0};
-    ASSERT_TRUE(s.post([&] {
-        const auto t0 = std::chrono::steady_clock::now();
-        std::this_thread::sleep_for(400ms);
-        ran_ns = std::chrono::nanoseconds(std::chrono::steady_clock::now() - t0).count();
-    }));
-    ASSERT_TRUE(c.wait_until([](auto& rs) { return !rs.empty() && rs.back().resumed; }));
-    stall_report last;
-    {
-        std::lock_guard g(c.m);
-        last = c.items.back();
+    // A sample is 10 ms here; 60 ms leaves room for a late watcher. Sampled only after its long
+    // tick, the stall is timed from about 100 ms after the handler began, in every attempt. A
+    // loaded machine may hold the watcher itself past 60 ms: it gets three attempts.
+    std::string missed;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        stall_collector c;
+        environment_options o;
+        o.name = "late";
+        environment env(std::move(o));
+        // The watcher now waits its longest tick (no short timeout yet); the new dispatcher wakes it.
+        std::this_thread::sleep_for(5ms);
+        auto disp = one_thread::make_dispatcher(env, "late", {.watchdog = c.params(40ms)});
+        session s(env, {.name = "slow", .bind = disp.bind()});
+        std::atomic<std::int64_t> ran_ns{0};
+        ASSERT_TRUE(s.post([&] {
+            const auto t0 = std::chrono::steady_clock::now();
+            std::this_thread::sleep_for(400ms);
+            ran_ns = std::chrono::nanoseconds(std::chrono::steady_clock::now() - t0).count();
+        }));
+        ASSERT_TRUE(c.wait_until([](auto& rs) { return !rs.empty() && rs.back().resumed; }));
+        stall_report last;
+        {
+            std::lock_guard g(c.m);
+            last = c.items.back();
+        }
+        if (last.running_for >= std::chrono::nanoseconds(ran_ns.load()) - 60ms) return;
+        missed += "\nattempt " + std::to_string(attempt) + ": ran " + std::to_string(ran_ns.load()) +
+                  " ns; " + last.text;
     }
-    // A sample is 10 ms here; 60 ms leaves room for a late watcher. Sampled only after its
-    // long tick, the stall was timed from about 100 ms after the handler began.
-    EXPECT_GE(last.running_for, std::chrono::nanoseconds(ran_ns.load()) - 60ms) << last.text;
+    ADD_FAILURE() << "each stall was timed from more than 60 ms after its handler began:" << missed;
 }
 
 TEST(watchdog, report_action_logs_the_report_with_its_stack_through_the_environment_log) {

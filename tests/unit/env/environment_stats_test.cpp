@@ -134,7 +134,11 @@ TEST(environment_stats, snapshot_shows_the_fds_each_loop_watches_and_a_job_queue
 TEST(environment_stats, snapshot_counts_jobs_cancelled_refused_and_timed_out) {
     gate g;  // outlives the environment: its threads are joined before it goes
     environment env({.name = "outcomes"});
-    auto q = job_queue::make_job_queue(env, "q", {.desired = 1, .backlog = 2, .deadline = 40ms});
+    // A thread waiting already (floor 1), and a deadline with room for a loaded machine: the
+    // blocker must start, and `cancelled` be cancelled, before it (at 40 ms a test thread or a
+    // job thread preempted that long let a job expire instead).
+    constexpr auto deadline = 300ms;
+    auto q = job_queue::make_job_queue(env, "q", {.floor = 1, .desired = 1, .backlog = 2, .deadline = deadline});
     auto blocker = post_job(q, [&] { return g.wait(); });
     ASSERT_TRUE(eventually([&] { return q.job_stats().running == 1; }));
     std::atomic<bool> ran{false};
@@ -144,7 +148,7 @@ TEST(environment_stats, snapshot_counts_jobs_cancelled_refused_and_timed_out) {
     EXPECT_FALSE(refused);
     EXPECT_THROW((void)post_job(q, [] {}), job_queue_full_error);
     EXPECT_TRUE(cancelled.cancel());
-    std::this_thread::sleep_for(80ms);  // the deadline must pass for a job to time out
+    std::this_thread::sleep_for(deadline + 40ms);  // the deadline must pass for a job to time out
     g.open();
     ASSERT_TRUE(blocker.wait_for(patience));
     ASSERT_TRUE(cancelled.wait_for(patience));
@@ -165,7 +169,7 @@ TEST(environment_stats, snapshot_counts_jobs_cancelled_refused_and_timed_out) {
     EXPECT_EQ(d->jobs->failed, 0u);
     EXPECT_EQ(d->jobs->backlog, 0u);
     EXPECT_GE(d->jobs->wait_max, 0ns);
-    EXPECT_GE(d->jobs->run_max, 80ms);
+    EXPECT_GE(d->jobs->run_max, deadline + 40ms);
 }
 
 TEST(environment_stats, the_watchdogs_stalls_appear_on_the_stalled_dispatchers_entry_only) {

@@ -154,9 +154,14 @@ TEST(teardown_watch, a_late_look_does_not_report_a_handler_that_started_just_bef
     const bool done = test::eventually([&] { return quick_done.load(); }, patience);
     finish();
     ASSERT_TRUE(started && done) << "the quick job did not run";
-    ASSERT_LT(std::chrono::nanoseconds(quick_ran_ns.load()), deadline)
-        << "the quick job itself was held past the deadline";
-    for (const handler_overrun& h : r.overruns) EXPECT_NE(h.message_type, "job 'quick'") << h.text;
+    // A machine that starved the quick job itself past the deadline makes a report of it true
+    // (its 150 ms sleep took as long); none may say it ran longer than it did.
+    const std::chrono::nanoseconds quick_ran(quick_ran_ns.load());
+    for (const handler_overrun& h : r.overruns) {
+        if (h.message_type != "job 'quick'") continue;
+        EXPECT_GE(quick_ran, deadline) << "reported though it ran under the deadline: " << h.text;
+        EXPECT_LE(h.running_for, quick_ran) << h.text;
+    }
     std::lock_guard g(m);
     EXPECT_EQ(seen.size(), r.overruns.size());
 }

@@ -149,11 +149,13 @@ TEST_F(loops, shutdown_from_a_foreign_thread_waits_for_the_running_callback_and_
     });
     p.send(1);
     ASSERT_EQ(entered.get_future().wait_for(10s), std::future_status::ready);
+    // Taken before the releaser starts: the callback is let go at least 50 ms after it, however
+    // long this thread is preempted before shutdown() begins.
+    const auto t0 = std::chrono::steady_clock::now();
     std::thread releaser([&] {
         std::this_thread::sleep_for(50ms);
         release = true;
     });
-    const auto t0 = std::chrono::steady_clock::now();
     w.shutdown();
     shut_returned = true;
     EXPECT_FALSE(running.load()) << "shutdown() returned while the callback ran";

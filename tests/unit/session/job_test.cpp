@@ -491,12 +491,17 @@ TEST(job_queue, a_noisy_poster_does_not_starve_another) {
 
 TEST(job_queue, job_not_started_by_its_deadline_is_dropped_and_says_expired) {
     environment env;
-    auto q = job_queue::make_job_queue(env, "q", {.desired = 1, .deadline = 30ms});
+    // A thread waiting already (floor 1), and a deadline with room for a loaded machine to
+    // start the blocker before it (at 30 ms, a job thread that started late let the blocker
+    // expire too, and the counts were off by one each).
+    constexpr auto deadline = 300ms;
+    auto q = job_queue::make_job_queue(env, "q", {.floor = 1, .desired = 1, .deadline = deadline});
     gate g;
     auto blocker = post_job(q, [&] { return g.wait(); });
+    ASSERT_TRUE(eventually([&] { return q.job_stats().running == 1; }));
     std::atomic<bool> ran{false};
     auto late = post_job(q, [&] { ran = true; });
-    std::this_thread::sleep_for(60ms);  // time must pass for a deadline to
+    std::this_thread::sleep_for(deadline + 30ms);  // time must pass for a deadline to
     g.open();
     ASSERT_TRUE(late.wait_for(patience));
     ASSERT_TRUE(blocker.wait_for(patience));
