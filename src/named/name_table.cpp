@@ -171,6 +171,7 @@ bool name_table::insert(name_entry* e) {
     }
     e->listed_ = true;
     size_.fetch_add(1, std::memory_order_relaxed);
+    if (key.find('/') != std::string_view::npos) slashed_.fetch_add(1, std::memory_order_relaxed);
     return true;
 }
 
@@ -211,6 +212,7 @@ void name_table::unlink_locked(name_entry* e) noexcept {
     if (cds_lfht_del(ht_, &l->node) != 0) fatal("name_table: a listed entry was missing from the hash table");
     e->listed_ = false;
     size_.fetch_sub(1, std::memory_order_relaxed);
+    if (e->name_.find('/') != std::string::npos) slashed_.fetch_sub(1, std::memory_order_relaxed);
     // Everything this writer did to the entry happens before table_released().
     tsan_release(l);
     // Readers already inside may still hold it: table_released() waits for them to leave.

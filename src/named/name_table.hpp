@@ -115,6 +115,11 @@ public:
     /// Number of entries listed (exact once writers are quiet).
     std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
 
+    /// Whether an entry listed has a '/' in its name: while none has, a name with one cannot be
+    /// found here (the named layer then hands `node/object` names to a node without a lookup).
+    /// A listing that happened before the call is seen.
+    bool has_slashed() const noexcept { return slashed_.load(std::memory_order_relaxed) != 0; }
+
     /// Calls `f(name_entry&)` for each entry, under one read-side critical section: every
     /// entry listed throughout the walk is visited once; one inserted or removed meanwhile may
     /// or may not be. For statistics and teardown; the same rules as read() apply to `f`.
@@ -147,6 +152,7 @@ private:
     cds_lfht* ht_;
     std::mutex mutex_;
     std::atomic<std::size_t> size_{0};
+    std::atomic<std::size_t> slashed_{0};  // entries listed whose name has a slash
 };
 
 }  // namespace mailroom::internal

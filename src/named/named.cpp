@@ -27,6 +27,7 @@
 #include <mailroom/named/remote_router.hpp>
 #include <mailroom/core/handle_access.hpp>
 
+#include <array>
 #include <climits>
 #include <condition_variable>
 #include <cstdio>
@@ -56,11 +57,18 @@ void check_name(std::string_view name, bool allow_any) {
         if (!allow_any) bad("'*' is the any-object, not a plain name");
         return;
     }
-    for (char c : name) {
-        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                        c == '_' || c == ':' || c == '/' || c == '-';
-        if (!ok) bad("characters are limited to A-Z a-z 0-9 . _ : / -");
-    }
+    // Every send checks its name: one table look-up per character.
+    static constexpr auto allowed = [] {
+        std::array<bool, 256> t{};
+        for (int c = 'a'; c <= 'z'; ++c) t[c] = true;
+        for (int c = 'A'; c <= 'Z'; ++c) t[c] = true;
+        for (int c = '0'; c <= '9'; ++c) t[c] = true;
+        for (unsigned char c : std::string_view("._:/-")) t[c] = true;
+        return t;
+    }();
+    bool ok = true;
+    for (char c : name) ok &= allowed[static_cast<unsigned char>(c)];
+    if (!ok) bad("characters are limited to A-Z a-z 0-9 . _ : / -");
 }
 
 // Like a session's callback that throws: logged through the environment whose session or
@@ -656,6 +664,10 @@ namespace {
 
 // One path for request(), send_to() and a router's local deliveries. `local_only` never asks
 // the router and never throws for an outcome (the result says it).
+//
+// The delivery (an envelope of its own) is made only for a local object: a message that a
+// node takes goes out without one, and a `node/object` name skips the local look-up while no
+// local name has a '/'.
 local_send send_core(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
                      std::string reply_to, bool wait_for_peer, bool local_only) {
     envelope_ref b(body);
@@ -679,58 +691,61 @@ local_send send_core(environment& env, std::string_view name, envelope* body, re
         if (r || local_only) return local_send::stopped;
         throw environment_stopped_error("sending to '" + std::string(name) + "': " + why);
     }
-    envelope* d = make_envelope<named_delivery>();  // a fresh one, not yet shared: no race
-    auto& nd = payload_of<named_delivery>(d);
-    nd.hdr.source = source.empty() ? current_context_name() : std::move(source);
-    nd.hdr.destination.assign(name);
-    nd.hdr.id = r ? r->id : reg.next_id.fetch_add(1, std::memory_order_relaxed);
-    nd.hdr.reply_to = std::move(reply_to);
-    nd.hdr.request = r != nullptr;
-    nd.body = b.release();
-    nd.req = r;  // the caller's reference goes with the delivery
-    nd.reg = &reg;
+    message_header hdr;
+    hdr.source = source.empty() ? current_context_name() : std::move(source);
+    hdr.reply_to = std::move(reply_to);
+    hdr.request = r != nullptr;
     request_core* keep = r;
     if (keep) keep->add_ref();  // to mark it transmitted after the delivery left our hands
+    // Until a delivery or the router takes them, the body is in `b` and the caller's reference
+    // to the request in `r`.
+    auto make_delivery = [&]() -> envelope* {
+        envelope* d = make_envelope<named_delivery>();  // a fresh one, not yet shared: no race
+        auto& nd = payload_of<named_delivery>(d);
+        nd.hdr = std::move(hdr);
+        nd.hdr.destination.assign(name);
+        nd.hdr.id = r ? r->id : reg.next_id.fetch_add(1, std::memory_order_relaxed);
+        nd.body = b.release();
+        nd.req = std::exchange(r, nullptr);  // the caller's reference goes with the delivery
+        nd.reg = &reg;
+        return d;
+    };
     auto to = [&](name_entry* e) -> bool {
         if (!e) return false;
-        deliver(static_cast<named_entry*>(e)->address, std::exchange(d, nullptr));
+        deliver(static_cast<named_entry*>(e)->address, make_delivery());
         return true;
     };
-    bool sent;
+    bool sent = false;
     try {
-        sent = reg.table.read(name, to);
+        const bool remote = !local_only && name.find('/') != std::string_view::npos &&
+                            reg.has_router.load(std::memory_order_acquire);
+        if (!remote || reg.table.has_slashed()) sent = reg.table.read(name, to);
         // No local object of that name: a node's name (`node/object`) goes to the router, if
         // one is installed and takes it, before the local `*` may.
-        if (!sent && !local_only && reg.has_router.load(std::memory_order_acquire) &&
-            name.find('/') != std::string_view::npos) {
+        if (!sent && remote) {
             std::shared_ptr<remote_router> router;
             {
                 std::lock_guard g(reg.router_lock);
                 router = reg.router;
             }
-            if (router) {
-                envelope_ref rb(std::exchange(nd.body, nullptr));
-                request_core* rr = std::exchange(nd.req, nullptr);
-                bool taken = false;
-                try {
-                    taken = router->route(name, rb, rr, nd.hdr, wait_for_peer);
-                } catch (...) {
-                    nd.body = rb.release();
-                    nd.req = rr;
-                    throw;
-                }
-                if (taken) {
-                    d->release();
-                    if (keep) keep->release();
-                    return local_send::delivered;
-                }
-                nd.body = rb.release();
-                nd.req = rr;
+            if (router && router->route(name, b, r, hdr, wait_for_peer)) {
+                if (keep) keep->release();
+                return local_send::delivered;
             }
         }
         if (!sent) sent = reg.table.read("*", to);
     } catch (...) {
-        if (d) d->release();
+        if (r) {  // still ours: told as a delivery dropped unhandled would tell it
+            if (r->get() < request_state::replied) {
+                std::string why;
+                try {
+                    why = "'" + std::string(name) + "' went away before handling it";
+                } catch (...) {
+                }
+                r->finish(request_state::abandoned, nullptr, std::move(why));
+            }
+            r->release();
+        }
         if (keep) keep->release();
         throw;
     }
@@ -747,10 +762,9 @@ local_send send_core(environment& env, std::string_view name, envelope* body, re
     if (keep) {
         keep->finish(request_state::rejected, nullptr, why);
         keep->release();
-        d->release();
+        if (r) r->release();
         return local_send::no_such_object;
     }
-    d->release();
     reg.rejected_sends.fetch_add(1, std::memory_order_release);
     if (local_only) return local_send::no_such_object;
     throw no_such_object_error("sending to '" + std::string(name) + "': " + why);

@@ -22,7 +22,8 @@ class MAILROOM_EXPORT remote_router {
 public:
     virtual ~remote_router();
     /// `name` matched no local object (called on the sender's thread, any thread, never under a
-    /// lock of the named layer). Returns false when the name is not the router's: `body` and
+    /// lock of the named layer); `header` carries its source and reply-to (the destination is
+    /// `name`, not repeated there). Returns false when the name is not the router's: `body` and
     /// `r` stay the caller's, which goes on to the local `*` or says no such object. Returns
     /// true when it took both (`body`'s reference and the caller's reference to `r`, which it
     /// finishes). For a one-way message (`r` null) it may raise an error for the sender (the

@@ -53,11 +53,19 @@ constexpr std::byte magic1{'r'};
 bool known_kind(std::uint8_t k) noexcept { return k >= 1 && k <= 7; }
 bool known_reason(std::uint8_t r) noexcept { return r >= 1 && r <= 4; }
 
+// Grown by resize and written in place: an encoder that keeps its buffer's capacity does no
+// range insert per field.
 template <class U>
 void put(net::byte_buffer& out, U v) {
-    std::byte b[sizeof(U)];
-    for (std::size_t i = 0; i < sizeof(U); ++i) b[i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
-    out.insert(out.end(), b, b + sizeof(U));
+    const std::size_t at = out.size();
+    out.resize(at + sizeof(U));
+    for (std::size_t i = 0; i < sizeof(U); ++i) out[at + i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
+}
+
+void put_bytes(net::byte_buffer& out, const void* data, std::size_t n) {
+    const std::size_t at = out.size();
+    out.resize(at + n);
+    if (n) std::memcpy(out.data() + at, data, n);
 }
 
 template <class U>
@@ -67,13 +75,12 @@ void patch(net::byte_buffer& out, std::size_t at, U v) {
 
 // The header with a body length of 0, patched once the body is written.
 void put_header(net::byte_buffer& out, frame_kind kind) {
-    out.push_back(magic0);
-    out.push_back(magic1);
-    put<std::uint8_t>(out, frame_version);
-    put<std::uint8_t>(out, static_cast<std::uint8_t>(kind));
-    put<std::uint16_t>(out, 0);  // flags
-    put<std::uint16_t>(out, 0);  // reserved
-    put<std::uint32_t>(out, 0);  // body length
+    const std::size_t at = out.size();
+    out.resize(at + frame_header_bytes);  // flags, reserved and the body length: zero
+    out[at] = magic0;
+    out[at + 1] = magic1;
+    out[at + 2] = static_cast<std::byte>(frame_version);
+    out[at + 3] = static_cast<std::byte>(kind);
 }
 
 // Reads fields from a span, each checked against the bytes that remain: a reader that runs out
@@ -151,8 +158,7 @@ std::size_t frame_writer::begin_frame(const frame& f) {
     auto str = [&](std::string_view s, std::size_t max, const char* field) {
         check(s, max, field);
         put<std::uint16_t>(out_, static_cast<std::uint16_t>(s.size()));
-        out_.insert(out_.end(), reinterpret_cast<const std::byte*>(s.data()),
-                    reinterpret_cast<const std::byte*>(s.data()) + s.size());
+        put_bytes(out_, s.data(), s.size());
     };
     switch (f.kind) {
         case frame_kind::hello:
@@ -223,7 +229,7 @@ void frame_writer::write(const frame& f) {
         case frame_kind::reply: {
             const std::size_t len_at = out_.size();
             put<std::uint32_t>(out_, 0);
-            out_.insert(out_.end(), f.payload.begin(), f.payload.end());
+            put_bytes(out_, f.payload.data(), f.payload.size());
             patch_payload(len_at);
             break;
         }
@@ -249,7 +255,7 @@ void frame_writer::write_encoded(std::span<const std::byte> encoded) {
         put<std::uint32_t>(out_, static_cast<std::uint32_t>(encoded.size()));
         ++batch_count_;
     }
-    out_.insert(out_.end(), encoded.begin(), encoded.end());
+    put_bytes(out_, encoded.data(), encoded.size());
 }
 
 void frame_writer::begin_batch() {

@@ -127,6 +127,12 @@ public:
         write_with(g, [&](net::byte_buffer& out) { e->encode(&value, out); });
     }
 
+    /// Appends `f` with its payload written in place by `encode(net::byte_buffer&)`, which
+    /// appends it (f.payload is ignored; f.type is written as given).
+    template <class F>
+    void write_payload(const frame& f, F&& encode) {
+        write_with(f, std::forward<F>(encode));
+    }
     /// Appends a whole frame another writer encoded (header included), unchanged: how a queue
     /// of encoded frames is packed into a BATCH. usage_error if it is not one whole frame, or
     /// if it is a HELLO inside a BATCH or a BATCH.

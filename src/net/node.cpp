@@ -136,6 +136,14 @@ bool matches(std::string_view pattern, std::string_view name) noexcept {
 
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
 
+// What a peer's sender is called here: "peer/source", built in one allocation at most.
+std::string remote_source(std::string_view peer_name, std::string_view source) {
+    std::string s;
+    s.reserve(peer_name.size() + 1 + source.size());
+    s.append(peer_name).append(1, '/').append(source);
+    return s;
+}
+
 }  // namespace
 
 /// The node's counters: written by any thread (relaxed), read by stats().
@@ -281,10 +289,16 @@ public:
         std::lock_guard g(exports_lock_);
         exports_.push_back(std::move(pattern));
     }
+    // The I/O thread's, per message served: exports only grow, so the last name found exported
+    // stays so and is answered without the lock.
     bool exported(std::string_view name) {
+        if (!last_exported_.empty() && name == last_exported_) return true;
         std::lock_guard g(exports_lock_);
         for (auto& p : exports_)
-            if (matches(p, name)) return true;
+            if (matches(p, name)) {
+                last_exported_.assign(name);
+                return true;
+            }
         return false;
     }
     std::vector<std::string> endpoints() const {
@@ -443,6 +457,7 @@ private:
 
     std::mutex exports_lock_;
     std::vector<std::string> exports_;
+    std::string last_exported_;  // the I/O thread's (exported())
 
     // Test hook: while set, the I/O thread leaves the send queues undrained (a peer that does
     // not drain, deterministically).
@@ -851,13 +866,9 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
             f.reply_to = header.reply_to;
         }
         f.type = te->id;
-        // The payload is encoded in place by the type's codec: the frame is whole when queued.
-        // Its buffer, like `encoded`, keeps its capacity from one send to the next.
-        thread_local net::byte_buffer payload;
-        payload.clear();
-        te->encode_envelope(body.get(), payload);
-        f.payload = payload;
-        w.write(f);
+        // The payload is encoded in place by the type's codec, into the frame: the frame is
+        // whole when queued.
+        w.write_payload(f, [&](net::byte_buffer& out) { te->encode_envelope(body.get(), out); });
     } catch (const std::exception& e) {
         if (r) return refuse(request_state::rejected, reject_reason::undecodable_type,
                              std::string("node '") + name_ + "': encoding failed: " + e.what());
@@ -1770,8 +1781,8 @@ void node_core::on_request(peer& p, const frame& f) {
                                       : std::chrono::milliseconds(0);
     request_core* r = internal::new_request(env_, message_type{}, timeout);
     internal::request_add_ref(r);  // the delivery's
-    const internal::local_send out = internal::send_named_local(env_, target, body.release(), r,
-                                                                p.name + "/" + std::string(f.source), {});
+    const internal::local_send out =
+        internal::send_named_local(env_, target, body.release(), r, remote_source(p.name, f.source), {});
     ++p.served;
     auto* s = new served{shared_from_this(), r, p.name, p.incarnation, f.request_id, out};
     internal::request_continue(r, &node_core::answered, s);
@@ -1793,7 +1804,7 @@ void node_core::on_send(peer& p, const frame& f) {
         log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
         return;
     }
-    if (internal::send_named_local(env_, target, body.release(), nullptr, p.name + "/" + std::string(f.source),
+    if (internal::send_named_local(env_, target, body.release(), nullptr, remote_source(p.name, f.source),
                                    std::string(f.reply_to)) != internal::local_send::delivered) {
         bump(n_.served_refused);
         log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "': no such object");

@@ -288,6 +288,29 @@ TEST_P(node_over, request_and_send_round_trip_as_locally_with_wait_then_and_futu
     EXPECT_GE(cs_.frames_in.reply, 3u);
 }
 
+// docs/nodes.md: a local object whose name matches exactly comes before the node of that name.
+TEST(node, a_local_object_named_like_a_remote_one_comes_first_and_the_peer_gets_it_once_it_is_gone) {
+    pair_fixture f("inproc://node-test-local-first");
+    ASSERT_TRUE(f.up());
+    session cs(*f.client_env, session_options{.name = "local-calc"});
+    std::atomic<int> local_calls{0};
+    auto local = register_named(cs, "server/calc", [&](incoming& in) {
+        local_calls.fetch_add(1);
+        in.reply<add_rep>(add_rep{-1});
+    });
+    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{2, 3}, {.timeout = 10s});
+    ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+    EXPECT_EQ(r.reply().sum, -1);
+    EXPECT_EQ(local_calls.load(), 1);
+    EXPECT_EQ(f.client->stats().requests_out, 0u);
+    local.shutdown();
+    auto r2 = request<add_rep>(*f.client_env, "server/calc", add_req{2, 3}, {.timeout = 10s});
+    ASSERT_EQ(settle(r2), request_state::replied) << r2.reason();
+    EXPECT_EQ(r2.reply().sum, 5);
+    EXPECT_EQ(local_calls.load(), 1);
+    EXPECT_EQ(f.client->stats().requests_out, 1u);
+}
+
 INSTANTIATE_TEST_SUITE_P(transports, node_over, ::testing::Values("tcp://127.0.0.1:0", "inproc"));
 
 TEST(node, each_reject_reason_reaches_the_requester_with_the_remote_reason) {

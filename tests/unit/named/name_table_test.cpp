@@ -102,6 +102,26 @@ TEST(NameTable, InsertLookupRemove) {
     EXPECT_EQ(t.size(), 0u);
 }
 
+// The named layer skips the look-up of a `node/object` name while no entry has a '/'.
+TEST(NameTable, HasSlashedCountsTheEntriesListedWithASlash) {
+    counted_entry plain("quotes"), slashed("desk/quotes"), other("a/b/c"), twin("desk/quotes");
+    name_table t;
+    EXPECT_FALSE(t.has_slashed());
+    ASSERT_TRUE(t.insert(&plain));
+    EXPECT_FALSE(t.has_slashed());
+    ASSERT_TRUE(t.insert(&slashed));
+    EXPECT_TRUE(t.has_slashed());
+    EXPECT_FALSE(t.insert(&twin));  // refused: not counted
+    ASSERT_TRUE(t.insert(&other));
+    EXPECT_TRUE(t.remove(&slashed));
+    EXPECT_TRUE(t.has_slashed());  // "a/b/c" is still listed
+    EXPECT_EQ(t.remove("a/b/c"), &other);
+    EXPECT_FALSE(t.has_slashed());
+    EXPECT_TRUE(t.remove(&plain));
+    EXPECT_FALSE(t.has_slashed());
+    t.wait_for_releases();
+}
+
 TEST(NameTable, DuplicateNameIsRefusedAndNotOwned) {
     counted_entry first("orders"), second("orders");
     name_table t;
