@@ -136,6 +136,11 @@ bool matches(std::string_view pattern, std::string_view name) noexcept {
 
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
 
+// Why a frame the peer's socket refused (ROUTER_MANDATORY: its connection is gone) failed.
+std::string unreachable(std::string_view peer_name) {
+    return "peer '" + std::string(peer_name) + "' unreachable (its socket refused the frame)";
+}
+
 // What a peer's sender is called here: "peer/source", built in one allocation at most.
 std::string remote_source(std::string_view peer_name, std::string_view source) {
     std::string s;
@@ -372,6 +377,13 @@ private:
     // `full`: when given, a full pipe (EAGAIN) sets it and is not counted unreachable (the
     // caller keeps the frame and tries again).
     bool send_to_peer(peer& p, const std::byte* data, std::size_t n, bool* full = nullptr);
+    // The same for what may wait for room: sent; full (the peer marked so, and the caller keeps
+    // the frame, owed); or refused (the peer is unreachable, counted).
+    enum class sent { yes, full, refused };
+    sent try_send(peer& p, const std::byte* data, std::size_t n);
+    // What was owed to a peer and will not go now (dropped, or the node stopped): answers
+    // counted lost, frames and requests in flight given back to their requesters with `why`.
+    void lose_owed(peer& p, const std::string& why) noexcept;
     // An answer to a served request, and a heartbeat: sent now, or owed until the full pipe has
     // room (then sent first by flush(), via send_owed(): false while the pipe is still full).
     void answer(peer& p, const std::byte* data, std::size_t n);
@@ -1270,15 +1282,22 @@ void node_core::close_queue(peer& p, const std::string& why) noexcept {
     p.queue->close([&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
 }
 
+node_core::sent node_core::try_send(peer& p, const std::byte* data, std::size_t n) {
+    bool full = false;
+    if (send_to_peer(p, data, n, &full)) return sent::yes;
+    if (!full) return sent::refused;
+    p.pipe_full = true;
+    return sent::full;
+}
+
 void node_core::answer(peer& p, const std::byte* data, std::size_t n) {
     if (p.owed_answers.empty()) {
-        bool full = false;
-        if (send_to_peer(p, data, n, &full)) return;
-        if (!full) {
+        const sent r = try_send(p, data, n);
+        if (r == sent::yes) return;
+        if (r == sent::refused) {
             bump(n_.answers_lost);  // unreachable (counted there too)
             return;
         }
-        p.pipe_full = true;
     }
     if (p.owed_answers.size() >= options_.max_served_per_peer) {
         bump(n_.answers_lost);
@@ -1297,12 +1316,7 @@ void node_core::heartbeat(peer& p) {
     f.sequence = ++p.hb_seq;
     out_.clear();
     internal::frame_writer(out_).write(f);
-    bool full = false;
-    p.owed_heartbeat = false;
-    if (!send_to_peer(p, out_.data(), out_.size(), &full) && full) {
-        p.owed_heartbeat = true;
-        p.pipe_full = true;
-    }
+    p.owed_heartbeat = try_send(p, out_.data(), out_.size()) == sent::full;
 }
 
 bool node_core::send_owed(peer& p) {
@@ -1312,12 +1326,8 @@ bool node_core::send_owed(peer& p) {
     }
     while (!p.owed_answers.empty()) {
         const auto& b = p.owed_answers.front();
-        bool full = false;
-        if (!send_to_peer(p, b.data(), b.size(), &full)) {
-            if (full) {
-                p.pipe_full = true;
-                return false;
-            }
+        if (const sent r = try_send(p, b.data(), b.size()); r != sent::yes) {
+            if (r == sent::full) return false;
             bump(n_.answers_lost, p.owed_answers.size());  // unreachable: none of them can go
             p.owed_answers.clear();
             break;
@@ -1331,13 +1341,9 @@ bool node_core::send_owed(peer& p) {
             p.owed_frames.pop_front();
             continue;
         }
-        bool full = false;
-        if (!send_to_peer(p, c.bytes.data(), c.bytes.size(), &full)) {
-            if (full) {
-                p.pipe_full = true;
-                return false;
-            }
-            const std::string why = "peer '" + p.name + "' unreachable (its socket refused the frame)";
+        if (const sent r = try_send(p, c.bytes.data(), c.bytes.size()); r != sent::yes) {
+            if (r == sent::full) return false;
+            const std::string why = unreachable(p.name);
             for (auto& k : p.owed_frames) lose(k, why);
             p.owed_frames.clear();
             break;
@@ -1366,18 +1372,14 @@ bool node_core::flush(peer& p) {
     for (int k = 0; k < 64; ++k) {
         if (batch.empty() && !q.drain(batch)) break;
         const auto bytes = batch.bytes();
-        bool full = false;
-        if (!send_to_peer(p, bytes.data(), bytes.size(), &full)) {
-            if (full) {
-                // The pipe is at its high-water mark: the receiver is slower than the senders.
-                // Keep the frames and wait for room; the queue fills meanwhile, and its
-                // reaction (drop, reject, block) tells the senders.
-                p.pipe_full = true;
-                return false;
-            }
+        if (const sent r = try_send(p, bytes.data(), bytes.size()); r != sent::yes) {
+            // A full pipe (at its high-water mark: the receiver is slower than the senders)
+            // keeps the frames until there is room; the queue fills meanwhile, and its
+            // reaction (drop, reject, block) tells the senders.
+            if (r == sent::full) return false;
             // EHOSTUNREACH (ROUTER_MANDATORY: the peer's connection is gone): every frame of it
             // goes back to its sender's requester (counted unreachable).
-            const std::string why = "peer '" + p.name + "' unreachable (its socket refused the frame)";
+            const std::string why = unreachable(p.name);
             q.hand_back(batch, [&](internal::outgoing_ptr m) { give_back(std::move(m), why); });
             continue;
         }
@@ -1406,14 +1408,7 @@ void node_core::finish_all(const std::string& why) noexcept {
     for (auto& [peer_name, cmds] : waiting_)
         for (auto& c : cmds) lose(c, why);
     waiting_.clear();
-    for (auto& [pn, p] : peers_) {
-        for (auto& [id, fl] : p->inflight) abandon(fl.req, why);
-        p->inflight.clear();
-        for (auto& k : p->owed_frames) lose(k, why);
-        p->owed_frames.clear();
-        bump(n_.answers_lost, p->owed_answers.size());
-        p->owed_answers.clear();
-    }
+    for (auto& [pn, p] : peers_) lose_owed(*p, why);
     {
         std::lock_guard g(view_lock_);
         for (auto& [n, v] : views_) v.state = peer_state::down;
@@ -1504,10 +1499,9 @@ void node_core::handle(command& c) {
                 return lose(c, "peer '" + c.peer + "' is down");
             }
             if (p->owed_frames.empty()) {
-                bool full = false;
-                if (send_to_peer(*p, c.bytes.data(), c.bytes.size(), &full)) return sent_frame(*p, c);
-                if (!full) return lose(c, "peer '" + c.peer + "' unreachable (its socket refused the frame)");
-                p->pipe_full = true;
+                const sent r = try_send(*p, c.bytes.data(), c.bytes.size());
+                if (r == sent::yes) return sent_frame(*p, c);
+                if (r == sent::refused) return lose(c, unreachable(c.peer));
             }
             p->owed_frames.push_back(std::move(c));  // after those before it, once there is room
             return;
@@ -1894,8 +1888,7 @@ void node_core::peer_now(peer& p, peer_state s) {
     publish(s, p.name, p.address);
 }
 
-void node_core::drop_peer(peer& p, const std::string& why) {
-    close_queue(p, why);
+void node_core::lose_owed(peer& p, const std::string& why) noexcept {
     bump(n_.answers_lost, p.owed_answers.size());
     p.owed_answers.clear();
     p.owed_heartbeat = false;
@@ -1903,6 +1896,11 @@ void node_core::drop_peer(peer& p, const std::string& why) {
     p.owed_frames.clear();
     for (auto& [id, fl] : p.inflight) abandon(fl.req, why);
     p.inflight.clear();
+}
+
+void node_core::drop_peer(peer& p, const std::string& why) {
+    close_queue(p, why);
+    lose_owed(p, why);
     p.down_since = clock::now();
     peer_now(p, peer_state::down);
     if (p.conn) {

@@ -9,6 +9,7 @@
 #include <mailroom/net/frame.hpp>
 #include <mailroom/net/node_test_access.hpp>
 
+#include "support/raw_dealer.hpp"
 #include "support/temp_dir.hpp"
 
 #include <gtest/gtest.h>
@@ -479,11 +480,8 @@ TEST(node, an_exported_object_unregistered_while_requests_fly_is_not_called_afte
 TEST(node, malformed_frames_from_a_raw_socket_are_rejected_counted_logged_and_the_node_carries_on) {
     pair_fixture f("tcp://127.0.0.1:0");
     ASSERT_TRUE(f.up());
-    void* ctx = zmq_ctx_new();
-    void* raw = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
-    ASSERT_EQ(zmq_connect(raw, f.endpoint.c_str()), 0);
+    test::raw_dealer dealer(f.endpoint);
+    void* raw = dealer.socket();
     const char garbage[] = "not a frame at all";
     zmq_send(raw, garbage, sizeof garbage, 0);
     const unsigned char truncated[] = {'m', 'r', 1, 3, 0, 0, 0, 0, 200, 0, 0, 0, 1, 2};
@@ -556,8 +554,6 @@ TEST(node, malformed_frames_from_a_raw_socket_are_rejected_counted_logged_and_th
         }
         EXPECT_TRUE(got_reject) << "no REJECT for a request to an invalid name";
     }
-    zmq_close(raw);
-    zmq_ctx_term(ctx);
     // The node and its peer carry on.
     auto r = request<add_rep>(*f.client_env, "server/calc", add_req{5, 5}, {.timeout = 10s});
     ASSERT_EQ(settle(r), request_state::replied) << r.reason();
@@ -567,13 +563,9 @@ TEST(node, malformed_frames_from_a_raw_socket_are_rejected_counted_logged_and_th
 // A raw socket that floods the server with `n` messages that do not decode, and the lines of
 // the server's log that say a message was rejected, once every message was counted.
 std::size_t flood_with_garbage(pair_fixture& f, int n) {
-    void* ctx = zmq_ctx_new();
-    void* raw = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
-    EXPECT_EQ(zmq_connect(raw, f.endpoint.c_str()), 0);
+    test::raw_dealer dealer(f.endpoint);
     const char garbage[] = "not a frame at all";
-    for (int i = 0; i < n; ++i) zmq_send(raw, garbage, sizeof garbage, 0);
+    for (int i = 0; i < n; ++i) dealer.send(garbage, sizeof garbage);
     auto written = [&] {
         std::lock_guard g(f.server_log.m);
         return static_cast<std::size_t>(std::count_if(f.server_log.lines.begin(), f.server_log.lines.end(), [](auto& l) {
@@ -586,8 +578,6 @@ std::size_t flood_with_garbage(pair_fixture& f, int n) {
         return s.frames_rejected == static_cast<std::uint64_t>(n) &&
                written() + s.log_lines_suppressed == static_cast<std::uint64_t>(n);
     })) << f.server->stats().frames_rejected << " rejected, " << written() << " written";
-    zmq_close(raw);
-    zmq_ctx_term(ctx);
     return written();
 }
 
@@ -1171,14 +1161,8 @@ TEST(node_security, a_revoked_node_saying_hello_again_on_its_old_connection_is_r
     net::node server(env, "server", with_key(fast(), sk));
     server.allow(ck.public_key, "rogue");
     const std::string ep = server.listen("tcp://127.0.0.1:0");
-    void* ctx = zmq_ctx_new();
-    void* raw = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(raw, ZMQ_CURVE_SERVERKEY, sk.public_key.c_str(), 40);
-    zmq_setsockopt(raw, ZMQ_CURVE_PUBLICKEY, ck.public_key.c_str(), 40);
-    zmq_setsockopt(raw, ZMQ_CURVE_SECRETKEY, ck.secret_key.c_str(), 40);
-    ASSERT_EQ(zmq_connect(raw, ep.c_str()), 0);
+    test::raw_dealer dealer(ep, test::raw_curve_keys{sk.public_key, ck.public_key, ck.secret_key});
+    void* raw = dealer.socket();
     net::byte_buffer hello;
     internal::frame h;
     h.kind = internal::frame_kind::hello;
@@ -1192,8 +1176,6 @@ TEST(node_security, a_revoked_node_saying_hello_again_on_its_old_connection_is_r
     EXPECT_TRUE(eventually([&] { return server.stats().hello_refused_revoked == 1; }));
     EXPECT_FALSE(server.wait_for_peer("rogue", 200ms));
     EXPECT_TRUE(eventually([&] { return log.has("refused the HELLO of 'rogue'") && log.has("is revoked"); }));
-    zmq_close(raw);
-    zmq_ctx_term(ctx);
 }
 
 TEST(node_send_queue, a_full_pipe_keeps_the_frames_until_the_socket_has_room_and_loses_none) {

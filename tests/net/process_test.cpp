@@ -3,6 +3,7 @@
 // and no child left behind when a test fails. Every wait is bounded.
 
 #include "support/process.hpp"
+#include "support/raw_dealer.hpp"
 
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
@@ -30,41 +31,7 @@ std::string ready_endpoint(child_process& c) {
 }
 
 // A raw ZeroMQ DEALER connected to the child: what a peer does, without mailroom.
-class dealer {
-public:
-    explicit dealer(const std::string& endpoint) : ctx_(zmq_ctx_new()), socket_(zmq_socket(ctx_, ZMQ_DEALER)) {
-        const int linger = 0;
-        zmq_setsockopt(socket_, ZMQ_LINGER, &linger, sizeof linger);
-        EXPECT_EQ(zmq_connect(socket_, endpoint.c_str()), 0) << zmq_strerror(zmq_errno());
-    }
-    ~dealer() {
-        zmq_close(socket_);
-        zmq_ctx_term(ctx_);
-    }
-    dealer(const dealer&) = delete;
-    dealer& operator=(const dealer&) = delete;
-
-    void send(const std::string& m) {
-        EXPECT_EQ(zmq_send(socket_, m.data(), m.size(), ZMQ_DONTWAIT), static_cast<int>(m.size()))
-            << zmq_strerror(zmq_errno());
-    }
-    std::optional<std::string> receive(std::chrono::milliseconds timeout) {
-        zmq_pollitem_t item{socket_, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, static_cast<long>(timeout.count())) <= 0) return std::nullopt;
-        char buf[256];
-        const int n = zmq_recv(socket_, buf, sizeof buf, ZMQ_DONTWAIT);
-        if (n < 0) return std::nullopt;
-        return std::string(buf, static_cast<std::size_t>(std::min<int>(n, sizeof buf)));
-    }
-    std::optional<std::string> ask(const std::string& m, std::chrono::milliseconds timeout = 10s) {
-        send(m);
-        return receive(timeout);
-    }
-
-private:
-    void* ctx_;
-    void* socket_;
-};
+using dealer = mailroom::test::raw_dealer;
 
 pid_t guarded_pid = -1;
 
@@ -100,7 +67,7 @@ TEST(process, a_stopped_child_answers_nothing_until_it_is_continued) {
     dealer d(ready_endpoint(c));
     ASSERT_EQ(d.ask("before"), "before");
     c.stop();
-    d.send("while stopped");
+    d.send_now("while stopped");
     EXPECT_EQ(d.receive(300ms), std::nullopt) << "a stopped child answered";
     EXPECT_TRUE(c.running());
     c.resume();

@@ -109,9 +109,11 @@ MAILROOM_NET_EXPORT decode_result msgpack_unpack_into(std::span<const std::byte>
 
 struct buffer_writer {
     byte_buffer& out;
+    // msgpack writes a field at a time, a few bytes each: grown in place, no range insert.
     void write(const char* p, std::size_t n) {
-        const auto* b = reinterpret_cast<const std::byte*>(p);
-        out.insert(out.end(), b, b + n);
+        const std::size_t at = out.size();
+        out.resize(at + n);
+        if (n) std::memcpy(out.data() + at, p, n);
     }
 };
 
