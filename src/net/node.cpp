@@ -285,6 +285,7 @@ public:
     void connect(std::string_view endpoint, const connect_options& o);
     void allow(std::string_view public_key, std::string_view node_name);
     void revoke(std::string_view node_name);
+    allow_list_changes reload_allow_list();
     bool revoked(std::string_view node_name) const {
         std::lock_guard g(zap_lock_);
         return revoked_.count(node_name) != 0;
@@ -452,6 +453,8 @@ private:
     zap_stats zap_final_{};
     std::map<std::string, std::string, std::less<>> allowed_in_code_;  // node name -> last key (zap_lock_)
     std::set<std::string, std::less<>> revoked_;                        // node::revoke, until allowed (zap_lock_)
+    std::map<std::string, std::string, std::less<>> from_dir_;  // node name -> key, as last read from the directory (zap_lock_)
+    std::mutex reload_lock_;                                     // one reload_allow_list() at a time
 
     // The queue of work for the I/O thread.
     std::mutex queue_lock_;
@@ -571,7 +574,10 @@ void node_core::start() {
         zap_options z = security_->zap();
         z.log = [this](std::string_view line) { log(log_kind::refused_connection, std::string(line)); };
         zap_ = std::make_unique<zap_handler>(ctx, std::move(z));
-        if (!so.allow_list_dir.empty()) zap_->allow_directory(so.allow_list_dir);
+        if (!so.allow_list_dir.empty()) {
+            zap_->allow_directory(so.allow_list_dir);
+            for (auto& e : read_allow_directory(so.allow_list_dir)) from_dir_[e.node_name] = e.public_key;
+        }
     } else {
         ctx_ = process_context();
     }
@@ -715,6 +721,62 @@ void node_core::revoke(std::string_view node_name) {
     if (!push(std::move(c))) return;  // stopped: nothing left to drop
     if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
         throw error("node '" + name_ + "': revoke('" + std::string(node_name) + "'): no answer from the I/O thread in 10 s");
+}
+
+allow_list_changes node_core::reload_allow_list() {
+    const std::string what = "node '" + name_ + "': reload_allow_list()";
+    if (!curve_) throw security_error(what + ": this node has no keys (security.secret_key_file), so it lets no CURVE node in");
+    const auto& dir = options_.security.allow_list_dir;
+    if (dir.empty()) throw security_error(what + ": this node has no allow-list directory (security.allow_list_dir)");
+    std::lock_guard serial(reload_lock_);
+    std::map<std::string, std::string, std::less<>> next;  // node name -> key
+    for (auto& e : read_allow_directory(dir)) next[e.node_name] = e.public_key;  // raises: nothing changed
+    allow_list_changes changes;
+    std::vector<std::pair<std::string, std::string>> code_keys;  // names allowed in code too: name, key
+    {
+        std::lock_guard g(zap_lock_);
+        for (auto& [name, key] : next) {
+            auto was = from_dir_.find(name);
+            if (was == from_dir_.end()) changes.added.push_back(name);
+            else if (was->second != key) changes.changed.push_back(name);
+            else continue;
+            // A key allowed under another name that stays is refused before anything changes.
+            if (zap_) {
+                const auto holder = zap_->allowed_name(key);
+                if (holder && *holder != name) {
+                    auto other = next.find(*holder);
+                    const bool leaving = other == next.end() || other->second != key;
+                    if (!leaving || allowed_in_code_.count(*holder))
+                        throw security_error(what + ": the key of " + name + ".pub is allowed as node '" + *holder + "'");
+                }
+            }
+        }
+        for (auto& [name, key] : from_dir_)
+            if (!next.count(name)) changes.removed.push_back(name);
+        for (auto& name : changes.removed)
+            if (auto it = allowed_in_code_.find(name); it != allowed_in_code_.end()) code_keys.emplace_back(name, it->second);
+    }
+    // Revoking waits for the I/O thread: outside the lock.
+    for (auto& name : changes.removed) {
+        auto kept = std::find_if(code_keys.begin(), code_keys.end(), [&](auto& k) { return k.first == name; });
+        if (kept == code_keys.end()) {
+            revoke(name);
+            continue;
+        }
+        std::lock_guard g(zap_lock_);  // allow() let it in: only the file's key goes
+        if (zap_ && kept->second != from_dir_[name]) zap_->revoke(from_dir_[name]);
+    }
+    for (auto& name : changes.changed) revoke(name);
+    {
+        std::lock_guard g(zap_lock_);
+        for (auto* names : {&changes.added, &changes.changed})
+            for (auto& name : *names) {
+                if (zap_) zap_->allow(next[name], name);
+                revoked_.erase(name);
+            }
+        from_dir_ = std::move(next);
+    }
+    return changes;
 }
 
 // listen() and connect(): done on the I/O thread (which owns the sockets), waited for here.
@@ -2135,6 +2197,10 @@ void node::allow(std::string_view public_key, std::string_view node_name) {
 void node::revoke(std::string_view node_name) {
     if (!core_) throw usage_error("node: revoke() on an empty handle");
     core_->revoke(node_name);
+}
+allow_list_changes node::reload_allow_list() {
+    if (!core_) throw usage_error("node: reload_allow_list() on an empty handle");
+    return core_->reload_allow_list();
 }
 const std::string& node::public_key() const noexcept {
     static const std::string none;

@@ -238,13 +238,13 @@ void zap_handler::allow(std::string_view public_key, std::string_view node_name)
                              it->second + "', not also as '" + std::string(node_name) + "'");
 }
 
-std::size_t zap_handler::allow_directory(const std::filesystem::path& dir) {
+std::vector<allow_entry> read_allow_directory(const std::filesystem::path& dir) {
     std::error_code ec;
     if (!std::filesystem::is_directory(dir, ec))
         throw key_file_error(dir, key_file_problem::missing,
                              "allow-list directory '" + dir.string() + "' is not a directory that can be read");
-    // Read everything first: a broken file leaves the allow-list as it was.
-    std::vector<std::pair<std::string, std::string>> found;
+    std::vector<allow_entry> found;
+    std::unordered_map<std::string, std::string> names;  // key -> name, to refuse a key under two names
     for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
         if (entry.path().extension() != ".pub") continue;
         std::string name = entry.path().stem().string();
@@ -253,15 +253,26 @@ std::size_t zap_handler::allow_directory(const std::filesystem::path& dir) {
         } catch (const invalid_name_error& e) {
             throw invalid_name_error("allow-list file '" + entry.path().string() + "': " + e.what());
         }
-        found.emplace_back(read_public_key_file(entry.path()), std::move(name));
+        std::string key = read_public_key_file(entry.path());
+        auto [it, fresh] = names.try_emplace(key, name);
+        if (!fresh)
+            throw security_error("allow-list directory '" + dir.string() + "': public key " + key + " is both node '" +
+                                 it->second + "' and node '" + name + "'");
+        found.push_back({std::move(key), std::move(name)});
     }
     if (ec)
         throw key_file_error(dir, key_file_problem::io,
                              "allow-list directory '" + dir.string() + "' cannot be listed: " + ec.message());
+    return found;
+}
+
+std::size_t zap_handler::allow_directory(const std::filesystem::path& dir) {
+    // Read everything first: a broken file leaves the allow-list as it was.
+    const std::vector<allow_entry> found = read_allow_directory(dir);
     std::lock_guard lock(impl_->mutex);
     std::unordered_map<std::string, std::string> next = impl_->allowed;
     std::size_t added = 0;
-    for (auto& [key, name] : found) {
+    for (const auto& [key, name] : found) {
         auto [it, inserted] = next.try_emplace(key, name);
         if (!inserted && it->second != name)
             throw security_error("allow-list directory '" + dir.string() + "': public key " + key +

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `mailroom node keygen`: writes NAME.key (0600) and NAME.pub (0644), each one Z85 key line under
 # a comment header; refuses to overwrite without --force; bad arguments exit 2; `mailroom node`
-# without --name says it is needed and exits 2; --help describes the runner and keygen.
+# without --name says it is needed and exits 2; --help describes the runner and keygen; SIGHUP
+# makes a running node read its allow-list directory again.
 # Usage: node_keygen_test.sh <path of the mailroom tool> <scratch directory>
 set -u
 tool=$1
@@ -58,6 +59,43 @@ grep -q "exists" "$scratch/err" || fail "refusing to overwrite does not say the 
 expect_exit 0 "keygen --force" -- "$tool" node keygen --out "$scratch/keys" --name alpha --force
 [ "$(cat "$secret" "$public" | md5sum)" != "$before" ] || fail "keygen --force did not replace the files"
 [ "$(stat -c %a "$secret")" = 600 ] || fail "replaced secret key mode $(stat -c %a "$secret")"
+
+# SIGHUP: a running `mailroom node` reads its --allow-dir again and says what changed.
+wait_for_line() {  # wait_for_line FILE TEXT SECONDS
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -qF -- "$2" "$1" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+mkdir -p "$scratch/allow"
+"$tool" node keygen --out "$scratch/server" --name srv >/dev/null
+"$tool" node --name srv --secret-key "$scratch/server/srv.key" --allow-dir "$scratch/allow" \
+    --listen tcp://127.0.0.1:0 --for 60 >"$scratch/node.out" 2>&1 &
+node_pid=$!
+if wait_for_line "$scratch/node.out" "READY " 20; then
+    "$tool" node keygen --out "$scratch/allow" --name beta >/dev/null
+    kill -HUP "$node_pid"
+    wait_for_line "$scratch/node.out" "allow-list reloaded: added beta changed - removed -" 20 ||
+        fail "SIGHUP: no 'allow-list reloaded: added beta' line (output: $(cat "$scratch/node.out"))"
+    rm "$scratch/allow/beta.pub"
+    kill -HUP "$node_pid"
+    wait_for_line "$scratch/node.out" "allow-list reloaded: added - changed - removed beta" 20 ||
+        fail "SIGHUP: no 'removed beta' line (output: $(cat "$scratch/node.out"))"
+    echo "broken" >"$scratch/allow/gamma.pub"
+    kill -HUP "$node_pid"
+    wait_for_line "$scratch/node.out" "allow-list not reloaded: " 20 ||
+        fail "SIGHUP with a broken file: no 'not reloaded' line (output: $(cat "$scratch/node.out"))"
+    kill -0 "$node_pid" 2>/dev/null || fail "the node did not carry on after a failed reload"
+else
+    fail "mailroom node with --allow-dir did not say READY (output: $(cat "$scratch/node.out"))"
+fi
+kill -TERM "$node_pid" 2>/dev/null
+for ((i = 0; i < 200; i++)); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$node_pid" 2>/dev/null
+wait "$node_pid"
+[ $? -eq 0 ] || fail "the node did not exit 0 on SIGTERM after the reloads"
 
 if [ "$fails" -ne 0 ]; then
     echo "$fails check(s) failed"

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -1121,6 +1122,94 @@ TEST(node_security, a_revoked_client_is_dropped_at_once_refused_on_redial_and_le
     auto r = request<add_rep>(*f.client_env, "server/calc", add_req{2, 3}, {.timeout = 10s});
     ASSERT_EQ(settle(r), request_state::replied) << r.reason();
     EXPECT_TRUE(f.server_log.has("peer 'client' revoked"));
+}
+
+// A CURVE node of its own environment dialling `endpoint` with `keys`, named `name`.
+struct curve_client {
+    environment env;
+    net::node node;
+    curve_client(const std::string& name, const net::curve_keypair& keys, const std::string& endpoint,
+                 const std::string& server_public)
+        : env(environment_options{.name = name, .log = [](std::string_view) {}}),
+          node(env, name, with_key(fast(true), keys)) {
+        node.connect(endpoint, {.server_public_key = server_public});
+    }
+};
+
+TEST(node_security, reloading_the_allow_list_lets_new_nodes_in_rotates_changed_keys_and_revokes_removed_ones) {
+    temp_dir allow, secrets;
+    const auto sk = net::curve_keypair::generate();
+    const auto ka = net::curve_keypair::generate();
+    const auto kb = net::curve_keypair::generate();
+    auto write_pub = [&](const net::curve_keypair& k, const std::string& name) {
+        net::write_key_files(k, name, secrets / (name + ".key"), allow / (name + ".pub"), {.overwrite = true});
+    };
+    write_pub(ka, "a");
+    log_sink log;
+    environment server_env(environment_options{.name = "s", .log = log.fn()});
+    net::node_options so = with_key(fast(), sk);
+    so.security.allow_list_dir = allow.path;
+    net::node server(server_env, "server", so);
+    const std::string ep = server.listen("tcp://127.0.0.1:0");
+    curve_client a("a", ka, ep, sk.public_key);
+    ASSERT_TRUE(server.wait_for_peer("a", 10s));
+    // Not in the directory yet: refused until the directory is read again.
+    curve_client b("b", kb, ep, sk.public_key);
+    ASSERT_TRUE(eventually([&] { return server.stats().zap.refused_unknown_key >= 1; }));
+    EXPECT_FALSE(server.wait_for_peer("b", 200ms));
+    write_pub(kb, "b");
+    EXPECT_FALSE(server.wait_for_peer("b", 200ms)) << "let in before the reload";
+    auto c = server.reload_allow_list();
+    EXPECT_EQ(c.added, std::vector<std::string>{"b"});
+    EXPECT_TRUE(c.changed.empty());
+    EXPECT_TRUE(c.removed.empty());
+    ASSERT_TRUE(server.wait_for_peer("b", 10s)) << "b not let in after the reload";
+    // Nothing changed: nothing happens.
+    c = server.reload_allow_list();
+    EXPECT_TRUE(c.added.empty() && c.changed.empty() && c.removed.empty());
+    EXPECT_TRUE(server.wait_for_peer("a", 0ms));
+
+    // a's key rotated: the node on the old key is dropped at once and refused; the new key gets in.
+    const auto ka2 = net::curve_keypair::generate();
+    write_pub(ka2, "a");
+    c = server.reload_allow_list();
+    EXPECT_EQ(c.changed, std::vector<std::string>{"a"});
+    bool known = false;
+    EXPECT_EQ(state_of(server, "a", known), net::peer_state::down);
+    const auto refused_before = server.stats().zap.refused_unknown_key;
+    ASSERT_TRUE(eventually([&] { return server.stats().zap.refused_unknown_key > refused_before; }))
+        << "the old key of a was not refused on redial";
+    EXPECT_FALSE(server.wait_for_peer("a", 200ms));
+    curve_client a2("a", ka2, ep, sk.public_key);
+    ASSERT_TRUE(server.wait_for_peer("a", 10s)) << "a's new key not let in";
+    EXPECT_TRUE(server.wait_for_peer("b", 0ms));
+
+    // b's file removed: b is revoked (dropped at once, its HELLO refused from then on).
+    std::filesystem::remove(allow / "b.pub");
+    c = server.reload_allow_list();
+    EXPECT_EQ(c.removed, std::vector<std::string>{"b"});
+    EXPECT_EQ(state_of(server, "b", known), net::peer_state::down);
+    EXPECT_FALSE(server.wait_for_peer("b", 300ms));
+    EXPECT_TRUE(log.has("peer 'b' revoked"));
+
+    // A broken file: the reload raises and changes nothing (b stays out, a stays in).
+    {
+        std::ofstream junk(allow / "c.pub");
+        junk << "not a key\n";
+    }
+    EXPECT_THROW(server.reload_allow_list(), net::key_file_error);
+    EXPECT_TRUE(server.wait_for_peer("a", 0ms));
+    std::filesystem::remove(allow / "c.pub");
+    c = server.reload_allow_list();
+    EXPECT_TRUE(c.added.empty() && c.changed.empty() && c.removed.empty());
+
+    // A node without an allow-list directory, and one without keys, cannot reload.
+    environment other_env(environment_options{.name = "o", .log = [](std::string_view) {}});
+    net::node keyed(other_env, "keyed", with_key(fast(), net::curve_keypair::generate()));
+    EXPECT_THROW(keyed.reload_allow_list(), net::security_error);
+    keyed.stop();
+    net::node plain(other_env, "plain", fast());
+    EXPECT_THROW(plain.reload_allow_list(), net::security_error);
 }
 
 TEST(node_security, revoking_the_server_a_node_dials_abandons_its_requests_and_stops_the_dialling) {

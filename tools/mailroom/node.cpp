@@ -64,7 +64,9 @@ void print_usage(std::FILE* out) {
                  "                  ended replied, rejected and abandoned; exit 1 unless all replied\n"
                  "Security (without --secret-key: no authentication nor encryption, local endpoints only):\n"
                  "  --secret-key FILE  this node's secret key (NAME.key of keygen): CURVE on every endpoint\n"
-                 "  --allow-dir DIR    let in the nodes whose NAME.pub is in DIR, each as node NAME\n"
+                 "  --allow-dir DIR    let in the nodes whose NAME.pub is in DIR, each as node NAME;\n"
+                 "                  SIGHUP reads DIR again (new files let in, changed keys rotated,\n"
+                 "                  removed files revoked) and prints what changed\n"
                  "  --server-key FILE  the public key (NAME.pub) of the node(s) --connect dials\n"
                  "  --allow-null-remote  without keys, allow remote endpoints anyway (anyone who reaches\n"
                  "                  the port gets in, and everything crosses the network in clear)\n"
@@ -302,13 +304,35 @@ void print_report(const net::node& n, const environment& env) {
         (outcomes == e.messages_sent ? " (balanced)" : " (NOT balanced)"));
 }
 
+// SIGHUP: the allow-list directory read again; what changed is printed, a failure too (the node
+// carries on with the allow-list it had).
+void reload_allow_list(net::node& n, const std::string& dir) {
+    if (dir.empty()) {
+        say("SIGHUP: no --allow-dir to read again");
+        return;
+    }
+    try {
+        const auto c = n.reload_allow_list();
+        auto names = [](const std::vector<std::string>& v) {
+            std::string out;
+            for (auto& x : v) out += (out.empty() ? "" : ",") + x;
+            return out.empty() ? std::string("-") : out;
+        };
+        say("allow-list reloaded: added " + names(c.added) + " changed " + names(c.changed) + " removed " +
+            names(c.removed));
+    } catch (const std::exception& e) {
+        say(std::string("allow-list not reloaded: ") + e.what());
+    }
+}
+
 int run_runner(const runner_args& a) {
-    // SIGINT and SIGTERM are blocked in every thread (the environment's threads inherit this
-    // mask) and taken with sigtimedwait on this thread: no handler runs, nothing to make safe.
+    // SIGINT, SIGTERM and SIGHUP are blocked in every thread (the environment's threads inherit
+    // this mask) and taken with sigtimedwait on this thread: no handler runs, nothing to make safe.
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
     environment env(environment_options{.name = a.name, .log = [](std::string_view s) {
@@ -426,6 +450,10 @@ int run_runner(const runner_args& a) {
             if (sig == SIGINT || sig == SIGTERM) {
                 say(std::string("stopping on ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
                 break;
+            }
+            if (sig == SIGHUP) {
+                reload_allow_list(n, a.allow_dir);
+                continue;
             }
             if (sig < 0 && errno == EINTR) continue;  // SIGSTOP/SIGCONT and the like: not a stop
             if (sig < 0 && errno == EAGAIN) {

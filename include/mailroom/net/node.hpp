@@ -150,6 +150,13 @@ struct peer_info {
 };
 
 /// Frames of each kind.
+/// What node::reload_allow_list() changed, by node name (each list sorted).
+struct allow_list_changes {
+    std::vector<std::string> added;    ///< a new NAME.pub: let in
+    std::vector<std::string> changed;  ///< a NAME.pub with another key: revoked, then its new key let in
+    std::vector<std::string> removed;  ///< a NAME.pub gone: revoked (or only its key, if allow() let NAME in)
+};
+
 struct frame_counts {
     std::uint64_t hello = 0, heartbeat = 0, request = 0, send = 0, reply = 0, reject = 0, batch = 0;
 };
@@ -264,6 +271,17 @@ public:
     /// done. allow() under that name trusts it again (then connect() to dial it). Raises
     /// security_error on a node without keys, invalid_name_error for a bad name.
     void revoke(std::string_view node_name);
+    /// Reads the allow-list directory (security_options::allow_list_dir) again on a running
+    /// node and brings the allow-list in line with it: a `NAME.pub` that is new lets node NAME
+    /// in (as allow() would, even a node revoked before); one whose key changed revokes NAME
+    /// (as revoke(): the peer dropped, its requests abandoned) and lets the new key in (key
+    /// rotation: the node comes back with its new key); one that is gone revokes NAME, unless
+    /// allow() let NAME in (then only the file's key goes). Files unchanged change nothing.
+    /// All or nothing: a broken file, a bad name, a key under two names or a missing directory
+    /// raises (key_file_error, invalid_name_error, security_error) and nothing changes. Raises
+    /// security_error on a node without keys or without an allow-list directory. Returns what
+    /// changed, by node name. Any thread; calls are serialised.
+    allow_list_changes reload_allow_list();
     /// This node's CURVE public key (Z85); empty without keys.
     const std::string& public_key() const noexcept;
 

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace mailroom::net {
 
@@ -160,6 +161,19 @@ struct zap_stats {
 ///
 /// Bind it before any socket it guards accepts connections: libzmq lets every CURVE client in
 /// when no handler is bound. Destroy it after them, and before the context is terminated.
+/// One entry of an allow-list: the node `node_name` may connect with CURVE key `public_key`.
+struct allow_entry {
+    std::string public_key;  ///< Z85
+    std::string node_name;
+    bool operator==(const allow_entry&) const = default;
+};
+
+/// Reads every `NAME.pub` of `dir` (other files are left alone) as node NAME, without allowing
+/// anything: a broken file raises key_file_error, an invalid name invalid_name_error, a
+/// missing directory key_file_error (missing), and the same key under two names
+/// security_error, all naming the directory or file.
+MAILROOM_NET_EXPORT std::vector<allow_entry> read_allow_directory(const std::filesystem::path& dir);
+
 class MAILROOM_NET_EXPORT zap_handler final {
 public:
     /// Binds the ZAP endpoint on `zmq_context`. Raises security_error when the context already
