@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <typeindex>
 #include <unordered_map>
 
@@ -30,10 +31,16 @@ namespace {
 // map two, and a string, binary or extension no more than the payload, so capping the counts
 // by the payload's size bounds what the unpacker reserves by what the peer actually sent
 // (msgpack-c #1013).
-msgpack::unpack_limit limits_for(std::size_t n, const decode_limits& limits) {
-    return msgpack::unpack_limit(std::min(limits.max_array, n), std::min(limits.max_map, n / 2),
-                                 std::min(limits.max_str, n), std::min(limits.max_bin, n),
-                                 std::min(limits.max_ext, n), limits.max_depth);
+struct limit_key {
+    std::size_t array, map, str, bin, ext, depth;
+    bool operator==(const limit_key&) const = default;
+
+    msgpack::unpack_limit unpack_limit() const { return msgpack::unpack_limit(array, map, str, bin, ext, depth); }
+};
+
+limit_key limits_for(std::size_t n, const decode_limits& limits) {
+    return {std::min(limits.max_array, n), std::min(limits.max_map, n / 2), std::min(limits.max_str, n),
+            std::min(limits.max_bin, n),   std::min(limits.max_ext, n),     limits.max_depth};
 }
 
 // The checks every unpack makes: the payload's size against the limit, then `unpack(data, n,
@@ -48,7 +55,7 @@ decode_result bounded_unpack(std::span<const std::byte> in, const decode_limits&
     const std::size_t n = in.size();
     std::size_t offset = 0;
     try {
-        unpack(reinterpret_cast<const char*>(in.data()), n, offset, limits_for(n, limits));
+        unpack(reinterpret_cast<const char*>(in.data()), n, offset, limits_for(n, limits).unpack_limit());
     } catch (const msgpack::size_overflow& e) {
         return decode_result::failure(decode_status::limit_exceeded, e.what());
     } catch (const msgpack::insufficient_bytes& e) {
@@ -64,6 +71,38 @@ decode_result bounded_unpack(std::span<const std::byte> in, const decode_limits&
     return {};
 }
 
+// msgpack's unpack() makes a visitor and a parser per call, each with a stack on the heap: two
+// allocations and two frees per message. A thread keeps a few of each instead, one per set of
+// limits (a visitor's limits are fixed when it is made, and limits_for depends on the payload's
+// size), reused while a stream repeats its sizes, as most do; another size replaces the
+// oldest. Every use starts from init(), so one that threw mid-value leaves nothing behind.
+using object_visitor = msgpack::v2::detail::create_object_visitor;
+using object_parser = msgpack::v2::detail::parse_helper<object_visitor>;
+
+struct kept_parser {
+    limit_key key;
+    object_visitor visitor;
+    object_parser parser;
+
+    explicit kept_parser(const limit_key& k)
+        : key(k),
+          visitor(nullptr, nullptr, k.unpack_limit()),
+          parser(visitor) {}
+};
+
+kept_parser& parser_for(std::size_t n, const decode_limits& limits) {
+    constexpr std::size_t kept = 8;
+    thread_local std::unique_ptr<kept_parser> parsers[kept];
+    thread_local std::size_t next = 0;
+    const limit_key k = limits_for(n, limits);
+    for (auto& p : parsers)
+        if (p && p->key == k) return *p;
+    auto& slot = parsers[next];
+    next = (next + 1) % kept;
+    slot = std::make_unique<kept_parser>(k);
+    return *slot;
+}
+
 }  // namespace
 
 decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_limits& limits,
@@ -77,9 +116,17 @@ decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_li
     } clear;
     msgpack::object obj;
     decode_result r = bounded_unpack(in, limits, [&](const char* data, std::size_t n, std::size_t& offset,
-                                                     const msgpack::unpack_limit& limit) {
-        bool referenced = false;
-        obj = msgpack::unpack(zone, data, n, offset, referenced, nullptr, nullptr, limit);
+                                                     const msgpack::unpack_limit&) {
+        // What msgpack::unpack(zone, ...) does, with this thread's parser for these limits.
+        kept_parser& p = parser_for(n, limits);
+        p.parser.init();
+        p.visitor.set_zone(zone);
+        p.visitor.set_referenced(false);
+        std::size_t noff = offset;
+        const msgpack::parse_return ret = p.parser.execute(data, n, noff);
+        if (ret == msgpack::PARSE_CONTINUE) p.visitor.insufficient_bytes(noff - 1, noff);  // throws
+        if (ret == msgpack::PARSE_SUCCESS || ret == msgpack::PARSE_EXTRA_BYTES) offset = noff;
+        obj = p.visitor.data();
     });
     if (!r) return r;
     try {

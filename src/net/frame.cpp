@@ -2,6 +2,7 @@
 
 #include <mailroom/net/frame.hpp>
 
+#include <bit>
 #include <cstring>
 #include <limits>
 
@@ -53,13 +54,35 @@ constexpr std::byte magic1{'r'};
 bool known_kind(std::uint8_t k) noexcept { return k >= 1 && k <= 7; }
 bool known_reason(std::uint8_t r) noexcept { return r >= 1 && r <= 4; }
 
+// Little-endian integers: one load or store on a little-endian machine, bytes elsewhere.
+template <class U>
+U load_le(const std::byte* p) noexcept {
+    U r = 0;
+    if constexpr (std::endian::native == std::endian::little) {
+        std::memcpy(&r, p, sizeof r);
+    } else {
+        for (std::size_t i = 0; i < sizeof(U); ++i)
+            r = static_cast<U>(r | (static_cast<U>(std::to_integer<std::uint8_t>(p[i])) << (8 * i)));
+    }
+    return r;
+}
+
+template <class U>
+void store_le(std::byte* p, U v) noexcept {
+    if constexpr (std::endian::native == std::endian::little) {
+        std::memcpy(p, &v, sizeof v);
+    } else {
+        for (std::size_t i = 0; i < sizeof(U); ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
+    }
+}
+
 // Grown by resize and written in place: an encoder that keeps its buffer's capacity does no
 // range insert per field.
 template <class U>
 void put(net::byte_buffer& out, U v) {
     const std::size_t at = out.size();
     out.resize(at + sizeof(U));
-    for (std::size_t i = 0; i < sizeof(U); ++i) out[at + i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
+    store_le(out.data() + at, v);
 }
 
 void put_bytes(net::byte_buffer& out, const void* data, std::size_t n) {
@@ -70,7 +93,7 @@ void put_bytes(net::byte_buffer& out, const void* data, std::size_t n) {
 
 template <class U>
 void patch(net::byte_buffer& out, std::size_t at, U v) {
-    for (std::size_t i = 0; i < sizeof(U); ++i) out[at + i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
+    store_le(out.data() + at, v);
 }
 
 // The header with a body length of 0, patched once the body is written.
@@ -92,11 +115,8 @@ public:
     template <class U>
     bool get(U& v) {
         if (in_.size() - at_ < sizeof(U)) return short_ = true, false;
-        U r = 0;
-        for (std::size_t i = 0; i < sizeof(U); ++i)
-            r = static_cast<U>(r | (static_cast<U>(std::to_integer<std::uint8_t>(in_[at_ + i])) << (8 * i)));
+        v = load_le<U>(in_.data() + at_);
         at_ += sizeof(U);
-        v = r;
         return true;
     }
 
@@ -148,53 +168,106 @@ std::size_t frame_writer::begin_frame(const frame& f) {
                               std::to_string(s.size()) + " bytes is over the limit of " + std::to_string(max));
     };
     if (f.kind == frame_kind::batch) throw usage_error("frame writer: a BATCH is written with begin_batch()");
-    if (batch_at_ != SIZE_MAX) {
-        if (f.kind == frame_kind::hello) throw usage_error("frame writer: a HELLO cannot go inside a BATCH");
-        item_len_at_ = out_.size();
-        put<std::uint32_t>(out_, 0);
-    }
-    const std::size_t at = out_.size();
-    put_header(out_, f.kind);
-    auto str = [&](std::string_view s, std::size_t max, const char* field) {
+    if (batch_at_ != SIZE_MAX && f.kind == frame_kind::hello)
+        throw usage_error("frame writer: a HELLO cannot go inside a BATCH");
+    // The fields' size first (each string checked against its limit), then one resize and the
+    // fields written through a pointer: a frame per message costs one growth of the buffer,
+    // not one per field.
+    std::size_t n = frame_header_bytes;
+    auto str_size = [&](std::string_view s, std::size_t max, const char* field) {
         check(s, max, field);
-        put<std::uint16_t>(out_, static_cast<std::uint16_t>(s.size()));
-        put_bytes(out_, s.data(), s.size());
+        n += 2 + s.size();
     };
     switch (f.kind) {
         case frame_kind::hello:
             if (f.types.size() > limits_.max_types)
                 throw usage_error("frame writer: HELLO with " + std::to_string(f.types.size()) +
                                   " types is over the limit of " + std::to_string(limits_.max_types));
-            str(f.node, limits_.max_name, "node name");
-            put<std::uint8_t>(out_, f.protocol_version);
-            put<std::uint32_t>(out_, static_cast<std::uint32_t>(f.types.size()));
+            str_size(f.node, limits_.max_name, "node name");
+            n += 1 + 4;
             for (const hello_type& t : f.types) {
-                put<std::uint64_t>(out_, t.id);
-                str(t.name, limits_.max_name, "type name");
+                n += 8;
+                str_size(t.name, limits_.max_name, "type name");
             }
             break;
-        case frame_kind::heartbeat: put<std::uint64_t>(out_, f.sequence); break;
+        case frame_kind::heartbeat: n += 8; break;
         case frame_kind::request:
-            put<std::uint64_t>(out_, f.request_id);
-            put<std::uint32_t>(out_, f.timeout_ms);
-            put<std::uint64_t>(out_, f.type);
-            str(f.source, limits_.max_name, "source");
-            str(f.target, limits_.max_name, "target");
+            n += 8 + 4 + 8;
+            str_size(f.source, limits_.max_name, "source");
+            str_size(f.target, limits_.max_name, "target");
             break;
         case frame_kind::send:
-            put<std::uint64_t>(out_, f.type);
-            str(f.source, limits_.max_name, "source");
-            str(f.target, limits_.max_name, "target");
-            str(f.reply_to, limits_.max_name, "reply-to");
+            n += 8;
+            str_size(f.source, limits_.max_name, "source");
+            str_size(f.target, limits_.max_name, "target");
+            str_size(f.reply_to, limits_.max_name, "reply-to");
+            break;
+        case frame_kind::reply: n += 8 + 8; break;
+        case frame_kind::reject:
+            n += 8 + 1;
+            str_size(f.text, limits_.max_text, "reason text");
+            break;
+        case frame_kind::batch: break;
+    }
+    const bool in_batch = batch_at_ != SIZE_MAX;
+    if (in_batch) {
+        item_len_at_ = out_.size();
+        n += 4;
+    }
+    const std::size_t start = out_.size();
+    out_.resize(start + n);
+    std::byte* p = out_.data() + start;
+    auto w = [&p](auto v) {
+        store_le(p, v);
+        p += sizeof v;
+    };
+    auto wstr = [&](std::string_view s) {
+        w(static_cast<std::uint16_t>(s.size()));
+        if (!s.empty()) std::memcpy(p, s.data(), s.size());
+        p += s.size();
+    };
+    if (in_batch) w(std::uint32_t{0});  // the item's length, patched by end_frame
+    const std::size_t at = static_cast<std::size_t>(p - out_.data());
+    // The header with a body length of 0 (patched by end_frame): magic, version, kind, flags
+    // and reserved, the body length.
+    p[0] = magic0;
+    p[1] = magic1;
+    p[2] = static_cast<std::byte>(frame_version);
+    p[3] = static_cast<std::byte>(f.kind);
+    std::memset(p + 4, 0, frame_header_bytes - 4);
+    p += frame_header_bytes;
+    switch (f.kind) {
+        case frame_kind::hello:
+            wstr(f.node);
+            w(f.protocol_version);
+            w(static_cast<std::uint32_t>(f.types.size()));
+            for (const hello_type& t : f.types) {
+                w(t.id);
+                wstr(t.name);
+            }
+            break;
+        case frame_kind::heartbeat: w(f.sequence); break;
+        case frame_kind::request:
+            w(f.request_id);
+            w(f.timeout_ms);
+            w(f.type);
+            wstr(f.source);
+            wstr(f.target);
+            break;
+        case frame_kind::send:
+            w(f.type);
+            wstr(f.source);
+            wstr(f.target);
+            wstr(f.reply_to);
             break;
         case frame_kind::reply:
-            put<std::uint64_t>(out_, f.request_id);
-            put<std::uint64_t>(out_, f.type);
+            w(f.request_id);
+            w(f.type);
             break;
         case frame_kind::reject:
-            put<std::uint64_t>(out_, f.request_id);
-            put<std::uint8_t>(out_, static_cast<std::uint8_t>(f.reason));
-            str(f.text, limits_.max_text, "reason text");
+            w(f.request_id);
+            w(static_cast<std::uint8_t>(f.reason));
+            wstr(f.text);
             break;
         case frame_kind::batch: break;
     }

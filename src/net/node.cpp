@@ -179,11 +179,21 @@ struct command {
 };
 
 /// What the callers' threads may see of a peer (the I/O thread keeps the rest).
+// What a sender needs of a peer beyond its state, made once per incarnation (at its HELLO):
+// one reference for route() to copy under view_lock_.
+struct send_path {
+    // The local registry's entries that the peer announced under the same wire id and name,
+    // sorted by address: the types it can decode.
+    std::vector<const net::type_entry*> agreed;
+    std::shared_ptr<internal::peer_queue> queue;  // its send queue (closed once it is lost)
+
+    bool knows(const net::type_entry* te) const noexcept { return std::binary_search(agreed.begin(), agreed.end(), te); }
+};
+
 struct peer_view {
     peer_state state = peer_state::up;
     std::string address;
-    std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
-    std::shared_ptr<internal::peer_queue> queue;  // its send queue (closed once it is lost)
+    std::shared_ptr<const send_path> path;
 };
 
 struct connection;
@@ -206,10 +216,10 @@ struct peer {
         bool final_seen = false;
     };
     std::unordered_map<std::uint64_t, flight> inflight;
-    std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
-    // Its send queue: callers push (through peer_view), this thread drains. A new one per
-    // incarnation; closed (everything handed back) when the peer is lost or the node stops.
+    // Its send queue: callers push (through peer_view's send_path), this thread drains. A new
+    // one per incarnation; closed (everything handed back) when the peer is lost or the node stops.
     std::shared_ptr<internal::peer_queue> queue;
+    std::shared_ptr<const send_path> path;  // its types and queue, for senders
     // What flush() drained from the queue and its socket did not take yet because the pipe was
     // full (EAGAIN at the high-water mark): sent first, before anything more is drained, once
     // the socket has room (the I/O thread polls it for POLLOUT meanwhile). One BATCH at most, so
@@ -297,8 +307,11 @@ public:
     }
     // The I/O thread's, per message served: exports only grow, so the last name found exported
     // stays so and is answered without the lock.
+    // Whether `name` is a valid object name that an export covers. The last name found is
+    // kept (exports only grow): a stream of frames to one object checks its name once.
     bool exported(std::string_view name) {
         if (!last_exported_.empty() && name == last_exported_) return true;
+        if (!valid_target(name)) return false;
         std::lock_guard g(exports_lock_);
         for (auto& p : exports_)
             if (matches(p, name)) {
@@ -879,14 +892,13 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
     // copy per message).
     struct {
         peer_state state;
-        std::shared_ptr<const std::unordered_map<wire_id, std::string>> types;
-        std::shared_ptr<internal::peer_queue> queue;
+        std::shared_ptr<const send_path> path;
     } view;
     {
         std::lock_guard g(view_lock_);
         auto it = views_.find(peer_name);
         if (it == views_.end()) return false;  // not a peer this node knows: the local `*` may have it
-        view = {it->second.state, it->second.types, it->second.queue};
+        view = {it->second.state, it->second.path};
     }
     auto refuse = [&](request_state st, reject_reason why_code, const std::string& why) -> bool {
         if (r) {
@@ -910,9 +922,8 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
         return refuse(request_state::rejected, reject_reason::undecodable_type,
                       "node '" + name_ + "': the type " + readable_name(body.get()->type()) +
                           " is not registered in its type_registry");
-    if (view.types) {
-        auto t = view.types->find(te->id);
-        if (t == view.types->end() || t->second != te->name)
+    if (view.path) {
+        if (!view.path->knows(te))
             return refuse(request_state::rejected, reject_reason::undecodable_type,
                           "peer '" + std::string(peer_name) + "' does not know the type '" + te->name + "'");
     }
@@ -948,13 +959,13 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
                              std::string("node '") + name_ + "': encoding failed: " + e.what());
         throw;
     }
-    if (view.queue && view.state != peer_state::down) {
+    if (view.path && view.state != peer_state::down) {
         // The peer's send queue: its tag is the request (the queue holds the caller's
         // reference), so that a frame handed back tells which requester to answer.
         internal::outgoing_ptr m =
             internal::outgoing::make(encoded, r ? reinterpret_cast<std::uintptr_t>(r) : std::uint64_t{0});
         body = envelope_ref();
-        const internal::push_result pr = view.queue->push(m);
+        const internal::push_result pr = view.path->queue->push(m);
         if (internal::accepted(pr)) {
             if (r) bump(n_.requests_out);
             if (pr == internal::push_result::queued_wake) {
@@ -1765,10 +1776,17 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
     p->name = name;
     p->address = where;
     p->incarnation = ++incarnations_;
-    auto types = std::make_shared<std::unordered_map<wire_id, std::string>>();
-    for (auto& t : f.types) (*types)[t.id] = std::string(t.name);
-    p->types = std::move(types);
     p->queue = std::make_shared<internal::peer_queue>(name, queue_options());
+    {
+        auto path = std::make_shared<send_path>();
+        for (auto& t : f.types)
+            if (const net::type_entry* te = options_.types->find(t.id); te && te->name == t.name)
+                path->agreed.push_back(te);
+        std::sort(path->agreed.begin(), path->agreed.end());
+        path->agreed.erase(std::unique(path->agreed.begin(), path->agreed.end()), path->agreed.end());
+        path->queue = p->queue;
+        p->path = std::move(path);
+    }
     p->detector.heartbeat();  // the HELLO is the first sign of life
     if (conn) {
         p->conn = conn;
@@ -1816,9 +1834,9 @@ void node_core::on_request(peer& p, const frame& f) {
         internal::frame_writer(out_).write(r);
         answer(p, out_.data(), out_.size());
     };
-    const std::string target(f.target);
-    if (!valid_target(target) || !exported(target))
-        return reject(reject_reason::no_such_object, "node '" + name_ + "' does not export '" + target + "'");
+    const std::string_view target = f.target;
+    if (!exported(target))
+        return reject(reject_reason::no_such_object, "node '" + name_ + "' does not export '" + std::string(target) + "'");
     if (p.served >= options_.max_served_per_peer)
         return reject(reject_reason::peer_limits, "node '" + name_ + "' is serving " + std::to_string(p.served) +
                                                       " requests of peer '" + p.name + "' (its limit)");
@@ -1826,7 +1844,7 @@ void node_core::on_request(peer& p, const frame& f) {
     net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body);
     if (!d) {
         bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
-        log(log_kind::refused_delivery, "request from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
+        log(log_kind::refused_delivery, "request from peer '" + p.name + "' to '" + std::string(target) + "': undecodable payload: " + d.reason);
         return reject(reject_reason::undecodable_type, "node '" + name_ + "' could not decode it: " + d.reason);
     }
     // The requester's own timer decides when its request timed out; this copy's runs longer
@@ -1846,10 +1864,10 @@ void node_core::on_request(peer& p, const frame& f) {
 
 void node_core::on_send(peer& p, const frame& f) {
     bump(n_.sends_served);
-    const std::string target(f.target);
-    if (!valid_target(target) || !exported(target)) {
+    const std::string_view target = f.target;
+    if (!exported(target)) {
         bump(n_.served_refused);
-        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "' refused: not exported");
+        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + std::string(target) + "' refused: not exported");
         return;
     }
     envelope_ref body;
@@ -1857,13 +1875,13 @@ void node_core::on_send(peer& p, const frame& f) {
     if (!d) {
         bump(n_.served_refused);
         bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
-        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "': undecodable payload: " + d.reason);
+        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + std::string(target) + "': undecodable payload: " + d.reason);
         return;
     }
     if (internal::send_named_local(env_, target, body.release(), nullptr, remote_source(p.name, f.source),
                                    std::string(f.reply_to)) != internal::local_send::delivered) {
         bump(n_.served_refused);
-        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + target + "': no such object");
+        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + std::string(target) + "': no such object");
     }
 }
 
@@ -1932,8 +1950,7 @@ void node_core::update_view(const peer& p, bool erase) {
             auto& v = views_[p.name];
             v.state = p.state;
             v.address = p.address;
-            v.types = p.types;
-            v.queue = p.queue;
+            v.path = p.path;
         }
     }
     view_changed_.notify_all();

@@ -214,3 +214,28 @@ TEST(codec, decode_failures_are_results_with_a_reason_never_exceptions) {
     EXPECT_EQ(e.get(), nullptr);
     EXPECT_STREQ(to_string(decode_status::limit_exceeded), "limit_exceeded");
 }
+
+TEST(codec, a_decode_that_failed_mid_value_leaves_nothing_behind_for_the_next_of_the_same_size) {
+    // Each thread keeps its msgpack parsers between decodes (one per set of limits, which
+    // depend on the payload's size): a payload cut short mid-array, or too deep, must not leave
+    // its half-built value for the next payload of the same size to continue from.
+    type_registry reg;
+    const wire_id id = register_type<price_tick>(reg, "pricing.tick");
+    byte_buffer good;
+    const price_tick tick{"EURUSD", 1.0842, 1200};
+    reg.encode(tick, good);
+    ASSERT_EQ(std::to_integer<int>(good[0]), 0x93);  // a fixarray of three: symbol, price, volume
+    byte_buffer longer = good;
+    longer[0] = std::byte{0x94};  // claims a fourth field the payload does not hold
+    byte_buffer deep(good.size(), std::byte{0x91});  // arrays nested past max_depth, same size
+    for (int round = 0; round < 3; ++round) {
+        internal::envelope_ref e;
+        EXPECT_EQ(reg.decode(id, longer, {}, e).status, decode_status::malformed);
+        ASSERT_TRUE(reg.decode(id, good, {}, e));
+        EXPECT_EQ(internal::payload_of<price_tick>(e.get()), tick);
+        EXPECT_EQ(reg.decode(id, deep, {.max_depth = 4}, e).status, decode_status::limit_exceeded);
+        EXPECT_EQ(reg.decode(id, deep, {}, e).status, decode_status::malformed);  // cut short, 32 deep at most
+        ASSERT_TRUE(reg.decode(id, good, {}, e));
+        EXPECT_EQ(internal::payload_of<price_tick>(e.get()), tick);
+    }
+}
