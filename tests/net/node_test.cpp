@@ -112,6 +112,10 @@ struct event_log {
             if (e.state == s && e.peer == peer) ++n;
         return n;
     }
+    std::size_t seen(net::peer_state s, const std::string& peer) {
+        std::lock_guard g(m);
+        return count(s, peer);
+    }
     bool wait(net::peer_state s, const std::string& peer, std::size_t nth = 1, std::chrono::milliseconds t = 10s) {
         std::unique_lock g(m);
         return cv.wait_for(g, t, [&] { return count(s, peer) >= nth; });
@@ -421,14 +425,33 @@ TEST(node, a_peer_destroyed_mid_stream_abandons_every_request_in_flight_then_rec
         std::lock_guard g(f->held_m);
         f->held.clear();
     }
+    // The first peer_up may have come before the subscription (the fixture dials first): the
+    // one awaited is the next after those seen so far.
+    const std::size_t ups = events.seen(net::peer_state::up, "server");
     net::node again(*f->server_env, "server", fast());
     again.export_all();
     ASSERT_EQ(again.listen(f->endpoint), f->endpoint);
-    const bool back = events.wait(net::peer_state::up, "server", 2, 30s);
+    const bool back = events.wait(net::peer_state::up, "server", ups + 1, 30s);
     EXPECT_TRUE(back);
     if (!back) {
-        std::lock_guard g(f->client_log.m);
-        for (auto& l : f->client_log.lines) std::fprintf(stderr, "client log: %s\n", l.c_str());
+        {
+            std::lock_guard g(f->client_log.m);
+            for (auto& l : f->client_log.lines) std::fprintf(stderr, "client log: %s\n", l.c_str());
+        }
+        {
+            std::lock_guard g(f->server_log.m);
+            for (auto& l : f->server_log.lines) std::fprintf(stderr, "server log: %s\n", l.c_str());
+        }
+        for (auto [who, st] : {std::pair{"client", f->client->stats()}, std::pair{"server", again.stats()}})
+            std::fprintf(stderr, "%s: hello in %llu out %llu, refused %llu, from unknown %llu, handshake failed %llu/%llu/%llu/%llu\n",
+                         who, (unsigned long long)st.frames_in.hello, (unsigned long long)st.frames_out.hello,
+                         (unsigned long long)st.hello_refused, (unsigned long long)st.frames_from_unknown,
+                         (unsigned long long)st.handshake_failed_mechanism, (unsigned long long)st.handshake_failed_protocol,
+                         (unsigned long long)st.handshake_failed_auth, (unsigned long long)st.handshake_failed_other);
+        for (auto& pi : f->client->peers())
+            std::fprintf(stderr, "client's peer '%s': %s, events up %zu down %zu, client peers_up %llu\n", pi.name.c_str(),
+                         net::to_string(pi.state), events.seen(net::peer_state::up, "server"),
+                         events.seen(net::peer_state::down, "server"), (unsigned long long)f->client->stats().peers_up);
     }
     EXPECT_EQ(settle(waiting), request_state::replied) << waiting.reason();
     EXPECT_EQ(waiting.reply().sum, 21);
