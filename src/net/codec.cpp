@@ -44,7 +44,8 @@ limit_key limits_for(std::size_t n, const decode_limits& limits) {
 }
 
 // The checks every unpack makes: the payload's size against the limit, then `unpack(data, n,
-// offset, limit)` with msgpack's exceptions mapped to a status, then no bytes after the value.
+// offset, key)` (key: the limits for this payload) with msgpack's exceptions mapped to a status,
+// then no bytes after the value.
 template <class Unpack>
 decode_result bounded_unpack(std::span<const std::byte> in, const decode_limits& limits, Unpack&& unpack) {
     if (in.size() > limits.max_bytes)
@@ -55,7 +56,7 @@ decode_result bounded_unpack(std::span<const std::byte> in, const decode_limits&
     const std::size_t n = in.size();
     std::size_t offset = 0;
     try {
-        unpack(reinterpret_cast<const char*>(in.data()), n, offset, limits_for(n, limits).unpack_limit());
+        unpack(reinterpret_cast<const char*>(in.data()), n, offset, limits_for(n, limits));
     } catch (const msgpack::size_overflow& e) {
         return decode_result::failure(decode_status::limit_exceeded, e.what());
     } catch (const msgpack::insufficient_bytes& e) {
@@ -90,11 +91,10 @@ struct kept_parser {
           parser(visitor) {}
 };
 
-kept_parser& parser_for(std::size_t n, const decode_limits& limits) {
+kept_parser& parser_for(const limit_key& k) {
     constexpr std::size_t kept = 8;
     thread_local std::unique_ptr<kept_parser> parsers[kept];
     thread_local std::size_t next = 0;
-    const limit_key k = limits_for(n, limits);
     for (auto& p : parsers)
         if (p && p->key == k) return *p;
     auto& slot = parsers[next];
@@ -116,9 +116,9 @@ decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_li
     } clear;
     msgpack::object obj;
     decode_result r = bounded_unpack(in, limits, [&](const char* data, std::size_t n, std::size_t& offset,
-                                                     const msgpack::unpack_limit&) {
+                                                     const limit_key& key) {
         // What msgpack::unpack(zone, ...) does, with this thread's parser for these limits.
-        kept_parser& p = parser_for(n, limits);
+        kept_parser& p = parser_for(key);
         p.parser.init();
         p.visitor.set_zone(zone);
         p.visitor.set_referenced(false);
@@ -140,8 +140,8 @@ decode_result msgpack_unpack_into(std::span<const std::byte> in, const decode_li
 decode_result msgpack_unpack(std::span<const std::byte> in, const decode_limits& limits,
                              msgpack::object_handle& out) {
     return bounded_unpack(in, limits, [&](const char* data, std::size_t n, std::size_t& offset,
-                                          const msgpack::unpack_limit& limit) {
-        out = msgpack::unpack(data, n, offset, nullptr, nullptr, limit);
+                                          const limit_key& key) {
+        out = msgpack::unpack(data, n, offset, nullptr, nullptr, key.unpack_limit());
     });
 }
 

@@ -155,7 +155,10 @@ private:
 
 // ---- writer
 
-void frame_writer::put_u32(std::uint32_t v) { put(out_, v); }
+
+void frame_writer::throw_no_payload(frame_kind k) {
+    throw usage_error(std::string("frame writer: a ") + to_string(k) + " carries no payload");
+}
 
 void frame_writer::throw_unregistered(message_type t) {
     throw usage_error(std::string("frame writer: type ") + t.name() + " is not registered");
@@ -209,6 +212,8 @@ std::size_t frame_writer::begin_frame(const frame& f) {
             break;
         case frame_kind::batch: break;
     }
+    const bool payload = carries_payload(f.kind);
+    if (payload) n += 4;
     const bool in_batch = batch_at_ != SIZE_MAX;
     if (in_batch) {
         item_len_at_ = out_.size();
@@ -271,6 +276,7 @@ std::size_t frame_writer::begin_frame(const frame& f) {
             break;
         case frame_kind::batch: break;
     }
+    if (payload) w(std::uint32_t{0});  // the payload's length, patched by patch_payload
     return at;
 }
 
@@ -300,8 +306,7 @@ void frame_writer::write(const frame& f) {
         case frame_kind::request:
         case frame_kind::send:
         case frame_kind::reply: {
-            const std::size_t len_at = out_.size();
-            put<std::uint32_t>(out_, 0);
+            const std::size_t len_at = out_.size() - 4;
             put_bytes(out_, f.payload.data(), f.payload.size());
             patch_payload(len_at);
             break;

@@ -146,19 +146,23 @@ public:
 private:
     template <class F>
     void write_with(const frame& f, F&& payload) {
+        if (!carries_payload(f.kind)) throw_no_payload(f.kind);
         const std::size_t at = begin_frame(f);
-        const std::size_t len_at = out_.size();
-        put_u32(0);
+        const std::size_t len_at = out_.size() - 4;  // begin_frame ends with the payload's length
         payload(out_);
         patch_payload(len_at);
         end_frame(at);
     }
 
-    std::size_t begin_frame(const frame& f);  // header and fields up to the payload
+    static bool carries_payload(frame_kind k) {
+        return k == frame_kind::request || k == frame_kind::send || k == frame_kind::reply;
+    }
+    // Header and fields, and for a kind that carries a payload its length (0, patched later).
+    std::size_t begin_frame(const frame& f);
     void end_frame(std::size_t at);           // patches the body length, counts in a batch
     void patch_payload(std::size_t len_at);
-    void put_u32(std::uint32_t v);
     [[noreturn]] static void throw_unregistered(message_type t);
+    [[noreturn]] static void throw_no_payload(frame_kind k);
 
     net::byte_buffer& out_;
     frame_limits limits_;

@@ -178,7 +178,6 @@ struct command {
     std::shared_ptr<std::promise<std::string>> done;  // listen, connect, revoke
 };
 
-/// What the callers' threads may see of a peer (the I/O thread keeps the rest).
 // What a sender needs of a peer beyond its state, made once per incarnation (at its HELLO):
 // one reference for route() to copy under view_lock_.
 struct send_path {
@@ -190,6 +189,7 @@ struct send_path {
     bool knows(const net::type_entry* te) const noexcept { return std::binary_search(agreed.begin(), agreed.end(), te); }
 };
 
+/// What the callers' threads may see of a peer (the I/O thread keeps the rest).
 struct peer_view {
     peer_state state = peer_state::up;
     std::string address;
@@ -305,10 +305,9 @@ public:
         std::lock_guard g(exports_lock_);
         exports_.push_back(std::move(pattern));
     }
-    // The I/O thread's, per message served: exports only grow, so the last name found exported
-    // stays so and is answered without the lock.
-    // Whether `name` is a valid object name that an export covers. The last name found is
-    // kept (exports only grow): a stream of frames to one object checks its name once.
+    // The I/O thread's, per message served: whether `name` is a valid object name that an
+    // export covers. Exports only grow, so the last name found stays covered and is answered
+    // without the lock: a stream of frames to one object checks its name once.
     bool exported(std::string_view name) {
         if (!last_exported_.empty() && name == last_exported_) return true;
         if (!valid_target(name)) return false;

@@ -329,3 +329,30 @@ TEST(frame, write_encoded_packs_whole_frames_into_a_batch_and_refuses_anything_e
     w.end_batch();
     EXPECT_THROW(w.write_encoded(out), usage_error);  // nor is a BATCH written into another frame
 }
+
+TEST(frame, a_payload_written_in_place_matches_one_given_whole_and_only_payload_kinds_take_one) {
+    const std::string payload = "0123456789abcdef";
+    for (frame_kind k : {frame_kind::request, frame_kind::send, frame_kind::reply}) {
+        const frame f{.kind = k, .request_id = 7, .type = 42, .source = "a/s", .target = "b/t",
+                      .payload = bytes_of(payload)};
+        net::byte_buffer in_place;
+        frame_writer(in_place).write_payload(f, [&](net::byte_buffer& out) {
+            const auto* p = reinterpret_cast<const std::byte*>(payload.data());
+            out.insert(out.end(), p, p + payload.size());
+        });
+        EXPECT_EQ(in_place, one(f)) << to_string(k);
+        frame_decoder d;
+        const frame g = decode_single(d, in_place);
+        EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(g.payload.data()), g.payload.size()), payload);
+    }
+    net::byte_buffer buf;
+    try {
+        frame_writer(buf).write_payload(frame{.kind = frame_kind::heartbeat}, [](net::byte_buffer& out) {
+            out.push_back(std::byte{1});
+        });
+        FAIL() << "a HEARTBEAT took a payload";
+    } catch (const usage_error& e) {
+        EXPECT_NE(std::string(e.what()).find("HEARTBEAT"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(buf.empty());
+}
