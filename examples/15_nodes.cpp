@@ -3,9 +3,10 @@
 // programs would be: the README's "calc" served by node "desk", asked by node "trader" as
 // "desk/calc". Then what a requester sees when things go wrong across the wire: a name the
 // other side does not export is rejected there, a handler's reject() comes back with its
-// reason, a slow answer is abandoned by the requester's timeout, and once the serving node
-// stops, the trader sees the peer go down and a new request to it is abandoned at once, never
-// left waiting. See docs/nodes.md.
+// reason, a slow answer is abandoned by the requester's timeout, and when the serving node
+// stops it says BYE: the trader sees the peer down at once, the request it had in flight there
+// is abandoned, and a new request to it is abandoned at once, never left waiting. See
+// docs/nodes.md.
 
 #include <mailroom/mailroom.hpp>
 #include <mailroom/net/node.hpp>
@@ -98,8 +99,18 @@ int main() {
     show("desk/calc 999 + 1 (50 ms)", slow);
     check(slow.state() == mailroom::request_state::abandoned, "a slow answer is abandoned by the timeout");
 
-    // The serving node stops (its process would exit): the trader's requests to it end.
+    // The serving node stops (its process would exit) while a request is in flight to it: it
+    // says BYE, and the trader does not wait for its failure detector (about 6.6 s here).
+    auto in_flight = mailroom::request<sum>(env2, "desk/calc", sum_req{999, 2}, {.timeout = 30s});
+    example::eventually([&] { return in_flight.state() == mailroom::request_state::transmitted; });
+    const auto stopped = std::chrono::steady_clock::now();
     here.reset();
+    check(in_flight.wait_for(20s), "the request in flight ends when 'desk' stops");
+    show("desk/calc 999 + 2 (desk stops)", in_flight);
+    check(in_flight.state() == mailroom::request_state::abandoned &&
+              in_flight.reason().find("peer 'desk' stopped") != std::string::npos,
+          "abandoned: the peer stopped (it said BYE)");
+    check(std::chrono::steady_clock::now() - stopped < 5s, "at once, not after the detection time");
     check(example::eventually([&] { return downs.load() > 0; }, 20s), "the trader sees 'desk' go down");
     auto late = mailroom::request<sum>(env2, "desk/calc", sum_req{1, 2}, {.timeout = 2s});
     check(late.wait_for(3s), "a request to a peer that is down ends, never left waiting");
@@ -111,6 +122,7 @@ int main() {
                 static_cast<unsigned long long>(st.requests_out), static_cast<unsigned long long>(st.requests_replied),
                 static_cast<unsigned long long>(st.requests_rejected),
                 static_cast<unsigned long long>(st.requests_abandoned));
-    check(st.requests_replied == 1 && st.requests_rejected == 2, "the trader's node counted each answer");
+    check(st.requests_replied == 1 && st.requests_rejected == 2 && st.peers_left == 1,
+          "the trader's node counted each answer, and the BYE");
     return check.exit_code();
 }

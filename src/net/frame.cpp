@@ -17,6 +17,7 @@ const char* to_string(frame_kind k) noexcept {
         case frame_kind::reply: return "REPLY";
         case frame_kind::reject: return "REJECT";
         case frame_kind::batch: return "BATCH";
+        case frame_kind::bye: return "BYE";
     }
     return "?";
 }
@@ -51,7 +52,7 @@ namespace {
 constexpr std::byte magic0{'m'};
 constexpr std::byte magic1{'r'};
 
-bool known_kind(std::uint8_t k) noexcept { return k >= 1 && k <= 7; }
+bool known_kind(std::uint8_t k) noexcept { return k >= 1 && k <= 8; }
 bool known_reason(std::uint8_t r) noexcept { return r >= 1 && r <= 4; }
 
 // Little-endian integers: one load or store on a little-endian machine, bytes elsewhere.
@@ -210,6 +211,7 @@ std::size_t frame_writer::begin_frame(const frame& f) {
             n += 8 + 1;
             str_size(f.text, limits_.max_text, "reason text");
             break;
+        case frame_kind::bye: str_size(f.text, limits_.max_text, "reason text"); break;
         case frame_kind::batch: break;
     }
     const bool payload = carries_payload(f.kind);
@@ -274,6 +276,7 @@ std::size_t frame_writer::begin_frame(const frame& f) {
             w(static_cast<std::uint8_t>(f.reason));
             wstr(f.text);
             break;
+        case frame_kind::bye: wstr(f.text); break;
         case frame_kind::batch: break;
     }
     if (payload) w(std::uint32_t{0});  // the payload's length, patched by patch_payload
@@ -458,6 +461,7 @@ frame_error frame_decoder::decode_one(std::span<const std::byte> in, bool in_bat
             }
             break;
         }
+        case frame_kind::bye: r.str(f.text, limits_.max_text); break;
         case frame_kind::batch: {
             if (in_batch) return fail(frame_error::malformed, "a BATCH inside a BATCH");
             std::uint32_t n = 0;

@@ -13,6 +13,7 @@
 //   REPLY      request id u64, wire id u64, payload
 //   REJECT     request id u64, reason u8 (reject_reason), reason text
 //   BATCH      u32 count (>= 1), then per frame: u32 length, a whole frame (no HELLO, no BATCH)
+//   BYE        reason text (protocol 2: the sender is stopping; sent to peers whose HELLO said 2)
 //
 // Decoding validates every length against the bytes that remain and against frame_limits
 // before it looks at (or reserves for) what a length announces, and a rejected frame is a
@@ -34,6 +35,9 @@
 namespace mailroom::internal {
 
 inline constexpr std::uint8_t frame_version = 1;
+/// The protocol version a HELLO announces (the highest this node speaks): 1 is the frames up to
+/// BATCH, 2 adds BYE. A peer of version 1 is spoken to without BYE.
+inline constexpr std::uint8_t protocol_version = 2;
 inline constexpr std::size_t frame_header_bytes = 12;
 
 enum class frame_kind : std::uint8_t {
@@ -44,6 +48,7 @@ enum class frame_kind : std::uint8_t {
     reply = 5,
     reject = 6,
     batch = 7,
+    bye = 8,
 };
 MAILROOM_NET_EXPORT const char* to_string(frame_kind k) noexcept;
 
@@ -101,7 +106,7 @@ struct frame {
     std::string_view source{};                ///< REQUEST, SEND
     std::string_view target{};                ///< REQUEST, SEND
     std::string_view reply_to{};              ///< SEND
-    std::string_view text{};                  ///< REJECT
+    std::string_view text{};                  ///< REJECT, BYE
     std::span<const std::byte> payload{};     ///< REQUEST, SEND, REPLY
     std::span<const hello_type> types{};      ///< HELLO
 };

@@ -153,14 +153,14 @@ std::string remote_source(std::string_view peer_name, std::string_view source) {
 
 /// The node's counters: written by any thread (relaxed), read by stats().
 struct counters {
-    std::atomic<std::uint64_t> in[8]{}, out[8]{};
+    std::atomic<std::uint64_t> in[9]{}, out[9]{};  // by frame_kind (1 .. 8)
     std::atomic<std::uint64_t> hello_refused_wrong_node{0}, hello_refused_revoked{0}, handshake_failed_mechanism{0}, handshake_failed_protocol{0},
         handshake_failed_auth{0}, handshake_failed_other{0};
     std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0}, frames_from_unknown{0}, hello_refused{0}, peers_up{0},
         peers_suspect{0}, peers_down{0}, peers_forgotten{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
         requests_abandoned{0}, rej_reason[5]{}, replies_orphaned{0}, sends_out{0}, sends_lost{0},
         requests_served{0}, sends_served{0}, served_refused{0}, answers_lost{0}, unreachable{0}, sends_dropped{0},
-        requests_refused_by_queue{0}, frames_handed_back{0};
+        requests_refused_by_queue{0}, frames_handed_back{0}, peers_left{0};
 };
 
 /// Work handed to the I/O thread.
@@ -211,6 +211,7 @@ struct peer {
     clock::time_point down_since{};  // when it went down (forget_down_peers_after)
     std::uint64_t hb_seq = 0;
     std::uint32_t served = 0;
+    std::uint8_t version = 1;  // the protocol both speak: the lower of the two HELLOs'
     struct flight {
         request_core* req;  // a reference
         bool final_seen = false;
@@ -489,6 +490,7 @@ private:
     // Test hook: while set, the I/O thread leaves the send queues undrained (a peer that does
     // not drain, deterministically).
     std::atomic<bool> sends_paused_{false};
+    std::atomic<bool> no_bye_{false};  // test_access::stop_without_bye
 
     counters n_;
     std::array<std::atomic<std::uint64_t>, internal::frame_error_count> rejected_{};
@@ -821,6 +823,7 @@ node_stats node_core::stats() const {
         c.reply = l(frame_kind::reply);
         c.reject = l(frame_kind::reject);
         c.batch = l(frame_kind::batch);
+        c.bye = l(frame_kind::bye);
         return c;
     };
     auto ld = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
@@ -876,6 +879,7 @@ node_stats node_core::stats() const {
     s.sends_dropped = ld(n_.sends_dropped);
     s.requests_refused_by_queue = ld(n_.requests_refused_by_queue);
     s.frames_handed_back = ld(n_.frames_handed_back);
+    s.peers_left = ld(n_.peers_left);
     s.log_lines_suppressed = log_lines_suppressed_.load(std::memory_order_relaxed);
     return s;
 }
@@ -1299,6 +1303,20 @@ void node_core::run() noexcept {
         work.swap(queue_);
     }
     const std::string why = "node '" + name_ + "' stopped";
+    // A BYE to each peer that speaks it and is not down, before the sockets close (their linger
+    // lets it go out): the peers see this node down at once instead of after their detection
+    // time. Best effort: a full pipe or a gone peer leaves it to their failure detectors.
+    {
+        frame bye;
+        bye.kind = frame_kind::bye;
+        bye.text = "stopped";
+        out_.clear();
+        internal::frame_writer(out_).write(bye);
+        for (auto& [pn, pp] : peers_)
+            if (pp->state != peer_state::down && pp->version >= 2 && !pp->pipe_full &&
+                !no_bye_.load(std::memory_order_relaxed))
+                (void)send_to_peer(*pp, out_.data(), out_.size());
+    }
     for (auto& c : work) {
         if (c.kind == command::frame_out) {
             lose(c, why);
@@ -1593,7 +1611,7 @@ bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* 
     bump(n_.bytes_out, n);
     if (n >= internal::frame_header_bytes) {
         const auto k = static_cast<std::uint8_t>(data[3]);
-        if (k < 8) bump(n_.out[k]);
+        if (k < 9) bump(n_.out[k]);
     }
     return true;
 }
@@ -1609,7 +1627,7 @@ void node_core::send_hello(void* socket, const std::string* rid) {
     frame f;
     f.kind = frame_kind::hello;
     f.node = name_;
-    f.protocol_version = internal::frame_version;
+    f.protocol_version = internal::protocol_version;
     f.types = types;
     out_.clear();
     internal::frame_writer(out_).write(f);
@@ -1738,7 +1756,9 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
             conn->deadline = clock::now() + conn->backoff_delay.next();
         }
     };
-    if (f.protocol_version < internal::frame_version) return refuse("protocol version " + std::to_string(f.protocol_version) + ", this node speaks 1");
+    if (f.protocol_version < 1)
+        return refuse("protocol version " + std::to_string(f.protocol_version) + ", this node speaks 1 to " +
+                      std::to_string(internal::protocol_version));
     try {
         check_name(name);
         if (name.find('/') != std::string::npos) throw invalid_name_error("a node name has no '/'");
@@ -1775,6 +1795,7 @@ void node_core::on_hello(const frame& f, void* socket, connection* conn, const s
     p->name = name;
     p->address = where;
     p->incarnation = ++incarnations_;
+    p->version = std::min(f.protocol_version, internal::protocol_version);
     p->queue = std::make_shared<internal::peer_queue>(name, queue_options());
     {
         auto path = std::make_shared<send_path>();
@@ -1816,6 +1837,13 @@ void node_core::on_frame(peer& p, const frame& f) {
         case frame_kind::send: on_send(p, f); return;
         case frame_kind::reply:
         case frame_kind::reject: on_answer(p, f); return;
+        case frame_kind::bye:
+            // It is stopping: down at once rather than after the failure-detection time, its
+            // requests in flight abandoned; a dialled one is dialled again after the back-off.
+            bump(n_.peers_left);
+            log("peer '" + p.name + "' is down (it said BYE: " + std::string(f.text) + ")");
+            drop_peer(p, "peer '" + p.name + "' stopped");
+            return;
         default: return;
     }
 }
@@ -2160,6 +2188,12 @@ void node_core::tick(clock::time_point now) {
                 internal::request_release(c.req);
                 return true;
             });
+}
+
+void test_access::stop_without_bye(node& n) {
+    if (!n.core_) return;
+    n.core_->no_bye_.store(true, std::memory_order_relaxed);
+    n.stop();
 }
 
 void test_access::pause_sends(const node& n, bool paused) {

@@ -134,7 +134,10 @@ private:
     frame random_frame(net::byte_buffer& payload, std::vector<hello_type>& types) {
         static const char* const names[] = {"", "a", "calc", "pricing.tick", "node-7", "x/y"};
         frame f;
-        f.kind = static_cast<frame_kind>(1 + pick(6));  // HELLO .. REJECT
+        static const frame_kind kinds[] = {frame_kind::hello, frame_kind::heartbeat, frame_kind::request,
+                                           frame_kind::send,  frame_kind::reply,     frame_kind::reject,
+                                           frame_kind::bye};
+        f.kind = kinds[pick(7)];  // every kind but BATCH (built below)
         f.request_id = rng_();
         f.sequence = rng_();
         f.type = pick(3) == 0 ? rng_() : (pick(2) ? quote_id_ : blob_id_);

@@ -107,7 +107,15 @@ TEST(frame, heartbeat_request_send_reply_and_reject_round_trip) {
         EXPECT_EQ(g.reason, reason);
         EXPECT_EQ(g.text, to_string(reason));
     }
-    EXPECT_EQ(d.count(frame_error::none), 8u);
+    // BYE: its reason text, exactly the bytes docs/net.md gives (header, then u16 length + text).
+    const net::byte_buffer bye = messages.emplace_back(one(frame{.kind = frame_kind::bye, .text = "stopped"}));
+    const unsigned char expected[] = {'m', 'r', 1, 8, 0, 0, 0, 0, 9, 0, 0, 0, 7, 0, 's', 't', 'o', 'p', 'p', 'e', 'd'};
+    ASSERT_EQ(bye.size(), sizeof expected);
+    EXPECT_EQ(std::memcmp(bye.data(), expected, sizeof expected), 0);
+    g = decode_single(d, bye);
+    EXPECT_EQ(g.kind, frame_kind::bye);
+    EXPECT_EQ(g.text, "stopped");
+    EXPECT_EQ(d.count(frame_error::none), 9u);
     EXPECT_EQ(d.rejected(), 0u);
 }
 

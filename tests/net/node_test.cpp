@@ -403,7 +403,9 @@ TEST(node, a_peer_destroyed_mid_stream_abandons_every_request_in_flight_then_rec
     // Marked transmitted once the socket took them: the server may hold them all just before.
     for (auto& r : flying) EXPECT_TRUE(eventually([&] { return r.state() == request_state::transmitted; }));
     const auto killed = std::chrono::steady_clock::now();
-    f->server.reset();  // the server node goes: no goodbye, only silence
+    // The server node goes as a killed process would: no BYE, only silence.
+    net::internal_node::test_access::stop_without_bye(*f->server);
+    f->server.reset();
     for (auto& r : flying) {
         EXPECT_EQ(settle(r), request_state::abandoned);
         EXPECT_NE(r.reason().find("peer 'server' lost"), std::string::npos) << r.reason();
@@ -458,6 +460,117 @@ TEST(node, a_peer_destroyed_mid_stream_abandons_every_request_in_flight_then_rec
     auto r = request<add_rep>(*f->client_env, "server/calc", add_req{3, 4}, {.timeout = 10s});
     ASSERT_EQ(settle(r), request_state::replied) << r.reason();
     EXPECT_EQ(r.reply().sum, 7);
+}
+
+// Detection that takes half a minute: what a peer learns within seconds here, it learned from
+// a BYE, not from the silence.
+net::node_options slow_detection(bool with_client_only = false) {
+    net::node_options o = fast(with_client_only);
+    o.acceptable_heartbeat_pause = 30s;
+    o.down_after = 5s;
+    return o;
+}
+
+TEST(node, a_node_that_stops_says_bye_and_its_peer_sees_it_down_at_once_with_requests_abandoned) {
+    auto f = std::make_unique<pair_fixture>("tcp://127.0.0.1:0", slow_detection(), slow_detection(true));
+    event_log events;
+    session cs(*f->client_env);
+    auto sub = f->client->subscribe_peers(cs, [&](const net::peer_event& e) { events.add(e); });
+    ASSERT_TRUE(f->up());
+    std::vector<outgoing<add_rep>> flying;
+    for (int i = 0; i < 5; ++i)
+        flying.push_back(request<add_rep>(*f->client_env, "server/hold", add_req{i, 0}, {.timeout = 60s}));
+    ASSERT_TRUE(eventually([&] { return f->held_count() == 5; })) << "the requests never all arrived";
+    const std::size_t ups = events.seen(net::peer_state::up, "server");
+    const auto stopped = std::chrono::steady_clock::now();
+    f->server->stop();
+    for (auto& r : flying) {
+        EXPECT_EQ(settle(r, 20s), request_state::abandoned);
+        EXPECT_NE(r.reason().find("peer 'server' stopped"), std::string::npos) << r.reason();
+    }
+    const auto took = std::chrono::steady_clock::now() - stopped;
+    EXPECT_LT(took, 10s) << "took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                         << " ms: the failure detector's time, not a BYE's";
+    EXPECT_TRUE(events.wait(net::peer_state::down, "server", 1, 10s));
+    EXPECT_EQ(events.seen(net::peer_state::suspect, "server"), 0u) << "down at once, never suspected";
+    EXPECT_EQ(f->server->stats().frames_out.bye, 1u);
+    EXPECT_TRUE(eventually([&] {
+        const auto s = f->client->stats();
+        return s.frames_in.bye == 1 && s.peers_left == 1 && s.peers_down == 1 && s.requests_abandoned == 5;
+    })) << "bye in " << f->client->stats().frames_in.bye << ", left " << f->client->stats().peers_left;
+    EXPECT_TRUE(f->client_log.has("peer 'server' is down (it said BYE: stopped)"));
+    auto fast_fail = request<add_rep>(*f->client_env, "server/calc", add_req{1, 1});
+    EXPECT_EQ(settle(fast_fail), request_state::abandoned);
+    EXPECT_NE(fast_fail.reason().find("is down"), std::string::npos) << fast_fail.reason();
+
+    // It is dialled again: a node of that name back on the endpoint is up and serving.
+    {
+        std::lock_guard g(f->held_m);
+        f->held.clear();
+    }
+    f->server.reset();
+    net::node again(*f->server_env, "server", slow_detection());
+    again.export_all();
+    ASSERT_EQ(again.listen(f->endpoint), f->endpoint);
+    ASSERT_TRUE(events.wait(net::peer_state::up, "server", ups + 1, 30s));
+    auto r = request<add_rep>(*f->client_env, "server/calc", add_req{3, 4}, {.timeout = 10s});
+    ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+    EXPECT_EQ(r.reply().sum, 7);
+}
+
+TEST(node, a_node_that_dialled_and_stops_is_seen_down_at_once_by_the_node_it_dialled) {
+    pair_fixture f("tcp://127.0.0.1:0", slow_detection(), slow_detection(true));
+    event_log events;
+    session ss(*f.server_env);
+    auto sub = f.server->subscribe_peers(ss, [&](const net::peer_event& e) { events.add(e); });
+    ASSERT_TRUE(f.up());
+    const auto stopped = std::chrono::steady_clock::now();
+    f.client->stop();
+    ASSERT_TRUE(events.wait(net::peer_state::down, "client", 1, 10s));
+    EXPECT_LT(std::chrono::steady_clock::now() - stopped, 10s);
+    EXPECT_EQ(events.seen(net::peer_state::suspect, "client"), 0u);
+    EXPECT_EQ(f.server->stats().peers_left, 1u);
+    EXPECT_EQ(f.client->stats().frames_out.bye, 1u);
+}
+
+TEST(node, a_bye_goes_only_to_peers_whose_hello_said_protocol_2) {
+    // Slow detection: the raw peers below never send a heartbeat, and must still be up when
+    // the node stops.
+    pair_fixture f("tcp://127.0.0.1:0", slow_detection(), slow_detection(true));
+    ASSERT_TRUE(f.up());
+    auto hello = [](std::uint8_t version, const char* name) {
+        internal::frame h;
+        h.kind = internal::frame_kind::hello;
+        h.node = name;
+        h.protocol_version = version;
+        net::byte_buffer b;
+        internal::frame_writer(b).write(h);
+        return b;
+    };
+    auto byes_seen = [](test::raw_dealer& d) {
+        int byes = 0;
+        while (auto m = d.receive(300ms))
+            if (m->size() >= internal::frame_header_bytes &&
+                static_cast<std::uint8_t>((*m)[3]) == static_cast<std::uint8_t>(internal::frame_kind::bye)) {
+                ++byes;
+                internal::frame_decoder d2;
+                EXPECT_EQ(d2.decode(std::as_bytes(std::span<const char>(m->data(), m->size()))),
+                          internal::frame_error::none);
+                if (!d2.frames().empty()) {
+                    EXPECT_EQ(d2.frames()[0].text, "stopped");
+                }
+            }
+        return byes;
+    };
+    test::raw_dealer old_peer(f.endpoint), new_peer(f.endpoint);
+    old_peer.send(hello(1, "old-peer"));
+    new_peer.send(hello(2, "new-peer"));
+    ASSERT_TRUE(f.server->wait_for_peer("old-peer", 10s));
+    ASSERT_TRUE(f.server->wait_for_peer("new-peer", 10s));
+    f.server->stop();
+    EXPECT_EQ(byes_seen(old_peer), 0) << "a protocol 1 peer was sent a BYE";
+    EXPECT_EQ(byes_seen(new_peer), 1);
+    EXPECT_EQ(f.server->stats().frames_out.bye, 2u);  // the new peer and the client node
 }
 
 TEST(node, an_exported_object_unregistered_while_requests_fly_is_not_called_after_shutdown_returns) {
@@ -852,6 +965,7 @@ TEST(node_send_queue, queued_requests_are_abandoned_peer_lost_when_the_peers_nod
     net::internal_node::test_access::pause_sends(*f.client, true);
     auto queued = queue_requests(f, 3);
     send_to(*f.client_env, "server/sink", note{"lost"});
+    net::internal_node::test_access::stop_without_bye(*f.server);  // silence, as a killed process
     f.server.reset();
     for (auto& r : queued) {
         EXPECT_EQ(settle(r), request_state::abandoned);
@@ -889,6 +1003,7 @@ TEST(node_send_queue, a_frame_the_router_cannot_route_is_handed_back_and_its_req
     net::internal_node::test_access::pause_sends(*f.server, true);
     auto r = request<add_rep>(*f.server_env, "client/anything", add_req{1, 1}, {.timeout = 20s});
     const auto before = f.server->stats().unreachable;
+    net::internal_node::test_access::stop_without_bye(*f.client);  // gone without a word
     f.client.reset();
     // The server's heartbeats (sent beside the queue) fail once the ROUTER dropped the route.
     ASSERT_TRUE(eventually([&] { return f.server->stats().unreachable > before; }));

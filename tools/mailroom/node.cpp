@@ -282,7 +282,7 @@ void print_report(const net::node& n, const environment& env) {
         std::to_string(s.served_refused) + "), sends out " + std::to_string(s.sends_out) + " (lost " +
         std::to_string(s.sends_lost) + "), frames rejected " + std::to_string(s.frames_rejected) +
         ", peers up " + std::to_string(s.peers_up) + " suspect " + std::to_string(s.peers_suspect) + " down " +
-        std::to_string(s.peers_down) + ", bytes in " + std::to_string(s.bytes_in) + " out " +
+        std::to_string(s.peers_down) + " (of them said BYE " + std::to_string(s.peers_left) + "), bytes in " + std::to_string(s.bytes_in) + " out " +
         std::to_string(s.bytes_out));
     say("security " + n.name() + ": " + (n.public_key().empty() ? "none (NULL)" : "CURVE, public key " + n.public_key()) +
         "; allowed " + std::to_string(s.zap.allowed_curve) + ", refused: unknown key " +

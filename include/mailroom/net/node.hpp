@@ -158,7 +158,7 @@ struct allow_list_changes {
 };
 
 struct frame_counts {
-    std::uint64_t hello = 0, heartbeat = 0, request = 0, send = 0, reply = 0, reject = 0, batch = 0;
+    std::uint64_t hello = 0, heartbeat = 0, request = 0, send = 0, reply = 0, reject = 0, batch = 0, bye = 0;
 };
 
 /// What a node counted since it was made. Any thread.
@@ -192,6 +192,9 @@ struct node_stats {
                   handshake_failed_other = 0;
     std::uint64_t peers_up = 0, peers_suspect = 0, peers_down = 0;  ///< events
     std::uint64_t peers_forgotten = 0;  ///< down peers dropped from the table (forget_down_peers_after)
+    /// Peers that said BYE (they were stopping) and went down at once, without waiting for the
+    /// failure detector; also in peers_down.
+    std::uint64_t peers_left = 0;
     /// Requests to other nodes: handed to the node, and how the node finished them (timeouts
     /// and cancels finish a request elsewhere: named_stats has every final state).
     std::uint64_t requests_out = 0, requests_replied = 0, requests_rejected = 0, requests_abandoned = 0;
