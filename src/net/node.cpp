@@ -48,6 +48,7 @@
 #include <zmq.h>
 
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -160,7 +161,8 @@ struct counters {
         peers_suspect{0}, peers_down{0}, peers_forgotten{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
         requests_abandoned{0}, rej_reason[5]{}, replies_orphaned{0}, sends_out{0}, sends_lost{0},
         requests_served{0}, sends_served{0}, served_refused{0}, answers_lost{0}, unreachable{0}, sends_dropped{0},
-        requests_refused_by_queue{0}, frames_handed_back{0}, peers_left{0};
+        requests_refused_by_queue{0}, frames_handed_back{0}, peers_left{0}, allow_list_reloads{0},
+        allow_list_reloads_failed{0};
 };
 
 /// Work handed to the I/O thread.
@@ -257,6 +259,9 @@ struct connection {
 
 class node_core;
 
+// The node whose I/O thread this is (none elsewhere).
+thread_local const node_core* tls_io_node = nullptr;
+
 /// Stops the environment's nodes in its teardown, before the cooperations finish: nothing from
 /// the network reaches an object while the environment tears down.
 class node_extension final : public internal::env_extension {
@@ -297,6 +302,9 @@ public:
     void allow(std::string_view public_key, std::string_view node_name);
     void revoke(std::string_view node_name);
     allow_list_changes reload_allow_list();
+    allow_list_changes reload_locked(const std::string& what);  // reload_lock_ held
+    void watched_reload();                                      // I/O thread
+    void watched_change();                                      // I/O thread: the directory changed
     bool revoked(std::string_view node_name) const {
         std::lock_guard g(zap_lock_);
         return revoked_.count(node_name) != 0;
@@ -381,6 +389,7 @@ private:
     // ---- the I/O thread ----
     void run() noexcept;
     void handle(command& c);
+    void drop_revoked(const std::string& name);  // I/O thread: the peer and the dialling
     void on_message(void* socket, connection* conn);
     void on_frame(peer& p, const frame& f);
     void on_hello(const frame& f, void* socket, connection* conn, const std::string& rid, const std::string& addr,
@@ -468,6 +477,11 @@ private:
     std::set<std::string, std::less<>> revoked_;                        // node::revoke, until allowed (zap_lock_)
     std::map<std::string, std::string, std::less<>> from_dir_;  // node name -> key, as last read from the directory (zap_lock_)
     std::mutex reload_lock_;                                     // one reload_allow_list() at a time
+    // security.watch_allow_list_dir: the inotify descriptor the I/O thread polls, and the reload
+    // it owes once the directory has been quiet for a moment (the I/O thread's).
+    int watch_fd_ = -1;
+    bool reload_pending_ = false;
+    clock::time_point reload_due_{};
 
     // The queue of work for the I/O thread.
     std::mutex queue_lock_;
@@ -557,6 +571,7 @@ void node_extension::wait_stopped() noexcept {
 
 node_core::~node_core() {
     if (wake_fd_ >= 0) ::close(wake_fd_);
+    if (watch_fd_ >= 0) ::close(watch_fd_);
 }
 
 void node_core::start() {
@@ -591,6 +606,17 @@ void node_core::start() {
         if (!so.allow_list_dir.empty()) {
             zap_->allow_directory(so.allow_list_dir);
             for (auto& e : read_allow_directory(so.allow_list_dir)) from_dir_[e.node_name] = e.public_key;
+        }
+        if (so.watch_allow_list_dir) {
+            if (so.allow_list_dir.empty())
+                throw security_error("node '" + name_ + "': security.watch_allow_list_dir without an allow_list_dir to watch");
+            watch_fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+            if (watch_fd_ < 0 ||
+                ::inotify_add_watch(watch_fd_, so.allow_list_dir.c_str(),
+                                    IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO |
+                                        IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF) < 0)
+                throw security_error("node '" + name_ + "': cannot watch the allow-list directory '" +
+                                     so.allow_list_dir.string() + "': " + std::strerror(errno));
         }
     } else {
         ctx_ = process_context();
@@ -726,7 +752,12 @@ void node_core::revoke(std::string_view node_name) {
         allowed_in_code_.erase(std::string(node_name));
         revoked_.emplace(node_name);
     }
-    // The peer and the connections to it are the I/O thread's.
+    // The peer and the connections to it are the I/O thread's: on it (a reload of a watched
+    // directory) dropped here, from any other thread handed to it and waited for.
+    if (tls_io_node == this) {
+        drop_revoked(std::string(node_name));
+        return;
+    }
     command c;
     c.kind = command::revoke;
     c.peer.assign(node_name);
@@ -740,9 +771,64 @@ void node_core::revoke(std::string_view node_name) {
 allow_list_changes node_core::reload_allow_list() {
     const std::string what = "node '" + name_ + "': reload_allow_list()";
     if (!curve_) throw security_error(what + ": this node has no keys (security.secret_key_file), so it lets no CURVE node in");
-    const auto& dir = options_.security.allow_list_dir;
-    if (dir.empty()) throw security_error(what + ": this node has no allow-list directory (security.allow_list_dir)");
+    if (options_.security.allow_list_dir.empty())
+        throw security_error(what + ": this node has no allow-list directory (security.allow_list_dir)");
     std::lock_guard serial(reload_lock_);
+    return reload_locked(what);
+}
+
+void node_core::watched_change() {
+    // What changed does not matter (the whole directory is read again): the events are drained,
+    // and the reload waits until the directory has been quiet for a moment, so that a file being
+    // written is read once it is whole.
+    alignas(inotify_event) char buf[4096];
+    bool gone = false;
+    for (;;) {
+        const ssize_t n = ::read(watch_fd_, buf, sizeof buf);
+        if (n <= 0) break;
+        for (ssize_t at = 0; at + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
+            const auto* ev = reinterpret_cast<const inotify_event*>(buf + at);
+            if (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) gone = true;
+            at += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+        }
+    }
+    if (gone) {
+        log("the allow-list directory '" + options_.security.allow_list_dir.string() +
+            "' was removed or moved: no longer watched (reload_allow_list() reads it when asked)");
+        ::close(std::exchange(watch_fd_, -1));
+    }
+    reload_pending_ = true;
+    reload_due_ = clock::now() + std::chrono::milliseconds(100);
+}
+
+void node_core::watched_reload() {
+    // A reload asked from code holds the lock and may wait for this thread: try again soon.
+    std::unique_lock serial(reload_lock_, std::try_to_lock);
+    if (!serial) {
+        reload_due_ = clock::now() + std::chrono::milliseconds(50);
+        return;
+    }
+    reload_pending_ = false;
+    const std::string dir = options_.security.allow_list_dir.string();
+    try {
+        const allow_list_changes c = reload_locked("node '" + name_ + "': reloading the allow-list");
+        bump(n_.allow_list_reloads);
+        auto list = [](const std::vector<std::string>& v) {
+            std::string t;
+            for (auto& n : v) t += (t.empty() ? "" : ",") + n;
+            return t.empty() ? std::string("-") : t;
+        };
+        if (!c.added.empty() || !c.changed.empty() || !c.removed.empty())
+            log("allow-list reloaded after a change in '" + dir + "': added " + list(c.added) + " changed " +
+                list(c.changed) + " removed " + list(c.removed));
+    } catch (const std::exception& e) {
+        bump(n_.allow_list_reloads_failed);
+        log("allow-list not reloaded after a change in '" + dir + "' (it stays as it was): " + e.what());
+    }
+}
+
+allow_list_changes node_core::reload_locked(const std::string& what) {
+    const auto& dir = options_.security.allow_list_dir;
     std::map<std::string, std::string, std::less<>> next;  // node name -> key
     for (auto& e : read_allow_directory(dir)) next[e.node_name] = e.public_key;  // raises: nothing changed
     allow_list_changes changes;
@@ -880,6 +966,8 @@ node_stats node_core::stats() const {
     s.requests_refused_by_queue = ld(n_.requests_refused_by_queue);
     s.frames_handed_back = ld(n_.frames_handed_back);
     s.peers_left = ld(n_.peers_left);
+    s.allow_list_reloads = ld(n_.allow_list_reloads);
+    s.allow_list_reloads_failed = ld(n_.allow_list_reloads_failed);
     s.log_lines_suppressed = log_lines_suppressed_.load(std::memory_order_relaxed);
     return s;
 }
@@ -1201,6 +1289,7 @@ void* node_core::new_socket(int type, socket_role role, std::string_view endpoin
 }
 
 void node_core::run() noexcept {
+    tls_io_node = this;
     std::vector<zmq_pollitem_t> items;
     std::vector<connection*> item_conn;
     std::vector<command> work;
@@ -1233,6 +1322,11 @@ void node_core::run() noexcept {
         const std::size_t data_end = items.size();
         if (zap_) {
             items.push_back({zap_->socket(), 0, ZMQ_POLLIN, 0});
+            item_conn.push_back(nullptr);
+        }
+        const std::size_t watch_at = items.size();
+        if (watch_fd_ >= 0) {
+            items.push_back({nullptr, watch_fd_, ZMQ_POLLIN, 0});
             item_conn.push_back(nullptr);
         }
         const std::size_t monitors_begin = items.size();
@@ -1269,6 +1363,7 @@ void node_core::run() noexcept {
         work.clear();
         // ZAP first: a handshake waits for its answer.
         if (zap_ && data_end < items.size() && (items[data_end].revents & ZMQ_POLLIN)) zap_->handle();
+        if (watch_fd_ >= 0 && (items[watch_at].revents & ZMQ_POLLIN)) watched_change();
         for (std::size_t i = monitors_begin; i < items.size(); ++i)
             if (items[i].revents & ZMQ_POLLIN) {
                 // A DEALER redialled by the work above closed its monitor: not read then.
@@ -1506,21 +1601,24 @@ void node_core::finish_all(const std::string& why) noexcept {
     view_changed_.notify_all();
 }
 
+void node_core::drop_revoked(const std::string& name) {
+    if (auto it = peers_.find(name); it != peers_.end() && it->second->state != peer_state::down) {
+        log("peer '" + name + "' revoked: dropped");
+        drop_peer(*it->second, "peer '" + name + "' revoked");
+    }
+    std::erase_if(conns_, [&](std::unique_ptr<connection>& k) {
+        if (k->peer_name != name && k->expected_peer != name) return false;
+        close_dealer(*k);
+        return true;
+    });
+}
+
 void node_core::handle(command& c) {
     switch (c.kind) {
-        case command::revoke: {
-            if (auto it = peers_.find(c.peer); it != peers_.end() && it->second->state != peer_state::down) {
-                log("peer '" + c.peer + "' revoked: dropped");
-                drop_peer(*it->second, "peer '" + c.peer + "' revoked");
-            }
-            std::erase_if(conns_, [&](std::unique_ptr<connection>& k) {
-                if (k->peer_name != c.peer && k->expected_peer != c.peer) return false;
-                close_dealer(*k);
-                return true;
-            });
+        case command::revoke:
+            drop_revoked(c.peer);
             c.done->set_value(c.peer);
             return;
-        }
         case command::listen: {
             try {
                 if (!router_) {
@@ -2180,6 +2278,7 @@ void node_core::tick(clock::time_point now) {
             dial(*c);
         }
     }
+    if (reload_pending_ && now >= reload_due_) watched_reload();
     // Requests waiting for a peer that timed out meanwhile are let go.
     if ((ticks_ & 15) == 0)
         for (auto& [pn, cmds] : waiting_)

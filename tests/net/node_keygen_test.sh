@@ -97,6 +97,26 @@ kill -KILL "$node_pid" 2>/dev/null
 wait "$node_pid"
 [ $? -eq 0 ] || fail "the node did not exit 0 on SIGTERM after the reloads"
 
+# --watch-allow-dir: the node reads the directory again by itself when a file appears.
+mkdir -p "$scratch/watched"
+"$tool" node --name srv --secret-key "$scratch/server/srv.key" --allow-dir "$scratch/watched" --watch-allow-dir \
+    --listen tcp://127.0.0.1:0 --for 60 >"$scratch/watch.out" 2>&1 &
+node_pid=$!
+if wait_for_line "$scratch/watch.out" "READY " 20; then
+    "$tool" node keygen --out "$scratch/watched" --name delta >/dev/null
+    wait_for_line "$scratch/watch.out" "allow-list reloaded after a change in '$scratch/watched': added delta" 20 ||
+        fail "--watch-allow-dir: no 'reloaded after a change ... added delta' line (output: $(cat "$scratch/watch.out"))"
+else
+    fail "mailroom node with --watch-allow-dir did not say READY (output: $(cat "$scratch/watch.out"))"
+fi
+kill -TERM "$node_pid" 2>/dev/null
+for ((i = 0; i < 200; i++)); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$node_pid" 2>/dev/null
+wait "$node_pid"
+[ $? -eq 0 ] || fail "the watching node did not exit 0 on SIGTERM"
+expect_exit 2 "--watch-allow-dir without --allow-dir" -- "$tool" node --name srv --secret-key \
+    "$scratch/server/srv.key" --watch-allow-dir --listen tcp://127.0.0.1:0
+
 if [ "$fails" -ne 0 ]; then
     echo "$fails check(s) failed"
     exit 1

@@ -1350,6 +1350,62 @@ TEST(node_security, reloading_the_allow_list_lets_new_nodes_in_rotates_changed_k
     EXPECT_THROW(plain.reload_allow_list(), net::security_error);
 }
 
+TEST(node_security, a_watched_allow_list_directory_is_read_again_by_itself_when_it_changes) {
+    temp_dir allow, secrets;
+    const auto sk = net::curve_keypair::generate();
+    const auto ka = net::curve_keypair::generate();
+    const auto kb = net::curve_keypair::generate();
+    auto write_pub = [&](const net::curve_keypair& k, const std::string& name) {
+        net::write_key_files(k, name, secrets / (name + ".key"), allow / (name + ".pub"), {.overwrite = true});
+    };
+    write_pub(ka, "a");
+    log_sink log;
+    environment server_env(environment_options{.name = "s", .log = log.fn()});
+    net::node_options so = with_key(fast(), sk);
+    so.security.allow_list_dir = allow.path;
+    so.security.watch_allow_list_dir = true;
+    net::node server(server_env, "server", so);
+    const std::string ep = server.listen("tcp://127.0.0.1:0");
+    curve_client a("a", ka, ep, sk.public_key);
+    ASSERT_TRUE(server.wait_for_peer("a", 10s));
+    curve_client b("b", kb, ep, sk.public_key);
+    ASSERT_TRUE(eventually([&] { return server.stats().zap.refused_unknown_key >= 1; }));
+
+    // b's file appears: let in with no call to reload_allow_list().
+    write_pub(kb, "b");
+    ASSERT_TRUE(server.wait_for_peer("b", 10s)) << "b not let in after its file appeared";
+    EXPECT_TRUE(log.has("allow-list reloaded after a change in '" + allow.path.string() + "': added b"));
+    EXPECT_GE(server.stats().allow_list_reloads, 1u);
+
+    // a's file goes: a is revoked and dropped by itself.
+    std::filesystem::remove(allow / "a.pub");
+    bool known = false;
+    ASSERT_TRUE(eventually([&] { return state_of(server, "a", known) == net::peer_state::down; }))
+        << "a not revoked after its file went";
+    EXPECT_TRUE(log.has("peer 'a' revoked"));
+
+    // A broken file: not reloaded (logged, counted), b stays in; mended, it is read again.
+    {
+        std::ofstream junk(allow / "c.pub");
+        junk << "not a key\n";
+    }
+    ASSERT_TRUE(eventually([&] { return server.stats().allow_list_reloads_failed >= 1; }));
+    EXPECT_TRUE(log.has("allow-list not reloaded after a change in"));
+    EXPECT_TRUE(server.wait_for_peer("b", 0ms));
+    const auto kc = net::curve_keypair::generate();
+    write_pub(kc, "c");
+    curve_client c("c", kc, ep, sk.public_key);
+    ASSERT_TRUE(server.wait_for_peer("c", 10s)) << "c not let in once its file was mended";
+    EXPECT_TRUE(server.wait_for_peer("b", 0ms));
+    EXPECT_FALSE(server.wait_for_peer("a", 0ms));
+
+    // Watching needs a directory to watch.
+    environment other_env(environment_options{.name = "o", .log = [](std::string_view) {}});
+    net::node_options no_dir = with_key(fast(), net::curve_keypair::generate());
+    no_dir.security.watch_allow_list_dir = true;
+    EXPECT_THROW(net::node(other_env, "w", no_dir), net::security_error);
+}
+
 TEST(node_security, revoking_the_server_a_node_dials_abandons_its_requests_and_stops_the_dialling) {
     const auto sk = net::curve_keypair::generate();
     const auto ck = net::curve_keypair::generate();

@@ -45,7 +45,8 @@ void print_usage(std::FILE* out) {
     std::fprintf(out,
                  "usage: mailroom node --name NAME [--listen EP]... [--connect EP]... [--serve echo|pricing]...\n"
                  "                     [--for SECONDS] [--heartbeat MS]\n"
-                 "                     [--secret-key FILE [--allow-dir DIR] [--server-key FILE]] [--allow-null-remote]\n"
+                 "                     [--secret-key FILE [--allow-dir DIR [--watch-allow-dir]] [--server-key FILE]]\n"
+                 "                     [--allow-null-remote]\n"
                  "       mailroom node --name NAME --connect EP --request OBJECT [--count N] [--timeout MS]\n"
                  "       mailroom node keygen --out DIR --name NAME [--force]\n"
                  "\n"
@@ -67,6 +68,7 @@ void print_usage(std::FILE* out) {
                  "  --allow-dir DIR    let in the nodes whose NAME.pub is in DIR, each as node NAME;\n"
                  "                  SIGHUP reads DIR again (new files let in, changed keys rotated,\n"
                  "                  removed files revoked) and prints what changed\n"
+                 "  --watch-allow-dir  read DIR again by itself whenever something in it changes\n"
                  "  --server-key FILE  the public key (NAME.pub) of the node(s) --connect dials\n"
                  "  --allow-null-remote  without keys, allow remote endpoints anyway (anyone who reaches\n"
                  "                  the port gets in, and everything crosses the network in clear)\n"
@@ -163,6 +165,7 @@ struct runner_args {
     long heartbeat_ms = 1000;
     std::string secret_key, allow_dir, server_key;
     bool allow_null_remote = false;
+    bool watch_allow_dir = false;
 };
 
 bool parse_number(const char* s, double& out) {
@@ -226,6 +229,8 @@ int parse_runner(int argc, char** argv, runner_args& a) {
         } else if (arg == "--allow-dir") {
             if (!value()) return 2;
             a.allow_dir = v;
+        } else if (arg == "--watch-allow-dir") {
+            a.watch_allow_dir = true;
         } else if (arg == "--server-key") {
             if (!value()) return 2;
             a.server_key = v;
@@ -248,6 +253,10 @@ int parse_runner(int argc, char** argv, runner_args& a) {
     }
     if (a.secret_key.empty() && (!a.allow_dir.empty() || !a.server_key.empty())) {
         std::fprintf(stderr, "mailroom node: --allow-dir and --server-key need --secret-key FILE\n");
+        return 2;
+    }
+    if (a.watch_allow_dir && a.allow_dir.empty()) {
+        std::fprintf(stderr, "mailroom node: --watch-allow-dir needs --allow-dir DIR\n");
         return 2;
     }
     if (!a.secret_key.empty() && !a.connect.empty() && a.server_key.empty()) {
@@ -351,6 +360,7 @@ int run_runner(const runner_args& a) {
     o.reconnect_max = std::chrono::milliseconds(std::max(100L, a.heartbeat_ms * 2));
     o.security.secret_key_file = a.secret_key;
     o.security.allow_list_dir = a.allow_dir;
+    o.security.watch_allow_list_dir = a.watch_allow_dir;
     o.security.allow_null_remote = a.allow_null_remote;
     net::connect_options dial;
     if (!a.server_key.empty()) dial.server_public_key = net::read_public_key_file(a.server_key);

@@ -218,6 +218,10 @@ struct node_stats {
     /// Frames handed back from a send queue unsent (peer lost, node stopped, socket refused):
     /// each request abandoned, each one-way message counted in sends_lost.
     std::uint64_t frames_handed_back = 0;
+    /// Reloads of the allow-list made by the node itself after a change in its directory
+    /// (security.watch_allow_list_dir), and of those the ones that failed (a broken file: the
+    /// list stayed as it was; the reason is logged).
+    std::uint64_t allow_list_reloads = 0, allow_list_reloads_failed = 0;
     /// Log lines not written, over node_options::log_lines_per_second (each said in a summary).
     std::uint64_t log_lines_suppressed = 0;
 };

@@ -243,6 +243,10 @@ struct security_options {
     std::string secret_key{};
     /// The public key files (`NAME.pub`) of the nodes allowed in (CURVE servers).
     std::filesystem::path allow_list_dir{};
+    /// A node reads allow_list_dir again by itself when something in it changes (inotify), a
+    /// moment (100 ms) after the last change, as node::reload_allow_list() does; off: only when
+    /// asked. Needs allow_list_dir.
+    bool watch_allow_list_dir = false;
     /// Allow NULL security on remote endpoints: anyone who reaches the port gets in, and every
     /// byte crosses the network in clear. Off unless set here.
     bool allow_null_remote = false;
