@@ -156,7 +156,6 @@ private:
 
 // ---- writer
 
-
 void frame_writer::throw_no_payload(frame_kind k) {
     throw usage_error(std::string("frame writer: a ") + to_string(k) + " carries no payload");
 }

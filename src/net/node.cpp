@@ -68,6 +68,18 @@
 
 namespace mailroom::net {
 
+std::string to_string(const allow_list_changes& c) {
+    auto names = [](const std::vector<std::string>& v) {
+        std::string out;
+        for (auto& x : v) {
+            if (!out.empty()) out += ',';
+            out += x;
+        }
+        return out.empty() ? std::string("-") : out;
+    };
+    return "added " + names(c.added) + " changed " + names(c.changed) + " removed " + names(c.removed);
+}
+
 const char* to_string(peer_state s) noexcept {
     switch (s) {
         case peer_state::up: return "up";
@@ -154,7 +166,8 @@ std::string remote_source(std::string_view peer_name, std::string_view source) {
 
 /// The node's counters: written by any thread (relaxed), read by stats().
 struct counters {
-    std::atomic<std::uint64_t> in[9]{}, out[9]{};  // by frame_kind (1 .. 8)
+    static constexpr int kinds = static_cast<int>(frame_kind::bye) + 1;  // indexed by frame_kind
+    std::atomic<std::uint64_t> in[kinds]{}, out[kinds]{};
     std::atomic<std::uint64_t> hello_refused_wrong_node{0}, hello_refused_revoked{0}, handshake_failed_mechanism{0}, handshake_failed_protocol{0},
         handshake_failed_auth{0}, handshake_failed_other{0};
     std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0}, frames_from_unknown{0}, hello_refused{0}, peers_up{0},
@@ -813,14 +826,7 @@ void node_core::watched_reload() {
     try {
         const allow_list_changes c = reload_locked("node '" + name_ + "': reloading the allow-list");
         bump(n_.allow_list_reloads);
-        auto list = [](const std::vector<std::string>& v) {
-            std::string t;
-            for (auto& n : v) t += (t.empty() ? "" : ",") + n;
-            return t.empty() ? std::string("-") : t;
-        };
-        if (!c.added.empty() || !c.changed.empty() || !c.removed.empty())
-            log("allow-list reloaded after a change in '" + dir + "': added " + list(c.added) + " changed " +
-                list(c.changed) + " removed " + list(c.removed));
+        if (!c.empty()) log("allow-list reloaded after a change in '" + dir + "': " + to_string(c));
     } catch (const std::exception& e) {
         bump(n_.allow_list_reloads_failed);
         log("allow-list not reloaded after a change in '" + dir + "' (it stays as it was): " + e.what());
@@ -1401,15 +1407,14 @@ void node_core::run() noexcept {
     // A BYE to each peer that speaks it and is not down, before the sockets close (their linger
     // lets it go out): the peers see this node down at once instead of after their detection
     // time. Best effort: a full pipe or a gone peer leaves it to their failure detectors.
-    {
+    if (!no_bye_.load(std::memory_order_relaxed)) {
         frame bye;
         bye.kind = frame_kind::bye;
         bye.text = "stopped";
         out_.clear();
         internal::frame_writer(out_).write(bye);
         for (auto& [pn, pp] : peers_)
-            if (pp->state != peer_state::down && pp->version >= 2 && !pp->pipe_full &&
-                !no_bye_.load(std::memory_order_relaxed))
+            if (pp->state != peer_state::down && pp->version >= 2 && !pp->pipe_full)
                 (void)send_to_peer(*pp, out_.data(), out_.size());
     }
     for (auto& c : work) {
@@ -1709,7 +1714,7 @@ bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* 
     bump(n_.bytes_out, n);
     if (n >= internal::frame_header_bytes) {
         const auto k = static_cast<std::uint8_t>(data[3]);
-        if (k < 9) bump(n_.out[k]);
+        if (k < counters::kinds) bump(n_.out[k]);
     }
     return true;
 }

@@ -69,6 +69,13 @@ wait_for_line() {  # wait_for_line FILE TEXT SECONDS
     done
     return 1
 }
+stop_node() {  # stop_node PID: SIGTERM, up to 20 s to exit, then SIGKILL; true when it exited 0
+    local i
+    kill -TERM "$1" 2>/dev/null
+    for ((i = 0; i < 200; i++)); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null
+    wait "$1"
+}
 mkdir -p "$scratch/allow"
 "$tool" node keygen --out "$scratch/server" --name srv >/dev/null
 "$tool" node --name srv --secret-key "$scratch/server/srv.key" --allow-dir "$scratch/allow" \
@@ -91,11 +98,7 @@ if wait_for_line "$scratch/node.out" "READY " 20; then
 else
     fail "mailroom node with --allow-dir did not say READY (output: $(cat "$scratch/node.out"))"
 fi
-kill -TERM "$node_pid" 2>/dev/null
-for ((i = 0; i < 200; i++)); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
-kill -KILL "$node_pid" 2>/dev/null
-wait "$node_pid"
-[ $? -eq 0 ] || fail "the node did not exit 0 on SIGTERM after the reloads"
+stop_node "$node_pid" || fail "the node did not exit 0 on SIGTERM after the reloads"
 
 # --watch-allow-dir: the node reads the directory again by itself when a file appears.
 mkdir -p "$scratch/watched"
@@ -109,11 +112,7 @@ if wait_for_line "$scratch/watch.out" "READY " 20; then
 else
     fail "mailroom node with --watch-allow-dir did not say READY (output: $(cat "$scratch/watch.out"))"
 fi
-kill -TERM "$node_pid" 2>/dev/null
-for ((i = 0; i < 200; i++)); do kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
-kill -KILL "$node_pid" 2>/dev/null
-wait "$node_pid"
-[ $? -eq 0 ] || fail "the watching node did not exit 0 on SIGTERM"
+stop_node "$node_pid" || fail "the watching node did not exit 0 on SIGTERM"
 expect_exit 2 "--watch-allow-dir without --allow-dir" -- "$tool" node --name srv --secret-key \
     "$scratch/server/srv.key" --watch-allow-dir --listen tcp://127.0.0.1:0
 

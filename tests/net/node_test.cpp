@@ -1274,19 +1274,30 @@ struct curve_client {
     }
 };
 
-TEST(node_security, reloading_the_allow_list_lets_new_nodes_in_rotates_changed_keys_and_revokes_removed_ones) {
+// An allow-list directory and the key files written into it, for a CURVE server.
+struct allow_dir {
     temp_dir allow, secrets;
+    void write_pub(const net::curve_keypair& k, const std::string& name) {
+        net::write_key_files(k, name, secrets / (name + ".key"), allow / (name + ".pub"), {.overwrite = true});
+    }
+    net::node_options server_options(const net::curve_keypair& server_key) {
+        net::node_options so = with_key(fast(), server_key);
+        so.security.allow_list_dir = allow.path;
+        return so;
+    }
+};
+
+TEST(node_security, reloading_the_allow_list_lets_new_nodes_in_rotates_changed_keys_and_revokes_removed_ones) {
+    allow_dir dir;
+    auto& allow = dir.allow;
     const auto sk = net::curve_keypair::generate();
     const auto ka = net::curve_keypair::generate();
     const auto kb = net::curve_keypair::generate();
-    auto write_pub = [&](const net::curve_keypair& k, const std::string& name) {
-        net::write_key_files(k, name, secrets / (name + ".key"), allow / (name + ".pub"), {.overwrite = true});
-    };
+    auto write_pub = [&](const net::curve_keypair& k, const std::string& name) { dir.write_pub(k, name); };
     write_pub(ka, "a");
     log_sink log;
     environment server_env(environment_options{.name = "s", .log = log.fn()});
-    net::node_options so = with_key(fast(), sk);
-    so.security.allow_list_dir = allow.path;
+    net::node_options so = dir.server_options(sk);
     net::node server(server_env, "server", so);
     const std::string ep = server.listen("tcp://127.0.0.1:0");
     curve_client a("a", ka, ep, sk.public_key);
@@ -1351,18 +1362,16 @@ TEST(node_security, reloading_the_allow_list_lets_new_nodes_in_rotates_changed_k
 }
 
 TEST(node_security, a_watched_allow_list_directory_is_read_again_by_itself_when_it_changes) {
-    temp_dir allow, secrets;
+    allow_dir dir;
+    auto& allow = dir.allow;
     const auto sk = net::curve_keypair::generate();
     const auto ka = net::curve_keypair::generate();
     const auto kb = net::curve_keypair::generate();
-    auto write_pub = [&](const net::curve_keypair& k, const std::string& name) {
-        net::write_key_files(k, name, secrets / (name + ".key"), allow / (name + ".pub"), {.overwrite = true});
-    };
+    auto write_pub = [&](const net::curve_keypair& k, const std::string& name) { dir.write_pub(k, name); };
     write_pub(ka, "a");
     log_sink log;
     environment server_env(environment_options{.name = "s", .log = log.fn()});
-    net::node_options so = with_key(fast(), sk);
-    so.security.allow_list_dir = allow.path;
+    net::node_options so = dir.server_options(sk);
     so.security.watch_allow_list_dir = true;
     net::node server(server_env, "server", so);
     const std::string ep = server.listen("tcp://127.0.0.1:0");

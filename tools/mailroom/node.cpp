@@ -321,14 +321,7 @@ void reload_allow_list(net::node& n, const std::string& dir) {
         return;
     }
     try {
-        const auto c = n.reload_allow_list();
-        auto names = [](const std::vector<std::string>& v) {
-            std::string out;
-            for (auto& x : v) out += (out.empty() ? "" : ",") + x;
-            return out.empty() ? std::string("-") : out;
-        };
-        say("allow-list reloaded: added " + names(c.added) + " changed " + names(c.changed) + " removed " +
-            names(c.removed));
+        say("allow-list reloaded: " + net::to_string(n.reload_allow_list()));
     } catch (const std::exception& e) {
         say(std::string("allow-list not reloaded: ") + e.what());
     }

@@ -149,14 +149,18 @@ struct peer_info {
     std::string address;
 };
 
-/// Frames of each kind.
 /// What node::reload_allow_list() changed, by node name (each list sorted).
 struct allow_list_changes {
     std::vector<std::string> added;    ///< a new NAME.pub: let in
     std::vector<std::string> changed;  ///< a NAME.pub with another key: revoked, then its new key let in
     std::vector<std::string> removed;  ///< a NAME.pub gone: revoked (or only its key, if allow() let NAME in)
-};
 
+    bool empty() const noexcept { return added.empty() && changed.empty() && removed.empty(); }
+};
+/// "added a,b changed - removed c": the form the node's log and `mailroom node` print.
+MAILROOM_NET_EXPORT std::string to_string(const allow_list_changes& c);
+
+/// Frames of each kind.
 struct frame_counts {
     std::uint64_t hello = 0, heartbeat = 0, request = 0, send = 0, reply = 0, reject = 0, batch = 0, bye = 0;
 };
