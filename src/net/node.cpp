@@ -597,6 +597,9 @@ void node_core::start() {
         if (curve_) {
             security_.emplace(so);  // reads the key now: a bad file fails the node, not a later listen
         } else {
+            if (so.watch_allow_list_dir)
+                throw security_error("security.watch_allow_list_dir without a secret key: a node without keys lets no "
+                                     "CURVE node in, so there is no allow-list to watch");
             if (!so.allow_list_dir.empty())
                 throw security_error("an allow-list directory ('" + so.allow_list_dir.string() + "') " +
                                      (so.mode == security_mode::null
