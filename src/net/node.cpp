@@ -828,11 +828,12 @@ void node_core::watched_reload() {
     const std::string dir = options_.security.allow_list_dir.string();
     try {
         const allow_list_changes c = reload_locked("node '" + name_ + "': reloading the allow-list");
-        bump(n_.allow_list_reloads);
+        // Logged before counted: whoever sees the count finds the line.
         if (!c.empty()) log("allow-list reloaded after a change in '" + dir + "': " + to_string(c));
+        bump(n_.allow_list_reloads);
     } catch (const std::exception& e) {
-        bump(n_.allow_list_reloads_failed);
         log("allow-list not reloaded after a change in '" + dir + "' (it stays as it was): " + e.what());
+        bump(n_.allow_list_reloads_failed);
     }
 }
 
