@@ -668,10 +668,9 @@ namespace {
 // The delivery (an envelope of its own) is made only for a local object: a message that a
 // node takes goes out without one, and a `node/object` name skips the local look-up while no
 // local name has a '/'.
-local_send send_core(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
+local_send send_core(env_core& core, std::string_view name, envelope* body, request_core* r, std::string source,
                      std::string reply_to, bool wait_for_peer, bool local_only) {
     envelope_ref b(body);
-    auto& core = *internal::core_of(env);
     auto& reg = named_registry::of(core);
     auto fail = [&](request_state st, const std::string& why) {
         if (r) {
@@ -775,10 +774,10 @@ local_send send_core(environment& env, std::string_view name, envelope* body, re
 
 void send_named(environment& env, std::string_view name, envelope* body, request_core* r, std::string source,
                 std::string reply_to, bool wait_for_peer) {
-    send_core(env, name, body, r, std::move(source), std::move(reply_to), wait_for_peer, false);
+    send_core(*internal::core_of(env), name, body, r, std::move(source), std::move(reply_to), wait_for_peer, false);
 }
 
-local_send send_named_local(environment& env, std::string_view name, envelope* body, request_core* r,
+local_send send_named_local(env_core& env, std::string_view name, envelope* body, request_core* r,
                             std::string source, std::string reply_to) {
     return send_core(env, name, body, r, std::move(source), std::move(reply_to), false, true);
 }
@@ -847,7 +846,17 @@ named_handle register_named(const context_ref& s, const std::string& owner, std:
     try {
         o = add_inbox(s, owner, message_type_of<named_delivery>(),
                       handler([fn = std::move(fn)](envelope* e) mutable {
-                          auto* d = new named_delivery(std::move(payload_of<named_delivery>(e)));
+                          auto& nd = payload_of<named_delivery>(e);
+                          // A message from another node still encoded: decoded here, on the
+                          // object's thread (remote_router.hpp). One that does not decode was
+                          // reported by its router and goes no further.
+                          if (nd.body && nd.body->type() == message_type_of<deferred_body>()) {
+                              envelope_ref raw(std::exchange(nd.body, nullptr));
+                              const auto& b = payload_of<deferred_body>(raw.get());
+                              nd.body = b.decode(b, nd.hdr);
+                              if (!nd.body) return;  // one-way only: no requester to tell
+                          }
+                          auto* d = new named_delivery(std::move(nd));
                           d->handled = true;
                           incoming in(d);
                           fn(in);

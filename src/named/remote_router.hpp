@@ -10,8 +10,11 @@
 #include <mailroom/env/env_core.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -52,6 +55,41 @@ MAILROOM_EXPORT std::chrono::nanoseconds request_timeout(const request_core* r) 
 /// Counts an answer that came for `r` after it was final (named_stats::replies_orphaned).
 MAILROOM_EXPORT void request_count_orphan(request_core* r) noexcept;
 
+/// A one-way message from another node, still encoded (never a request's: a router decodes
+/// those itself, to answer a failure to the requester). A router delivers it as the body of a
+/// local send; the named object's handler wrapper decodes it on the object's own thread, just
+/// before the handler runs, so that what decoding allocates (a string, a vector) is allocated
+/// and freed by one thread, and the router's I/O thread does not decode at all. The handler
+/// sees only the decoded message; one that does not decode is reported by `decode` and never
+/// reaches it. Dropped undelivered (no such object, a stopped environment), it is destroyed
+/// without being decoded.
+struct deferred_body {
+    /// Payloads up to this size are kept in the envelope itself: one pool block, no heap.
+    static constexpr std::size_t inline_capacity = 160;
+    /// Decodes `b` into a new envelope (a reference); on failure reports why (the router counts
+    /// and logs it, naming `h.source` and `h.destination`) and returns nullptr. Never throws.
+    /// Called on a worker thread of the environment, while it runs.
+    using decode_fn = envelope* (*)(const deferred_body& b, const message_header& h) noexcept;
+
+    deferred_body(decode_fn fn, const void* type, void* context, std::span<const std::byte> bytes)
+        : decode(fn), type(type), context(context), size(bytes.size()) {
+        std::byte* to = small;
+        if (size > inline_capacity) {
+            heap = std::make_unique<std::byte[]>(size);
+            to = heap.get();
+        }
+        if (size) std::memcpy(to, bytes.data(), size);
+    }
+    std::span<const std::byte> bytes() const noexcept { return {heap ? heap.get() : small, size}; }
+
+    decode_fn decode;
+    const void* type;  ///< the router's: which type it is
+    void* context;     ///< the router's: it must stay valid while the environment runs
+    std::size_t size;
+    std::unique_ptr<std::byte[]> heap;  ///< over inline_capacity
+    std::byte small[inline_capacity];
+};
+
 /// What a delivery to local objects only did.
 enum class local_send : std::uint8_t { delivered, no_such_object, stopped };
 
@@ -59,7 +97,7 @@ enum class local_send : std::uint8_t { delivered, no_such_object, stopped };
 /// arrives from another node. Takes `body` and the caller's reference to `r` (a request that
 /// finds nothing is rejected, one to a stopped environment abandoned). Never throws for an
 /// outcome; `name` must be valid.
-MAILROOM_EXPORT local_send send_named_local(environment& env, std::string_view name, envelope* body, request_core* r,
+MAILROOM_EXPORT local_send send_named_local(env_core& env, std::string_view name, envelope* body, request_core* r,
                                             std::string source, std::string reply_to);
 
 }  // namespace mailroom::internal

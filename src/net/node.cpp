@@ -275,6 +275,21 @@ class node_core;
 // The node whose I/O thread this is (none elsewhere).
 thread_local const node_core* tls_io_node = nullptr;
 
+/// What a one-way message delivered still encoded (internal::deferred_body) needs when its
+/// object's thread decodes it: the type registry its entry belongs to, and where a failure is
+/// reported. One per node, owned by the environment's node_extension, so that it outlives
+/// every delivery the node made (a handler runs only while the environment does), the node
+/// itself included.
+struct decode_sink {
+    std::shared_ptr<const net::type_registry> types;  // keeps the deliveries' type entries
+    std::weak_ptr<node_core> node;
+    internal::env_core* env;
+    std::string node_name;
+};
+
+// Decodes a one-way message on its object's thread (internal::deferred_body::decode_fn).
+internal::envelope* decode_deferred(const internal::deferred_body& b, const message_header& h) noexcept;
+
 /// Stops the environment's nodes in its teardown, before the cooperations finish: nothing from
 /// the network reaches an object while the environment tears down.
 class node_extension final : public internal::env_extension {
@@ -283,9 +298,15 @@ public:
     int teardown_phase() const noexcept override { return phase; }
     void begin_stop() noexcept override;
     void wait_stopped() noexcept override;
-    void add(const std::shared_ptr<node_core>& n) {
+    // Lists `n`, and makes its decode_sink (kept until the environment goes).
+    decode_sink* add(const std::shared_ptr<node_core>& n, std::shared_ptr<const net::type_registry> types,
+                     internal::env_core* env, const std::string& name) {
+        auto sink = std::make_unique<decode_sink>(decode_sink{std::move(types), n, env, name});
         std::lock_guard g(lock);
+        sinks.reserve(sinks.size() + 1);
         nodes.push_back(n);
+        sinks.push_back(std::move(sink));
+        return sinks.back().get();
     }
     static node_extension& of(internal::env_core& e) {
         return e.extension<node_extension>(&key, [] { return std::make_unique<node_extension>(); });
@@ -296,6 +317,7 @@ private:
     static constexpr int key = 0;
     std::mutex lock;
     std::vector<std::weak_ptr<node_core>> nodes;
+    std::vector<std::unique_ptr<decode_sink>> sinks;
 };
 
 class node_core final : public internal::remote_router, public std::enable_shared_from_this<node_core> {
@@ -362,6 +384,8 @@ public:
 
     bool route(std::string_view name, envelope_ref& body, request_core* r, const message_header& header,
                bool wait_for_peer) override;
+    // A one-way message that did not decode on its object's thread (any thread).
+    void refused_encoded(const message_header& h, const std::string& why) noexcept;
 
     const std::string& name() const noexcept { return name_; }
     mbox events_;
@@ -521,6 +545,7 @@ private:
 
     counters n_;
     std::array<std::atomic<std::uint64_t>, internal::frame_error_count> rejected_{};
+    decode_sink* sink_ = nullptr;  // set before the I/O thread starts
 
     // The log gates (log(log_kind, ...)): any thread, under their lock.
     struct log_gate {
@@ -642,7 +667,7 @@ void node_core::start() {
     events_ = make_mpmc_mbox(env_);
     internal::set_remote_router(*core_, shared_from_this());
     try {
-        node_extension::of(*core_).add(shared_from_this());
+        sink_ = node_extension::of(*core_).add(shared_from_this(), options_.types, core_.get(), name_);
         io_ = std::thread([this] { run(); });
     } catch (...) {
         internal::clear_remote_router(*core_, this);
@@ -1990,7 +2015,7 @@ void node_core::on_request(peer& p, const frame& f) {
     request_core* r = internal::new_request(env_, message_type{}, timeout);
     internal::request_add_ref(r);  // the delivery's
     const internal::local_send out =
-        internal::send_named_local(env_, target, body.release(), r, remote_source(p.name, f.source), {});
+        internal::send_named_local(*core_, target, body.release(), r, remote_source(p.name, f.source), {});
     ++p.served;
     auto* s = new served{shared_from_this(), r, p.name, p.incarnation, f.request_id, out};
     internal::request_continue(r, &node_core::answered, s);
@@ -2004,18 +2029,53 @@ void node_core::on_send(peer& p, const frame& f) {
         log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + std::string(target) + "' refused: not exported");
         return;
     }
+    // A type this node knows is decoded by the object's own thread, before its handler runs
+    // (decode_deferred): this thread only copies the payload. A type it does not know is
+    // refused here.
     envelope_ref body;
-    net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body);
-    if (!d) {
+    if (const net::type_entry* te = options_.types->find(f.type)) {
+        body = envelope_ref(internal::make_envelope<internal::deferred_body>(&decode_deferred, te, sink_, f.payload));
+    } else if (net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body); !d) {
         bump(n_.served_refused);
         bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
         log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + std::string(target) + "': undecodable payload: " + d.reason);
         return;
     }
-    if (internal::send_named_local(env_, target, body.release(), nullptr, remote_source(p.name, f.source),
+    if (internal::send_named_local(*core_, target, body.release(), nullptr, remote_source(p.name, f.source),
                                    std::string(f.reply_to)) != internal::local_send::delivered) {
         bump(n_.served_refused);
         log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + std::string(target) + "': no such object");
+    }
+}
+
+internal::envelope* decode_deferred(const internal::deferred_body& b, const message_header& h) noexcept {
+    const auto* te = static_cast<const net::type_entry*>(b.type);
+    envelope_ref out;
+    const net::decode_result d = te->decode(b.bytes(), {}, out);
+    if (d) return out.release();
+    const auto* sink = static_cast<const decode_sink*>(b.context);
+    if (auto n = sink->node.lock()) {
+        n->refused_encoded(h, d.reason);
+    } else {
+        // The node is gone (its counters with it); the environment's log still hears of it.
+        try {
+            sink->env->log("node '" + sink->node_name + "': one-way message from '" + h.source + "' to '" +
+                           h.destination + "': undecodable payload: " + d.reason);
+        } catch (...) {
+        }
+    }
+    return nullptr;
+}
+
+void node_core::refused_encoded(const message_header& h, const std::string& why) noexcept {
+    bump(n_.served_refused);
+    bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
+    try {
+        // The source is "peer/sender" (remote_source).
+        const std::string peer_name = h.source.substr(0, h.source.find('/'));
+        log(log_kind::refused_delivery, "one-way message from peer '" + peer_name + "' to '" + h.destination +
+                                            "': undecodable payload: " + why);
+    } catch (...) {
     }
 }
 

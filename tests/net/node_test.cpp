@@ -24,6 +24,7 @@
 #include <fstream>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -52,11 +53,42 @@ struct client_only {  // registered on the client alone
     MSGPACK_DEFINE(x)
 };
 
+// A type with a codec of its own, which notes the thread each decode ran on and refuses a
+// negative value as malformed.
+struct traced {
+    std::int32_t value = 0;
+};
+std::mutex decode_threads_m;
+std::vector<std::thread::id> decode_threads;
+
+}  // namespace
+
+template <>
+struct mailroom::net::codec<traced> {
+    static void encode(const traced& v, byte_buffer& out) {
+        const auto* b = reinterpret_cast<const std::byte*>(&v.value);
+        out.insert(out.end(), b, b + sizeof v.value);
+    }
+    static decode_result decode(std::span<const std::byte> in, traced& out, const decode_limits&) {
+        {
+            std::lock_guard g(decode_threads_m);
+            decode_threads.push_back(std::this_thread::get_id());
+        }
+        if (in.size() != sizeof out.value) return decode_result::failure(decode_status::malformed, "not 4 bytes");
+        std::memcpy(&out.value, in.data(), sizeof out.value);
+        if (out.value < 0) return decode_result::failure(decode_status::malformed, "a negative value (refused by the test)");
+        return {};
+    }
+};
+
+namespace {
+
 std::shared_ptr<const net::type_registry> types(bool with_client_only = false) {
     auto r = std::make_shared<net::type_registry>();
     net::register_type<add_req>(*r, "test.add_req");
     net::register_type<add_rep>(*r, "test.add_rep");
     net::register_type<note>(*r, "test.note");
+    net::register_type<traced>(*r, "test.traced");
     if (with_client_only) net::register_type<client_only>(*r, "test.client_only");
     return r;
 }
@@ -843,6 +875,84 @@ TEST(node, a_second_node_under_a_name_that_is_up_is_refused) {
     EXPECT_FALSE(impostor.wait_for_peer("server", 0ms));
     auto r = request<add_rep>(*f.client_env, "server/calc", add_req{1, 2}, {.timeout = 10s});
     EXPECT_EQ(settle(r), request_state::replied) << r.reason();
+}
+
+// A one-way message is decoded on the thread of the object it reaches, just before its handler
+// runs (what decoding allocates is freed by the same thread; the node's I/O thread only copies
+// the bytes). One that does not decode there is counted and logged with the peer's name, never
+// reaches the handler, and the messages after it do.
+TEST(node, a_one_way_message_is_decoded_on_its_objects_thread_and_one_that_does_not_decode_is_counted_and_logged) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::mutex m;
+    std::vector<std::int32_t> seen;
+    std::thread::id handler_thread;
+    auto t = register_named(*f.server_s, "traced", [&](incoming& in) {
+        std::lock_guard g(m);
+        seen.push_back(in.as<traced>().value);
+        handler_thread = std::this_thread::get_id();
+    });
+    f.server->export_objects("traced");
+    ASSERT_TRUE(f.up());
+    {
+        std::lock_guard g(decode_threads_m);
+        decode_threads.clear();
+    }
+    send_to(*f.client_env, "server/traced", traced{1});
+    send_to(*f.client_env, "server/traced", traced{-1});
+    send_to(*f.client_env, "server/traced", traced{2});
+    ASSERT_TRUE(eventually([&] {
+        std::lock_guard g(m);
+        return seen.size() == 2;
+    }));
+    ASSERT_TRUE(eventually([&] { return f.server->stats().rejected_undecodable_payload == 1; }));
+    const auto s = f.server->stats();
+    EXPECT_EQ(s.sends_served, 3u);
+    EXPECT_EQ(s.served_refused, 1u);
+    EXPECT_TRUE(eventually([&] {
+        return f.server_log.has("one-way message from peer 'client' to 'traced': undecodable payload: a negative value");
+    }));
+    std::lock_guard g(m);
+    EXPECT_EQ(seen, (std::vector<std::int32_t>{1, 2}));
+    std::lock_guard g2(decode_threads_m);
+    ASSERT_EQ(decode_threads.size(), 3u);
+    for (const auto& id : decode_threads) EXPECT_EQ(id, handler_thread) << "decoded on another thread than the handler's";
+}
+
+// A one-way message still queued for its object when the node that received it is destroyed
+// is decoded and handled after: what it needs to decode (its type's entry) outlives the node,
+// and one that does not decode is still told, in the environment's log.
+TEST(node, a_one_way_message_still_queued_when_its_node_is_destroyed_is_decoded_and_handled_after) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::atomic<bool> released{false};
+    std::mutex m;
+    std::vector<std::int32_t> seen;
+    auto t = register_named(*f.server_s, "traced", [&](incoming& in) {
+        // Holds the session (at most 10 s, should the test fail first): the rest queue.
+        if (in.as<traced>().value == 1) eventually([&] { return released.load(); });
+        std::lock_guard g(m);
+        seen.push_back(in.as<traced>().value);
+    });
+    f.server->export_objects("traced");
+    ASSERT_TRUE(f.up());
+    send_to(*f.client_env, "server/traced", traced{1});
+    send_to(*f.client_env, "server/traced", traced{2});
+    send_to(*f.client_env, "server/traced", traced{-1});
+    send_to(*f.client_env, "server/traced", traced{3});
+    ASSERT_TRUE(eventually([&] { return f.server->stats().sends_served == 4; }));
+    f.server.reset();  // its options, and the type registry they held, go with it
+    released = true;
+    ASSERT_TRUE(eventually([&] {
+        std::lock_guard g(m);
+        return seen.size() == 3;
+    }));
+    {
+        std::lock_guard g(m);
+        EXPECT_EQ(seen, (std::vector<std::int32_t>{1, 2, 3}));
+    }
+    EXPECT_TRUE(eventually([&] {
+        return f.server_log.has("node 'server': one-way message from 'client/") &&
+               f.server_log.has("to 'traced': undecodable payload: a negative value");
+    }));
 }
 
 TEST(node, an_environment_that_stops_stops_its_node_and_the_books_balance_on_both_sides) {
