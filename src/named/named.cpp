@@ -638,11 +638,23 @@ struct named_delivery {
     request_core* req = nullptr;  // a reference, until answered
     named_registry* reg = nullptr;
     bool handled = false;
+    // The envelope this delivery lives in, when an incoming holds it there (one reference of
+    // it) rather than a copy on the heap: the incoming releases it instead of deleting.
+    envelope* home = nullptr;
 
     named_delivery() = default;
     named_delivery(named_delivery&& o) noexcept
         : hdr(std::move(o.hdr)), body(std::exchange(o.body, nullptr)), req(std::exchange(o.req, nullptr)),
           reg(o.reg), handled(o.handled) {}
+
+    // What an incoming does with the delivery it holds, once done with it.
+    static void dispose(named_delivery* d) noexcept {
+        if (!d) return;
+        if (d->home)
+            d->home->release();
+        else
+            delete d;
+    }
     ~named_delivery() {
         if (body) body->release();
         if (req) {
@@ -856,8 +868,17 @@ named_handle register_named(const context_ref& s, const std::string& owner, std:
                               nd.body = b.decode(b, nd.hdr);
                               if (!nd.body) return;  // one-way only: no requester to tell
                           }
-                          auto* d = new named_delivery(std::move(nd));
-                          d->handled = true;
+                          nd.handled = true;
+                          // The incoming holds the delivery where it is, by a reference to its
+                          // envelope (its only other holder is the queue, which lets go after
+                          // this returns): no copy, no heap.
+                          named_delivery* d = &nd;
+                          if (e->exclusive()) {
+                              e->add_refs(1);
+                              nd.home = e;
+                          } else {
+                              d = new named_delivery(std::move(nd));
+                          }
                           incoming in(d);
                           fn(in);
                       }),
@@ -909,14 +930,14 @@ incoming::incoming(incoming&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {
 
 incoming& incoming::operator=(incoming&& o) noexcept {
     if (this != &o) {
-        delete d_;
+        internal::named_delivery::dispose(d_);
         d_ = std::exchange(o.d_, nullptr);
         if (d_ && d_->req) d_->reg->track(d_->req);
     }
     return *this;
 }
 
-incoming::~incoming() { delete d_; }
+incoming::~incoming() { internal::named_delivery::dispose(d_); }
 
 const message_header& incoming::header() const {
     if (!d_) throw usage_error("incoming: empty (moved from)");
