@@ -386,6 +386,7 @@ public:
                bool wait_for_peer) override;
     // A one-way message that did not decode on its object's thread (any thread).
     void refused_encoded(const message_header& h, const std::string& why) noexcept;
+    void refused_payload(std::string_view peer_name, std::string_view target, const std::string& why) noexcept;
 
     const std::string& name() const noexcept { return name_; }
     mbox events_;
@@ -2032,15 +2033,13 @@ void node_core::on_send(peer& p, const frame& f) {
     // A type this node knows is decoded by the object's own thread, before its handler runs
     // (decode_deferred): this thread only copies the payload. A type it does not know is
     // refused here.
-    envelope_ref body;
-    if (const net::type_entry* te = options_.types->find(f.type)) {
-        body = envelope_ref(internal::make_envelope<internal::deferred_body>(&decode_deferred, te, sink_, f.payload));
-    } else if (net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, body); !d) {
-        bump(n_.served_refused);
-        bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
-        log(log_kind::refused_delivery, "one-way message from peer '" + p.name + "' to '" + std::string(target) + "': undecodable payload: " + d.reason);
-        return;
+    const net::type_entry* te = options_.types->find(f.type);
+    if (!te) {
+        envelope_ref none;
+        const net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, none);  // fails, naming the id
+        return refused_payload(p.name, target, d.reason);
     }
+    envelope_ref body(internal::make_envelope<internal::deferred_body>(&decode_deferred, te, sink_, f.payload));
     if (internal::send_named_local(*core_, target, body.release(), nullptr, remote_source(p.name, f.source),
                                    std::string(f.reply_to)) != internal::local_send::delivered) {
         bump(n_.served_refused);
@@ -2068,13 +2067,19 @@ internal::envelope* decode_deferred(const internal::deferred_body& b, const mess
 }
 
 void node_core::refused_encoded(const message_header& h, const std::string& why) noexcept {
+    // The source is "peer/sender" (remote_source).
+    const std::string_view source = h.source;
+    refused_payload(source.substr(0, source.find('/')), h.destination, why);
+}
+
+// A one-way message whose payload did not decode: on the I/O thread (a type this node does not
+// know) or on its object's thread (refused_encoded). Any thread.
+void node_core::refused_payload(std::string_view peer_name, std::string_view target, const std::string& why) noexcept {
     bump(n_.served_refused);
     bump(rejected_[static_cast<std::size_t>(internal::frame_error::undecodable_payload)]);
     try {
-        // The source is "peer/sender" (remote_source).
-        const std::string peer_name = h.source.substr(0, h.source.find('/'));
-        log(log_kind::refused_delivery, "one-way message from peer '" + peer_name + "' to '" + h.destination +
-                                            "': undecodable payload: " + why);
+        log(log_kind::refused_delivery, "one-way message from peer '" + std::string(peer_name) + "' to '" +
+                                            std::string(target) + "': undecodable payload: " + why);
     } catch (...) {
     }
 }
