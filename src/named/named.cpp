@@ -209,6 +209,7 @@ struct named_object_impl final : inbox_stop_hook {
     std::shared_ptr<env_core> env_keep;  // keeps the registry
     named_registry* reg = nullptr;
     named_entry* entry = nullptr;
+    event_object* inbox = nullptr;  // set before the name is listed, so before any delivery
     std::atomic<bool> done{false};
 
     void stop() noexcept override { unregister(); }
@@ -681,7 +682,7 @@ namespace {
 // node takes goes out without one, and a `node/object` name skips the local look-up while no
 // local name has a '/'.
 local_send send_core(env_core& core, std::string_view name, envelope* body, request_core* r, std::string source,
-                     std::string reply_to, bool wait_for_peer, bool local_only) {
+                     std::string reply_to, bool wait_for_peer, bool local_only, std::size_t messages = 1) {
     envelope_ref b(body);
     auto& reg = named_registry::of(core);
     auto fail = [&](request_state st, const std::string& why) {
@@ -716,7 +717,7 @@ local_send send_core(env_core& core, std::string_view name, envelope* body, requ
         auto& nd = payload_of<named_delivery>(d);
         nd.hdr = std::move(hdr);
         nd.hdr.destination.assign(name);
-        nd.hdr.id = r ? r->id : reg.next_id.fetch_add(1, std::memory_order_relaxed);
+        nd.hdr.id = r ? r->id : reg.next_id.fetch_add(messages, std::memory_order_relaxed);
         nd.body = b.release();
         nd.req = std::exchange(r, nullptr);  // the caller's reference goes with the delivery
         nd.reg = &reg;
@@ -766,7 +767,7 @@ local_send send_core(env_core& core, std::string_view name, envelope* body, requ
             keep->mark_transmitted();
             keep->release();
         } else {
-            reg.messages.fetch_add(1, std::memory_order_release);
+            reg.messages.fetch_add(messages, std::memory_order_release);
         }
         return local_send::delivered;
     }
@@ -777,7 +778,7 @@ local_send send_core(env_core& core, std::string_view name, envelope* body, requ
         if (r) r->release();
         return local_send::no_such_object;
     }
-    reg.rejected_sends.fetch_add(1, std::memory_order_release);
+    reg.rejected_sends.fetch_add(messages, std::memory_order_release);
     if (local_only) return local_send::no_such_object;
     throw no_such_object_error("sending to '" + std::string(name) + "': " + why);
 }
@@ -790,8 +791,8 @@ void send_named(environment& env, std::string_view name, envelope* body, request
 }
 
 local_send send_named_local(env_core& env, std::string_view name, envelope* body, request_core* r,
-                            std::string source, std::string reply_to) {
-    return send_core(env, name, body, r, std::move(source), std::move(reply_to), false, true);
+                            std::string source, std::string reply_to, std::size_t messages) {
+    return send_core(env, name, body, r, std::move(source), std::move(reply_to), false, true, messages);
 }
 
 // ---- the remote router ----
@@ -829,6 +830,58 @@ void request_count_orphan(request_core* r) noexcept { r->reg->orphaned.fetch_add
 
 // ---- registration ----
 
+namespace {
+
+// A deferred_batch's messages (remote_router.hpp), decoded and handed to the handler one by
+// one, each in a delivery of its own with `nd`'s header and the next id. Between two, the
+// inbox or its context shut (by this handler, another thread, the session's end) ends the
+// run: the rest is lost, as queued messages are. A handler that throws is reported as the
+// guarded run of a single message would report it, and the run goes on when the policy lets
+// the object go on. The demand itself counts one message; the others are counted here.
+void deliver_batch(named_delivery& nd, std::function<void(incoming&)>& fn, const event_object& inbox) {
+    envelope_ref raw(std::exchange(nd.body, nullptr));
+    auto& b = payload_of<deferred_batch>(raw.get());
+    b.taken = true;
+    context_core& c = *current_context();
+    const std::size_t n = b.size();
+    std::size_t i = 0;
+    for (; i < n; ++i) {
+        if (i > 0 && (inbox.shut.load(std::memory_order_relaxed) != 0 || c.gate.shut())) break;
+        envelope* body = b.decode(b.items[i].type, b.context, b.bytes(i), nd.hdr);
+        if (!body) continue;  // reported by the router; never reaches the handler
+        envelope* e = make_envelope<named_delivery>();
+        auto& one = payload_of<named_delivery>(e);
+        one.body = body;
+        one.reg = nd.reg;
+        one.handled = true;
+        one.home = e;  // the incoming's reference
+        incoming in(&one);
+        try {
+            one.hdr = nd.hdr;
+            one.hdr.id = nd.hdr.id + i;
+            fn(in);
+        } catch (...) {
+            on_thrown(c, inbox.kind_name(), message_type_of<named_delivery>());
+            if (c.ops->policy(c) != exception_policy::log_and_continue) {
+                ++i;
+                break;
+            }
+        }
+    }
+    thread_counters& counters = c.env->counters();
+    if (n > 1) thread_counters::bump(counters.sent, n - 1);
+    if (i > 1) {
+        thread_counters::bump(counters.delivered, i - 1);
+        thread_counters::bump(counters.callbacks_run, i - 1);
+    }
+    if (i < n) {
+        thread_counters::bump(counters.lost, n - i);
+        thread_counters::bump(counters.callbacks_refused, n - i);
+    }
+}
+
+}  // namespace
+
 named_handle register_named(const context_ref& s, const std::string& owner, std::string name,
                             std::function<void(incoming&)> fn) {
     check_name(name, true);
@@ -857,15 +910,17 @@ named_handle register_named(const context_ref& s, const std::string& owner, std:
     handle_target* o;
     try {
         o = add_inbox(s, owner, message_type_of<named_delivery>(),
-                      handler([fn = std::move(fn)](envelope* e) mutable {
+                      handler([fn = std::move(fn), impl = n.get()](envelope* e) mutable {
                           auto& nd = payload_of<named_delivery>(e);
+                          if (nd.body && nd.body->type() == message_type_of<deferred_batch>()) [[unlikely]]
+                              return deliver_batch(nd, fn, *impl->inbox);
                           // A message from another node still encoded: decoded here, on the
                           // object's thread (remote_router.hpp). One that does not decode was
                           // reported by its router and goes no further.
                           if (nd.body && nd.body->type() == message_type_of<deferred_body>()) {
                               envelope_ref raw(std::exchange(nd.body, nullptr));
                               const auto& b = payload_of<deferred_body>(raw.get());
-                              nd.body = b.decode(b, nd.hdr);
+                              nd.body = b.decode(b.type, b.context, b.bytes(), nd.hdr);
                               if (!nd.body) return;  // one-way only: no requester to tell
                           }
                           nd.handled = true;
@@ -888,6 +943,7 @@ named_handle register_named(const context_ref& s, const std::string& owner, std:
         throw;
     }
     named_handle h(o, name);  // from here on, a throw destroys the inbox
+    n->inbox = static_cast<event_object*>(o);
     entry->address = std::move(address);  // not yet listed: no reader sees it
     bool listed;
     {

@@ -17,6 +17,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace mailroom::internal {
 
@@ -66,10 +67,12 @@ MAILROOM_EXPORT void request_count_orphan(request_core* r) noexcept;
 struct deferred_body {
     /// Payloads up to this size are kept in the envelope itself: one pool block, no heap.
     static constexpr std::size_t inline_capacity = 160;
-    /// Decodes `b` into a new envelope (a reference); on failure reports why (the router counts
-    /// and logs it, naming `h.source` and `h.destination`) and returns nullptr. Never throws.
-    /// Called on a worker thread of the environment, while it runs.
-    using decode_fn = envelope* (*)(const deferred_body& b, const message_header& h) noexcept;
+    /// Decodes `bytes`, a payload of the router's type `type`, into a new envelope (a
+    /// reference); on failure reports why (the router counts and logs it, naming `h.source` and
+    /// `h.destination`) and returns nullptr. Never throws. Called on a worker thread of the
+    /// environment, while it runs.
+    using decode_fn = envelope* (*)(const void* type, void* context, std::span<const std::byte> bytes,
+                                    const message_header& h) noexcept;
 
     deferred_body(decode_fn fn, const void* type, void* context, std::span<const std::byte> bytes)
         : decode(fn), type(type), context(context), size(bytes.size()) {
@@ -90,6 +93,59 @@ struct deferred_body {
     std::byte small[inline_capacity];
 };
 
+/// A run of one-way messages from another node to one object, with one header (the same
+/// source, destination and reply-to), still encoded: what a router delivers, as one delivery,
+/// for the consecutive messages to one object that one network message (a BATCH) carried. The
+/// named object's handler wrapper decodes them and hands them to the handler one by one, in
+/// order, each as its own incoming (with its own id), on the object's thread, checking between
+/// two that the object was not shut meanwhile. So a busy peer's messages cost its I/O thread
+/// and the object's queue one operation per run rather than one per message. The environment's
+/// counters still count each message: the delivery counts one (sent, then delivered or lost),
+/// and the wrapper the others (sent, then delivered or lost); a run dropped whole counts them
+/// sent and lost when it is freed, unless its router took it back (`taken`: no object had the
+/// name, and the router counts them refused).
+struct deferred_batch {
+    struct item {
+        const void* type;  ///< the router's: which type it is
+        const std::byte* data;
+        std::size_t size;
+    };
+    /// Lets go of what the payloads point into (the router's network message). Any thread.
+    using release_fn = void (*)(void* owner) noexcept;
+
+    /// Payloads point into `owner`'s memory, which `release(owner)` lets go of once the run is
+    /// freed: the router does not copy them.
+    deferred_batch(deferred_body::decode_fn fn, void* context, env_core* env, release_fn release, void* owner,
+                   std::size_t messages)
+        : decode(fn), context(context), env(env), release(release), owner(owner) {
+        items.reserve(messages);
+    }
+    deferred_batch(const deferred_batch&) = delete;
+    deferred_batch& operator=(const deferred_batch&) = delete;
+    /// A run freed with messages nobody took (dropped with its delivery): counted sent and
+    /// lost, all but the one its delivery's own outcome counts.
+    ~deferred_batch() {
+        if (!taken && items.size() > 1) {
+            thread_counters& c = env->counters();
+            thread_counters::bump(c.sent, items.size() - 1);
+            thread_counters::bump(c.lost, items.size() - 1);
+        }
+        release(owner);
+    }
+
+    void add(const void* type, std::span<const std::byte> bytes) { items.push_back({type, bytes.data(), bytes.size()}); }
+    std::size_t size() const noexcept { return items.size(); }
+    std::span<const std::byte> bytes(std::size_t i) const noexcept { return {items[i].data, items[i].size}; }
+
+    deferred_body::decode_fn decode;
+    void* context;  ///< the router's: it must stay valid while the environment runs
+    env_core* env;  ///< whose counters count the messages
+    release_fn release;
+    void* owner;
+    std::vector<item> items;
+    bool taken = false;  ///< the wrapper (or the router) took the messages over and counts them
+};
+
 /// What a delivery to local objects only did.
 enum class local_send : std::uint8_t { delivered, no_such_object, stopped };
 
@@ -97,7 +153,9 @@ enum class local_send : std::uint8_t { delivered, no_such_object, stopped };
 /// arrives from another node. Takes `body` and the caller's reference to `r` (a request that
 /// finds nothing is rejected, one to a stopped environment abandoned). Never throws for an
 /// outcome; `name` must be valid.
+/// `messages` is how many messages `body` carries (a deferred_batch's size; 1 otherwise): they
+/// take that many ids and count as that many named messages.
 MAILROOM_EXPORT local_send send_named_local(env_core& env, std::string_view name, envelope* body, request_core* r,
-                                            std::string source, std::string reply_to);
+                                            std::string source, std::string reply_to, std::size_t messages = 1);
 
 }  // namespace mailroom::internal

@@ -44,6 +44,7 @@
 #include <mailroom/net/frame.hpp>
 #include <mailroom/net/node_test_access.hpp>
 #include <mailroom/net/peer_queue.hpp>
+#include <mailroom/net/send_buffers.hpp>
 
 #include <zmq.h>
 
@@ -272,6 +273,22 @@ struct connection {
 
 class node_core;
 
+/// A received ZeroMQ message, which the runs of one-way messages it carries point into
+/// (internal::deferred_batch: no copy of their payloads). Freed by whichever lets go last: the
+/// I/O thread or the threads of the objects the runs went to; it needs nothing of the node.
+struct held_message {
+    std::atomic<std::uint32_t> refs{1};
+    zmq_msg_t msg;
+
+    static void release(void* p) noexcept {
+        auto* h = static_cast<held_message*>(p);
+        if (h->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            zmq_msg_close(&h->msg);
+            delete h;
+        }
+    }
+};
+
 // The node whose I/O thread this is (none elsewhere).
 thread_local const node_core* tls_io_node = nullptr;
 
@@ -288,7 +305,8 @@ struct decode_sink {
 };
 
 // Decodes a one-way message on its object's thread (internal::deferred_body::decode_fn).
-internal::envelope* decode_deferred(const internal::deferred_body& b, const message_header& h) noexcept;
+internal::envelope* decode_deferred(const void* type, void* context, std::span<const std::byte> bytes,
+                                    const message_header& h) noexcept;
 
 /// Stops the environment's nodes in its teardown, before the cooperations finish: nothing from
 /// the network reaches an object while the environment tears down.
@@ -434,6 +452,7 @@ private:
                   const char* user_id);
     void on_request(peer& p, const frame& f);
     void on_send(peer& p, const frame& f);
+    void on_sends(peer& p, std::span<const frame> run);
     void on_answer(peer& p, const frame& f);
     // `full`: when given, a full pipe (EAGAIN) sets it and is not counted unreachable (the
     // caller keeps the frame and tries again).
@@ -547,6 +566,10 @@ private:
     counters n_;
     std::array<std::atomic<std::uint64_t>, internal::frame_error_count> rejected_{};
     decode_sink* sink_ = nullptr;  // set before the I/O thread starts
+    held_message* spare_ = nullptr;  // the I/O thread's: a holder no run took, for the next message
+    held_message* held_ = nullptr;   // the I/O thread's: the message on_message() is handling
+    // The I/O thread's: buffers for the BATCH frames it sends (send_buffers.hpp).
+    send_buffers* buffers_ = send_buffers::make(std::size_t{64} << 10, 8);
 
     // The log gates (log(log_kind, ...)): any thread, under their lock.
     struct log_gate {
@@ -609,6 +632,8 @@ void node_extension::wait_stopped() noexcept {
 // ---- life ----
 
 node_core::~node_core() {
+    delete spare_;
+    buffers_->close();
     if (wake_fd_ >= 0) ::close(wake_fd_);
     if (watch_fd_ >= 0) ::close(watch_fd_);
 }
@@ -1740,7 +1765,22 @@ bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* 
     };
     // A ROUTER refuses a full pipe at the routing id (ROUTER_MANDATORY), before any part went.
     if (rid && zmq_send(socket, rid->data(), rid->size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return refused();
-    if (zmq_send(socket, data, n, ZMQ_DONTWAIT) < 0) return refused();
+    if (n >= std::size_t{8} << 10 && n <= buffers_->size()) {
+        // A BATCH: in a buffer ZeroMQ gives back (send_buffers.hpp), not one it mallocs.
+        std::byte* b = buffers_->take();
+        std::memcpy(b, data, n);
+        zmq_msg_t m;
+        if (zmq_msg_init_data(&m, b, n, &send_buffers::give_back, send_buffers::hint(b)) != 0) {
+            send_buffers::give_back(b, send_buffers::hint(b));
+            return refused();
+        }
+        if (zmq_msg_send(&m, socket, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);  // gives the buffer back
+            return refused();
+        }
+    } else if (zmq_send(socket, data, n, ZMQ_DONTWAIT) < 0) {
+        return refused();
+    }
     bump(n_.bytes_out, n);
     if (n >= internal::frame_header_bytes) {
         const auto k = static_cast<std::uint8_t>(data[3]);
@@ -1801,22 +1841,35 @@ void node_core::dial(connection& c, bool first) {
 
 void node_core::on_message(void* socket, connection* conn) {
     std::string rid;
-    zmq_msg_t msg;
+    // Received into a holder, which a run of one-way messages keeps (on_sends); one that no run
+    // took is kept for the next message.
+    held_message* held = spare_ ? std::exchange(spare_, nullptr) : new held_message;
+    zmq_msg_t& msg = held->msg;
     zmq_msg_init(&msg);
+    struct let_go {
+        held_message* h;
+        held_message*& spare;
+        ~let_go() {
+            if (h->refs.load(std::memory_order_acquire) == 1) {
+                zmq_msg_close(&h->msg);
+                spare = h;
+            } else {
+                held_message::release(h);
+            }
+        }
+    } guard{held, spare_};
+    held_ = held;
     if (!conn) {
         // ROUTER: [routing id][frame]
         if (zmq_msg_recv(&msg, socket, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&msg);
             return;
         }
         rid.assign(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
         if (!zmq_msg_more(&msg)) {
-            zmq_msg_close(&msg);
             return;
         }
     }
     if (zmq_msg_recv(&msg, socket, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&msg);
         return;
     }
     // Anything after: not ours. Drained and counted as one malformed message.
@@ -1849,12 +1902,13 @@ void node_core::on_message(void* socket, connection* conn) {
         bump(rejected_[static_cast<std::size_t>(fe)]);
         log(log_kind::rejected_message, "rejected a message from " + who + " (" + std::to_string(size) + " bytes): " + internal::to_string(fe) +
             (extra ? ": more than one part" : ": " + decoder_.detail()));
-        zmq_msg_close(&msg);
         return;
     }
     if (size >= internal::frame_header_bytes && static_cast<std::uint8_t>(data[3]) == static_cast<std::uint8_t>(frame_kind::batch))
         bump(n_.in[static_cast<int>(frame_kind::batch)]);
-    for (const frame& f : decoder_.frames()) {
+    const std::span<const frame> frames = decoder_.frames();
+    for (std::size_t k = 0; k < frames.size(); ++k) {
+        const frame& f = frames[k];
         bump(n_.in[static_cast<int>(f.kind)]);
         if (f.kind == frame_kind::hello) {
             on_hello(f, socket, conn, rid, address, user_id);
@@ -1866,13 +1920,24 @@ void node_core::on_message(void* socket, connection* conn) {
             bump(n_.frames_from_unknown);
             continue;
         }
+        // One-way messages in a row to one object, with one header: one delivery (on_sends).
+        std::size_t end = k + 1;
+        if (f.kind == frame_kind::send)
+            while (end < frames.size() && frames[end].kind == frame_kind::send && frames[end].target == f.target &&
+                   frames[end].source == f.source && frames[end].reply_to == f.reply_to)
+                ++end;
         try {
+            if (end - k > 1) {
+                bump(n_.in[static_cast<int>(frame_kind::send)], end - k - 1);
+                on_sends(*p, frames.subspan(k, end - k));
+                k = end - 1;
+                continue;
+            }
             on_frame(*p, f);
         } catch (const std::exception& e) {
             log(log_kind::failed_frame, "handling a " + std::string(internal::to_string(f.kind)) + " from peer '" + p->name + "': " + e.what());
         }
     }
-    zmq_msg_close(&msg);
 }
 
 void node_core::on_hello(const frame& f, void* socket, connection* conn, const std::string& rid,
@@ -2047,12 +2112,54 @@ void node_core::on_send(peer& p, const frame& f) {
     }
 }
 
-internal::envelope* decode_deferred(const internal::deferred_body& b, const message_header& h) noexcept {
-    const auto* te = static_cast<const net::type_entry*>(b.type);
+// A run of one-way messages to one object with one header (two or more): checked as on_send()
+// checks one, and delivered as one internal::deferred_batch.
+void node_core::on_sends(peer& p, std::span<const frame> run) {
+    bump(n_.sends_served, run.size());
+    const std::string_view target = run.front().target;
+    if (!exported(target)) {
+        bump(n_.served_refused, run.size());
+        log(log_kind::refused_delivery, std::to_string(run.size()) + " one-way messages from peer '" + p.name + "' to '" +
+                                            std::string(target) + "' refused: not exported");
+        return;
+    }
+    // The payloads stay where they arrived: the run holds the message (its reference, taken
+    // once the run exists, is let go of when the run is freed).
+    envelope_ref body(internal::make_envelope<internal::deferred_batch>(&decode_deferred, sink_, core_.get(),
+                                                                         &held_message::release, held_, run.size()));
+    held_->refs.fetch_add(1, std::memory_order_relaxed);
+    auto& b = internal::payload_of<internal::deferred_batch>(body.get());
+    for (const frame& f : run) {
+        if (const net::type_entry* te = options_.types->find(f.type)) {
+            b.add(te, f.payload);
+        } else {
+            envelope_ref none;
+            const net::decode_result d = decoder_.decode_payload(*options_.types, f, {}, none);  // fails, naming the id
+            refused_payload(p.name, target, d.reason);
+        }
+    }
+    const std::size_t n = b.size();
+    if (n == 0) return;
+    // Kept until the outcome is known: a run no object took is counted here, not by the
+    // environment (deferred_batch::taken).
+    body.get()->add_refs(1);
+    envelope_ref keep(body.get());
+    if (internal::send_named_local(*core_, target, body.release(), nullptr, remote_source(p.name, run.front().source),
+                                   std::string(run.front().reply_to), n) != internal::local_send::delivered) {
+        b.taken = true;
+        bump(n_.served_refused, n);
+        log(log_kind::refused_delivery, std::to_string(n) + " one-way messages from peer '" + p.name + "' to '" +
+                                            std::string(target) + "': no such object");
+    }
+}
+
+internal::envelope* decode_deferred(const void* type, void* context, std::span<const std::byte> bytes,
+                                    const message_header& h) noexcept {
+    const auto* te = static_cast<const net::type_entry*>(type);
     envelope_ref out;
-    const net::decode_result d = te->decode(b.bytes(), {}, out);
+    const net::decode_result d = te->decode(bytes, {}, out);
     if (d) return out.release();
-    const auto* sink = static_cast<const decode_sink*>(b.context);
+    const auto* sink = static_cast<const decode_sink*>(context);
     if (auto n = sink->node.lock()) {
         n->refused_encoded(h, d.reason);
     } else {

@@ -955,6 +955,180 @@ TEST(node, a_one_way_message_still_queued_when_its_node_is_destroyed_is_decoded_
     }));
 }
 
+// ---- one-way messages that arrive together: one delivery per run, each message its own ----
+
+namespace {
+
+// Every message an environment counted sent has one outcome.
+void expect_books_balance(environment& e) {
+    const auto st = e.stats();
+    EXPECT_EQ(st.messages_sent, st.messages_delivered + st.messages_lost + st.messages_ignored + st.messages_discarded +
+                                    st.messages_cancelled + st.messages_dropped)
+        << e.name();
+}
+
+// Sends traced{v} for each of `values` to "server/<target>" while the client's sends are paused,
+// so that they leave together, in one BATCH.
+void send_together(pair_fixture& f, const std::string& target, const std::vector<std::int32_t>& values) {
+    net::internal_node::test_access::pause_sends(*f.client, true);
+    for (std::int32_t v : values) send_to(*f.client_env, "server/" + target, traced{v});
+    net::internal_node::test_access::pause_sends(*f.client, false);
+}
+
+std::vector<std::int32_t> one_to(std::int32_t n) {
+    std::vector<std::int32_t> v;
+    for (std::int32_t i = 1; i <= n; ++i) v.push_back(i);
+    return v;
+}
+
+}  // namespace
+
+TEST(node, one_way_messages_that_arrive_together_reach_their_object_one_by_one_in_order_each_with_its_own_id) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::mutex m;
+    std::vector<std::int32_t> seen;
+    std::vector<std::uint64_t> ids;
+    std::vector<std::string> sources;
+    auto t = register_named(*f.server_s, "traced", [&](incoming& in) {
+        std::lock_guard g(m);
+        seen.push_back(in.as<traced>().value);
+        ids.push_back(in.header().id);
+        sources.push_back(in.header().source);
+    });
+    f.server->export_objects("traced");
+    ASSERT_TRUE(f.up());
+    const auto before = f.server_env->stats();
+    const std::uint64_t batches_before = f.server->stats().frames_in.batch;
+    std::vector<std::int32_t> values = one_to(100), expected;
+    values[49] = -1;  // does not decode: refused alone, the others delivered
+    for (std::int32_t v : values)
+        if (v > 0) expected.push_back(v);
+    send_together(f, "traced", values);
+    ASSERT_TRUE(eventually([&] {
+        std::lock_guard g(m);
+        return seen.size() == expected.size();
+    }));
+    ASSERT_TRUE(eventually([&] { return f.server->stats().rejected_undecodable_payload == 1; }));
+    const auto s = f.server->stats();
+    EXPECT_EQ(s.frames_in.batch, batches_before + 1) << "the test needs them in one BATCH";
+    EXPECT_EQ(s.sends_served, 100u);
+    EXPECT_EQ(s.served_refused, 1u);
+    {
+        std::lock_guard g(m);
+        EXPECT_EQ(seen, expected);
+        for (std::size_t i = 1; i < ids.size(); ++i) EXPECT_LT(ids[i - 1], ids[i]) << "each message has its own id";
+        for (const std::string& src : sources) EXPECT_EQ(src, sources.front());
+        EXPECT_EQ(sources.front().rfind("client/", 0), 0u) << sources.front();
+    }
+    // The environment counts each message, not each run.
+    EXPECT_TRUE(eventually([&] { return f.server_env->stats().messages_delivered - before.messages_delivered >= 100; }))
+        << f.server_env->stats().messages_delivered - before.messages_delivered;
+    expect_books_balance(*f.server_env);
+}
+
+TEST(node, an_object_its_own_handler_shuts_down_gets_none_of_the_messages_that_arrived_together_with_that_one) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::mutex m;
+    std::vector<std::int32_t> seen;
+    named_handle t;
+    t = register_named(*f.server_s, "traced", [&](incoming& in) {
+        const std::int32_t v = in.as<traced>().value;
+        {
+            std::lock_guard g(m);
+            seen.push_back(v);
+        }
+        if (v == 3) t.shutdown();
+    });
+    f.server->export_objects("traced");
+    ASSERT_TRUE(f.up());
+    const auto before = f.server_env->stats();
+    send_together(f, "traced", one_to(10));
+    ASSERT_TRUE(eventually([&] { return f.server_env->stats().messages_lost - before.messages_lost == 7; }))
+        << f.server_env->stats().messages_lost - before.messages_lost;
+    {
+        std::lock_guard g(m);
+        EXPECT_EQ(seen, (std::vector<std::int32_t>{1, 2, 3}));
+    }
+    expect_books_balance(*f.server_env);
+}
+
+TEST(node, an_object_shut_down_from_another_thread_while_it_handles_one_of_a_batch_gets_none_of_the_rest) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::mutex m;
+    std::vector<std::int32_t> seen;
+    std::atomic<bool> in_first{false}, go{false};
+    auto t = register_named(*f.server_s, "traced", [&](incoming& in) {
+        const std::int32_t v = in.as<traced>().value;
+        if (v == 1) {
+            in_first = true;
+            eventually([&] { return go.load(); });  // at most 10 s, should the test fail first
+        }
+        std::lock_guard g(m);
+        seen.push_back(v);
+    });
+    f.server->export_objects("traced");
+    ASSERT_TRUE(f.up());
+    const auto before = f.server_env->stats();
+    send_together(f, "traced", one_to(10));
+    ASSERT_TRUE(eventually([&] { return in_first.load(); }));
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(100ms);  // shutdown() below is waiting by then
+        go = true;
+    });
+    t.shutdown();  // returns once the handler of 1 did: none of the rest runs after
+    releaser.join();
+    {
+        std::lock_guard g(m);
+        EXPECT_EQ(seen, (std::vector<std::int32_t>{1}));
+    }
+    EXPECT_TRUE(eventually([&] { return f.server_env->stats().messages_lost - before.messages_lost == 9; }))
+        << f.server_env->stats().messages_lost - before.messages_lost;
+    expect_books_balance(*f.server_env);
+}
+
+TEST(node, a_handler_that_throws_on_one_of_a_batch_is_reported_and_the_rest_are_delivered) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::mutex m;
+    std::vector<std::int32_t> seen;
+    auto t = register_named(*f.server_s, "traced", [&](incoming& in) {
+        const std::int32_t v = in.as<traced>().value;
+        if (v == 3) throw std::runtime_error("three is refused by the test");
+        std::lock_guard g(m);
+        seen.push_back(v);
+    });
+    f.server->export_objects("traced");
+    ASSERT_TRUE(f.up());
+    const auto before = f.server_env->stats();
+    send_together(f, "traced", one_to(6));
+    ASSERT_TRUE(eventually([&] {
+        std::lock_guard g(m);
+        return seen.size() == 5;
+    }));
+    {
+        std::lock_guard g(m);
+        EXPECT_EQ(seen, (std::vector<std::int32_t>{1, 2, 4, 5, 6}));
+    }
+    EXPECT_TRUE(eventually([&] { return f.server_env->stats().handler_exceptions - before.handler_exceptions == 1; }));
+    EXPECT_TRUE(f.server_log.has("three is refused by the test"));
+    EXPECT_TRUE(eventually([&] { return f.server_env->stats().messages_delivered - before.messages_delivered >= 6; }));
+    expect_books_balance(*f.server_env);
+}
+
+TEST(node, messages_that_arrive_together_for_an_exported_name_no_object_has_are_each_counted_refused) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    f.server->export_objects("ghost");
+    ASSERT_TRUE(f.up());
+    const auto before = f.server_env->stats();
+    send_together(f, "ghost", one_to(5));
+    ASSERT_TRUE(eventually([&] { return f.server->stats().served_refused == 5; })) << f.server->stats().served_refused;
+    EXPECT_EQ(f.server->stats().sends_served, 5u);
+    EXPECT_TRUE(eventually([&] { return f.server_log.has("to 'ghost': no such object"); }));
+    EXPECT_EQ(named_stats_of(*f.server_env).named_rejected, 5u);
+    // Never sent to an object: nothing for the environment's books.
+    EXPECT_EQ(f.server_env->stats().messages_sent, before.messages_sent);
+    expect_books_balance(*f.server_env);
+}
+
 TEST(node, an_environment_that_stops_stops_its_node_and_the_books_balance_on_both_sides) {
     auto f = std::make_unique<pair_fixture>("tcp://127.0.0.1:0");
     ASSERT_TRUE(f->up());
