@@ -1770,8 +1770,8 @@ bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* 
         std::byte* b = buffers_->take();
         std::memcpy(b, data, n);
         zmq_msg_t m;
-        if (zmq_msg_init_data(&m, b, n, &send_buffers::give_back, send_buffers::hint(b)) != 0) {
-            send_buffers::give_back(b, send_buffers::hint(b));
+        if (zmq_msg_init_data(&m, b, n, &send_buffers::give_back, buffers_->hint()) != 0) {
+            send_buffers::give_back(b, buffers_->hint());
             return refused();
         }
         if (zmq_msg_send(&m, socket, ZMQ_DONTWAIT) < 0) {

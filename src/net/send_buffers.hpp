@@ -27,7 +27,7 @@ public:
     std::size_t size() const noexcept { return size_; }
 
     /// The I/O thread: a buffer to fill and hand to zmq_msg_init_data() with give_back and
-    /// hint(data) (one reference of the pool goes with it). bad_alloc when none can be had.
+    /// hint() (one reference of the pool goes with it). bad_alloc when none can be had.
     std::byte* take() {
         if (!idle_) {
             // What ZeroMQ gave back since: the I/O thread's now, down to `keep` of them.
@@ -48,18 +48,20 @@ public:
             --idle_count_;
         } else {
             b = static_cast<buffer*>(::operator new(sizeof(buffer) + size_));
-            b->home = this;
         }
         b->next = nullptr;
-        refs_.fetch_add(1, std::memory_order_relaxed);
+        // Release: what this thread wrote of the buffer happens before give_back() touches it
+        // (the hand-over through ZeroMQ is invisible to ThreadSanitizer: libzmq is not
+        // instrumented).
+        refs_.fetch_add(1, std::memory_order_release);
         return reinterpret_cast<std::byte*>(b + 1);
     }
 
-    /// ZeroMQ's free function for a buffer from take() (`hint` is its hint()). Any thread.
+    /// ZeroMQ's free function for a buffer from take() (`hint` is hint()). Any thread.
     static void give_back(void* data, void* hint) noexcept {
-        (void)data;
-        auto* b = static_cast<buffer*>(hint);
-        send_buffers* home = b->home;
+        auto* home = static_cast<send_buffers*>(hint);
+        (void)home->refs_.load(std::memory_order_acquire);  // pairs with take()'s release
+        buffer* b = static_cast<buffer*>(data) - 1;
         buffer* head = home->returned_.load(std::memory_order_relaxed);
         do {
             b->next = head;
@@ -67,8 +69,8 @@ public:
         home->release();
     }
 
-    /// The hint that goes with `data` (a buffer from take()).
-    static void* hint(std::byte* data) noexcept { return reinterpret_cast<buffer*>(data) - 1; }
+    /// The hint that goes with a buffer from take().
+    void* hint() noexcept { return this; }
 
     /// The owner lets go (the I/O thread, once it sends no more): deleted now, or when ZeroMQ
     /// gave the last buffer back.
@@ -80,7 +82,6 @@ public:
 private:
     struct alignas(std::max_align_t) buffer {
         buffer* next;
-        send_buffers* home;
     };
 
     send_buffers(std::size_t size, std::size_t keep) noexcept : size_(size), keep_(keep) {}

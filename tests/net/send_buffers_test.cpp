@@ -19,7 +19,7 @@ using mailroom::net::internal_node::send_buffers;
 namespace {
 
 // What ZeroMQ does once it wrote a message: calls the free function with the hint.
-void give(std::byte* b) { send_buffers::give_back(b, send_buffers::hint(b)); }
+void give(send_buffers* p, std::byte* b) { send_buffers::give_back(b, p->hint()); }
 
 }  // namespace
 
@@ -27,9 +27,9 @@ TEST(send_buffers, a_buffer_given_back_is_taken_again_instead_of_a_new_one) {
     send_buffers* p = send_buffers::make(1024, 4);
     std::byte* a = p->take();
     std::memset(a, 0x5a, p->size());  // the whole size is writable
-    give(a);
+    give(p, a);
     EXPECT_EQ(p->take(), a);
-    give(a);
+    give(p, a);
     p->close();
 }
 
@@ -37,12 +37,12 @@ TEST(send_buffers, the_pool_outlives_its_owner_until_the_last_buffer_out_is_give
     send_buffers* p = send_buffers::make(4096, 2);
     std::vector<std::byte*> out;
     for (int i = 0; i < 5; ++i) out.push_back(p->take());
-    give(out[0]);
+    give(p, out[0]);
     p->close();  // the owner is gone; four buffers are still out
     std::thread zmq_thread([&] {
         for (std::size_t i = 1; i < out.size(); ++i) {
             std::memset(out[i], 1, 4096);  // still the caller's memory until given back
-            give(out[i]);
+            give(p, out[i]);
         }
     });
     zmq_thread.join();  // the last give_back deleted the pool and every buffer it held
@@ -63,7 +63,7 @@ TEST(send_buffers, a_taker_and_a_giver_on_two_threads_never_share_a_buffer) {
                 std::uint64_t v;
                 std::memcpy(&v, b, sizeof v);
                 if (std::memcmp(b + 8, &v, sizeof v) != 0) bad.fetch_add(1);
-                give(b);
+                give(p, b);
                 ++given;
             }
             i = (i + 1) % in_flight;
@@ -104,7 +104,7 @@ TEST(send_buffers, every_byte_handed_to_zeromq_in_a_buffer_arrives) {
             const std::size_t n = 8192 + static_cast<std::size_t>(i) * 97;
             for (std::size_t k = 0; k < n; ++k) b[k] = static_cast<std::byte>((k + static_cast<std::size_t>(i)) & 0xff);
             zmq_msg_t m;
-            ASSERT_EQ(zmq_msg_init_data(&m, b, n, &send_buffers::give_back, send_buffers::hint(b)), 0);
+            ASSERT_EQ(zmq_msg_init_data(&m, b, n, &send_buffers::give_back, p->hint()), 0);
             ASSERT_EQ(zmq_msg_send(&m, tx, 0), static_cast<int>(n));
         }
     });
