@@ -439,9 +439,14 @@ void* pool_allocate(std::size_t size) {
         return allocate_slow(c);
     list.head = b->next;
     --list.count;
-    // Blocks that came back from another thread are cold here: fetch the next one's line now,
-    // so that the next allocation does not stall on it (fan-in, timers armed on one thread).
-    if (list.head) __builtin_prefetch(list.head, 1);
+    // Blocks that came back from another thread are cold here: fetch the next one's lines now,
+    // for writing, so that the next allocation, and the writes that fill its block, do not
+    // stall on them (fan-in, timers armed on one thread, a node's send queue).
+    if (list.head) {
+        const auto* next = reinterpret_cast<const char*>(list.head);
+        const std::size_t lines = std::min<std::size_t>(class_bytes(c), 256);  // what a message header and a small payload fill
+        for (std::size_t o = 0; o < lines; o += 64) __builtin_prefetch(next + o, 1);
+    }
     return b;
 #endif
 }
