@@ -1086,6 +1086,38 @@ TEST(node, an_object_shut_down_from_another_thread_while_it_handles_one_of_a_bat
     expect_books_balance(*f.server_env);
 }
 
+// A run points into the network message it arrived in: that message outlives the node, so a
+// run still being handled when its node is destroyed is handled to its end (AddressSanitizer
+// would catch a message freed with the node).
+TEST(node, messages_that_arrived_together_are_all_handled_when_their_node_is_destroyed_meanwhile) {
+    pair_fixture f("tcp://127.0.0.1:0");
+    std::atomic<bool> in_first{false}, released{false};
+    std::mutex m;
+    std::vector<std::int32_t> seen;
+    auto t = register_named(*f.server_s, "traced", [&](incoming& in) {
+        const std::int32_t v = in.as<traced>().value;
+        if (v == 1) {
+            in_first = true;
+            eventually([&] { return released.load(); });  // at most 10 s, should the test fail first
+        }
+        std::lock_guard g(m);
+        seen.push_back(v);
+    });
+    f.server->export_objects("traced");
+    ASSERT_TRUE(f.up());
+    send_together(f, "traced", one_to(20));
+    ASSERT_TRUE(eventually([&] { return in_first.load(); }));
+    f.server.reset();
+    f.client.reset();
+    released = true;
+    ASSERT_TRUE(eventually([&] {
+        std::lock_guard g(m);
+        return seen.size() == 20;
+    }));
+    std::lock_guard g(m);
+    EXPECT_EQ(seen, one_to(20));
+}
+
 TEST(node, a_handler_that_throws_on_one_of_a_batch_is_reported_and_the_rest_are_delivered) {
     pair_fixture f("tcp://127.0.0.1:0");
     std::mutex m;
