@@ -2,8 +2,16 @@
 // thread-safe socket). Requests and one-way messages to a peer go through that peer's send
 // queue (peer_queue: bounded, lock-free for the sender, drained into BATCH frames); other work
 // (listen, connect, answers to served requests, requests waiting for a peer) goes through a
-// mutex-guarded command queue. Both wake the I/O thread with an eventfd that zmq_poll watches
-// beside the sockets; a send queue wakes it only when it was empty (queued_wake).
+// mutex-guarded command queue. Both wake the I/O thread with an eventfd that it polls beside
+// the sockets' descriptors; a send queue wakes it only when it was empty (queued_wake).
+//
+// The I/O thread holds io_lock_ whenever it is not asleep in poll(), and everything it owns
+// (sockets, peers) is under that lock. A sender whose frame is the first for a quiet peer, and
+// a thread answering a served request, take the lock with try_lock while the I/O thread sleeps
+// and hand the frame to the socket themselves (borrowed_io): a round trip then wakes neither
+// node's I/O thread on its way out. Since a socket's descriptor only says "look again" and any
+// use of the socket may read that signal, such a thread looks at the socket's ZMQ_EVENTS when
+// done and wakes the I/O thread if it found something for it (settle()).
 //
 // Socket shape: one ROUTER for everything that connects to this node (bound to each listen()
 // endpoint; ZMQ_ROUTER_MANDATORY, so a frame for a peer that is gone fails with EHOSTUNREACH,
@@ -50,6 +58,7 @@
 
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -175,7 +184,8 @@ struct counters {
         peers_suspect{0}, peers_down{0}, peers_forgotten{0}, requests_out{0}, requests_replied{0}, requests_rejected{0},
         requests_abandoned{0}, rej_reason[5]{}, replies_orphaned{0}, sends_out{0}, sends_lost{0},
         requests_served{0}, sends_served{0}, served_refused{0}, answers_lost{0}, unreachable{0}, sends_dropped{0},
-        requests_refused_by_queue{0}, frames_handed_back{0}, peers_left{0}, allow_list_reloads{0},
+        requests_refused_by_queue{0}, frames_handed_back{0}, flushed_by_sender{0}, answers_by_server_thread{0},
+        peers_left{0}, allow_list_reloads{0},
         allow_list_reloads_failed{0};
 };
 
@@ -251,6 +261,9 @@ struct peer {
     // Requests that waited for it to come back (wait_for_peer) and met the full pipe: sent
     // after the owed answers, in order.
     std::deque<command> owed_frames;
+    // When its socket last took a frame for it (try_send): a frame queued for it after a
+    // quieter spell than options_.send_now_after goes out on its sender's thread (send_now).
+    clock::time_point last_out{};
 
     peer(internal::phi_accrual_options o) : detector(o) {}
 };
@@ -262,6 +275,7 @@ struct connection {
     std::string expected_peer;  // the name its HELLO must give ("" any)
     void* socket = nullptr;
     void* monitor = nullptr;  // the PAIR that reads the DEALER's handshake events
+    bool wants_out = false;   // the I/O thread sleeps waiting for room on it (a full pipe)
     enum { waiting_hello, up, backoff } state = backoff;
     clock::time_point deadline{};  // waiting_hello: the HELLO's; backoff: the next attempt
     internal::reconnect_backoff backoff_delay;
@@ -441,9 +455,31 @@ private:
     // window from `now`.
     std::string close_window(std::size_t k, clock::time_point now) noexcept;
     static void answered(void* arg) noexcept;  // a served request is final
+    // The I/O thread's state held by another thread for a moment, while the I/O thread sleeps
+    // (io_lock_): what is ready to go to a quiet peer goes out at once, without waking the
+    // I/O thread on the way (a round trip pays every wake-up). Never on the I/O thread itself,
+    // never while the sends are paused or the node stops.
+    class borrowed_io;
+    // A frame just queued for a peer whose queue was empty: flushed now on this thread when
+    // the peer was quiet for options_.send_now_after and the I/O thread sleeps; otherwise the
+    // I/O thread is woken to do it.
+    void send_now(std::string_view peer_name, const internal::peer_queue& q) noexcept;
+    // An answer to a served request, sent on this thread when nothing waits before it in the
+    // command queue and the I/O thread sleeps (true), or left to the I/O thread (false).
+    bool answer_now(command& c) noexcept;
+    // After another thread used the peer's socket: the I/O thread is woken when that use read
+    // what it sleeps for (a message to read, room it waits for) or left work undone (`more`).
+    void settle(peer& p, bool more) noexcept;
+    void wake() noexcept {
+        std::uint64_t one = 1;
+        (void)!::write(wake_fd_, &one, sizeof one);
+    }
 
-    // ---- the I/O thread ----
+    // ---- the I/O thread (or the thread that borrowed it, borrowed_io) ----
     void run() noexcept;
+    // zmq_poll's work, io_lock_ let go while the thread sleeps: the count of ready items.
+    int wait_events(std::vector<zmq_pollitem_t>& items, std::size_t data_end, long timeout_ms,
+                    std::unique_lock<std::mutex>& io);
     void handle(command& c);
     void drop_revoked(const std::string& name);  // I/O thread: the peer and the dialling
     void on_message(void* socket, connection* conn);
@@ -547,6 +583,19 @@ private:
 
     std::mutex join_lock_;
     std::thread io_;
+    // Held by the I/O thread except while it sleeps; by another thread only with try_lock
+    // (borrowed_io). Everything the comments call the I/O thread's is under it.
+    std::mutex io_lock_;
+    bool io_done_ = false;  // under io_lock_: the I/O thread closed the sockets
+    std::vector<pollfd> poll_fds_;       // wait_events()'s
+    // wait_events(): the sockets past data_end whose last look found nothing (a socket looked
+    // at never, a new one, may hold what its descriptor will not tell: a pipe is made awake).
+    std::vector<void*> idle_;
+    // The data sockets read to the end (ZMQ_EVENTS: nothing to read) and not sent on since:
+    // wait_events() need not look at them before sleeping (their descriptors tell the rest).
+    std::vector<void*> quiet_;
+    std::uint32_t fds_skipped_ = 0;      // wait_events(): turns the descriptors were not polled
+    bool router_wants_out_ = false;  // the I/O thread sleeps waiting for room on the ROUTER
     std::atomic<bool> stop_requested_{false};
 
     mutable std::mutex view_lock_;
@@ -562,6 +611,7 @@ private:
     // not drain, deterministically).
     std::atomic<bool> sends_paused_{false};
     std::atomic<bool> no_bye_{false};  // test_access::stop_without_bye
+    std::atomic<bool> no_ticks_{false};  // test_access::sleep_without_ticks
 
     counters n_;
     std::array<std::atomic<std::uint64_t>, internal::frame_error_count> rejected_{};
@@ -632,6 +682,15 @@ void node_extension::wait_stopped() noexcept {
 // ---- life ----
 
 node_core::~node_core() {
+    if (io_.joinable()) {  // stopped by a thread that had borrowed the I/O thread's state (stop())
+        if (io_.get_id() == std::this_thread::get_id()) {
+            io_.detach();
+        } else {
+            stop_requested_.store(true, std::memory_order_release);
+            wake();
+            io_.join();
+        }
+    }
     delete spare_;
     buffers_->close();
     if (wake_fd_ >= 0) ::close(wake_fd_);
@@ -713,6 +772,12 @@ void node_core::stop() noexcept {
         if (io_.joinable()) {
             if (io_.get_id() == std::this_thread::get_id()) {
                 io_.detach();  // the node's own thread let go of the last handle: it is on its way out
+            } else if (tls_io_node == this) {
+                // A thread that borrowed the I/O thread's state (borrowed_io) and stops the node
+                // from inside it (a continuation it ran): the I/O thread waits for that lock, so
+                // it is joined when the node goes (the caller holds a reference until then).
+                internal::clear_remote_router(*core_, this);
+                return;
             } else {
                 io_.join();
             }
@@ -1026,6 +1091,8 @@ node_stats node_core::stats() const {
     s.sends_dropped = ld(n_.sends_dropped);
     s.requests_refused_by_queue = ld(n_.requests_refused_by_queue);
     s.frames_handed_back = ld(n_.frames_handed_back);
+    s.flushed_by_sender = ld(n_.flushed_by_sender);
+    s.answers_by_server_thread = ld(n_.answers_by_server_thread);
     s.peers_left = ld(n_.peers_left);
     s.allow_list_reloads = ld(n_.allow_list_reloads);
     s.allow_list_reloads_failed = ld(n_.allow_list_reloads_failed);
@@ -1120,10 +1187,7 @@ bool node_core::route(std::string_view name, envelope_ref& body, request_core* r
         const internal::push_result pr = view.path->queue->push(m);
         if (internal::accepted(pr)) {
             if (r) bump(n_.requests_out);
-            if (pr == internal::push_result::queued_wake) {
-                std::uint64_t one = 1;
-                (void)!::write(wake_fd_, &one, sizeof one);
-            }
+            if (pr == internal::push_result::queued_wake) send_now(peer_name, *view.path->queue);
             return true;
         }
         return refused_by_queue(pr, m, r, name, std::string(peer_name));
@@ -1242,7 +1306,82 @@ void node_core::answered(void* arg) noexcept {
         c.bytes.clear();
     }
     internal::request_release(s->req);
-    if (c.bytes.empty() || !n.push(std::move(c))) bump(n.n_.answers_lost);
+    if (c.bytes.empty() || (!n.answer_now(c) && !n.push(std::move(c)))) bump(n.n_.answers_lost);
+}
+
+class node_core::borrowed_io {
+public:
+    explicit borrowed_io(node_core& n) noexcept : n_(n) {
+        if (tls_io_node == &n || n.sends_paused_.load(std::memory_order_relaxed) ||
+            n.stop_requested_.load(std::memory_order_acquire) || !n.io_lock_.try_lock())
+            return;
+        if (n.io_done_) {
+            n.io_lock_.unlock();
+            return;
+        }
+        held_ = true;
+        before_ = std::exchange(tls_io_node, &n);
+    }
+    ~borrowed_io() {
+        if (!held_) return;
+        tls_io_node = before_;
+        n_.io_lock_.unlock();
+    }
+    borrowed_io(const borrowed_io&) = delete;
+    borrowed_io& operator=(const borrowed_io&) = delete;
+    explicit operator bool() const noexcept { return held_; }
+
+private:
+    node_core& n_;
+    bool held_ = false;
+    const node_core* before_ = nullptr;
+};
+
+void node_core::send_now(std::string_view peer_name, const internal::peer_queue& q) noexcept {
+    if (options_.send_now_after.count() >= 0) {
+        borrowed_io io(*this);
+        if (io) {
+            auto it = peers_.find(peer_name);
+            // The same incarnation (its queue), up, and quiet long enough: a frame that follows
+            // others closely waits for the I/O thread, which packs them into BATCHes.
+            if (it != peers_.end() && it->second->queue.get() == &q && it->second->state != peer_state::down &&
+                clock::now() - it->second->last_out >= options_.send_now_after) {
+                peer& p = *it->second;
+                bump(n_.flushed_by_sender);
+                settle(p, flush(p));
+                return;
+            }
+        }
+    }
+    wake();
+}
+
+bool node_core::answer_now(command& c) noexcept {
+    if (options_.send_now_after.count() < 0) return false;
+    borrowed_io io(*this);
+    if (!io) return false;
+    {
+        std::lock_guard g(queue_lock_);
+        if (stopped_ || !queue_.empty()) return false;  // after the work queued before it
+    }
+    auto it = peers_.find(c.peer);
+    bump(n_.answers_by_server_thread);
+    handle(c);  // answer: sent, owed until the pipe has room, or counted lost
+    if (it != peers_.end()) settle(*it->second, false);
+    return true;
+}
+
+void node_core::settle(peer& p, bool more) noexcept {
+    void* s = p.conn ? p.conn->socket : router_;
+    bool wake_io = more || p.pipe_full;
+    if (s && !wake_io) {
+        int events = 0;
+        std::size_t len = sizeof events;
+        const bool wants_out = p.conn ? p.conn->wants_out : router_wants_out_;
+        wake_io = zmq_getsockopt(s, ZMQ_EVENTS, &events, &len) != 0 || (events & ZMQ_POLLIN) ||
+                  (wants_out && (events & ZMQ_POLLOUT));
+    }
+    if (wake_io) wake();
 }
 
 // ---- the I/O thread ----
@@ -1317,6 +1456,8 @@ void node_core::on_monitor(void* monitor, const std::string& where) {
 }
 
 void node_core::close_dealer(connection& c) noexcept {
+    quiet_.erase(std::remove(quiet_.begin(), quiet_.end(), c.socket), quiet_.end());
+    idle_.erase(std::remove(idle_.begin(), idle_.end(), c.monitor), idle_.end());
     if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
     if (c.monitor) zmq_close(std::exchange(c.monitor, nullptr));
 }
@@ -1351,6 +1492,7 @@ void* node_core::new_socket(int type, socket_role role, std::string_view endpoin
 
 void node_core::run() noexcept {
     tls_io_node = this;
+    std::unique_lock io(io_lock_);
     std::vector<zmq_pollitem_t> items;
     std::vector<connection*> item_conn;
     std::vector<command> work;
@@ -1369,6 +1511,7 @@ void node_core::run() noexcept {
         bool router_full = false;
         for (auto& [pn, pp] : peers_)
             if (pp->pipe_full && !pp->conn) router_full = true;
+        router_wants_out_ = router_full;
         if (router_) {
             items.push_back({router_, 0, static_cast<short>(ZMQ_POLLIN | (router_full ? ZMQ_POLLOUT : 0)), 0});
             item_conn.push_back(nullptr);
@@ -1376,6 +1519,7 @@ void node_core::run() noexcept {
         for (auto& c : conns_)
             if (c->socket) {
                 const bool full = c->p && c->p->pipe_full;
+                c->wants_out = full;
                 items.push_back({c->socket, 0, static_cast<short>(ZMQ_POLLIN | (full ? ZMQ_POLLOUT : 0)), 0});
                 item_conn.push_back(c.get());
             }
@@ -1400,9 +1544,9 @@ void node_core::run() noexcept {
                 items.push_back({c->monitor, 0, ZMQ_POLLIN, 0});
                 item_conn.push_back(c.get());
             }
-        const int rc = zmq_poll(items.data(), static_cast<int>(items.size()), more ? 0 : tick_every.count());
-        if (rc < 0 && zmq_errno() != EINTR) {
-            log(std::string("zmq_poll failed: ") + zmq_strerror(zmq_errno()));
+        const long timeout = more ? 0 : no_ticks_.load(std::memory_order_relaxed) ? -1 : static_cast<long>(tick_every.count());
+        if (wait_events(items, data_end, timeout, io) < 0) {
+            log(std::string("polling failed: ") + zmq_strerror(errno));
             break;
         }
         if (items[0].revents & ZMQ_POLLIN) {
@@ -1434,11 +1578,17 @@ void node_core::run() noexcept {
         for (std::size_t i = 1; i < data_end; ++i)
             if (items[i].revents & ZMQ_POLLIN) {
                 // A bounded number per turn, so that one busy peer does not starve the others.
+                // The first is there (wait_events just looked); the others are looked for.
                 for (int k = 0; k < 256; ++k) {
                     int events = 0;
                     std::size_t len = sizeof events;
-                    if (zmq_getsockopt(items[i].socket, ZMQ_EVENTS, &events, &len) != 0 || !(events & ZMQ_POLLIN))
-                        break;
+                    if (k > 0) {
+                        if (zmq_getsockopt(items[i].socket, ZMQ_EVENTS, &events, &len) != 0) break;
+                        if (!(events & ZMQ_POLLIN)) {
+                            quiet_.push_back(items[i].socket);
+                            break;
+                        }
+                    }
                     on_message(items[i].socket, item_conn[i]);
                     // on_message may close a connection's socket (a refused HELLO)
                     if (item_conn[i] && item_conn[i]->socket != items[i].socket) break;
@@ -1497,6 +1647,102 @@ void node_core::run() noexcept {
             zap_.reset();
         }
     }
+    io_done_ = true;
+}
+
+int node_core::wait_events(std::vector<zmq_pollitem_t>& items, std::size_t data_end, long timeout_ms,
+                            std::unique_lock<std::mutex>& io) {
+    // A socket is watched through its ZMQ_FD, which only says "look again": what is ready is
+    // its ZMQ_EVENTS. Each look costs libzmq a poll() and a getpid() on that socket's mailbox,
+    // so a socket is looked at when it may have changed unseen: before sleeping, the sockets
+    // this thread sends on (a send may read the signal meant for a receive) and those that were
+    // ready last time; after sleeping, those whose descriptor fired, and every socket others
+    // send on when the eventfd fired (a thread that used one while this one slept,
+    // borrowed_io, wakes it through the eventfd when it found something this thread waits for:
+    // settle()). Item 0 is the eventfd; the others past data_end (the ZAP handler's socket,
+    // the monitors, the inotify descriptor) only this thread touches.
+    poll_fds_.resize(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        auto& it = items[i];
+        it.revents = 0;
+        if (it.socket) {
+            int fd = -1;
+            std::size_t len = sizeof fd;
+            if (zmq_getsockopt(it.socket, ZMQ_FD, &fd, &len) != 0) return -1;
+            poll_fds_[i] = {fd, POLLIN, 0};
+        } else {
+            poll_fds_[i] = {it.fd,
+                            static_cast<short>(((it.events & ZMQ_POLLIN) ? POLLIN : 0) | ((it.events & ZMQ_POLLOUT) ? POLLOUT : 0)),
+                            0};
+        }
+    }
+    auto look = [&](zmq_pollitem_t& it) {
+        int events = 0;
+        std::size_t len = sizeof events;
+        if (zmq_getsockopt(it.socket, ZMQ_EVENTS, &events, &len) != 0) return false;
+        it.revents = static_cast<short>(it.revents | (events & it.events));
+        return true;
+    };
+    auto count = [&] {
+        int ready = 0;
+        for (auto& it : items) ready += it.revents != 0;
+        return ready;
+    };
+    auto listed = [](const std::vector<void*>& v, void* s) { return std::find(v.begin(), v.end(), s) != v.end(); };
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        auto& it = items[i];
+        if (!it.socket) continue;
+        const bool maybe = i < data_end ? (it.events & ZMQ_POLLOUT) || !listed(quiet_, it.socket)
+                                        : !listed(idle_, it.socket);
+        if (maybe && !look(it)) return -1;
+    }
+    quiet_.clear();
+    int ready = count();
+    // Ready now: the descriptors wait, but not for ever (the inotify one under a steady stream).
+    const bool skip_fds = ready > 0 && timeout_ms != 0 && ++fds_skipped_ < 16;
+    if (!skip_fds) {
+        fds_skipped_ = 0;
+        const auto deadline = timeout_ms < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout_ms);
+        for (;;) {
+            int rc;
+            if (ready > 0 || timeout_ms == 0) {
+                rc = ::poll(poll_fds_.data(), poll_fds_.size(), 0);
+            } else {
+                const int left = timeout_ms < 0 ? -1
+                                                : static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(
+                                                                       std::max(deadline - clock::now(), clock::duration::zero()))
+                                                                       .count());
+                io.unlock();
+                rc = ::poll(poll_fds_.data(), poll_fds_.size(), left);
+                const int err = errno;
+                io.lock();
+                errno = err;
+            }
+            if (rc < 0) {
+                if (errno != EINTR) return -1;
+                for (auto& f : poll_fds_) f.revents = 0;
+            }
+            const bool woken = (poll_fds_[0].revents & POLLIN) != 0;
+            for (std::size_t i = 0; i < items.size(); ++i) {
+                auto& it = items[i];
+                const short r = poll_fds_[i].revents;
+                if (it.socket) {
+                    if (!it.revents && (r || (woken && i < data_end)) && !look(it)) return -1;
+                } else {
+                    if (r & POLLIN) it.revents |= ZMQ_POLLIN;
+                    if (r & POLLOUT) it.revents |= ZMQ_POLLOUT;
+                    if (r & (POLLERR | POLLHUP | POLLNVAL)) it.revents |= ZMQ_POLLERR;
+                }
+            }
+            ready = count();
+            if (ready > 0 || timeout_ms == 0 || clock::now() >= deadline) break;
+        }
+    }
+    // Each one past data_end was looked at, or was idle and its descriptor did not fire.
+    idle_.clear();
+    for (std::size_t i = data_end; i < items.size(); ++i)
+        if (items[i].socket && !items[i].revents) idle_.push_back(items[i].socket);
+    return ready;
 }
 
 void node_core::abandon(request_core* r, const std::string& why) noexcept {
@@ -1529,7 +1775,10 @@ void node_core::close_queue(peer& p, const std::string& why) noexcept {
 
 node_core::sent node_core::try_send(peer& p, const std::byte* data, std::size_t n) {
     bool full = false;
-    if (send_to_peer(p, data, n, &full)) return sent::yes;
+    if (send_to_peer(p, data, n, &full)) {
+        p.last_out = clock::now();
+        return sent::yes;
+    }
     if (!full) return sent::refused;
     p.pipe_full = true;
     return sent::full;
@@ -1763,6 +2012,7 @@ bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* 
         else bump(n_.unreachable);
         return false;
     };
+    if (!quiet_.empty()) quiet_.erase(std::remove(quiet_.begin(), quiet_.end(), socket), quiet_.end());
     // A ROUTER refuses a full pipe at the routing id (ROUTER_MANDATORY), before any part went.
     if (rid && zmq_send(socket, rid->data(), rid->size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return refused();
     if (n >= std::size_t{8} << 10 && n <= buffers_->size()) {
@@ -2474,6 +2724,11 @@ void test_access::stop_without_bye(node& n) {
     if (!n.core_) return;
     n.core_->no_bye_.store(true, std::memory_order_relaxed);
     n.stop();
+}
+
+void test_access::sleep_without_ticks(const node& n, bool on) {
+    n.core_->no_ticks_.store(on, std::memory_order_relaxed);
+    n.core_->wake();
 }
 
 void test_access::pause_sends(const node& n, bool paused) {

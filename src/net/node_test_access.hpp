@@ -13,6 +13,9 @@ struct test_access {
     /// Stops `n` as a process that is killed would: no BYE to its peers, which learn of it
     /// from the silence alone (their failure detectors).
     MAILROOM_NET_EXPORT static void stop_without_bye(node& n);
+    /// While set, `n`'s I/O thread sleeps until something wakes it (a descriptor, its eventfd),
+    /// never for a timer's tick alone: what it would miss shows as a hang, not as a delay.
+    MAILROOM_NET_EXPORT static void sleep_without_ticks(const node& n, bool on);
 };
 
 }  // namespace mailroom::net::internal_node

@@ -1350,6 +1350,135 @@ TEST(node_send_queue, a_frame_the_router_cannot_route_is_handed_back_and_its_req
 
 // ---- security -------------------------------------------------------------------------------
 
+// ---- sending on the sender's own thread (node_options::send_now_after) ----
+
+namespace {
+
+net::node_options sending_now(bool on, bool with_client_only) {
+    net::node_options o = fast(with_client_only);
+    o.send_now_after = on ? std::chrono::microseconds(50) : std::chrono::microseconds(-1);
+    return o;
+}
+
+// `n` requests one at a time, a pause between two so that the peer is quiet and the I/O
+// threads asleep when the next one goes.
+void requests_one_by_one(pair_fixture& f, int n) {
+    for (int i = 0; i < n; ++i) {
+        auto r = request<add_rep>(*f.client_env, "server/calc", add_req{i, 1}, {.timeout = 10s});
+        ASSERT_EQ(settle(r), request_state::replied) << r.reason();
+        EXPECT_EQ(r.reply().sum, i + 1);
+        std::this_thread::sleep_for(1ms);
+    }
+}
+
+}  // namespace
+
+TEST(node_send_now, a_request_to_a_quiet_peer_leaves_on_the_requesters_thread_and_its_answer_on_the_answering_one) {
+    pair_fixture f("tcp://127.0.0.1:0", sending_now(true, false), sending_now(true, true));
+    ASSERT_TRUE(f.up());
+    requests_one_by_one(f, 50);
+    // Not every one: the I/O thread may be awake (a heartbeat) when one goes, and then does it.
+    EXPECT_GT(f.client->stats().flushed_by_sender, 0u);
+    EXPECT_GT(f.server->stats().answers_by_server_thread, 0u);
+    EXPECT_TRUE(eventually([&] { return f.client->stats().requests_replied == 50; }));
+    EXPECT_EQ(f.server->stats().requests_served, 50u);
+}
+
+TEST(node_send_now, a_negative_send_now_after_leaves_every_frame_to_the_io_thread) {
+    pair_fixture f("tcp://127.0.0.1:0", sending_now(false, false), sending_now(false, true));
+    ASSERT_TRUE(f.up());
+    requests_one_by_one(f, 20);
+    EXPECT_EQ(f.client->stats().flushed_by_sender, 0u);
+    EXPECT_EQ(f.server->stats().answers_by_server_thread, 0u);
+    EXPECT_TRUE(eventually([&] { return f.client->stats().requests_replied == 20; }));
+}
+
+// Both nodes send and receive on the same sockets from several threads at once, each frame
+// either handed over by its sender or by the I/O thread: a sender that reads the socket's
+// signal meant for the I/O thread (a message that arrived meanwhile) must wake it. The I/O
+// threads here sleep without timer ticks (and heartbeats are seconds apart), so a message left
+// unseen would never be read and its request would time out. Nothing is lost, nothing waits,
+// the books balance.
+TEST(node_send_now, requests_both_ways_from_many_threads_with_one_way_messages_all_arrive) {
+    auto slow_heartbeats = [](bool with_client_only) {
+        net::node_options o = sending_now(true, with_client_only);
+        o.heartbeat_interval = 20s;
+        o.acceptable_heartbeat_pause = 60s;
+        return o;
+    };
+    pair_fixture f("tcp://127.0.0.1:0", slow_heartbeats(false), slow_heartbeats(true));
+    session echo_s(*f.client_env, session_options{.name = "echo-session"});
+    auto echo = register_named(echo_s, "echo", [](incoming& in) { in.reply<add_rep>(add_rep{in.as<add_req>().a}); });
+    f.client->export_objects("echo");
+    ASSERT_TRUE(f.up());
+    net::internal_node::test_access::sleep_without_ticks(*f.client, true);
+    net::internal_node::test_access::sleep_without_ticks(*f.server, true);
+    constexpr int per_thread = 150;
+    std::atomic<int> replied{0}, wrong{0};
+    auto ask = [&](environment& env, const std::string& to) {
+        for (int i = 0; i < per_thread; ++i) {
+            auto r = request<add_rep>(env, to, add_req{i, 0}, {.timeout = 5s});
+            if (!r.wait_for(10s) || r.state() != request_state::replied) {
+                wrong.fetch_add(1);
+                return;  // one is enough (a message left unseen stalls the rest of this thread)
+            }
+            if (r.reply().sum == i) replied.fetch_add(1);
+            if (i % 8 == 0) std::this_thread::sleep_for(200us);  // quiet spells: sent by the caller
+        }
+    };
+    std::vector<std::thread> threads;
+    threads.emplace_back(ask, std::ref(*f.client_env), "server/calc");
+    threads.emplace_back(ask, std::ref(*f.client_env), "server/calc");
+    threads.emplace_back(ask, std::ref(*f.server_env), "client/echo");
+    threads.emplace_back(ask, std::ref(*f.server_env), "client/echo");
+    threads.emplace_back([&] {
+        for (int i = 0; i < per_thread; ++i) {
+            send_to(*f.client_env, "server/sink", note{"n"});
+            if (i % 4 == 0) std::this_thread::sleep_for(100us);
+        }
+    });
+    for (auto& t : threads) t.join();
+    ASSERT_EQ(wrong.load(), 0);
+    EXPECT_EQ(replied.load(), 4 * per_thread);
+    EXPECT_TRUE(eventually([&] { return f.notes.load() == per_thread; })) << f.notes.load() << " notes";
+    EXPECT_GT(f.client->stats().flushed_by_sender + f.server->stats().flushed_by_sender, 0u);
+    echo.destroy();
+    expect_books_balance(*f.client_env);
+    expect_books_balance(*f.server_env);
+}
+
+// A node destroyed while other threads send through it (some of them holding its I/O state at
+// that moment): every request ends, none waits, nothing crashes.
+TEST(node_send_now, a_node_destroyed_while_threads_send_through_it_leaves_no_request_waiting) {
+    pair_fixture f("tcp://127.0.0.1:0", sending_now(true, false), sending_now(true, true));
+    ASSERT_TRUE(f.up());
+    std::atomic<bool> stop{false};
+    std::atomic<int> settled{0}, waiting{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; !stop.load() && i < 100'000; ++i) {
+                try {
+                    auto r = request<add_rep>(*f.client_env, "server/calc", add_req{i, 1}, {.timeout = 5s});
+                    if (r.wait_for(8s))
+                        settled.fetch_add(1);
+                    else
+                        waiting.fetch_add(1);
+                } catch (const std::exception&) {
+                    settled.fetch_add(1);  // refused at once: the node is gone (no such object)
+                }
+                std::this_thread::sleep_for(100us);
+            }
+        });
+    EXPECT_TRUE(eventually([&] { return settled.load() >= 30; }));
+    f.client.reset();
+    std::this_thread::sleep_for(20ms);
+    stop = true;
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(waiting.load(), 0);
+    expect_books_balance(*f.client_env);
+}
+
 namespace {
 
 namespace fs = std::filesystem;

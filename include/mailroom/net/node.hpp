@@ -98,6 +98,13 @@ struct node_options {
     send_overflow send_reaction = send_overflow::reject;
     /// send_overflow::block: the longest a sender waits for room (then it is refused).
     std::chrono::milliseconds send_block_timeout{1000};
+    /// A request or one-way message for a peer that nothing went to for this long, and whose
+    /// send queue is empty, is handed to the socket on the sender's own thread while the node's
+    /// I/O thread sleeps, instead of waking the I/O thread to do it (one thread less on the way
+    /// of a round trip); so is every answer to a served request while the I/O thread sleeps.
+    /// Frames that follow one another closer than this wait for the I/O thread, which packs
+    /// them into BATCHes. Negative: everything goes through the I/O thread.
+    std::chrono::microseconds send_now_after{50};
     /// Security (docs/nodes.md, "Security"). With a secret key (security.secret_key_file or
     /// secret_key) the node speaks CURVE on every endpoint: it lets in only the nodes whose
     /// public keys it allows (security.allow_list_dir, node::allow), each under its node name,
@@ -222,6 +229,10 @@ struct node_stats {
     /// Frames handed back from a send queue unsent (peer lost, node stopped, socket refused):
     /// each request abandoned, each one-way message counted in sends_lost.
     std::uint64_t frames_handed_back = 0;
+    /// Send queues flushed to the socket on the sending thread itself, the node's I/O thread
+    /// asleep (node_options::send_now_after), and answers to served requests sent on the
+    /// thread that answered: each a wake-up of the I/O thread saved.
+    std::uint64_t flushed_by_sender = 0, answers_by_server_thread = 0;
     /// Reloads of the allow-list made by the node itself after a change in its directory
     /// (security.watch_allow_list_dir), and of those the ones that failed (a broken file: the
     /// list stayed as it was; the reason is logged).
