@@ -264,7 +264,7 @@ void timer_service::drop(timer_entry* e) noexcept {
     e->in_service_.store(false, std::memory_order_release);
     e->release();
     cancelled_.fetch_add(1, std::memory_order_relaxed);
-    removed_.fetch_add(1, std::memory_order_relaxed);
+    removed_.fetch_add(1, std::memory_order_release);  // after the release: see run()
 }
 
 void timer_service::discard_command(timer_command* c) noexcept {
@@ -371,9 +371,11 @@ void timer_service::run() noexcept {
                 } else {
                     e->slot_level_ = timer_entry::no_slot;
                     e->in_service_.store(false, std::memory_order_release);
-                    removed_.fetch_add(1, std::memory_order_relaxed);
                     if (e->cancelled()) cancelled_.fetch_add(1, std::memory_order_relaxed);
+                    // Counted out of the wheel only once its reference is let go: whoever sees
+                    // it no longer pending (stats()) holds the last references.
                     e->release();
+                    removed_.fetch_add(1, std::memory_order_release);
                 }
             }
             w.give_back(0, t, std::move(list));
@@ -398,7 +400,7 @@ timer_service_stats timer_service::stats() const noexcept {
     s.fired = fired_.load(std::memory_order_relaxed);
     s.cancelled = cancelled_.load(std::memory_order_relaxed);
     s.skipped = skipped_.load(std::memory_order_relaxed);
-    std::uint64_t removed = removed_.load(std::memory_order_relaxed);
+    std::uint64_t removed = removed_.load(std::memory_order_acquire);
     s.pending = s.armed > removed ? s.armed - removed : 0;
     return s;
 }
