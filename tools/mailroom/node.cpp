@@ -390,10 +390,12 @@ int run_runner(const runner_args& a) {
     }
     std::vector<std::string> bound;
     for (const auto& ep : a.listen) bound.push_back(n.listen(ep));
-    for (const auto& ep : a.connect) n.connect(ep, dial);
+    // READY before the first dial, as the usage says: a peer that comes up at once must not
+    // print its line before it (a reader that waits for READY would skip that line).
     std::string ready = "READY";
     for (const auto& ep : bound) ready += " " + ep;
     say(ready);
+    for (const auto& ep : a.connect) n.connect(ep, dial);
 
     int code = 0;
     if (!a.request_object.empty()) {
