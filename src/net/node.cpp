@@ -303,6 +303,10 @@ struct held_message {
     }
 };
 
+// The socket lists of wait_events() (a handful of sockets: a linear search).
+static bool listed(const std::vector<void*>& v, void* s) noexcept { return std::find(v.begin(), v.end(), s) != v.end(); }
+static void unlist(std::vector<void*>& v, void* s) noexcept { v.erase(std::remove(v.begin(), v.end(), s), v.end()); }
+
 // The node whose I/O thread this is (none elsewhere).
 thread_local const node_core* tls_io_node = nullptr;
 
@@ -470,9 +474,9 @@ private:
     // After another thread used the peer's socket: the I/O thread is woken when that use read
     // what it sleeps for (a message to read, room it waits for) or left work undone (`more`).
     void settle(peer& p, bool more) noexcept;
-    void wake() noexcept {
+    void wake() noexcept {  // any thread: the I/O thread's eventfd
         std::uint64_t one = 1;
-        (void)!::write(wake_fd_, &one, sizeof one);
+        if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof one);
     }
 
     // ---- the I/O thread (or the thread that borrowed it, borrowed_io) ----
@@ -665,8 +669,7 @@ void node_extension::begin_stop() noexcept {
         for (auto& n : live()) {
             std::lock_guard g(n->queue_lock_);
             n->stop_requested_.store(true, std::memory_order_release);
-            std::uint64_t one = 1;
-            if (n->wake_fd_ >= 0) (void)!::write(n->wake_fd_, &one, sizeof one);
+            n->wake();
         }
     } catch (...) {
     }
@@ -765,8 +768,7 @@ void node_core::stop() noexcept {
         std::lock_guard g(queue_lock_);
         stop_requested_.store(true, std::memory_order_release);
     }
-    std::uint64_t one = 1;
-    if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof one);
+    wake();
     {
         std::lock_guard g(join_lock_);
         if (io_.joinable()) {
@@ -794,10 +796,7 @@ bool node_core::push(command&& c) {
         was_empty = queue_.empty();
         queue_.push_back(std::move(c));
     }
-    if (was_empty) {
-        std::uint64_t one = 1;
-        (void)!::write(wake_fd_, &one, sizeof one);
-    }
+    if (was_empty) wake();
     return true;
 }
 
@@ -1456,8 +1455,8 @@ void node_core::on_monitor(void* monitor, const std::string& where) {
 }
 
 void node_core::close_dealer(connection& c) noexcept {
-    quiet_.erase(std::remove(quiet_.begin(), quiet_.end(), c.socket), quiet_.end());
-    idle_.erase(std::remove(idle_.begin(), idle_.end(), c.monitor), idle_.end());
+    unlist(quiet_, c.socket);
+    unlist(idle_, c.monitor);
     if (c.socket) zmq_close(std::exchange(c.socket, nullptr));
     if (c.monitor) zmq_close(std::exchange(c.monitor, nullptr));
 }
@@ -1654,13 +1653,14 @@ int node_core::wait_events(std::vector<zmq_pollitem_t>& items, std::size_t data_
                             std::unique_lock<std::mutex>& io) {
     // A socket is watched through its ZMQ_FD, which only says "look again": what is ready is
     // its ZMQ_EVENTS. Each look costs libzmq a poll() and a getpid() on that socket's mailbox,
-    // so a socket is looked at when it may have changed unseen: before sleeping, the sockets
-    // this thread sends on (a send may read the signal meant for a receive) and those that were
-    // ready last time; after sleeping, those whose descriptor fired, and every socket others
-    // send on when the eventfd fired (a thread that used one while this one slept,
-    // borrowed_io, wakes it through the eventfd when it found something this thread waits for:
-    // settle()). Item 0 is the eventfd; the others past data_end (the ZAP handler's socket,
-    // the monitors, the inotify descriptor) only this thread touches.
+    // so a socket is looked at when it may have changed unseen. Before sleeping: a data socket
+    // unless it was read to the end and not sent on since (quiet_: a send may read the signal
+    // meant for a receive), or waits for room; a socket past data_end unless its last look
+    // found nothing (idle_). After sleeping: those whose descriptor fired, and every data
+    // socket when the eventfd fired (a thread that used one while this one slept, borrowed_io,
+    // wakes it through the eventfd when it found something this thread waits for: settle()).
+    // Item 0 is the eventfd; the others past data_end (the ZAP handler's socket, the monitors,
+    // the inotify descriptor) only this thread touches.
     poll_fds_.resize(items.size());
     for (std::size_t i = 0; i < items.size(); ++i) {
         auto& it = items[i];
@@ -1688,7 +1688,6 @@ int node_core::wait_events(std::vector<zmq_pollitem_t>& items, std::size_t data_
         for (auto& it : items) ready += it.revents != 0;
         return ready;
     };
-    auto listed = [](const std::vector<void*>& v, void* s) { return std::find(v.begin(), v.end(), s) != v.end(); };
     for (std::size_t i = 0; i < items.size(); ++i) {
         auto& it = items[i];
         if (!it.socket) continue;
@@ -2012,7 +2011,7 @@ bool node_core::send_raw(void* socket, const std::string* rid, const std::byte* 
         else bump(n_.unreachable);
         return false;
     };
-    if (!quiet_.empty()) quiet_.erase(std::remove(quiet_.begin(), quiet_.end(), socket), quiet_.end());
+    if (!quiet_.empty()) unlist(quiet_, socket);
     // A ROUTER refuses a full pipe at the routing id (ROUTER_MANDATORY), before any part went.
     if (rid && zmq_send(socket, rid->data(), rid->size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return refused();
     if (n >= std::size_t{8} << 10 && n <= buffers_->size()) {
@@ -2733,8 +2732,7 @@ void test_access::sleep_without_ticks(const node& n, bool on) {
 
 void test_access::pause_sends(const node& n, bool paused) {
     n.core_->sends_paused_.store(paused, std::memory_order_relaxed);
-    std::uint64_t one = 1;
-    (void)!::write(n.core_->wake_fd_, &one, sizeof one);
+    n.core_->wake();
 }
 
 }  // namespace internal_node
